@@ -1,0 +1,39 @@
+"""jax_irl.losses: pure loss functions on arrays (no models, no Flax/Orbax/TFDS imports).
+
+Every loss returns ``(loss, aux)``; plain transforms return arrays. Shapes, reductions and formulas are in each
+function's docstring and in DESIGN.md ("The methods, precisely").
+"""
+
+from jax_irl.losses._common import masked_mean, masked_sum, masked_whiten
+from jax_irl.losses.ensemble import AGGREGATIONS, aggregate_rewards, bootstrap_weights, head_disagreement
+from jax_irl.losses.imitation import (
+    iqlearn_loss,
+    iqlearn_loss_from_q,
+    iqlearn_online_loss,
+    iqlearn_online_loss_from_q,
+    mle_loss,
+    mle_loss_from_q,
+    value_gap,
+)
+from jax_irl.losses.policy_gradient import (
+    KL_ESTIMATORS,
+    gae,
+    kl_penalty,
+    kl_shaped_rewards,
+    place_sequence_reward,
+    ppo_policy_loss,
+    ppo_value_loss,
+)
+from jax_irl.losses.preference import DPO_LOSS_TYPES, bradley_terry_loss, dpo_loss, sequence_log_probs
+from jax_irl.losses.soft_q import (
+    chunked_soft_q_stats,
+    implied_rewards,
+    implied_rewards_from_q,
+    next_state_values,
+    soft_q_stats,
+    soft_values,
+    terminal_mask,
+    token_log_probs,
+)
+
+__all__ = [name for name in dir() if not name.startswith("_")]

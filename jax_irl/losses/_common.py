@@ -1,0 +1,129 @@
+"""Shared validation and masked reductions for the loss layer.
+
+Everything here runs at trace time (shape and dtype checks) or is a pure jnp function. Nothing imports
+Flax, Orbax or TFDS: the loss layer can be vendored into any JAX codebase.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+
+def compute_dtype(x: Array) -> jnp.dtype:
+    """The dtype to accumulate in: float32 for bf16/fp16/fp32 inputs, float64 stays float64."""
+    return jnp.promote_types(jnp.result_type(x), jnp.float32)
+
+
+def upcast(x: Array) -> Array:
+    """x in its accumulation dtype (at least float32)."""
+    x = jnp.asarray(x)
+    return x.astype(compute_dtype(x))
+
+
+def check_rank(name: str, x: Array, rank: int, layout: str) -> None:
+    """Raise a ValueError that names the argument and its expected layout when x has the wrong rank."""
+    if jnp.ndim(x) != rank:
+        raise ValueError(f"{name} must have shape {layout} (rank {rank}); got shape {tuple(jnp.shape(x))}")
+
+
+def check_same_shape(names_and_arrays: dict, layout: str) -> None:
+    """Raise a ValueError listing every shape when the named arrays do not all share one shape."""
+    shapes = {k: tuple(jnp.shape(v)) for k, v in names_and_arrays.items()}
+    if len(set(shapes.values())) > 1:
+        listing = ", ".join(f"{k}: {s}" for k, s in shapes.items())
+        raise ValueError(f"{', '.join(shapes)} must all have shape {layout}; got {listing}")
+
+
+def check_float(name: str, x: Array) -> None:
+    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+        raise TypeError(f"{name} must be a floating-point array; got dtype {jnp.result_type(x)}")
+
+
+def check_targets(targets: Array, vocab_size: int, mask: Optional[Array] = None) -> None:
+    """Targets must be integer token ids. Out-of-range ids are checked here when the values are concrete.
+
+    Under jit the values are unknown at trace time; there the gather in ``gather_target`` returns NaN for an
+    out-of-range id on a counted position, so the loss is NaN rather than silently wrong. Positions with
+    mask == 0 may hold any id (e.g. the -100 that Hugging Face uses for padding).
+    """
+    if not jnp.issubdtype(jnp.result_type(targets), jnp.integer):
+        raise TypeError(f"targets must hold integer token ids; got dtype {jnp.result_type(targets)}")
+    if isinstance(targets, jax.core.Tracer) or (mask is not None and isinstance(mask, jax.core.Tracer)):
+        return
+    t = np.asarray(targets)
+    bad = (t < 0) | (t >= vocab_size)
+    if mask is not None:
+        bad &= np.asarray(mask) != 0
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"targets hold token ids outside [0, {vocab_size}) on counted positions: "
+            f"targets{list(where)} = {int(t[where])} ({int(bad.sum())} such positions)"
+        )
+
+
+def check_mask(name: str, mask: Array) -> None:
+    dt = jnp.result_type(mask)
+    if not (jnp.issubdtype(dt, jnp.bool_) or jnp.issubdtype(dt, jnp.integer) or jnp.issubdtype(dt, jnp.floating)):
+        raise TypeError(f"{name} must be boolean or numeric; got dtype {dt}")
+
+
+def gather_target(values: Array, targets: Array) -> Array:
+    """values[..., targets] over the last axis; NaN where a target id is out of range.
+
+    values: [..., V]; targets: [...] integer. Returns [...].
+    """
+    vocab = values.shape[-1]
+    valid = (targets >= 0) & (targets < vocab)
+    idx = jnp.clip(targets, 0, vocab - 1)
+    picked = jnp.take_along_axis(values, idx[..., None], axis=-1)[..., 0]
+    return jnp.where(valid, picked, jnp.nan)
+
+
+def as_weights(mask: Array, dtype) -> Array:
+    return jnp.asarray(mask).astype(dtype)
+
+
+def masked_sum(x: Array, mask: Array, axis=None) -> Array:
+    """sum(x * mask) that ignores whatever x holds where mask == 0 (inf or NaN included), in value and gradient."""
+    m = jnp.asarray(mask)
+    x = jnp.where(m != 0, x, jnp.zeros((), x.dtype))
+    return jnp.sum(x * m.astype(x.dtype), axis=axis)
+
+
+def masked_mean(x: Array, mask: Array, axis=None, normalizer: Optional[Array] = None) -> Array:
+    """sum(x * mask) / sum(mask), or / normalizer when given; 0 (not NaN) when nothing is counted."""
+    total = masked_sum(x, mask, axis=axis)
+    if normalizer is None:
+        normalizer = jnp.sum(jnp.asarray(mask).astype(total.dtype), axis=axis)
+    normalizer = jnp.asarray(normalizer, total.dtype)
+    return total / jnp.maximum(normalizer, jnp.finfo(total.dtype).tiny)
+
+
+def masked_whiten(x: Array, mask: Array, shift_mean: bool = True, eps: float = 1e-8) -> Array:
+    """(x - mean) / std over the counted entries (population statistics); 0 where mask == 0.
+
+    x, mask: [B, T]. With shift_mean=False the mean is added back (scale only), as PPO implementations do for
+    rewards.
+    """
+    x = upcast(x)
+    mean = masked_mean(x, mask)
+    centered = jnp.where(jnp.asarray(mask) != 0, x - mean, 0.0)
+    var = masked_mean(centered**2, mask)
+    out = centered * jax.lax.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return jnp.where(jnp.asarray(mask) != 0, out, 0.0)
+
+
+def last_true_index_mask(mask: Array) -> Array:
+    """[B, T] bool: True at the last position of each row where mask != 0 (all False for an empty row)."""
+    m = (jnp.asarray(mask) != 0).astype(jnp.int32)
+    remaining = jnp.flip(jnp.cumsum(jnp.flip(m, -1), axis=-1), -1)  # counted positions at or after t
+    return (m == 1) & (remaining == 1)

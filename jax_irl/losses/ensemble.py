@@ -1,0 +1,80 @@
+"""Reward-model ensembles: pessimistic aggregation over K heads and bootstrap weights for training them.
+
+A K-head reward model (one encoder, K linear heads) gives rewards [..., K]. Aggregates over the last axis:
+
+    mean: (1/K) sum_k r_k
+    min:  min_k r_k                                 (worst-case optimisation, WCO)
+    uwo:  mean - coef * (1/K) sum_k (r_k - mean)^2  (uncertainty-weighted optimisation; population variance;
+                                                     Coste et al. use coef 0.5 for best-of-n, 0.1 for PPO)
+    lcb:  mean - coef * std                         (lower confidence bound; population std)
+
+Each head is trained with its own Bradley-Terry loss: ``preference.bradley_terry_loss`` on [B, K] rewards,
+optionally with per-head bootstrap weights from ``bootstrap_weights``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from jax_irl.losses._common import Array, check_float, upcast
+
+AGGREGATIONS = ("mean", "min", "uwo", "lcb")
+
+
+def _population_std(x: Array, axis: int = -1) -> Array:
+    """Std over an axis with a finite gradient where every entry is equal (sqrt'(0) is infinite)."""
+    var = jnp.var(x, axis=axis)
+    positive = var > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, var, 1.0)), 0.0)
+
+
+def aggregate_rewards(rewards: Array, method: str = "mean", coef: Optional[float] = None) -> Array:
+    """Aggregate K heads' rewards over the last axis.
+
+    rewards: [..., K] float. method: 'mean' | 'min' | 'uwo' | 'lcb'; coef (lambda) is required for 'uwo' and
+    'lcb' and must be >= 0. Returns [...] in float32 (float64 stays float64).
+    """
+    if method not in AGGREGATIONS:
+        raise ValueError(f"method must be one of {AGGREGATIONS}; got {method!r}")
+    check_float("rewards", rewards)
+    if jnp.ndim(rewards) < 1 or jnp.shape(rewards)[-1] == 0:
+        raise ValueError(f"rewards must have shape [..., K] with K >= 1 heads; got {tuple(jnp.shape(rewards))}")
+    if method in ("uwo", "lcb"):
+        if coef is None:
+            raise ValueError(f"method {method!r} needs coef (the weight of the heads' disagreement)")
+        if isinstance(coef, (int, float)) and coef < 0:
+            raise ValueError(f"coef must be >= 0; got {coef}")
+    elif coef is not None:
+        raise ValueError(f"coef applies to 'uwo' and 'lcb', not {method!r}")
+    r = upcast(rewards)
+    mean = jnp.mean(r, axis=-1)
+    if method == "mean":
+        return mean
+    if method == "min":
+        return jnp.min(r, axis=-1)
+    if method == "uwo":
+        return mean - coef * jnp.var(r, axis=-1)
+    return mean - coef * _population_std(r, axis=-1)
+
+
+def head_disagreement(rewards: Array) -> Array:
+    """Population std of the heads' rewards, [..., K] -> [...]: the ensemble's epistemic-uncertainty signal."""
+    check_float("rewards", rewards)
+    return _population_std(upcast(rewards), axis=-1)
+
+
+def bootstrap_weights(key: Array, batch_size: int, num_heads: int, kind: str = "poisson") -> Array:
+    """Per-head bootstrap weights [batch_size, num_heads] for training ensemble heads on resampled data.
+
+    kind='poisson': counts ~ Poisson(1), the online bootstrap (each head sees a resample with replacement);
+    kind='bernoulli': 0/1 with probability 1/2 (each head sees about half the pairs). Pass as ``weights`` to
+    ``preference.bradley_terry_loss``.
+    """
+    if kind == "poisson":
+        return jax.random.poisson(key, 1.0, (batch_size, num_heads)).astype(jnp.float32)
+    if kind == "bernoulli":
+        return jax.random.bernoulli(key, 0.5, (batch_size, num_heads)).astype(jnp.float32)
+    raise ValueError(f"kind must be 'poisson' or 'bernoulli'; got {kind!r}")

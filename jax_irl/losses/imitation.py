@@ -1,0 +1,205 @@
+"""Imitation losses: MLE and IQLearn (inverse soft-Q learning) on token-level soft-Q values.
+
+Offline IQLearn with the chi^2 regulariser telescopes, over data states, to MLE plus a temporal-difference
+penalty on the implied rewards (Wulfmeier et al. 2024):
+
+    L = sum_t mask_t * ( -log pi(a_t|s_t) + td_weight * r_t^2 ) / sum_t mask_t,
+    r_t = Q(s_t, a_t) - gamma * V(s_{t+1}),   V(s_{t+1}) = 0 at the end of each response.
+
+td_weight = 0 is exactly MLE. The r^2 term pins the per-state offset of the logits that the softmax ignores,
+which is what makes the extracted rewards meaningful.
+
+Every loss comes in two forms: one on logits [B, T, V], and a ``*_from_q`` form on the pair
+(Q(s_t, a_t), V(s_t)) of [B, T] arrays that ``soft_q.soft_q_stats`` or ``soft_q.chunked_soft_q_stats`` return.
+The loss depends on the logits only through that pair, so both forms give the same value and gradients.
+
+Reduction: a token mean, sum over counted tokens / ``normalizer`` (default: the number of counted tokens).
+Pass ``normalizer`` = the global token count to sum losses over gradient-accumulation micro-batches or over
+shard_map shards (psum the per-shard losses) and get exactly the full-batch loss.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax.numpy as jnp
+
+from jax_irl.losses._common import Array, check_mask, check_rank, check_same_shape, masked_mean, masked_sum
+from jax_irl.losses.soft_q import implied_rewards_from_q, next_state_values, soft_q_stats, soft_values
+
+
+def _num_tokens(mask: Array) -> Array:
+    return jnp.sum(jnp.asarray(mask) != 0).astype(jnp.float32)
+
+
+def mle_loss_from_q(target_q: Array, values: Array, mask: Array, *, temperature: float = 1.0,
+                    normalizer: Optional[Array] = None):
+    """Token-mean negative log-likelihood from (Q(s_t, a_t), V(s_t)).
+
+    target_q, values, mask: [B, T]. nll_t = (V(s_t) - Q(s_t, a_t)) / temperature.
+    Returns (loss [], aux) with aux['nll'] [B, T] (0 where mask == 0) and aux['num_tokens'] [].
+    """
+    check_same_shape({"target_q": target_q, "values": values, "mask": mask}, "[B, T]")
+    check_rank("mask", mask, 2, "[B, T]")
+    check_mask("mask", mask)
+    nll = (values - target_q) / temperature
+    on = jnp.asarray(mask) != 0
+    nll = jnp.where(on, nll, jnp.zeros((), nll.dtype))
+    loss = masked_mean(nll, mask, normalizer=normalizer)
+    return loss, {"nll": nll, "num_tokens": _num_tokens(mask)}
+
+
+def mle_loss(logits: Array, targets: Array, mask: Array, *, normalizer: Optional[Array] = None):
+    """Maximum-likelihood (cross-entropy) loss, averaged over counted tokens.
+
+    logits: [B, T, V] (any float dtype; reduced in float32); targets: [B, T] integer ids (ids at mask == 0
+    positions may be anything, e.g. -100); mask: [B, T], nonzero on tokens that count (its value weights them).
+    loss = sum_t mask_t * -log softmax(logits_t)[targets_t] / sum_t mask_t.
+    Returns (loss [], aux) with aux['nll'] [B, T] and aux['num_tokens'] [].
+    """
+    check_rank("mask", mask, 2, "[B, T]")
+    q, v = soft_q_stats(logits, targets, 1.0, mask)
+    return mle_loss_from_q(q, v, mask, normalizer=normalizer)
+
+
+def iqlearn_loss_from_q(
+    target_q: Array,
+    values: Array,
+    mask: Array,
+    *,
+    gamma: float,
+    td_weight: float,
+    temperature: float = 1.0,
+    terminal: Optional[Array] = None,
+    normalizer: Optional[Array] = None,
+):
+    """Offline IQLearn (chi^2) from (Q(s_t, a_t), V(s_t)): token-mean of -log pi + td_weight * r^2.
+
+    target_q, values, mask: [B, T]; terminal: optional [B, T] bool, True at t when s_{t+1} is terminal (default:
+    the last counted position of each row). Returns (loss [], aux) with per-token 'nll', 'implied_rewards',
+    'td_penalty' (r^2) of shape [B, T] (0 where mask == 0), per-row 'sequence_rewards' [B] (sum of r_t), and the
+    scalars 'nll_loss', 'td_loss', 'num_tokens'.
+    """
+    mle, aux = mle_loss_from_q(target_q, values, mask, temperature=temperature, normalizer=normalizer)
+    rewards = implied_rewards_from_q(target_q, values, mask, gamma, terminal)
+    td_penalty = rewards**2
+    td_loss = masked_mean(td_penalty, mask, normalizer=normalizer)
+    loss = mle + td_weight * td_loss
+    aux.update(
+        implied_rewards=rewards,
+        td_penalty=td_penalty,
+        sequence_rewards=masked_sum(rewards, mask, axis=-1),
+        nll_loss=mle,
+        td_loss=td_loss,
+    )
+    return loss, aux
+
+
+def iqlearn_loss(
+    logits: Array,
+    targets: Array,
+    mask: Array,
+    *,
+    gamma: float,
+    td_weight: float,
+    temperature: float = 1.0,
+    terminal: Optional[Array] = None,
+    normalizer: Optional[Array] = None,
+):
+    """Offline IQLearn with chi^2 regularisation on expert (data) responses.
+
+    logits: [B, T, V]; targets: [B, T] integer ids; mask: [B, T] (response tokens that count).
+    loss = sum_t mask_t * (-log pi(a_t|s_t) + td_weight * r_t^2) / sum_t mask_t with
+    r_t = Q(s_t, a_t) - gamma * V(s_{t+1}), Q = logits, V = temperature * logsumexp(logits / temperature),
+    log pi = (Q - V) / temperature, and V(s_{t+1}) = 0 at the end of each response.
+    td_weight = 0 returns exactly ``mle_loss`` (for temperature 1). See ``iqlearn_loss_from_q`` for aux.
+    """
+    check_rank("mask", mask, 2, "[B, T]")
+    q, v = soft_q_stats(logits, targets, temperature, mask)
+    return iqlearn_loss_from_q(q, v, mask, gamma=gamma, td_weight=td_weight, temperature=temperature,
+                               terminal=terminal, normalizer=normalizer)
+
+
+def value_gap(values: Array, mask: Array, gamma: float, terminal: Optional[Array] = None,
+              normalizer: Optional[Array] = None) -> Array:
+    """Token mean of V(s_t) - gamma * V(s_{t+1}) over counted states (the IQLearn value term). values: [B, T]."""
+    gap = values - gamma * next_state_values(values, mask, terminal)
+    return masked_mean(gap, mask, normalizer=normalizer)
+
+
+def iqlearn_online_loss_from_q(
+    target_q: Array,
+    values: Array,
+    mask: Array,
+    policy_values: Array,
+    policy_mask: Array,
+    *,
+    alpha: float,
+    gamma: float,
+    td_weight: float,
+    temperature: float = 1.0,
+    terminal: Optional[Array] = None,
+    policy_terminal: Optional[Array] = None,
+    normalizer: Optional[Array] = None,
+    policy_normalizer: Optional[Array] = None,
+):
+    """Online IQLearn from soft-Q statistics of data states and of the policy's own samples.
+
+    target_q, values, mask: [B, T] on data (expert) responses; policy_values, policy_mask: [B', T'] on responses
+    sampled from the current policy (any B', T'). IQLearn's value term E[V(s) - gamma V(s')] is taken over the
+    mixture (1 - alpha) * data states + alpha * policy states; the reward term and the chi^2 term stay on data:
+
+        L = ( -E_data[r] + (1-alpha) E_data[V(s) - gamma V(s')] + alpha E_policy[V(s) - gamma V(s')] ) / tau
+            + td_weight * E_data[r^2]
+          = L_offline + alpha / tau * ( E_policy[V(s) - gamma V(s')] - E_data[V(s) - gamma V(s')] )
+
+    (on data, -r + V(s) - gamma V(s') = V(s) - Q(s, a) = -tau log pi). alpha = 0 is exactly the offline loss;
+    the paper mixes in policy samples with alpha = 0.1. Gradients flow into policy_values: pushing V down on
+    the policy's own states is the contrastive signal. Returns (loss [], aux): the offline aux plus scalars
+    'data_value_gap', 'policy_value_gap' and 'offline_loss'.
+    """
+    check_rank("policy_values", policy_values, 2, "[B', T']")
+    check_same_shape({"policy_values": policy_values, "policy_mask": policy_mask}, "[B', T']")
+    check_mask("policy_mask", policy_mask)
+    offline, aux = iqlearn_loss_from_q(target_q, values, mask, gamma=gamma, td_weight=td_weight,
+                                       temperature=temperature, terminal=terminal, normalizer=normalizer)
+    data_gap = value_gap(values, mask, gamma, terminal, normalizer)
+    policy_gap = value_gap(policy_values, policy_mask, gamma, policy_terminal, policy_normalizer)
+    loss = offline + (alpha / temperature) * (policy_gap - data_gap)
+    aux.update(data_value_gap=data_gap, policy_value_gap=policy_gap, offline_loss=offline)
+    return loss, aux
+
+
+def iqlearn_online_loss(
+    logits: Array,
+    targets: Array,
+    mask: Array,
+    policy_logits: Array,
+    policy_mask: Array,
+    *,
+    alpha: float = 0.1,
+    gamma: float,
+    td_weight: float,
+    temperature: float = 1.0,
+    terminal: Optional[Array] = None,
+    policy_terminal: Optional[Array] = None,
+    normalizer: Optional[Array] = None,
+    policy_normalizer: Optional[Array] = None,
+):
+    """Online IQLearn: offline IQLearn on data plus the value term on the policy's own samples, weight alpha.
+
+    logits: [B, T, V], targets, mask: [B, T] on data responses; policy_logits: [B', T', V] the model's logits on
+    its own sampled responses (only their soft values are used), policy_mask: [B', T'] on the sampled response
+    tokens. See ``iqlearn_online_loss_from_q`` for the formula and aux.
+    """
+    check_rank("mask", mask, 2, "[B, T]")
+    check_rank("policy_logits", policy_logits, 3, "[B', T', V]")
+    if policy_logits.shape[-1] != logits.shape[-1]:
+        raise ValueError(f"policy_logits and logits must share the vocabulary axis; got {policy_logits.shape[-1]} "
+                         f"and {logits.shape[-1]}")
+    q, v = soft_q_stats(logits, targets, temperature, mask)
+    pv = soft_values(policy_logits, temperature)
+    return iqlearn_online_loss_from_q(
+        q, v, mask, pv, policy_mask, alpha=alpha, gamma=gamma, td_weight=td_weight, temperature=temperature,
+        terminal=terminal, policy_terminal=policy_terminal, normalizer=normalizer,
+        policy_normalizer=policy_normalizer)

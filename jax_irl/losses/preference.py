@@ -1,0 +1,151 @@
+"""Preference losses: Bradley-Terry reward modelling and the DPO family.
+
+DPO (and its variants) are the practical oracles for the Gibbs policy pi0(a|x) exp(r(x,a)/eta) / Z(x) in
+KL-regularised preference learning. With h = beta * ((logp_c - ref_c) - (logp_r - ref_r)) the losses per pair
+follow TRL's formulas, so numbers are comparable:
+
+    sigmoid: -(1 - eps) log sigmoid(h) - eps log sigmoid(-h)              (eps = label_smoothing; cDPO)
+    robust:  (-(1 - eps) log sigmoid(h) + eps log sigmoid(-h)) / (1 - 2 eps)  (unbiased under label noise)
+    ipo:     (h / beta - 1 / (2 beta))^2                                      (pass length-averaged log-probs)
+    hinge:   max(0, 1 - h)                                                    (SLiC / RSO)
+
+Reference log-probs are always plain arrays, so they can be precomputed once and the reference model dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from jax_irl.losses._common import Array, check_float, check_rank, check_same_shape, masked_sum, upcast
+from jax_irl.losses.soft_q import soft_q_stats
+
+DPO_LOSS_TYPES = ("sigmoid", "robust", "ipo", "hinge")
+
+
+def sequence_log_probs(logits: Array, targets: Array, mask: Array, *, average: bool = False,
+                       temperature: float = 1.0) -> Array:
+    """log pi(response | prompt) = sum_t mask_t * log pi(a_t|s_t) per row, or the mean over counted tokens.
+
+    logits: [B, T, V]; targets, mask: [B, T]. Returns [B] float32. average=True divides by the number of
+    counted tokens (IPO's convention); an empty row gives 0.
+    """
+    check_rank("mask", mask, 2, "[B, T]")
+    q, v = soft_q_stats(logits, targets, temperature, mask)
+    logp = (q - v) / temperature
+    total = masked_sum(logp, mask, axis=-1)
+    if average:
+        count = jnp.sum(jnp.asarray(mask).astype(total.dtype), axis=-1)
+        total = total / jnp.maximum(count, 1.0)
+    return total
+
+
+def bradley_terry_loss(chosen: Array, rejected: Array, margin: Optional[Array] = None,
+                       weights: Optional[Array] = None):
+    """Bradley-Terry reward-model loss -log sigmoid(r_chosen - r_rejected - margin), per head.
+
+    chosen, rejected: [B] rewards, or [B, K] for a K-head ensemble (each head gets its own loss); margin:
+    optional [B] (e.g. Llama-2's preference-strength margin), broadcast over heads; weights: optional [B] or
+    [B, K] per-pair (per-head) weights, such as bootstrap counts from ``ensemble.bootstrap_weights``.
+    loss = mean over heads of (sum_b w_b * l_b / sum_b w_b). Returns (loss [], aux) with 'losses' (per pair,
+    the rewards' shape), 'per_head_loss' [K] (or []), 'accuracy' (per head: fraction with r_c > r_r) and
+    'reward_margin' (per head mean of r_c - r_r).
+    """
+    check_same_shape({"chosen": chosen, "rejected": rejected}, "[B] or [B, K]")
+    if jnp.ndim(chosen) not in (1, 2):
+        raise ValueError(f"chosen and rejected must have shape [B] or [B, K]; got {tuple(jnp.shape(chosen))}")
+    check_float("chosen", chosen)
+    check_float("rejected", rejected)
+    diff = upcast(chosen) - upcast(rejected)
+    if margin is not None:
+        check_rank("margin", margin, 1, "[B]")
+        if margin.shape[0] != diff.shape[0]:
+            raise ValueError(f"margin must have shape [B] = ({diff.shape[0]},); got {margin.shape}")
+        m = upcast(margin)
+        diff_m = diff - (m[:, None] if diff.ndim == 2 else m)
+    else:
+        diff_m = diff
+    losses = -jax.nn.log_sigmoid(diff_m)
+    if weights is None:
+        w = jnp.ones_like(losses)
+    else:
+        w = upcast(weights)
+        if w.ndim == 1 and losses.ndim == 2:
+            w = w[:, None]
+        if w.shape[0] != losses.shape[0] or w.ndim != losses.ndim:
+            raise ValueError(f"weights must have shape [B] or the rewards' shape {losses.shape}; got {weights.shape}")
+        w = jnp.broadcast_to(w, losses.shape)
+    denom = jnp.maximum(jnp.sum(w, axis=0), jnp.finfo(losses.dtype).tiny)
+    per_head = jnp.sum(w * losses, axis=0) / denom
+    aux = {
+        "losses": losses,
+        "per_head_loss": per_head,
+        "accuracy": jnp.sum(w * (diff > 0), axis=0) / denom,
+        "reward_margin": jnp.sum(w * diff, axis=0) / denom,
+    }
+    return jnp.mean(per_head), aux
+
+
+def dpo_loss(
+    policy_chosen_logps: Array,
+    policy_rejected_logps: Array,
+    ref_chosen_logps: Array,
+    ref_rejected_logps: Array,
+    *,
+    beta: float,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+):
+    """Direct preference optimisation and its variants, averaged over pairs.
+
+    All four inputs: [B] sequence log-probs (``sequence_log_probs``; length-averaged for 'ipo').
+    h = beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)); per-pair losses as in the
+    module docstring. Returns (loss [], aux) with per-pair 'losses' [B], the implied rewards
+    'chosen_rewards' = beta * (policy_chosen - ref_chosen) and 'rejected_rewards' [B], and scalars
+    'reward_accuracy' (fraction with chosen_rewards > rejected_rewards) and 'reward_margin'.
+    With policy == reference the sigmoid loss is log 2 per pair.
+    """
+    if loss_type not in DPO_LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {DPO_LOSS_TYPES}; got {loss_type!r}")
+    if isinstance(beta, (int, float)) and not beta > 0:
+        raise ValueError(f"beta must be > 0; got {beta}")
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5); got {label_smoothing}")
+    if label_smoothing and loss_type in ("ipo", "hinge"):
+        raise ValueError(f"label_smoothing applies to the 'sigmoid' and 'robust' losses, not {loss_type!r}")
+    inputs = {
+        "policy_chosen_logps": policy_chosen_logps,
+        "policy_rejected_logps": policy_rejected_logps,
+        "ref_chosen_logps": ref_chosen_logps,
+        "ref_rejected_logps": ref_rejected_logps,
+    }
+    check_same_shape(inputs, "[B]")
+    for name, x in inputs.items():
+        check_rank(name, x, 1, "[B]")
+        check_float(name, x)
+    pc, pr, rc, rr = (upcast(x) for x in inputs.values())
+    chosen_ratio = pc - rc
+    rejected_ratio = pr - rr
+    logits = chosen_ratio - rejected_ratio
+    h = beta * logits
+    eps = label_smoothing
+    if loss_type == "sigmoid":
+        losses = -(1.0 - eps) * jax.nn.log_sigmoid(h) - eps * jax.nn.log_sigmoid(-h)
+    elif loss_type == "robust":
+        losses = (-(1.0 - eps) * jax.nn.log_sigmoid(h) + eps * jax.nn.log_sigmoid(-h)) / (1.0 - 2.0 * eps)
+    elif loss_type == "ipo":
+        losses = (logits - 1.0 / (2.0 * beta)) ** 2
+    else:  # hinge
+        losses = jax.nn.relu(1.0 - h)
+    chosen_rewards = beta * chosen_ratio
+    rejected_rewards = beta * rejected_ratio
+    aux = {
+        "losses": losses,
+        "chosen_rewards": chosen_rewards,
+        "rejected_rewards": rejected_rewards,
+        "reward_accuracy": jnp.mean((chosen_rewards > rejected_rewards).astype(losses.dtype)),
+        "reward_margin": jnp.mean(chosen_rewards - rejected_rewards),
+    }
+    return jnp.mean(losses), aux

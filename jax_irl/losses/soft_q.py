@@ -1,0 +1,213 @@
+"""Token-level soft-Q quantities of a language model read as a soft Q-function.
+
+Token MDP: the state s_t is the prompt plus the response tokens before t, the action a_t is the token at t.
+``logits[b, t]`` is the model output that predicts ``targets[b, t]`` (the caller shifts), and is read as
+Q(s_t, .). With temperature tau:
+
+    V(s_t)          = tau * logsumexp(Q(s_t, .) / tau)
+    log pi(a_t|s_t) = (Q(s_t, a_t) - V(s_t)) / tau
+    r_t             = Q(s_t, a_t) - gamma * V(s_{t+1})        (inverse soft Bellman operator)
+
+with V(s_{t+1}) := 0 where s_{t+1} is terminal: by default at the last counted (mask != 0) position of each row
+and at the last column. All reductions run in float32 (float64 stays float64) whatever the input dtype.
+
+The IQLearn loss needs the logits only through Q(s_t, a_t) and V(s_t). ``soft_q_stats`` returns exactly that
+pair from full logits; ``chunked_soft_q_stats`` returns the same pair from hidden states and the unembedding
+matrix without ever holding the [B, T, V] logits, for large vocabularies.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from jax_irl.losses._common import (
+    Array,
+    check_float,
+    check_mask,
+    check_rank,
+    check_same_shape,
+    check_targets,
+    compute_dtype,
+    gather_target,
+    last_true_index_mask,
+    upcast,
+)
+
+
+def _check_temperature(temperature) -> None:
+    if isinstance(temperature, (int, float)) and not temperature > 0:
+        raise ValueError(f"temperature must be > 0; got {temperature}")
+
+
+def soft_values(logits: Array, temperature: float = 1.0) -> Array:
+    """V(s) = tau * logsumexp(logits / tau) over the last axis.
+
+    logits: [..., V] (usually [B, T, V]). Returns [...] in float32 (float64 for float64 input).
+    Entries of -inf are allowed (a banned token); a row that is all -inf gives -inf.
+    """
+    check_float("logits", logits)
+    _check_temperature(temperature)
+    x = upcast(logits)
+    return temperature * jax.nn.logsumexp(x / temperature, axis=-1)
+
+
+def soft_q_stats(logits: Array, targets: Array, temperature: float = 1.0, mask: Optional[Array] = None) -> Tuple[Array, Array]:
+    """(Q(s_t, a_t), V(s_t)) from full logits.
+
+    logits: [B, T, V]; targets: [B, T] integer ids; mask: optional [B, T], only used to allow out-of-range ids
+    (such as -100 padding) on positions that do not count. Returns two [B, T] float32 arrays. An id outside
+    [0, V) gives a ValueError when the inputs are concrete, and NaN in Q under jit.
+    """
+    check_rank("logits", logits, 3, "[B, T, V]")
+    check_rank("targets", targets, 2, "[B, T]")
+    if logits.shape[:2] != targets.shape:
+        raise ValueError(f"logits [B, T, V] and targets [B, T] disagree: {logits.shape} vs {targets.shape}")
+    check_float("logits", logits)
+    check_targets(targets, logits.shape[-1], mask)
+    x = upcast(logits)
+    return gather_target(x, targets), soft_values(x, temperature)
+
+
+def token_log_probs(logits: Array, targets: Array, temperature: float = 1.0) -> Array:
+    """log pi(a_t | s_t) = log_softmax(logits[b, t] / tau)[targets[b, t]].
+
+    logits: [B, T, V]; targets: [B, T] integer ids. Returns [B, T] float32. No reduction.
+    """
+    q, v = soft_q_stats(logits, targets, temperature)
+    return (q - v) / temperature
+
+
+def terminal_mask(mask: Array) -> Array:
+    """The default terminal flags: [B, T] bool, True at the last counted position of each row."""
+    return last_true_index_mask(mask)
+
+
+def next_state_values(values: Array, mask: Array, terminal: Optional[Array] = None) -> Array:
+    """V(s_{t+1}) aligned with position t: values shifted left by one, 0 where s_{t+1} is terminal.
+
+    values, mask: [B, T]. terminal: optional [B, T] bool, True at t when s_{t+1} is terminal (for packed rows
+    holding several responses); default: the last counted position of each row. The last column always gets 0.
+    """
+    check_rank("values", values, 2, "[B, T]")
+    if terminal is None:
+        terminal = terminal_mask(mask)
+    check_same_shape({"values": values, "mask": mask, "terminal": terminal}, "[B, T]")
+    nxt = jnp.concatenate([values[:, 1:], jnp.zeros_like(values[:, :1])], axis=1)
+    # where, not multiply: V(s_{t+1}) may be -inf past the end of a row, and 0 * -inf is NaN.
+    return jnp.where(jnp.asarray(terminal), jnp.zeros((), nxt.dtype), nxt)
+
+
+def implied_rewards_from_q(
+    target_q: Array,
+    values: Array,
+    mask: Array,
+    gamma: float = 1.0,
+    terminal: Optional[Array] = None,
+) -> Array:
+    """r_t = Q(s_t, a_t) - gamma * V(s_{t+1}); 0 where mask == 0.
+
+    target_q, values, mask: [B, T] (from ``soft_q_stats`` or ``chunked_soft_q_stats``). Returns [B, T].
+    """
+    check_same_shape({"target_q": target_q, "values": values, "mask": mask}, "[B, T]")
+    check_mask("mask", mask)
+    r = target_q - gamma * next_state_values(values, mask, terminal)
+    return jnp.where(jnp.asarray(mask) != 0, r, jnp.zeros((), r.dtype))
+
+
+def implied_rewards(
+    logits: Array,
+    targets: Array,
+    mask: Array,
+    gamma: float = 1.0,
+    temperature: float = 1.0,
+    terminal: Optional[Array] = None,
+) -> Array:
+    """Per-token rewards implied by the policy read as a soft Q-function (inverse soft Bellman operator).
+
+    r_t = Q(s_t, a_t) - gamma * V(s_{t+1}), V(s_{t+1}) = 0 at the last counted position of each row (or where
+    ``terminal`` says). logits: [B, T, V]; targets, mask: [B, T]. Returns [B, T] float32, 0 where mask == 0.
+    Summing r_t over a response gives the model's estimate of the response's return.
+    """
+    check_rank("mask", mask, 2, "[B, T]")
+    q, v = soft_q_stats(logits, targets, temperature, mask)
+    return implied_rewards_from_q(q, v, mask, gamma, terminal)
+
+
+def chunked_soft_q_stats(
+    hidden: Array,
+    unembedding: Array,
+    targets: Array,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = 8192,
+    bias: Optional[Array] = None,
+) -> Tuple[Array, Array]:
+    """(Q(s_t, a_t), V(s_t)) from hidden states, without building the [B, T, V] logits.
+
+    Q(s_t, .) = hidden[b, t] @ unembedding (+ bias). The vocabulary is processed in chunks of ``chunk_size``
+    columns with a running (online) logsumexp inside a lax.scan whose body is rematerialised, so the forward
+    and the backward pass hold [B*T, chunk_size] logits at a time instead of [B*T, V].
+
+    hidden: [B, T, D]; unembedding: [D, V] (pass ``embedding.T`` for tied embeddings); targets: [B, T] integer
+    ids; bias: optional [V]. Returns two [B, T] float32 arrays equal (to float rounding) to
+    ``soft_q_stats(hidden @ unembedding + bias, targets, temperature)``. Matmuls accumulate in float32.
+    """
+    check_rank("hidden", hidden, 3, "[B, T, D]")
+    check_rank("unembedding", unembedding, 2, "[D, V]")
+    check_rank("targets", targets, 2, "[B, T]")
+    check_float("hidden", hidden)
+    check_float("unembedding", unembedding)
+    _check_temperature(temperature)
+    b, t, d = hidden.shape
+    if unembedding.shape[0] != d:
+        raise ValueError(f"unembedding must have shape [D, V] with D = {d} (hidden's last axis); got {unembedding.shape}")
+    if targets.shape != (b, t):
+        raise ValueError(f"targets must have shape [B, T] = {(b, t)}; got {targets.shape}")
+    if not (isinstance(chunk_size, int) and chunk_size > 0):
+        raise ValueError(f"chunk_size must be a positive int; got {chunk_size!r}")
+    vocab = unembedding.shape[1]
+    if bias is not None and bias.shape != (vocab,):
+        raise ValueError(f"bias must have shape [V] = ({vocab},); got {bias.shape}")
+    check_targets(targets, vocab)
+
+    acc = compute_dtype(jnp.promote_types(hidden.dtype, unembedding.dtype))
+    h = hidden.reshape(b * t, d)
+    tgt = targets.reshape(b * t)
+    chunk = min(chunk_size, vocab)
+
+    def chunk_update(carry, start, size):
+        m, s, q = carry
+        w = jax.lax.dynamic_slice_in_dim(unembedding, start, size, axis=1)
+        z = jnp.dot(h, w, preferred_element_type=acc).astype(acc)
+        if bias is not None:
+            z = z + jax.lax.dynamic_slice_in_dim(bias, start, size).astype(acc)
+        z = z / temperature
+        # m is the running max (no gradient: logsumexp is invariant to the shift); s = sum exp(z - safe(m)).
+        new_m = jnp.maximum(m, jax.lax.stop_gradient(jnp.max(z, axis=-1)))
+        old_shift = jnp.where(jnp.isfinite(m), m, 0.0)
+        new_shift = jnp.where(jnp.isfinite(new_m), new_m, 0.0)
+        rescale = jnp.where(jnp.isfinite(m), jnp.exp(old_shift - new_shift), 0.0)
+        s = s * rescale + jnp.sum(jnp.exp(z - new_shift[:, None]), axis=-1)
+        local = tgt - start
+        inside = (local >= 0) & (local < size)
+        picked = jnp.take_along_axis(z, jnp.clip(local, 0, size - 1)[:, None], axis=-1)[:, 0]
+        q = q + jnp.where(inside, picked, 0.0)
+        return (new_m, s, q)
+
+    @jax.checkpoint
+    def body(carry, start):
+        return chunk_update(carry, start, chunk), None
+
+    init = (jnp.full((b * t,), -jnp.inf, acc), jnp.zeros((b * t,), acc), jnp.zeros((b * t,), acc))
+    n_full = vocab // chunk
+    carry, _ = jax.lax.scan(body, init, jnp.arange(n_full) * chunk)
+    if vocab % chunk:
+        carry = jax.checkpoint(lambda c: chunk_update(c, n_full * chunk, vocab % chunk))(carry)
+    m, s, q = carry
+    values = temperature * (jnp.where(jnp.isfinite(m), m, 0.0) + jnp.log(s))
+    valid = (tgt >= 0) & (tgt < vocab)
+    target_q = jnp.where(valid, temperature * q, jnp.nan)
+    return target_q.reshape(b, t), values.reshape(b, t)
