@@ -66,6 +66,9 @@ def soft_q_stats(logits: Array, targets: Array, temperature: float = 1.0, mask: 
     if logits.shape[:2] != targets.shape:
         raise ValueError(f"logits [B, T, V] and targets [B, T] disagree: {logits.shape} vs {targets.shape}")
     check_float("logits", logits)
+    if mask is not None:
+        check_same_shape({"targets": targets, "mask": mask}, "[B, T]")
+        check_mask("mask", mask)
     check_targets(targets, logits.shape[-1], mask)
     x = upcast(logits)
     return gather_target(x, targets), soft_values(x, temperature)

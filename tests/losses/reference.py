@@ -1,0 +1,186 @@
+"""Slow, independent references for the loss layer: float64 numpy, explicit loops over tokens.
+
+Written from the formulas in DESIGN.md without reusing any jax_irl code, so a shared bug cannot hide.
+"""
+
+import math
+
+import numpy as np
+
+
+def logsumexp(row):
+    row = np.asarray(row, np.float64)
+    m = np.max(row)
+    if m == -np.inf:
+        return -np.inf
+    return m + math.log(sum(math.exp(x - m) for x in row))
+
+
+def soft_value(row, tau=1.0):
+    return tau * logsumexp(np.asarray(row, np.float64) / tau)
+
+
+def last_counted(mask_row):
+    idx = [t for t, m in enumerate(mask_row) if m != 0]
+    return idx[-1] if idx else None
+
+
+def iqlearn_terms(logits, targets, mask, gamma, tau=1.0):
+    """Per-token (nll, reward) dicts keyed by (b, t) for counted tokens."""
+    b_, t_, _ = logits.shape
+    out = {}
+    for b in range(b_):
+        last = last_counted(mask[b])
+        for t in range(t_):
+            if mask[b, t] == 0:
+                continue
+            q = float(logits[b, t, targets[b, t]])
+            v = soft_value(logits[b, t], tau)
+            v_next = 0.0 if (t == last or t == t_ - 1) else soft_value(logits[b, t + 1], tau)
+            out[(b, t)] = ((v - q) / tau, q - gamma * v_next)
+    return out
+
+
+def iqlearn_loss(logits, targets, mask, gamma, td_weight, tau=1.0):
+    terms = iqlearn_terms(logits, targets, mask, gamma, tau)
+    total = 0.0
+    count = 0.0
+    for (b, t), (nll, r) in terms.items():
+        total += float(mask[b, t]) * (nll + td_weight * r * r)
+        count += float(mask[b, t])
+    return total / count if count else 0.0
+
+
+def value_gap(logits, mask, gamma, tau=1.0):
+    b_, t_, _ = logits.shape
+    total = count = 0.0
+    for b in range(b_):
+        last = last_counted(mask[b])
+        for t in range(t_):
+            if mask[b, t] == 0:
+                continue
+            v = soft_value(logits[b, t], tau)
+            v_next = 0.0 if (t == last or t == t_ - 1) else soft_value(logits[b, t + 1], tau)
+            total += float(mask[b, t]) * (v - gamma * v_next)
+            count += float(mask[b, t])
+    return total / count if count else 0.0
+
+
+def iqlearn_online_loss(logits, targets, mask, policy_logits, policy_mask, alpha, gamma, td_weight, tau=1.0):
+    """Literal mixture form: (-E_d[r] + (1-a) E_d[gap] + a E_p[gap]) / tau + lambda E_d[r^2]."""
+    terms = iqlearn_terms(logits, targets, mask, gamma, tau)
+    count = sum(float(mask[b, t]) for (b, t) in terms)
+    mean_r = sum(float(mask[b, t]) * r for (b, t), (_, r) in terms.items()) / count
+    mean_r2 = sum(float(mask[b, t]) * r * r for (b, t), (_, r) in terms.items()) / count
+    gap_d = value_gap(logits, mask, gamma, tau)
+    gap_p = value_gap(policy_logits, policy_mask, gamma, tau)
+    return (-mean_r + (1 - alpha) * gap_d + alpha * gap_p) / tau + td_weight * mean_r2
+
+
+def sequence_log_prob(logits_row, targets_row, mask_row, average=False):
+    total = 0.0
+    n = 0
+    for t in range(len(targets_row)):
+        if mask_row[t]:
+            total += float(logits_row[t, targets_row[t]]) - logsumexp(logits_row[t])
+            n += 1
+    return total / max(n, 1) if average else total
+
+
+def log_sigmoid(x):
+    return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
+
+
+def dpo_loss(pc, pr, rc, rr, beta, loss_type, eps=0.0):
+    losses = []
+    for a, b, c, d in zip(pc, pr, rc, rr):
+        logits = (a - c) - (b - d)
+        h = beta * logits
+        if loss_type == "sigmoid":
+            losses.append(-(1 - eps) * log_sigmoid(h) - eps * log_sigmoid(-h))
+        elif loss_type == "robust":
+            losses.append((-(1 - eps) * log_sigmoid(h) + eps * log_sigmoid(-h)) / (1 - 2 * eps))
+        elif loss_type == "ipo":
+            losses.append((logits - 1 / (2 * beta)) ** 2)
+        elif loss_type == "hinge":
+            losses.append(max(0.0, 1 - h))
+    return sum(losses) / len(losses)
+
+
+def bradley_terry(chosen, rejected, margin=None, weights=None):
+    chosen = np.asarray(chosen, np.float64).reshape(len(chosen), -1)
+    rejected = np.asarray(rejected, np.float64).reshape(len(rejected), -1)
+    w = np.ones_like(chosen) if weights is None else np.broadcast_to(
+        np.asarray(weights, np.float64).reshape(len(chosen), -1), chosen.shape)
+    per_head = []
+    for k in range(chosen.shape[1]):
+        num = den = 0.0
+        for b in range(chosen.shape[0]):
+            m = 0.0 if margin is None else float(margin[b])
+            num += w[b, k] * -log_sigmoid(chosen[b, k] - rejected[b, k] - m)
+            den += w[b, k]
+        per_head.append(num / den)
+    return sum(per_head) / len(per_head)
+
+
+def aggregate(rewards_row, method, coef=0.0):
+    r = [float(x) for x in rewards_row]
+    k = len(r)
+    mean = sum(r) / k
+    var = sum((x - mean) ** 2 for x in r) / k
+    if method == "mean":
+        return mean
+    if method == "min":
+        return min(r)
+    if method == "uwo":
+        return mean - coef * var
+    return mean - coef * math.sqrt(var)
+
+
+def gae(rewards, values, mask, gamma, lam, final_values=None):
+    b_, t_ = rewards.shape
+    adv = np.zeros((b_, t_))
+    for b in range(b_):
+        counted = [t for t in range(t_) if mask[b, t]]
+        next_v = 0.0 if final_values is None else float(final_values[b])
+        next_a = 0.0
+        for t in reversed(counted):
+            delta = rewards[b, t] + gamma * next_v - values[b, t]
+            adv[b, t] = delta + gamma * lam * next_a
+            next_v, next_a = values[b, t], adv[b, t]
+    returns = np.where(mask != 0, adv + values, 0.0)
+    return adv, returns
+
+
+def ppo_policy_loss(logp, old_logp, adv, mask, eps, eps_high=None):
+    eps_high = eps if eps_high is None else eps_high
+    total = count = 0.0
+    for b in range(logp.shape[0]):
+        for t in range(logp.shape[1]):
+            if mask[b, t]:
+                ratio = math.exp(logp[b, t] - old_logp[b, t])
+                clipped = min(max(ratio, 1 - eps), 1 + eps_high)
+                total += max(-adv[b, t] * ratio, -adv[b, t] * clipped)
+                count += 1
+    return total / count
+
+
+def ppo_value_loss(values, old_values, returns, mask, eps):
+    total = count = 0.0
+    for b in range(values.shape[0]):
+        for t in range(values.shape[1]):
+            if mask[b, t]:
+                v, o, r = values[b, t], old_values[b, t], returns[b, t]
+                vc = o + min(max(v - o, -eps), eps)
+                total += 0.5 * max((v - r) ** 2, (vc - r) ** 2)
+                count += 1
+    return total / count
+
+
+def kl(logp, ref_logp, estimator):
+    d = logp - ref_logp
+    if estimator == "k1":
+        return d
+    if estimator == "k2":
+        return d * d / 2
+    return math.exp(-d) - 1 + d

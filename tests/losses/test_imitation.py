@@ -1,0 +1,192 @@
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jax_irl import losses as L
+from tests.losses import reference as ref
+from tests.losses.harness import (
+    check_gradients,
+    check_jit_matches_eager,
+    check_shard_map_psum,
+    check_sharded_jit,
+    make_tokens,
+)
+
+
+def test_hand_computed_mle_and_iqlearn():
+    logits = jnp.array([[[0.0, 0.0], [math.log(3.0), 0.0]]])
+    targets = jnp.array([[0, 0]])
+    mask = jnp.array([[1, 1]])
+    nll = [math.log(2), math.log(4 / 3)]
+    rewards = [-math.log(4), math.log(3)]
+    mle, aux = L.mle_loss(logits, targets, mask)
+    np.testing.assert_allclose(mle, sum(nll) / 2, rtol=1e-6)
+    np.testing.assert_allclose(aux["nll"], [nll], rtol=1e-6)
+    loss, aux = L.iqlearn_loss(logits, targets, mask, gamma=1.0, td_weight=0.5)
+    np.testing.assert_allclose(loss, (sum(nll) + 0.5 * sum(r * r for r in rewards)) / 2, rtol=1e-6)
+    np.testing.assert_allclose(aux["sequence_rewards"], [sum(rewards)], rtol=1e-6)
+    np.testing.assert_allclose(aux["td_loss"], sum(r * r for r in rewards) / 2, rtol=1e-6)
+
+
+@pytest.mark.parametrize("gamma,td_weight,tau", [(1.0, 0.1, 1.0), (0.9, 1.0, 0.5), (0.99, 0.0, 2.0)])
+def test_iqlearn_matches_token_loop_reference(gamma, td_weight, tau):
+    rng = np.random.default_rng(10)
+    logits, targets, mask = make_tokens(rng, b=5, t=9, v=12)
+    mask = mask * rng.uniform(0.5, 2.0, mask.shape).astype(np.float32)  # weighted tokens
+    loss, _ = L.iqlearn_loss(logits, targets, mask, gamma=gamma, td_weight=td_weight, temperature=tau)
+    np.testing.assert_allclose(loss, ref.iqlearn_loss(logits, targets, mask, gamma, td_weight, tau), rtol=1e-5)
+
+
+def test_td_weight_zero_is_exactly_mle():
+    rng = np.random.default_rng(11)
+    logits, targets, mask = make_tokens(rng)
+    mle = L.mle_loss(logits, targets, mask)[0]
+    iq = L.iqlearn_loss(logits, targets, mask, gamma=0.9, td_weight=0.0)[0]
+    np.testing.assert_array_equal(np.asarray(mle), np.asarray(iq))
+    mle_j = jax.jit(L.mle_loss)(logits, targets, mask)[0]
+    iq_j = jax.jit(lambda *a: L.iqlearn_loss(*a, gamma=0.9, td_weight=0.0))(logits, targets, mask)[0]
+    np.testing.assert_array_equal(np.asarray(mle_j), np.asarray(iq_j))
+    g_mle = jax.grad(lambda lg: L.mle_loss(lg, targets, mask)[0])(logits)
+    g_iq = jax.grad(lambda lg: L.iqlearn_loss(lg, targets, mask, gamma=0.9, td_weight=0.0)[0])(logits)
+    np.testing.assert_array_equal(np.asarray(g_mle), np.asarray(g_iq))
+
+
+def _online_inputs(seed=12):
+    rng = np.random.default_rng(seed)
+    logits, targets, mask = make_tokens(rng, b=8, t=6, v=10)
+    policy_logits, _, policy_mask = make_tokens(rng, b=8, t=5, v=10)
+    return logits, targets, mask, policy_logits, policy_mask
+
+
+@pytest.mark.parametrize("alpha,gamma,tau", [(0.1, 1.0, 1.0), (0.5, 0.9, 0.7)])
+def test_online_iqlearn_matches_mixture_reference(alpha, gamma, tau):
+    logits, targets, mask, plogits, pmask = _online_inputs()
+    loss, aux = L.iqlearn_online_loss(logits, targets, mask, plogits, pmask, alpha=alpha, gamma=gamma,
+                                      td_weight=0.3, temperature=tau)
+    expected = ref.iqlearn_online_loss(logits, targets, mask, plogits, pmask, alpha, gamma, 0.3, tau)
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    np.testing.assert_allclose(aux["policy_value_gap"], ref.value_gap(plogits, pmask, gamma, tau), rtol=1e-5)
+
+
+def test_online_alpha_zero_is_offline_and_policy_states_get_gradient():
+    logits, targets, mask, plogits, pmask = _online_inputs()
+    online = L.iqlearn_online_loss(logits, targets, mask, plogits, pmask, alpha=0.0, gamma=0.9, td_weight=0.2)[0]
+    offline = L.iqlearn_loss(logits, targets, mask, gamma=0.9, td_weight=0.2)[0]
+    np.testing.assert_array_equal(np.asarray(online), np.asarray(offline))
+    g = jax.grad(lambda p: L.iqlearn_online_loss(logits, targets, mask, p, pmask, alpha=0.1, gamma=0.9,
+                                                 td_weight=0.2)[0])(plogits)
+    assert np.abs(np.asarray(g)).sum() > 0
+    assert np.all(np.asarray(g)[np.asarray(pmask) == 0] == 0)  # uncounted policy positions get nothing
+
+
+def test_jit_vmap_grads_sharding_for_token_losses():
+    rng = np.random.default_rng(13)
+    logits, targets, mask = make_tokens(rng, b=8, t=6, v=7)
+    fns = {
+        "mle": lambda lg, tg, m, n=None: L.mle_loss(lg, tg, m, normalizer=n),
+        "iqlearn": lambda lg, tg, m, n=None: L.iqlearn_loss(lg, tg, m, gamma=0.9, td_weight=0.5,
+                                                            temperature=0.8, normalizer=n),
+    }
+    counts = mask.sum(-1)
+    for fn in fns.values():
+        loss, aux = check_jit_matches_eager(fn, logits, targets, mask)
+        # Batch == vmap of single examples, combined as the token mean they are.
+        per_ex = jax.vmap(lambda lg, tg, m: fn(lg[None], tg[None], m[None])[0])(logits, targets, mask)
+        np.testing.assert_allclose(loss, np.sum(per_ex * counts) / counts.sum(), rtol=1e-5)
+        check_sharded_jit(fn, (logits, targets, mask), batch_argnums=(0, 1, 2))
+        total = mask.sum()
+        check_shard_map_psum(
+            lambda lg, tg, m: fn(lg, tg, m, jax.lax.psum(jnp.sum(m), "data"))[0],
+            (logits, targets, mask), (0, 1, 2), loss)
+        # Gradient-accumulation use of the normalizer: micro-batch losses add up to the full loss.
+        halves = [fn(logits[s], targets[s], mask[s], total)[0] for s in (slice(0, 3), slice(3, 8))]
+        np.testing.assert_allclose(sum(halves), loss, rtol=1e-5)
+        check_gradients(lambda lg: fn(lg, targets[:3], mask[:3])[0], logits[:3])
+
+
+def test_online_jit_grads_and_sharding():
+    logits, targets, mask, plogits, pmask = _online_inputs()
+    fn = lambda lg, tg, m, pl, pm, n=None, pn=None: L.iqlearn_online_loss(
+        lg, tg, m, pl, pm, alpha=0.1, gamma=0.95, td_weight=0.3, normalizer=n, policy_normalizer=pn)
+    loss, _ = check_jit_matches_eager(fn, logits, targets, mask, plogits, pmask)
+    check_sharded_jit(fn, (logits, targets, mask, plogits, pmask), batch_argnums=(0, 1, 2, 3, 4))
+    check_shard_map_psum(
+        lambda lg, tg, m, pl, pm: fn(lg, tg, m, pl, pm, jax.lax.psum(jnp.sum(m), "data"),
+                                     jax.lax.psum(jnp.sum(pm), "data"))[0],
+        (logits, targets, mask, plogits, pmask), (0, 1, 2, 3, 4), loss)
+    check_gradients(lambda lg, pl: fn(lg, targets[:2], mask[:2], pl, pmask[:2])[0], logits[:2], plogits[:2])
+
+
+@pytest.mark.parametrize("loss_name", ["mle", "iqlearn", "online"])
+def test_finite_values_and_gradients_in_hard_cases(loss_name):
+    rng = np.random.default_rng(14)
+    logits, targets, mask = make_tokens(rng, b=4, t=5, v=6)
+    logits = logits * 5e3  # logits of about +-1e4
+    logits[0, :, 5] = -np.inf  # a banned token (never a target below)
+    targets = np.where(targets == 5, 4, targets)
+    mask[2] = 0.0  # a fully masked row
+    plogits = logits[:, :3].copy()
+    pmask = mask[:, :3].copy()
+
+    def f(lg, pl):
+        if loss_name == "mle":
+            return L.mle_loss(lg, targets, mask)[0]
+        if loss_name == "iqlearn":
+            return L.iqlearn_loss(lg, targets, mask, gamma=0.9, td_weight=0.5)[0]
+        return L.iqlearn_online_loss(lg, targets, mask, pl, pmask, gamma=0.9, td_weight=0.5)[0]
+
+    for dtype in (jnp.float32, jnp.bfloat16):
+        lg, pl = jnp.asarray(logits, dtype), jnp.asarray(plogits, dtype)
+        value, grads = jax.value_and_grad(f, argnums=(0, 1))(lg, pl)
+        assert value.dtype == jnp.float32 and np.isfinite(value)
+        for g in grads:
+            assert np.isfinite(np.asarray(g, np.float32)).all()
+        assert np.all(np.asarray(grads[0], np.float32)[2] == 0)  # the masked row gets no gradient
+    # bf16 inputs are reduced in float32: same value as float32 inputs up to bf16 rounding of the logits.
+    small = make_tokens(np.random.default_rng(15), b=4, t=5, v=6)
+    f32 = L.iqlearn_loss(*small, gamma=0.9, td_weight=0.5)[0]
+    bf16 = L.iqlearn_loss(jnp.asarray(small[0], jnp.bfloat16), *small[1:], gamma=0.9, td_weight=0.5)[0]
+    np.testing.assert_allclose(bf16, f32, rtol=2e-2)
+
+
+def test_everything_masked_gives_zero_loss_and_zero_gradients():
+    logits, targets, mask = make_tokens(np.random.default_rng(16))
+    mask = np.zeros_like(mask)
+    value, g = jax.value_and_grad(lambda lg: L.iqlearn_loss(lg, targets, mask, gamma=1.0, td_weight=1.0)[0])(logits)
+    assert float(value) == 0.0 and np.all(np.asarray(g) == 0)
+
+
+def test_padding_and_per_state_offset_invariants():
+    rng = np.random.default_rng(17)
+    logits, targets, mask = make_tokens(rng, b=4, t=8, v=9)
+    base_mle = L.mle_loss(logits, targets, mask)[0]
+    base_iq = L.iqlearn_loss(logits, targets, mask, gamma=1.0, td_weight=0.5)[0]
+    # Garbage (even NaN) in uncounted positions changes nothing.
+    noisy = np.where(mask[..., None] == 0, np.nan, logits).astype(np.float32)
+    np.testing.assert_array_equal(L.mle_loss(noisy, targets, mask)[0], base_mle)
+    np.testing.assert_array_equal(L.iqlearn_loss(noisy, targets, mask, gamma=1.0, td_weight=0.5)[0], base_iq)
+    # A constant added to one state's logits: softmax (and MLE) ignores it, the TD term does not.
+    b, t = 1, int(np.argmax(mask[1]))
+    shifted = logits.copy()
+    shifted[b, t] += 3.0
+    np.testing.assert_allclose(L.mle_loss(shifted, targets, mask)[0], base_mle, rtol=1e-6)
+    assert abs(float(L.iqlearn_loss(shifted, targets, mask, gamma=1.0, td_weight=0.5)[0]) - float(base_iq)) > 1e-3
+
+
+def test_bad_inputs_get_clear_errors():
+    logits, targets, mask = make_tokens(np.random.default_rng(18))
+    with pytest.raises(ValueError, match=r"mask must have shape \[B, T\]"):
+        L.mle_loss(logits, targets, mask[0])
+    with pytest.raises(ValueError, match="disagree"):
+        L.iqlearn_loss(logits, targets[:2], mask[:2], gamma=1.0, td_weight=0.1)
+    with pytest.raises(TypeError, match="integer token ids"):
+        L.mle_loss(logits, targets.astype(np.float32), mask)
+    with pytest.raises(ValueError, match="outside"):
+        L.mle_loss(logits, np.full_like(targets, logits.shape[-1]), mask)
+    with pytest.raises(ValueError, match="vocabulary axis"):
+        L.iqlearn_online_loss(logits, targets, mask, logits[..., :3], mask, gamma=1.0, td_weight=0.1)
+    with pytest.raises(ValueError, match="policy_values, policy_mask"):
+        L.iqlearn_online_loss(logits, targets, mask, logits, mask[:, :2], gamma=1.0, td_weight=0.1)
