@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Create .venv if missing and install jax_irl into it (editable, with test extras). Re-installs when setup.cfg
+# or pyproject.toml change. Sourced by run.sh and test.sh; safe to run on its own.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$root/.venv"
+python="${PYTHON:-python3}"
+stamp="$venv/.jax_irl-installed"
+want="$(cat "$root/setup.cfg" "$root/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+if [ ! -x "$venv/bin/python" ]; then
+  echo "[setup] creating $venv with $($python --version)"
+  "$python" -m venv "$venv"
+fi
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "[setup] installing jax_irl and its dependencies into .venv (first run takes a few minutes)"
+  "$venv/bin/python" -m pip install --quiet --upgrade pip
+  "$venv/bin/python" -m pip install --quiet -e "$root[test]"
+  echo "$want" > "$stamp"
+fi
