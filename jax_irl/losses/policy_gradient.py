@@ -88,13 +88,14 @@ def gae(rewards: Array, values: Array, mask: Array, gamma: float, lam: float,
     v = upcast(values).astype(r.dtype)
     on = jnp.asarray(mask) != 0
     b = r.shape[0]
+    zeros = jnp.zeros_like(r[:, 0])  # derived from the inputs so that it is shard_map-varying like them
     if final_values is None:
-        nv0 = jnp.zeros((b,), r.dtype)
+        nv0 = zeros
     else:
         check_rank("final_values", final_values, 1, "[B]")
         if final_values.shape[0] != b:
             raise ValueError(f"final_values must have shape [B] = ({b},); got {final_values.shape}")
-        nv0 = upcast(final_values).astype(r.dtype)
+        nv0 = upcast(final_values).astype(r.dtype) + zeros
 
     def step(carry, xs):
         next_value, next_adv = carry
@@ -105,7 +106,7 @@ def gae(rewards: Array, values: Array, mask: Array, gamma: float, lam: float,
         carry = (jnp.where(on_t, v_t, next_value), jnp.where(on_t, adv, next_adv))
         return carry, adv
 
-    _, adv_t = jax.lax.scan(step, (nv0, jnp.zeros((b,), r.dtype)), (r.T, v.T, on.T), reverse=True)
+    _, adv_t = jax.lax.scan(step, (nv0, zeros), (r.T, v.T, on.T), reverse=True)
     advantages = adv_t.T
     returns = jnp.where(on, advantages + v, 0.0)
     return advantages, returns

@@ -204,7 +204,9 @@ def chunked_soft_q_stats(
     def body(carry, start):
         return chunk_update(carry, start, chunk), None
 
-    init = (jnp.full((b * t,), -jnp.inf, acc), jnp.zeros((b * t,), acc), jnp.zeros((b * t,), acc))
+    # Initial carries derived from the inputs, so that under shard_map they vary over the same mesh axes.
+    zeros = jnp.zeros_like(h[:, 0], dtype=acc) + jnp.zeros_like(unembedding[0, 0], dtype=acc)
+    init = (zeros - jnp.inf, zeros, zeros)
     n_full = vocab // chunk
     carry, _ = jax.lax.scan(body, init, jnp.arange(n_full) * chunk)
     if vocab % chunk:

@@ -81,3 +81,15 @@ def check_shard_map_psum(local_loss, args, batch_argnums, expected, reduce="psum
     in_axes = tuple(0 if i in batch_argnums else None for i in range(len(args)))
     pm = jax.pmap(body, axis_name="data", in_axes=in_axes)(*(split(a, i) for i, a in enumerate(args)))
     np.testing.assert_allclose(np.asarray(pm), np.full(N_DEV, np.asarray(expected)), rtol=1e-5, atol=1e-6)
+
+
+def check_shard_map_rowwise(fn, args):
+    """A per-row transform under shard_map (rows split over 8 devices) and pmap == on one device."""
+    mesh = batch_mesh()
+    specs = tuple(P("data") for _ in args)
+    expected = fn(*args)
+    got = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=P("data")))(*args)
+    assert_tree_close(expected, got)
+    split = [np.asarray(a).reshape((N_DEV, -1) + np.shape(a)[1:]) for a in args]
+    pm = jax.pmap(fn)(*split)
+    assert_tree_close(expected, jax.tree.map(lambda x: np.asarray(x).reshape((-1,) + x.shape[2:]), pm))

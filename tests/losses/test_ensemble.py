@@ -70,3 +70,11 @@ def test_ensemble_bad_inputs():
         L.aggregate_rewards(jnp.zeros((2, 0)), "mean")
     with pytest.raises(ValueError, match="kind"):
         L.bootstrap_weights(jax.random.PRNGKey(0), 2, 2, kind="jackknife")
+
+
+def test_aggregate_under_shard_map_and_pmap():
+    from tests.losses.harness import check_shard_map_rowwise
+
+    rewards = np.random.default_rng(32).standard_normal((16, 3)).astype(np.float32)
+    for method, coef in METHODS:
+        check_shard_map_rowwise(lambda r: L.aggregate_rewards(r, method, coef), (rewards,))

@@ -129,3 +129,35 @@ def test_policy_gradient_bad_inputs():
         L.place_sequence_reward(jnp.zeros(3), z)
     with pytest.raises(ValueError, match="logp, old_logp, advantages, mask"):
         L.ppo_policy_loss(z, z, z[:1], z)
+
+
+def test_hand_computed_ppo_losses():
+    logp = jnp.log(jnp.array([[1.5, 0.5, 1.1]]))  # ratios 1.5, 0.5, 1.1 against old_logp = 0
+    old = jnp.zeros((1, 3))
+    adv = jnp.array([[1.0, 1.0, -2.0]])
+    mask = jnp.ones((1, 3))
+    # max(-A r, -A clip(r)): token 0 -> max(-1.5, -1.2) = -1.2; token 1 -> max(-0.5, -0.8) = -0.5;
+    # token 2 -> max(2.2, 2.2) = 2.2.
+    loss, aux = L.ppo_policy_loss(logp, old, adv, mask, clip_eps=0.2)
+    np.testing.assert_allclose(loss, (-1.2 - 0.5 + 2.2) / 3, rtol=1e-6)
+    np.testing.assert_allclose(aux["clip_fraction"], 1 / 3, rtol=1e-6)
+    # value 1.0, old 0.5, return 0.0, eps 0.2: max(1.0, 0.7^2) / 2 = 0.5; value 0.0, old 0.5, return 1.0:
+    # max(1.0, 0.3^2 = 0.09) / 2 = 0.5; value 0.4, old 0.5, return 1.0: max(0.36, 0.25) / 2 = 0.18.
+    vl, _ = L.ppo_value_loss(jnp.array([[1.0, 0.0, 0.4]]), jnp.full((1, 3), 0.5), jnp.array([[0.0, 1.0, 1.0]]),
+                             mask, clip_eps=0.2)
+    np.testing.assert_allclose(vl, (0.5 + 0.5 + 0.18) / 3, rtol=1e-6)
+
+
+def test_rowwise_transforms_under_shard_map_and_pmap_and_vmap():
+    from tests.losses.harness import check_shard_map_rowwise
+
+    r = _rollout(44, b=16)
+    check_shard_map_rowwise(lambda rw, v, m: L.gae(rw, v, m, 0.99, 0.95), (r["rewards"], r["values"], r["mask"]))
+    check_shard_map_rowwise(lambda s, m: L.place_sequence_reward(s, m), (r["final"], r["mask"]))
+    check_shard_map_rowwise(lambda a, b, m: L.kl_shaped_rewards(a, a, b, m, kl_coef=0.1, estimator="k3"),
+                            (r["logp"], r["ref_logp"], r["mask"]))
+    fn = lambda lp, old, a, m: L.ppo_policy_loss(lp, old, a, m)[0]
+    args = (r["logp"], r["old_logp"], r["rewards"], r["mask"])
+    per_ex = jax.vmap(lambda *x: fn(*(xi[None] for xi in x)))(*args)
+    counts = r["mask"].sum(-1)
+    np.testing.assert_allclose(fn(*args), np.sum(per_ex * counts) / counts.sum(), rtol=1e-5)

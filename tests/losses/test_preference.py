@@ -122,3 +122,11 @@ def test_preference_bad_inputs():
         L.bradley_terry_loss(jnp.zeros(4), jnp.zeros(4), margin=jnp.zeros(3))
     with pytest.raises(TypeError, match="floating-point"):
         L.bradley_terry_loss(jnp.zeros(4, jnp.int32), jnp.zeros(4, jnp.int32))
+
+
+def test_bradley_terry_batch_equals_vmap_of_pairs():
+    rng = np.random.default_rng(23)
+    chosen, rejected = (rng.standard_normal((8, 2)).astype(np.float32) for _ in range(2))
+    loss = L.bradley_terry_loss(chosen, rejected)[0]
+    per_pair = jax.vmap(lambda c, r: L.bradley_terry_loss(c[None], r[None])[0])(chosen, rejected)
+    np.testing.assert_allclose(loss, per_pair.mean(), rtol=1e-6)

@@ -171,3 +171,31 @@ def test_shape_dtype_and_token_id_errors():
     assert np.isnan(np.asarray(r_jit)[1, 2])
     with pytest.raises(ValueError, match=r"unembedding must have shape \[D, V\]"):
         L.chunked_soft_q_stats(jnp.zeros((2, 3, 4)), jnp.zeros((5, 9)), targets)
+
+
+def test_chunked_stats_with_banned_tokens_and_extreme_logits():
+    # -inf bias entries (banned tokens), a whole chunk of them, and hidden states giving logits near +-1e4.
+    rng = np.random.default_rng(4)
+    b, t, d, v = 2, 3, 4, 20
+    hidden = jnp.asarray(rng.standard_normal((b, t, d)) * 100, jnp.float32)
+    w = jnp.asarray(rng.standard_normal((d, v)) * 25, jnp.float32)
+    bias = jnp.zeros(v).at[:5].set(-jnp.inf).at[12].set(-jnp.inf)
+    targets = jnp.asarray(rng.integers(5, 12, (b, t)))
+    q_c, v_c = L.chunked_soft_q_stats(hidden, w, targets, chunk_size=5, bias=bias)
+    q_d, v_d = L.soft_q_stats(hidden @ w + bias, targets)
+    assert_tree_close((q_c, v_c), (q_d, v_d), rtol=1e-5, atol=1e-2)
+    assert np.isfinite(np.asarray(v_c)).all()
+    g = jax.grad(lambda h: jnp.sum(L.chunked_soft_q_stats(h, w, targets, chunk_size=5, bias=bias)[1]))(hidden)
+    assert np.isfinite(np.asarray(g)).all()
+
+
+def test_chunked_stats_and_implied_rewards_under_shard_map_and_pmap():
+    from tests.losses.harness import check_shard_map_rowwise
+
+    rng = np.random.default_rng(5)
+    hidden = jnp.asarray(rng.standard_normal((8, 3, 4)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((4, 11)), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, 11, (8, 3)))
+    check_shard_map_rowwise(lambda h, t: L.chunked_soft_q_stats(h, w, t, chunk_size=4), (hidden, targets))
+    logits, targets, mask = make_tokens(rng, b=8, t=5, v=6)
+    check_shard_map_rowwise(lambda lg, t, m: L.implied_rewards(lg, t, m, gamma=0.9), (logits, targets, mask))
