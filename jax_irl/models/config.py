@@ -1,0 +1,96 @@
+"""Frozen configuration of the decoder-only transformer that covers the Llama, Qwen2, Gemma and GPT-2 families."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Tuple
+
+FAMILIES = ("llama", "qwen2", "gemma", "gpt2")
+ACTIVATIONS = ("silu", "gelu_tanh", "gelu")
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """Everything that distinguishes the supported families; ``for_family`` fills in each family's choices.
+
+    norm: 'rms' (Llama, Qwen2, Gemma; Gemma scales by 1 + w) or 'layer' (GPT-2). mlp: 'gated' (SwiGLU / GeGLU:
+    down(act(gate(x)) * up(x))) or 'plain' (GPT-2: proj(act(fc(x)))). positions: 'rope' (rotate-half layout, as
+    in Hugging Face checkpoints) or 'learned'. dtype is the compute dtype ('float32' or 'bfloat16'); norms,
+    softmax and logsumexp run in float32 either way; param_dtype is the storage dtype.
+    """
+
+    family: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    max_position_embeddings: int = 2048
+    norm: str = "rms"
+    norm_eps: float = 1e-6
+    rms_one_plus: bool = False
+    mlp: str = "gated"
+    activation: str = "silu"
+    positions: str = "rope"
+    rope_theta: float = 10000.0
+    rope_type: str = "default"
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_positions: int = 8192
+    qkv_bias: bool = False
+    out_bias: bool = False
+    mlp_bias: bool = False
+    tie_embeddings: bool = False
+    scale_embeddings: bool = False
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    bos_token_id: Optional[int] = None
+    eos_token_ids: Tuple[int, ...] = ()
+    pad_token_id: Optional[int] = None
+
+    def __post_init__(self):
+        checks = [
+            (self.family in FAMILIES, f"family must be one of {FAMILIES}; got {self.family!r}"),
+            (self.norm in ("rms", "layer"), f"norm must be 'rms' or 'layer'; got {self.norm!r}"),
+            (self.mlp in ("gated", "plain"), f"mlp must be 'gated' or 'plain'; got {self.mlp!r}"),
+            (self.activation in ACTIVATIONS, f"activation must be one of {ACTIVATIONS}; got {self.activation!r}"),
+            (self.positions in ("rope", "learned"), f"positions must be 'rope' or 'learned'; got {self.positions!r}"),
+            (self.rope_type in ROPE_TYPES, f"rope_type must be one of {ROPE_TYPES}; got {self.rope_type!r}"),
+            (self.dtype in ("float32", "bfloat16"), f"dtype must be 'float32' or 'bfloat16'; got {self.dtype!r}"),
+            (self.param_dtype in ("float32", "bfloat16"),
+             f"param_dtype must be 'float32' or 'bfloat16'; got {self.param_dtype!r}"),
+        ]
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+                     "intermediate_size", "max_position_embeddings"):
+            value = getattr(self, name)
+            checks.append((isinstance(value, int) and value > 0, f"{name} must be a positive int; got {value!r}"))
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"TransformerConfig: {message}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"TransformerConfig: num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
+                             f"({self.num_kv_heads})")
+
+    @classmethod
+    def for_family(cls, family: str, **overrides) -> "TransformerConfig":
+        """A config with the family's architectural choices; sizes and anything else come from overrides."""
+        defaults = {
+            "llama": dict(norm="rms", mlp="gated", activation="silu", positions="rope", norm_eps=1e-5),
+            "qwen2": dict(norm="rms", mlp="gated", activation="silu", positions="rope", qkv_bias=True, norm_eps=1e-6),
+            "gemma": dict(norm="rms", rms_one_plus=True, mlp="gated", activation="gelu_tanh", positions="rope",
+                          tie_embeddings=True, scale_embeddings=True, norm_eps=1e-6),
+            "gpt2": dict(norm="layer", mlp="plain", activation="gelu_tanh", positions="learned", qkv_bias=True,
+                         out_bias=True, mlp_bias=True, tie_embeddings=True, norm_eps=1e-5),
+        }
+        if family not in defaults:
+            raise ValueError(f"family must be one of {FAMILIES}; got {family!r}")
+        kwargs = dict(defaults[family])
+        kwargs.update(overrides)
+        if "head_dim" not in kwargs and "hidden_size" in kwargs and "num_heads" in kwargs:
+            kwargs["head_dim"] = kwargs["hidden_size"] // kwargs["num_heads"]
+        kwargs.setdefault("num_kv_heads", kwargs.get("num_heads"))
+        return cls(family=family, **kwargs)

@@ -1,0 +1,300 @@
+"""Local Hugging Face checkpoints <-> jax_irl models (config.json + safetensors, sharded or not, fp32/bf16).
+
+Nothing is downloaded: ``from_pretrained(path)`` reads a local folder, ``save_pretrained(model, path)`` writes
+one that transformers loads. Supported model types: llama, qwen2, gemma, gpt2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable, Dict, List, Optional, Tuple
+
+import jax.numpy as jnp
+import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, needed by safetensors' numpy backend)
+import numpy as np
+from flax import nnx
+
+from jax_irl.models.config import TransformerConfig
+from jax_irl.models.transformer import Transformer
+
+SUPPORTED = ("llama", "qwen2", "gemma", "gpt2")
+_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
+                "gelu": "gelu"}
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "attn.bias", "attn.masked_bias")
+
+
+def _activation(name: str, model_type: str) -> str:
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"{model_type} config: activation {name!r} is not supported; expected one of "
+                         f"{sorted(_ACTIVATIONS)}")
+    return _ACTIVATIONS[name]
+
+
+def _rope_fields(hf: dict) -> dict:
+    params = dict(hf.get("rope_parameters") or {})
+    if not params:  # transformers 4.x layout
+        params = dict(hf.get("rope_scaling") or {})
+        params.setdefault("rope_theta", hf.get("rope_theta", 10000.0))
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type not in ("default", "linear", "llama3"):
+        raise ValueError(f"rope type {rope_type!r} is not supported; expected 'default', 'linear' or 'llama3'")
+    out = {"rope_theta": float(params.get("rope_theta", 10000.0)), "rope_type": rope_type}
+    if rope_type in ("linear", "llama3"):
+        out["rope_factor"] = float(params["factor"])
+    if rope_type == "llama3":
+        out.update(rope_low_freq_factor=float(params["low_freq_factor"]),
+                   rope_high_freq_factor=float(params["high_freq_factor"]),
+                   rope_original_max_positions=int(params["original_max_position_embeddings"]))
+    return out
+
+
+def _eos(hf: dict) -> tuple:
+    eos = hf.get("eos_token_id")
+    return () if eos is None else tuple(eos) if isinstance(eos, list) else (int(eos),)
+
+
+def config_from_hf(hf: dict, *, dtype: str = "float32", param_dtype: str = "float32") -> TransformerConfig:
+    """TransformerConfig from a Hugging Face config.json dict."""
+    model_type = hf.get("model_type")
+    if model_type not in SUPPORTED:
+        raise ValueError(f"model_type {model_type!r} is not supported; supported: {SUPPORTED}")
+    common = dict(dtype=dtype, param_dtype=param_dtype, bos_token_id=hf.get("bos_token_id"),
+                  eos_token_ids=_eos(hf), pad_token_id=hf.get("pad_token_id"))
+    if model_type == "gpt2":
+        for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
+            if hf.get(flag):
+                raise ValueError(f"gpt2 config: {flag}=True is not supported")
+        d = hf["n_embd"]
+        return TransformerConfig.for_family(
+            "gpt2", vocab_size=hf["vocab_size"], hidden_size=d, num_layers=hf["n_layer"], num_heads=hf["n_head"],
+            intermediate_size=hf.get("n_inner") or 4 * d, max_position_embeddings=hf["n_positions"],
+            norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+            activation=_activation(hf.get("activation_function", "gelu_new"), model_type),
+            tie_embeddings=hf.get("tie_word_embeddings", True), **common)
+    if hf.get("use_sliding_window"):
+        raise ValueError(f"{model_type} config: use_sliding_window=True is not supported")
+    heads = hf["num_attention_heads"]
+    act = hf.get("hidden_activation") or hf.get("hidden_act") or "silu"
+    kwargs = dict(
+        vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
+        num_heads=heads, num_kv_heads=hf.get("num_key_value_heads") or heads,
+        head_dim=hf.get("head_dim") or hf["hidden_size"] // heads, intermediate_size=hf["intermediate_size"],
+        max_position_embeddings=hf.get("max_position_embeddings", 2048), norm_eps=hf.get("rms_norm_eps", 1e-6),
+        activation=_activation(act, model_type), **_rope_fields(hf), **common)
+    if model_type == "llama":
+        bias = bool(hf.get("attention_bias", False))
+        kwargs.update(qkv_bias=bias, out_bias=bias, mlp_bias=bool(hf.get("mlp_bias", False)),
+                      tie_embeddings=hf.get("tie_word_embeddings", False))
+    elif model_type == "qwen2":
+        kwargs.update(tie_embeddings=hf.get("tie_word_embeddings", False))
+    else:
+        kwargs.update(tie_embeddings=hf.get("tie_word_embeddings", True))
+    return TransformerConfig.for_family(model_type, **kwargs)
+
+
+def config_to_hf(cfg: TransformerConfig) -> dict:
+    """A Hugging Face config.json dict for cfg."""
+    tokens = {"bos_token_id": cfg.bos_token_id, "pad_token_id": cfg.pad_token_id,
+              "eos_token_id": (list(cfg.eos_token_ids) if len(cfg.eos_token_ids) > 1 else
+                               (cfg.eos_token_ids[0] if cfg.eos_token_ids else None))}
+    dtype = {"float32": "float32", "bfloat16": "bfloat16"}[cfg.param_dtype]
+    if cfg.family == "gpt2":
+        return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": cfg.vocab_size,
+                "n_embd": cfg.hidden_size, "n_layer": cfg.num_layers, "n_head": cfg.num_heads,
+                "n_inner": cfg.intermediate_size, "n_positions": cfg.max_position_embeddings,
+                "layer_norm_epsilon": cfg.norm_eps, "activation_function": "gelu_new" if cfg.activation == "gelu_tanh"
+                else cfg.activation, "tie_word_embeddings": cfg.tie_embeddings, "dtype": dtype, **tokens}
+    act = {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu"}[cfg.activation]
+    rope = {"rope_type": cfg.rope_type, "rope_theta": cfg.rope_theta}
+    if cfg.rope_type != "default":
+        rope["factor"] = cfg.rope_factor
+    if cfg.rope_type == "llama3":
+        rope.update(low_freq_factor=cfg.rope_low_freq_factor, high_freq_factor=cfg.rope_high_freq_factor,
+                    original_max_position_embeddings=cfg.rope_original_max_positions)
+    arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "gemma": "GemmaForCausalLM"}[cfg.family]
+    out = {"model_type": cfg.family, "architectures": [arch], "vocab_size": cfg.vocab_size,
+           "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
+           "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
+           "num_key_value_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim,
+           "max_position_embeddings": cfg.max_position_embeddings, "rms_norm_eps": cfg.norm_eps,
+           "hidden_act": act, "rope_parameters": rope, "tie_word_embeddings": cfg.tie_embeddings,
+           "dtype": dtype, **tokens}
+    if cfg.family == "gemma":
+        out["hidden_activation"] = act
+    if cfg.family == "llama":
+        out.update(attention_bias=cfg.qkv_bias, mlp_bias=cfg.mlp_bias)
+    return out
+
+
+# A mapping entry: (checkpoint tensor name, model variable, checkpoint -> model array, model -> checkpoint array).
+Entry = Tuple[str, nnx.Variable, Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]
+
+
+def _same(x):
+    return x
+
+
+def _transpose(x):
+    return x.T
+
+
+def _weight_map(model: Transformer) -> List[Entry]:
+    cfg = model.cfg
+    d, h, kv, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    entries: List[Entry] = []
+
+    def add(name, var, to_model=_same, to_hf=_same):
+        if var is not None:
+            entries.append((name, var, to_model, to_hf))
+
+    def heads_in(n):  # [n*hd, D] (torch Linear) <-> [D, n, hd]
+        return (lambda x: x.T.reshape(d, n, hd)), (lambda y: y.reshape(d, n * hd).T)
+
+    def bias_in(n):
+        return (lambda x: x.reshape(n, hd)), (lambda y: y.reshape(n * hd))
+
+    if cfg.family == "gpt2":
+        p = "transformer."
+        add(p + "wte.weight", model.embed)
+        add(p + "wpe.weight", model.position_embed)
+        for i, blk in enumerate(model.layers):
+            q = f"{p}h.{i}."
+            add(q + "ln_1.weight", blk.attn_norm.weight)
+            add(q + "ln_1.bias", blk.attn_norm.bias)
+            add(q + "ln_2.weight", blk.mlp_norm.weight)
+            add(q + "ln_2.bias", blk.mlp_norm.bias)
+            a = blk.attn
+            # c_attn is a Conv1D: weight [D, 3D] (in, out), q|k|v along the output axis.
+            for j, (w, b) in enumerate(((a.q, a.q_bias), (a.k, a.k_bias), (a.v, a.v_bias))):
+                add(f"{q}attn.c_attn.weight#{j}", w, lambda x: x.reshape(d, h, hd), lambda y: y.reshape(d, h * hd))
+                add(f"{q}attn.c_attn.bias#{j}", b, lambda x: x.reshape(h, hd), lambda y: y.reshape(h * hd))
+            add(q + "attn.c_proj.weight", a.o, lambda x: x.reshape(h, hd, d), lambda y: y.reshape(h * hd, d))
+            add(q + "attn.c_proj.bias", a.o_bias)
+            add(q + "mlp.c_fc.weight", blk.mlp.up)
+            add(q + "mlp.c_fc.bias", blk.mlp.up_bias)
+            add(q + "mlp.c_proj.weight", blk.mlp.down)
+            add(q + "mlp.c_proj.bias", blk.mlp.down_bias)
+        add(p + "ln_f.weight", model.final_norm.weight)
+        add(p + "ln_f.bias", model.final_norm.bias)
+        return entries
+
+    add("model.embed_tokens.weight", model.embed)
+    for i, blk in enumerate(model.layers):
+        q = f"model.layers.{i}."
+        a = blk.attn
+        add(q + "self_attn.q_proj.weight", a.q, *heads_in(h))
+        add(q + "self_attn.k_proj.weight", a.k, *heads_in(kv))
+        add(q + "self_attn.v_proj.weight", a.v, *heads_in(kv))
+        add(q + "self_attn.q_proj.bias", a.q_bias, *bias_in(h))
+        add(q + "self_attn.k_proj.bias", a.k_bias, *bias_in(kv))
+        add(q + "self_attn.v_proj.bias", a.v_bias, *bias_in(kv))
+        add(q + "self_attn.o_proj.weight", a.o, lambda x: x.T.reshape(h, hd, d), lambda y: y.reshape(h * hd, d).T)
+        add(q + "self_attn.o_proj.bias", a.o_bias)
+        m = blk.mlp
+        add(q + "mlp.gate_proj.weight", m.gate, _transpose, _transpose)
+        add(q + "mlp.up_proj.weight", m.up, _transpose, _transpose)
+        add(q + "mlp.down_proj.weight", m.down, _transpose, _transpose)
+        add(q + "mlp.gate_proj.bias", m.gate_bias)
+        add(q + "mlp.up_proj.bias", m.up_bias)
+        add(q + "mlp.down_proj.bias", m.down_bias)
+        add(q + "input_layernorm.weight", blk.attn_norm.weight)
+        add(q + "post_attention_layernorm.weight", blk.mlp_norm.weight)
+    add("model.norm.weight", model.final_norm.weight)
+    add("lm_head.weight", model.lm_head, _transpose, _transpose)
+    return entries
+
+
+def _read_tensors(path: str) -> Dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    index = os.path.join(path, "model.safetensors.index.json")
+    single = os.path.join(path, "model.safetensors")
+    if os.path.exists(index):
+        with open(index) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    elif os.path.exists(single):
+        files = ["model.safetensors"]
+    else:
+        raise FileNotFoundError(f"{path} has neither model.safetensors nor model.safetensors.index.json")
+    tensors: Dict[str, np.ndarray] = {}
+    for name in files:
+        file = os.path.join(path, name)
+        if not os.path.exists(file):
+            raise FileNotFoundError(f"the index names shard {name}, which is missing from {path}")
+        tensors.update(load_file(file))
+    return tensors
+
+
+def from_pretrained(path: str, *, dtype: str = "float32", param_dtype: Optional[str] = None) -> Transformer:
+    """Load a local Hugging Face causal-LM folder (config.json + safetensors) into a jax_irl Transformer.
+
+    dtype is the compute dtype; param_dtype defaults to the checkpoint's ('float32' or 'bfloat16'; float16 is
+    read as float32). Missing tensors, shape mismatches and unexpected tensors raise errors naming the tensor.
+    """
+    config_file = os.path.join(path, "config.json")
+    if not os.path.exists(config_file):
+        raise FileNotFoundError(f"{path} has no config.json (is it a Hugging Face model folder?)")
+    with open(config_file) as f:
+        hf = json.load(f)
+    tensors = _read_tensors(path)
+    if param_dtype is None:
+        first = next(iter(tensors.values()))
+        param_dtype = "bfloat16" if first.dtype == jnp.bfloat16 else "float32"
+    cfg = config_from_hf(hf, dtype=dtype, param_dtype=param_dtype)
+    model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+    if cfg.family == "gpt2" and not any(k.startswith("transformer.") for k in tensors):
+        tensors = {"transformer." + k: v for k, v in tensors.items()}  # original GPT-2 checkpoints
+    used = set()
+    target = {"float32": np.float32, "bfloat16": jnp.bfloat16}[param_dtype]
+    for name, var, to_model, _ in _weight_map(model):
+        key, _, part = name.partition("#")
+        if key not in tensors:
+            raise KeyError(f"checkpoint {path} is missing tensor {key!r} needed by the {cfg.family} model")
+        array = tensors[key]
+        if part:  # one of q|k|v stacked along the output axis
+            array = np.split(array, 3, axis=-1)[int(part)]
+        value = np.asarray(to_model(array))
+        expected = var.get_value().shape
+        if value.shape != tuple(expected):
+            raise ValueError(f"tensor {key!r} has shape {array.shape}, which does not fit the model's {expected} "
+                             f"(config.json and weights disagree)")
+        var.set_value(jnp.asarray(value.astype(target)))
+        used.add(key)
+    unexpected = [k for k in tensors if k not in used and not k.endswith(_IGNORED_SUFFIXES)
+                  and not (k == "lm_head.weight" and cfg.tie_embeddings)]
+    if unexpected:
+        raise ValueError(f"checkpoint {path} has tensors the {cfg.family} model does not use: {unexpected[:5]}"
+                         f"{' ...' if len(unexpected) > 5 else ''}")
+    return model
+
+
+def save_pretrained(model: Transformer, path: str) -> None:
+    """Write config.json and model.safetensors that transformers' AutoModelForCausalLM loads."""
+    from safetensors.numpy import save_file
+
+    os.makedirs(path, exist_ok=True)
+    tensors: Dict[str, np.ndarray] = {}
+    stacked: Dict[str, list] = {}
+    for name, var, _, to_hf in _weight_map(model):
+        array = np.asarray(to_hf(np.asarray(var.get_value())))
+        key, _, part = name.partition("#")
+        if part:
+            stacked.setdefault(key, [None] * 3)[int(part)] = array
+        else:
+            tensors[key] = np.ascontiguousarray(array)
+    for key, parts in stacked.items():
+        tensors[key] = np.ascontiguousarray(np.concatenate(parts, axis=-1))
+    save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config_to_hf(model.cfg), f, indent=2)
+
+
+def load_tokenizer(path: str):
+    """The tokenizer saved in a local model folder, through transformers (no download)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+__all__ = ["config_from_hf", "config_to_hf", "from_pretrained", "save_pretrained", "load_tokenizer", "SUPPORTED"]

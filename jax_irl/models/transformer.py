@@ -1,0 +1,266 @@
+"""Decoder-only transformer (Llama, Qwen2, Gemma and GPT-2 families from one config) in Flax NNX.
+
+Parameters carry logical axis names (vocab, embed, heads, kv, mlp) in their ``out_sharding`` metadata, with
+eager sharding off: a model builds anywhere, and ``jax_irl.parallel`` maps the names to mesh axes.
+
+Call: ``model(tokens, attention_mask=..., positions=..., cache=..., cache_index=...)`` returns a
+``DecoderOutput`` with logits [B, T, V], the final hidden states [B, T, D] (for value heads and for
+``losses.chunked_soft_q_stats`` with ``model.unembedding()``), and the updated KV cache.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jax_irl.models.config import TransformerConfig
+
+Array = jax.Array
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def logical_param(rngs: nnx.Rngs, init, shape, names, dtype) -> nnx.Param:
+    """An nnx.Param initialised by init(key, shape, dtype), annotated with logical axis names."""
+    return nnx.Param(init(rngs.params(), shape, dtype), out_sharding=names, eager_sharding=False)
+
+
+_normal = jax.nn.initializers.normal(0.02)
+_zeros = jax.nn.initializers.zeros
+_ones = jax.nn.initializers.ones
+
+
+def activation(name: str):
+    return {
+        "silu": jax.nn.silu,
+        "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+        "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    }[name]
+
+
+class Norm(nnx.Module):
+    """RMSNorm (weight w, or 1 + w for Gemma) or LayerNorm, statistics in float32."""
+
+    def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
+        self.kind, self.eps, self.one_plus = cfg.norm, cfg.norm_eps, cfg.rms_one_plus
+        pdt = _DTYPES[cfg.param_dtype]
+        d = cfg.hidden_size
+        self.weight = logical_param(rngs, _zeros if cfg.rms_one_plus else _ones, (d,), ("embed",), pdt)
+        self.bias = logical_param(rngs, _zeros, (d,), ("embed",), pdt) if cfg.norm == "layer" else None
+
+    def __call__(self, x: Array) -> Array:
+        dtype = x.dtype
+        x32 = x.astype(jnp.float32)
+        w = self.weight[...].astype(jnp.float32)
+        if self.kind == "layer":
+            mean = jnp.mean(x32, -1, keepdims=True)
+            var = jnp.mean(jnp.square(x32 - mean), -1, keepdims=True)
+            out = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * w + self.bias[...].astype(jnp.float32)
+            return out.astype(dtype)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), -1, keepdims=True) + self.eps)
+        if self.one_plus:
+            return (normed * (1.0 + w)).astype(dtype)
+        return normed.astype(dtype) * w.astype(dtype)
+
+
+def rope_inverse_frequencies(cfg: TransformerConfig) -> Array:
+    """inv_freq [head_dim / 2] with the config's RoPE scaling ('default', 'linear', 'llama3')."""
+    hd = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd))
+    if cfg.rope_type == "linear":
+        return inv / cfg.rope_factor
+    if cfg.rope_type == "llama3":
+        low_wavelen = cfg.rope_original_max_positions / cfg.rope_low_freq_factor
+        high_wavelen = cfg.rope_original_max_positions / cfg.rope_high_freq_factor
+        wavelen = 2 * math.pi / inv
+        scaled = jnp.where(wavelen > low_wavelen, inv / cfg.rope_factor, inv)
+        smooth = (cfg.rope_original_max_positions / wavelen - cfg.rope_low_freq_factor) / (
+            cfg.rope_high_freq_factor - cfg.rope_low_freq_factor)
+        smoothed = (1 - smooth) * scaled / cfg.rope_factor + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        return jnp.where(medium, smoothed, scaled)
+    return inv
+
+
+def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
+    """Rotary embedding in the rotate-half layout. x: [B, T, H, hd]; positions: [B, T]."""
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, hd/2]
+    emb = jnp.concatenate([angles, angles], -1)[:, :, None, :]
+    cos, sin = jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], -1)
+    return x * cos + rotated * sin
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        pdt = _DTYPES[cfg.param_dtype]
+        d, h, kv, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.q = logical_param(rngs, _normal, (d, h, hd), ("embed", "heads", "kv"), pdt)
+        self.k = logical_param(rngs, _normal, (d, kv, hd), ("embed", "heads", "kv"), pdt)
+        self.v = logical_param(rngs, _normal, (d, kv, hd), ("embed", "heads", "kv"), pdt)
+        self.o = logical_param(rngs, _normal, (h, hd, d), ("heads", "kv", "embed"), pdt)
+        if cfg.qkv_bias:
+            self.q_bias = logical_param(rngs, _zeros, (h, hd), ("heads", "kv"), pdt)
+            self.k_bias = logical_param(rngs, _zeros, (kv, hd), ("heads", "kv"), pdt)
+            self.v_bias = logical_param(rngs, _zeros, (kv, hd), ("heads", "kv"), pdt)
+        else:
+            self.q_bias = self.k_bias = self.v_bias = None
+        self.o_bias = logical_param(rngs, _zeros, (d,), ("embed",), pdt) if cfg.out_bias else None
+
+    def _project(self, x, w, b):
+        y = jnp.einsum("btd,dhk->bthk", x, w[...].astype(x.dtype))
+        return y if b is None else y + b[...].astype(x.dtype)
+
+    def __call__(self, x, positions, key_valid, query_slots, inv_freq, layer_cache=None, cache_index=None):
+        cfg = self.cfg
+        q = self._project(x, self.q, self.q_bias)
+        k = self._project(x, self.k, self.k_bias)
+        v = self._project(x, self.v, self.v_bias)
+        if cfg.positions == "rope":
+            q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+        new_cache = None
+        if layer_cache is not None:
+            k_all = jax.lax.dynamic_update_slice_in_dim(layer_cache["k"], k.astype(layer_cache["k"].dtype),
+                                                        cache_index, axis=1)
+            v_all = jax.lax.dynamic_update_slice_in_dim(layer_cache["v"], v.astype(layer_cache["v"].dtype),
+                                                        cache_index, axis=1)
+            new_cache = {"k": k_all, "v": v_all}
+            k, v = k_all.astype(x.dtype), v_all.astype(x.dtype)
+        b, t, h, hd = q.shape
+        kvh = cfg.num_kv_heads
+        qg = q.reshape(b, t, kvh, h // kvh, hd)
+        scores = jnp.einsum("btkgh,bskh->bkgts", qg, k, preferred_element_type=jnp.float32) / math.sqrt(hd)
+        key_slots = jnp.arange(k.shape[1])
+        allowed = key_valid[:, None, None, None, :] & (key_slots[None, :] <= query_slots[:, None])[None, None, None]
+        scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
+        out = jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(b, t, h, hd)
+        y = jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(x.dtype))
+        if self.o_bias is not None:
+            y = y + self.o_bias[...].astype(x.dtype)
+        return y, new_cache
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
+        pdt = _DTYPES[cfg.param_dtype]
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        self.gated = cfg.mlp == "gated"
+        self.act = activation(cfg.activation)
+        self.up = logical_param(rngs, _normal, (d, f), ("embed", "mlp"), pdt)
+        self.gate = logical_param(rngs, _normal, (d, f), ("embed", "mlp"), pdt) if self.gated else None
+        self.down = logical_param(rngs, _normal, (f, d), ("mlp", "embed"), pdt)
+        self.up_bias = logical_param(rngs, _zeros, (f,), ("mlp",), pdt) if cfg.mlp_bias else None
+        self.down_bias = logical_param(rngs, _zeros, (d,), ("embed",), pdt) if cfg.mlp_bias else None
+        if cfg.mlp_bias and self.gated:
+            self.gate_bias = logical_param(rngs, _zeros, (f,), ("mlp",), pdt)
+        else:
+            self.gate_bias = None
+
+    @staticmethod
+    def _dense(x, w, b):
+        y = x @ w[...].astype(x.dtype)
+        return y if b is None else y + b[...].astype(x.dtype)
+
+    def __call__(self, x):
+        up = self._dense(x, self.up, self.up_bias)
+        hidden = self.act(self._dense(x, self.gate, self.gate_bias)) * up if self.gated else self.act(up)
+        return self._dense(hidden, self.down, self.down_bias)
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
+        self.attn_norm = Norm(cfg, rngs)
+        self.attn = Attention(cfg, rngs)
+        self.mlp_norm = Norm(cfg, rngs)
+        self.mlp = MLP(cfg, rngs)
+
+    def __call__(self, x, positions, key_valid, query_slots, inv_freq, layer_cache=None, cache_index=None):
+        a, new_cache = self.attn(self.attn_norm(x), positions, key_valid, query_slots, inv_freq, layer_cache,
+                                 cache_index)
+        x = x + a
+        return x + self.mlp(self.mlp_norm(x)), new_cache
+
+
+class DecoderOutput(NamedTuple):
+    logits: Optional[Array]  # [B, T, V] in the compute dtype (None when compute_logits=False)
+    hidden: Array  # [B, T, D] after the final norm
+    cache: Optional[dict]
+
+
+class Transformer(nnx.Module):
+    """Decoder-only language model. See the module docstring for the call signature."""
+
+    def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        pdt = _DTYPES[cfg.param_dtype]
+        self.embed = logical_param(rngs, _normal, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), pdt)
+        if cfg.positions == "learned":
+            self.position_embed = logical_param(rngs, _normal, (cfg.max_position_embeddings, cfg.hidden_size),
+                                                (None, "embed"), pdt)
+        else:
+            self.position_embed = None
+        self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+        self.final_norm = Norm(cfg, rngs)
+        if cfg.tie_embeddings:
+            self.lm_head = None
+        else:
+            self.lm_head = logical_param(rngs, _normal, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), pdt)
+
+    def unembedding(self) -> Array:
+        """The [D, V] output matrix (the transposed embedding when tied)."""
+        return self.embed[...].T if self.lm_head is None else self.lm_head[...]
+
+    def init_cache(self, batch_size: int, max_length: int, dtype=None) -> dict:
+        """An empty KV cache for ``max_length`` slots: per-layer k/v [B, S, KV, hd] and 'valid' [B, S]."""
+        cfg = self.cfg
+        dtype = dtype or _DTYPES[cfg.dtype]
+        shape = (batch_size, max_length, cfg.num_kv_heads, cfg.head_dim)
+        return {
+            "layers": [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.num_layers)],
+            "valid": jnp.zeros((batch_size, max_length), bool),
+        }
+
+    def __call__(self, tokens: Array, *, attention_mask: Optional[Array] = None, positions: Optional[Array] = None,
+                 cache: Optional[dict] = None, cache_index=None, compute_logits: bool = True) -> DecoderOutput:
+        """tokens: [B, T] ids; attention_mask: [B, T], 1 on real tokens (default all ones); positions: [B, T]
+        (default: the count of real tokens before each one, so left padding is handled); cache/cache_index:
+        write this call's keys and values at slots cache_index .. cache_index + T of ``cache`` and attend to
+        every valid slot up to each query's own."""
+        cfg = self.cfg
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must have shape [B, T]; got {tokens.shape}")
+        b, t = tokens.shape
+        mask = jnp.ones((b, t), bool) if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
+        if mask.shape != (b, t):
+            raise ValueError(f"attention_mask must have shape [B, T] = {(b, t)}; got {mask.shape}")
+        if positions is None:
+            positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
+        dtype = _DTYPES[cfg.dtype]
+        x = self.embed[...][tokens].astype(dtype)
+        if cfg.scale_embeddings:
+            x = x * jnp.asarray(math.sqrt(cfg.hidden_size), dtype)
+        if self.position_embed is not None:
+            x = x + self.position_embed[...][positions].astype(dtype)
+        if cache is None:
+            key_valid, query_slots, layer_caches = mask, jnp.arange(t), [None] * cfg.num_layers
+        else:
+            if cache_index is None:
+                raise ValueError("cache_index is required with a cache")
+            key_valid = jax.lax.dynamic_update_slice_in_dim(cache["valid"], mask, cache_index, axis=1)
+            query_slots = cache_index + jnp.arange(t)
+            layer_caches = cache["layers"]
+        inv_freq = rope_inverse_frequencies(cfg)
+        new_layers = []
+        for block, layer_cache in zip(self.layers, layer_caches):
+            x, new_cache = block(x, positions, key_valid, query_slots, inv_freq, layer_cache, cache_index)
+            new_layers.append(new_cache)
+        hidden = self.final_norm(x)
+        logits = hidden @ self.unembedding().astype(dtype) if compute_logits else None
+        new_cache = None if cache is None else {"layers": new_layers, "valid": key_valid}
+        return DecoderOutput(logits, hidden, new_cache)
