@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv if missing and install jax_irl into it (editable, with test extras). Re-installs when setup.cfg
+# Create .venv if missing and install jax_irl into it (editable, with the test and hf extras; torch CPU for
+# the transformers parity tests). Re-installs when setup.cfg
 # or pyproject.toml change. Sourced by run.sh and test.sh; safe to run on its own.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,6 +15,8 @@ fi
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[setup] installing jax_irl and its dependencies into .venv (first run takes a few minutes)"
   "$venv/bin/python" -m pip install --quiet --upgrade pip
-  "$venv/bin/python" -m pip install --quiet -e "$root[test]"
+  # torch first, pinned: 2.13.0 is the CPU build here; anything unpinned would pull a multi-GB CUDA build.
+  "$venv/bin/python" -m pip install --quiet "torch==2.13.0"
+  "$venv/bin/python" -m pip install --quiet -e "$root[test,hf]"
   echo "$want" > "$stamp"
 fi

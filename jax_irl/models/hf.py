@@ -254,9 +254,12 @@ def from_pretrained(path: str, *, dtype: str = "float32", param_dtype: Optional[
         array = tensors[key]
         if part:  # one of q|k|v stacked along the output axis
             array = np.split(array, 3, axis=-1)[int(part)]
-        value = np.asarray(to_model(array))
         expected = var.get_value().shape
-        if value.shape != tuple(expected):
+        try:
+            value = np.asarray(to_model(array))
+        except ValueError:  # a reshape that cannot fit
+            value = None
+        if value is None or value.shape != tuple(expected):
             raise ValueError(f"tensor {key!r} has shape {array.shape}, which does not fit the model's {expected} "
                              f"(config.json and weights disagree)")
         var.set_value(jnp.asarray(value.astype(target)))

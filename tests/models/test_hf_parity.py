@@ -1,0 +1,163 @@
+"""Parity with transformers (torch, CPU) on tiny random configs of each family, both directions."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from jax_irl.models import hf  # noqa: E402
+from jax_irl.models.config import TransformerConfig  # noqa: E402
+from jax_irl.models.transformer import Transformer  # noqa: E402
+
+FAMILIES = ["llama", "qwen2", "gemma", "gpt2", "llama3_rope_bias"]
+VOCAB = 64
+
+
+def _hf_config(family):
+    if family == "gpt2":
+        return transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                       bos_token_id=0, eos_token_id=1)
+    kw = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=64, bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    if family == "llama":
+        return transformers.LlamaConfig(**kw)
+    if family == "llama3_rope_bias":  # llama3 RoPE scaling, attention and MLP biases, untied head
+        return transformers.LlamaConfig(attention_bias=True, mlp_bias=True, rope_parameters={
+            "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 16}, **kw)
+    if family == "qwen2":
+        return transformers.Qwen2Config(tie_word_embeddings=True, **kw)
+    return transformers.GemmaConfig(head_dim=16, **kw)
+
+
+def _torch_model(family, seed=0):
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(_hf_config(family)).eval()
+    with torch.no_grad():  # move every weight (norms included) away from its default init
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+def _inputs():
+    rng = np.random.default_rng(0)
+    ids = rng.integers(3, VOCAB, (3, 9))
+    mask = np.ones((3, 9), np.int64)
+    mask[1, :3] = 0  # left padding
+    mask[2, -2:] = 0  # right padding
+    positions = np.maximum(np.cumsum(mask, -1) - 1, 0)
+    return ids, mask, positions
+
+
+def _torch_logits(model, ids, mask, positions):
+    with torch.no_grad():
+        return model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                     position_ids=torch.tensor(positions)).logits.float().numpy()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_import_and_export_match_transformers_logits(family, tmp_path):
+    model = _torch_model(family)
+    model.save_pretrained(tmp_path / "hf")
+    ids, mask, positions = _inputs()
+    expected = _torch_logits(model, ids, mask, positions)
+    ours = hf.from_pretrained(str(tmp_path / "hf"))
+    got = np.asarray(ours(jnp.asarray(ids), attention_mask=jnp.asarray(mask)).logits)
+    real = mask.astype(bool)
+    assert np.abs(got - expected)[real].max() <= 1e-4
+    # Export -> transformers loads it -> the same logits.
+    hf.save_pretrained(ours, str(tmp_path / "export"))
+    back = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "export")).eval()
+    assert np.abs(_torch_logits(back, ids, mask, positions) - expected)[real].max() <= 1e-4
+
+
+def test_bf16_checkpoint_and_sharded_folder(tmp_path):
+    model = _torch_model("llama", seed=1)
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16", max_shard_size="20KB")
+    files = os.listdir(tmp_path / "bf16")
+    assert "model.safetensors.index.json" in files and sum(f.endswith(".safetensors") for f in files) > 1
+    ours = hf.from_pretrained(str(tmp_path / "bf16"))
+    assert ours.embed[...].dtype == jnp.bfloat16
+    ids, mask, positions = _inputs()
+    expected = _torch_logits(model.float(), ids, mask, positions)  # bf16 weights, fp32 compute on both sides
+    got = np.asarray(ours(jnp.asarray(ids), attention_mask=jnp.asarray(mask)).logits)
+    assert np.abs(got - expected)[mask.astype(bool)].max() <= 1e-4
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_kv_cache_decoding_equals_full_forward(family):
+    cfg = TransformerConfig.for_family(family, vocab_size=VOCAB, hidden_size=32, num_layers=2, num_heads=4,
+                                       num_kv_heads=2 if family != "gpt2" else 4, intermediate_size=48,
+                                       max_position_embeddings=64)
+    model = Transformer(cfg, rngs=__import__("flax").nnx.Rngs(0))
+    ids, mask, positions = _inputs()
+    mask[2, -2:] = 1  # the cache test uses left padding only
+    full = model(jnp.asarray(ids), attention_mask=jnp.asarray(mask)).logits
+    cache = model.init_cache(3, 12)
+    out = model(jnp.asarray(ids[:, :5]), attention_mask=jnp.asarray(mask[:, :5]),
+                positions=jnp.asarray(np.maximum(np.cumsum(mask, -1) - 1, 0)[:, :5]), cache=cache, cache_index=0)
+    steps = [out.logits]
+    cache = out.cache
+    pos = np.maximum(np.cumsum(mask, -1) - 1, 0)
+    for t in range(5, 9):
+        out = model(jnp.asarray(ids[:, t:t + 1]), attention_mask=jnp.asarray(mask[:, t:t + 1]),
+                    positions=jnp.asarray(pos[:, t:t + 1]), cache=cache, cache_index=t)
+        cache = out.cache
+        steps.append(out.logits)
+    incremental = np.concatenate([np.asarray(s) for s in steps], axis=1)
+    np.testing.assert_allclose(incremental[mask.astype(bool)], np.asarray(full)[mask.astype(bool)], atol=1e-5)
+
+
+def test_chunked_losses_from_model_hidden_states():
+    from flax import nnx
+
+    from jax_irl import losses
+
+    cfg = TransformerConfig.for_family("gemma", vocab_size=VOCAB, hidden_size=32, num_layers=1, num_heads=2,
+                                       num_kv_heads=1, head_dim=16, intermediate_size=48)
+    model = Transformer(cfg, rngs=nnx.Rngs(3))
+    ids = jnp.asarray(np.random.default_rng(1).integers(0, VOCAB, (2, 6)))
+    out = model(ids)
+    direct = losses.soft_q_stats(out.logits, ids)
+    chunked = losses.chunked_soft_q_stats(out.hidden, model.unembedding(), ids, chunk_size=24)
+    for a, b in zip(direct, chunked):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert model(ids, compute_logits=False).logits is None
+
+
+def test_interop_errors_name_the_problem(tmp_path):
+    model = _torch_model("llama")
+    model.save_pretrained(tmp_path / "ok")
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(str(tmp_path / "ok" / "model.safetensors"))
+    missing = dict(tensors)
+    del missing["model.layers.1.mlp.up_proj.weight"]
+    (tmp_path / "missing").mkdir()
+    save_file(missing, str(tmp_path / "missing" / "model.safetensors"))
+    (tmp_path / "missing" / "config.json").write_text((tmp_path / "ok" / "config.json").read_text())
+    with pytest.raises(KeyError, match="model.layers.1.mlp.up_proj.weight"):
+        hf.from_pretrained(str(tmp_path / "missing"))
+    bad = dict(tensors)
+    bad["model.layers.0.self_attn.q_proj.weight"] = bad["model.layers.0.self_attn.q_proj.weight"][:8]
+    (tmp_path / "shape").mkdir()
+    save_file(bad, str(tmp_path / "shape" / "model.safetensors"))
+    (tmp_path / "shape" / "config.json").write_text((tmp_path / "ok" / "config.json").read_text())
+    with pytest.raises(ValueError, match=r"q_proj.weight.*does not fit"):
+        hf.from_pretrained(str(tmp_path / "shape"))
+    cfg = json.loads((tmp_path / "ok" / "config.json").read_text())
+    cfg["model_type"] = "mamba"
+    (tmp_path / "ok" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="model_type 'mamba' is not supported"):
+        hf.from_pretrained(str(tmp_path / "ok"))
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        hf.from_pretrained(str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="num_heads .* multiple of num_kv_heads"):
+        TransformerConfig.for_family("llama", vocab_size=8, hidden_size=8, num_layers=1, num_heads=3,
+                                     num_kv_heads=2, intermediate_size=8)
