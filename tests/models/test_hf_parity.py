@@ -161,3 +161,24 @@ def test_interop_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="num_heads .* multiple of num_kv_heads"):
         TransformerConfig.for_family("llama", vocab_size=8, hidden_size=8, num_layers=1, num_heads=3,
                                      num_kv_heads=2, intermediate_size=8)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_greedy_generate_equals_transformers_generate(family, tmp_path):
+    from jax_irl import sampling
+
+    model = _torch_model(family, seed=2)
+    with torch.no_grad():  # sharper distributions: no near-ties for argmax to break differently
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    model.save_pretrained(tmp_path)
+    ours = hf.from_pretrained(str(tmp_path))
+    toks, mask = sampling.left_pad([[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]], pad_id=2)
+    with torch.no_grad():
+        expected = model.generate(input_ids=torch.tensor(toks, dtype=torch.long),
+                                  attention_mask=torch.tensor(mask, dtype=torch.long), do_sample=False,
+                                  max_new_tokens=10, pad_token_id=2, eos_token_id=1).numpy()[:, toks.shape[1]:]
+    got = sampling.generate(ours, toks, mask, jax.random.PRNGKey(0), max_new_tokens=10, greedy=True, pad_id=2,
+                            eos_ids=(1,))
+    expected = np.pad(expected, ((0, 0), (0, 10 - expected.shape[1])), constant_values=2)
+    np.testing.assert_array_equal(np.asarray(got.tokens), expected)

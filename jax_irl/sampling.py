@@ -1,0 +1,177 @@
+"""Jit-compiled autoregressive sampling with a KV cache, best-of-n, and statistical rejection sampling.
+
+``generate`` prefills the prompts once, then decodes one token per step inside a ``lax.while_loop`` that stops
+when every row has finished (EOS) or ``max_new_tokens`` is reached. Prompts are left-padded [B, P] with a mask,
+so ragged prompt lengths share one batch. Same key, same output.
+
+``best_of_n`` and ``rejection_sample`` act on rewards of candidates [B, n]: they are the practical oracles for
+the Gibbs policy pi0(a|x) exp(r(x,a)/eta) / Z(x) of KL-regularised preference learning.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+
+class SampleOutput(NamedTuple):
+    tokens: jax.Array  # [B * n, max_new_tokens] generated ids, pad_id after the end
+    log_probs: jax.Array  # [B * n, max_new_tokens] log-prob of each token under the sampling distribution
+    model_log_probs: jax.Array  # [B * n, max_new_tokens] log-prob under the model (temperature 1, no filtering)
+    lengths: jax.Array  # [B * n] generated tokens per row, EOS included
+    mask: jax.Array  # [B * n, max_new_tokens] 1 on generated tokens (EOS included)
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0):
+    """Ragged token lists -> (tokens [B, P] left-padded, mask [B, P]) as numpy arrays."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    width = max(len(p) for p in prompts)
+    tokens = np.full((len(prompts), width), pad_id, np.int32)
+    mask = np.zeros((len(prompts), width), np.int32)
+    for i, p in enumerate(prompts):
+        tokens[i, width - len(p):] = p
+        mask[i, width - len(p):] = 1
+    return tokens, mask
+
+
+def filter_logits(logits: jax.Array, *, temperature: float = 1.0, top_k: Optional[int] = None,
+                  top_p: Optional[float] = None) -> jax.Array:
+    """The sampling distribution's logits: / temperature, then top-k, then top-p (nucleus); removed -> -inf."""
+    x = logits.astype(jnp.float32) / temperature
+    if top_k is not None and top_k < x.shape[-1]:
+        kth = jax.lax.top_k(x, top_k)[0][..., -1:]
+        x = jnp.where(x < kth, -jnp.inf, x)
+    if top_p is not None and top_p < 1.0:
+        order = jnp.argsort(-x, axis=-1)
+        sorted_x = jnp.take_along_axis(x, order, -1)
+        probs = jax.nn.softmax(sorted_x, -1)
+        before = jnp.cumsum(probs, -1) - probs  # mass of strictly more likely tokens
+        keep_sorted = before < top_p  # the most likely token always stays
+        keep = jnp.zeros_like(keep_sorted).at[jnp.arange(x.shape[0])[:, None], order].set(keep_sorted)
+        x = jnp.where(keep, x, -jnp.inf)
+    return x
+
+
+def _check_args(prompt_tokens, prompt_mask, max_new_tokens, temperature, top_k, top_p, num_samples):
+    if prompt_tokens.ndim != 2 or prompt_mask.shape != prompt_tokens.shape:
+        raise ValueError(f"prompt_tokens and prompt_mask must both have shape [B, P]; got {prompt_tokens.shape} "
+                         f"and {prompt_mask.shape}")
+    m = np.asarray(prompt_mask)
+    if not m[:, -1].all() or (np.diff(m, axis=1) < 0).any():
+        raise ValueError("prompts must be left-padded: each prompt_mask row is 0s then 1s ending in a 1 "
+                         "(use sampling.left_pad)")
+    if not (isinstance(max_new_tokens, int) and max_new_tokens > 0):
+        raise ValueError(f"max_new_tokens must be a positive int; got {max_new_tokens!r}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0 (use greedy=True for argmax decoding); got {temperature}")
+    if top_k is not None and not (isinstance(top_k, int) and top_k > 0):
+        raise ValueError(f"top_k must be a positive int or None; got {top_k!r}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1]; got {top_p}")
+    if not (isinstance(num_samples, int) and num_samples > 0):
+        raise ValueError(f"num_samples must be a positive int; got {num_samples!r}")
+
+
+def generate(model, prompt_tokens, prompt_mask, key, *, max_new_tokens: int, temperature: float = 1.0,
+             top_k: Optional[int] = None, top_p: Optional[float] = None, greedy: bool = False,
+             eos_ids: Optional[Sequence[int]] = None, pad_id: int = 0, num_samples: int = 1) -> SampleOutput:
+    """Sample continuations of left-padded prompts from a jax_irl Transformer.
+
+    prompt_tokens, prompt_mask: [B, P] (``left_pad`` builds them); key: a PRNG key. Each prompt gets
+    ``num_samples`` continuations, as rows b * num_samples + j. eos_ids defaults to the model config's. Greedy
+    decoding takes the argmax (its sampling log-probs are 0). Compiles once per shape and option set.
+    """
+    prompt_tokens, prompt_mask = jnp.asarray(prompt_tokens), jnp.asarray(prompt_mask)
+    _check_args(prompt_tokens, prompt_mask, max_new_tokens, temperature, top_k, top_p, num_samples)
+    eos = tuple(model.cfg.eos_token_ids if eos_ids is None else eos_ids)
+    graphdef, state = nnx.split(model)
+    return _generate(graphdef, state, prompt_tokens, prompt_mask, key, max_new_tokens, float(temperature), top_k,
+                     top_p, bool(greedy), eos, int(pad_id), num_samples)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8, 9, 10, 11, 12))
+def _generate(graphdef, state, prompt_tokens, prompt_mask, key, max_new, temperature, top_k, top_p, greedy, eos,
+              pad_id, n):
+    model = nnx.merge(graphdef, state)
+    tokens = jnp.repeat(prompt_tokens, n, axis=0)
+    mask = jnp.repeat(prompt_mask, n, axis=0).astype(jnp.int32)
+    rows, width = tokens.shape
+    positions = jnp.maximum(jnp.cumsum(mask, -1) - 1, 0)
+    cache = model.init_cache(rows, width + max_new)
+    out = model(tokens, attention_mask=mask, positions=positions, cache=cache, cache_index=0)
+    next_pos = positions[:, -1] + 1
+    eos_arr = jnp.asarray(eos if eos else (-1,), jnp.int32)
+
+    def pick(logits, step_key):
+        model_lp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+        if greedy:
+            tok = jnp.argmax(logits, -1).astype(jnp.int32)
+            return tok, jnp.zeros(tok.shape, jnp.float32), jnp.take_along_axis(model_lp, tok[:, None], -1)[:, 0]
+        filtered = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+        tok = jax.random.categorical(step_key, filtered, -1).astype(jnp.int32)
+        lp = jax.nn.log_softmax(filtered, -1)
+        return (tok, jnp.take_along_axis(lp, tok[:, None], -1)[:, 0],
+                jnp.take_along_axis(model_lp, tok[:, None], -1)[:, 0])
+
+    def cond(carry):
+        step, done = carry[0], carry[1]
+        return (step < max_new) & ~jnp.all(done)
+
+    def body(carry):
+        step, done, logits, cache, pos, out_tok, out_lp, out_mlp, key = carry
+        key, step_key = jax.random.split(key)
+        tok, lp, mlp = pick(logits, step_key)
+        live = ~done
+        tok = jnp.where(live, tok, pad_id)
+        out_tok = out_tok.at[:, step].set(tok)
+        out_lp = out_lp.at[:, step].set(jnp.where(live, lp, 0.0))
+        out_mlp = out_mlp.at[:, step].set(jnp.where(live, mlp, 0.0))
+        done = done | jnp.isin(tok, eos_arr)
+        res = model(tok[:, None], attention_mask=live[:, None].astype(jnp.int32), positions=pos[:, None],
+                    cache=cache, cache_index=width + step)
+        return (step + 1, done, res.logits[:, -1], res.cache, pos + 1, out_tok, out_lp, out_mlp, key)
+
+    init = (jnp.int32(0), jnp.zeros(rows, bool), out.logits[:, -1], out.cache, next_pos,
+            jnp.full((rows, max_new), pad_id, jnp.int32), jnp.zeros((rows, max_new), jnp.float32),
+            jnp.zeros((rows, max_new), jnp.float32), key)
+    final = jax.lax.while_loop(cond, body, init)
+    out_tok, out_lp, out_mlp = final[5], final[6], final[7]
+    is_eos = jnp.isin(out_tok, eos_arr)
+    # A token is generated if no EOS came strictly before it; rows stop at max_new regardless.
+    eos_before = jnp.cumsum(is_eos, -1) - is_eos
+    gen_mask = (eos_before == 0) & (jnp.arange(max_new)[None] < final[0])
+    return SampleOutput(out_tok, out_lp, out_mlp, jnp.sum(gen_mask, -1).astype(jnp.int32),
+                        gen_mask.astype(jnp.int32))
+
+
+def best_of_n(rewards: jax.Array) -> jax.Array:
+    """Index of the highest-reward candidate per prompt: rewards [B, n] -> [B]. Its KL from pi0 is at most
+    log n - (n - 1) / n (``best_of_n_kl``)."""
+    if rewards.ndim != 2:
+        raise ValueError(f"rewards must have shape [B, n]; got {rewards.shape}")
+    return jnp.argmax(rewards, axis=-1)
+
+
+def best_of_n_kl(n: int) -> float:
+    """The analytic KL(best-of-n || pi0) = log n - (n - 1) / n."""
+    return math.log(n) - (n - 1) / n
+
+
+def rejection_sample(key: jax.Array, rewards: jax.Array, eta: float) -> jax.Array:
+    """Statistical rejection sampling towards pi0 exp(r / eta): candidates [B, n] drawn from pi0 are accepted
+    independently with probability exp((r_j - max_k r_k) / eta). Returns an accept mask [B, n] (bool); the best
+    candidate of each prompt is always accepted."""
+    if rewards.ndim != 2:
+        raise ValueError(f"rewards must have shape [B, n]; got {rewards.shape}")
+    if not eta > 0:
+        raise ValueError(f"eta must be > 0; got {eta}")
+    r = rewards.astype(jnp.float32)
+    accept_prob = jnp.exp((r - jnp.max(r, -1, keepdims=True)) / eta)
+    return jax.random.uniform(key, r.shape) < accept_prob
