@@ -123,23 +123,26 @@ class Attention(nnx.Module):
         v = self._project(x, self.v, self.v_bias)
         if cfg.positions == "rope":
             q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+        # Keys and values live as [B, KV, S, hd]: batch dims lead, which is the layout the attention dots
+        # want, so decoding does not transpose the whole cache at every step.
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
         new_cache = None
         if layer_cache is not None:
-            k_all = jax.lax.dynamic_update_slice_in_dim(layer_cache["k"], k.astype(layer_cache["k"].dtype),
-                                                        cache_index, axis=1)
-            v_all = jax.lax.dynamic_update_slice_in_dim(layer_cache["v"], v.astype(layer_cache["v"].dtype),
-                                                        cache_index, axis=1)
-            new_cache = {"k": k_all, "v": v_all}
-            k, v = k_all.astype(x.dtype), v_all.astype(x.dtype)
+            k = jax.lax.dynamic_update_slice_in_dim(layer_cache["k"], k.astype(layer_cache["k"].dtype),
+                                                    cache_index, axis=2)
+            v = jax.lax.dynamic_update_slice_in_dim(layer_cache["v"], v.astype(layer_cache["v"].dtype),
+                                                    cache_index, axis=2)
+            new_cache = {"k": k, "v": v}
+            k, v = k.astype(x.dtype), v.astype(x.dtype)
         b, t, h, hd = q.shape
         kvh = cfg.num_kv_heads
-        qg = q.reshape(b, t, kvh, h // kvh, hd)
-        scores = jnp.einsum("btkgh,bskh->bkgts", qg, k, preferred_element_type=jnp.float32) / math.sqrt(hd)
-        key_slots = jnp.arange(k.shape[1])
+        qg = q.reshape(b, t, kvh, h // kvh, hd).transpose(0, 2, 3, 1, 4)  # [B, KV, G, T, hd]
+        scores = jnp.einsum("bkgth,bksh->bkgts", qg, k, preferred_element_type=jnp.float32) / math.sqrt(hd)
+        key_slots = jnp.arange(k.shape[2])
         allowed = key_valid[:, None, None, None, :] & (key_slots[None, :] <= query_slots[:, None])[None, None, None]
         scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
-        out = jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(b, t, h, hd)
+        out = jnp.einsum("bkgts,bksh->btkgh", probs, v).reshape(b, t, h, hd)
         y = jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(x.dtype))
         if self.o_bias is not None:
             y = y + self.o_bias[...].astype(x.dtype)
@@ -217,10 +220,10 @@ class Transformer(nnx.Module):
         return self.embed[...].T if self.lm_head is None else self.lm_head[...]
 
     def init_cache(self, batch_size: int, max_length: int, dtype=None) -> dict:
-        """An empty KV cache for ``max_length`` slots: per-layer k/v [B, S, KV, hd] and 'valid' [B, S]."""
+        """An empty KV cache for ``max_length`` slots: per-layer k/v [B, KV, S, hd] and 'valid' [B, S]."""
         cfg = self.cfg
         dtype = dtype or _DTYPES[cfg.dtype]
-        shape = (batch_size, max_length, cfg.num_kv_heads, cfg.head_dim)
+        shape = (batch_size, cfg.num_kv_heads, max_length, cfg.head_dim)
         return {
             "layers": [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.num_layers)],
             "valid": jnp.zeros((batch_size, max_length), bool),

@@ -1,0 +1,94 @@
+"""Tokens/s of jax_irl's KV-cache sampler against transformers' generate, on the same model, prompts and lengths.
+
+Both run greedy decoding with no EOS (so both produce exactly batch * max_new_tokens tokens) on one random
+Llama-style model built from a config, saved once with transformers and loaded by jax_irl. Each side gets a
+warm-up call (compilation for JAX) and then the median of --repeats timed calls. Prints a markdown table.
+
+    .venv/bin/python tools/bench_sampling.py [--batch 8] [--prompt 32] [--new 64] [--hidden 256] [--layers 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import jax
+import numpy as np
+import torch
+import transformers
+
+from jax_irl import sampling
+from jax_irl.models import hf
+
+
+def timed(fn, repeats):
+    fn()  # warm-up (and compilation)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--prompt", type=int, default=32, help="longest prompt; others are ragged, down to half")
+    p.add_argument("--new", type=int, default=64)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--vocab", type=int, default=4096)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args(argv)
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.hidden * 8 // 3,
+                                   num_hidden_layers=args.layers, num_attention_heads=max(args.hidden // 64, 1),
+                                   num_key_value_heads=max(args.hidden // 128, 1), max_position_embeddings=1024,
+                                   bos_token_id=0, eos_token_id=None, pad_token_id=0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch_model = transformers.AutoModelForCausalLM.from_config(cfg).eval().to(device)
+    n_params = sum(x.numel() for x in torch_model.parameters())
+    with tempfile.TemporaryDirectory() as folder:
+        torch_model.save_pretrained(folder)
+        ours = hf.from_pretrained(folder)
+
+    rng = np.random.default_rng(0)
+    prompts = [list(rng.integers(1, args.vocab, int(rng.integers(args.prompt // 2, args.prompt + 1))))
+               for _ in range(args.batch)]
+    tokens, mask = sampling.left_pad(prompts, pad_id=0)
+    key = jax.random.PRNGKey(0)
+
+    def run_ours():
+        out = sampling.generate(ours, tokens, mask, key, max_new_tokens=args.new, greedy=True, eos_ids=())
+        out.tokens.block_until_ready()
+        return out
+
+    t_ids = torch.tensor(tokens, dtype=torch.long, device=device)
+    t_mask = torch.tensor(mask, dtype=torch.long, device=device)
+
+    def run_torch():
+        with torch.no_grad():
+            return torch_model.generate(input_ids=t_ids, attention_mask=t_mask, do_sample=False,
+                                        max_new_tokens=args.new, min_new_tokens=args.new, pad_token_id=0)
+
+    same = np.array_equal(np.asarray(run_ours().tokens), run_torch()[:, tokens.shape[1]:].cpu().numpy())
+    t_ours = timed(run_ours, args.repeats)
+    t_torch = timed(run_torch, args.repeats)
+    total = args.batch * args.new
+    print(f"model: Llama-style, {n_params / 1e6:.1f}M params, hidden {args.hidden}, {args.layers} layers, "
+          f"vocab {args.vocab}; batch {args.batch}, prompts {args.prompt // 2}-{args.prompt} tokens, "
+          f"{args.new} new tokens, greedy; jax on {jax.devices()[0].platform}, torch on {device} "
+          f"({torch.get_num_threads()} threads); identical tokens: {same}")
+    print("\n| sampler | seconds (median) | tokens/s | speed-up |")
+    print("|---|---|---|---|")
+    print(f"| transformers {transformers.__version__} generate | {t_torch:.3f} | {total / t_torch:.0f} | 1.00x |")
+    print(f"| jax_irl generate (jax {jax.__version__}) | {t_ours:.3f} | {total / t_ours:.0f} | "
+          f"{t_torch / t_ours:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
