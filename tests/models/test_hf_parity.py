@@ -182,3 +182,20 @@ def test_greedy_generate_equals_transformers_generate(family, tmp_path):
                             eos_ids=(1,))
     expected = np.pad(expected, ((0, 0), (0, 10 - expected.shape[1])), constant_values=2)
     np.testing.assert_array_equal(np.asarray(got.tokens), expected)
+
+
+def test_convert_checkpoint_tool_round_trip(tmp_path, capsys):
+    import importlib.util
+    import pathlib
+
+    spec = importlib.util.spec_from_file_location(
+        "convert_checkpoint", pathlib.Path(__file__).resolve().parents[2] / "tools" / "convert_checkpoint.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    _torch_model("qwen2").save_pretrained(tmp_path / "src")
+    assert tool.main([str(tmp_path / "src"), str(tmp_path / "dst"), "--check"]) == 0
+    out = capsys.readouterr().out
+    diffs = [float(x.rstrip(";")) for x in out.split("diff")[-1].split() if x[0].isdigit()]
+    assert len(diffs) == 2 and max(diffs) <= 1e-4
+    assert tool.main([str(tmp_path / "src"), str(tmp_path / "bf"), "--param-dtype", "bfloat16"]) == 0
+    assert hf.from_pretrained(str(tmp_path / "bf")).embed[...].dtype == jnp.bfloat16
