@@ -175,3 +175,17 @@ def rejection_sample(key: jax.Array, rewards: jax.Array, eta: float) -> jax.Arra
     r = rewards.astype(jnp.float32)
     accept_prob = jnp.exp((r - jnp.max(r, -1, keepdims=True)) / eta)
     return jax.random.uniform(key, r.shape) < accept_prob
+
+
+def select_samples(output: SampleOutput, indices: jax.Array, num_samples: int) -> SampleOutput:
+    """Pick one sample per prompt from ``generate``'s output: indices [B] in [0, num_samples) -> rows [B]."""
+    rows = jnp.arange(indices.shape[0]) * num_samples + indices
+    return SampleOutput(*(x[rows] for x in output))
+
+
+def best_of_n_samples(output: SampleOutput, score_fn, num_samples: int):
+    """Score every sample with ``score_fn(output) -> [B * n]`` and keep the best per prompt.
+
+    Returns (the selected SampleOutput with B rows, the scores [B, n])."""
+    scores = jnp.asarray(score_fn(output)).reshape(-1, num_samples)
+    return select_samples(output, best_of_n(scores), num_samples), scores

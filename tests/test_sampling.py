@@ -133,3 +133,16 @@ def test_sampler_bad_inputs():
         sampling.left_pad([[1], []])
     with pytest.raises(ValueError, match="eta"):
         sampling.rejection_sample(key, jnp.zeros((2, 3)), 0.0)
+
+
+def test_best_of_n_samples_with_a_scoring_function():
+    model = _model(4)
+    toks, mask = sampling.left_pad(PROMPTS)
+    out = sampling.generate(model, toks, mask, jax.random.PRNGKey(0), max_new_tokens=6, num_samples=5)
+    score = lambda o: jnp.sum(o.tokens == 7, axis=-1).astype(jnp.float32) - 0.01 * o.lengths  # count of token 7
+    best, scores = sampling.best_of_n_samples(out, score, 5)
+    assert best.tokens.shape == (3, 6) and scores.shape == (3, 5)
+    for b in range(3):
+        j = int(np.argmax(np.asarray(scores[b])))
+        np.testing.assert_array_equal(best.tokens[b], out.tokens[b * 5 + j])
+        assert float(score(best)[b]) == float(np.max(np.asarray(scores[b])))

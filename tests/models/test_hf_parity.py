@@ -1,5 +1,6 @@
 """Parity with transformers (torch, CPU) on tiny random configs of each family, both directions."""
 
+import dataclasses
 import json
 import os
 
@@ -199,3 +200,25 @@ def test_convert_checkpoint_tool_round_trip(tmp_path, capsys):
     assert len(diffs) == 2 and max(diffs) <= 1e-4
     assert tool.main([str(tmp_path / "src"), str(tmp_path / "bf"), "--param-dtype", "bfloat16"]) == 0
     assert hf.from_pretrained(str(tmp_path / "bf")).embed[...].dtype == jnp.bfloat16
+
+
+def test_every_param_has_logical_axis_names_and_bf16_compute_tracks_fp32():
+    from flax import nnx
+
+    for family in ("llama", "gemma", "gpt2"):
+        cfg = TransformerConfig.for_family(family, vocab_size=VOCAB, hidden_size=32, num_layers=2, num_heads=4,
+                                           num_kv_heads=2 if family != "gpt2" else 4, intermediate_size=48)
+        model = Transformer(cfg, rngs=nnx.Rngs(0))
+        allowed = {"vocab", "embed", "heads", "kv", "mlp", None}
+        for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+            names = var.get_metadata().get("out_sharding")
+            assert names is not None and len(names) == var.get_value().ndim, (family, path, names)
+            assert set(names) <= allowed, (family, path, names)
+        bf = Transformer(dataclasses.replace(cfg, dtype="bfloat16"), rngs=nnx.Rngs(0))
+        ids, mask, _ = _inputs()
+        f32 = np.asarray(model(jnp.asarray(ids), attention_mask=jnp.asarray(mask)).logits)
+        b16 = bf(jnp.asarray(ids), attention_mask=jnp.asarray(mask)).logits
+        assert b16.dtype == jnp.bfloat16
+        real = mask.astype(bool)
+        err = np.abs(np.asarray(b16, np.float32) - f32)[real].max()
+        assert np.isfinite(np.asarray(b16, np.float32)).all() and err < 0.05 * np.abs(f32[real]).max() + 0.05, err
