@@ -1,0 +1,184 @@
+"""The thin trainer: one pure, jit-compiled step from any loss function, with explicit shardings.
+
+    loss_fn(model, batch, rng) -> (loss, aux)      # aux: a dict of arrays; scalars are logged
+
+``Trainer`` splits an NNX model into (graphdef, params, rest); the train step is the pure function
+``(TrainState, batch) -> (TrainState, metrics)`` that merges the model inside, differentiates the loss with
+respect to the params, and applies an optax update. It is jit-compiled with the params' NamedShardings (from
+their logical names, see ``parallel``), the optimizer state's, and the batch's, and the state is donated.
+
+Gradient accumulation splits the batch's leading axis into ``grad_accum_steps`` micro-batches inside a
+``lax.scan`` and averages their gradients; for token-mean losses pass ``normalizer`` (the global token count)
+from ``batch`` to make the result exactly the full-batch gradient.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Dict, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jax_irl import parallel
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    name: str = "adamw"  # adamw | adam | sgd
+    learning_rate: float = 1e-4
+    schedule: str = "constant"  # constant | cosine | linear (decay to 0 over total_steps after warmup)
+    warmup_steps: int = 0
+    total_steps: int = 1000
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    max_grad_norm: Optional[float] = 1.0
+    grad_accum_steps: int = 1
+
+    def __post_init__(self):
+        if self.name not in ("adamw", "adam", "sgd"):
+            raise ValueError(f"optimizer name must be 'adamw', 'adam' or 'sgd'; got {self.name!r}")
+        if self.schedule not in ("constant", "cosine", "linear"):
+            raise ValueError(f"schedule must be 'constant', 'cosine' or 'linear'; got {self.schedule!r}")
+        if self.grad_accum_steps < 1:
+            raise ValueError(f"grad_accum_steps must be >= 1; got {self.grad_accum_steps}")
+
+
+def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:
+    decay_steps = max(cfg.total_steps - cfg.warmup_steps, 1)
+    if cfg.schedule == "constant":
+        main = optax.constant_schedule(cfg.learning_rate)
+    elif cfg.schedule == "cosine":
+        main = optax.cosine_decay_schedule(cfg.learning_rate, decay_steps)
+    else:
+        main = optax.linear_schedule(cfg.learning_rate, 0.0, decay_steps)
+    if cfg.warmup_steps:
+        warm = optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps)
+        return optax.join_schedules([warm, main], [cfg.warmup_steps])
+    return main
+
+
+def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
+    lr = learning_rate_schedule(cfg)
+    if cfg.name == "adamw":
+        opt = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    elif cfg.name == "adam":
+        opt = optax.adam(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+    else:
+        opt = optax.sgd(lr)
+    parts = [optax.clip_by_global_norm(cfg.max_grad_norm)] if cfg.max_grad_norm else []
+    return optax.chain(*parts, opt)
+
+
+class TrainState(NamedTuple):
+    step: jax.Array  # int32 []
+    params: Any  # nnx.State of the model's Params
+    opt_state: Any
+    rng: jax.Array  # PRNG key for the loss function (dropout, policy samples)
+
+
+def _split_micro(batch, k: int):
+    def split(x):
+        if x.shape[0] % k:
+            raise ValueError(f"batch size {x.shape[0]} is not divisible by grad_accum_steps={k}")
+        return x.reshape((k, x.shape[0] // k) + x.shape[1:])
+
+    return jax.tree.map(split, batch)
+
+
+def make_train_step(graphdef, rest, loss_fn: Callable, tx: optax.GradientTransformation, grad_accum_steps: int = 1,
+                    schedule: Optional[optax.Schedule] = None):
+    """The pure step (state, batch) -> (state, metrics). ``rest`` is the model's non-Param state (constant)."""
+
+    def loss_of_params(params, batch, rng):
+        model = nnx.merge(graphdef, params, rest)
+        loss, aux = loss_fn(model, batch, rng)
+        scalars = {k: v for k, v in aux.items() if jnp.ndim(v) == 0}
+        return loss, scalars
+
+    grad_fn = jax.value_and_grad(loss_of_params, has_aux=True)
+
+    def step(state: TrainState, batch):
+        rng, step_rng = jax.random.split(state.rng)
+        if grad_accum_steps == 1:
+            (loss, aux), grads = grad_fn(state.params, batch, step_rng)
+        else:
+            micro = _split_micro(batch, grad_accum_steps)
+            keys = jax.random.split(step_rng, grad_accum_steps)
+
+            def body(carry, xs):
+                g_acc, l_acc, a_acc = carry
+                (l, a), g = grad_fn(state.params, xs[0], xs[1])
+                return (jax.tree.map(jnp.add, g_acc, g), l_acc + l, jax.tree.map(jnp.add, a_acc, a)), None
+
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            aux_shape = jax.eval_shape(lambda: grad_fn(state.params, jax.tree.map(lambda x: x[0], micro),
+                                                       keys[0])[0][1])
+            aux0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shape)
+            (grads, loss, aux), _ = jax.lax.scan(body, (zeros, jnp.zeros(()), aux0), (micro, keys))
+            scale = 1.0 / grad_accum_steps
+            grads = jax.tree.map(lambda g: g * scale, grads)
+            loss = loss * scale
+            aux = jax.tree.map(lambda a: a * scale, aux)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = dict(aux, loss=loss, grad_norm=optax.tree.norm(grads))
+        if schedule is not None:
+            metrics["learning_rate"] = schedule(state.step)
+        return TrainState(state.step + 1, params, opt_state, rng), metrics
+
+    return step
+
+
+class Trainer:
+    """Holds the model's graph, the optimizer and the compiled step on a mesh.
+
+    trainer = Trainer(model, loss_fn, OptimizerConfig(...), mesh)
+    state = trainer.init_state(seed)
+    state, metrics = trainer.step(state, parallel.global_batch(local_batch, mesh))
+    """
+
+    def __init__(self, model: nnx.Module, loss_fn: Callable, opt: OptimizerConfig, mesh: Mesh,
+                 rules=parallel.DEFAULT_RULES):
+        self.mesh, self.opt_config = mesh, opt
+        self.param_shardings = parallel.param_shardings(model, mesh, rules)
+        self.graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
+        self._params = jax.device_put(params, self.param_shardings)
+        self.tx = make_optimizer(opt)
+        self.schedule = learning_rate_schedule(opt)
+        self._step_fn = make_train_step(self.graphdef, self.rest, loss_fn, self.tx, opt.grad_accum_steps,
+                                        self.schedule)
+        self._compiled = None
+        self.state_shardings = None
+
+    def init_state(self, seed: int) -> TrainState:
+        replicated = NamedSharding(self.mesh, P())
+        opt_state = jax.jit(self.tx.init)(self._params)
+        # Every leaf of the optimizer state gets a NamedSharding (needed for multi-process runs and Orbax).
+        opt_state = jax.tree.map(
+            lambda x: x if isinstance(getattr(x, "sharding", None), NamedSharding) and x.sharding.mesh == self.mesh
+            else jax.device_put(x, replicated), opt_state)
+        state = TrainState(jax.device_put(jnp.zeros((), jnp.int32), replicated), self._params, opt_state,
+                           jax.device_put(jax.random.PRNGKey(seed), replicated))
+        self.state_shardings = jax.tree.map(lambda x: x.sharding, state)
+        return state
+
+    def model(self, state: TrainState) -> nnx.Module:
+        """The model with the state's params (for evaluation and sampling)."""
+        return nnx.merge(self.graphdef, state.params, self.rest)
+
+    def step(self, state: TrainState, batch: Dict[str, jax.Array]):
+        if self.state_shardings is None:
+            raise RuntimeError("call init_state (or restore a state) before step")
+        if self._compiled is None:
+            batch_sh = jax.tree.map(lambda x: x.sharding, batch)
+            self._compiled = jax.jit(self._step_fn, in_shardings=(self.state_shardings, batch_sh),
+                                     out_shardings=(self.state_shardings, NamedSharding(self.mesh, P())),
+                                     donate_argnums=0)
+        return self._compiled(state, batch)
