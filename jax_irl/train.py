@@ -15,11 +15,17 @@ from ``batch`` to make the result exactly the full-batch gradient.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import os
+import time
 from typing import Any, Callable, Dict, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+import tqdm
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -182,3 +188,85 @@ class Trainer:
                                      out_shardings=(self.state_shardings, NamedSharding(self.mesh, P())),
                                      donate_argnums=0)
         return self._compiled(state, batch)
+
+
+def _truncate_metrics(path: str, last_step: int) -> None:
+    """Drop logged steps after the one a resumed run restarts from (they will be logged again)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [line for line in f if line.strip() and json.loads(line)["step"] <= last_step]
+    with open(path, "w") as f:
+        f.writelines(lines)
+
+
+def resume_or_init(trainer: Trainer, checkpointer, seed: int):
+    """(state, start position): the latest complete checkpoint's state on this trainer's mesh, or a fresh one."""
+    state = trainer.init_state(seed)
+    if checkpointer is None or checkpointer.latest_step() is None:
+        return state, 0
+    from jax_irl.checkpoint import abstract_like
+
+    restored, position, _ = checkpointer.restore(abstract_like(state))
+    return restored, position
+
+
+def fit(trainer: Trainer, state: TrainState, batch_fn: Callable[[int], Dict[str, Any]], *, steps: int,
+        start_position: int = 0, checkpointer=None, log_dir: Optional[str] = None,
+        eval_fn: Optional[Callable] = None, eval_every: Optional[int] = None, progress: bool = True,
+        tokens_key: Optional[str] = "mask"):
+    """Train until ``state.step == steps``. Returns (state, status) with status 'done' or 'preempted'.
+
+    batch_fn(position) -> this process's local batch (a dict of numpy arrays) for data position ``position``
+    (a resumed run continues from the checkpoint's position). Saves through ``checkpointer`` on its schedule,
+    on SIGTERM (then returns 'preempted') and at the end. Metrics go to ``log_dir/metrics.jsonl``; eval_fn(model,
+    step) -> dict runs every ``eval_every`` steps and is logged with an 'eval/' prefix. A non-finite loss stops
+    the run with FloatingPointError before anything is saved from it.
+    """
+    from jax_irl.checkpoint import PreemptionFlag
+
+    metrics_path = os.path.join(log_dir, "metrics.jsonl") if log_dir else None
+    first = int(state.step)
+    if metrics_path:
+        os.makedirs(log_dir, exist_ok=True)
+        _truncate_metrics(metrics_path, first)
+    position = start_position
+    bar = tqdm.tqdm(total=steps, initial=first, disable=not progress, desc="train", dynamic_ncols=True)
+    status = "done"
+    saved_step = first if checkpointer is not None and checkpointer.latest_step() == first else None
+    with PreemptionFlag() as preempt:
+        for step in range(first, steps):
+            local = batch_fn(position)
+            batch = parallel.global_batch(local, trainer.mesh)
+            start = time.perf_counter()
+            state, metrics = trainer.step(state, batch)
+            host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            elapsed = time.perf_counter() - start
+            if not math.isfinite(host["loss"]):
+                raise FloatingPointError(f"loss is {host['loss']} at step {step + 1}; stopping before saving it "
+                                         f"(the last checkpoint is intact)")
+            position += 1
+            record = {"step": step + 1, **host}
+            if tokens_key and tokens_key in local:
+                tokens = float(np.sum(np.asarray(local[tokens_key]) != 0)) * jax.process_count()
+                record["tokens_per_s"] = tokens / max(elapsed, 1e-9)
+            if eval_fn is not None and eval_every and (step + 1) % eval_every == 0:
+                record.update({f"eval/{k}": float(v) for k, v in eval_fn(trainer.model(state), step + 1).items()})
+            if metrics_path and jax.process_index() == 0:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            bar.update(1)
+            bar.set_postfix(loss=f"{host['loss']:.4f}", **({"tok/s": f"{record['tokens_per_s']:.0f}"}
+                                                            if "tokens_per_s" in record else {}))
+            if checkpointer is not None and checkpointer.save(step + 1, state, data_position=position,
+                                                              force=preempt.requested):
+                saved_step = step + 1
+            if preempt.requested:
+                status = "preempted"
+                break
+    bar.close()
+    if checkpointer is not None:
+        if status == "done" and saved_step != int(state.step):
+            checkpointer.save(int(state.step), state, data_position=position, force=True)
+        checkpointer.wait()
+    return state, status

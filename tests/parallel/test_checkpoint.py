@@ -1,0 +1,173 @@
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from jax_irl import checkpoint, losses, parallel, train
+from jax_irl.models.config import TransformerConfig
+from jax_irl.models.transformer import Transformer
+
+WORKER = os.path.join(os.path.dirname(__file__), "resume_worker.py")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _run(folder, *extra, wait=True):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    env.pop("XLA_FLAGS", None)
+    cmd = [sys.executable, WORKER, "--dir", str(folder), *extra]
+    if not wait:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def _complete_steps(folder):
+    path = os.path.join(folder, "checkpoints")
+    return sorted(int(d) for d in os.listdir(path) if d.isdigit()) if os.path.isdir(path) else []
+
+
+def _wait_for_checkpoint(folder, proc, at_least, timeout=300):
+    start = time.time()
+    while time.time() - start < timeout:
+        if proc.poll() is not None:
+            raise AssertionError(f"worker ended early: {proc.stderr.read()[-3000:]}")
+        if any(s >= at_least for s in _complete_steps(folder)):
+            return
+        time.sleep(0.1)
+    raise AssertionError("no checkpoint appeared in time")
+
+
+def _final(folder):
+    with np.load(os.path.join(folder, "final.npz")) as f:
+        return {k: f[k] for k in f.files}
+
+
+def _metrics(folder):
+    with open(os.path.join(folder, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows]  # timings differ, nothing else
+
+
+def _assert_same_run(a, b):
+    fa, fb = _final(a), _final(b)
+    assert fa.keys() == fb.keys()
+    for k in fa:
+        np.testing.assert_array_equal(fa[k], fb[k], err_msg=k)  # bitwise
+    assert _metrics(a) == _metrics(b)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    _run(folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_an_uninterrupted_run_bitwise(uninterrupted, tmp_path):
+    proc = _run(tmp_path, "--sleep", "0.4", wait=False)
+    _wait_for_checkpoint(tmp_path, proc, 4)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = max(_complete_steps(tmp_path))
+    assert killed_at < 12
+    out = _run(tmp_path)
+    assert f"start {killed_at}" in out
+    _assert_same_run(uninterrupted, tmp_path)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_at_the_next_step_and_stops(uninterrupted, tmp_path):
+    proc = _run(tmp_path, "--sleep", "0.4", wait=False)
+    _wait_for_checkpoint(tmp_path, proc, 2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    step = int(out.split("status preempted step ")[1].split()[0])
+    assert step in _complete_steps(tmp_path)  # saved on the way out, even off the save schedule
+    _run(tmp_path)
+    _assert_same_run(uninterrupted, tmp_path)
+
+
+def _trainer(devices, shape, hidden=32):
+    cfg = TransformerConfig.for_family("llama", vocab_size=64, hidden_size=hidden, num_layers=1, num_heads=8,
+                                       num_kv_heads=8, intermediate_size=48)
+
+    def loss_fn(model, batch, rng):
+        logits = model(batch["tokens"][:, :-1]).logits
+        return losses.mle_loss(logits, batch["tokens"][:, 1:], np.ones((16, 9), np.float32))
+
+    mesh = parallel.make_mesh(parallel.MeshConfig(*shape), devices)
+    trainer = train.Trainer(Transformer(cfg, rngs=nnx.Rngs(0)), loss_fn, train.OptimizerConfig(learning_rate=1e-2),
+                            mesh)
+    return trainer, {"model": cfg.__dict__}
+
+
+def _batch(position):
+    return {"tokens": np.random.default_rng(position).integers(0, 64, (16, 10)).astype(np.int32)}
+
+
+def test_restore_onto_a_different_mesh_and_continue(tmp_path):
+    trainer, fp = _trainer(jax.devices(), (2, 2, 2))
+    ckpt = checkpoint.Checkpointer(str(tmp_path), fingerprint=fp, save_every=3)
+    state, _ = train.fit(trainer, trainer.init_state(0), _batch, steps=3, checkpointer=ckpt, progress=False)
+    saved = jax.device_get(state.params)
+    _, expected = trainer.step(state, parallel.global_batch(_batch(3), trainer.mesh))
+    for devices, shape in ((jax.devices()[:4], (1, 1, 4)), (jax.devices()[:4], (2, 2, 1)), (jax.devices()[:1],
+                                                                                              (1, 1, 1))):
+        other, fp2 = _trainer(devices, shape)
+        ckpt2 = checkpoint.Checkpointer(str(tmp_path), fingerprint=fp2, save_every=3)
+        restored, position = train.resume_or_init(other, ckpt2, seed=5)
+        assert position == 3 and int(restored.step) == 3
+        jax.tree.map(np.testing.assert_array_equal, saved, jax.device_get(restored.params))
+        assert len(restored.params["embed"].get_value().sharding.device_set) == len(devices)
+        _, metrics = other.step(restored, parallel.global_batch(_batch(3), other.mesh))
+        np.testing.assert_allclose(float(metrics["loss"]), float(expected["loss"]), atol=1e-5)
+        ckpt2.close()
+    ckpt.close()
+
+
+def test_checkpoint_from_another_config_or_model_is_refused(tmp_path):
+    trainer, fp = _trainer(jax.devices()[:1], (1, 1, 1))
+    ckpt = checkpoint.Checkpointer(str(tmp_path), fingerprint=fp, save_every=1)
+    train.fit(trainer, trainer.init_state(0), _batch, steps=1, checkpointer=ckpt, progress=False)
+    bigger, fp_big = _trainer(jax.devices()[:1], (1, 1, 1), hidden=48)
+    with pytest.raises(checkpoint.CheckpointMismatchError, match=r"model.hidden_size: checkpoint has 32, this run has 48"):
+        train.resume_or_init(bigger, checkpoint.Checkpointer(str(tmp_path), fingerprint=fp_big, save_every=1), 0)
+    # Same fingerprint but a model whose shapes differ (a forged or stale fingerprint): still refused.
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="does not fit"):
+        train.resume_or_init(bigger, checkpoint.Checkpointer(str(tmp_path), fingerprint=fp, save_every=1), 0)
+
+
+def test_a_half_written_checkpoint_is_never_loaded(tmp_path):
+    trainer, fp = _trainer(jax.devices()[:1], (1, 1, 1))
+    ckpt = checkpoint.Checkpointer(str(tmp_path), fingerprint=fp, save_every=2)
+    train.fit(trainer, trainer.init_state(0), _batch, steps=2, checkpointer=ckpt, progress=False)
+    # What a save killed midway leaves behind: a temporary step directory that was never renamed.
+    shutil.copytree(tmp_path / "2", tmp_path / "4.orbax-checkpoint-tmp-1234")
+    fresh = checkpoint.Checkpointer(str(tmp_path), fingerprint=fp, save_every=2)
+    assert fresh.latest_step() == 2
+    state, position = train.resume_or_init(trainer, fresh, 0)
+    assert int(state.step) == 2 and position == 2
+    ckpt.close()
+    fresh.close()
+
+
+def test_nan_loss_stops_before_saving(tmp_path):
+    trainer, fp = _trainer(jax.devices()[:1], (1, 1, 1))
+    ckpt = checkpoint.Checkpointer(str(tmp_path), fingerprint=fp, save_every=1)
+    state, _ = train.fit(trainer, trainer.init_state(0), _batch, steps=1, checkpointer=ckpt, progress=False)
+    bad = lambda position: {"tokens": np.full((16, 10), 64, np.int32)}  # out-of-range ids -> NaN under jit
+    with pytest.raises(FloatingPointError, match="step 2"):
+        train.fit(trainer, state, bad, steps=3, start_position=1, checkpointer=ckpt, progress=False)
+    assert ckpt.latest_step() == 1
+    ckpt.close()
