@@ -1,0 +1,122 @@
+"""A tiny Llama-style model trained with offline IQLearn on built-in addition problems, on a device mesh,
+with Orbax checkpoints; evaluated by greedy exact match. Runs in about a minute on 2 CPU cores.
+
+    python -m experiments.run lm_tiny steps=300 td_weight=0.1 mesh.data=-1
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import numpy as np
+from flax import nnx
+
+from experiments import quickstart as arithmetic
+from jax_irl import checkpoint, losses, parallel, sampling, train
+from jax_irl.models.config import TransformerConfig
+from jax_irl.models.transformer import Transformer
+
+RESUMABLE = ("steps", "save_every", "keep", "mesh")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSize:
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class LMTinyConfig:
+    model: ModelSize = ModelSize()
+    optimizer: train.OptimizerConfig = train.OptimizerConfig(learning_rate=3e-3, schedule="cosine", warmup_steps=20,
+                                                             total_steps=300, weight_decay=0.01)
+    mesh: parallel.MeshConfig = parallel.MeshConfig()
+    steps: int = 300
+    batch_size: int = 64
+    td_weight: float = 0.1
+    gamma: float = 1.0
+    save_every: int = 100
+    keep: int = 2
+    seed: int = 0
+    max_operand: int = 50
+    train_problems: int = 4000
+    eval_problems: int = 200
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be >= 1")
+
+
+def config() -> LMTinyConfig:
+    return LMTinyConfig()
+
+
+def _loss_fn(td_weight, gamma):
+    def loss_fn(model, batch, rng):
+        logits = model(batch["tokens"][:, :-1]).logits
+        return losses.iqlearn_loss(logits, batch["tokens"][:, 1:], batch["mask"], gamma=gamma, td_weight=td_weight)
+
+    return loss_fn
+
+
+def exact_match(model, rows, prompt_len, answers) -> float:
+    prompts = [list(r[:p]) for r, p in zip(rows, prompt_len)]
+    tokens, mask = sampling.left_pad(prompts, pad_id=arithmetic.PAD)
+    out = sampling.generate(model, tokens, mask, jax.random.PRNGKey(0), max_new_tokens=4, greedy=True,
+                            eos_ids=(arithmetic.EOS,), pad_id=arithmetic.PAD)
+    generated = np.asarray(out.tokens)
+    predicted = [arithmetic.decode_answer(g, 0) for g in generated]
+    return float(np.mean([p == a for p, a in zip(predicted, answers)]))
+
+
+def run(cfg: LMTinyConfig, run_dir: str) -> dict:
+    rng = np.random.default_rng(1234)
+    rows, prompt_len, _ = arithmetic.make_problems(rng, cfg.train_problems, cfg.max_operand)
+    test_rows, test_pl, test_answers = arithmetic.make_problems(rng, cfg.eval_problems, cfg.max_operand)
+    _, _, mask = arithmetic.shift(rows, prompt_len)
+
+    model_cfg = TransformerConfig.for_family("llama", vocab_size=arithmetic.VOCAB, max_position_embeddings=64,
+                                             **dataclasses.asdict(cfg.model))
+    mesh = parallel.make_mesh(cfg.mesh)
+    trainer = train.Trainer(Transformer(model_cfg, rngs=nnx.Rngs(cfg.seed)), _loss_fn(cfg.td_weight, cfg.gamma),
+                            cfg.optimizer, mesh)
+    fingerprint = dataclasses.asdict(cfg)
+    with checkpoint.Checkpointer(os.path.join(run_dir, "checkpoints"), fingerprint=fingerprint,
+                                 save_every=cfg.save_every, keep=cfg.keep, resumable_keys=RESUMABLE) as ckpt:
+        state, position = train.resume_or_init(trainer, ckpt, cfg.seed)
+        if int(state.step):
+            print(f"resumed from step {int(state.step)}")
+
+        def batch_fn(position):
+            # The global batch at a data position is a pure function of (seed, position): exact resume.
+            pick = np.random.default_rng((cfg.seed, position)).integers(0, len(rows), cfg.batch_size)
+            mine = np.array_split(pick, jax.process_count())[jax.process_index()]
+            return {"tokens": rows[mine], "mask": mask[mine]}
+
+        state, status = train.fit(trainer, state, batch_fn, steps=cfg.steps, start_position=position,
+                                  checkpointer=ckpt, log_dir=run_dir)
+    if status != "done":
+        print(f"stopped at step {int(state.step)} ({status}); run the same command with --run-dir {run_dir} "
+              f"to resume")
+        return {"status": status}
+    accuracy = exact_match(trainer.model(state), test_rows, test_pl, test_answers)
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        last = json.loads(f.readlines()[-1])
+    results = {"status": status, "steps": int(state.step), "final_loss": last["loss"], "final_nll": last["nll_loss"],
+               "final_td": last["td_loss"], "test_exact_match": accuracy, "devices": jax.device_count(),
+               "mesh": dict(mesh.shape)}
+    with open(os.path.join(run_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    table = ("| steps | td_weight | final loss | nll | td | test exact match | mesh |\n|---|---|---|---|---|---|---|\n"
+             f"| {results['steps']} | {cfg.td_weight:g} | {last['loss']:.4f} | {last['nll_loss']:.4f} | "
+             f"{last['td_loss']:.4f} | {accuracy:.3f} | {dict(mesh.shape)} |\n")
+    with open(os.path.join(run_dir, "results.md"), "w") as f:
+        f.write(table)
+    print(table)
+    return results
