@@ -219,7 +219,8 @@ def fit(trainer: Trainer, state: TrainState, batch_fn: Callable[[int], Dict[str,
 
     batch_fn(position) -> this process's local batch (a dict of numpy arrays) for data position ``position``
     (a resumed run continues from the checkpoint's position). Saves through ``checkpointer`` on its schedule,
-    on SIGTERM (then returns 'preempted') and at the end. Metrics go to ``log_dir/metrics.jsonl``; eval_fn(model,
+    on SIGTERM (then returns 'preempted') and at the end. Metrics go to ``log_dir/metrics.jsonl`` and to TensorBoard
+(``log_dir/tensorboard``); eval_fn(model,
     step) -> dict runs every ``eval_every`` steps and is logged with an 'eval/' prefix. A non-finite loss stops
     the run with FloatingPointError before anything is saved from it.
     """
@@ -227,9 +228,14 @@ def fit(trainer: Trainer, state: TrainState, batch_fn: Callable[[int], Dict[str,
 
     metrics_path = os.path.join(log_dir, "metrics.jsonl") if log_dir else None
     first = int(state.step)
+    board = None
     if metrics_path:
         os.makedirs(log_dir, exist_ok=True)
         _truncate_metrics(metrics_path, first)
+        if jax.process_index() == 0:
+            from tensorboardX import SummaryWriter
+
+            board = SummaryWriter(os.path.join(log_dir, "tensorboard"), purge_step=first + 1)
     position = start_position
     bar = tqdm.tqdm(total=steps, initial=first, disable=not progress, desc="train", dynamic_ncols=True)
     status = "done"
@@ -255,6 +261,9 @@ def fit(trainer: Trainer, state: TrainState, batch_fn: Callable[[int], Dict[str,
             if metrics_path and jax.process_index() == 0:
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
+                for key, value in record.items():
+                    if key != "step":
+                        board.add_scalar(key, value, step + 1)
             bar.update(1)
             bar.set_postfix(loss=f"{host['loss']:.4f}", **({"tok/s": f"{record['tokens_per_s']:.0f}"}
                                                             if "tokens_per_s" in record else {}))
@@ -265,8 +274,34 @@ def fit(trainer: Trainer, state: TrainState, batch_fn: Callable[[int], Dict[str,
                 status = "preempted"
                 break
     bar.close()
+    if board is not None:
+        board.close()
     if checkpointer is not None:
         if status == "done" and saved_step != int(state.step):
             checkpointer.save(int(state.step), state, data_position=position, force=True)
         checkpointer.wait()
     return state, status
+
+
+def reference_log_probs(model: nnx.Module, tokens: jax.Array, attention_mask: Optional[jax.Array] = None,
+                        batch_size: Optional[int] = None) -> jax.Array:
+    """Per-token log-probs of tokens[:, 1:] under a frozen (reference) model: [B, T] -> [B, T - 1] float32.
+
+    Computed once, outside the train step, so the step needs no second model in memory: put the result in the
+    batch (e.g. summed with ``losses.sequence_log_probs``'s mask for DPO's ref_*_logps). Runs in chunks of
+    ``batch_size`` rows when given.
+    """
+    from jax_irl.losses import token_log_probs
+
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def chunk(state, toks, mask):
+        out = nnx.merge(graphdef, state)(toks[:, :-1], attention_mask=None if mask is None else mask[:, :-1])
+        return token_log_probs(out.logits, toks[:, 1:])
+
+    tokens = jnp.asarray(tokens)
+    step = batch_size or tokens.shape[0]
+    parts = [chunk(state, tokens[i:i + step], None if attention_mask is None else jnp.asarray(attention_mask)[i:i + step])
+             for i in range(0, tokens.shape[0], step)]
+    return jax.lax.stop_gradient(jnp.concatenate(parts, axis=0))

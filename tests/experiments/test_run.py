@@ -46,6 +46,8 @@ def test_driver_runs_resumes_and_refuses_config_changes(tmp_path, capsys):
         assert json.load(f)["steps"] == 30
     with open(tmp_path / "run" / "metrics.jsonl") as f:
         assert [json.loads(line)["step"] for line in f] == list(range(1, 31))
+    events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and all(e.stat().st_size > 0 for e in events)
     # Changing what the run is (not just how long) is refused with the allowed keys named.
     assert run.main(["lm_tiny", "td_weight=0.5", "--run-dir", folder]) == 2
     assert "only ['keep', 'mesh', 'save_every', 'steps'] may change when resuming, not ['td_weight']" in capsys.readouterr().err

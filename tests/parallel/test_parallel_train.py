@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -129,3 +130,41 @@ def test_two_processes_on_localhost_match_one_process():
     for out in outs:
         assert out["devices"] == 8
         np.testing.assert_allclose(out["curve"], reference, atol=1e-5)
+
+
+def test_bf16_compute_keeps_fp32_master_weights():
+    import dataclasses
+
+    base, _, _ = _curve((8, 1, 1), steps=3)
+    curve, state, _ = _curve((8, 1, 1), steps=3, cfg=dataclasses.replace(_cfg(), dtype="bfloat16"))
+    assert state.params["embed"].get_value().dtype == np.float32  # master weights stay fp32
+    assert np.isfinite(curve).all()
+    np.testing.assert_allclose(curve, base, rtol=2e-2)  # bf16 matmuls track fp32 closely on this scale
+
+
+def test_dpo_step_with_precomputed_reference_log_probs(tmp_path):
+    """The reference model runs once, outside the step; the step sees only arrays."""
+    policy = Transformer(_cfg(), rngs=nnx.Rngs(0))
+    reference = Transformer(_cfg(), rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(0, 64, (16, 10)).astype(np.int32)  # rows 2i chosen, 2i+1 rejected
+    mask = np.ones((16, 9), np.float32)
+    mask[:, :4] = 0  # the prompt
+    ref_tok = np.asarray(train.reference_log_probs(reference, tokens, batch_size=8))
+    direct = np.asarray(losses.token_log_probs(reference(jnp.asarray(tokens[:, :-1])).logits, tokens[:, 1:]))
+    np.testing.assert_allclose(ref_tok, direct, rtol=1e-5, atol=1e-5)
+    ref_seq = (ref_tok * mask).sum(-1)
+
+    def dpo(model, batch, rng):
+        lp = losses.sequence_log_probs(model(batch["tokens"][:, :-1]).logits, batch["tokens"][:, 1:], batch["mask"])
+        return losses.dpo_loss(lp[0::2], lp[1::2], batch["ref"][0::2], batch["ref"][1::2], beta=0.1)
+
+    mesh = parallel.make_mesh(parallel.MeshConfig(4, 2, 1))
+    trainer = train.Trainer(policy, dpo, train.OptimizerConfig(learning_rate=1e-2), mesh)
+    state = trainer.init_state(0)
+    batch = {"tokens": tokens, "mask": mask, "ref": ref_seq.astype(np.float32)}
+    state, first = trainer.step(state, parallel.global_batch(batch, mesh))
+    np.testing.assert_allclose(float(first["loss"]), np.log(2), rtol=1e-5)  # policy == reference at step 0
+    for _ in range(5):
+        state, metrics = trainer.step(state, parallel.global_batch(batch, mesh))
+    assert float(metrics["loss"]) < np.log(2) - 0.05 and float(metrics["reward_accuracy"]) > 0.5
