@@ -168,10 +168,21 @@ def main(argv=None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from jax_irl import parallel
+
+    # Multi-host: the config's `distributed` fields, else JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+    # JAX_PROCESS_ID; a no-op for one process. It must run before any JAX computation.
+    parallel.initialize_distributed(getattr(cfg, "distributed", parallel.DistributedConfig()))
+    import jax
+
+    if jax.process_count() > 1 and args.run_dir is None:
+        print("error: a multi-host run needs --run-dir on storage that every host shares", file=sys.stderr)
+        return 2
     os.makedirs(run_dir, exist_ok=True)
     resolved = dataclasses.asdict(cfg)
-    with open(os.path.join(run_dir, "config.json"), "w") as f:
-        json.dump(resolved, f, indent=2)
+    if jax.process_index() == 0:
+        with open(os.path.join(run_dir, "config.json"), "w") as f:
+            json.dump(resolved, f, indent=2)
     print(f"{'resuming' if resuming else 'starting'} {args.config} in {run_dir}")
     print(json.dumps(resolved, indent=2))
     module.run(cfg, run_dir)

@@ -178,5 +178,7 @@ def initialize_distributed(config: DistributedConfig = DistributedConfig()) -> b
     num, pid = int(num), int(pid)
     if not 0 <= pid < num:
         raise ValueError(f"process_id must be in [0, {num}); got {pid}")
+    # Cross-process collectives on the CPU backend go through gloo (GPU and TPU use their own).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=address, num_processes=num, process_id=pid)
     return True

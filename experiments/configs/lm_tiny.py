@@ -19,7 +19,7 @@ from jax_irl import checkpoint, losses, parallel, sampling, train
 from jax_irl.models.config import TransformerConfig
 from jax_irl.models.transformer import Transformer
 
-RESUMABLE = ("steps", "save_every", "keep", "mesh")
+RESUMABLE = ("steps", "save_every", "keep", "mesh", "distributed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +37,7 @@ class LMTinyConfig:
     optimizer: train.OptimizerConfig = train.OptimizerConfig(learning_rate=3e-3, schedule="cosine", warmup_steps=20,
                                                              total_steps=300, weight_decay=0.01)
     mesh: parallel.MeshConfig = parallel.MeshConfig()
+    distributed: parallel.DistributedConfig = parallel.DistributedConfig()
     steps: int = 300
     batch_size: int = 64
     td_weight: float = 0.1

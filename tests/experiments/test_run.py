@@ -8,7 +8,10 @@ from experiments.configs import lm_tiny
 
 def test_overrides_parse_by_type_and_nest():
     cfg = run.apply_overrides(lm_tiny.config(), ["steps=7", "optimizer.learning_rate=3e-4", "mesh.data=-1",
-                                                 "optimizer.max_grad_norm=none", "td_weight=0"])
+                                                 "optimizer.max_grad_norm=none", "td_weight=0",
+                                                 "distributed.coordinator_address=10.0.0.1:1234",
+                                                 "distributed.num_processes=4"])
+    assert cfg.distributed.coordinator_address == "10.0.0.1:1234" and cfg.distributed.num_processes == 4
     assert cfg.steps == 7 and cfg.optimizer.learning_rate == 3e-4 and cfg.mesh.data == -1
     assert cfg.optimizer.max_grad_norm is None and cfg.td_weight == 0.0
     assert isinstance(cfg.td_weight, float)
@@ -50,4 +53,44 @@ def test_driver_runs_resumes_and_refuses_config_changes(tmp_path, capsys):
     assert events and all(e.stat().st_size > 0 for e in events)
     # Changing what the run is (not just how long) is refused with the allowed keys named.
     assert run.main(["lm_tiny", "td_weight=0.5", "--run-dir", folder]) == 2
-    assert "only ['keep', 'mesh', 'save_every', 'steps'] may change when resuming, not ['td_weight']" in capsys.readouterr().err
+    assert "only ['distributed', 'keep', 'mesh', 'save_every', 'steps'] may change when resuming, not ['td_weight']" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_driver_on_two_processes_matches_one_process(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["steps=6", "save_every=3", "train_problems=500", "eval_problems=20"]
+    base = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu")
+    procs = []
+    for i in range(2):
+        env = dict(base, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                   JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))
+        procs.append(subprocess.Popen([sys.executable, "-m", "experiments.run", "lm_tiny", *args, "mesh.data=2",
+                                       "mesh.fsdp=2", "mesh.tensor=2", "--run-dir", str(tmp_path / "multi")],
+                                      cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        try:
+            _, err = p.communicate(timeout=300)
+        finally:
+            p.kill()
+        assert p.returncode == 0, err[-3000:]
+    env = dict(base, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    single = subprocess.run([sys.executable, "-m", "experiments.run", "lm_tiny", *args, "--run-dir",
+                             str(tmp_path / "single")], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+
+    def losses(folder):
+        with open(tmp_path / folder / "metrics.jsonl") as f:
+            return [json.loads(line)["loss"] for line in f]
+
+    assert len(losses("multi")) == 6
+    assert max(abs(a - b) for a, b in zip(losses("multi"), losses("single"))) < 1e-5
+    assert sorted(os.listdir(tmp_path / "multi" / "checkpoints")) == ["3", "6"]
