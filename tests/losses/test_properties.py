@@ -2,6 +2,7 @@
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from hypothesis import given
@@ -12,6 +13,9 @@ from tests.losses import reference as ref
 from tests.losses.harness import make_tokens
 
 shapes = st.tuples(st.integers(1, 4), st.integers(1, 6), st.integers(2, 9))
+# One compiled program per random shape instead of one compilation per eager primitive per shape.
+iqlearn = jax.jit(L.iqlearn_loss)
+mle = jax.jit(L.mle_loss)
 seeds = st.integers(0, 2**31 - 1)
 
 
@@ -23,10 +27,10 @@ def _tokens(shape, seed):
 @given(shapes, seeds, st.floats(0.5, 1.0), st.floats(0.0, 2.0))
 def test_padding_beyond_the_mask_changes_nothing(shape, seed, gamma, td_weight):
     logits, targets, mask = _tokens(shape, seed)
-    base = L.iqlearn_loss(logits, targets, mask, gamma=gamma, td_weight=td_weight)[0]
+    base = iqlearn(logits, targets, mask, gamma=gamma, td_weight=td_weight)[0]
     # Append padding columns holding garbage logits and -100 targets.
     pad = np.random.default_rng(seed + 1).standard_normal((shape[0], 3, shape[2])).astype(np.float32) * 50
-    padded = L.iqlearn_loss(np.concatenate([logits, pad], 1), np.pad(targets, ((0, 0), (0, 3)), constant_values=-100),
+    padded = iqlearn(np.concatenate([logits, pad], 1), np.pad(targets, ((0, 0), (0, 3)), constant_values=-100),
                             np.pad(mask, ((0, 0), (0, 3))), gamma=gamma, td_weight=td_weight)[0]
     np.testing.assert_allclose(padded, base, rtol=1e-6)
     np.testing.assert_allclose(base, ref.iqlearn_loss(logits, targets, mask, gamma, td_weight), rtol=1e-4)
@@ -68,8 +72,8 @@ def test_min_below_mean_and_uwo_zero_is_mean(n, k, seed):
 @given(shapes, seeds)
 def test_td_weight_zero_equals_mle_everywhere(shape, seed):
     logits, targets, mask = _tokens(shape, seed)
-    np.testing.assert_array_equal(L.iqlearn_loss(logits, targets, mask, gamma=0.9, td_weight=0.0)[0],
-                                  L.mle_loss(logits, targets, mask)[0])
+    np.testing.assert_array_equal(iqlearn(logits, targets, mask, gamma=0.9, td_weight=0.0)[0],
+                                  mle(logits, targets, mask)[0])
 
 
 @given(st.integers(1, 4), st.integers(1, 8), seeds, st.floats(0.5, 1.0), st.floats(0.0, 1.0))
