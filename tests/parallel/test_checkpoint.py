@@ -80,6 +80,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run_bitwise(uninterrupted,
     proc.wait()
     killed_at = max(_complete_steps(tmp_path))
     assert killed_at < 12
+    assert _complete_steps(uninterrupted) == [10, 12]  # every 2 steps, the last 2 kept
     out = _run(tmp_path)
     assert f"start {killed_at}" in out
     _assert_same_run(uninterrupted, tmp_path)
@@ -171,3 +172,22 @@ def test_nan_loss_stops_before_saving(tmp_path):
         train.fit(trainer, state, bad, steps=3, start_position=1, checkpointer=ckpt, progress=False)
     assert ckpt.latest_step() == 1
     ckpt.close()
+
+
+def test_eval_hook_and_metrics_log(tmp_path):
+    trainer, _ = _trainer(jax.devices()[:2], (2, 1, 1))
+    seen = []
+
+    def eval_fn(model, step):
+        seen.append(step)
+        logits = model(np.asarray(_batch(999)["tokens"][:, :-1])).logits
+        return {"mean_logit": float(np.mean(np.asarray(logits)))}
+
+    train.fit(trainer, trainer.init_state(0), _batch, steps=4, eval_fn=eval_fn, eval_every=2, log_dir=str(tmp_path),
+              progress=False)
+    assert seen == [2, 4]
+    with open(tmp_path / "metrics.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert ["eval/mean_logit" in r for r in rows] == [False, True, False, True]
+    assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in rows)
