@@ -1,0 +1,169 @@
+"""Task metrics and diversity metrics.
+
+Task: GSM8K-style answer extraction and exact match; ROUGE-1/2/Lsum through rouge-score; BLEU and chrF through
+sacrebleu (the libraries' own numbers, so results compare with published ones). Diversity over the n samples
+drawn for each prompt: Self-BLEU (lower is more diverse), distinct-n, and the mean per-token entropy of the
+policy. Spearman rank correlation for "do extracted rewards track task quality".
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from fractions import Fraction
+from typing import Dict, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+
+
+def _to_number(text: str) -> Optional[Fraction]:
+    cleaned = text.replace(",", "").replace("$", "").strip().rstrip(".")
+    try:
+        return Fraction(cleaned)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def extract_answer(text: str) -> Optional[str]:
+    """The final numeric answer of a GSM8K-style solution: what follows '####', else the last number in the
+    text. Commas and '$' are dropped; returns a canonical string ('42', '-3.5', '7/2' never occurs) or None."""
+    if "####" in text:
+        tail = text.split("####")[-1]
+        found = _NUMBER.findall(tail)
+    else:
+        found = _NUMBER.findall(text)
+    if not found:
+        return None
+    value = _to_number(found[0] if "####" in text else found[-1])
+    if value is None:
+        return None
+    return str(value.numerator) if value.denominator == 1 else str(float(value))
+
+
+def answers_match(prediction: str, reference: str) -> bool:
+    p, r = extract_answer(prediction), extract_answer(reference)
+    if p is None or r is None:
+        return False
+    return abs(float(Fraction(p)) - float(Fraction(r))) < 1e-6
+
+
+def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Fraction of predictions whose extracted final answer equals the reference's."""
+    _check_pairs(predictions, references)
+    return float(np.mean([answers_match(p, r) for p, r in zip(predictions, references)]))
+
+
+def _check_pairs(predictions, references):
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    if not predictions:
+        raise ValueError("no predictions to score")
+
+
+def _sentence_lines(text: str) -> str:
+    """rougeLsum scores sentence by sentence, split on newlines; put one sentence per line if there are none."""
+    if "\n" in text:
+        return text
+    return "\n".join(s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s)
+
+
+def rouge(predictions: Sequence[str], references: Sequence[str],
+          types: Sequence[str] = ("rouge1", "rouge2", "rougeLsum"), use_stemmer: bool = True) -> Dict[str, float]:
+    """Mean ROUGE F-measures (x100) from rouge-score."""
+    from rouge_score import rouge_scorer
+
+    _check_pairs(predictions, references)
+    scorer = rouge_scorer.RougeScorer(list(types), use_stemmer=use_stemmer)
+    totals = {t: 0.0 for t in types}
+    for p, r in zip(predictions, references):
+        if "rougeLsum" in types:
+            p, r = _sentence_lines(p), _sentence_lines(r)
+        scores = scorer.score(r, p)  # rouge-score takes (target, prediction)
+        for t in types:
+            totals[t] += scores[t].fmeasure
+    return {t: 100.0 * v / len(predictions) for t, v in totals.items()}
+
+
+def bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus BLEU from sacrebleu (one reference per prediction)."""
+    import sacrebleu
+
+    _check_pairs(predictions, references)
+    return float(sacrebleu.corpus_bleu(list(predictions), [list(references)]).score)
+
+
+def chrf(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus chrF from sacrebleu."""
+    import sacrebleu
+
+    _check_pairs(predictions, references)
+    return float(sacrebleu.corpus_chrf(list(predictions), [list(references)]).score)
+
+
+def self_bleu(samples_per_prompt: Sequence[Sequence[str]]) -> float:
+    """Mean over prompts of the mean over samples of BLEU(sample_i, the prompt's other samples), x100.
+
+    100 means every sample repeats the others; lower is more diverse. Each prompt needs >= 2 samples."""
+    import sacrebleu
+
+    if not samples_per_prompt:
+        raise ValueError("no prompts to score")
+    per_prompt = []
+    for samples in samples_per_prompt:
+        if len(samples) < 2:
+            raise ValueError(f"self-BLEU needs at least 2 samples per prompt; got {len(samples)}")
+        scores = [sacrebleu.sentence_bleu(s, [o for j, o in enumerate(samples) if j != i]).score
+                  for i, s in enumerate(samples)]
+        per_prompt.append(np.mean(scores))
+    return float(np.mean(per_prompt))
+
+
+def distinct_n(samples_per_prompt: Sequence[Sequence[str]], n: int) -> float:
+    """Mean over prompts of (distinct n-grams / total n-grams) across that prompt's samples (whitespace tokens).
+    A prompt whose samples hold no n-gram counts as 0."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1; got {n}")
+    if not samples_per_prompt:
+        raise ValueError("no prompts to score")
+    ratios = []
+    for samples in samples_per_prompt:
+        grams = [tuple(toks[i:i + n]) for s in samples for toks in [s.split()] for i in range(len(toks) - n + 1)]
+        ratios.append(len(set(grams)) / len(grams) if grams else 0.0)
+    return float(np.mean(ratios))
+
+
+@jax.jit
+def token_entropy(logits: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean over counted tokens of the policy's entropy -sum_a pi(a|s) log pi(a|s). logits [B, T, V], mask [B, T].
+    Entries of -inf (banned tokens) contribute nothing."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+    p = jnp.exp(logp)
+    ent = -jnp.sum(jnp.where(p > 0, p * logp, 0.0), -1)
+    m = jnp.asarray(mask).astype(jnp.float32)
+    return jnp.sum(ent * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation (scipy); NaN when either side is constant or there are fewer than 3 points."""
+    from scipy.stats import spearmanr
+
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} values against {len(y)}")
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 3 or np.all(x == x[0]) or np.all(y == y[0]):
+        return math.nan
+    return float(spearmanr(x, y).statistic)
+
+
+def standard_error(values: Sequence[float]) -> float:
+    """Standard error of the mean over seeds (sample std / sqrt(n)); 0 for a single value."""
+    v = np.asarray(values, float)
+    return float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
+
+
+__all__ = ["extract_answer", "answers_match", "exact_match", "rouge", "bleu", "chrf", "self_bleu", "distinct_n",
+           "token_entropy", "spearman", "standard_error"]
