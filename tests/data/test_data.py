@@ -1,0 +1,114 @@
+import json
+
+import numpy as np
+import pytest
+
+from jax_irl import metrics
+from jax_irl.data import arithmetic, batching, game24, jsonl, tokenizer
+
+
+def test_arithmetic_problems_are_deterministic_correct_and_split_cleanly():
+    train, test = arithmetic.make_splits(seed=3, num_train=500, num_test=100)
+    again, _ = arithmetic.make_splits(seed=3, num_train=500, num_test=100)
+    assert train == again and len(train) == 500 and len(test) == 100
+    assert arithmetic.make_splits(seed=4, num_train=50, num_test=0)[0] != train[:50]
+    assert not {p["question"] for p in train} & {p["question"] for p in test}
+    assert all(arithmetic.verify(p) for p in train + test)
+    # GSM8K's format: the metrics read the final answer the same way as from GSM8K.
+    assert all(metrics.extract_answer(p["answer"]) == str(p["final"]) for p in train)
+    steps = {p["answer"].count("\n") for p in train}
+    assert steps == {1, 2, 3}  # one- to three-step problems
+    broken = dict(train[0], answer=train[0]["answer"].replace(" = ", " = 1", 1))
+    assert not arithmetic.verify(broken)
+
+
+def test_game_of_24_count_solutions_and_checker():
+    puzzles = game24.all_puzzles()
+    assert len(puzzles) == 1362  # of the 1820 multisets of four numbers from 1..13
+    assert all(game24.check_expression(solution, combo)[0] for combo, solution in puzzles)
+    assert game24.solve([1, 1, 1, 1]) is None and game24.solve([3, 3, 8, 8]) is not None
+    assert game24.check_expression("8 / (3 - 8 / 3) = 24", [3, 3, 8, 8]) == (True, "correct")
+    assert game24.check_expression("(4 + 6) * 2", [2, 4, 6, 8])[1] == "uses [2, 4, 6] instead of [2, 4, 6, 8]"
+    assert "not 24" in game24.check_expression("2 + 4 + 6 + 8", [2, 4, 6, 8])[1]
+    assert game24.check_expression("8 / (4 - 4) + 6 * 2", [2, 4, 4, 8]) == (False, "division by zero")
+    assert not game24.check_expression("__import__('os')", [1, 2, 3, 4])[0]
+    assert not game24.check_expression("4 ** 2 + 8", [2, 4, 8, 1])[0]
+
+
+def test_jsonl_reads_records_and_names_the_bad_line(tmp_path):
+    good = tmp_path / "sft.jsonl"
+    jsonl.write_jsonl(str(good), [{"prompt": "2+2=", "response": "4", "extra": 1}, {"prompt": "a", "response": "b"}])
+    assert jsonl.read_jsonl(str(good)) == [{"prompt": "2+2=", "response": "4"}, {"prompt": "a", "response": "b"}]
+    cases = {
+        '{"prompt": "x", "response": "y"}\n{"prompt": "x", "response": \n': r"bad\.jsonl:2: invalid JSON",
+        '{"prompt": "x"}\n': r"bad\.jsonl:1: missing field 'response'",
+        '\n\n{"prompt": 3, "response": "y"}\n': r"bad\.jsonl:3: field 'prompt' must be a string, got int",
+        '[1, 2]\n': r"bad\.jsonl:1: expected a JSON object",
+        '\n': r"bad\.jsonl: no records",
+    }
+    bad = tmp_path / "bad.jsonl"
+    for content, message in cases.items():
+        bad.write_text(content)
+        with pytest.raises(ValueError, match=message):
+            jsonl.read_jsonl(str(bad))
+    pref = tmp_path / "pref.jsonl"
+    pref.write_text(json.dumps({"prompt": "p", "chosen": "c", "rejected": "r"}) + "\n")
+    assert jsonl.read_jsonl(str(pref), kind="preference")[0]["chosen"] == "c"
+    with pytest.raises(ValueError, match="missing field 'chosen'"):
+        jsonl.read_jsonl(str(good), kind="preference")
+    with pytest.raises(FileNotFoundError, match="no such JSONL file"):
+        jsonl.read_jsonl(str(tmp_path / "missing.jsonl"))
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    train, _ = arithmetic.make_splits(seed=0, num_train=300, num_test=0)
+    return tokenizer.train_bpe([p["question"] + "\n" + p["answer"] for p in train], vocab_size=300), train
+
+
+def test_bpe_round_trips_is_deterministic_and_saves(bpe, tmp_path):
+    tok, train = bpe
+    assert (tok.pad_id, tok.eos_id, tok.bos_id) == (0, 1, 2)
+    for p in train[:50]:
+        assert tok.decode(tok.encode(p["answer"])) == p["answer"]
+    again = tokenizer.train_bpe([p["question"] + "\n" + p["answer"] for p in train], vocab_size=300)
+    assert again.encode(train[0]["question"]) == tok.encode(train[0]["question"])
+    tok.save(str(tmp_path / "tok"))
+    loaded = tokenizer.TextTokenizer.load(str(tmp_path / "tok"))
+    assert loaded.encode(train[1]["answer"]) == tok.encode(train[1]["answer"]) and loaded.eos_id == tok.eos_id
+    with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
+        tokenizer.TextTokenizer.load(str(tmp_path))
+
+
+def test_encode_examples_masks_exactly_the_response_and_eos(bpe):
+    tok, train = bpe
+    enc = batching.encode_examples(tok, [p["question"] for p in train[:20]], [p["answer"] for p in train[:20]], 160)
+    tokens, mask = enc["tokens"], enc["mask"]
+    for i in range(20):
+        targets = tokens[i, 1:]
+        counted = targets[mask[i] > 0]
+        assert counted[-1] == tok.eos_id
+        assert tok.decode(counted) == train[i]["answer"]
+        assert tokens[i, 0] == tok.bos_id and tok.decode(tokens[i, 1:enc["prompt_lengths"][i]]) == train[i]["question"]
+    # Too long: the prompt is clipped from the left, the response kept; then the response itself.
+    short = batching.encode_examples(tok, ["a very long prompt " * 20], ["12 + 3 = 15"], 12)
+    assert tok.decode(short["tokens"][0, 1:][short["mask"][0] > 0]) == "12 + 3 = 15" and short["truncated"] == 0
+    assert short["tokens"][0, 0] == tok.bos_id and short["prompt_lengths"][0] > 1
+    cut = batching.encode_examples(tok, ["q"], ["1 2 3 4 5 6 7 8 9 10 11 12"], 6)
+    assert cut["truncated"] == 1 and cut["mask"][0].sum() == 5
+    with pytest.raises(ValueError, match="2 prompts but 1 responses"):
+        batching.encode_examples(tok, ["a", "b"], ["c"], 8)
+
+
+def test_batch_sampler_is_a_pure_function_of_position_and_covers_each_epoch():
+    sampler = batching.BatchSampler(num_examples=10, batch_size=3, seed=7)
+    assert sampler.steps_per_epoch == 3
+    epoch0 = np.concatenate([sampler.indices(p) for p in range(3)])
+    assert len(set(epoch0)) == 9  # no repeats within an epoch; one example dropped
+    epoch1 = np.concatenate([sampler.indices(p) for p in range(3, 6)])
+    assert not np.array_equal(epoch0, epoch1)  # reshuffled each epoch
+    np.testing.assert_array_equal(batching.BatchSampler(10, 3, 7).indices(4), sampler.indices(4))  # resume
+    fn = sampler.batch_fn({"x": np.arange(10) * 10})
+    np.testing.assert_array_equal(fn(2)["x"], sampler.indices(2) * 10)
+    with pytest.raises(ValueError, match="at least one full batch"):
+        batching.BatchSampler(2, 3, 0)
