@@ -28,11 +28,15 @@ class SampleOutput(NamedTuple):
     mask: jax.Array  # [B * n, max_new_tokens] 1 on generated tokens (EOS included)
 
 
-def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0):
-    """Ragged token lists -> (tokens [B, P] left-padded, mask [B, P]) as numpy arrays."""
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0, width: Optional[int] = None):
+    """Ragged token lists -> (tokens [B, P] left-padded, mask [B, P]) as numpy arrays. P is the longest prompt,
+    or ``width`` (fixed shapes avoid recompiling for every batch)."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
-    width = max(len(p) for p in prompts)
+    longest = max(len(p) for p in prompts)
+    if width is not None and width < longest:
+        raise ValueError(f"width {width} is shorter than the longest prompt ({longest} tokens)")
+    width = longest if width is None else width
     tokens = np.full((len(prompts), width), pad_id, np.int32)
     mask = np.zeros((len(prompts), width), np.int32)
     for i, p in enumerate(prompts):

@@ -155,7 +155,9 @@ class Trainer:
         self.mesh, self.opt_config = mesh, opt
         self.param_shardings = parallel.param_shardings(model, mesh, rules)
         self.graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
-        self._params = jax.device_put(params, self.param_shardings)
+        # The trainer owns its arrays: steps donate the state, which must never delete the caller's model.
+        # (device_put may alias a replicated shard to the source buffer, so copy inside jit instead.)
+        self._params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=self.param_shardings)(params)
         self.tx = make_optimizer(opt)
         self.schedule = learning_rate_schedule(opt)
         self._step_fn = make_train_step(self.graphdef, self.rest, loss_fn, self.tx, opt.grad_accum_steps,
@@ -211,14 +213,16 @@ def resume_or_init(trainer: Trainer, checkpointer, seed: int):
     return restored, position
 
 
-def fit(trainer: Trainer, state: TrainState, batch_fn: Callable[[int], Dict[str, Any]], *, steps: int,
+def fit(trainer: Trainer, state: TrainState, batch_fn: Callable[..., Dict[str, Any]], *, steps: int,
         start_position: int = 0, checkpointer=None, log_dir: Optional[str] = None,
         eval_fn: Optional[Callable] = None, eval_every: Optional[int] = None, progress: bool = True,
-        tokens_key: Optional[str] = "mask"):
+        tokens_key: Optional[str] = "mask", batch_needs_model: bool = False, desc: str = "train"):
     """Train until ``state.step == steps``. Returns (state, status) with status 'done' or 'preempted'.
 
     batch_fn(position) -> this process's local batch (a dict of numpy arrays) for data position ``position``
-    (a resumed run continues from the checkpoint's position). Saves through ``checkpointer`` on its schedule,
+    (a resumed run continues from the checkpoint's position); with ``batch_needs_model`` it is called as
+    batch_fn(position, model) with the current model, for batches holding the policy's own samples (online
+    methods; draw them with a key derived from the position to keep resume exact). Saves through ``checkpointer`` on its schedule,
     on SIGTERM (then returns 'preempted') and at the end. Metrics go to ``log_dir/metrics.jsonl`` and to TensorBoard
 (``log_dir/tensorboard``); eval_fn(model,
     step) -> dict runs every ``eval_every`` steps and is logged with an 'eval/' prefix. A non-finite loss stops
@@ -237,12 +241,12 @@ def fit(trainer: Trainer, state: TrainState, batch_fn: Callable[[int], Dict[str,
 
             board = SummaryWriter(os.path.join(log_dir, "tensorboard"), purge_step=first + 1)
     position = start_position
-    bar = tqdm.tqdm(total=steps, initial=first, disable=not progress, desc="train", dynamic_ncols=True)
+    bar = tqdm.tqdm(total=steps, initial=first, disable=not progress, desc=desc, dynamic_ncols=True)
     status = "done"
     saved_step = first if checkpointer is not None and checkpointer.latest_step() == first else None
     with PreemptionFlag() as preempt:
         for step in range(first, steps):
-            local = batch_fn(position)
+            local = batch_fn(position, trainer.model(state)) if batch_needs_model else batch_fn(position)
             batch = parallel.global_batch(local, trainer.mesh)
             start = time.perf_counter()
             state, metrics = trainer.step(state, batch)

@@ -168,3 +168,14 @@ def test_dpo_step_with_precomputed_reference_log_probs(tmp_path):
     for _ in range(5):
         state, metrics = trainer.step(state, parallel.global_batch(batch, mesh))
     assert float(metrics["loss"]) < np.log(2) - 0.05 and float(metrics["reward_accuracy"]) > 0.5
+
+
+def test_training_never_deletes_the_callers_model():
+    model = Transformer(_cfg(), rngs=nnx.Rngs(0))
+    before = np.asarray(model.embed[...]).copy()
+    mesh = parallel.make_mesh(parallel.MeshConfig(8, 1, 1))
+    for _ in range(2):  # two trainers from the same model, as a sweep does from one base model
+        trainer = train.Trainer(model, _loss_fn, train.OptimizerConfig(learning_rate=1e-2), mesh)
+        state = trainer.init_state(0)
+        state, _ = trainer.step(state, parallel.global_batch(_data(), mesh))
+    np.testing.assert_array_equal(np.asarray(model.embed[...]), before)
