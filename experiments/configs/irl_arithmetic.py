@@ -29,7 +29,8 @@ from jax_irl.data.tokenizer import TextTokenizer, train_bpe
 from jax_irl.models.config import TransformerConfig
 from jax_irl.models.transformer import Transformer
 
-RESUMABLE = ("mesh", "distributed", "save_every")
+# A resumed sweep may add methods or seeds: finished (method, seed) runs are reused, new ones run.
+RESUMABLE = ("mesh", "distributed", "save_every", "methods", "seeds")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +51,7 @@ class IRLConfig:
     vocab_size: int = 384
     max_length: int = 96
     train_examples: int = 2000
+    max_number: int = 12  # operand cap of the built-in arithmetic task (difficulty)
     eval_prompts: int = 48
     pretrain_steps: int = 300
     pretrain_learning_rate: float = 3e-3
@@ -96,7 +98,8 @@ def task_score(task: str):
 def load_task(cfg: IRLConfig):
     """(train prompts, train responses, eval prompts, eval references)."""
     if cfg.task == "arithmetic":
-        train_set, test_set = arithmetic.make_splits(seed=0, num_train=cfg.train_examples, num_test=cfg.eval_prompts)
+        train_set, test_set = arithmetic.make_splits(seed=0, num_train=cfg.train_examples, num_test=cfg.eval_prompts,
+                                                     max_number=cfg.max_number)
         fmt = lambda p: f"Question: {p['question']}\nAnswer:"  # noqa: E731
         return ([fmt(p) for p in train_set], [" " + p["answer"] for p in train_set],
                 [fmt(p) for p in test_set], [p["answer"] for p in test_set])
@@ -113,7 +116,9 @@ def _model_config(cfg: IRLConfig, vocab_size: int) -> TransformerConfig:
 
 
 def _fingerprint(cfg: IRLConfig, **extra) -> dict:
-    return dict(dataclasses.asdict(cfg), **extra)
+    """What one (method, seed) run depends on: the config without the sweep's lists, plus the run's own."""
+    fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("methods", "seeds")}
+    return dict(fields, **extra)
 
 
 def _pretrain_base(cfg, tok, encoded, mesh, run_dir):

@@ -15,18 +15,19 @@ NAMES = ["Ava", "Ben", "Chen", "Dara", "Eli", "Fatima", "Gus", "Hana", "Ivan", "
 ITEMS = ["apples", "marbles", "stickers", "books", "pencils", "cookies", "shells", "cards", "stamps", "coins"]
 
 Problem = Dict[str, object]
+Number = Callable[[int, int], int]  # n(low, high): a random operand in [low, min(high, max_number)]
 
 
-def _gain(r: random.Random) -> Tuple[str, List[Tuple[str, int]]]:
+def _gain(r: random.Random, n: Number) -> Tuple[str, List[Tuple[str, int]]]:
     name, other, item = r.choice(NAMES), r.choice(NAMES), r.choice(ITEMS)
-    a, b = r.randint(2, 60), r.randint(2, 60)
+    a, b = n(2, 60), n(2, 60)
     q = f"{name} has {a} {item}. {other} gives {name} {b} more. How many {item} does {name} have now?"
     return q, [(f"{a} + {b}", a + b)]
 
 
-def _packs_left(r: random.Random):
+def _packs_left(r: random.Random, n: Number):
     name, item = r.choice(NAMES), r.choice(ITEMS)
-    packs, per, away = r.randint(2, 9), r.randint(2, 12), r.randint(1, 10)
+    packs, per, away = n(2, 9), n(2, 12), n(1, 10)
     total = packs * per
     away = min(away, total - 1)
     q = (f"{name} buys {packs} packs of {item} with {per} {item} in each pack and gives away {away}. "
@@ -34,28 +35,28 @@ def _packs_left(r: random.Random):
     return q, [(f"{packs} * {per}", total), (f"{total} - {away}", total - away)]
 
 
-def _shopping(r: random.Random):
+def _shopping(r: random.Random, n: Number):
     name = r.choice(NAMES)
     item1, item2 = r.sample(ITEMS, 2)
-    a, p, b, q_ = r.randint(2, 9), r.randint(1, 15), r.randint(2, 9), r.randint(1, 15)
+    a, p, b, q_ = n(2, 9), n(1, 15), n(2, 9), n(1, 15)
     q = (f"{name} buys {a} {item1} for ${p} each and {b} {item2} for ${q_} each. "
          f"How many dollars does {name} spend in all?")
     return q, [(f"{a} * {p}", a * p), (f"{b} * {q_}", b * q_), (f"{a * p} + {b * q_}", a * p + b * q_)]
 
 
-def _share(r: random.Random):
+def _share(r: random.Random, n: Number):
     name, item = r.choice(NAMES), r.choice(ITEMS)
-    friends, each = r.randint(2, 8), r.randint(2, 12)
-    extra = r.randint(1, 20)
+    friends, each = n(2, 8), n(2, 12)
+    extra = n(1, 20)
     total = friends * each
     q = (f"{name} has {total + extra} {item}, keeps {extra} and shares the rest equally among {friends} friends. "
          f"How many {item} does each friend get?")
     return q, [(f"{total + extra} - {extra}", total), (f"{total} / {friends}", each)]
 
 
-def _weekly(r: random.Random):
+def _weekly(r: random.Random, n: Number):
     name = r.choice(NAMES)
-    per_day, days, weeks, spent = r.randint(2, 20), r.randint(2, 7), r.randint(2, 5), r.randint(1, 30)
+    per_day, days, weeks, spent = n(2, 20), n(2, 7), n(2, 5), n(1, 30)
     week = per_day * days
     total = week * weeks
     spent = min(spent, total - 1)
@@ -64,21 +65,28 @@ def _weekly(r: random.Random):
     return q, [(f"{per_day} * {days}", week), (f"{week} * {weeks}", total), (f"{total} - {spent}", total - spent)]
 
 
-TEMPLATES: List[Callable[[random.Random], Tuple[str, List[Tuple[str, int]]]]] = [
+TEMPLATES: List[Callable[[random.Random, Number], Tuple[str, List[Tuple[str, int]]]]] = [
     _gain, _packs_left, _shopping, _share, _weekly]
 
 
-def _make(r: random.Random) -> Problem:
-    question, steps = r.choice(TEMPLATES)(r)
+def _make(r: random.Random, max_number: int) -> Problem:
+    def n(low: int, high: int) -> int:
+        return r.randint(low, max(low, min(high, max_number)))
+
+    question, steps = r.choice(TEMPLATES)(r, n)
     lines = [f"{expr} = {value}" for expr, value in steps]
     final = steps[-1][1]
     return {"question": question, "answer": "\n".join(lines) + f"\n#### {final}", "final": final}
 
 
-def make_splits(seed: int = 0, num_train: int = 2000, num_test: int = 200) -> Tuple[List[Problem], List[Problem]]:
-    """(train, test) problem lists, deterministic in seed, with no question in both splits."""
+def make_splits(seed: int = 0, num_train: int = 2000, num_test: int = 200,
+                max_number: int = 60) -> Tuple[List[Problem], List[Problem]]:
+    """(train, test) problem lists, deterministic in seed, with no question in both splits. max_number caps
+    every operand (difficulty: small numbers make the arithmetic learnable by tiny models)."""
     if num_train < 0 or num_test < 0:
         raise ValueError("split sizes must be >= 0")
+    if max_number < 2:
+        raise ValueError(f"max_number must be >= 2; got {max_number}")
     r = random.Random(seed)
     seen = set()
     problems: List[Problem] = []
@@ -87,7 +95,7 @@ def make_splits(seed: int = 0, num_train: int = 2000, num_test: int = 200) -> Tu
         attempts += 1
         if attempts > 50 * (num_train + num_test) + 1000:
             raise ValueError(f"could not make {num_train + num_test} distinct problems; ask for fewer")
-        p = _make(r)
+        p = _make(r, max_number)
         if p["question"] not in seen:
             seen.add(p["question"])
             problems.append(p)

@@ -59,14 +59,20 @@ class TextTokenizer:
         return cls(tok, pad, eos, hf.bos_token_id)
 
 
-def train_bpe(texts: Sequence[str], vocab_size: int = 512, min_frequency: int = 2) -> TextTokenizer:
-    """A byte-level BPE trained on texts, with <pad>=0, <eos>=1, <bos>=2. Deterministic for the same texts."""
+def train_bpe(texts: Sequence[str], vocab_size: int = 512, min_frequency: int = 2,
+              split_digits: bool = True) -> TextTokenizer:
+    """A byte-level BPE trained on texts, with <pad>=0, <eos>=1, <bos>=2. Deterministic for the same texts.
+
+    split_digits keeps every digit its own token (as Llama's tokenizer does), which makes arithmetic learnable
+    for small models: a number's tokens then follow its digits instead of arbitrary merges."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     if not texts:
         raise ValueError("train_bpe needs at least one text")
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                         if split_digits else byte_level)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[PAD, EOS, BOS],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)

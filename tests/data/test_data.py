@@ -91,7 +91,7 @@ def test_encode_examples_masks_exactly_the_response_and_eos(bpe):
         assert tok.decode(counted) == train[i]["answer"]
         assert tokens[i, 0] == tok.bos_id and tok.decode(tokens[i, 1:enc["prompt_lengths"][i]]) == train[i]["question"]
     # Too long: the prompt is clipped from the left, the response kept; then the response itself.
-    short = batching.encode_examples(tok, ["a very long prompt " * 20], ["12 + 3 = 15"], 12)
+    short = batching.encode_examples(tok, ["a very long prompt " * 20], ["12 + 3 = 15"], 18)
     assert tok.decode(short["tokens"][0, 1:][short["mask"][0] > 0]) == "12 + 3 = 15" and short["truncated"] == 0
     assert short["tokens"][0, 0] == tok.bos_id and short["prompt_lengths"][0] > 1
     cut = batching.encode_examples(tok, ["q"], ["1 2 3 4 5 6 7 8 9 10 11 12"], 6)

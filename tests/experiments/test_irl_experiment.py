@@ -1,0 +1,49 @@
+import json
+import os
+
+import pytest
+
+from experiments import run
+from jax_irl.algorithms import iqlearn
+
+TINY = ["methods=(mle,iqlearn:0.1,online:0.1)", "seeds=(0)", "pretrain_steps=6", "finetune_steps=4",
+        "optimizer.total_steps=4", "optimizer.warmup_steps=1", "train_examples=64", "eval_prompts=4",
+        "batch_size=8", "num_samples=2", "max_new_tokens=8", "online_prompts_per_step=8", "vocab_size=300",
+        "model.hidden_size=32", "model.intermediate_size=64", "save_every=2"]
+
+
+def test_method_names_parse_and_bad_ones_are_refused():
+    assert iqlearn.Method.parse("online:0.1") == iqlearn.Method("online", 0.1)
+    for bad in ("ppo", "iqlearn", "iqlearn:-1", "online:x"):
+        with pytest.raises(ValueError, match="must be 'mle'"):
+            iqlearn.Method.parse(bad)
+    with pytest.raises(run.ConfigError, match="must be 'mle'"):
+        run.apply_overrides(run.load_config_module("irl_arithmetic").config(), ["methods=(mle,dpo:1)"])
+
+
+@pytest.mark.slow
+def test_irl_experiment_end_to_end_and_resume(tmp_path, capsys):
+    folder = str(tmp_path / "irl")
+    assert run.main(["irl_arithmetic", *TINY, "--run-dir", folder]) == 0
+    out = capsys.readouterr().out
+    assert "| mle | 0.5 |" in out and "| online:0.1 | 1 |" in out
+    with open(os.path.join(folder, "results.json")) as f:
+        results = json.load(f)
+    assert set(results["summary"]) == {"mle", "iqlearn:0.1", "online:0.1"}
+    for method, temps in results["summary"].items():
+        assert set(temps) == {"0.5", "1"}
+        for vals in temps.values():
+            assert 0.0 <= vals["accuracy"][0] <= 1.0 and 0.0 <= vals["distinct_2"][0] <= 1.0
+            assert 0.0 <= vals["self_bleu"][0] <= 100.0 and vals["entropy"][0] > 0
+    assert os.path.getsize(os.path.join(folder, "accuracy_vs_diversity.png")) > 10_000
+    with open(os.path.join(folder, "results.md")) as f:
+        assert f.read().count("\n| ") == 6  # 3 methods x 2 temperatures
+    # The online run trained on its own samples: its logged value gaps are there.
+    with open(os.path.join(folder, "finetune", "online_0.1-seed0", "metrics.jsonl")) as f:
+        assert all("policy_value_gap" in json.loads(line) for line in f)
+    # Resume with one more seed: finished runs are reused as they are, the new seed runs.
+    before = results["per_run"]["mle"]["0"]
+    assert run.main(["irl_arithmetic", "seeds=(0,1)", "--run-dir", folder]) == 0
+    with open(os.path.join(folder, "results.json")) as f:
+        again = json.load(f)
+    assert again["per_run"]["mle"]["0"] == before and set(again["per_run"]["mle"]) == {"0", "1"}
