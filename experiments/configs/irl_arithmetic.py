@@ -22,6 +22,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from experiments.configs._shared import ModelSize
 from jax_irl import checkpoint, losses, metrics, parallel, train
 from jax_irl.algorithms import iqlearn
 from jax_irl.data import arithmetic, batching, tfds_sources
@@ -34,20 +35,11 @@ RESUMABLE = ("mesh", "distributed", "save_every", "methods", "seeds")
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelSize:
-    hidden_size: int = 96
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 256
-
-
-@dataclasses.dataclass(frozen=True)
 class IRLConfig:
     task: str = "arithmetic"  # 'arithmetic' (built in) or a TFDS task: gsm8k, xsum, tldr, wmt_de_en
     data_dir: Optional[str] = None  # TFDS data directory
     hf_checkpoint: Optional[str] = None  # start from a local HF model folder (with its tokenizer) instead
-    model: ModelSize = ModelSize()
+    model: ModelSize = ModelSize(hidden_size=96, intermediate_size=256)
     vocab_size: int = 384
     max_length: int = 96
     train_examples: int = 2000

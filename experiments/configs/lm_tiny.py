@@ -15,20 +15,12 @@ import numpy as np
 from flax import nnx
 
 from experiments import quickstart as arithmetic
+from experiments.configs._shared import ModelSize
 from jax_irl import checkpoint, losses, parallel, sampling, train
 from jax_irl.models.config import TransformerConfig
 from jax_irl.models.transformer import Transformer
 
 RESUMABLE = ("steps", "save_every", "keep", "mesh", "distributed")
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSize:
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 128
 
 
 @dataclasses.dataclass(frozen=True)
