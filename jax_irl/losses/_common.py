@@ -86,10 +86,6 @@ def gather_target(values: Array, targets: Array) -> Array:
     return jnp.where(valid, picked, jnp.nan)
 
 
-def as_weights(mask: Array, dtype) -> Array:
-    return jnp.asarray(mask).astype(dtype)
-
-
 def masked_sum(x: Array, mask: Array, axis=None) -> Array:
     """sum(x * mask) that ignores whatever x holds where mask == 0 (inf or NaN included), in value and gradient."""
     m = jnp.asarray(mask)
