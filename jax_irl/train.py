@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from typing import Any, Callable, Dict, NamedTuple, Optional
 
@@ -222,11 +223,11 @@ def fit(trainer: Trainer, state: TrainState, batch_fn: Callable[..., Dict[str, A
     batch_fn(position) -> this process's local batch (a dict of numpy arrays) for data position ``position``
     (a resumed run continues from the checkpoint's position); with ``batch_needs_model`` it is called as
     batch_fn(position, model) with the current model, for batches holding the policy's own samples (online
-    methods; draw them with a key derived from the position to keep resume exact). Saves through ``checkpointer`` on its schedule,
-    on SIGTERM (then returns 'preempted') and at the end. Metrics go to ``log_dir/metrics.jsonl`` and to TensorBoard
-(``log_dir/tensorboard``); eval_fn(model,
-    step) -> dict runs every ``eval_every`` steps and is logged with an 'eval/' prefix. A non-finite loss stops
-    the run with FloatingPointError before anything is saved from it.
+    methods; draw them with a key derived from the position to keep resume exact). Saves through ``checkpointer``
+    on its schedule, on SIGTERM (then returns 'preempted') and at the end. Metrics go to ``log_dir/metrics.jsonl``
+    and to TensorBoard (``log_dir/tensorboard``); eval_fn(model, step) -> dict runs every ``eval_every`` steps and
+    is logged with an 'eval/' prefix. A non-finite loss stops the run with FloatingPointError before anything is
+    saved from it. The progress bar redraws at most every 30 s when stderr is not a terminal (CI logs).
     """
     from jax_irl.checkpoint import PreemptionFlag
 
@@ -241,7 +242,9 @@ def fit(trainer: Trainer, state: TrainState, batch_fn: Callable[..., Dict[str, A
 
             board = SummaryWriter(os.path.join(log_dir, "tensorboard"), purge_step=first + 1)
     position = start_position
-    bar = tqdm.tqdm(total=steps, initial=first, disable=not progress, desc=desc, dynamic_ncols=True)
+    interactive = sys.stderr.isatty()
+    bar = tqdm.tqdm(total=steps, initial=first, disable=not progress, desc=desc, dynamic_ncols=interactive,
+                    mininterval=0.1 if interactive else 30.0)
     status = "done"
     saved_step = first if checkpointer is not None and checkpointer.latest_step() == first else None
     with PreemptionFlag() as preempt:
@@ -268,9 +271,9 @@ def fit(trainer: Trainer, state: TrainState, batch_fn: Callable[..., Dict[str, A
                 for key, value in record.items():
                     if key != "step":
                         board.add_scalar(key, value, step + 1)
-            bar.update(1)
-            bar.set_postfix(loss=f"{host['loss']:.4f}", **({"tok/s": f"{record['tokens_per_s']:.0f}"}
-                                                            if "tokens_per_s" in record else {}))
+            bar.set_postfix(loss=f"{host['loss']:.4f}", refresh=False,
+                            **({"tok/s": f"{record['tokens_per_s']:.0f}"} if "tokens_per_s" in record else {}))
+            bar.update(1)  # redraws (with the postfix) on the bar's own schedule
             if checkpointer is not None and checkpointer.save(step + 1, state, data_position=position,
                                                               force=preempt.requested):
                 saved_step = step + 1

@@ -1,10 +1,12 @@
 """Inverse-RL imitation (Wulfmeier et al. 2024) on built-in GSM8K-style arithmetic, CPU-sized.
 
-A base model is pretrained on the task's inputs (the questions), then fine-tuned on question -> solution
-pairs with MLE, offline IQLearn over a sweep of td_weight, and online IQLearn (policy samples mixed in with
-alpha = 0.1), for several seeds. Each fine-tuned model is evaluated at several sampling temperatures: task
-accuracy, diversity (Self-BLEU, distinct-n, entropy) and the Spearman correlation between its extracted
-rewards and correctness. Results: results.json, results.md (mean +- standard error over seeds), PNG plots.
+A base model is pretrained on the task's inputs (the questions) and, for the built-in task, on a corpus of
+unrelated single calculations ('9 * 4 = 36', the arithmetic a pretrained LM brings; never a question or a
+solution). It is then fine-tuned on question -> solution pairs with MLE, offline IQLearn over a sweep of
+td_weight, and online IQLearn (policy samples mixed in with alpha = 0.1), for several seeds. Each fine-tuned model
+is evaluated at several sampling temperatures: task accuracy, diversity (Self-BLEU, distinct-n, entropy) and the
+Spearman correlation between its extracted rewards and correctness. Results: results.json, results.md (mean +-
+standard error over seeds), PNG plots.
 
     python -m experiments.run irl_arithmetic [seeds=(0,1,2)] [methods=(mle,iqlearn:0.1)] [task=gsm8k ...]
 
@@ -40,12 +42,14 @@ class IRLConfig:
     data_dir: Optional[str] = None  # TFDS data directory
     hf_checkpoint: Optional[str] = None  # start from a local HF model folder (with its tokenizer) instead
     model: ModelSize = ModelSize(hidden_size=96, intermediate_size=256)
-    vocab_size: int = 384
-    max_length: int = 96
+    vocab_size: int = 1024
+    max_length: int = 96  # rows are then cut to the longest one
     train_examples: int = 2000
     max_number: int = 12  # operand cap of the built-in arithmetic task (difficulty)
+    calculation_rows: int = 2000  # rows of the calculation corpus in the base's pretraining (built-in task only)
+    calculations_per_row: int = 6
     eval_prompts: int = 48
-    pretrain_steps: int = 300
+    pretrain_steps: int = 1200
     pretrain_learning_rate: float = 3e-3
     finetune_steps: int = 300
     batch_size: int = 32
@@ -107,32 +111,53 @@ def _model_config(cfg: IRLConfig, vocab_size: int) -> TransformerConfig:
                                         **dataclasses.asdict(cfg.model))
 
 
-def _fingerprint(cfg: IRLConfig, **extra) -> dict:
-    """What one (method, seed) run depends on: the config without the sweep's lists, plus the run's own."""
-    fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("methods", "seeds")}
-    return dict(fields, **extra)
+# Fields that only the fine-tuning and evaluation read: the base model does not depend on them.
+FINETUNE_FIELDS = ("optimizer", "finetune_steps", "methods", "seeds", "alpha", "gamma", "temperatures",
+                   "num_samples", "max_new_tokens", "online_prompts_per_step")
 
 
-def _pretrain_base(cfg, tok, encoded, mesh, run_dir):
-    """The base model: an LM on the task's inputs (prompt tokens only), or the given HF checkpoint."""
+def _fingerprint(cfg: IRLConfig, stage: str, **extra) -> dict:
+    """What a stage depends on: for the base, the config without the fine-tuning fields; for a (method, seed)
+    run, the config without the sweep's lists, plus the run's own."""
+    skip = FINETUNE_FIELDS if stage == "base" else ("methods", "seeds")
+    fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
+    return dict(fields, stage=stage, **extra)
+
+
+def pretraining_rows(cfg: IRLConfig, tok, train_prompts) -> Dict[str, np.ndarray]:
+    """The base's pretraining data: the task's inputs (every prompt token is a target) and, for the built-in
+    task, the calculation corpus. tokens [N, T], mask [N, T-1]."""
+    encoded = batching.encode_examples(tok, train_prompts, [""] * len(train_prompts), cfg.max_length)
+    mask = np.zeros_like(encoded["mask"])
+    for i, n in enumerate(encoded["prompt_lengths"]):
+        mask[i, : n - 1] = 1.0  # the prompt's tokens after bos; the empty response's eos is not a target
+    tokens = encoded["tokens"]
+    if cfg.task == "arithmetic" and cfg.calculation_rows:
+        corpus = arithmetic.calculation_corpus(seed=1, num_rows=cfg.calculation_rows, per_row=cfg.calculations_per_row,
+                                               max_number=cfg.max_number)
+        calc = batching.encode_examples(tok, [""] * len(corpus), corpus, cfg.max_length)
+        tokens, mask = np.concatenate([tokens, calc["tokens"]]), np.concatenate([mask, calc["mask"]])
+    return batching.trim_padding({"tokens": tokens, "mask": mask}, tok.pad_id)
+
+
+def _pretrain_base(cfg, tok, train_prompts, mesh, run_dir):
+    """The base model: an LM pretrained on ``pretraining_rows``, or the given HF checkpoint."""
     if cfg.hf_checkpoint:
         from jax_irl.models import hf
 
         return hf.from_pretrained(cfg.hf_checkpoint)
     model = Transformer(_model_config(cfg, tok.vocab_size), rngs=nnx.Rngs(0))
-    prompt_mask = np.zeros_like(encoded["mask"])
-    for i, n in enumerate(encoded["prompt_lengths"]):
-        prompt_mask[i, : n - 1] = 1.0
+    rows = pretraining_rows(cfg, tok, train_prompts)
     opt = train.OptimizerConfig(learning_rate=cfg.pretrain_learning_rate, schedule="cosine", warmup_steps=20,
                                 total_steps=cfg.pretrain_steps, weight_decay=0.01)
     trainer = train.Trainer(model, lambda m, b, r: losses.mle_loss(m(b["tokens"][:, :-1]).logits, b["tokens"][:, 1:],
                                                                     b["mask"]), opt, mesh)
-    sampler = batching.BatchSampler(len(encoded["tokens"]), cfg.batch_size, seed=1000)
+    sampler = batching.BatchSampler(len(rows["tokens"]), cfg.batch_size, seed=1000)
     folder = os.path.join(run_dir, "base")
-    with checkpoint.Checkpointer(os.path.join(folder, "checkpoints"), fingerprint=_fingerprint(cfg, stage="base"),
+    with checkpoint.Checkpointer(os.path.join(folder, "checkpoints"), fingerprint=_fingerprint(cfg, "base"),
                                  save_every=cfg.save_every, keep=1, resumable_keys=RESUMABLE) as ckpt:
         state, position = train.resume_or_init(trainer, ckpt, seed=0)
-        state, status = train.fit(trainer, state, sampler.batch_fn({"tokens": encoded["tokens"], "mask": prompt_mask}),
+        state, status = train.fit(trainer, state, sampler.batch_fn(rows),
                                   steps=cfg.pretrain_steps, start_position=position, checkpointer=ckpt,
                                   log_dir=folder, desc="pretrain base")
     if status != "done":
@@ -167,7 +192,7 @@ def _finetune_and_evaluate(cfg, method, seed, base, tok, encoded, eval_rows, ref
 
     online = method.kind == "online"
     with checkpoint.Checkpointer(os.path.join(folder, "checkpoints"),
-                                 fingerprint=_fingerprint(cfg, stage=method.name, seed=seed),
+                                 fingerprint=_fingerprint(cfg, method.name, seed=seed),
                                  save_every=cfg.save_every, keep=1, resumable_keys=RESUMABLE) as ckpt:
         state, position = train.resume_or_init(trainer, ckpt, seed=seed)
         state, status = train.fit(trainer, state, online_batch if online else base_fn, steps=cfg.finetune_steps,
@@ -252,11 +277,12 @@ def run(cfg: IRLConfig, run_dir: str) -> dict:
     encoded = batching.encode_examples(tok, train_prompts, train_responses, cfg.max_length)
     if int(encoded["truncated"]):
         print(f"note: {int(encoded['truncated'])} responses were cut to max_length={cfg.max_length}")
+    encoded = batching.trim_padding(encoded, tok.pad_id)
     eval_encoded = batching.encode_examples(tok, eval_prompts, references, cfg.max_length)
     prompt_width = int(max(encoded["prompt_lengths"].max(), eval_encoded["prompt_lengths"].max()))
     eval_rows = iqlearn.prompt_rows(eval_encoded["tokens"], eval_encoded["prompt_lengths"], tok.pad_id, prompt_width)
     mesh = parallel.make_mesh(cfg.mesh)
-    base = _pretrain_base(cfg, tok, encoded, mesh, run_dir)
+    base = _pretrain_base(cfg, tok, train_prompts, mesh, run_dir)
     per_run: Dict[str, Dict[int, dict]] = {}
     for name in cfg.methods:
         method = iqlearn.Method.parse(name)

@@ -113,3 +113,24 @@ def verify(problem: Problem) -> bool:
         if result != int(value):
             return False
     return lines[-1] == f"#### {problem['final']}" and int(lines[-2].split("=")[1]) == problem["final"]
+
+
+def calculation_corpus(seed: int, num_rows: int, per_row: int = 6, max_number: int = 60) -> List[str]:
+    """Rows of unrelated single calculations ('9 * 4 = 36'), one per line, drawn from the same operand ranges as
+    the problems' solution steps: the arithmetic that a pretrained language model brings to the task. A row
+    never holds a question, a final-answer line or the steps of one solution in order, so pretraining on it
+    teaches the calculations but not how to solve a problem."""
+    if num_rows < 0 or per_row < 1:
+        raise ValueError(f"need num_rows >= 0 and per_row >= 1; got {num_rows}, {per_row}")
+    if max_number < 2:
+        raise ValueError(f"max_number must be >= 2; got {max_number}")
+    r = random.Random(seed)
+
+    def n(low: int, high: int) -> int:
+        return r.randint(low, max(low, min(high, max_number)))
+
+    lines: List[str] = []
+    while len(lines) < num_rows * per_row:
+        _, steps = r.choice(TEMPLATES)(r, n)
+        lines.append("{} = {}".format(*r.choice(steps)))  # one step per draw: no solution's chain survives
+    return ["\n".join(lines[i:i + per_row]) for i in range(0, len(lines), per_row)]

@@ -22,6 +22,24 @@ def test_arithmetic_problems_are_deterministic_correct_and_split_cleanly():
     assert not arithmetic.verify(broken)
 
 
+def test_calculation_corpus_holds_true_single_calculations_only():
+    rows = arithmetic.calculation_corpus(seed=0, num_rows=300, per_row=5, max_number=12)
+    assert rows == arithmetic.calculation_corpus(seed=0, num_rows=300, per_row=5, max_number=12)
+    assert len(rows) == 300 and all(row.count("\n") == 4 for row in rows)
+    lines = [line for row in rows for line in row.split("\n")]
+    for line in lines:
+        expr, value = line.split(" = ")
+        a, op, b = expr.split()
+        assert max(int(a), int(b)) <= 12 * 7 * 5 and op in "+-*/"  # the largest operand: 5 weeks of 7 days at $12
+        assert {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b), "/": int(a) / int(b)}[op] \
+            == int(value), line
+    assert {line.split()[1] for line in lines} == set("+-*/")
+    # No final-answer lines and no question text: pretraining on it never shows how a problem is solved.
+    assert not any("####" in row or "?" in row for row in rows)
+    with pytest.raises(ValueError, match="per_row"):
+        arithmetic.calculation_corpus(seed=0, num_rows=3, per_row=0)
+
+
 def test_game_of_24_count_solutions_and_checker():
     puzzles = game24.all_puzzles()
     assert len(puzzles) == 1362  # of the 1820 multisets of four numbers from 1..13
@@ -98,6 +116,12 @@ def test_encode_examples_masks_exactly_the_response_and_eos(bpe):
     assert cut["truncated"] == 1 and cut["mask"][0].sum() == 5
     with pytest.raises(ValueError, match="2 prompts but 1 responses"):
         batching.encode_examples(tok, ["a", "b"], ["c"], 8)
+    # Trimming drops exactly the all-padding columns: the longest row ends at the last column.
+    trimmed = batching.trim_padding(enc, tok.pad_id)
+    longest = int((enc["prompt_lengths"] + enc["mask"].sum(1)).max())  # bos, prompt, response, eos
+    assert trimmed["tokens"].shape == (20, longest) and trimmed["mask"].shape == (20, longest - 1)
+    np.testing.assert_array_equal(trimmed["tokens"], enc["tokens"][:, :longest])
+    assert (enc["tokens"][:, longest:] == tok.pad_id).all() and enc["mask"][:, longest - 1:].sum() == 0
 
 
 def test_batch_sampler_is_a_pure_function_of_position_and_covers_each_epoch():
