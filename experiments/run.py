@@ -2,7 +2,8 @@
 
 CONFIG is a module in experiments/configs (e.g. ``lm_tiny``) or a path to a .py file. A config module defines
 ``config()`` returning a frozen dataclass (fields may be dataclasses too), ``run(cfg, run_dir)`` doing the work,
-and optionally ``RESUMABLE``: the keys a resumed run may change (such as the number of steps).
+and optionally ``RESUMABLE``, the keys a resumed run may change (such as the number of steps), and
+``validate(cfg)``, which raises ValueError for a config that cannot run (reported before anything is written).
 
 Overrides use dotted keys (``optimizer.learning_rate=3e-4``, ``mesh.data=2``) and are parsed by the field's
 type; a wrong key or value gets an error that lists the valid keys or the expected type. Everything a run
@@ -151,6 +152,11 @@ def resolve(name: str, overrides: List[str], run_dir: str = None):
             raise ConfigError(f"{run_dir} is an existing run; only {sorted(allowed)} may change when resuming, not "
                               f"{changed}")
     cfg = apply_overrides(cfg, overrides)
+    if hasattr(module, "validate"):  # checks that need the whole config, before anything is written
+        try:
+            module.validate(cfg)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     if run_dir is None:
         base = os.path.basename(name)[:-3] if name.endswith(".py") else name
         run_dir = os.path.join("runs", f"{base}-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -41,6 +41,8 @@ class IRLConfig:
     task: str = "arithmetic"  # 'arithmetic' (built in) or a TFDS task: gsm8k, xsum, tldr, wmt_de_en
     data_dir: Optional[str] = None  # TFDS data directory
     hf_checkpoint: Optional[str] = None  # start from a local HF model folder (with its tokenizer) instead
+    dtype: str = "float32"  # compute dtype ('bfloat16' on accelerators); params stay float32
+    vocab_chunk: Optional[int] = None  # losses from hidden states in vocabulary chunks (no [B, T, V] logits)
     model: ModelSize = ModelSize(hidden_size=96, intermediate_size=256)
     vocab_size: int = 1024
     max_length: int = 96  # rows are then cut to the longest one
@@ -62,6 +64,8 @@ class IRLConfig:
     temperatures: Tuple[float, ...] = (0.5, 1.0)
     num_samples: int = 4
     max_new_tokens: int = 48
+    eval_prompts_per_batch: Optional[int] = None  # sample the eval prompts in batches of this many (None: all)
+    eval_rows_per_score: Optional[int] = None  # score the samples' rewards in batches of this many rows
     online_prompts_per_step: int = 8
     mesh: parallel.MeshConfig = parallel.MeshConfig()
     distributed: parallel.DistributedConfig = parallel.DistributedConfig()
@@ -74,6 +78,10 @@ class IRLConfig:
             raise ValueError("seeds must name at least one seed")
         if self.num_samples < 2:
             raise ValueError("num_samples must be >= 2 (Self-BLEU compares a prompt's samples)")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16'; got {self.dtype!r}")
+        if self.vocab_chunk is not None and self.vocab_chunk < 1:
+            raise ValueError(f"vocab_chunk must be None or >= 1; got {self.vocab_chunk}")
         if self.task != "arithmetic" and self.task not in tfds_sources.TASKS:
             raise ValueError(f"task must be 'arithmetic' or one of {sorted(tfds_sources.TASKS)}; got {self.task!r}")
 
@@ -107,13 +115,15 @@ def load_task(cfg: IRLConfig):
 
 
 def _model_config(cfg: IRLConfig, vocab_size: int) -> TransformerConfig:
-    return TransformerConfig.for_family("llama", vocab_size=vocab_size, max_position_embeddings=256,
+    return TransformerConfig.for_family("llama", vocab_size=vocab_size, dtype=cfg.dtype,
+                                        max_position_embeddings=cfg.max_length + cfg.max_new_tokens,
                                         **dataclasses.asdict(cfg.model))
 
 
 # Fields that only the fine-tuning and evaluation read: the base model does not depend on them.
 FINETUNE_FIELDS = ("optimizer", "finetune_steps", "methods", "seeds", "alpha", "gamma", "temperatures",
-                   "num_samples", "max_new_tokens", "online_prompts_per_step")
+                   "num_samples", "max_new_tokens", "online_prompts_per_step", "eval_prompts_per_batch",
+                   "eval_rows_per_score", "vocab_chunk")
 
 
 def _fingerprint(cfg: IRLConfig, stage: str, **extra) -> dict:
@@ -145,7 +155,7 @@ def _pretrain_base(cfg, tok, train_prompts, mesh, run_dir):
     if cfg.hf_checkpoint:
         from jax_irl.models import hf
 
-        return hf.from_pretrained(cfg.hf_checkpoint)
+        return hf.from_pretrained(cfg.hf_checkpoint, dtype=cfg.dtype, param_dtype="float32")
     model = Transformer(_model_config(cfg, tok.vocab_size), rngs=nnx.Rngs(0))
     rows = pretraining_rows(cfg, tok, train_prompts)
     opt = train.OptimizerConfig(learning_rate=cfg.pretrain_learning_rate, schedule="cosine", warmup_steps=20,
@@ -172,8 +182,8 @@ def _finetune_and_evaluate(cfg, method, seed, base, tok, encoded, eval_rows, ref
     if os.path.exists(done_file):
         with open(done_file) as f:
             return json.load(f)
-    trainer = train.Trainer(base, iqlearn.make_loss_fn(method, gamma=cfg.gamma, alpha=cfg.alpha), cfg.optimizer,
-                            mesh)
+    loss_fn = iqlearn.make_loss_fn(method, gamma=cfg.gamma, alpha=cfg.alpha, vocab_chunk=cfg.vocab_chunk)
+    trainer = train.Trainer(base, loss_fn, cfg.optimizer, mesh)
     sampler = batching.BatchSampler(len(encoded["tokens"]), cfg.batch_size, seed=seed)
     arrays = {"tokens": encoded["tokens"], "mask": encoded["mask"]}
     base_fn = sampler.batch_fn(arrays)
@@ -203,7 +213,8 @@ def _finetune_and_evaluate(cfg, method, seed, base, tok, encoded, eval_rows, ref
     prompts, pmask = eval_rows
     result = iqlearn.evaluate(trainer.model(state), tok, prompts, pmask, references, jax.random.PRNGKey(10_000 + seed),
                               temperatures=cfg.temperatures, num_samples=cfg.num_samples,
-                              max_new_tokens=cfg.max_new_tokens, gamma=cfg.gamma, correct_fn=task_score(cfg.task))
+                              max_new_tokens=cfg.max_new_tokens, gamma=cfg.gamma, correct_fn=task_score(cfg.task),
+                              prompts_per_batch=cfg.eval_prompts_per_batch, rows_per_score=cfg.eval_rows_per_score)
     with open(done_file, "w") as f:
         json.dump(result, f, indent=2)
     return result

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from experiments import quickstart as arithmetic
+from experiments.configs import _addition as addition
 from experiments.configs._shared import ModelSize
 from jax_irl import checkpoint, losses, parallel, sampling, train
 from jax_irl.models.config import TransformerConfig
@@ -60,21 +60,21 @@ def _loss_fn(td_weight, gamma):
 
 def exact_match(model, rows, prompt_len, answers) -> float:
     prompts = [list(r[:p]) for r, p in zip(rows, prompt_len)]
-    tokens, mask = sampling.left_pad(prompts, pad_id=arithmetic.PAD)
+    tokens, mask = sampling.left_pad(prompts, pad_id=addition.PAD)
     out = sampling.generate(model, tokens, mask, jax.random.PRNGKey(0), max_new_tokens=4, greedy=True,
-                            eos_ids=(arithmetic.EOS,), pad_id=arithmetic.PAD)
+                            eos_ids=(addition.EOS,), pad_id=addition.PAD)
     generated = np.asarray(out.tokens)
-    predicted = [arithmetic.decode_answer(g, 0) for g in generated]
+    predicted = [addition.decode_answer(g, 0) for g in generated]
     return float(np.mean([p == a for p, a in zip(predicted, answers)]))
 
 
 def run(cfg: LMTinyConfig, run_dir: str) -> dict:
     rng = np.random.default_rng(1234)
-    rows, prompt_len, _ = arithmetic.make_problems(rng, cfg.train_problems, cfg.max_operand)
-    test_rows, test_pl, test_answers = arithmetic.make_problems(rng, cfg.eval_problems, cfg.max_operand)
-    _, _, mask = arithmetic.shift(rows, prompt_len)
+    rows, prompt_len, _ = addition.make_problems(rng, cfg.train_problems, cfg.max_operand)
+    test_rows, test_pl, test_answers = addition.make_problems(rng, cfg.eval_problems, cfg.max_operand)
+    mask = addition.response_mask(rows, prompt_len)
 
-    model_cfg = TransformerConfig.for_family("llama", vocab_size=arithmetic.VOCAB, max_position_embeddings=64,
+    model_cfg = TransformerConfig.for_family("llama", vocab_size=addition.VOCAB, max_position_embeddings=64,
                                              **dataclasses.asdict(cfg.model))
     mesh = parallel.make_mesh(cfg.mesh)
     trainer = train.Trainer(Transformer(model_cfg, rngs=nnx.Rngs(cfg.seed)), _loss_fn(cfg.td_weight, cfg.gamma),

@@ -11,11 +11,13 @@ samples) rank correct above wrong answers (Spearman).
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Sequence
+import functools
+from typing import Dict, List, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from jax_irl import losses, metrics, sampling
 
@@ -45,23 +47,32 @@ class Method:
                          f"with td_weight >= 0")
 
 
-def make_loss_fn(method: Method, *, gamma: float, alpha: float):
+def make_loss_fn(method: Method, *, gamma: float, alpha: float, vocab_chunk: Optional[int] = None):
     """loss_fn(model, batch, rng) for the method. batch: tokens [B, T], mask [B, T-1]; online batches also hold
-    policy_tokens [B', T'], policy_attention [B', T'] and policy_mask [B', T'-1] (see ``policy_samples``)."""
+    policy_tokens [B', T'], policy_attention [B', T'] and policy_mask [B', T'-1] (see ``policy_samples``).
 
-    def logits_of(model, tokens, attention=None):
-        return model(tokens[:, :-1], attention_mask=None if attention is None else attention[:, :-1]).logits
+    With ``vocab_chunk`` the losses read (Q(s, a), V(s)) from the hidden states through
+    ``losses.chunked_soft_q_stats`` in vocabulary chunks of that size, never building the [B, T, V] logits (large
+    vocabularies at long lengths); the values equal the full-logits path to float rounding."""
+
+    def soft_q(model, tokens, attention=None):
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        mask = None if attention is None else attention[:, :-1]
+        if vocab_chunk:
+            hidden = model(inputs, attention_mask=mask, compute_logits=False).hidden
+            return losses.chunked_soft_q_stats(hidden, model.unembedding(), targets, chunk_size=vocab_chunk)
+        return losses.soft_q_stats(model(inputs, attention_mask=mask).logits, targets)
 
     def loss_fn(model, batch, rng):
-        logits = logits_of(model, batch["tokens"])
-        targets = batch["tokens"][:, 1:]
+        target_q, values = soft_q(model, batch["tokens"])
         if method.kind == "mle":
-            return losses.mle_loss(logits, targets, batch["mask"])
+            return losses.mle_loss_from_q(target_q, values, batch["mask"])
         if method.kind == "iqlearn":
-            return losses.iqlearn_loss(logits, targets, batch["mask"], gamma=gamma, td_weight=method.td_weight)
-        policy_logits = logits_of(model, batch["policy_tokens"], batch["policy_attention"])
-        return losses.iqlearn_online_loss(logits, targets, batch["mask"], policy_logits, batch["policy_mask"],
-                                          alpha=alpha, gamma=gamma, td_weight=method.td_weight)
+            return losses.iqlearn_loss_from_q(target_q, values, batch["mask"], gamma=gamma,
+                                              td_weight=method.td_weight)
+        _, policy_values = soft_q(model, batch["policy_tokens"], batch["policy_attention"])
+        return losses.iqlearn_online_loss_from_q(target_q, values, batch["mask"], policy_values, batch["policy_mask"],
+                                                 alpha=alpha, gamma=gamma, td_weight=method.td_weight)
 
     return loss_fn
 
@@ -90,37 +101,82 @@ def policy_samples(model, prompts: np.ndarray, prompt_mask: np.ndarray, key, *, 
             "generated_mask": gen_mask}
 
 
-@jax.jit
-def _sequence_rewards_and_entropy(logits, targets, mask, gamma):
-    rewards = losses.implied_rewards(logits, targets, mask, gamma=gamma)
-    return jnp.sum(rewards, -1), metrics.token_entropy(logits, mask)
+@functools.partial(jax.jit, static_argnums=0)
+def _score_rows(graphdef, state, tokens, attention, mask, gamma):
+    """Per row: the summed implied rewards of its response; and the summed per-token entropy and token count."""
+    model = nnx.merge(graphdef, state)
+    logits = model(tokens[:, :-1], attention_mask=attention[:, :-1]).logits
+    rewards = losses.implied_rewards(logits, tokens[:, 1:], mask, gamma=gamma)
+    count = jnp.sum(mask.astype(jnp.float32))
+    return jnp.sum(rewards, -1), metrics.token_entropy(logits, mask) * jnp.maximum(count, 1.0), count
+
+
+def _pad_rows(x: np.ndarray, multiple: int) -> np.ndarray:
+    """x with copies of its last row appended up to a multiple of ``multiple`` rows (one compiled shape)."""
+    extra = -len(x) % multiple
+    return np.concatenate([x, np.repeat(x[-1:], extra, 0)]) if extra else x
+
+
+def score_samples(model, samples: Dict[str, np.ndarray], gamma: float, rows_per_batch: Optional[int] = None):
+    """(summed implied rewards per row [N], mean per-token entropy) of ``policy_samples`` rows, scored in
+    batches of ``rows_per_batch`` rows (all at once by default) so that [rows, T, V] logits stay small."""
+    tokens, attention, mask = samples["policy_tokens"], samples["policy_attention"], samples["policy_mask"]
+    n = len(tokens)
+    size = rows_per_batch or n
+    graphdef, state = nnx.split(model)
+    padded = [_pad_rows(x, size) for x in (tokens, attention, mask)]
+    padded[2][n:] = 0.0  # padding rows count no tokens
+    rewards, entropy_sum, count = [], 0.0, 0.0
+    for i in range(0, len(padded[0]), size):
+        r, e, c = _score_rows(graphdef, state, *(jnp.asarray(x[i:i + size]) for x in padded), gamma)
+        rewards.append(np.asarray(r))
+        entropy_sum, count = entropy_sum + float(e), count + float(c)
+    return np.concatenate(rewards)[:n], entropy_sum / max(count, 1.0)
 
 
 def evaluate(model, tokenizer, prompts: np.ndarray, prompt_mask: np.ndarray, references: Sequence[str], key, *,
              temperatures: Sequence[float], num_samples: int, max_new_tokens: int, gamma: float,
-             correct_fn=metrics.answers_match) -> Dict[str, Dict[str, float]]:
+             correct_fn=metrics.answers_match, prompts_per_batch: Optional[int] = None,
+             rows_per_score: Optional[int] = None) -> Dict[str, Dict[str, float]]:
     """Per temperature: accuracy (mean over all samples), Self-BLEU, distinct-1/2, entropy and the Spearman
-    correlation between each sample's extracted reward and its correctness."""
+    correlation between each sample's extracted reward and its correctness.
+
+    Prompts are sampled ``prompts_per_batch`` at a time (all at once by default; batch i draws with
+    fold_in(key_t, i)), and the samples scored ``rows_per_score`` rows at a time: set both for large eval sets
+    and vocabularies."""
+    if len(prompts) != len(references) or not len(prompts):
+        raise ValueError(f"need one reference per prompt and at least one prompt; got {len(prompts)} prompts and "
+                         f"{len(references)} references")
+    n = len(prompts)
+    size = prompts_per_batch or n
+    padded_prompts, padded_mask = _pad_rows(prompts, size), _pad_rows(prompt_mask, size)
     results = {}
     for temperature in temperatures:
         key, sub = jax.random.split(key)
-        s = policy_samples(model, prompts, prompt_mask, sub, max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id,
-                           pad_id=tokenizer.pad_id, temperature=temperature, num_samples=num_samples)
-        texts = [tokenizer.decode(row[m > 0]) for row, m in zip(s["generated"], s["generated_mask"])]
+        texts: List[str] = []
+        seq_rewards, entropy_sum, count = [], 0.0, 0
+        for b, i in enumerate(range(0, len(padded_prompts), size)):
+            s = policy_samples(model, padded_prompts[i:i + size], padded_mask[i:i + size], jax.random.fold_in(sub, b),
+                               max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                               temperature=temperature, num_samples=num_samples)
+            keep = min(size, n - i) * num_samples  # rows of padding prompts are dropped
+            s = {k: v[:keep] for k, v in s.items()}
+            texts += [tokenizer.decode(row[m > 0]) for row, m in zip(s["generated"], s["generated_mask"])]
+            rewards, entropy = score_samples(model, s, gamma, rows_per_score)
+            tokens = float(s["policy_mask"].sum())
+            seq_rewards.append(rewards)
+            entropy_sum, count = entropy_sum + entropy * tokens, count + tokens
         refs = [r for r in references for _ in range(num_samples)]
         correct = np.array([correct_fn(t, r) for t, r in zip(texts, refs)], float)
-        logits = model(jnp.asarray(s["policy_tokens"][:, :-1]),
-                       attention_mask=jnp.asarray(s["policy_attention"][:, :-1])).logits
-        seq_rewards, entropy = _sequence_rewards_and_entropy(logits, jnp.asarray(s["policy_tokens"][:, 1:]),
-                                                             jnp.asarray(s["policy_mask"]), gamma)
+        seq_rewards = np.concatenate(seq_rewards)
         grouped: List[List[str]] = [texts[i:i + num_samples] for i in range(0, len(texts), num_samples)]
         results[f"{temperature:g}"] = {
             "accuracy": float(correct.mean()),
             "self_bleu": metrics.self_bleu(grouped) if num_samples > 1 else float("nan"),
             "distinct_1": metrics.distinct_n(grouped, 1),
             "distinct_2": metrics.distinct_n(grouped, 2),
-            "entropy": float(entropy),
-            "reward_correlation": metrics.spearman(np.asarray(seq_rewards), correct),
-            "mean_reward": float(np.mean(np.asarray(seq_rewards))),
+            "entropy": entropy_sum / max(count, 1.0),
+            "reward_correlation": metrics.spearman(seq_rewards, correct),
+            "mean_reward": float(np.mean(seq_rewards)),
         }
     return results

@@ -9,7 +9,7 @@ from jax_irl.algorithms import iqlearn
 TINY = ["methods=(mle,iqlearn:0.1,online:0.1)", "seeds=(0)", "pretrain_steps=6", "finetune_steps=4",
         "optimizer.total_steps=4", "optimizer.warmup_steps=1", "train_examples=64", "eval_prompts=4",
         "batch_size=8", "num_samples=2", "max_new_tokens=8", "online_prompts_per_step=8", "vocab_size=300",
-        "model.hidden_size=32", "model.intermediate_size=64", "save_every=2"]
+        "model.hidden_size=32", "model.intermediate_size=64", "save_every=2", "calculation_rows=16"]
 
 
 def test_method_names_parse_and_bad_ones_are_refused():
@@ -19,6 +19,32 @@ def test_method_names_parse_and_bad_ones_are_refused():
             iqlearn.Method.parse(bad)
     with pytest.raises(run.ConfigError, match="must be 'mle'"):
         run.apply_overrides(run.load_config_module("irl_arithmetic").config(), ["methods=(mle,dpo:1)"])
+
+
+def test_base_depends_on_pretraining_fields_only():
+    mod = run.load_config_module("irl_arithmetic")
+    cfg = mod.config()
+    tuned = run.apply_overrides(cfg, ["finetune_steps=7", "optimizer.learning_rate=1e-5", "temperatures=(0.7)"])
+    assert mod._fingerprint(cfg, "base") == mod._fingerprint(tuned, "base")
+    assert mod._fingerprint(cfg, "mle", seed=0) != mod._fingerprint(tuned, "mle", seed=0)
+    for change in ("pretrain_steps=5", "calculation_rows=3", "model.hidden_size=8"):
+        assert mod._fingerprint(run.apply_overrides(cfg, [change]), "base") != mod._fingerprint(cfg, "base")
+
+
+def test_pretraining_rows_are_questions_and_calculations_never_solutions():
+    from jax_irl.data.tokenizer import train_bpe
+
+    mod = run.load_config_module("irl_arithmetic")
+    cfg = run.apply_overrides(mod.config(), ["train_examples=40", "calculation_rows=10", "eval_prompts=4"])
+    prompts, responses, _, _ = mod.load_task(cfg)
+    tok = train_bpe([p + r for p, r in zip(prompts, responses)], vocab_size=300)
+    rows = mod.pretraining_rows(cfg, tok, prompts)
+    assert rows["tokens"].shape[0] == 50 and rows["mask"].shape[1] == rows["tokens"].shape[1] - 1
+    texts = [tok.decode(r[1:][m > 0]) for r, m in zip(rows["tokens"], rows["mask"])]
+    assert texts[:40] == prompts  # the question rows count the question's tokens and nothing after them
+    assert all("?" not in t and "####" not in t and t.count(" = ") == cfg.calculations_per_row for t in texts[40:])
+    assert (rows["tokens"][:, -1] != tok.pad_id).any()  # cut to the longest row
+    assert not any(r.strip() and r.strip() in " ".join(texts) for r in responses)  # no solution appears whole
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 from experiments import run
@@ -94,3 +95,14 @@ def test_driver_on_two_processes_matches_one_process(tmp_path):
     assert len(losses("multi")) == 6
     assert max(abs(a - b) for a, b in zip(losses("multi"), losses("single"))) < 1e-5
     assert sorted(os.listdir(tmp_path / "multi" / "checkpoints")) == ["3", "6"]
+
+
+def test_addition_problems_mask_exactly_the_answer_and_eos():
+    from experiments.configs import _addition as addition
+
+    rows, prompt_len, answers = addition.make_problems(np.random.default_rng(0), 5, 50)
+    mask = addition.response_mask(rows, prompt_len)
+    for i in range(5):
+        counted = [addition.CHARS[t] if t < len(addition.CHARS) else "<eos>" for t in rows[i, 1:][mask[i] > 0]]
+        assert "".join(counted[:-1]) == str(answers[i]) and counted[-1] == "<eos>"
+        assert addition.decode_answer(rows[i], int(prompt_len[i])) == answers[i]

@@ -1,0 +1,115 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jax_irl import losses
+from jax_irl.algorithms import iqlearn
+from jax_irl.models.config import TransformerConfig
+from jax_irl.models.transformer import Transformer
+
+METHODS = ["mle", "iqlearn:0.3", "online:0.5"]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    cfg = TransformerConfig.for_family("llama", vocab_size=37, hidden_size=16, num_layers=1, num_heads=2,
+                                       num_kv_heads=1, intermediate_size=32, max_position_embeddings=32)
+    model = Transformer(cfg, rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(1, 37, (3, 9)).astype(np.int32)
+    mask = np.zeros((3, 8), np.float32)
+    mask[:, 3:] = 1.0
+    mask[1, 6:] = 0.0
+    policy = rng.integers(1, 37, (2, 7)).astype(np.int32)
+    attention = np.ones((2, 7), np.int32)
+    attention[0, :2] = 0  # a left-padded prompt
+    policy_mask = np.zeros((2, 6), np.float32)
+    policy_mask[:, 3:] = 1.0
+    batch = {"tokens": tokens, "mask": mask, "policy_tokens": policy, "policy_attention": attention,
+             "policy_mask": policy_mask}
+    return model, jax.tree.map(jnp.asarray, batch)
+
+
+def reference_loss(method, model, b):
+    """The same loss straight from the logits-based functions of jax_irl.losses."""
+    logits = model(b["tokens"][:, :-1]).logits
+    targets = b["tokens"][:, 1:]
+    if method.kind == "mle":
+        return losses.mle_loss(logits, targets, b["mask"])[0]
+    if method.kind == "iqlearn":
+        return losses.iqlearn_loss(logits, targets, b["mask"], gamma=0.9, td_weight=method.td_weight)[0]
+    policy_logits = model(b["policy_tokens"][:, :-1], attention_mask=b["policy_attention"][:, :-1]).logits
+    return losses.iqlearn_online_loss(logits, targets, b["mask"], policy_logits, b["policy_mask"], alpha=0.2,
+                                      gamma=0.9, td_weight=method.td_weight)[0]
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_loss_fn_matches_the_losses_and_the_chunked_path_matches_it(setup, name):
+    model, batch = setup
+    method = iqlearn.Method.parse(name)
+    full = iqlearn.make_loss_fn(method, gamma=0.9, alpha=0.2)
+    chunked = iqlearn.make_loss_fn(method, gamma=0.9, alpha=0.2, vocab_chunk=10)  # 37 = 3 full chunks + 7
+    want = float(reference_loss(method, model, batch))
+    np.testing.assert_allclose(float(full(model, batch, None)[0]), want, rtol=1e-6)
+    np.testing.assert_allclose(float(chunked(model, batch, None)[0]), want, rtol=1e-5)
+
+    def grads(fn):
+        return nnx.grad(lambda m: fn(m, batch, None)[0])(model)
+
+    for g_full, g_chunk in zip(jax.tree.leaves(grads(full)), jax.tree.leaves(grads(chunked))):
+        np.testing.assert_allclose(np.asarray(g_chunk), np.asarray(g_full), rtol=1e-4, atol=1e-6)
+
+
+class _Chars:
+    """A stand-in tokenizer: ids -> letters."""
+
+    eos_id, pad_id = 0, 0
+
+    def decode(self, ids):
+        return "".join(chr(97 + int(i) % 26) for i in ids)
+
+
+def test_scoring_in_batches_equals_one_pass_and_a_direct_forward(setup):
+    model, _ = setup
+    prompts = np.array([[5, 6, 7], [0, 8, 9], [4, 4, 4]], np.int32)
+    pmask = (prompts != 0).astype(np.int32)
+    pmask[2] = 1
+    samples = iqlearn.policy_samples(model, prompts, pmask, jax.random.PRNGKey(3), max_new_tokens=5, eos_id=0,
+                                     pad_id=0, num_samples=2)
+    rewards, entropy = iqlearn.score_samples(model, samples, gamma=0.9)
+    for rows in (1, 4):  # 6 rows: in ones, and in fours with two padding rows
+        r, e = iqlearn.score_samples(model, samples, gamma=0.9, rows_per_batch=rows)
+        np.testing.assert_allclose(r, rewards, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(e, entropy, rtol=1e-5)
+    tokens, mask = jnp.asarray(samples["policy_tokens"]), jnp.asarray(samples["policy_mask"])
+    logits = model(tokens[:, :-1], attention_mask=jnp.asarray(samples["policy_attention"])[:, :-1]).logits
+    direct = losses.implied_rewards(logits, tokens[:, 1:], mask, gamma=0.9).sum(-1)
+    np.testing.assert_allclose(rewards, np.asarray(direct), rtol=1e-5, atol=1e-6)
+    from jax_irl import metrics
+    np.testing.assert_allclose(entropy, float(metrics.token_entropy(logits, mask)), rtol=1e-5)
+
+
+def test_evaluate_in_prompt_batches(setup):
+    model, _ = setup
+    prompts = np.array([[5, 6, 7], [1, 8, 9], [4, 4, 4]], np.int32)
+    pmask = np.ones_like(prompts)
+    refs = ["x", "y", "z"]
+    kwargs = dict(temperatures=(1.0,), num_samples=2, max_new_tokens=4, gamma=1.0)
+    always = iqlearn.evaluate(model, _Chars(), prompts, pmask, refs, jax.random.PRNGKey(0), prompts_per_batch=2,
+                              correct_fn=lambda text, ref: 1.0, **kwargs)["1"]
+    assert always["accuracy"] == 1.0 and np.isnan(always["reward_correlation"])  # constant correctness
+    # Correctness that varies ('a'..'m' first letters), one batch of 3 against the default, and padded batches.
+    first_half = lambda text, ref: float(text[:1] < "n")  # noqa: E731
+    one = iqlearn.evaluate(model, _Chars(), prompts, pmask, refs, jax.random.PRNGKey(0), correct_fn=first_half,
+                           **kwargs)["1"]
+    same = iqlearn.evaluate(model, _Chars(), prompts, pmask, refs, jax.random.PRNGKey(0), prompts_per_batch=3,
+                            rows_per_score=4, correct_fn=first_half, **kwargs)["1"]
+    for k in one:
+        np.testing.assert_allclose(same[k], one[k], rtol=1e-5, err_msg=k)
+    padded = iqlearn.evaluate(model, _Chars(), prompts, pmask, refs, jax.random.PRNGKey(0), prompts_per_batch=2,
+                              correct_fn=first_half, **kwargs)["1"]
+    assert 0.0 <= padded["accuracy"] <= 1.0 and padded["entropy"] > 0
+    with pytest.raises(ValueError, match="one reference per prompt"):
+        iqlearn.evaluate(model, _Chars(), prompts, pmask, refs[:2], jax.random.PRNGKey(0), **kwargs)

