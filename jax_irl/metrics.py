@@ -160,9 +160,9 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
 
 
 def standard_error(values: Sequence[float]) -> float:
-    """Standard error of the mean over seeds (sample std / sqrt(n)); 0 for a single value."""
+    """Standard error of the mean over seeds (sample std / sqrt(n)); NaN (undefined) for fewer than two values."""
     v = np.asarray(values, float)
-    return float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
+    return float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
 
 
 __all__ = ["extract_answer", "answers_match", "exact_match", "rouge", "bleu", "chrf", "self_bleu", "distinct_n",

@@ -62,4 +62,4 @@ def test_token_entropy_spearman_standard_error():
     assert metrics.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert math.isnan(metrics.spearman([1, 1, 1], [1, 2, 3]))
     assert metrics.standard_error([1.0, 2.0, 3.0]) == pytest.approx(1.0 / math.sqrt(3))
-    assert metrics.standard_error([5.0]) == 0.0
+    assert math.isnan(metrics.standard_error([5.0])) and math.isnan(metrics.standard_error([]))

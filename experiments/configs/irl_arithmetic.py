@@ -238,16 +238,20 @@ def summarise(per_run: Dict[str, Dict[int, Dict[str, Dict[str, float]]]]) -> Dic
     return out
 
 
+def _cell(mean: float, se: float, digits: int) -> str:
+    return f"{mean:.{digits}f}" if np.isnan(se) else f"{mean:.{digits}f} ± {se:.{digits}f}"
+
+
 def markdown_table(summary, num_seeds: int) -> str:
     lines = ["| method | temperature | accuracy | Self-BLEU | distinct-2 | entropy | reward-accuracy Spearman |",
              "|---|---|---|---|---|---|---|"]
     for method, temps in summary.items():
         for t, vals in temps.items():
-            cells = [f"{vals[c][0]:.3f} ± {vals[c][1]:.3f}" if c != "self_bleu" else
-                     f"{vals[c][0]:.1f} ± {vals[c][1]:.1f}" for c in COLUMNS]
+            cells = [_cell(*vals[c], 1 if c == "self_bleu" else 3) for c in COLUMNS]
             lines.append(f"| {method} | {t} | " + " | ".join(cells) + " |")
-    lines.append(f"\nMean ± standard error over {num_seeds} seed(s). Accuracy and diversity are over all samples; "
-                 "Self-BLEU: lower is more diverse.")
+    spread = (f"Mean ± standard error over {num_seeds} seeds." if num_seeds > 1
+              else "One seed, so no standard errors.")
+    lines.append(f"\n{spread} Accuracy and diversity are over all samples; Self-BLEU: lower is more diverse.")
     return "\n".join(lines) + "\n"
 
 
@@ -263,7 +267,8 @@ def plot(summary, path: str) -> None:
         for method, vals in summary.items():
             x, xe = vals[t]["self_bleu"]
             y, ye = vals[t]["accuracy"]
-            ax.errorbar(x, y, xerr=xe, yerr=ye, fmt="o", capsize=3, label=method)
+            ax.errorbar(x, y, xerr=None if np.isnan(xe) else xe, yerr=None if np.isnan(ye) else ye, fmt="o",
+                        capsize=3, label=method)
         ax.set_xlabel("Self-BLEU (lower = more diverse)")
         ax.set_ylabel("accuracy")
         ax.set_title(f"temperature {t}")

@@ -47,6 +47,22 @@ def test_pretraining_rows_are_questions_and_calculations_never_solutions():
     assert not any(r.strip() and r.strip() in " ".join(texts) for r in responses)  # no solution appears whole
 
 
+def test_summary_table_hand_computed(tmp_path):
+    mod = run.load_config_module("irl_arithmetic")
+    row = {"accuracy": 0.5, "self_bleu": 80.0, "distinct_1": 0.3, "distinct_2": 0.4, "entropy": 0.2,
+           "reward_correlation": float("nan"), "mean_reward": -1.0}
+    two = mod.summarise({"mle": {0: {"1": row}, 1: {"1": dict(row, accuracy=0.7, reward_correlation=0.5)}}})
+    assert two["mle"]["1"]["accuracy"] == pytest.approx([0.6, 0.1])  # std 0.1414 / sqrt(2)
+    assert two["mle"]["1"]["reward_correlation"][0] == 0.5  # the NaN seed is left out
+    table = mod.markdown_table(two, 2)
+    assert "| mle | 1 | 0.600 ± 0.100 | 80.0 ± 0.0 | 0.400 ± 0.000 | 0.200 ± 0.000 | 0.500 |" in table
+    assert "over 2 seeds" in table
+    one = mod.summarise({"mle": {0: {"1": row}}})
+    assert "| mle | 1 | 0.500 | 80.0 | 0.400 | 0.200 | nan |" in mod.markdown_table(one, 1)
+    mod.plot(one, str(tmp_path / "plot.png"))  # NaN error bars are left out, not an error
+    assert (tmp_path / "plot.png").stat().st_size > 10_000
+
+
 @pytest.mark.slow
 def test_irl_experiment_end_to_end_and_resume(tmp_path, capsys):
     folder = str(tmp_path / "irl")
