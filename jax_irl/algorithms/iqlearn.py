@@ -142,8 +142,8 @@ def evaluate(model, tokenizer, prompts: np.ndarray, prompt_mask: np.ndarray, ref
     correlation between each sample's extracted reward and its correctness.
 
     Prompts are sampled ``prompts_per_batch`` at a time (all at once by default; batch i draws with
-    fold_in(key_t, i)), and the samples scored ``rows_per_score`` rows at a time: set both for large eval sets
-    and vocabularies."""
+    fold_in(key_t, i)), and the samples scored ``rows_per_score`` rows at a time (default: a prompt batch's rows):
+    set both for large eval sets and vocabularies."""
     if len(prompts) != len(references) or not len(prompts):
         raise ValueError(f"need one reference per prompt and at least one prompt; got {len(prompts)} prompts and "
                          f"{len(references)} references")
@@ -153,29 +153,25 @@ def evaluate(model, tokenizer, prompts: np.ndarray, prompt_mask: np.ndarray, ref
     results = {}
     for temperature in temperatures:
         key, sub = jax.random.split(key)
-        texts: List[str] = []
-        seq_rewards, entropy_sum, count = [], 0.0, 0
+        batches = []
         for b, i in enumerate(range(0, len(padded_prompts), size)):
             s = policy_samples(model, padded_prompts[i:i + size], padded_mask[i:i + size], jax.random.fold_in(sub, b),
                                max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
                                temperature=temperature, num_samples=num_samples)
-            keep = min(size, n - i) * num_samples  # rows of padding prompts are dropped
-            s = {k: v[:keep] for k, v in s.items()}
-            texts += [tokenizer.decode(row[m > 0]) for row, m in zip(s["generated"], s["generated_mask"])]
-            rewards, entropy = score_samples(model, s, gamma, rows_per_score)
-            tokens = float(s["policy_mask"].sum())
-            seq_rewards.append(rewards)
-            entropy_sum, count = entropy_sum + entropy * tokens, count + tokens
+            batches.append(s)
+        # Every batch has the same row width; the rows of padding prompts are dropped.
+        s = {k: np.concatenate([batch[k] for batch in batches])[: n * num_samples] for k in batches[0]}
+        texts = [tokenizer.decode(row[m > 0]) for row, m in zip(s["generated"], s["generated_mask"])]
+        seq_rewards, entropy = score_samples(model, s, gamma, rows_per_score or size * num_samples)
         refs = [r for r in references for _ in range(num_samples)]
         correct = np.array([correct_fn(t, r) for t, r in zip(texts, refs)], float)
-        seq_rewards = np.concatenate(seq_rewards)
         grouped: List[List[str]] = [texts[i:i + num_samples] for i in range(0, len(texts), num_samples)]
         results[f"{temperature:g}"] = {
             "accuracy": float(correct.mean()),
             "self_bleu": metrics.self_bleu(grouped) if num_samples > 1 else float("nan"),
             "distinct_1": metrics.distinct_n(grouped, 1),
             "distinct_2": metrics.distinct_n(grouped, 2),
-            "entropy": entropy_sum / max(count, 1.0),
+            "entropy": entropy,
             "reward_correlation": metrics.spearman(seq_rewards, correct),
             "mean_reward": float(np.mean(seq_rewards)),
         }

@@ -60,14 +60,12 @@ def test_driver_runs_resumes_and_refuses_config_changes(tmp_path, capsys):
 @pytest.mark.slow
 def test_driver_on_two_processes_matches_one_process(tmp_path):
     import os
-    import socket
     import subprocess
     import sys
 
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from tests.processes import ROOT as root, free_port, wait_all
+
+    port = free_port()
     args = ["steps=6", "save_every=3", "train_problems=500", "eval_problems=20"]
     base = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu")
     procs = []
@@ -77,12 +75,7 @@ def test_driver_on_two_processes_matches_one_process(tmp_path):
         procs.append(subprocess.Popen([sys.executable, "-m", "experiments.run", "lm_tiny", *args, "mesh.data=2",
                                        "mesh.fsdp=2", "mesh.tensor=2", "--run-dir", str(tmp_path / "multi")],
                                       cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    for p in procs:
-        try:
-            _, err = p.communicate(timeout=300)
-        finally:
-            p.kill()
-        assert p.returncode == 0, err[-3000:]
+    wait_all(procs)
     env = dict(base, XLA_FLAGS="--xla_force_host_platform_device_count=1")
     single = subprocess.run([sys.executable, "-m", "experiments.run", "lm_tiny", *args, "--run-dir",
                              str(tmp_path / "single")], cwd=root, env=env, capture_output=True, text=True, timeout=300)

@@ -1,6 +1,5 @@
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -13,9 +12,9 @@ from flax import nnx
 from jax_irl import losses, parallel, train
 from jax_irl.models.config import TransformerConfig
 from jax_irl.models.transformer import Transformer
+from tests.processes import ROOT, free_port, wait_all
 
 WORKER = os.path.join(os.path.dirname(__file__), "worker.py")
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _cfg(**kw):
@@ -101,28 +100,15 @@ def test_logical_rules():
         parallel.logical_to_spec(("experts",))
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_on_localhost_match_one_process():
     env = dict(os.environ, PYTHONPATH=ROOT)
     env.pop("XLA_FLAGS", None)
-    port = _free_port()
+    port = free_port()
     procs = [subprocess.Popen([sys.executable, WORKER, "--process-id", str(i), "--num-processes", "2", "--port",
                                str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
              for i in range(2)]
-    outs = []
-    for p in procs:
-        try:
-            out, err = p.communicate(timeout=300)
-        finally:
-            p.kill()
-        assert p.returncode == 0, err[-3000:]
-        outs.append(json.loads(out.strip().splitlines()[-1]))
+    outs = [json.loads(out.strip().splitlines()[-1]) for out in wait_all(procs)]
     single = subprocess.run([sys.executable, WORKER, "--local-devices", "1", "--mesh", "1,1,1"], capture_output=True,
                             text=True, env=env, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
