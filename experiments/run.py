@@ -14,6 +14,7 @@ the results. Pointing --run-dir at an existing run folder resumes it with its sa
 from __future__ import annotations
 
 import argparse
+import collections.abc
 import dataclasses
 import importlib
 import importlib.util
@@ -22,7 +23,7 @@ import os
 import sys
 import time
 import typing
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
@@ -52,17 +53,43 @@ def load_config_module(name: str):
     return module
 
 
-def flat_fields(cfg, prefix: str = "") -> Dict[str, Any]:
-    """Dotted key -> declared type for every leaf field of a (nested) dataclass."""
+def _variant_type(tp):
+    """The value type V of a ``Dict[str, V]`` field whose values are dataclasses (named variants), else None."""
+    if typing.get_origin(tp) in (dict, typing.Dict, collections.abc.Mapping) and len(typing.get_args(tp)) == 2:
+        value = typing.get_args(tp)[1]
+        if dataclasses.is_dataclass(value):
+            return value
+    return None
+
+
+def _walk(cfg, prefix: str, variants: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     hints = typing.get_type_hints(type(cfg))
     out = {}
     for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
+        value, key = getattr(cfg, f.name), f"{prefix}{f.name}"
         if dataclasses.is_dataclass(value):
-            out.update(flat_fields(value, f"{prefix}{f.name}."))
+            out.update(_walk(value, key + ".", variants))
+        elif _variant_type(hints[f.name]) is not None:
+            if variants is not None:
+                variants[key] = _variant_type(hints[f.name])
+            for name, variant in value.items():
+                out.update(_walk(variant, f"{key}.{name}.", variants))
         else:
-            out[f"{prefix}{f.name}"] = hints[f.name]
+            out[key] = hints[f.name]
     return out
+
+
+def flat_fields(cfg, prefix: str = "") -> Dict[str, Any]:
+    """Dotted key -> declared type for every leaf field of a (nested) dataclass. A ``Dict[str, Dataclass]``
+    field (named variants, e.g. methods) contributes ``field.<name>.<leaf>`` for each of its entries."""
+    return _walk(cfg, prefix, None)
+
+
+def variant_fields(cfg) -> Dict[str, Any]:
+    """Dotted key -> value type of every named-variants field (``Dict[str, Dataclass]``), nested ones too."""
+    found: Dict[str, Any] = {}
+    _walk(cfg, "", found)
+    return found
 
 
 def _type_name(tp) -> str:
@@ -98,29 +125,79 @@ def parse_value(text: str, tp, key: str):
     raise ConfigError(f"{key}: fields of type {_type_name(tp)} cannot be set from the command line")
 
 
+def _split_key(cfg, key: str) -> List[str]:
+    """The path of a dotted key; a variant's name (which may hold dots, as in 'iqlearn:0.1') is one element."""
+    for field, _ in sorted(variant_fields(cfg).items(), key=lambda kv: -len(kv[0])):
+        if key.startswith(field + "."):
+            name, _, leaf = key[len(field) + 1:].rpartition(".")
+            if name:
+                return field.split(".") + [name] + leaf.split(".")
+    return key.split(".")
+
+
 def _set(cfg, path: List[str], value):
+    if isinstance(cfg, dict):  # a named-variants field: path[0] is the variant's name
+        return {**cfg, path[0]: _set(cfg[path[0]], path[1:], value)}
     if len(path) == 1:
         return dataclasses.replace(cfg, **{path[0]: value})
     child = getattr(cfg, path[0])
     return dataclasses.replace(cfg, **{path[0]: _set(child, path[1:], value)})
 
 
+def _add_variant(cfg, key: str):
+    """cfg with a new default variant when ``key`` names a leaf of an unknown variant (``methods.mine.kind``)."""
+    for field, vtype in sorted(variant_fields(cfg).items(), key=lambda kv: -len(kv[0])):
+        if key.startswith(field + "."):
+            name, _, leaf = key[len(field) + 1:].rpartition(".")
+            if name and leaf in {f.name for f in dataclasses.fields(vtype)}:
+                current = cfg
+                for part in field.split("."):
+                    current = getattr(current, part)
+                if name not in current:
+                    return _set(cfg, field.split("."), {**current, name: vtype()})
+    return None
+
+
+class _Changes(dict):
+    """Overrides grouped by the (nested) dataclass or variants field they change."""
+
+
+def _apply(cfg, changes: "_Changes"):
+    """cfg with ``changes`` applied, each dataclass rebuilt once with all of its changed fields (so checks that
+    tie two fields together, such as warmup_steps <= steps, see both new values whatever the overrides' order)."""
+    if isinstance(cfg, dict):
+        return {**cfg, **{name: _apply(cfg[name], sub) for name, sub in changes.items()}}
+    updates = {k: _apply(getattr(cfg, k), v) if isinstance(v, _Changes) else v for k, v in changes.items()}
+    return dataclasses.replace(cfg, **updates)
+
+
 def apply_overrides(cfg, overrides: List[str]):
-    """A new config with each ``key=value`` applied; errors list the valid keys or the expected type."""
-    fields = flat_fields(cfg)
+    """A new config with every ``key=value`` applied; errors list the valid keys or the expected type. A key
+    ``field.NAME.leaf`` under a named-variants field with a NAME not yet there adds variant NAME (its defaults,
+    then the override). Values are checked by the dataclasses' own validation once all are applied."""
+    changes = _Changes()
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, text = item.split("=", 1)
+        fields = flat_fields(cfg)
         if key not in fields:
-            raise ConfigError(f"unknown config key {key!r}; valid keys:\n  " + "\n  ".join(sorted(fields)))
-        try:
-            cfg = _set(cfg, key.split("."), parse_value(text, fields[key], key))
-        except ConfigError:
-            raise
-        except (ValueError, TypeError) as err:  # the dataclass's own validation
-            raise ConfigError(f"{key}={text!r}: {err}") from None
-    return cfg
+            try:
+                added = _add_variant(cfg, key)
+            except (ValueError, TypeError) as err:
+                raise ConfigError(f"{key}: {err}") from None
+            if added is None:
+                raise ConfigError(f"unknown config key {key!r}; valid keys:\n  " + "\n  ".join(sorted(fields)))
+            cfg, fields = added, flat_fields(added)
+        path = _split_key(cfg, key)
+        node = changes
+        for part in path[:-1]:
+            node = node.setdefault(part, _Changes())
+        node[path[-1]] = parse_value(text, fields[key], key)
+    try:
+        return _apply(cfg, changes)
+    except (ValueError, TypeError) as err:  # the dataclasses' own validation
+        raise ConfigError(f"{' '.join(overrides)}: {err}") from None
 
 
 def to_overrides(saved: Dict[str, Any], prefix: str = "") -> List[str]:

@@ -12,6 +12,7 @@ lists the differences instead of loading part of it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -37,6 +38,24 @@ def _diff(saved: dict, current: dict, prefix: str = "") -> list:
     return out
 
 
+def jsonable(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    raise TypeError(f"a fingerprint holds {type(value).__name__}, which is not JSON-serialisable")
+
+
+def _drop(tree: dict, dotted_keys) -> dict:
+    """tree without the entries at the given dotted paths ('steps', 'stage.steps')."""
+    out = dict(tree)
+    for key in dotted_keys:
+        head, _, rest = key.partition(".")
+        if rest and isinstance(out.get(head), dict):
+            out[head] = _drop(out[head], [rest])
+        elif not rest:
+            out.pop(head, None)
+    return out
+
+
 class CheckpointMismatchError(ValueError):
     """The checkpoint was written by a run with another config or model."""
 
@@ -45,7 +64,8 @@ class Checkpointer:
     """Save every ``save_every`` steps (and when forced), keep the last ``keep``, resume from the latest.
 
     fingerprint: a JSON-serialisable dict (the run's config) that a checkpoint must match to be restored;
-    keys listed in ``resumable_keys`` may differ (e.g. the total number of steps, the mesh shape).
+    keys listed in ``resumable_keys`` (top-level names, or dotted paths into nested dicts such as 'stage.steps')
+    may differ (e.g. the total number of steps, the mesh shape).
     """
 
     def __init__(self, directory: str, *, fingerprint: Dict[str, Any], save_every: int, keep: int = 3,
@@ -55,7 +75,8 @@ class Checkpointer:
         if keep < 1:
             raise ValueError(f"keep must be >= 1; got {keep}")
         self.directory = os.path.abspath(directory)
-        self.fingerprint = json.loads(json.dumps(fingerprint))  # normalise tuples etc. as JSON would
+        # Normalised as JSON would (tuples -> lists; dataclasses -> dicts of their fields).
+        self.fingerprint = json.loads(json.dumps(fingerprint, default=jsonable))
         self.resumable_keys = resumable_keys
         options = ocp.CheckpointManagerOptions(save_interval_steps=save_every, max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save)
@@ -76,8 +97,8 @@ class Checkpointer:
 
     def check_fingerprint(self, step: int) -> dict:
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-        saved = {k: v for k, v in meta["fingerprint"].items() if k not in self.resumable_keys}
-        current = {k: v for k, v in self.fingerprint.items() if k not in self.resumable_keys}
+        saved = _drop(meta["fingerprint"], self.resumable_keys)
+        current = _drop(self.fingerprint, self.resumable_keys)
         problems = _diff(saved, current)
         if problems:
             raise CheckpointMismatchError(

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax_irl.losses.soft_q import token_entropies
+
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 
 
@@ -140,9 +142,7 @@ def distinct_n(samples_per_prompt: Sequence[Sequence[str]], n: int) -> float:
 def token_entropy(logits: jax.Array, mask: jax.Array) -> jax.Array:
     """Mean over counted tokens of the policy's entropy -sum_a pi(a|s) log pi(a|s). logits [B, T, V], mask [B, T].
     Entries of -inf (banned tokens) contribute nothing."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
-    p = jnp.exp(logp)
-    ent = -jnp.sum(jnp.where(p > 0, p * logp, 0.0), -1)
+    ent = token_entropies(logits)
     m = jnp.asarray(mask).astype(jnp.float32)
     return jnp.sum(ent * m) / jnp.maximum(jnp.sum(m), 1.0)
 

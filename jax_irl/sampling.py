@@ -96,12 +96,28 @@ def generate(model, prompt_tokens, prompt_mask, key, *, max_new_tokens: int, tem
     _check_args(prompt_tokens, prompt_mask, max_new_tokens, temperature, top_k, top_p, num_samples)
     eos = tuple(model.cfg.eos_token_ids if eos_ids is None else eos_ids)
     graphdef, state = nnx.split(model)
-    return _generate(graphdef, state, prompt_tokens, prompt_mask, key, max_new_tokens, float(temperature), top_k,
-                     top_p, bool(greedy), eos, int(pad_id), num_samples)
+    return _generate(graphdef, state, prompt_tokens, prompt_mask, key, max_new=max_new_tokens,
+                     temperature=float(temperature), top_k=top_k, top_p=top_p, greedy=bool(greedy), eos=eos,
+                     pad_id=int(pad_id), n=num_samples)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8, 9, 10, 11, 12))
-def _generate(graphdef, state, prompt_tokens, prompt_mask, key, max_new, temperature, top_k, top_p, greedy, eos,
+class _DecodeCarry(NamedTuple):
+    """The decoding loop's state."""
+
+    step: jax.Array  # int32 []: tokens generated so far
+    done: jax.Array  # bool [R]: the row has emitted EOS
+    logits: jax.Array  # [R, V]: the model's logits for the next token
+    cache: dict  # the KV cache
+    positions: jax.Array  # int32 [R]: the next token's position id
+    tokens: jax.Array  # int32 [R, max_new]
+    log_probs: jax.Array  # float32 [R, max_new]: under the sampling distribution
+    model_log_probs: jax.Array  # float32 [R, max_new]: under the model
+    key: jax.Array
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new", "temperature", "top_k", "top_p", "greedy", "eos",
+                                             "pad_id", "n"))
+def _generate(graphdef, state, prompt_tokens, prompt_mask, key, *, max_new, temperature, top_k, top_p, greedy, eos,
               pad_id, n):
     model = nnx.merge(graphdef, state)
     tokens = jnp.repeat(prompt_tokens, n, axis=0)
@@ -110,7 +126,6 @@ def _generate(graphdef, state, prompt_tokens, prompt_mask, key, max_new, tempera
     positions = jnp.maximum(jnp.cumsum(mask, -1) - 1, 0)
     cache = model.init_cache(rows, width + max_new)
     out = model(tokens, attention_mask=mask, positions=positions, cache=cache, cache_index=0)
-    next_pos = positions[:, -1] + 1
     eos_arr = jnp.asarray(eos if eos else (-1,), jnp.int32)
 
     def pick(logits, step_key):
@@ -124,34 +139,32 @@ def _generate(graphdef, state, prompt_tokens, prompt_mask, key, max_new, tempera
         return (tok, jnp.take_along_axis(lp, tok[:, None], -1)[:, 0],
                 jnp.take_along_axis(model_lp, tok[:, None], -1)[:, 0])
 
-    def cond(carry):
-        step, done = carry[0], carry[1]
-        return (step < max_new) & ~jnp.all(done)
+    def cond(c: _DecodeCarry):
+        return (c.step < max_new) & ~jnp.all(c.done)
 
-    def body(carry):
-        step, done, logits, cache, pos, out_tok, out_lp, out_mlp, key = carry
-        key, step_key = jax.random.split(key)
-        tok, lp, mlp = pick(logits, step_key)
-        live = ~done
+    def body(c: _DecodeCarry) -> _DecodeCarry:
+        key, step_key = jax.random.split(c.key)
+        tok, lp, mlp = pick(c.logits, step_key)
+        live = ~c.done
         tok = jnp.where(live, tok, pad_id)
-        out_tok = out_tok.at[:, step].set(tok)
-        out_lp = out_lp.at[:, step].set(jnp.where(live, lp, 0.0))
-        out_mlp = out_mlp.at[:, step].set(jnp.where(live, mlp, 0.0))
-        done = done | jnp.isin(tok, eos_arr)
-        res = model(tok[:, None], attention_mask=live[:, None].astype(jnp.int32), positions=pos[:, None],
-                    cache=cache, cache_index=width + step)
-        return (step + 1, done, res.logits[:, -1], res.cache, pos + 1, out_tok, out_lp, out_mlp, key)
+        res = model(tok[:, None], attention_mask=live[:, None].astype(jnp.int32), positions=c.positions[:, None],
+                    cache=c.cache, cache_index=width + c.step)
+        return _DecodeCarry(step=c.step + 1, done=c.done | jnp.isin(tok, eos_arr), logits=res.logits[:, -1],
+                            cache=res.cache, positions=c.positions + 1,
+                            tokens=c.tokens.at[:, c.step].set(tok),
+                            log_probs=c.log_probs.at[:, c.step].set(jnp.where(live, lp, 0.0)),
+                            model_log_probs=c.model_log_probs.at[:, c.step].set(jnp.where(live, mlp, 0.0)), key=key)
 
-    init = (jnp.int32(0), jnp.zeros(rows, bool), out.logits[:, -1], out.cache, next_pos,
-            jnp.full((rows, max_new), pad_id, jnp.int32), jnp.zeros((rows, max_new), jnp.float32),
-            jnp.zeros((rows, max_new), jnp.float32), key)
+    init = _DecodeCarry(step=jnp.int32(0), done=jnp.zeros(rows, bool), logits=out.logits[:, -1], cache=out.cache,
+                        positions=positions[:, -1] + 1, tokens=jnp.full((rows, max_new), pad_id, jnp.int32),
+                        log_probs=jnp.zeros((rows, max_new), jnp.float32),
+                        model_log_probs=jnp.zeros((rows, max_new), jnp.float32), key=key)
     final = jax.lax.while_loop(cond, body, init)
-    out_tok, out_lp, out_mlp = final[5], final[6], final[7]
-    is_eos = jnp.isin(out_tok, eos_arr)
+    is_eos = jnp.isin(final.tokens, eos_arr)
     # A token is generated if no EOS came strictly before it; rows stop at max_new regardless.
     eos_before = jnp.cumsum(is_eos, -1) - is_eos
-    gen_mask = (eos_before == 0) & (jnp.arange(max_new)[None] < final[0])
-    return SampleOutput(out_tok, out_lp, out_mlp, jnp.sum(gen_mask, -1).astype(jnp.int32),
+    gen_mask = (eos_before == 0) & (jnp.arange(max_new)[None] < final.step)
+    return SampleOutput(final.tokens, final.log_probs, final.model_log_probs, jnp.sum(gen_mask, -1).astype(jnp.int32),
                         gen_mask.astype(jnp.int32))
 
 

@@ -10,6 +10,11 @@ their logical names, see ``parallel``), the optimizer state's, and the batch's, 
 Gradient accumulation splits the batch's leading axis into ``grad_accum_steps`` micro-batches inside a
 ``lax.scan`` and averages their gradients; for token-mean losses pass ``normalizer`` (the global token count)
 from ``batch`` to make the result exactly the full-batch gradient.
+
+``fit`` is the loop (batches, steps, checkpoints on schedule and on SIGTERM, the NaN stop, progress);
+``MetricsWriter`` logs (JSONL + TensorBoard); ``run_stage`` is one resumable stage of an experiment: Trainer +
+Checkpointer with the stage's fingerprint + resume + fit, raising ``StagePreempted`` when stopped early, usable
+in a loop of stages (online rounds, PPO iterations). The learning-rate schedule always spans the stage's steps.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Callable, Dict, NamedTuple, Optional
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -30,17 +35,22 @@ import tqdm
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+from tensorboardX import SummaryWriter
 
-from jax_irl import parallel
+from jax_irl import parallel, rollout
+from jax_irl.checkpoint import Checkpointer, PreemptionFlag, abstract_like
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
     name: str = "adamw"  # adamw | adam | sgd
     learning_rate: float = 1e-4
-    schedule: str = "constant"  # constant | cosine | linear (decay to 0 over total_steps after warmup)
+    schedule: str = "constant"  # constant | cosine | linear (decay to 0 at the stage's last step, after warmup)
     warmup_steps: int = 0
-    total_steps: int = 1000
+    # The schedule's length. None (the default): the stage's step count, so the decay always ends at the last
+    # step. Set, it must equal the stage's steps (a mismatch is refused: optax would clamp at total_steps and
+    # train every later step at learning rate 0).
+    total_steps: Optional[int] = None
     weight_decay: float = 0.0
     b1: float = 0.9
     b2: float = 0.999
@@ -55,10 +65,34 @@ class OptimizerConfig:
             raise ValueError(f"schedule must be 'constant', 'cosine' or 'linear'; got {self.schedule!r}")
         if self.grad_accum_steps < 1:
             raise ValueError(f"grad_accum_steps must be >= 1; got {self.grad_accum_steps}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate >= 0):
+            raise ValueError(f"learning_rate must be a finite number >= 0; got {self.learning_rate}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0; got {self.warmup_steps}")
+        if self.total_steps is not None and self.total_steps < 1:
+            raise ValueError(f"total_steps must be None (the stage's steps) or >= 1; got {self.total_steps}")
 
 
-def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:
-    decay_steps = max(cfg.total_steps - cfg.warmup_steps, 1)
+def schedule_length(cfg: OptimizerConfig, steps: Optional[int]) -> Optional[int]:
+    """The number of steps the schedule spans for a stage of ``steps`` steps; refuses a mismatch."""
+    if cfg.total_steps is not None and steps is not None and cfg.total_steps != steps:
+        raise ValueError(f"optimizer.total_steps={cfg.total_steps} but the stage trains {steps} steps: the "
+                         f"{cfg.schedule} schedule would end elsewhere than the last step (after total_steps optax "
+                         f"holds the final learning rate, 0 for a decay). Leave total_steps unset (None) so that "
+                         f"the schedule follows the stage's steps")
+    length = cfg.total_steps if cfg.total_steps is not None else steps
+    if length is not None and cfg.warmup_steps > length:
+        raise ValueError(f"optimizer.warmup_steps={cfg.warmup_steps} is longer than the stage's {length} steps")
+    return length
+
+
+def learning_rate_schedule(cfg: OptimizerConfig, total_steps: Optional[int] = None) -> optax.Schedule:
+    """The learning rate as a function of the step: linear warmup, then constant, cosine or linear decay to 0
+    at step ``total_steps`` (the stage's steps, or ``cfg.total_steps``)."""
+    length = schedule_length(cfg, total_steps)
+    if cfg.schedule != "constant" and length is None:
+        raise ValueError(f"a {cfg.schedule} schedule needs the stage's step count: pass total_steps")
+    decay_steps = max((length or 0) - cfg.warmup_steps, 1)
     if cfg.schedule == "constant":
         main = optax.constant_schedule(cfg.learning_rate)
     elif cfg.schedule == "cosine":
@@ -71,8 +105,8 @@ def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:
     return main
 
 
-def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
-    lr = learning_rate_schedule(cfg)
+def make_optimizer(cfg: OptimizerConfig, total_steps: Optional[int] = None) -> optax.GradientTransformation:
+    lr = learning_rate_schedule(cfg, total_steps)
     if cfg.name == "adamw":
         opt = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
     elif cfg.name == "adam":
@@ -146,21 +180,23 @@ def make_train_step(graphdef, rest, loss_fn: Callable, tx: optax.GradientTransfo
 class Trainer:
     """Holds the model's graph, the optimizer and the compiled step on a mesh.
 
-    trainer = Trainer(model, loss_fn, OptimizerConfig(...), mesh)
+    trainer = Trainer(model, loss_fn, OptimizerConfig(...), mesh, total_steps=steps)
     state = trainer.init_state(seed)
     state, metrics = trainer.step(state, parallel.global_batch(local_batch, mesh))
     """
 
     def __init__(self, model: nnx.Module, loss_fn: Callable, opt: OptimizerConfig, mesh: Mesh,
-                 rules=parallel.DEFAULT_RULES):
+                 rules=parallel.DEFAULT_RULES, *, total_steps: Optional[int] = None):
         self.mesh, self.opt_config = mesh, opt
+        # The steps the learning-rate schedule spans (None: a constant schedule built without a length).
+        self.schedule_steps = schedule_length(opt, total_steps)
         self.param_shardings = parallel.param_shardings(model, mesh, rules)
         self.graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
         # The trainer owns its arrays: steps donate the state, which must never delete the caller's model.
         # (device_put may alias a replicated shard to the source buffer, so copy inside jit instead.)
         self._params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=self.param_shardings)(params)
-        self.tx = make_optimizer(opt)
-        self.schedule = learning_rate_schedule(opt)
+        self.tx = make_optimizer(opt, self.schedule_steps)
+        self.schedule = learning_rate_schedule(opt, self.schedule_steps)
         self._step_fn = make_train_step(self.graphdef, self.rest, loss_fn, self.tx, opt.grad_accum_steps,
                                         self.schedule)
         self._compiled = None
@@ -193,14 +229,41 @@ class Trainer:
         return self._compiled(state, batch)
 
 
-def _truncate_metrics(path: str, last_step: int) -> None:
-    """Drop logged steps after the one a resumed run restarts from (they will be logged again)."""
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        lines = [line for line in f if line.strip() and json.loads(line)["step"] <= last_step]
-    with open(path, "w") as f:
-        f.writelines(lines)
+class MetricsWriter:
+    """Per-step records to ``log_dir/metrics.jsonl`` and TensorBoard (``log_dir/tensorboard``), from process 0.
+
+    Opening it for a run that restarts at step ``first_step`` drops the records of later steps (a resumed run
+    logs them again), so metrics.jsonl always holds each step once."""
+
+    def __init__(self, log_dir: str, first_step: int = 0):
+        self.path = os.path.join(log_dir, "metrics.jsonl")
+        self.active = jax.process_index() == 0
+        self.board = None
+        if self.active:
+            os.makedirs(log_dir, exist_ok=True)
+            self._truncate(first_step)
+            self.board = SummaryWriter(os.path.join(log_dir, "tensorboard"), purge_step=first_step + 1)
+
+    def _truncate(self, last_step: int) -> None:
+        if not os.path.exists(self.path):
+            return
+        with open(self.path) as f:
+            lines = [line for line in f if line.strip() and json.loads(line)["step"] <= last_step]
+        with open(self.path, "w") as f:
+            f.writelines(lines)
+
+    def write(self, step: int, record: Dict[str, float]) -> None:
+        if not self.active:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **record}) + "\n")
+        for key, value in record.items():
+            self.board.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
+            self.board = None
 
 
 def resume_or_init(trainer: Trainer, checkpointer, seed: int):
@@ -208,8 +271,6 @@ def resume_or_init(trainer: Trainer, checkpointer, seed: int):
     state = trainer.init_state(seed)
     if checkpointer is None or checkpointer.latest_step() is None:
         return state, 0
-    from jax_irl.checkpoint import abstract_like
-
     restored, position, _ = checkpointer.restore(abstract_like(state))
     return restored, position
 
@@ -224,23 +285,18 @@ def fit(trainer: Trainer, state: TrainState, batch_fn: Callable[..., Dict[str, A
     (a resumed run continues from the checkpoint's position); with ``batch_needs_model`` it is called as
     batch_fn(position, model) with the current model, for batches holding the policy's own samples (online
     methods; draw them with a key derived from the position to keep resume exact). Saves through ``checkpointer``
-    on its schedule, on SIGTERM (then returns 'preempted') and at the end. Metrics go to ``log_dir/metrics.jsonl``
-    and to TensorBoard (``log_dir/tensorboard``); eval_fn(model, step) -> dict runs every ``eval_every`` steps and
-    is logged with an 'eval/' prefix. A non-finite loss stops the run with FloatingPointError before anything is
-    saved from it. The progress bar redraws at most every 30 s when stderr is not a terminal (CI logs).
+    on its schedule, on SIGTERM (then returns 'preempted') and at the end. Metrics go to a ``MetricsWriter`` on
+    ``log_dir``; eval_fn(model, step) -> dict runs every ``eval_every`` steps and is logged with an 'eval/'
+    prefix. A non-finite loss stops the run with FloatingPointError before anything is saved from it. The
+    progress bar redraws at most every 30 s when stderr is not a terminal (CI logs). A trainer whose schedule
+    spans another number of steps than ``steps`` is refused.
     """
-    from jax_irl.checkpoint import PreemptionFlag
-
-    metrics_path = os.path.join(log_dir, "metrics.jsonl") if log_dir else None
+    if trainer.schedule_steps is not None and trainer.opt_config.schedule != "constant" \
+            and trainer.schedule_steps != steps:
+        raise ValueError(f"the trainer's {trainer.opt_config.schedule} schedule spans {trainer.schedule_steps} "
+                         f"steps but fit trains to step {steps}: build the Trainer with total_steps={steps}")
     first = int(state.step)
-    board = None
-    if metrics_path:
-        os.makedirs(log_dir, exist_ok=True)
-        _truncate_metrics(metrics_path, first)
-        if jax.process_index() == 0:
-            from tensorboardX import SummaryWriter
-
-            board = SummaryWriter(os.path.join(log_dir, "tensorboard"), purge_step=first + 1)
+    writer = MetricsWriter(log_dir, first) if log_dir else None
     position = start_position
     interactive = sys.stderr.isatty()
     bar = tqdm.tqdm(total=steps, initial=first, disable=not progress, desc=desc, dynamic_ncols=interactive,
@@ -253,25 +309,20 @@ def fit(trainer: Trainer, state: TrainState, batch_fn: Callable[..., Dict[str, A
             batch = parallel.global_batch(local, trainer.mesh)
             start = time.perf_counter()
             state, metrics = trainer.step(state, batch)
-            host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            record = {k: float(v) for k, v in jax.device_get(metrics).items()}
             elapsed = time.perf_counter() - start
-            if not math.isfinite(host["loss"]):
-                raise FloatingPointError(f"loss is {host['loss']} at step {step + 1}; stopping before saving it "
+            if not math.isfinite(record["loss"]):
+                raise FloatingPointError(f"loss is {record['loss']} at step {step + 1}; stopping before saving it "
                                          f"(the last checkpoint is intact)")
             position += 1
-            record = {"step": step + 1, **host}
             if tokens_key and tokens_key in local:
                 tokens = float(np.sum(np.asarray(local[tokens_key]) != 0)) * jax.process_count()
                 record["tokens_per_s"] = tokens / max(elapsed, 1e-9)
             if eval_fn is not None and eval_every and (step + 1) % eval_every == 0:
                 record.update({f"eval/{k}": float(v) for k, v in eval_fn(trainer.model(state), step + 1).items()})
-            if metrics_path and jax.process_index() == 0:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                for key, value in record.items():
-                    if key != "step":
-                        board.add_scalar(key, value, step + 1)
-            bar.set_postfix(loss=f"{host['loss']:.4f}", refresh=False,
+            if writer is not None:
+                writer.write(step + 1, record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False,
                             **({"tok/s": f"{record['tokens_per_s']:.0f}"} if "tokens_per_s" in record else {}))
             bar.update(1)  # redraws (with the postfix) on the bar's own schedule
             if checkpointer is not None and checkpointer.save(step + 1, state, data_position=position,
@@ -281,8 +332,8 @@ def fit(trainer: Trainer, state: TrainState, batch_fn: Callable[..., Dict[str, A
                 status = "preempted"
                 break
     bar.close()
-    if board is not None:
-        board.close()
+    if writer is not None:
+        writer.close()
     if checkpointer is not None:
         if status == "done" and saved_step != int(state.step):
             checkpointer.save(int(state.step), state, data_position=position, force=True)
@@ -290,25 +341,83 @@ def fit(trainer: Trainer, state: TrainState, batch_fn: Callable[..., Dict[str, A
     return state, status
 
 
+# --- stages -------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class StageConfig:
+    """One training stage: how many steps, on what batch size, with which optimizer. Its fields are part of the
+    stage's checkpoint fingerprint (``run_stage``)."""
+
+    steps: int
+    batch_size: int
+    optimizer: OptimizerConfig = OptimizerConfig()
+
+    def __post_init__(self):
+        if not (isinstance(self.steps, int) and self.steps >= 1):
+            raise ValueError(f"steps must be an int >= 1; got {self.steps!r}")
+        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise ValueError(f"batch_size must be an int >= 1; got {self.batch_size!r}")
+        schedule_length(self.optimizer, self.steps)  # a schedule that cannot span the steps is refused now
+
+
+class StagePreempted(SystemExit):
+    """A stage stopped early (SIGTERM) after saving; the message says how to resume."""
+
+
+class StageResult(NamedTuple):
+    model: nnx.Module  # the trained model
+    state: TrainState
+    trainer: Trainer
+
+
+def run_stage(folder: str, model: nnx.Module, loss_fn: Callable, stage: StageConfig, mesh: Mesh,
+              batch_fn: Callable[..., Dict[str, Any]], *, seed: int, fingerprint: Dict[str, Any],
+              save_every: int, keep: int = 1, resumable_keys: Tuple[str, ...] = (), batch_needs_model: bool = False,
+              desc: str = "train", resume_hint: str = "", progress: bool = True, eval_fn: Optional[Callable] = None,
+              eval_every: Optional[int] = None) -> StageResult:
+    """Train ``model`` with ``loss_fn`` for ``stage.steps`` steps in ``folder`` (checkpoints/, metrics.jsonl,
+    tensorboard/), resuming from the folder's latest checkpoint when there is one.
+
+    The checkpoint fingerprint is ``fingerprint`` (what the stage depends on: data, model, method, seed) plus
+    the stage's own fields under 'stage', so a changed stage or dependency is refused on resume
+    (``resumable_keys``, dotted paths such as 'stage.steps', may change). ``batch_fn`` and ``batch_needs_model``
+    are ``fit``'s; the data position starts at 0 (a loop of stages gives each its own folder, and its batch_fn
+    may fold a round index into the keys it draws). Raises ``StagePreempted`` (a SystemExit whose message ends
+    with ``resume_hint``) when stopped by SIGTERM after saving.
+    """
+    trainer = Trainer(model, loss_fn, stage.optimizer, mesh, total_steps=stage.steps)
+    full = dict(fingerprint, stage=dataclasses.asdict(stage))
+    with Checkpointer(os.path.join(folder, "checkpoints"), fingerprint=full, save_every=save_every, keep=keep,
+                      resumable_keys=resumable_keys) as ckpt:
+        state, position = resume_or_init(trainer, ckpt, seed=seed)
+        if int(state.step):
+            print(f"{desc}: resumed from step {int(state.step)}")
+            saved_steps = ckpt.check_fingerprint(ckpt.latest_step())["fingerprint"].get("stage", {}).get("steps")
+            if saved_steps not in (None, stage.steps) and stage.optimizer.schedule != "constant":
+                print(f"{desc}: the stage now trains {stage.steps} steps (it was {saved_steps}); its "
+                      f"{stage.optimizer.schedule} learning-rate schedule now spans {stage.steps} steps, continuing "
+                      f"from step {int(state.step)} at {float(trainer.schedule(int(state.step))):.3g}")
+        state, status = fit(trainer, state, batch_fn, steps=stage.steps, start_position=position, checkpointer=ckpt,
+                            log_dir=folder, batch_needs_model=batch_needs_model, desc=desc, progress=progress,
+                            eval_fn=eval_fn, eval_every=eval_every)
+    if status != "done":
+        raise StagePreempted(f"{desc}: stopped at step {int(state.step)} after saving. {resume_hint}".strip())
+    return StageResult(trainer.model(state), state, trainer)
+
+
 def reference_log_probs(model: nnx.Module, tokens: jax.Array, attention_mask: Optional[jax.Array] = None,
-                        batch_size: Optional[int] = None) -> jax.Array:
+                        batch_size: Optional[int] = None, vocab_chunk: Optional[int] = None) -> jax.Array:
     """Per-token log-probs of tokens[:, 1:] under a frozen (reference) model: [B, T] -> [B, T - 1] float32.
 
     Computed once, outside the train step, so the step needs no second model in memory: put the result in the
-    batch (e.g. summed with ``losses.sequence_log_probs``'s mask for DPO's ref_*_logps). Runs in chunks of
-    ``batch_size`` rows when given.
+    batch (e.g. summed with ``losses.sequence_log_probs``'s mask for DPO's ref_*_logps). Runs in padded chunks
+    of ``batch_size`` rows (one compiled shape) through ``rollout.score_rows``, from hidden states in vocabulary
+    chunks with ``vocab_chunk``.
     """
-    from jax_irl.losses import token_log_probs
-
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def chunk(state, toks, mask):
-        out = nnx.merge(graphdef, state)(toks[:, :-1], attention_mask=None if mask is None else mask[:, :-1])
-        return token_log_probs(out.logits, toks[:, 1:])
-
-    tokens = jnp.asarray(tokens)
-    step = batch_size or tokens.shape[0]
-    parts = [chunk(state, tokens[i:i + step], None if attention_mask is None else jnp.asarray(attention_mask)[i:i + step])
-             for i in range(0, tokens.shape[0], step)]
-    return jax.lax.stop_gradient(jnp.concatenate(parts, axis=0))
+    rows = {"tokens": np.asarray(tokens)}
+    if attention_mask is not None:
+        rows["attention"] = np.asarray(attention_mask)
+    scores = rollout.score_rows(model, rollout.LMScores(("log_probs",), vocab_chunk=vocab_chunk), rows,
+                                rows_per_batch=batch_size)
+    return jnp.asarray(scores["log_probs"])

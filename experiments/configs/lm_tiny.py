@@ -1,7 +1,9 @@
 """A tiny Llama-style model trained with offline IQLearn on built-in addition problems, on a device mesh,
 with Orbax checkpoints; evaluated by greedy exact match. Runs in about a minute on 2 CPU cores.
 
-    python -m experiments.run lm_tiny steps=300 td_weight=0.1 mesh.data=-1
+    python -m experiments.run lm_tiny train.steps=300 td_weight=0.1 mesh.data=-1
+
+A resumed run may train longer (``train.steps``); its learning-rate schedule then spans the new step count.
 """
 
 from __future__ import annotations
@@ -16,22 +18,22 @@ from flax import nnx
 
 from experiments.configs import _addition as addition
 from experiments.configs._shared import ModelSize
-from jax_irl import checkpoint, losses, parallel, sampling, train
+from jax_irl import parallel, sampling, train
+from jax_irl.algorithms.iqlearn import Method, make_loss_fn
 from jax_irl.models.config import TransformerConfig
 from jax_irl.models.transformer import Transformer
 
-RESUMABLE = ("steps", "save_every", "keep", "mesh", "distributed")
+RESUMABLE = ("train.steps", "save_every", "keep", "mesh", "distributed")
 
 
 @dataclasses.dataclass(frozen=True)
 class LMTinyConfig:
     model: ModelSize = ModelSize()
-    optimizer: train.OptimizerConfig = train.OptimizerConfig(learning_rate=3e-3, schedule="cosine", warmup_steps=20,
-                                                             total_steps=300, weight_decay=0.01)
+    train: train.StageConfig = train.StageConfig(
+        steps=300, batch_size=64, optimizer=train.OptimizerConfig(learning_rate=3e-3, schedule="cosine",
+                                                                 warmup_steps=20, weight_decay=0.01))
     mesh: parallel.MeshConfig = parallel.MeshConfig()
     distributed: parallel.DistributedConfig = parallel.DistributedConfig()
-    steps: int = 300
-    batch_size: int = 64
     td_weight: float = 0.1
     gamma: float = 1.0
     save_every: int = 100
@@ -41,21 +43,9 @@ class LMTinyConfig:
     train_problems: int = 4000
     eval_problems: int = 200
 
-    def __post_init__(self):
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError("steps and batch_size must be >= 1")
-
 
 def config() -> LMTinyConfig:
     return LMTinyConfig()
-
-
-def _loss_fn(td_weight, gamma):
-    def loss_fn(model, batch, rng):
-        logits = model(batch["tokens"][:, :-1]).logits
-        return losses.iqlearn_loss(logits, batch["tokens"][:, 1:], batch["mask"], gamma=gamma, td_weight=td_weight)
-
-    return loss_fn
 
 
 def exact_match(model, rows, prompt_len, answers) -> float:
@@ -77,31 +67,25 @@ def run(cfg: LMTinyConfig, run_dir: str) -> dict:
     model_cfg = TransformerConfig.for_family("llama", vocab_size=addition.VOCAB, max_position_embeddings=64,
                                              **dataclasses.asdict(cfg.model))
     mesh = parallel.make_mesh(cfg.mesh)
-    trainer = train.Trainer(Transformer(model_cfg, rngs=nnx.Rngs(cfg.seed)), _loss_fn(cfg.td_weight, cfg.gamma),
-                            cfg.optimizer, mesh)
-    fingerprint = dataclasses.asdict(cfg)
-    with checkpoint.Checkpointer(os.path.join(run_dir, "checkpoints"), fingerprint=fingerprint,
-                                 save_every=cfg.save_every, keep=cfg.keep, resumable_keys=RESUMABLE) as ckpt:
-        state, position = train.resume_or_init(trainer, ckpt, cfg.seed)
-        if int(state.step):
-            print(f"resumed from step {int(state.step)}")
 
-        def batch_fn(position):
-            # The global batch at a data position is a pure function of (seed, position): exact resume.
-            pick = np.random.default_rng((cfg.seed, position)).integers(0, len(rows), cfg.batch_size)
-            mine = np.array_split(pick, jax.process_count())[jax.process_index()]
-            return {"tokens": rows[mine], "mask": mask[mine]}
+    def batch_fn(position):
+        # The global batch at a data position is a pure function of (seed, position): exact resume.
+        pick = np.random.default_rng((cfg.seed, position)).integers(0, len(rows), cfg.train.batch_size)
+        mine = np.array_split(pick, jax.process_count())[jax.process_index()]
+        return {"tokens": rows[mine], "mask": mask[mine]}
 
-        state, status = train.fit(trainer, state, batch_fn, steps=cfg.steps, start_position=position,
-                                  checkpointer=ckpt, log_dir=run_dir)
-    if status != "done":
-        print(f"stopped at step {int(state.step)} ({status}); run the same command with --run-dir {run_dir} "
-              f"to resume")
-        return {"status": status}
-    accuracy = exact_match(trainer.model(state), test_rows, test_pl, test_answers)
+    depends = {k: v for k, v in dataclasses.asdict(cfg).items()
+               if k not in ("train", "mesh", "distributed", "save_every", "keep")}
+    result = train.run_stage(run_dir, Transformer(model_cfg, rngs=nnx.Rngs(cfg.seed)),
+                             make_loss_fn(Method("iqlearn", td_weight=cfg.td_weight, gamma=cfg.gamma)), cfg.train,
+                             mesh, batch_fn, seed=cfg.seed, fingerprint=depends, save_every=cfg.save_every,
+                             keep=cfg.keep, resumable_keys=("stage.steps",), desc="lm_tiny",
+                             resume_hint=f"Run the same command with --run-dir {run_dir} to resume.")
+    state = result.state
+    accuracy = exact_match(result.model, test_rows, test_pl, test_answers)
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         last = json.loads(f.readlines()[-1])
-    results = {"status": status, "steps": int(state.step), "final_loss": last["loss"], "final_nll": last["nll_loss"],
+    results = {"status": "done", "steps": int(state.step), "final_loss": last["loss"], "final_nll": last["nll_loss"],
                "final_td": last["td_loss"], "test_exact_match": accuracy, "devices": jax.device_count(),
                "mesh": dict(mesh.shape)}
     with open(os.path.join(run_dir, "results.json"), "w") as f:

@@ -1,178 +1,140 @@
 """Inverse-RL fine-tuning (Wulfmeier et al. 2024): MLE, offline IQLearn and online IQLearn, and their evaluation.
 
-A method is written 'mle', 'iqlearn:<td_weight>' or 'online:<td_weight>' (online mixes the policy's own samples
-into IQLearn's value term with weight alpha). ``make_loss_fn`` turns it into a ``loss_fn(model, batch, rng)``
-for ``train.Trainer``; online batches carry the policy samples that ``policy_samples`` draws from the current
-model. ``evaluate`` samples n responses per prompt at each temperature and reports task accuracy, diversity
-(Self-BLEU, distinct-n, entropy) and how well the model's extracted rewards (summed implied rewards of its own
-samples) rank correct above wrong answers (Spearman).
+A ``Method`` is a typed variant: ``kind`` 'mle', 'iqlearn' (offline) or 'online' (the policy's own samples
+mixed into IQLearn's value term with weight ``alpha``), with ``td_weight``, ``gamma`` and, for online,
+``alpha`` and ``policy_prompts`` (prompts sampled per step) as fields. ``make_loss_fn`` turns it into a
+``loss_fn(model, batch, rng)`` for ``train.Trainer``; ``online_batch_fn`` adds the policy samples to the data
+batches; ``finetune`` runs the method as one resumable stage; ``evaluate`` samples n responses per prompt at
+each temperature and reports task score, diversity (Self-BLEU, distinct-n, entropy) and how well the model's
+extracted rewards (summed implied rewards of its own samples) rank good above bad samples (Spearman).
+The losses and their derivation are in ``losses.imitation``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from jax_irl import losses, metrics, sampling
+from jax_irl import losses, metrics, rollout, train
+from jax_irl.data import batching
+
+KINDS = ("mle", "iqlearn", "online")
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-    kind: str  # mle | iqlearn | online
-    td_weight: float = 0.0
+    kind: str = "mle"  # mle | iqlearn | online
+    td_weight: float = 0.0  # lambda of the chi^2 (TD) regulariser; 0 with kind 'iqlearn' is exactly MLE
+    gamma: float = 1.0  # discount of the implied rewards (also used to extract rewards in evaluation)
+    alpha: float = 0.1  # online: weight of the policy's states in the value term (the paper's 0.1)
+    policy_prompts: int = 8  # online: prompts sampled from the current policy per training step
 
-    @property
-    def name(self) -> str:
-        return "mle" if self.kind == "mle" else f"{self.kind}:{self.td_weight:g}"
-
-    @classmethod
-    def parse(cls, text: str) -> "Method":
-        kind, _, weight = text.partition(":")
-        if kind == "mle" and not weight:
-            return cls("mle")
-        if kind in ("iqlearn", "online") and weight:
-            try:
-                value = float(weight)
-            except ValueError:
-                value = -1.0
-            if value >= 0:
-                return cls(kind, value)
-        raise ValueError(f"method {text!r} must be 'mle', 'iqlearn:<td_weight>' or 'online:<td_weight>' "
-                         f"with td_weight >= 0")
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"method kind must be one of {KINDS}; got {self.kind!r}")
+        if not self.td_weight >= 0:
+            raise ValueError(f"td_weight must be >= 0; got {self.td_weight}")
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"gamma must be in (0, 1]; got {self.gamma}")
+        if not 0 <= self.alpha <= 1:
+            raise ValueError(f"alpha must be in [0, 1]; got {self.alpha}")
+        if self.policy_prompts < 1:
+            raise ValueError(f"policy_prompts must be >= 1; got {self.policy_prompts}")
 
 
-def make_loss_fn(method: Method, *, gamma: float, alpha: float, vocab_chunk: Optional[int] = None):
+def make_loss_fn(method: Method, *, vocab_chunk: Optional[int] = None):
     """loss_fn(model, batch, rng) for the method. batch: tokens [B, T], mask [B, T-1]; online batches also hold
-    policy_tokens [B', T'], policy_attention [B', T'] and policy_mask [B', T'-1] (see ``policy_samples``).
+    policy_tokens [B', T'], policy_attention [B', T'] and policy_mask [B', T'-1] (``online_batch_fn``).
 
-    With ``vocab_chunk`` the losses read (Q(s, a), V(s)) from the hidden states through
-    ``losses.chunked_soft_q_stats`` in vocabulary chunks of that size, never building the [B, T, V] logits (large
-    vocabularies at long lengths); the values equal the full-logits path to float rounding."""
+    (Q(s, a), V(s)) come from ``rollout.causal_lm``: from full logits, or with ``vocab_chunk`` from the hidden
+    states in vocabulary chunks of that size, never building the [B, T, V] logits (equal to float rounding)."""
 
     def soft_q(model, tokens, attention=None):
-        inputs, targets = tokens[:, :-1], tokens[:, 1:]
-        mask = None if attention is None else attention[:, :-1]
-        if vocab_chunk:
-            hidden = model(inputs, attention_mask=mask, compute_logits=False).hidden
-            return losses.chunked_soft_q_stats(hidden, model.unembedding(), targets, chunk_size=vocab_chunk)
-        return losses.soft_q_stats(model(inputs, attention_mask=mask).logits, targets)
+        out = rollout.causal_lm(model, tokens, attention, vocab_chunk=vocab_chunk)
+        return out.target_q, out.values
 
     def loss_fn(model, batch, rng):
         target_q, values = soft_q(model, batch["tokens"])
         if method.kind == "mle":
             return losses.mle_loss_from_q(target_q, values, batch["mask"])
         if method.kind == "iqlearn":
-            return losses.iqlearn_loss_from_q(target_q, values, batch["mask"], gamma=gamma,
+            return losses.iqlearn_loss_from_q(target_q, values, batch["mask"], gamma=method.gamma,
                                               td_weight=method.td_weight)
         _, policy_values = soft_q(model, batch["policy_tokens"], batch["policy_attention"])
         return losses.iqlearn_online_loss_from_q(target_q, values, batch["mask"], policy_values, batch["policy_mask"],
-                                                 alpha=alpha, gamma=gamma, td_weight=method.td_weight)
+                                                 alpha=method.alpha, gamma=method.gamma, td_weight=method.td_weight)
 
     return loss_fn
 
 
-def prompt_rows(tokens: np.ndarray, prompt_lengths: np.ndarray, pad_id: int, width: int):
-    """Left-padded prompts [B, width] and their mask from right-padded example rows."""
-    return sampling.left_pad([list(row[:n]) for row, n in zip(tokens, prompt_lengths)], pad_id=pad_id, width=width)
+def online_batch_fn(method: Method, sampler: batching.BatchSampler, encoded: Dict[str, np.ndarray], *, seed: int,
+                    prompt_width: int, max_new_tokens: int, eos_id: int, pad_id: int) -> Callable:
+    """batch_fn(position, model) for ``train.fit``: the data batch at ``position`` plus responses sampled from
+    the current model for the first ``method.policy_prompts`` of its prompts, drawn with
+    fold_in(PRNGKey(seed), position) so that a resumed run draws the same samples."""
+    data_fn = sampler.batch_fn({"tokens": encoded["tokens"], "mask": encoded["mask"]})
+
+    def batch_fn(position, model):
+        batch = data_fn(position)
+        idx = sampler.local_indices(position)[: method.policy_prompts]
+        prompts, pmask = rollout.prompt_rows(encoded["tokens"][idx], encoded["prompt_lengths"][idx], pad_id,
+                                             prompt_width)
+        key = jax.random.fold_in(jax.random.PRNGKey(seed), position)
+        s = rollout.sample_rows(model, prompts, pmask, key, max_new_tokens=max_new_tokens, eos_id=eos_id,
+                                pad_id=pad_id)
+        batch.update(policy_tokens=s["tokens"], policy_attention=s["attention"], policy_mask=s["mask"])
+        return batch
+
+    return batch_fn
 
 
-def policy_samples(model, prompts: np.ndarray, prompt_mask: np.ndarray, key, *, max_new_tokens: int, eos_id: int,
-                   pad_id: int, temperature: float = 1.0, num_samples: int = 1) -> Dict[str, np.ndarray]:
-    """Responses sampled from the model, as rows for the losses: policy_tokens [B*n, P+N] (left-padded prompt
-    then response), policy_attention [B*n, P+N], policy_mask [B*n, P+N-1] on the response's targets, plus the
-    raw SampleOutput fields tokens/lengths for decoding."""
-    out = sampling.generate(model, prompts, prompt_mask, key, max_new_tokens=max_new_tokens, temperature=temperature,
-                            eos_ids=(eos_id,), pad_id=pad_id, num_samples=num_samples)
-    gen, gen_mask = np.asarray(out.tokens), np.asarray(out.mask)
-    rep_prompts = np.repeat(prompts, num_samples, 0)
-    rep_mask = np.repeat(prompt_mask, num_samples, 0)
-    rows = np.concatenate([rep_prompts, gen], 1).astype(np.int32)
-    attention = np.concatenate([rep_mask, gen_mask], 1).astype(np.int32)
-    width = prompts.shape[1]
-    target_mask = np.zeros((rows.shape[0], rows.shape[1] - 1), np.float32)
-    target_mask[:, width - 1:] = gen_mask  # target t predicts rows[t + 1]
-    return {"policy_tokens": rows, "policy_attention": attention, "policy_mask": target_mask, "generated": gen,
-            "generated_mask": gen_mask}
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _score_rows(graphdef, state, tokens, attention, mask, gamma):
-    """Per row: the summed implied rewards of its response; and the summed per-token entropy and token count."""
-    model = nnx.merge(graphdef, state)
-    logits = model(tokens[:, :-1], attention_mask=attention[:, :-1]).logits
-    rewards = losses.implied_rewards(logits, tokens[:, 1:], mask, gamma=gamma)
-    count = jnp.sum(mask.astype(jnp.float32))
-    return jnp.sum(rewards, -1), metrics.token_entropy(logits, mask) * jnp.maximum(count, 1.0), count
-
-
-def _pad_rows(x: np.ndarray, multiple: int) -> np.ndarray:
-    """x with copies of its last row appended up to a multiple of ``multiple`` rows (one compiled shape)."""
-    extra = -len(x) % multiple
-    return np.concatenate([x, np.repeat(x[-1:], extra, 0)]) if extra else x
-
-
-def score_samples(model, samples: Dict[str, np.ndarray], gamma: float, rows_per_batch: Optional[int] = None):
-    """(summed implied rewards per row [N], mean per-token entropy) of ``policy_samples`` rows, scored in
-    batches of ``rows_per_batch`` rows (all at once by default) so that [rows, T, V] logits stay small."""
-    tokens, attention, mask = samples["policy_tokens"], samples["policy_attention"], samples["policy_mask"]
-    n = len(tokens)
-    size = rows_per_batch or n
-    graphdef, state = nnx.split(model)
-    padded = [_pad_rows(x, size) for x in (tokens, attention, mask)]
-    padded[2][n:] = 0.0  # padding rows count no tokens
-    rewards, entropy_sum, count = [], 0.0, 0.0
-    for i in range(0, len(padded[0]), size):
-        r, e, c = _score_rows(graphdef, state, *(jnp.asarray(x[i:i + size]) for x in padded), gamma)
-        rewards.append(np.asarray(r))
-        entropy_sum, count = entropy_sum + float(e), count + float(c)
-    return np.concatenate(rewards)[:n], entropy_sum / max(count, 1.0)
+def finetune(method: Method, base, stage: train.StageConfig, mesh, encoded: Dict[str, np.ndarray], folder: str, *,
+             seed: int, fingerprint: dict, save_every: int, prompt_width: int, max_new_tokens: int, eos_id: int,
+             pad_id: int, vocab_chunk: Optional[int] = None, resumable_keys=(), desc: str = "finetune",
+             resume_hint: str = ""):
+    """The method as one resumable stage from ``base`` on encoded rows (tokens, mask, prompt_lengths); returns
+    the fine-tuned model. Batches: ``batching.BatchSampler(seed=seed)``; online adds policy samples."""
+    sampler = batching.BatchSampler(len(encoded["tokens"]), stage.batch_size, seed=seed)
+    online = method.kind == "online"
+    if online:
+        batch_fn = online_batch_fn(method, sampler, encoded, seed=seed, prompt_width=prompt_width,
+                                   max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id)
+    else:
+        batch_fn = sampler.batch_fn({"tokens": encoded["tokens"], "mask": encoded["mask"]})
+    result = train.run_stage(folder, base, make_loss_fn(method, vocab_chunk=vocab_chunk), stage, mesh, batch_fn,
+                             seed=seed, fingerprint=fingerprint, save_every=save_every, resumable_keys=resumable_keys,
+                             batch_needs_model=online, desc=desc, resume_hint=resume_hint)
+    return result.model
 
 
 def evaluate(model, tokenizer, prompts: np.ndarray, prompt_mask: np.ndarray, references: Sequence[str], key, *,
              temperatures: Sequence[float], num_samples: int, max_new_tokens: int, gamma: float,
-             correct_fn=metrics.answers_match, prompts_per_batch: Optional[int] = None,
+             correct_fn: Callable[[str, str], float] = metrics.answers_match, prompts_per_batch: Optional[int] = None,
              rows_per_score: Optional[int] = None) -> Dict[str, Dict[str, float]]:
-    """Per temperature: accuracy (mean over all samples), Self-BLEU, distinct-1/2, entropy and the Spearman
-    correlation between each sample's extracted reward and its correctness.
-
-    Prompts are sampled ``prompts_per_batch`` at a time (all at once by default; batch i draws with
-    fold_in(key_t, i)), and the samples scored ``rows_per_score`` rows at a time (default: a prompt batch's rows):
-    set both for large eval sets and vocabularies."""
-    if len(prompts) != len(references) or not len(prompts):
-        raise ValueError(f"need one reference per prompt and at least one prompt; got {len(prompts)} prompts and "
-                         f"{len(references)} references")
-    n = len(prompts)
-    size = prompts_per_batch or n
-    padded_prompts, padded_mask = _pad_rows(prompts, size), _pad_rows(prompt_mask, size)
+    """Per temperature: accuracy (the mean task score over all samples), Self-BLEU, distinct-1/2, entropy (mean
+    over generated tokens), mean extracted reward, and the Spearman correlation between each sample's extracted
+    reward (summed implied rewards at ``gamma``) and its task score. Sampling and scoring are
+    ``rollout.sample_and_evaluate``'s (``prompts_per_batch`` / ``rows_per_score`` for large sets)."""
+    scorer = rollout.LMScores(("implied_rewards", "entropy"), gamma=gamma, per_row=True)
+    evaluated = rollout.sample_and_evaluate(model, tokenizer, prompts, prompt_mask, references, key,
+                                            temperatures=temperatures, num_samples=num_samples,
+                                            max_new_tokens=max_new_tokens, score_fn=lambda t, r: float(correct_fn(t, r)),
+                                            scorer=scorer, prompts_per_batch=prompts_per_batch,
+                                            rows_per_score=rows_per_score)
     results = {}
-    for temperature in temperatures:
-        key, sub = jax.random.split(key)
-        batches = []
-        for b, i in enumerate(range(0, len(padded_prompts), size)):
-            s = policy_samples(model, padded_prompts[i:i + size], padded_mask[i:i + size], jax.random.fold_in(sub, b),
-                               max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                               temperature=temperature, num_samples=num_samples)
-            batches.append(s)
-        # Every batch has the same row width; the rows of padding prompts are dropped.
-        s = {k: np.concatenate([batch[k] for batch in batches])[: n * num_samples] for k in batches[0]}
-        texts = [tokenizer.decode(row[m > 0]) for row, m in zip(s["generated"], s["generated_mask"])]
-        seq_rewards, entropy = score_samples(model, s, gamma, rows_per_score or size * num_samples)
-        refs = [r for r in references for _ in range(num_samples)]
-        correct = np.array([correct_fn(t, r) for t, r in zip(texts, refs)], float)
-        grouped: List[List[str]] = [texts[i:i + num_samples] for i in range(0, len(texts), num_samples)]
-        results[f"{temperature:g}"] = {
-            "accuracy": float(correct.mean()),
+    for temperature, ev in evaluated.items():
+        rewards, counts = ev.row_scores["implied_rewards"], ev.row_scores["num_tokens"]
+        grouped: List[List[str]] = [ev.texts[i:i + num_samples] for i in range(0, len(ev.texts), num_samples)]
+        results[temperature] = {
+            "accuracy": float(ev.scores.mean()),
             "self_bleu": metrics.self_bleu(grouped) if num_samples > 1 else float("nan"),
             "distinct_1": metrics.distinct_n(grouped, 1),
             "distinct_2": metrics.distinct_n(grouped, 2),
-            "entropy": entropy,
-            "reward_correlation": metrics.spearman(seq_rewards, correct),
-            "mean_reward": float(np.mean(seq_rewards)),
+            "entropy": float(np.sum(ev.row_scores["entropy"], dtype=np.float64) / max(float(np.sum(counts)), 1.0)),
+            "reward_correlation": metrics.spearman(rewards, ev.scores),
+            "mean_reward": float(np.mean(rewards)),
         }
     return results

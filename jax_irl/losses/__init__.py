@@ -33,6 +33,7 @@ from jax_irl.losses.soft_q import (
     soft_q_stats,
     soft_values,
     terminal_mask,
+    token_entropies,
     token_log_probs,
 )
 
@@ -68,6 +69,7 @@ __all__ = [
     "soft_q_stats",
     "soft_values",
     "terminal_mask",
+    "token_entropies",
     "token_log_probs",
     "value_gap",
 ]

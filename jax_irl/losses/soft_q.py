@@ -83,6 +83,18 @@ def token_log_probs(logits: Array, targets: Array, temperature: float = 1.0) -> 
     return (q - v) / temperature
 
 
+def token_entropies(logits: Array, temperature: float = 1.0) -> Array:
+    """Entropy of the policy pi = softmax(logits / tau) at each position: -sum_a pi(a|s_t) log pi(a|s_t).
+
+    logits: [..., V]. Returns [...] float32. Entries of -inf (banned tokens) contribute nothing. No reduction.
+    """
+    check_float("logits", logits)
+    _check_temperature(temperature)
+    logp = jax.nn.log_softmax(upcast(logits) / temperature, -1)
+    p = jnp.exp(logp)
+    return -jnp.sum(jnp.where(p > 0, p * logp, 0.0), -1)
+
+
 def terminal_mask(mask: Array) -> Array:
     """The default terminal flags: [B, T] bool, True at the last counted position of each row."""
     return last_true_index_mask(mask)

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jax_irl.models.transformer import _DTYPES, _normal, _ones, _zeros, activation, logical_param
+from jax_irl.models.layers import DTYPES, activation, logical_param, normal_init, ones_init, zeros_init
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,8 +42,8 @@ class EncoderConfig:
 class LayerNorm(nnx.Module):
     def __init__(self, d: int, eps: float, rngs: nnx.Rngs, dtype):
         self.eps = eps
-        self.weight = logical_param(rngs, _ones, (d,), ("embed",), dtype)
-        self.bias = logical_param(rngs, _zeros, (d,), ("embed",), dtype)
+        self.weight = logical_param(rngs, ones_init, (d,), ("embed",), dtype)
+        self.bias = logical_param(rngs, zeros_init, (d,), ("embed",), dtype)
 
     def __call__(self, x):
         x32 = x.astype(jnp.float32)
@@ -55,22 +55,22 @@ class LayerNorm(nnx.Module):
 
 class EncoderLayer(nnx.Module):
     def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
-        pdt = _DTYPES[cfg.param_dtype]
+        pdt = DTYPES[cfg.param_dtype]
         d, h, hd, f = cfg.hidden_size, cfg.num_heads, cfg.head_dim, cfg.intermediate_size
         self.cfg = cfg
-        self.q = logical_param(rngs, _normal, (d, h, hd), ("embed", "heads", "kv"), pdt)
-        self.k = logical_param(rngs, _normal, (d, h, hd), ("embed", "heads", "kv"), pdt)
-        self.v = logical_param(rngs, _normal, (d, h, hd), ("embed", "heads", "kv"), pdt)
-        self.q_bias = logical_param(rngs, _zeros, (h, hd), ("heads", "kv"), pdt)
-        self.k_bias = logical_param(rngs, _zeros, (h, hd), ("heads", "kv"), pdt)
-        self.v_bias = logical_param(rngs, _zeros, (h, hd), ("heads", "kv"), pdt)
-        self.o = logical_param(rngs, _normal, (h, hd, d), ("heads", "kv", "embed"), pdt)
-        self.o_bias = logical_param(rngs, _zeros, (d,), ("embed",), pdt)
+        self.q = logical_param(rngs, normal_init, (d, h, hd), ("embed", "heads", "kv"), pdt)
+        self.k = logical_param(rngs, normal_init, (d, h, hd), ("embed", "heads", "kv"), pdt)
+        self.v = logical_param(rngs, normal_init, (d, h, hd), ("embed", "heads", "kv"), pdt)
+        self.q_bias = logical_param(rngs, zeros_init, (h, hd), ("heads", "kv"), pdt)
+        self.k_bias = logical_param(rngs, zeros_init, (h, hd), ("heads", "kv"), pdt)
+        self.v_bias = logical_param(rngs, zeros_init, (h, hd), ("heads", "kv"), pdt)
+        self.o = logical_param(rngs, normal_init, (h, hd, d), ("heads", "kv", "embed"), pdt)
+        self.o_bias = logical_param(rngs, zeros_init, (d,), ("embed",), pdt)
         self.attn_norm = LayerNorm(d, cfg.norm_eps, rngs, pdt)
-        self.up = logical_param(rngs, _normal, (d, f), ("embed", "mlp"), pdt)
-        self.up_bias = logical_param(rngs, _zeros, (f,), ("mlp",), pdt)
-        self.down = logical_param(rngs, _normal, (f, d), ("mlp", "embed"), pdt)
-        self.down_bias = logical_param(rngs, _zeros, (d,), ("embed",), pdt)
+        self.up = logical_param(rngs, normal_init, (d, f), ("embed", "mlp"), pdt)
+        self.up_bias = logical_param(rngs, zeros_init, (f,), ("mlp",), pdt)
+        self.down = logical_param(rngs, normal_init, (f, d), ("mlp", "embed"), pdt)
+        self.down_bias = logical_param(rngs, zeros_init, (d,), ("embed",), pdt)
         self.mlp_norm = LayerNorm(d, cfg.norm_eps, rngs, pdt)
 
     def __call__(self, x, key_mask):
@@ -100,18 +100,22 @@ class BertEncoder(nnx.Module):
 
     def __init__(self, cfg: EncoderConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        pdt = _DTYPES[cfg.param_dtype]
+        pdt = DTYPES[cfg.param_dtype]
         d = cfg.hidden_size
-        self.word_embed = logical_param(rngs, _normal, (cfg.vocab_size, d), ("vocab", "embed"), pdt)
-        self.position_embed = logical_param(rngs, _normal, (cfg.max_position_embeddings, d), (None, "embed"), pdt)
-        self.type_embed = logical_param(rngs, _normal, (cfg.type_vocab_size, d), (None, "embed"), pdt)
+        self.word_embed = logical_param(rngs, normal_init, (cfg.vocab_size, d), ("vocab", "embed"), pdt)
+        self.position_embed = logical_param(rngs, normal_init, (cfg.max_position_embeddings, d), (None, "embed"), pdt)
+        self.type_embed = logical_param(rngs, normal_init, (cfg.type_vocab_size, d), (None, "embed"), pdt)
         self.embed_norm = LayerNorm(d, cfg.norm_eps, rngs, pdt)
         self.layers = nnx.List([EncoderLayer(cfg, rngs) for _ in range(cfg.num_layers)])
         if cfg.with_pooler:
-            self.pooler = logical_param(rngs, _normal, (d, d), ("embed", None), pdt)
-            self.pooler_bias = logical_param(rngs, _zeros, (d,), (None,), pdt)
+            self.pooler = logical_param(rngs, normal_init, (d, d), ("embed", None), pdt)
+            self.pooler_bias = logical_param(rngs, zeros_init, (d,), (None,), pdt)
         else:
             self.pooler = self.pooler_bias = None
+
+    def hidden_states(self, tokens, *, attention_mask=None) -> jax.Array:
+        """The last layer's hidden states [B, T, D] (the backbone interface of ``heads``)."""
+        return self(tokens, attention_mask=attention_mask).hidden
 
     def __call__(self, tokens, *, attention_mask=None, token_types=None) -> EncoderOutput:
         cfg = self.cfg
@@ -122,7 +126,7 @@ class BertEncoder(nnx.Module):
             raise ValueError(f"sequence length {t} exceeds max_position_embeddings={cfg.max_position_embeddings}")
         mask = jnp.ones((b, t), bool) if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
         types = jnp.zeros((b, t), jnp.int32) if token_types is None else token_types
-        dt = _DTYPES[cfg.dtype]
+        dt = DTYPES[cfg.dtype]
         x = (self.word_embed[...][tokens] + self.position_embed[...][jnp.arange(t)][None]
              + self.type_embed[...][types]).astype(dt)
         x = self.embed_norm(x)

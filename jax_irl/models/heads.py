@@ -1,7 +1,7 @@
 """Heads on any backbone: a per-token value head (PPO) and a K-head linear reward head (ensembles).
 
-A backbone is anything called as ``backbone(tokens, attention_mask=...)`` that returns an object with a
-``hidden`` field [B, T, D]: the decoder ``Transformer`` and the ``BertEncoder`` both do.
+A backbone is anything with ``backbone.hidden_states(tokens, attention_mask=...) -> [B, T, D]`` and a
+``cfg.hidden_size``: the decoder ``Transformer`` (no logits computed) and the ``BertEncoder`` both have it.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jax_irl.models.transformer import Transformer, logical_param
+from jax_irl.models.layers import logical_param
 
 
 def last_token_hidden(hidden: jax.Array, mask: jax.Array) -> jax.Array:
@@ -58,10 +58,7 @@ class RewardModel(nnx.Module):
 
     def __call__(self, tokens: jax.Array, attention_mask: jax.Array) -> jax.Array:
         """tokens, attention_mask: [B, T] (prompt + response). Returns rewards [B, K] float32."""
-        if isinstance(self.backbone, Transformer):
-            hidden = self.backbone(tokens, attention_mask=attention_mask, compute_logits=False).hidden
-        else:
-            hidden = self.backbone(tokens, attention_mask=attention_mask).hidden
+        hidden = self.backbone.hidden_states(tokens, attention_mask=attention_mask)
         pooled = last_token_hidden(hidden, attention_mask)
         if self.stop_backbone_gradient:
             pooled = jax.lax.stop_gradient(pooled)

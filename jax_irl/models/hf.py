@@ -307,15 +307,6 @@ def save_pretrained(model: Transformer, path: str) -> None:
         json.dump(config_to_hf(model.cfg), f, indent=2)
 
 
-def load_tokenizer(path: str):
-    """The tokenizer saved in a local model folder, through transformers (no download)."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path, local_files_only=True)
-
-
-
-
 # --- BERT-family encoders (reward-model backbones) -----------------------------------------------------------
 
 

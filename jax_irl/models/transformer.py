@@ -18,27 +18,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jax_irl.models.config import TransformerConfig
+from jax_irl.models.layers import DTYPES, activation, logical_param, normal_init, ones_init, zeros_init
 
 Array = jax.Array
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def logical_param(rngs: nnx.Rngs, init, shape, names, dtype) -> nnx.Param:
-    """An nnx.Param initialised by init(key, shape, dtype), annotated with logical axis names."""
-    return nnx.Param(init(rngs.params(), shape, dtype), out_sharding=names, eager_sharding=False)
-
-
-_normal = jax.nn.initializers.normal(0.02)
-_zeros = jax.nn.initializers.zeros
-_ones = jax.nn.initializers.ones
-
-
-def activation(name: str):
-    return {
-        "silu": jax.nn.silu,
-        "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-        "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    }[name]
 
 
 class Norm(nnx.Module):
@@ -46,10 +28,10 @@ class Norm(nnx.Module):
 
     def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
         self.kind, self.eps, self.one_plus = cfg.norm, cfg.norm_eps, cfg.rms_one_plus
-        pdt = _DTYPES[cfg.param_dtype]
+        pdt = DTYPES[cfg.param_dtype]
         d = cfg.hidden_size
-        self.weight = logical_param(rngs, _zeros if cfg.rms_one_plus else _ones, (d,), ("embed",), pdt)
-        self.bias = logical_param(rngs, _zeros, (d,), ("embed",), pdt) if cfg.norm == "layer" else None
+        self.weight = logical_param(rngs, zeros_init if cfg.rms_one_plus else ones_init, (d,), ("embed",), pdt)
+        self.bias = logical_param(rngs, zeros_init, (d,), ("embed",), pdt) if cfg.norm == "layer" else None
 
     def __call__(self, x: Array) -> Array:
         dtype = x.dtype
@@ -98,19 +80,19 @@ def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
 class Attention(nnx.Module):
     def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
         self.cfg = cfg
-        pdt = _DTYPES[cfg.param_dtype]
+        pdt = DTYPES[cfg.param_dtype]
         d, h, kv, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        self.q = logical_param(rngs, _normal, (d, h, hd), ("embed", "heads", "kv"), pdt)
-        self.k = logical_param(rngs, _normal, (d, kv, hd), ("embed", "heads", "kv"), pdt)
-        self.v = logical_param(rngs, _normal, (d, kv, hd), ("embed", "heads", "kv"), pdt)
-        self.o = logical_param(rngs, _normal, (h, hd, d), ("heads", "kv", "embed"), pdt)
+        self.q = logical_param(rngs, normal_init, (d, h, hd), ("embed", "heads", "kv"), pdt)
+        self.k = logical_param(rngs, normal_init, (d, kv, hd), ("embed", "heads", "kv"), pdt)
+        self.v = logical_param(rngs, normal_init, (d, kv, hd), ("embed", "heads", "kv"), pdt)
+        self.o = logical_param(rngs, normal_init, (h, hd, d), ("heads", "kv", "embed"), pdt)
         if cfg.qkv_bias:
-            self.q_bias = logical_param(rngs, _zeros, (h, hd), ("heads", "kv"), pdt)
-            self.k_bias = logical_param(rngs, _zeros, (kv, hd), ("heads", "kv"), pdt)
-            self.v_bias = logical_param(rngs, _zeros, (kv, hd), ("heads", "kv"), pdt)
+            self.q_bias = logical_param(rngs, zeros_init, (h, hd), ("heads", "kv"), pdt)
+            self.k_bias = logical_param(rngs, zeros_init, (kv, hd), ("heads", "kv"), pdt)
+            self.v_bias = logical_param(rngs, zeros_init, (kv, hd), ("heads", "kv"), pdt)
         else:
             self.q_bias = self.k_bias = self.v_bias = None
-        self.o_bias = logical_param(rngs, _zeros, (d,), ("embed",), pdt) if cfg.out_bias else None
+        self.o_bias = logical_param(rngs, zeros_init, (d,), ("embed",), pdt) if cfg.out_bias else None
 
     def _project(self, x, w, b):
         y = jnp.einsum("btd,dhk->bthk", x, w[...].astype(x.dtype))
@@ -151,17 +133,17 @@ class Attention(nnx.Module):
 
 class MLP(nnx.Module):
     def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
-        pdt = _DTYPES[cfg.param_dtype]
+        pdt = DTYPES[cfg.param_dtype]
         d, f = cfg.hidden_size, cfg.intermediate_size
         self.gated = cfg.mlp == "gated"
         self.act = activation(cfg.activation)
-        self.up = logical_param(rngs, _normal, (d, f), ("embed", "mlp"), pdt)
-        self.gate = logical_param(rngs, _normal, (d, f), ("embed", "mlp"), pdt) if self.gated else None
-        self.down = logical_param(rngs, _normal, (f, d), ("mlp", "embed"), pdt)
-        self.up_bias = logical_param(rngs, _zeros, (f,), ("mlp",), pdt) if cfg.mlp_bias else None
-        self.down_bias = logical_param(rngs, _zeros, (d,), ("embed",), pdt) if cfg.mlp_bias else None
+        self.up = logical_param(rngs, normal_init, (d, f), ("embed", "mlp"), pdt)
+        self.gate = logical_param(rngs, normal_init, (d, f), ("embed", "mlp"), pdt) if self.gated else None
+        self.down = logical_param(rngs, normal_init, (f, d), ("mlp", "embed"), pdt)
+        self.up_bias = logical_param(rngs, zeros_init, (f,), ("mlp",), pdt) if cfg.mlp_bias else None
+        self.down_bias = logical_param(rngs, zeros_init, (d,), ("embed",), pdt) if cfg.mlp_bias else None
         if cfg.mlp_bias and self.gated:
-            self.gate_bias = logical_param(rngs, _zeros, (f,), ("mlp",), pdt)
+            self.gate_bias = logical_param(rngs, zeros_init, (f,), ("mlp",), pdt)
         else:
             self.gate_bias = None
 
@@ -201,10 +183,10 @@ class Transformer(nnx.Module):
 
     def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        pdt = _DTYPES[cfg.param_dtype]
-        self.embed = logical_param(rngs, _normal, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), pdt)
+        pdt = DTYPES[cfg.param_dtype]
+        self.embed = logical_param(rngs, normal_init, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), pdt)
         if cfg.positions == "learned":
-            self.position_embed = logical_param(rngs, _normal, (cfg.max_position_embeddings, cfg.hidden_size),
+            self.position_embed = logical_param(rngs, normal_init, (cfg.max_position_embeddings, cfg.hidden_size),
                                                 (None, "embed"), pdt)
         else:
             self.position_embed = None
@@ -213,16 +195,20 @@ class Transformer(nnx.Module):
         if cfg.tie_embeddings:
             self.lm_head = None
         else:
-            self.lm_head = logical_param(rngs, _normal, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), pdt)
+            self.lm_head = logical_param(rngs, normal_init, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), pdt)
 
     def unembedding(self) -> Array:
         """The [D, V] output matrix (the transposed embedding when tied)."""
         return self.embed[...].T if self.lm_head is None else self.lm_head[...]
 
+    def hidden_states(self, tokens: Array, *, attention_mask: Optional[Array] = None) -> Array:
+        """The final hidden states [B, T, D] without the logits (the backbone interface of ``heads``)."""
+        return self(tokens, attention_mask=attention_mask, compute_logits=False).hidden
+
     def init_cache(self, batch_size: int, max_length: int, dtype=None) -> dict:
         """An empty KV cache for ``max_length`` slots: per-layer k/v [B, KV, S, hd] and 'valid' [B, S]."""
         cfg = self.cfg
-        dtype = dtype or _DTYPES[cfg.dtype]
+        dtype = dtype or DTYPES[cfg.dtype]
         shape = (batch_size, cfg.num_kv_heads, max_length, cfg.head_dim)
         return {
             "layers": [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.num_layers)],
@@ -244,7 +230,7 @@ class Transformer(nnx.Module):
             raise ValueError(f"attention_mask must have shape [B, T] = {(b, t)}; got {mask.shape}")
         if positions is None:
             positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
-        dtype = _DTYPES[cfg.dtype]
+        dtype = DTYPES[cfg.dtype]
         x = self.embed[...][tokens].astype(dtype)
         if cfg.scale_embeddings:
             x = x * jnp.asarray(math.sqrt(cfg.hidden_size), dtype)

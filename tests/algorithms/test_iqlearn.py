@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_irl import losses
+from jax_irl import losses, rollout
 from jax_irl.algorithms import iqlearn
 from jax_irl.models.config import TransformerConfig
 from jax_irl.models.transformer import Transformer
 
-METHODS = ["mle", "iqlearn:0.3", "online:0.5"]
+METHODS = {"mle": iqlearn.Method("mle", gamma=0.9), "iqlearn": iqlearn.Method("iqlearn", td_weight=0.3, gamma=0.9),
+           "online": iqlearn.Method("online", td_weight=0.5, gamma=0.9, alpha=0.2)}
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +49,9 @@ def reference_loss(method, model, b):
 @pytest.mark.parametrize("name", METHODS)
 def test_loss_fn_matches_the_losses_and_the_chunked_path_matches_it(setup, name):
     model, batch = setup
-    method = iqlearn.Method.parse(name)
-    full = iqlearn.make_loss_fn(method, gamma=0.9, alpha=0.2)
-    chunked = iqlearn.make_loss_fn(method, gamma=0.9, alpha=0.2, vocab_chunk=10)  # 37 = 3 full chunks + 7
+    method = METHODS[name]
+    full = iqlearn.make_loss_fn(method)
+    chunked = iqlearn.make_loss_fn(method, vocab_chunk=10)  # 37 = 3 full chunks + 7
     want = float(reference_loss(method, model, batch))
     np.testing.assert_allclose(float(full(model, batch, None)[0]), want, rtol=1e-6)
     np.testing.assert_allclose(float(chunked(model, batch, None)[0]), want, rtol=1e-5)
@@ -71,24 +72,50 @@ class _Chars:
         return "".join(chr(97 + int(i) % 26) for i in ids)
 
 
-def test_scoring_in_batches_equals_one_pass_and_a_direct_forward(setup):
+def test_method_fields_are_validated():
+    for bad, match in ((dict(kind="ppo"), "kind must be one of"), (dict(td_weight=-1.0), "td_weight"),
+                       (dict(gamma=0.0), "gamma"), (dict(alpha=1.5), "alpha"), (dict(policy_prompts=0), "policy_prompts")):
+        with pytest.raises(ValueError, match=match):
+            iqlearn.Method(**bad)
+
+
+def test_online_batches_are_a_pure_function_of_the_position(setup):
+    """The policy samples of a data position are the same however often it is asked (what makes resume exact),
+    and differ between positions."""
+    from jax_irl.data import batching
+
     model, _ = setup
-    prompts = np.array([[5, 6, 7], [0, 8, 9], [4, 4, 4]], np.int32)
-    pmask = (prompts != 0).astype(np.int32)
-    pmask[2] = 1
-    samples = iqlearn.policy_samples(model, prompts, pmask, jax.random.PRNGKey(3), max_new_tokens=5, eos_id=0,
-                                     pad_id=0, num_samples=2)
-    rewards, entropy = iqlearn.score_samples(model, samples, gamma=0.9)
-    for rows in (1, 4):  # 6 rows: in ones, and in fours with two padding rows
-        r, e = iqlearn.score_samples(model, samples, gamma=0.9, rows_per_batch=rows)
-        np.testing.assert_allclose(r, rewards, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(e, entropy, rtol=1e-5)
-    tokens, mask = jnp.asarray(samples["policy_tokens"]), jnp.asarray(samples["policy_mask"])
-    logits = model(tokens[:, :-1], attention_mask=jnp.asarray(samples["policy_attention"])[:, :-1]).logits
-    direct = losses.implied_rewards(logits, tokens[:, 1:], mask, gamma=0.9).sum(-1)
-    np.testing.assert_allclose(rewards, np.asarray(direct), rtol=1e-5, atol=1e-6)
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(3, 37, (8, 10)).astype(np.int32)
+    encoded = {"tokens": tokens, "mask": np.ones((8, 9), np.float32), "prompt_lengths": np.full(8, 4)}
+    sampler = batching.BatchSampler(8, 4, seed=0)
+    fn = iqlearn.online_batch_fn(iqlearn.Method("online", td_weight=0.1, policy_prompts=2), sampler, encoded, seed=5,
+                                 prompt_width=4, max_new_tokens=3, eos_id=0, pad_id=0)
+    a, b, c = fn(3, model), fn(3, model), fn(4, model)
+    assert a["policy_tokens"].shape == (2, 7) and a["policy_mask"].shape == (2, 6)
+    np.testing.assert_array_equal(a["policy_tokens"], b["policy_tokens"])
+    np.testing.assert_array_equal(a["tokens"], tokens[sampler.indices(3)])
+    assert not np.array_equal(a["policy_tokens"], c["policy_tokens"])
+
+
+def test_evaluate_rewards_and_entropy_equal_a_direct_forward(setup):
+    """evaluate's extracted rewards and entropy, recomputed from the samples with the logits-based losses."""
+    model, _ = setup
+    prompts = np.array([[5, 6, 7], [1, 8, 9]], np.int32)
+    pmask = np.ones_like(prompts)
+    kwargs = dict(temperatures=(1.0,), num_samples=2, max_new_tokens=4)
+    got = iqlearn.evaluate(model, _Chars(), prompts, pmask, ["x", "y"], jax.random.PRNGKey(0), gamma=0.9,
+                           correct_fn=lambda text, ref: float(text[:1] < "n"), **kwargs)["1"]
+    key, sub = jax.random.split(jax.random.PRNGKey(0))
+    rows = rollout.sample_rows(model, prompts, pmask, jax.random.fold_in(sub, 0), max_new_tokens=4, eos_id=0,
+                               pad_id=0, num_samples=2)
+    tokens, mask = jnp.asarray(rows["tokens"]), jnp.asarray(rows["mask"])
+    logits = model(tokens[:, :-1], attention_mask=jnp.asarray(rows["attention"])[:, :-1]).logits
+    rewards = np.asarray(losses.implied_rewards(logits, tokens[:, 1:], mask, gamma=0.9).sum(-1))
     from jax_irl import metrics
-    np.testing.assert_allclose(entropy, float(metrics.token_entropy(logits, mask)), rtol=1e-5)
+
+    np.testing.assert_allclose(got["mean_reward"], rewards.mean(), rtol=1e-5)
+    np.testing.assert_allclose(got["entropy"], float(metrics.token_entropy(logits, mask)), rtol=1e-5)
 
 
 def test_evaluate_in_prompt_batches(setup):

@@ -8,13 +8,13 @@ from experiments.configs import lm_tiny
 
 
 def test_overrides_parse_by_type_and_nest():
-    cfg = run.apply_overrides(lm_tiny.config(), ["steps=7", "optimizer.learning_rate=3e-4", "mesh.data=-1",
-                                                 "optimizer.max_grad_norm=none", "td_weight=0",
+    cfg = run.apply_overrides(lm_tiny.config(), ["train.steps=70", "train.optimizer.learning_rate=3e-4", "mesh.data=-1",
+                                                 "train.optimizer.max_grad_norm=none", "td_weight=0",
                                                  "distributed.coordinator_address=10.0.0.1:1234",
                                                  "distributed.num_processes=4"])
     assert cfg.distributed.coordinator_address == "10.0.0.1:1234" and cfg.distributed.num_processes == 4
-    assert cfg.steps == 7 and cfg.optimizer.learning_rate == 3e-4 and cfg.mesh.data == -1
-    assert cfg.optimizer.max_grad_norm is None and cfg.td_weight == 0.0
+    assert cfg.train.steps == 70 and cfg.train.optimizer.learning_rate == 3e-4 and cfg.mesh.data == -1
+    assert cfg.train.optimizer.max_grad_norm is None and cfg.td_weight == 0.0
     assert isinstance(cfg.td_weight, float)
     # A saved config.json turns back into the same config.
     import dataclasses
@@ -24,12 +24,16 @@ def test_overrides_parse_by_type_and_nest():
 
 
 def test_bad_keys_and_values_name_what_is_valid():
-    with pytest.raises(run.ConfigError, match=r"unknown config key 'stpes'; valid keys:(.|\n)*optimizer.learning_rate"):
+    with pytest.raises(run.ConfigError, match=r"unknown config key 'stpes'; valid keys:(.|\n)*train.optimizer.learning_rate"):
         run.apply_overrides(lm_tiny.config(), ["stpes=3"])
-    with pytest.raises(run.ConfigError, match=r"steps='many': expected a value of type int"):
-        run.apply_overrides(lm_tiny.config(), ["steps=many"])
+    with pytest.raises(run.ConfigError, match=r"train.steps='many': expected a value of type int"):
+        run.apply_overrides(lm_tiny.config(), ["train.steps=many"])
     with pytest.raises(run.ConfigError, match="schedule must be"):
-        run.apply_overrides(lm_tiny.config(), ["optimizer.schedule=wavy"])
+        run.apply_overrides(lm_tiny.config(), ["train.optimizer.schedule=wavy"])
+    with pytest.raises(run.ConfigError, match="total_steps=30 but the stage trains 300 steps"):
+        run.apply_overrides(lm_tiny.config(), ["train.optimizer.total_steps=30"])
+    with pytest.raises(run.ConfigError, match="warmup_steps=20 is longer than the stage's 10 steps"):
+        run.apply_overrides(lm_tiny.config(), ["train.steps=10"])
     with pytest.raises(run.ConfigError, match="key=value"):
         run.apply_overrides(lm_tiny.config(), ["steps"])
     with pytest.raises(run.ConfigError, match="unknown config 'nope'; available: .*lm_tiny"):
@@ -39,22 +43,30 @@ def test_bad_keys_and_values_name_what_is_valid():
 @pytest.mark.slow
 def test_driver_runs_resumes_and_refuses_config_changes(tmp_path, capsys):
     folder = str(tmp_path / "run")
-    assert run.main(["lm_tiny", "steps=20", "save_every=10", "optimizer.total_steps=30", "--run-dir", folder]) == 0
+    assert run.main(["lm_tiny", "train.steps=20", "save_every=10", "train.optimizer.warmup_steps=4",
+                     "--run-dir", folder]) == 0
     with open(tmp_path / "run" / "results.json") as f:
         assert json.load(f)["steps"] == 20
-    # Pointing at the run folder resumes it with its saved config; more steps are allowed.
-    assert run.main(["lm_tiny", "steps=30", "--run-dir", folder]) == 0
+    # Pointing at the run folder resumes it with its saved config; more steps are allowed, and the cosine
+    # schedule then spans the new count (it was not left at its end, learning rate 0, for the added steps).
+    assert run.main(["lm_tiny", "train.steps=30", "--run-dir", folder]) == 0
     out = capsys.readouterr().out
-    assert "resuming lm_tiny" in out and "resumed from step 20" in out
+    assert "resuming lm_tiny" in out and "resumed from step 20" in out and "now spans 30 steps" in out
     with open(tmp_path / "run" / "results.json") as f:
         assert json.load(f)["steps"] == 30
     with open(tmp_path / "run" / "metrics.jsonl") as f:
-        assert [json.loads(line)["step"] for line in f] == list(range(1, 31))
+        rows = [json.loads(line) for line in f]
+    assert [r["step"] for r in rows] == list(range(1, 31))
+    peak = 3e-3  # the config's learning rate; cosine over the 26 steps after a 4-step warmup
+    want = [peak * 0.5 * (1 + np.cos(np.pi * (s - 4) / 26)) for s in range(20, 30)]
+    np.testing.assert_allclose([r["learning_rate"] for r in rows[20:]], want, rtol=1e-5)
+    assert rows[-1]["learning_rate"] > 0
     events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     assert events and all(e.stat().st_size > 0 for e in events)
     # Changing what the run is (not just how long) is refused with the allowed keys named.
     assert run.main(["lm_tiny", "td_weight=0.5", "--run-dir", folder]) == 2
-    assert "only ['distributed', 'keep', 'mesh', 'save_every', 'steps'] may change when resuming, not ['td_weight']" in capsys.readouterr().err
+    assert ("only ['distributed', 'keep', 'mesh', 'save_every', 'train.steps'] may change when resuming, not "
+            "['td_weight']") in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -66,7 +78,8 @@ def test_driver_on_two_processes_matches_one_process(tmp_path):
     from tests.processes import ROOT as root, free_port, wait_all
 
     port = free_port()
-    args = ["steps=6", "save_every=3", "train_problems=500", "eval_problems=20"]
+    args = ["train.steps=6", "train.optimizer.warmup_steps=2", "save_every=3", "train_problems=500",
+            "eval_problems=20"]
     base = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu")
     procs = []
     for i in range(2):

@@ -1,0 +1,119 @@
+"""The base language model pi0 that the LM experiments start from, shared by them (not a config).
+
+Either a local Hugging Face checkpoint (with its tokenizer), or, on CPU, a small Llama-style decoder with a
+byte-level BPE trained on the task's text, pretrained as one resumable stage (``run_dir/base``) on the task's
+inputs (the questions: every prompt token is a target) and, for the built-in arithmetic task, a corpus of
+unrelated single calculations ('9 * 4 = 36', the arithmetic a pretrained LM brings; never a question or a
+solution). The base's checkpoint fingerprint is the task and this config, so experiments that differ only
+after the base reuse nothing by accident and a changed base is refused on resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Dict, NamedTuple, Optional
+
+import jax
+import numpy as np
+from flax import nnx
+
+from experiments.configs._shared import ModelSize
+from jax_irl import rollout, train
+from jax_irl.algorithms import iqlearn
+from jax_irl.data import arithmetic, batching, tasks
+from jax_irl.data.tokenizer import TextTokenizer, train_bpe
+from jax_irl.models.config import TransformerConfig
+from jax_irl.models.transformer import Transformer
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseConfig:
+    hf_checkpoint: Optional[str] = None  # a local HF model folder (with its tokenizer): used as the base as it is
+    dtype: str = "float32"  # compute dtype ('bfloat16' on accelerators); params stay float32
+    model: ModelSize = ModelSize(hidden_size=96, intermediate_size=256)
+    vocab_size: int = 1024  # of the BPE trained here (ignored with hf_checkpoint)
+    max_length: int = 96  # rows are cut to this, then to the longest row
+    max_positions: int = 256  # position range of a model built here (>= max_length + generated tokens)
+    calculation_rows: int = 2000  # rows of the calculation corpus in pretraining (built-in arithmetic only)
+    calculations_per_row: int = 6
+    pretrain: train.StageConfig = train.StageConfig(
+        steps=1200, batch_size=32, optimizer=train.OptimizerConfig(learning_rate=3e-3, schedule="cosine",
+                                                                  warmup_steps=20, weight_decay=0.01))
+
+    def __post_init__(self):
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16'; got {self.dtype!r}")
+        if self.max_length < 2:
+            raise ValueError(f"max_length must be >= 2; got {self.max_length}")
+
+
+class Encoded(NamedTuple):
+    tokenizer: TextTokenizer
+    train: Dict[str, np.ndarray]  # encode_examples' rows (tokens, mask, prompt_lengths), cut to the longest
+    eval_prompts: np.ndarray  # [E, W] left-padded
+    eval_prompt_mask: np.ndarray  # [E, W]
+    prompt_width: int  # W: the longest train or eval prompt
+
+
+def tokenizer(cfg: BaseConfig, data: tasks.TaskData, run_dir: str) -> TextTokenizer:
+    """The checkpoint's tokenizer, the run folder's, or a new BPE on the training text (saved in the folder)."""
+    if cfg.hf_checkpoint:
+        return TextTokenizer.load(cfg.hf_checkpoint)
+    folder = os.path.join(run_dir, "tokenizer")
+    if os.path.exists(os.path.join(folder, "tokenizer.json")):
+        return TextTokenizer.load(folder)
+    tok = train_bpe([p + r for p, r in zip(data.train_prompts, data.train_responses)], vocab_size=cfg.vocab_size)
+    if jax.process_index() == 0:
+        tok.save(folder)
+    return tok
+
+
+def encode(cfg: BaseConfig, data: tasks.TaskData, tok: TextTokenizer) -> Encoded:
+    """Training rows and left-padded eval prompts, one prompt width for both (one compiled sampler shape)."""
+    encoded = batching.encode_examples(tok, data.train_prompts, data.train_responses, cfg.max_length)
+    if int(encoded["truncated"]):
+        print(f"note: {int(encoded['truncated'])} responses were cut to max_length={cfg.max_length}")
+    encoded = batching.trim_padding(encoded, tok.pad_id)
+    eval_encoded = batching.encode_examples(tok, data.eval_prompts, data.eval_references, cfg.max_length)
+    width = int(max(encoded["prompt_lengths"].max(), eval_encoded["prompt_lengths"].max()))
+    prompts, mask = rollout.prompt_rows(eval_encoded["tokens"], eval_encoded["prompt_lengths"], tok.pad_id,
+                                                width)
+    return Encoded(tok, encoded, prompts, mask, width)
+
+
+def pretraining_rows(cfg: BaseConfig, task: tasks.TaskConfig, tok, train_prompts) -> Dict[str, np.ndarray]:
+    """The base's pretraining data: the task's inputs (every prompt token is a target) and, for the built-in
+    task, the calculation corpus. tokens [N, T], mask [N, T-1]."""
+    encoded = batching.encode_examples(tok, train_prompts, [""] * len(train_prompts), cfg.max_length)
+    mask = np.zeros_like(encoded["mask"])
+    for i, n in enumerate(encoded["prompt_lengths"]):
+        mask[i, : n - 1] = 1.0  # the prompt's tokens after bos; the empty response's eos is not a target
+    tokens = encoded["tokens"]
+    if task.name == "arithmetic" and cfg.calculation_rows:
+        corpus = arithmetic.calculation_corpus(seed=1, num_rows=cfg.calculation_rows, per_row=cfg.calculations_per_row,
+                                               max_number=task.max_number)
+        calc = batching.encode_examples(tok, [""] * len(corpus), corpus, cfg.max_length)
+        tokens, mask = np.concatenate([tokens, calc["tokens"]]), np.concatenate([mask, calc["mask"]])
+    return batching.trim_padding({"tokens": tokens, "mask": mask}, tok.pad_id)
+
+
+def base_model(cfg: BaseConfig, task: tasks.TaskConfig, tok: TextTokenizer, train_prompts, mesh, run_dir: str, *,
+               save_every: int, vocab_chunk: Optional[int] = None) -> nnx.Module:
+    """The HF checkpoint, or a model pretrained with MLE on ``pretraining_rows`` in run_dir/base (resumable)."""
+    if cfg.hf_checkpoint:
+        from jax_irl.models import hf  # needs the hf extra (safetensors) only on this path
+
+        return hf.from_pretrained(cfg.hf_checkpoint, dtype=cfg.dtype, param_dtype="float32")
+    model_cfg = TransformerConfig.for_family("llama", vocab_size=tok.vocab_size, dtype=cfg.dtype,
+                                             max_position_embeddings=cfg.max_positions,
+                                             **dataclasses.asdict(cfg.model))
+    model = Transformer(model_cfg, rngs=nnx.Rngs(0))
+    rows = pretraining_rows(cfg, task, tok, train_prompts)
+    sampler = batching.BatchSampler(len(rows["tokens"]), cfg.pretrain.batch_size, seed=1000)
+    fingerprint = {"task": dataclasses.asdict(task), "base": dataclasses.asdict(cfg)}
+    result = train.run_stage(os.path.join(run_dir, "base"), model,
+                             iqlearn.make_loss_fn(iqlearn.Method("mle"), vocab_chunk=vocab_chunk), cfg.pretrain,
+                             mesh, sampler.batch_fn(rows), seed=0, fingerprint=fingerprint, save_every=save_every,
+                             desc="pretrain base", resume_hint=f"Resume with --run-dir {run_dir}")
+    return result.model

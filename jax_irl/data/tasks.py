@@ -1,0 +1,112 @@
+"""Tasks with their metric, in one registry: where the prompts and references come from, and how a sample is
+scored against its reference.
+
+    data = tasks.load(TaskConfig(name="arithmetic"))   # TaskData(train_prompts, train_responses, ...)
+    tasks.get("gsm8k").score("... #### 42", "#### 42")  # 1.0
+
+Built in: 'arithmetic' (GSM8K-format word problems made here, exact match), and the TFDS tasks 'gsm8k' (exact
+match), 'xsum' and 'tldr' (ROUGE-1 F), 'wmt_de_en' (sentence BLEU), read through ``tfds_sources`` without any
+download. ``register`` adds a task of a user's own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Dict, List, NamedTuple, Optional
+
+from jax_irl import metrics
+from jax_irl.data import arithmetic, tfds_sources
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+    name: str = "arithmetic"  # a registered task: arithmetic, gsm8k, xsum, tldr, wmt_de_en, or one of your own
+    data_dir: Optional[str] = None  # TFDS data directory
+    train_examples: int = 2000
+    eval_examples: int = 48
+    max_number: int = 12  # operand cap of the built-in arithmetic task (its difficulty)
+
+    def __post_init__(self):
+        if self.name not in REGISTRY:
+            raise ValueError(f"task name must be one of {sorted(REGISTRY)}; got {self.name!r}")
+        if self.train_examples < 1 or self.eval_examples < 1:
+            raise ValueError(f"train_examples and eval_examples must be >= 1; got {self.train_examples} and "
+                             f"{self.eval_examples}")
+
+
+class TaskData(NamedTuple):
+    train_prompts: List[str]
+    train_responses: List[str]
+    eval_prompts: List[str]
+    eval_references: List[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    name: str
+    load: Callable[[TaskConfig], TaskData]
+    score: Callable[[str, str], float]  # a sample's score against its reference, in [0, 1]
+    metric: str  # the score's name, for tables
+
+
+def _arithmetic(cfg: TaskConfig) -> TaskData:
+    train_set, test_set = arithmetic.make_splits(seed=0, num_train=cfg.train_examples, num_test=cfg.eval_examples,
+                                                 max_number=cfg.max_number)
+    fmt = lambda p: f"Question: {p['question']}\nAnswer:"  # noqa: E731
+    return TaskData([fmt(p) for p in train_set], [" " + p["answer"] for p in train_set],
+                    [fmt(p) for p in test_set], [p["answer"] for p in test_set])
+
+
+def _tfds(eval_split: str):
+    def load(cfg: TaskConfig) -> TaskData:
+        train_set = tfds_sources.load_examples(cfg.name, "train", data_dir=cfg.data_dir, limit=cfg.train_examples)
+        test_set = tfds_sources.load_examples(cfg.name, eval_split, data_dir=cfg.data_dir, limit=cfg.eval_examples)
+        return TaskData([r["prompt"] for r in train_set], [r["response"] for r in train_set],
+                        [r["prompt"] for r in test_set], [r["response"].strip() for r in test_set])
+
+    return load
+
+
+def exact_match(text: str, reference: str) -> float:
+    return float(metrics.answers_match(text, reference))
+
+
+def rouge1(text: str, reference: str) -> float:
+    return metrics.rouge([text], [reference], types=("rouge1",))["rouge1"] / 100.0
+
+
+def sentence_bleu(text: str, reference: str) -> float:
+    return metrics.bleu([text], [reference]) / 100.0
+
+
+REGISTRY: Dict[str, Task] = {}
+
+
+def register(task: Task) -> Task:
+    """Add a task (a name already registered is refused)."""
+    if task.name in REGISTRY:
+        raise ValueError(f"task {task.name!r} is already registered")
+    REGISTRY[task.name] = task
+    return task
+
+
+def get(name: str) -> Task:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown task {name!r}; registered: {sorted(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def load(cfg: TaskConfig) -> TaskData:
+    """The task's train prompts/responses and eval prompts/references; an empty split is refused."""
+    data = get(cfg.name).load(cfg)
+    if not data.train_prompts or not data.eval_prompts:
+        raise ValueError(f"task {cfg.name!r} gave {len(data.train_prompts)} training and {len(data.eval_prompts)} "
+                         f"evaluation examples; it needs at least one of each")
+    return data
+
+
+register(Task("arithmetic", _arithmetic, exact_match, "accuracy"))
+register(Task("gsm8k", _tfds("test"), exact_match, "accuracy"))
+register(Task("xsum", _tfds("test"), rouge1, "ROUGE-1"))
+register(Task("tldr", _tfds("train"), rouge1, "ROUGE-1"))
+register(Task("wmt_de_en", _tfds("test"), sentence_bleu, "BLEU"))

@@ -1,0 +1,247 @@
+"""Rollouts: prompt rows, rows sampled from a model, and per-token scores of rows, shared by every method.
+
+The layer between the model/sampler/losses and ``algorithms/``. Its row layout is the one every loss takes:
+
+    tokens    [N, T]      a left-padded prompt of width P, then the response (right-padded)
+    attention [N, T]      1 on real tokens
+    mask      [N, T - 1]  the target mask: mask[:, t] = 1 when tokens[:, t + 1] is a counted (response) token
+
+so position t of every per-token array holds the model's output at tokens[:, t] that predicts tokens[:, t + 1].
+
+- ``causal_lm`` is the one causal-LM forward: the shift, the attention slice, and (Q(s_t, a_t), V(s_t)) from
+  full logits or, with ``vocab_chunk``, from hidden states in vocabulary chunks without building the [N, T, V]
+  logits (``losses.chunked_soft_q_stats``; equal to the full path to float rounding). Log-probs are
+  (Q - V) / tau, so every method's log-probs, implied rewards and values come from the same two numbers.
+- ``prompt_rows`` / ``sample_rows`` turn example rows into prompts and prompts into sampled rows, with the
+  sampling policy's and the model's per-token log-probs on the target grid (PPO's old log-probs).
+- ``score_rows`` runs any hashable scorer ``scorer(model, batch) -> dict of per-row arrays`` over rows in padded
+  batches of one compiled shape; ``LMScores`` is the built-in one (log-probs, Q, V, implied rewards, entropy,
+  per token or summed per row). Reference log-probs, IQLearn's extracted rewards and evaluation all use it.
+- ``sample_and_evaluate`` samples n responses per prompt at several temperatures, decodes them, scores them
+  with a task's ``score_fn(text, reference)`` and with an ``LMScores``, and returns everything per temperature.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jax_irl import losses, sampling
+
+
+class LMOutputs(NamedTuple):
+    target_q: jax.Array  # [N, T-1] float32: Q(s_t, a_t), the logit (/ tau) of the next token
+    values: jax.Array  # [N, T-1] float32: V(s_t) = tau * logsumexp(logits_t / tau)
+    logits: Optional[jax.Array]  # [N, T-1, V] (None on the vocabulary-chunked path)
+    hidden: jax.Array  # [N, T-1, D] final hidden states
+
+
+def causal_lm(model, tokens: jax.Array, attention: Optional[jax.Array] = None, *, vocab_chunk: Optional[int] = None,
+              temperature: float = 1.0, need_logits: bool = False) -> LMOutputs:
+    """The causal-LM forward of rows: inputs tokens[:, :-1] (attention[:, :-1]), targets tokens[:, 1:].
+
+    tokens: [N, T] ids; attention: optional [N, T]. With ``vocab_chunk`` (and not ``need_logits``) the pair
+    (Q, V) comes from the hidden states and ``model.unembedding()`` in chunks of that many vocabulary columns;
+    otherwise from the full logits. Returns ``LMOutputs`` with [N, T-1] arrays."""
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    mask = None if attention is None else attention[:, :-1]
+    if vocab_chunk and not need_logits:
+        hidden = model(inputs, attention_mask=mask, compute_logits=False).hidden
+        q, v = losses.chunked_soft_q_stats(hidden, model.unembedding(), targets, chunk_size=vocab_chunk,
+                                           temperature=temperature)
+        return LMOutputs(q, v, None, hidden)
+    out = model(inputs, attention_mask=mask)
+    q, v = losses.soft_q_stats(out.logits, targets, temperature)
+    return LMOutputs(q, v, out.logits, out.hidden)
+
+
+def prompt_rows(tokens: np.ndarray, prompt_lengths: np.ndarray, pad_id: int, width: int):
+    """Left-padded prompts [B, width] and their mask from right-padded example rows whose first
+    ``prompt_lengths[b]`` tokens are the prompt."""
+    if len(tokens) != len(prompt_lengths):
+        raise ValueError(f"tokens has {len(tokens)} rows but prompt_lengths has {len(prompt_lengths)}")
+    return sampling.left_pad([list(row[:n]) for row, n in zip(tokens, prompt_lengths)], pad_id=pad_id, width=width)
+
+
+def sample_rows(model, prompts: np.ndarray, prompt_mask: np.ndarray, key, *, max_new_tokens: int, eos_id: int,
+                pad_id: int, temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
+                num_samples: int = 1) -> Dict[str, np.ndarray]:
+    """Responses sampled from the model as rows (numpy), n per prompt as rows b * n + j:
+
+    tokens [B*n, P+N], attention [B*n, P+N], mask [B*n, P+N-1] (the response's targets);
+    sample_log_probs / model_log_probs [B*n, P+N-1]: each response token's log-prob under the sampling
+    distribution (temperature, top-k/p) and under the model, on the target grid (0 elsewhere);
+    response [B*n, N] and response_mask [B*n, N] (for decoding); prompt_index [B*n]."""
+    out = sampling.generate(model, prompts, prompt_mask, key, max_new_tokens=max_new_tokens, temperature=temperature,
+                            top_k=top_k, top_p=top_p, eos_ids=(eos_id,), pad_id=pad_id, num_samples=num_samples)
+    gen, gen_mask = np.asarray(out.tokens), np.asarray(out.mask)
+    rows = np.concatenate([np.repeat(prompts, num_samples, 0), gen], 1).astype(np.int32)
+    attention = np.concatenate([np.repeat(prompt_mask, num_samples, 0), gen_mask], 1).astype(np.int32)
+    width = prompts.shape[1]
+
+    def on_targets(x, dtype):  # target t predicts rows[t + 1]: the response starts at target width - 1
+        grid = np.zeros((rows.shape[0], rows.shape[1] - 1), dtype)
+        grid[:, width - 1:] = x
+        return grid
+
+    return {"tokens": rows, "attention": attention, "mask": on_targets(gen_mask, np.float32),
+            "sample_log_probs": on_targets(np.asarray(out.log_probs) * gen_mask, np.float32),
+            "model_log_probs": on_targets(np.asarray(out.model_log_probs) * gen_mask, np.float32),
+            "response": gen, "response_mask": gen_mask,
+            "prompt_index": np.repeat(np.arange(len(prompts)), num_samples)}
+
+
+# --- scoring ------------------------------------------------------------------------------------------------
+
+QUANTITIES = ("log_probs", "target_q", "values", "implied_rewards", "entropy")
+
+
+@dataclasses.dataclass(frozen=True)
+class LMScores:
+    """A scorer of rows under a causal LM (hashable: one compiled function per distinct scorer).
+
+    quantities: any of
+      log_probs        log pi(a_t|s_t) = (Q - V) / tau
+      target_q         Q(s_t, a_t)
+      values           V(s_t)
+      implied_rewards  r_t = Q(s_t, a_t) - gamma V(s_{t+1}), V := 0 after the last counted token (needs 'mask')
+      entropy          -sum_a pi(a|s_t) log pi(a|s_t) (needs the full logits, even with vocab_chunk)
+    Each is [N, T-1] per token, 0 where the batch's 'mask' is 0 (when there is one); with ``per_row`` each is
+    summed over the row's counted tokens instead ([N]), and 'num_tokens' [N] is added."""
+
+    quantities: Tuple[str, ...] = ("log_probs",)
+    gamma: float = 1.0
+    temperature: float = 1.0
+    vocab_chunk: Optional[int] = None
+    per_row: bool = False
+
+    def __post_init__(self):
+        unknown = [q for q in self.quantities if q not in QUANTITIES]
+        if unknown or not self.quantities:
+            raise ValueError(f"quantities must be a non-empty subset of {QUANTITIES}; got {self.quantities}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0; got {self.temperature}")
+        if self.vocab_chunk is not None and self.vocab_chunk < 1:
+            raise ValueError(f"vocab_chunk must be None or >= 1; got {self.vocab_chunk}")
+
+    def __call__(self, model, batch: Dict[str, jax.Array]) -> Dict[str, jax.Array]:
+        tokens, mask = batch["tokens"], batch.get("mask")
+        if ("implied_rewards" in self.quantities or self.per_row) and mask is None:
+            raise ValueError("implied_rewards and per_row scores need the rows' target 'mask' [N, T-1]")
+        out = causal_lm(model, tokens, batch.get("attention"), vocab_chunk=self.vocab_chunk,
+                        temperature=self.temperature, need_logits="entropy" in self.quantities)
+        q, v, tau = out.target_q, out.values, self.temperature
+        per_token = {}
+        for name in self.quantities:
+            if name == "log_probs":
+                per_token[name] = (q - v) / tau
+            elif name == "target_q":
+                per_token[name] = q
+            elif name == "values":
+                per_token[name] = v
+            elif name == "implied_rewards":
+                per_token[name] = losses.implied_rewards_from_q(q, v, mask, self.gamma)
+            else:
+                per_token[name] = losses.token_entropies(out.logits, tau)
+        if mask is not None:
+            m = mask.astype(jnp.float32)
+            per_token = {k: jnp.where(m != 0, x, 0.0) for k, x in per_token.items()}
+        if not self.per_row:
+            return per_token
+        sums = {k: jnp.sum(x, -1) for k, x in per_token.items()}
+        sums["num_tokens"] = jnp.sum(mask.astype(jnp.float32), -1)
+        return sums
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _score_batch(scorer, graphdef, state, batch):
+    return scorer(nnx.merge(graphdef, state), batch)
+
+
+def pad_rows(x: np.ndarray, multiple: int) -> np.ndarray:
+    """x with copies of its last row appended up to a multiple of ``multiple`` rows (one compiled shape)."""
+    extra = -len(x) % multiple
+    return np.concatenate([x, np.repeat(x[-1:], extra, 0)]) if extra else x
+
+
+def score_rows(model, scorer: Callable, rows: Dict[str, np.ndarray], *,
+               rows_per_batch: Optional[int] = None) -> Dict[str, np.ndarray]:
+    """scorer(model, batch) over ``rows`` (a dict of arrays with a common leading axis N) in batches of
+    ``rows_per_batch`` rows (all at once by default), the last batch padded with copies of the last row so that
+    every batch has one shape and the scorer compiles once. Returns the scorer's arrays, concatenated, [N, ...]
+    (numpy). ``scorer`` must be hashable and compare by value (a frozen dataclass such as ``LMScores``, or a
+    module-level function): it is a static argument of the compiled function."""
+    if not rows:
+        raise ValueError("rows is empty: pass at least 'tokens'")
+    sizes = {k: len(v) for k, v in rows.items()}
+    n = next(iter(sizes.values()))
+    if len(set(sizes.values())) != 1 or n == 0:
+        raise ValueError(f"rows need one common, non-zero number of rows; got {sizes}")
+    if rows_per_batch is not None and rows_per_batch < 1:
+        raise ValueError(f"rows_per_batch must be None or >= 1; got {rows_per_batch}")
+    size = min(rows_per_batch or n, n)
+    padded = {k: pad_rows(np.asarray(v), size) for k, v in rows.items()}
+    graphdef, state = nnx.split(model)
+    parts = []
+    for i in range(0, len(padded["tokens"] if "tokens" in padded else next(iter(padded.values()))), size):
+        out = _score_batch(scorer, graphdef, state, {k: jnp.asarray(v[i:i + size]) for k, v in padded.items()})
+        parts.append(jax.device_get(out))
+    return {k: np.concatenate([p[k] for p in parts])[:n] for k in parts[0]}
+
+
+# --- sampling and evaluating ---------------------------------------------------------------------------------
+
+
+class Evaluated(NamedTuple):
+    """One temperature's samples: n per prompt, rows b * n + j."""
+
+    texts: list  # [B*n] decoded responses
+    scores: np.ndarray  # [B*n] the task's score_fn(text, reference)
+    row_scores: Dict[str, np.ndarray]  # the LMScores (per_row) of each sample: summed quantities and num_tokens
+    rows: Dict[str, np.ndarray]  # the sampled rows (sample_rows' fields)
+
+
+def sample_and_evaluate(model, tokenizer, prompts: np.ndarray, prompt_mask: np.ndarray, references: Sequence,
+                        key, *, temperatures: Sequence[float], num_samples: int, max_new_tokens: int,
+                        score_fn: Callable[[str, object], float], scorer: Optional[LMScores] = None,
+                        prompts_per_batch: Optional[int] = None,
+                        rows_per_score: Optional[int] = None) -> Dict[str, Evaluated]:
+    """For each temperature (key "0.5", "1", ...): ``num_samples`` responses per prompt, decoded with
+    ``tokenizer`` (eos_id, pad_id, decode), scored by ``score_fn(text, reference)`` and by ``scorer`` (an
+    ``LMScores`` with per_row=True; default: summed log-probs).
+
+    Prompts are sampled ``prompts_per_batch`` at a time (all at once by default; the last batch padded with
+    copies, whose rows are dropped), batch i of temperature k drawing with fold_in(split(key)_k, i); the
+    samples are scored ``rows_per_score`` rows at a time (default: one prompt batch's rows)."""
+    if len(prompts) != len(references) or not len(prompts):
+        raise ValueError(f"need one reference per prompt and at least one prompt; got {len(prompts)} prompts and "
+                         f"{len(references)} references")
+    scorer = scorer or LMScores(("log_probs",), per_row=True)
+    if not scorer.per_row:
+        raise ValueError("sample_and_evaluate's scorer must have per_row=True (one number per sample)")
+    n = len(prompts)
+    size = prompts_per_batch or n
+    padded_prompts, padded_mask = pad_rows(prompts, size), pad_rows(prompt_mask, size)
+    results = {}
+    for temperature in temperatures:
+        key, sub = jax.random.split(key)
+        batches = [sample_rows(model, padded_prompts[i:i + size], padded_mask[i:i + size], jax.random.fold_in(sub, b),
+                               max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                               temperature=temperature, num_samples=num_samples)
+                   for b, i in enumerate(range(0, len(padded_prompts), size))]
+        # Every batch has the same row width; the rows of padding prompts are dropped.
+        rows = {k: np.concatenate([batch[k] for batch in batches])[: n * num_samples] for k in batches[0]}
+        rows["prompt_index"] = np.repeat(np.arange(n), num_samples)
+        texts = [tokenizer.decode(r[m > 0]) for r, m in zip(rows["response"], rows["response_mask"])]
+        refs = [r for r in references for _ in range(num_samples)]
+        scores = np.array([score_fn(t, r) for t, r in zip(texts, refs)], float)
+        row_scores = score_rows(model, scorer, {k: rows[k] for k in ("tokens", "attention", "mask")},
+                                rows_per_batch=rows_per_score or size * num_samples)
+        results[f"{temperature:g}"] = Evaluated(texts, scores, row_scores, rows)
+    return results
