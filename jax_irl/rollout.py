@@ -16,7 +16,8 @@ so position t of every per-token array holds the model's output at tokens[:, t] 
   sampling policy's and the model's per-token log-probs on the target grid (PPO's old log-probs).
 - ``score_rows`` runs any hashable scorer ``scorer(model, batch) -> dict of per-row arrays`` over rows in padded
   batches of one compiled shape; ``LMScores`` is the built-in one (log-probs, Q, V, implied rewards, entropy,
-  per token or summed per row). Reference log-probs, IQLearn's extracted rewards and evaluation all use it.
+  per token or summed per row), and ``RewardScores`` scores rows with a (multi-head) reward model. Reference
+  log-probs, IQLearn's extracted rewards and evaluation all use them.
 - ``sample_and_evaluate`` samples n responses per prompt at several temperatures, decodes them, scores them
   with a task's ``score_fn(text, reference)`` and with an ``LMScores``, and returns everything per temperature.
 """
@@ -157,6 +158,25 @@ class LMScores:
         sums = {k: jnp.sum(x, -1) for k, x in per_token.items()}
         sums["num_tokens"] = jnp.sum(mask.astype(jnp.float32), -1)
         return sums
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardScores:
+    """A scorer of rows under a reward model (``models.heads.RewardModel``, K heads over prompt + response):
+    'rewards' [N, K] per head and 'reward' [N] aggregated over the heads with ``losses.aggregate_rewards``
+    ('mean', 'min', 'uwo' or 'lcb'; coef for the last two). Needs the rows' 'attention'."""
+
+    aggregation: str = "mean"
+    coef: Optional[float] = None
+
+    def __post_init__(self):
+        losses.aggregate_rewards(jnp.zeros((1, 2)), self.aggregation, coef=self.coef)  # checks both fields
+
+    def __call__(self, model, batch: Dict[str, jax.Array]) -> Dict[str, jax.Array]:
+        if "attention" not in batch:
+            raise ValueError("reward-model scores need the rows' 'attention' [N, T] (the last counted token is read)")
+        rewards = model(batch["tokens"], batch["attention"])
+        return {"rewards": rewards, "reward": losses.aggregate_rewards(rewards, self.aggregation, coef=self.coef)}
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))

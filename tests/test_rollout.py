@@ -191,3 +191,20 @@ def test_entropy_metric_is_the_mean_of_the_per_token_entropies(model):
     np.testing.assert_allclose(float(metrics.token_entropy(logits, m)), float((per_token * m).sum() / m.sum()),
                                rtol=1e-6)
     assert float(losses.token_entropies(jnp.zeros((1, 4)))[0]) == pytest.approx(np.log(4), rel=1e-6)
+
+
+def test_reward_model_scores_in_batches_equal_a_direct_call():
+    from jax_irl.models.heads import RewardModel
+
+    cfg = TransformerConfig.for_family("llama", vocab_size=V, hidden_size=16, num_layers=1, num_heads=2,
+                                       num_kv_heads=1, intermediate_size=32)
+    rm = RewardModel(Transformer(cfg, rngs=nnx.Rngs(1)), num_heads=3, rngs=nnx.Rngs(2))
+    rows = _rows(n=5)
+    got = rollout.score_rows(rm, rollout.RewardScores("uwo", coef=0.5), rows, rows_per_batch=2)
+    direct = np.asarray(rm(jnp.asarray(rows["tokens"]), jnp.asarray(rows["attention"])))
+    np.testing.assert_allclose(got["rewards"], direct, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["reward"], direct.mean(-1) - 0.5 * direct.var(-1), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="needs coef"):
+        rollout.RewardScores("lcb")
+    with pytest.raises(ValueError, match="need the rows' 'attention'"):
+        rollout.score_rows(rm, rollout.RewardScores(), {"tokens": rows["tokens"]})
