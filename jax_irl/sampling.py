@@ -177,7 +177,9 @@ def best_of_n(rewards: jax.Array) -> jax.Array:
 
 
 def best_of_n_kl(n: int) -> float:
-    """The analytic KL(best-of-n || pi0) = log n - (n - 1) / n."""
+    """The usual analytic figure for KL(best-of-n || pi0): log n - (n - 1) / n. It is exact only when the n
+    samples' rewards are distinct almost surely (a continuous reward); in general it is an upper bound on the
+    true KL (Beirami et al. 2024), loose when rewards tie or the response space is small."""
     return math.log(n) - (n - 1) / n
 
 

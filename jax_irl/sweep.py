@@ -238,10 +238,39 @@ def plot_over_groups(summary: Dict[str, dict], *, ys: Sequence[Column], path: st
     plt.close(fig)
 
 
+def plot_frontier(summary: Dict[str, dict], *, x: Column, y: Column, path: str, series: Callable[[str], str],
+                  title: str = "") -> None:
+    """One line per series (``series(variant name)``, e.g. the method of 'online@0.1'), through its variants'
+    (x, y) means sorted by x, with standard-error bars both ways: a frontier such as gold reward against KL.
+    summary: variant -> metric -> [mean, se]."""
+    if jax.process_index() != 0:
+        return
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    groups: Dict[str, list] = {}
+    for name, tree in summary.items():
+        groups.setdefault(series(name), []).append((tree[x.key], tree[y.key]))
+    for label, points in groups.items():
+        points.sort(key=lambda p: p[0][0])
+        ax.errorbar([p[0][0] for p in points], [p[1][0] for p in points],
+                    xerr=[np.nan_to_num(p[0][1]) for p in points], yerr=[np.nan_to_num(p[1][1]) for p in points],
+                    marker="o", capsize=3, label=label)
+    ax.set_xlabel(x.header)
+    ax.set_ylabel(y.header)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def report(run_dir: str, per_run: Dict[str, Dict[int, dict]], columns: Sequence[Column], *,
            group_label: Optional[str] = None, note: str = "", scatter: Optional[tuple] = None,
-           over_groups: Optional[tuple] = None, variant_label: str = "method") -> Dict[str, dict]:
-    """Summarise, write results.json and results.md, draw the plots, print the table; returns the summary.
+           over_groups: Optional[tuple] = None, variant_label: str = "method", **extra) -> Dict[str, dict]:
+    """Summarise, write results.json (with any ``extra`` JSON fields) and results.md, draw the plots, print the
+    table; returns the summary.
 
     scatter: (x Column, y Column, file name) for ``plot_scatter``; over_groups: (Columns, x label, file name)
     for ``plot_over_groups`` (both need groups)."""
@@ -249,7 +278,7 @@ def report(run_dir: str, per_run: Dict[str, Dict[int, dict]], columns: Sequence[
     num_seeds = max(len(seeds) for seeds in per_run.values())
     table = markdown_table(summary, columns, num_seeds=num_seeds, variant_label=variant_label,
                            group_label=group_label, note=note)
-    write_results(run_dir, summary, per_run, table)
+    write_results(run_dir, summary, per_run, table, **extra)
     if scatter:
         plot_scatter(summary, x=scatter[0], y=scatter[1], path=os.path.join(run_dir, scatter[2]))
     if over_groups:

@@ -8,7 +8,11 @@ train and test splits are disjoint: no question text appears in both.
 from __future__ import annotations
 
 import random
+import re
+from fractions import Fraction
 from typing import Callable, Dict, List, Tuple
+
+from jax_irl.metrics import answers_match
 
 NAMES = ["Ava", "Ben", "Chen", "Dara", "Eli", "Fatima", "Gus", "Hana", "Ivan", "Jia", "Kofi", "Lena", "Mateo",
          "Nia", "Omar", "Priya", "Quinn", "Rosa", "Sami", "Tomas"]
@@ -134,3 +138,32 @@ def calculation_corpus(seed: int, num_rows: int, per_row: int = 6, max_number: i
         _, steps = r.choice(TEMPLATES)(r, n)
         lines.append("{} = {}".format(*r.choice(steps)))  # one step per draw: no solution's chain survives
     return ["\n".join(lines[i:i + per_row]) for i in range(0, len(lines), per_row)]
+
+
+_CALCULATION = re.compile(r"^\s*(-?\d+)\s*([-+*/])\s*(-?\d+)\s*=\s*(-?\d+(?:\.\d+)?)\s*$")
+_FINAL = re.compile(r"^\s*####\s*(-?\d+(?:\.\d+)?)\s*$")
+
+
+def graded_reward(text: str, reference: str) -> float:
+    """A programmatic, graded gold reward in [0, 1] for a solution to a built-in problem (the preference oracle
+    of the GSHF experiment):
+
+        r* = 0.6 * [the final answer equals the reference's]
+           + 0.3 * (true calculation lines / calculation lines)   (a line 'a op b = c'; 0 when there is none)
+           + 0.1 * [well formed: the last non-empty line is '#### <number>' and '####' occurs once]
+
+    so a right answer reached through false steps or in the wrong format scores below a clean one, and a wrong
+    answer with true steps scores above one with false steps. The final answer is read as ``metrics`` does."""
+    lines = [line for line in text.split("\n") if line.strip()]
+    calculations = [m for m in (_CALCULATION.match(line) for line in lines) if m]
+    true = 0
+    for m in calculations:
+        x, op, y, value = int(m.group(1)), m.group(2), int(m.group(3)), Fraction(m.group(4))
+        if op == "/" and y == 0:
+            continue
+        result = {"+": Fraction(x + y), "-": Fraction(x - y), "*": Fraction(x * y)}.get(op) if op != "/" \
+            else Fraction(x, y)
+        true += result == value
+    steps = true / len(calculations) if calculations else 0.0
+    formed = bool(lines) and _FINAL.match(lines[-1]) is not None and text.count("####") == 1
+    return 0.6 * float(answers_match(text, reference)) + 0.3 * steps + 0.1 * float(formed)

@@ -1,13 +1,24 @@
 """Preference losses: Bradley-Terry reward modelling and the DPO family.
 
 DPO (and its variants) are the practical oracles for the Gibbs policy pi0(a|x) exp(r(x,a)/eta) / Z(x) in
-KL-regularised preference learning. With h = beta * ((logp_c - ref_c) - (logp_r - ref_r)) the losses per pair
-follow TRL's formulas, so numbers are comparable:
+KL-regularised preference learning. With h = beta * ((logp_c - ref_c) - (logp_r - ref_r)) - m, where m is an
+optional per-pair margin (0 by default), the losses per pair are
 
     sigmoid: -(1 - eps) log sigmoid(h) - eps log sigmoid(-h)              (eps = label_smoothing; cDPO)
     robust:  (-(1 - eps) log sigmoid(h) + eps log sigmoid(-h)) / (1 - 2 eps)  (unbiased under label noise)
     ipo:     (h / beta - 1 / (2 beta))^2                                      (pass length-averaged log-probs)
     hinge:   max(0, 1 - h)                                                    (SLiC / RSO)
+
+These are TRL's formulas with one qualification: with label_smoothing > 0 'sigmoid' is conservative DPO (cDPO,
+Mitchell 2023), which is what TRL's sigmoid loss computed up to its 0.2x releases; TRL 1.16's sigmoid loss
+ignores label_smoothing (only its 'robust' and a few other types read it). With eps = 0 all agree.
+
+The margin m shifts the decision boundary per pair. Pessimistic DPO (Xiong et al., offline) passes
+m = c * (Gamma(x, a_rejected) - Gamma(x, a_chosen)) with Gamma a reward uncertainty (e.g. the K-head
+disagreement ``head_disagreement``): if the implied reward beta log(pi/pi0) is to play r - Gamma (a lower
+confidence bound), Bradley-Terry on r gives sigmoid(h_0 + Gamma_c - Gamma_r), so an uncertain chosen response
+needs less implied reward to satisfy the loss and the policy is not pushed towards what the reward cannot vouch
+for.
 
 Reference log-probs are always plain arrays, so they can be precomputed once and the reference model dropped.
 """
@@ -97,11 +108,13 @@ def dpo_loss(
     beta: float,
     loss_type: str = "sigmoid",
     label_smoothing: float = 0.0,
+    margin: Optional[Array] = None,
 ):
     """Direct preference optimisation and its variants, averaged over pairs.
 
-    All four inputs: [B] sequence log-probs (``sequence_log_probs``; length-averaged for 'ipo').
-    h = beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)); per-pair losses as in the
+    All four inputs: [B] sequence log-probs (``sequence_log_probs``; length-averaged for 'ipo'); margin: optional
+    [B] per-pair margin m, in the units of h (see the module docstring for pessimistic DPO's choice).
+    h = beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)) - m; per-pair losses as in the
     module docstring. Returns (loss [], aux) with per-pair 'losses' [B], the implied rewards
     'chosen_rewards' = beta * (policy_chosen - ref_chosen) and 'rejected_rewards' [B], and scalars
     'reward_accuracy' (fraction with chosen_rewards > rejected_rewards) and 'reward_margin'.
@@ -129,6 +142,10 @@ def dpo_loss(
     chosen_ratio = pc - rc
     rejected_ratio = pr - rr
     logits = chosen_ratio - rejected_ratio
+    if margin is not None:
+        check_same_shape({"policy_chosen_logps": policy_chosen_logps, "margin": margin}, "[B]")
+        check_float("margin", margin)
+        logits = logits - upcast(margin) / beta
     h = beta * logits
     eps = label_smoothing
     if loss_type == "sigmoid":

@@ -91,11 +91,12 @@ def log_sigmoid(x):
     return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
 
 
-def dpo_loss(pc, pr, rc, rr, beta, loss_type, eps=0.0):
+def dpo_loss(pc, pr, rc, rr, beta, loss_type, eps=0.0, margin=None):
     losses = []
-    for a, b, c, d in zip(pc, pr, rc, rr):
-        logits = (a - c) - (b - d)
-        h = beta * logits
+    margin = [0.0] * len(pc) if margin is None else margin
+    for a, b, c, d, m in zip(pc, pr, rc, rr, margin):
+        h = beta * ((a - c) - (b - d)) - m
+        logits = h / beta
         if loss_type == "sigmoid":
             losses.append(-(1 - eps) * log_sigmoid(h) - eps * log_sigmoid(-h))
         elif loss_type == "robust":

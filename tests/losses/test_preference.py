@@ -53,6 +53,24 @@ def test_dpo_matches_reference_jit_vmap_grads_sharding(loss_type, eps):
     check_gradients(lambda a, b: fn(a, b, rc[:4], rr[:4])[0], pc[:4], pr[:4], order=1 if loss_type == "hinge" else 2)
 
 
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge"])
+def test_dpo_margin_matches_reference_jit_grads_sharding(loss_type):
+    pc, pr, rc, rr = _logps()
+    margin = np.linspace(-0.3, 0.5, len(pc)).astype(np.float32)
+    fn = lambda a, b, c, d, m: L.dpo_loss(a, b, c, d, beta=0.2, loss_type=loss_type, margin=m)  # noqa: E731
+    loss, _ = check_jit_matches_eager(fn, pc, pr, rc, rr, margin)
+    np.testing.assert_allclose(loss, ref.dpo_loss(pc, pr, rc, rr, 0.2, loss_type, margin=margin), rtol=1e-5)
+    check_sharded_jit(fn, (pc, pr, rc, rr, margin), batch_argnums=(0, 1, 2, 3, 4))
+    check_gradients(lambda a, m: fn(a, pr[:4], rc[:4], rr[:4], m)[0], pc[:4], margin[:4],
+                    order=1 if loss_type == "hinge" else 2)
+    # Hand-computed: policy == reference, margin m: sigmoid loss -log sigmoid(-m).
+    zero = np.zeros(2, np.float32)
+    got = L.dpo_loss(zero, zero, zero, zero, beta=0.2, margin=np.array([0.5, -0.5], np.float32))[0]
+    np.testing.assert_allclose(got, (np.log1p(np.exp(0.5)) + np.log1p(np.exp(-0.5))) / 2, rtol=1e-6)
+    with pytest.raises(ValueError, match="margin"):
+        L.dpo_loss(pc, pr, rc, rr, beta=0.2, margin=margin[:3])
+
+
 def test_dpo_policy_equal_reference_is_log2_and_finite_at_extremes():
     pc, pr, _, _ = _logps()
     loss, aux = L.dpo_loss(pc, pr, pc, pr, beta=0.3)

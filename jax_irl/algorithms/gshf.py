@@ -1,0 +1,482 @@
+"""Preference learning as Gibbs sampling (Xiong et al. 2023/24, "Gibbs Sampling from Human Feedback" /
+"Iterative Preference Learning from Human Feedback"): offline DPO, rejection sampling and the online loop.
+
+KL-regularised RLHF asks for  max_pi E_{x, a~pi}[r(x, a)] - eta KL(pi(.|x) || pi0(.|x)),  whose solution is the
+Gibbs policy
+
+    pi*(a|x) = pi0(a|x) exp(r(x, a) / eta) / Z(x).
+
+The paper's oracles for it, as built here:
+
+- DPO (``dpo_loss_fn``): with beta = eta, the policy's implied reward beta log(pi/pi0) is fitted to preference
+  pairs by Bradley-Terry, so pi -> pi* as the pairs cover the responses. Reference log-probs are computed once
+  per buffer (``reference_logps``) and the step never holds pi0. The pessimistic variant subtracts a per-pair
+  margin c * (Gamma_rejected - Gamma_chosen) built from a K-head reward model's disagreement (see
+  ``losses.preference``).
+- Rejection sampling (``rejection_accept``): candidates a_1..a_n ~ pi0 are accepted with probability
+  exp((r_j - max_k r_k) / eta); accepted samples follow pi* as n grows. The multi-step schedule
+  eta_1 > ... > eta_N = eta goes pi0 -> pi0 e^{r/eta_1} -> ... -> pi*, step k accepting the survivors of step
+  k-1 with probability exp((r - max r) (1/eta_k - 1/eta_{k-1})): the exponents telescope to the one-step target
+  and each step rejects less. The RSO/RAFT baseline fine-tunes pi0 (MLE) on the accepted samples.
+- The online iterative loop (``run_method`` with kind 'online'): T rounds; each draws m prompts, a response
+  from the main agent (the current policy: exploitation) and one from the enhancer (best-of-n or rejection
+  sampling from the current policy under the oracle's reward: exploration), labels the pair with the
+  preference oracle, appends it to the buffer, and retrains with DPO against the fixed pi0 on the whole
+  buffer, from pi0 (the paper) or warm-started from the last iterate (the authors' later recipe). 'hybrid'
+  starts from an offline set of half the label budget and runs half the rounds; 'offline_dpo' labels the whole
+  budget on pi0's own samples at once.
+
+The preference oracle (``OracleConfig``) labels by a gold reward r*: deterministically (higher r* wins; ties
+are skipped) or by Bradley-Terry, P(a_1 > a_2) = sigmoid((r*_1 - r*_2) / temperature). Pairs are records
+{"prompt", "chosen", "rejected"} (the JSONL preference format, ``data.jsonl``), so a user's own preference
+file trains the same way. Every round is a pure function of (seed, round) and the previous round's params, and
+its pairs, checkpoint and evaluation live in its own folder: a run killed in any round resumes to the same
+result.
+
+Measured (``evaluate_policy``): the gold reward of the policy's samples, KL(pi || pi0) as the mean over the
+policy's own samples of sum_t (log pi - log pi0) with its standard error, and the win rate against pi0's
+samples under the gold reward (ties count one half).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_irl import losses, rollout, train
+from jax_irl.algorithms.iqlearn import Method, make_loss_fn
+from jax_irl.data import batching, jsonl
+
+GoldFn = Callable[[str, str], float]  # gold reward r*(response text, reference) for one prompt
+
+# --- the preference oracle -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class OracleConfig:
+    temperature: float = 0.0  # Bradley-Terry temperature of the labels; 0: deterministic (higher reward wins)
+    pair_rule: str = "best_worst"  # of n >= 2 candidates: best vs worst under the reward, or a random pair
+
+    def __post_init__(self):
+        if not self.temperature >= 0:
+            raise ValueError(f"oracle temperature must be >= 0; got {self.temperature}")
+        if self.pair_rule not in ("best_worst", "random"):
+            raise ValueError(f"pair_rule must be 'best_worst' or 'random'; got {self.pair_rule!r}")
+
+
+def make_pairs(prompts: Sequence[str], candidates: Sequence[Sequence[str]], rewards: np.ndarray,
+               oracle: OracleConfig, rng: np.random.Generator) -> Tuple[List[Dict[str, str]], Dict[str, int]]:
+    """One labelled pair per prompt from its candidates [P][n] and their gold rewards [P, n].
+
+    The pair is the best and the worst candidate (ties broken by position) or two random distinct ones; the
+    label is deterministic (the higher reward is chosen) or drawn from Bradley-Terry. A pair of identical
+    texts, or of equal rewards under deterministic labels, teaches nothing and is skipped: the counts say how
+    many. Returns (records, {'pairs', 'identical', 'ties'})."""
+    rewards = np.asarray(rewards, np.float64)
+    if len(prompts) != len(candidates) or rewards.shape != (len(prompts), len(candidates[0]) if candidates else 0):
+        raise ValueError(f"need one row of candidates and rewards per prompt; got {len(prompts)} prompts, "
+                         f"{len(candidates)} candidate rows, rewards {rewards.shape}")
+    if rewards.shape[1] < 2:
+        raise ValueError(f"a pair needs at least 2 candidates per prompt; got {rewards.shape[1]}")
+    if not np.isfinite(rewards).all():
+        raise ValueError("gold rewards must be finite")
+    records, counts = [], {"pairs": 0, "identical": 0, "ties": 0}
+    for prompt, texts, r in zip(prompts, candidates, rewards):
+        if oracle.pair_rule == "best_worst":
+            i, j = int(np.argmax(r)), int(np.argmin(r))
+            if i == j:
+                i, j = 0, 1
+        else:
+            i, j = (int(k) for k in rng.choice(len(texts), 2, replace=False))
+        if texts[i] == texts[j]:
+            counts["identical"] += 1
+            continue
+        if oracle.temperature == 0:
+            if r[i] == r[j]:
+                counts["ties"] += 1
+                continue
+            first_wins = r[i] > r[j]
+        else:
+            first_wins = rng.random() < 1.0 / (1.0 + math.exp(-(r[i] - r[j]) / oracle.temperature))
+        chosen, rejected = (texts[i], texts[j]) if first_wins else (texts[j], texts[i])
+        records.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+        counts["pairs"] += 1
+    return records, counts
+
+
+# --- DPO on a buffer of pairs --------------------------------------------------------------------------------
+
+
+def preference_rows(tokenizer, records: Sequence[Dict[str, str]], max_length: int) -> Dict[str, np.ndarray]:
+    """Rows for ``dpo_loss_fn``: tokens [2N, T] with pair i's chosen response at row 2i and its rejected one at
+    2i + 1, and their target masks [2N, T-1] (response tokens and eos). Records need 'prompt', 'chosen' and
+    'rejected' strings; an empty buffer is refused."""
+    if not records:
+        raise ValueError("the preference buffer is empty: no pair to train on")
+    prompts, responses = [], []
+    for n, record in enumerate(records):
+        for field in ("prompt", "chosen", "rejected"):
+            if not isinstance(record.get(field), str):
+                raise ValueError(f"preference record {n} needs a string {field!r}; got {record.get(field)!r}")
+        prompts += [record["prompt"], record["prompt"]]
+        responses += [record["chosen"], record["rejected"]]
+    encoded = batching.encode_examples(tokenizer, prompts, responses, max_length)
+    return batching.trim_padding({"tokens": encoded["tokens"], "mask": encoded["mask"]}, tokenizer.pad_id)
+
+
+def reference_logps(pi0, rows: Dict[str, np.ndarray], *, vocab_chunk: Optional[int] = None,
+                    rows_per_batch: Optional[int] = 64) -> np.ndarray:
+    """log pi0(response | prompt) per row [2N] (summed over the target mask), computed once per buffer."""
+    scorer = rollout.LMScores(("log_probs",), vocab_chunk=vocab_chunk, per_row=True)
+    scores = rollout.score_rows(pi0, scorer, {"tokens": rows["tokens"], "mask": rows["mask"]},
+                                rows_per_batch=rows_per_batch)
+    return scores["log_probs"].astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class DPOConfig:
+    beta: float = 0.1  # the KL strength eta of the Gibbs target
+    loss_type: str = "sigmoid"  # sigmoid | robust | ipo | hinge (losses.dpo_loss)
+    label_smoothing: float = 0.0
+    pessimism: float = 0.0  # c of the pessimistic margin c * (Gamma_rejected - Gamma_chosen); needs uncertainties
+
+    def __post_init__(self):
+        if not self.beta > 0:
+            raise ValueError(f"beta must be > 0; got {self.beta}")
+        if self.loss_type not in losses.DPO_LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {losses.DPO_LOSS_TYPES}; got {self.loss_type!r}")
+        if self.pessimism < 0:
+            raise ValueError(f"pessimism must be >= 0; got {self.pessimism}")
+
+
+def dpo_loss_fn(cfg: DPOConfig, vocab_chunk: Optional[int] = None):
+    """loss_fn(model, batch, rng) for ``train.Trainer``: batch tokens [2B, T] (chosen, rejected interleaved),
+    mask [2B, T-1], ref_logps [2B] and, for pessimistic DPO, margin [B]. IPO uses length-averaged log-probs."""
+
+    def loss_fn(model, batch, rng):
+        out = rollout.causal_lm(model, batch["tokens"], vocab_chunk=vocab_chunk)
+        mask = batch["mask"].astype(jnp.float32)
+        logp = jnp.sum(jnp.where(mask != 0, out.target_q - out.values, 0.0), -1)
+        ref = batch["ref_logps"]
+        if cfg.loss_type == "ipo":
+            count = jnp.maximum(jnp.sum(mask, -1), 1.0)
+            logp, ref = logp / count, ref / count
+        return losses.dpo_loss(logp[0::2], logp[1::2], ref[0::2], ref[1::2], beta=cfg.beta, loss_type=cfg.loss_type,
+                               label_smoothing=cfg.label_smoothing, margin=batch.get("margin"))
+
+    return loss_fn
+
+
+def pair_batch_fn(rows: Dict[str, np.ndarray], ref_logps: np.ndarray, batch_pairs: int, seed: int,
+                  margin: Optional[np.ndarray] = None):
+    """batch_fn(position) for ``train.fit``: ``batch_pairs`` pairs (2 * batch_pairs rows, pairs kept together),
+    a pure function of (seed, position) through ``batching.BatchSampler`` over the pairs."""
+    num_pairs = len(rows["tokens"]) // 2
+    sampler = batching.BatchSampler(num_pairs, min(batch_pairs, num_pairs), seed=seed)
+
+    def batch_fn(position):
+        pairs = sampler.local_indices(position)
+        idx = np.stack([2 * pairs, 2 * pairs + 1], 1).reshape(-1)
+        batch = {"tokens": rows["tokens"][idx], "mask": rows["mask"][idx], "ref_logps": ref_logps[idx]}
+        if margin is not None:
+            batch["margin"] = margin[pairs].astype(np.float32)
+        return batch
+
+    return batch_fn
+
+
+def stage_for(num_items: int, batch_size: int, epochs: float, optimizer: train.OptimizerConfig,
+              multiple: int = 1) -> train.StageConfig:
+    """A stage of ceil(epochs * num_items / batch) steps (at least 1) at batch min(batch_size, num_items), cut
+    down to a multiple of ``multiple`` (the items a mesh's data-parallel axes need per batch)."""
+    batch = min(batch_size, num_items) // multiple * multiple
+    if batch < 1:
+        raise ValueError(f"{num_items} items cannot fill one batch of a multiple of {multiple} (the mesh's "
+                         f"data-parallel size): label more pairs or use fewer data-parallel devices")
+    return train.StageConfig(steps=max(1, math.ceil(epochs * num_items / batch)), batch_size=batch,
+                             optimizer=optimizer)
+
+
+def records_digest(records: Sequence[Dict[str, str]]) -> str:
+    """A short digest of a buffer (part of a stage's fingerprint: a changed buffer never resumes a stale run)."""
+    return hashlib.sha256(json.dumps(list(records), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --- rejection sampling --------------------------------------------------------------------------------------
+
+
+def rejection_accept(key: jax.Array, rewards, etas: Sequence[float]) -> Tuple[np.ndarray, List[float]]:
+    """Statistical rejection sampling of candidates [B, n] drawn from pi0 towards pi0 exp(r / eta_N) / Z.
+
+    etas: (eta,) for one step, or a decreasing schedule eta_1 > ... > eta_N for the multi-step sampler (see the
+    module docstring). Returns the accept mask [B, n] (the best candidate of each prompt always survives) and
+    each step's acceptance rate (accepted / candidates entering the step)."""
+    etas = tuple(float(e) for e in etas)
+    if not etas or any(not e > 0 for e in etas):
+        raise ValueError(f"etas must be a non-empty sequence of values > 0; got {etas}")
+    if any(b >= a for a, b in zip(etas, etas[1:])):
+        raise ValueError(f"a multi-step schedule must decrease (eta_1 > ... > eta_N); got {etas}")
+    r = jnp.asarray(rewards, jnp.float32)
+    if r.ndim != 2:
+        raise ValueError(f"rewards must have shape [B, n]; got {r.shape}")
+    alive = jnp.ones(r.shape, bool)
+    rates, previous = [], 0.0
+    for k, eta in enumerate(etas):
+        step = 1.0 / eta - previous
+        best = jnp.max(jnp.where(alive, r, -jnp.inf), -1, keepdims=True)
+        prob = jnp.exp(jnp.minimum(step * (r - best), 0.0))
+        accept = alive & (jax.random.uniform(jax.random.fold_in(key, k), r.shape) < prob)
+        rates.append(float(jnp.sum(accept) / jnp.maximum(jnp.sum(alive), 1)))
+        alive, previous = accept, 1.0 / eta
+    return np.asarray(alive), rates
+
+
+# --- sampling and measuring ----------------------------------------------------------------------------------
+
+
+class Prompts(NamedTuple):
+    """A prompt set as text (for records and the oracle) and as left-padded token rows (for sampling)."""
+
+    texts: List[str]
+    references: List[str]
+    tokens: np.ndarray  # [P, W]
+    mask: np.ndarray  # [P, W]
+
+    def take(self, idx) -> "Prompts":
+        return Prompts([self.texts[i] for i in idx], [self.references[i] for i in idx], self.tokens[idx],
+                       self.mask[idx])
+
+
+class SampleSettings(NamedTuple):
+    tokenizer: object
+    max_new_tokens: int
+    gold: GoldFn
+    temperature: float = 1.0
+
+
+def sample_texts(model, prompts: Prompts, key, n: int, s: SampleSettings):
+    """n samples per prompt: (texts [P][n], gold rewards [P, n], the rows)."""
+    rows = rollout.sample_rows(model, prompts.tokens, prompts.mask, key, max_new_tokens=s.max_new_tokens,
+                               eos_id=s.tokenizer.eos_id, pad_id=s.tokenizer.pad_id, temperature=s.temperature,
+                               num_samples=n)
+    flat = [s.tokenizer.decode(r[m > 0]) for r, m in zip(rows["response"], rows["response_mask"])]
+    texts = [flat[i * n:(i + 1) * n] for i in range(len(prompts.texts))]
+    gold = np.array([[s.gold(t, ref) for t in ts] for ts, ref in zip(texts, prompts.references)], np.float64)
+    return texts, gold, rows
+
+
+def evaluate_policy(policy, pi0, prompts: Prompts, key, s: SampleSettings, num_samples: int,
+                    pi0_gold: np.ndarray, vocab_chunk: Optional[int] = None) -> Dict[str, float]:
+    """Gold reward of the policy's samples, KL(pi || pi0) on them (k1: sum_t log pi - log pi0, mean and standard
+    error over samples) and the win rate against pi0's samples ``pi0_gold`` [P, num_samples] (same prompts;
+    sample j against sample j, ties one half)."""
+    _, gold, rows = sample_texts(policy, prompts, key, num_samples, s)
+    scorer = rollout.LMScores(("log_probs",), vocab_chunk=vocab_chunk, per_row=True)
+    scored = {k: rows[k] for k in ("tokens", "attention", "mask")}
+    log_pi = rollout.score_rows(policy, scorer, scored)["log_probs"].astype(np.float64)
+    log_pi0 = rollout.score_rows(pi0, scorer, scored)["log_probs"].astype(np.float64)
+    kl = log_pi - log_pi0
+    wins = np.where(gold > pi0_gold, 1.0, np.where(gold == pi0_gold, 0.5, 0.0))
+    return {"gold": float(gold.mean()), "gold_se": float(gold.mean(1).std(ddof=1) / math.sqrt(len(gold)))
+            if len(gold) > 1 else float("nan"),
+            "kl": float(kl.mean()), "kl_se": float(kl.std(ddof=1) / math.sqrt(len(kl))) if len(kl) > 1 else
+            float("nan"), "win_rate": float(wins.mean()), "length": float(rows["response_mask"].sum(1).mean())}
+
+
+# --- the methods ---------------------------------------------------------------------------------------------
+
+KINDS = ("offline_dpo", "rejection", "online", "hybrid")
+
+
+@dataclasses.dataclass(frozen=True)
+class GSHFMethod:
+    kind: str = "online"  # offline_dpo | rejection | online | hybrid
+    beta: float = 0.1  # KL strength eta: DPO's beta, rejection sampling's final eta
+    loss_type: str = "sigmoid"
+    label_smoothing: float = 0.0
+    rounds: int = 4  # T; the label budget of every kind is rounds * prompts_per_round pairs
+    prompts_per_round: int = 32  # m
+    enhancer: str = "best_of_n"  # online/hybrid exploration: best_of_n | rejection (under the oracle's reward)
+    candidates: int = 4  # n: the enhancer's samples; offline sets' candidates per prompt; rejection's too
+    warm_start: bool = False  # retrain each round from pi0 (False, the paper) or from the last iterate
+    rs_schedule: Tuple[float, ...] = ()  # rejection: etas above beta for the multi-step sampler (decreasing)
+    epochs: float = 2.0  # passes over the buffer (or the accepted set) per training stage
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}; got {self.kind!r}")
+        DPOConfig(self.beta, self.loss_type, self.label_smoothing)
+        if self.rounds < 1 or self.prompts_per_round < 1 or self.candidates < 2:
+            raise ValueError(f"need rounds >= 1, prompts_per_round >= 1 and candidates >= 2; got {self.rounds}, "
+                             f"{self.prompts_per_round}, {self.candidates}")
+        if self.kind == "hybrid" and self.rounds < 2:
+            raise ValueError("hybrid needs rounds >= 2 (half offline, half online)")
+        if self.enhancer not in ("best_of_n", "rejection"):
+            raise ValueError(f"enhancer must be 'best_of_n' or 'rejection'; got {self.enhancer!r}")
+        if any(e <= self.beta for e in self.rs_schedule) or list(self.rs_schedule) != sorted(self.rs_schedule,
+                                                                                              reverse=True):
+            raise ValueError(f"rs_schedule must decrease and stay above beta={self.beta}; got {self.rs_schedule}")
+        if not self.epochs > 0:
+            raise ValueError(f"epochs must be > 0; got {self.epochs}")
+
+
+class Context(NamedTuple):
+    """What every method of a run shares."""
+
+    pi0: object
+    train_prompts: Prompts
+    eval_prompts: Prompts
+    settings: SampleSettings
+    oracle: OracleConfig
+    optimizer: train.OptimizerConfig
+    batch_pairs: int
+    max_length: int
+    eval_samples: int
+    mesh: object
+    save_every: int
+    vocab_chunk: Optional[int] = None
+
+
+def _json(path: str, make: Callable[[], object]):
+    """The JSON at path, or make() written there atomically (process 0) and returned."""
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    value = make()
+    if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump(value, f)
+        os.replace(path + ".tmp", path)
+    return value
+
+
+def _round_prompts(ctx: Context, seed: int, round_index: int, count: int) -> Prompts:
+    rng = np.random.default_rng((seed, round_index))
+    return ctx.train_prompts.take(rng.choice(len(ctx.train_prompts.texts), count, replace=False))
+
+
+def _pairs_from(model, ctx: Context, method: GSHFMethod, prompts: Prompts, seed: int, round_index: int,
+                online: bool):
+    """One round's labelled pairs. Online: main agent (1 sample) against the enhancer (best of n, or a
+    rejection-sampled one) from ``model``; offline: the oracle's pair rule over n samples of ``model``."""
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), round_index)
+    rng = np.random.default_rng((seed, round_index, 1))
+    texts, gold, _ = sample_texts(model, prompts, jax.random.fold_in(key, 0), method.candidates, ctx.settings)
+    if online:
+        main, main_gold, _ = sample_texts(model, prompts, jax.random.fold_in(key, 1), 1, ctx.settings)
+        if method.enhancer == "best_of_n":
+            pick = np.argmax(gold, 1)
+        else:
+            accept, _ = rejection_accept(jax.random.fold_in(key, 2), gold, (method.beta,))
+            pick = np.array([rng.choice(np.flatnonzero(a)) for a in accept])
+        texts = [[m[0], ts[j]] for m, ts, j in zip(main, texts, pick)]
+        gold = np.stack([main_gold[:, 0], gold[np.arange(len(pick)), pick]], 1)
+    records, counts = make_pairs(prompts.texts, texts, gold, ctx.oracle, rng)
+    return {"records": records, "counts": counts}
+
+
+def _pair_multiple(mesh) -> int:
+    """Pairs per batch must make 2 * pairs rows divisible by the mesh's data x fsdp size."""
+    rows = int(mesh.shape["data"] * mesh.shape["fsdp"])
+    return rows // math.gcd(rows, 2)
+
+
+def _train_dpo(init, ctx: Context, method: GSHFMethod, buffer, folder: str, seed: int, fingerprint: dict):
+    rows = preference_rows(ctx.settings.tokenizer, buffer, ctx.max_length)
+    ref = reference_logps(ctx.pi0, rows, vocab_chunk=ctx.vocab_chunk)
+    stage = stage_for(len(buffer), ctx.batch_pairs, method.epochs, ctx.optimizer, _pair_multiple(ctx.mesh))
+    cfg = DPOConfig(method.beta, method.loss_type, method.label_smoothing)
+    result = train.run_stage(folder, init, dpo_loss_fn(cfg, ctx.vocab_chunk), stage, ctx.mesh,
+                             pair_batch_fn(rows, ref, stage.batch_size, seed), seed=seed, save_every=ctx.save_every,
+                             fingerprint=dict(fingerprint, buffer=records_digest(buffer), pairs=len(buffer)),
+                             desc=f"{os.path.basename(os.path.dirname(folder))} dpo ({len(buffer)} pairs)",
+                             resume_hint="Resume with --run-dir pointing at the run folder.")
+    return result.model
+
+
+def run_method(method: GSHFMethod, ctx: Context, seed: int, folder: str, fingerprint: dict) -> dict:
+    """One (method, seed) run in ``folder``: {'final': metrics of the last policy, 'rounds': {round: metrics}
+    (online kinds), 'labels': pairs labelled, 'skipped': pairs skipped}. Every round's pairs, training and
+    evaluation are kept in folder/round_<t>/ and reused on resume."""
+    eval_key = jax.random.PRNGKey(20_000 + seed)
+    pi0_gold = np.asarray(_json(os.path.join(folder, "pi0_eval_gold.json"), lambda: sample_texts(
+        ctx.pi0, ctx.eval_prompts, jax.random.fold_in(eval_key, 0), ctx.eval_samples, ctx.settings)[1].tolist()))
+
+    def measure(policy, where: str) -> Dict[str, float]:
+        return _json(os.path.join(where, "eval.json"), lambda: evaluate_policy(
+            policy, ctx.pi0, ctx.eval_prompts, jax.random.fold_in(eval_key, 1), ctx.settings, ctx.eval_samples,
+            pi0_gold, ctx.vocab_chunk))
+
+    budget = method.rounds * method.prompts_per_round
+    base_fp = dict(fingerprint, method=method, seed=seed)
+    if method.kind == "rejection":
+        return _rejection(method, ctx, seed, folder, base_fp, budget, measure)
+    offline_rounds = {"offline_dpo": method.rounds, "hybrid": method.rounds // 2, "online": 0}[method.kind]
+    buffer, rounds, skipped = [], {}, 0
+    policy = ctx.pi0
+    if offline_rounds:
+        where = os.path.join(folder, "round_0")
+        made = _json(os.path.join(where, "pairs.json"), lambda: _pairs_from(
+            ctx.pi0, ctx, method, _round_prompts(ctx, seed, 0, offline_rounds * method.prompts_per_round), seed, 0,
+            online=False))
+        buffer += made["records"]
+        skipped += made["counts"]["identical"] + made["counts"]["ties"]
+        policy = _train_dpo(ctx.pi0, ctx, method, buffer, os.path.join(where, "train"), seed,
+                            dict(base_fp, round=0))
+        rounds["0"] = measure(policy, where)
+    for t in range(1 if offline_rounds else 0, method.rounds - offline_rounds + (1 if offline_rounds else 0)):
+        where = os.path.join(folder, f"round_{t}")
+        current = policy
+        made = _json(os.path.join(where, "pairs.json"), lambda: _pairs_from(
+            current, ctx, method, _round_prompts(ctx, seed, t, method.prompts_per_round), seed, t, online=True))
+        buffer += made["records"]
+        skipped += made["counts"]["identical"] + made["counts"]["ties"]
+        init = policy if method.warm_start else ctx.pi0
+        policy = _train_dpo(init, ctx, method, buffer, os.path.join(where, "train"), seed, dict(base_fp, round=t))
+        rounds[str(t)] = measure(policy, where)
+    final = dict(rounds[max(rounds, key=int)], labels=float(len(buffer)), skipped=float(skipped),
+                 budget=float(budget))
+    if jax.process_index() == 0:
+        jsonl.write_jsonl(os.path.join(folder, "buffer.jsonl"), buffer)
+    return {"final": final, "rounds": rounds}
+
+
+def _rejection(method: GSHFMethod, ctx: Context, seed: int, folder: str, fingerprint: dict, budget: int, measure):
+    """RSO/RAFT baseline: n samples of pi0 per prompt for the label budget's prompts, rejection-sampled towards
+    pi0 exp(r*/beta) (multi-step with rs_schedule), then MLE fine-tuning of pi0 on the accepted samples."""
+    where = os.path.join(folder, "round_0")
+    prompts = _round_prompts(ctx, seed, 0, budget)
+
+    def accepted():
+        key = jax.random.fold_in(jax.random.PRNGKey(seed), 0)
+        texts, gold, _ = sample_texts(ctx.pi0, prompts, jax.random.fold_in(key, 0), method.candidates, ctx.settings)
+        accept, rates = rejection_accept(jax.random.fold_in(key, 3), gold, method.rs_schedule + (method.beta,))
+        keep = [(p, t) for p, ts, a in zip(prompts.texts, texts, accept) for t, ok in zip(ts, a) if ok]
+        return {"records": [{"prompt": p, "response": t} for p, t in keep], "rates": rates}
+
+    made = _json(os.path.join(where, "accepted.json"), accepted)
+    records = made["records"]
+    tok = ctx.settings.tokenizer
+    encoded = batching.encode_examples(tok, [r["prompt"] for r in records], [r["response"] for r in records],
+                                       ctx.max_length)
+    rows = batching.trim_padding({"tokens": encoded["tokens"], "mask": encoded["mask"]}, tok.pad_id)
+    stage = stage_for(len(records), 2 * ctx.batch_pairs, method.epochs, ctx.optimizer,
+                      int(ctx.mesh.shape["data"] * ctx.mesh.shape["fsdp"]))
+    sampler = batching.BatchSampler(len(records), stage.batch_size, seed=seed)
+    result = train.run_stage(os.path.join(where, "train"), ctx.pi0, make_loss_fn(Method("mle"), vocab_chunk=ctx.vocab_chunk),
+                             stage, ctx.mesh, sampler.batch_fn(rows), seed=seed, save_every=ctx.save_every,
+                             fingerprint=dict(fingerprint, accepted=records_digest(records)),
+                             desc=f"{os.path.basename(folder)} rso ({len(records)} samples)",
+                             resume_hint="Resume with --run-dir pointing at the run folder.")
+    final = dict(measure(result.model, where), labels=float(budget * method.candidates), skipped=0.0,
+                 budget=float(budget), accept_rate=float(len(records) / (budget * method.candidates)))
+    return {"final": final, "rounds": {"0": final}}

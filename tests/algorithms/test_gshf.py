@@ -1,0 +1,215 @@
+"""GSHF: rejection sampling reaches the Gibbs target, the oracle's pairs, DPO on a buffer, and the online loop's
+bookkeeping and exact resume."""
+
+import json
+import math
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from scipy import stats
+
+from jax_irl import parallel, rollout, train
+from jax_irl.algorithms import gshf
+from jax_irl.data import arithmetic, batching
+from jax_irl.data.tokenizer import train_bpe
+from jax_irl.models.config import TransformerConfig
+from jax_irl.models.transformer import Transformer
+
+P0 = np.array([0.4, 0.3, 0.2, 0.1])
+R = np.array([1.0, 0.0, 0.5, 0.2])  # the likeliest item has the top reward, so 32 candidates nearly always hold it
+
+
+def _accepted_counts(etas, seed=0, prompts=3000, n=32):
+    items = np.random.default_rng(seed).choice(4, size=(prompts, n), p=P0)
+    accept, rates = gshf.rejection_accept(jax.random.PRNGKey(seed), R[items], etas)
+    return np.bincount(items[accept], minlength=4), rates
+
+
+def _gibbs(eta):
+    q = P0 * np.exp(R / eta)
+    return q / q.sum()
+
+
+def test_rejection_sampling_accepts_the_gibbs_distribution():
+    counts, (rate,) = _accepted_counts((0.5,))
+    assert stats.chisquare(counts, _gibbs(0.5) * counts.sum()).pvalue > 1e-3
+    # The test has power: the same counts reject a neighbouring target and pi0 itself.
+    assert stats.chisquare(counts, _gibbs(0.7) * counts.sum()).pvalue < 1e-6
+    assert stats.chisquare(counts, P0 * counts.sum()).pvalue < 1e-6
+    # The acceptance rate is E_pi0[exp((r - r_max) / eta)].
+    np.testing.assert_allclose(rate, (P0 * np.exp((R - 1.0) / 0.5)).sum(), rtol=0.03)
+
+
+def test_multistep_rejection_ends_at_the_same_target_accepting_more_per_step():
+    counts, rates = _accepted_counts((2.0, 1.0, 0.5), seed=1)
+    assert stats.chisquare(counts, _gibbs(0.5) * counts.sum()).pvalue > 1e-3
+    _, (one_step,) = _accepted_counts((0.5,), seed=1)
+    assert len(rates) == 3 and min(rates) > one_step
+    np.testing.assert_allclose(np.prod(rates), one_step, rtol=0.05)  # the exponents telescope
+    for bad, match in (((), "non-empty"), ((0.5, 0.0), "values > 0"), ((0.5, 1.0), "must decrease")):
+        with pytest.raises(ValueError, match=match):
+            gshf.rejection_accept(jax.random.PRNGKey(0), np.zeros((2, 3)), bad)
+
+
+def test_pairs_best_against_worst_skip_identical_and_tied_and_follow_bradley_terry():
+    texts = [["a", "b", "c"], ["x", "x", "x"], ["p", "q", "r"]]
+    rewards = np.array([[0.2, 0.9, 0.1], [0.1, 0.5, 0.3], [0.4, 0.4, 0.4]])
+    records, counts = gshf.make_pairs(["P1", "P2", "P3"], texts, rewards, gshf.OracleConfig(), np.random.default_rng(0))
+    assert records == [{"prompt": "P1", "chosen": "b", "rejected": "c"}]
+    assert counts == {"pairs": 1, "identical": 1, "ties": 1}
+    # Bradley-Terry labels: P(first wins) = sigmoid(gap / temperature), checked over many draws.
+    oracle = gshf.OracleConfig(temperature=0.5, pair_rule="random")
+    rng = np.random.default_rng(1)
+    wins = sum(gshf.make_pairs(["p"], [["u", "v"]], np.array([[0.6, 0.2]]), oracle, rng)[0][0]["chosen"] == "u"
+               for _ in range(4000))
+    p = 1 / (1 + math.exp(-0.4 / 0.5))
+    assert abs(wins / 4000 - p) < 4 * math.sqrt(p * (1 - p) / 4000)
+    with pytest.raises(ValueError, match="at least 2 candidates"):
+        gshf.make_pairs(["p"], [["u"]], np.array([[0.1]]), gshf.OracleConfig(), rng)
+    with pytest.raises(ValueError, match="must be finite"):
+        gshf.make_pairs(["p"], [["u", "v"]], np.array([[0.1, np.nan]]), gshf.OracleConfig(), rng)
+    with pytest.raises(ValueError, match="one row of candidates"):
+        gshf.make_pairs(["p", "q"], [["u", "v"]], np.array([[0.1, 0.2]]), gshf.OracleConfig(), rng)
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        gshf.OracleConfig(temperature=-1.0)
+
+
+def test_graded_gold_reward_hand_computed():
+    ref = "3 * 4 = 12\n12 - 2 = 10\n#### 10"
+    assert arithmetic.graded_reward(ref, ref) == pytest.approx(1.0)
+    assert arithmetic.graded_reward("3 * 4 = 12\n12 - 2 = 9\n#### 9", ref) == pytest.approx(0.3 * 0.5 + 0.1)
+    assert arithmetic.graded_reward("3 * 4 = 13\n#### 10", ref) == pytest.approx(0.6 + 0.1)  # right, false step
+    assert arithmetic.graded_reward("the answer is 10", ref) == pytest.approx(0.6)  # no steps, no format
+    assert arithmetic.graded_reward("", ref) == 0.0
+
+
+@pytest.fixture(scope="module")
+def lm():
+    texts = [f"Question: what is {a} plus {b}?\nAnswer: {a} + {b} = {a + b}\n#### {a + b}" for a in range(9)
+             for b in range(9)]
+    tok = train_bpe(texts, vocab_size=120)
+    cfg = TransformerConfig.for_family("llama", vocab_size=tok.vocab_size, hidden_size=32, num_layers=1,
+                                       num_heads=2, num_kv_heads=2, intermediate_size=64, max_position_embeddings=96)
+    return tok, Transformer(cfg, rngs=nnx.Rngs(0))
+
+
+RECORDS = [{"prompt": f"Question: what is {a} plus 2?\nAnswer:", "chosen": f" {a} + 2 = {a + 2}\n#### {a + 2}",
+            "rejected": f" {a} + 2 = {a + 3}\n#### {a + 3}"} for a in range(8)]
+
+
+def test_preference_rows_interleave_pairs_and_refuse_bad_records(lm):
+    tok, _ = lm
+    rows = gshf.preference_rows(tok, RECORDS, 64)
+    assert rows["tokens"].shape[0] == 16 and rows["mask"].shape[1] == rows["tokens"].shape[1] - 1
+    chosen = tok.decode(rows["tokens"][0, 1:][rows["mask"][0] > 0])
+    rejected = tok.decode(rows["tokens"][1, 1:][rows["mask"][1] > 0])
+    assert chosen.strip() == RECORDS[0]["chosen"].strip() and rejected.strip() == RECORDS[0]["rejected"].strip()
+    with pytest.raises(ValueError, match="buffer is empty"):
+        gshf.preference_rows(tok, [], 64)
+    with pytest.raises(ValueError, match="record 1 needs a string 'rejected'"):
+        gshf.preference_rows(tok, [RECORDS[0], {"prompt": "p", "chosen": "c"}], 64)
+
+
+def test_dpo_on_a_buffer_starts_at_log2_lowers_its_loss_and_widens_the_margin(lm, tmp_path):
+    tok, pi0 = lm
+    rows = gshf.preference_rows(tok, RECORDS, 64)
+    ref = gshf.reference_logps(pi0, rows, rows_per_batch=5)
+    direct = rollout.score_rows(pi0, rollout.LMScores(("log_probs",)), rows)["log_probs"].sum(-1)
+    np.testing.assert_allclose(ref, direct, rtol=1e-5, atol=1e-4)
+    stage = train.StageConfig(steps=40, batch_size=4, optimizer=train.OptimizerConfig(learning_rate=1e-2))
+    mesh = parallel.make_mesh(parallel.MeshConfig(1, 1, 1), jax.devices()[:1])
+    train.run_stage(str(tmp_path), pi0, gshf.dpo_loss_fn(gshf.DPOConfig(beta=0.5)), stage, mesh,
+                    gshf.pair_batch_fn(rows, ref, 4, seed=0), seed=0, fingerprint={}, save_every=100, progress=False)
+    with open(tmp_path / "metrics.jsonl") as f:
+        log = [json.loads(line) for line in f]
+    assert log[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference
+    assert np.mean([r["loss"] for r in log[-5:]]) < math.log(2) - 0.2
+    assert log[-1]["reward_margin"] > 0.5 and log[-1]["reward_accuracy"] == 1.0
+
+
+def _context(lm, tmp_path):
+    tok, pi0 = lm
+    problems = [(a, b) for a in range(2, 9) for b in range(2, 9)]
+    prompts = [f"Question: what is {a} plus {b}?\nAnswer:" for a, b in problems]
+    refs = [f"{a} + {b} = {a + b}\n#### {a + b}" for a, b in problems]
+    enc = batching.encode_examples(tok, prompts, refs, 48)
+    tokens, mask = rollout.prompt_rows(enc["tokens"], enc["prompt_lengths"], tok.pad_id, int(enc["prompt_lengths"].max()))
+    every = gshf.Prompts(prompts, refs, tokens, mask)
+    return gshf.Context(pi0=pi0, train_prompts=every, eval_prompts=every.take(np.arange(6)),
+                        settings=gshf.SampleSettings(tok, 10, arithmetic.graded_reward, temperature=1.0),
+                        oracle=gshf.OracleConfig(temperature=0.05), optimizer=train.OptimizerConfig(learning_rate=1e-3),
+                        batch_pairs=4, max_length=48, eval_samples=2,
+                        mesh=parallel.make_mesh(parallel.MeshConfig(1, 1, 1), jax.devices()[:1]), save_every=100)
+
+
+def _params(model):
+    return jax.device_get(nnx.state(model, nnx.Param))
+
+
+def test_online_loop_bookkeeping_reference_and_restarts(lm, tmp_path):
+    ctx = _context(lm, tmp_path)
+    before = _params(ctx.pi0)
+    method = gshf.GSHFMethod("online", beta=0.5, rounds=3, prompts_per_round=6, candidates=3)
+    out = gshf.run_method(method, ctx, seed=0, folder=str(tmp_path / "cold"), fingerprint={})
+    jax.tree.map(np.testing.assert_array_equal, before, _params(ctx.pi0))  # pi0 (the reference) never changes
+    sizes = []
+    for t in range(3):
+        with open(tmp_path / "cold" / f"round_{t}" / "pairs.json") as f:
+            made = json.load(f)
+        assert made["counts"]["pairs"] == len(made["records"])
+        assert sum(made["counts"].values()) == 6  # one pair per prompt, labelled or skipped
+        sizes.append(len(made["records"]))
+        with open(tmp_path / "cold" / f"round_{t}" / "train" / "metrics.jsonl") as f:
+            first = json.loads(f.readline())["loss"]
+        assert first == pytest.approx(math.log(2), abs=1e-5)  # every round restarts from pi0
+    assert out["final"]["labels"] == sum(sizes) and set(out["rounds"]) == {"0", "1", "2"}
+    with open(tmp_path / "cold" / "buffer.jsonl") as f:
+        assert len(f.readlines()) == sum(sizes)
+    for key in ("gold", "kl", "win_rate"):
+        assert np.isfinite(out["final"][key])
+    warm = gshf.run_method(gshf.GSHFMethod("online", beta=0.5, rounds=2, prompts_per_round=6, candidates=3,
+                                           warm_start=True), ctx, seed=0, folder=str(tmp_path / "warm"),
+                           fingerprint={})
+    with open(tmp_path / "warm" / "round_1" / "train" / "metrics.jsonl") as f:
+        assert abs(json.loads(f.readline())["loss"] - math.log(2)) > 1e-3  # warm start: from the last iterate
+    assert set(warm["rounds"]) == {"0", "1"}
+
+
+def test_a_loop_killed_mid_round_resumes_to_the_same_result(lm, tmp_path, monkeypatch):
+    ctx = _context(lm, tmp_path)
+    method = gshf.GSHFMethod("hybrid", beta=0.5, rounds=2, prompts_per_round=6, candidates=3)
+    straight = gshf.run_method(method, ctx, seed=1, folder=str(tmp_path / "a"), fingerprint={})
+    original = gshf.pair_batch_fn
+    state = {"calls": 0}
+
+    def preempting(*args, **kwargs):
+        fn = original(*args, **kwargs)
+        state["calls"] += 1
+
+        def batch(position):
+            if state["calls"] == 2 and position == 1 and not state.get("sent"):
+                state["sent"] = True
+                os.kill(os.getpid(), signal.SIGTERM)  # round 1's training stops after saving
+            return fn(position)
+
+        return batch
+
+    monkeypatch.setattr(gshf, "pair_batch_fn", preempting)
+    with pytest.raises(train.StagePreempted):
+        gshf.run_method(method, ctx, seed=1, folder=str(tmp_path / "b"), fingerprint={})
+    assert state.get("sent")
+    resumed = gshf.run_method(method, ctx, seed=1, folder=str(tmp_path / "b"), fingerprint={})
+    assert resumed == straight
+
+
+def test_method_fields_are_validated():
+    for bad, match in ((dict(kind="ppo"), "kind must be one of"), (dict(beta=0.0), "beta must be > 0"),
+                       (dict(candidates=1), "candidates >= 2"), (dict(kind="hybrid", rounds=1), "hybrid needs"),
+                       (dict(rs_schedule=(0.05,), beta=0.1), "rs_schedule"), (dict(loss_type="kto"), "loss_type"),
+                       (dict(epochs=0.0), "epochs")):
+        with pytest.raises(ValueError, match=match):
+            gshf.GSHFMethod(**bad)
