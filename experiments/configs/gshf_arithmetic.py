@@ -21,6 +21,8 @@ from experiments import lm_base
 from jax_irl import parallel, rollout, sweep, train
 from jax_irl.algorithms import gshf, iqlearn
 from jax_irl.data import arithmetic, tasks
+from jax_irl.data.tokenizer import TextTokenizer
+from jax_irl.models import hf
 
 RESUMABLE = ("mesh", "distributed", "save_every", "methods", "seeds", "variants", "betas")
 
@@ -30,17 +32,20 @@ VARIANTS = {"offline_dpo": gshf.GSHFMethod("offline_dpo"), "rejection": gshf.GSH
 
 @dataclasses.dataclass(frozen=True)
 class GSHFConfig:
-    task: tasks.TaskConfig = tasks.TaskConfig(name="arithmetic", train_examples=2000, eval_examples=32)
+    task: tasks.TaskConfig = tasks.TaskConfig(name="arithmetic", train_examples=2000, eval_examples=64)
     base: lm_base.BaseConfig = lm_base.BaseConfig()
     sft: train.StageConfig = train.StageConfig(  # pi0: the base fine-tuned with MLE on the task's solutions
         steps=300, batch_size=32, optimizer=train.OptimizerConfig(learning_rate=2e-3, schedule="cosine",
                                                                  warmup_steps=20, weight_decay=0.01))
-    optimizer: train.OptimizerConfig = train.OptimizerConfig(learning_rate=3e-4, max_grad_norm=1.0)  # DPO / RSO
+    skip_sft: bool = False  # pi0 is the base as it is (an HF checkpoint that is already fine-tuned)
+    reward_model: Optional[str] = None  # a local HF reward-model folder as the oracle; None: graded_reward
+    reward_aggregation: str = "mean"  # over the reward model's heads (mean | min | uwo | lcb)
+    optimizer: train.OptimizerConfig = train.OptimizerConfig(learning_rate=2e-4, max_grad_norm=1.0)  # DPO / RSO
     batch_pairs: int = 16
     oracle: gshf.OracleConfig = gshf.OracleConfig()
     variants: Dict[str, gshf.GSHFMethod] = dataclasses.field(default_factory=lambda: dict(VARIANTS))
     methods: Tuple[str, ...] = tuple(VARIANTS)
-    betas: Tuple[float, ...] = (0.05, 0.2, 1.0)  # every method runs at each (its beta field is replaced)
+    betas: Tuple[float, ...] = (0.1, 0.3, 1.0)  # every method runs at each (its beta field is replaced)
     seeds: Tuple[int, ...] = (0, 1, 2)
     max_new_tokens: int = 48
     eval_samples: int = 4  # per held-out prompt
@@ -62,9 +67,21 @@ def validate(cfg: GSHFConfig) -> None:
         raise ValueError(f"betas must be a non-empty list of values > 0; got {cfg.betas}")
     if not cfg.seeds or cfg.eval_samples < 1 or cfg.batch_pairs < 1:
         raise ValueError("seeds must name a seed; eval_samples and batch_pairs must be >= 1")
+    if cfg.reward_aggregation in ("uwo", "lcb"):
+        raise ValueError("reward_aggregation 'uwo' and 'lcb' need a coefficient: use 'mean' or 'min' here")
     for name in cfg.methods:
         for b in cfg.betas:
             dataclasses.replace(cfg.variants[name], beta=b)  # e.g. a rejection schedule that beta would cross
+
+
+def gold_fn(cfg: GSHFConfig) -> gshf.GoldFn:
+    """The oracle's gold reward: a local reward model (re-tokenizing with its own tokenizer), else the graded
+    arithmetic checker."""
+    if cfg.reward_model:
+        return gshf.reward_model_gold(hf.reward_model_from_pretrained(cfg.reward_model),
+                                      TextTokenizer.load(cfg.reward_model), aggregation=cfg.reward_aggregation,
+                                      max_length=cfg.base.max_length + cfg.max_new_tokens)
+    return gshf.per_sample(arithmetic.graded_reward)
 
 
 COLUMNS = (sweep.Column("gold", "gold reward"), sweep.Column("kl", "KL(pi || pi0)"),
@@ -77,8 +94,9 @@ def run(cfg: GSHFConfig, run_dir: str) -> dict:
     enc = lm_base.encode(cfg.base, data, lm_base.tokenizer(cfg.base, data, run_dir))
     tok, mesh = enc.tokenizer, parallel.make_mesh(cfg.mesh)
     base = lm_base.base_model(cfg.base, cfg.task, tok, data.train_prompts, mesh, run_dir, save_every=cfg.save_every)
-    depends = {"task": cfg.task, "base": cfg.base, "sft": cfg.sft, "vocab_chunk": cfg.vocab_chunk}
-    pi0 = iqlearn.finetune(iqlearn.Method("mle"), base, cfg.sft, mesh, enc.train, os.path.join(run_dir, "sft"), seed=0,
+    depends = {"task": cfg.task, "base": cfg.base, "sft": None if cfg.skip_sft else cfg.sft,
+               "vocab_chunk": cfg.vocab_chunk}
+    pi0 = base if cfg.skip_sft else iqlearn.finetune(iqlearn.Method("mle"), base, cfg.sft, mesh, enc.train, os.path.join(run_dir, "sft"), seed=0,
                            fingerprint=depends, save_every=cfg.save_every, prompt_width=enc.prompt_width,
                            max_new_tokens=cfg.max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id,
                            vocab_chunk=cfg.vocab_chunk, desc="pi0 (sft)", resume_hint=f"Resume with --run-dir {run_dir}")
@@ -89,13 +107,14 @@ def run(cfg: GSHFConfig, run_dir: str) -> dict:
                                             train_mask),
         eval_prompts=gshf.Prompts(list(data.eval_prompts), list(data.eval_references), enc.eval_prompts,
                                   enc.eval_prompt_mask),
-        settings=gshf.SampleSettings(tok, cfg.max_new_tokens, arithmetic.graded_reward), oracle=cfg.oracle,
+        settings=gshf.SampleSettings(tok, cfg.max_new_tokens, gold_fn(cfg)), oracle=cfg.oracle,
         optimizer=cfg.optimizer, batch_pairs=cfg.batch_pairs, max_length=cfg.base.max_length,
         eval_samples=cfg.eval_samples, mesh=mesh, save_every=cfg.save_every, vocab_chunk=cfg.vocab_chunk)
     variants = {f"{m}@{b:g}": dataclasses.replace(cfg.variants[m], beta=b) for m in cfg.methods for b in cfg.betas}
     per_run = sweep.run_sweep(run_dir, variants, cfg.seeds,
                               lambda name, method, seed, folder: gshf.run_method(method, ctx, seed, folder, depends),
                               fingerprint=dict(depends, oracle=cfg.oracle, optimizer=cfg.optimizer,
+                                               reward_model=cfg.reward_model, reward_aggregation=cfg.reward_aggregation,
                                                batch_pairs=cfg.batch_pairs, eval_samples=cfg.eval_samples,
                                                max_new_tokens=cfg.max_new_tokens))
     finals = {name: {s: r["final"] for s, r in seeds.items()} for name, seeds in per_run.items()}

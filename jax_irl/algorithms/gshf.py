@@ -55,7 +55,55 @@ from jax_irl import losses, rollout, train
 from jax_irl.algorithms.iqlearn import Method, make_loss_fn
 from jax_irl.data import batching, jsonl
 
-GoldFn = Callable[[str, str], float]  # gold reward r*(response text, reference) for one prompt
+# The gold reward r*, batched: gold(prompts [P], references [P], responses [P][n]) -> rewards [P, n].
+GoldFn = Callable[[Sequence[str], Sequence[str], Sequence[Sequence[str]]], np.ndarray]
+
+
+def per_sample(score: Callable[[str, str], float]) -> GoldFn:
+    """A GoldFn from a per-sample score(response, reference) (a programmatic checker such as
+    ``arithmetic.graded_reward``)."""
+
+    def gold(prompts, references, responses):
+        return np.array([[score(t, ref) for t in ts] for ts, ref in zip(responses, references)], np.float64)
+
+    return gold
+
+
+def _reward_model_scores(reward_model, tokenizer, prompts, responses, scorer, max_length: int, rows_per_batch: int):
+    pairs = [(p, t) for p, ts in zip(prompts, responses) for t in ts]
+    enc = batching.encode_examples(tokenizer, [p for p, _ in pairs], [t for _, t in pairs], max_length)
+    length = enc["prompt_lengths"] + (enc["mask"] > 0).sum(1)  # prompt, response and eos
+    attention = (np.arange(enc["tokens"].shape[1])[None] < length[:, None]).astype(np.int32)
+    return rollout.score_rows(reward_model, scorer, {"tokens": enc["tokens"], "attention": attention},
+                              rows_per_batch=rows_per_batch)
+
+
+def reward_model_gold(reward_model, tokenizer, *, aggregation: str = "mean", coef: Optional[float] = None,
+                      max_length: int = 1024, rows_per_batch: int = 32) -> GoldFn:
+    """A GoldFn from a reward model (``models.heads.RewardModel``, e.g. ``hf.reward_model_from_pretrained``) and
+    its own tokenizer: prompt + response re-tokenized for the reward model, its K heads aggregated with
+    ``losses.aggregate_rewards``. This is the oracle of the paper's experiments (a trained reward model)."""
+    scorer = rollout.RewardScores(aggregation, coef)
+
+    def gold(prompts, references, responses):
+        scores = _reward_model_scores(reward_model, tokenizer, prompts, responses, scorer, max_length, rows_per_batch)
+        return np.asarray(scores["reward"], np.float64).reshape(len(prompts), -1)
+
+    return gold
+
+
+def reward_model_uncertainty(reward_model, tokenizer, *, max_length: int = 1024, rows_per_batch: int = 32) -> GoldFn:
+    """Gamma(x, a): the population standard deviation of a K-head reward model's heads on each response
+    (``losses.head_disagreement``), in the GoldFn signature; the uncertainty of pessimistic DPO's margin."""
+    scorer = rollout.RewardScores()
+
+    def uncertainty(prompts, references, responses):
+        scores = _reward_model_scores(reward_model, tokenizer, prompts, responses, scorer, max_length, rows_per_batch)
+        return np.asarray(losses.head_disagreement(jnp.asarray(scores["rewards"])), np.float64).reshape(
+            len(prompts), -1)
+
+    return uncertainty
+
 
 # --- the preference oracle -----------------------------------------------------------------------------------
 
@@ -146,31 +194,39 @@ class DPOConfig:
     beta: float = 0.1  # the KL strength eta of the Gibbs target
     loss_type: str = "sigmoid"  # sigmoid | robust | ipo | hinge (losses.dpo_loss)
     label_smoothing: float = 0.0
-    pessimism: float = 0.0  # c of the pessimistic margin c * (Gamma_rejected - Gamma_chosen); needs uncertainties
+    nll_weight: float = 0.0  # + nll_weight * the chosen responses' per-token NLL (RPO, Pang et al. 2024); 0: DPO
 
     def __post_init__(self):
         if not self.beta > 0:
             raise ValueError(f"beta must be > 0; got {self.beta}")
         if self.loss_type not in losses.DPO_LOSS_TYPES:
             raise ValueError(f"loss_type must be one of {losses.DPO_LOSS_TYPES}; got {self.loss_type!r}")
-        if self.pessimism < 0:
-            raise ValueError(f"pessimism must be >= 0; got {self.pessimism}")
+        if self.nll_weight < 0:
+            raise ValueError(f"nll_weight must be >= 0; got {self.nll_weight}")
 
 
 def dpo_loss_fn(cfg: DPOConfig, vocab_chunk: Optional[int] = None):
     """loss_fn(model, batch, rng) for ``train.Trainer``: batch tokens [2B, T] (chosen, rejected interleaved),
-    mask [2B, T-1], ref_logps [2B] and, for pessimistic DPO, margin [B]. IPO uses length-averaged log-probs."""
+    mask [2B, T-1], ref_logps [2B] and, for pessimistic DPO, margin [B]. IPO uses length-averaged log-probs.
+    With ``nll_weight`` (RPO) the loss adds nll_weight * mean over pairs of the chosen response's per-token NLL,
+    which keeps DPO from lowering the chosen responses' likelihood along with the rejected ones'."""
 
     def loss_fn(model, batch, rng):
         out = rollout.causal_lm(model, batch["tokens"], vocab_chunk=vocab_chunk)
         mask = batch["mask"].astype(jnp.float32)
         logp = jnp.sum(jnp.where(mask != 0, out.target_q - out.values, 0.0), -1)
+        count = jnp.maximum(jnp.sum(mask, -1), 1.0)
         ref = batch["ref_logps"]
         if cfg.loss_type == "ipo":
-            count = jnp.maximum(jnp.sum(mask, -1), 1.0)
-            logp, ref = logp / count, ref / count
-        return losses.dpo_loss(logp[0::2], logp[1::2], ref[0::2], ref[1::2], beta=cfg.beta, loss_type=cfg.loss_type,
-                               label_smoothing=cfg.label_smoothing, margin=batch.get("margin"))
+            logp_used, ref = logp / count, ref / count
+        else:
+            logp_used = logp
+        loss, aux = losses.dpo_loss(logp_used[0::2], logp_used[1::2], ref[0::2], ref[1::2], beta=cfg.beta,
+                                    loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing,
+                                    margin=batch.get("margin"))
+        nll = jnp.mean(-logp[0::2] / count[0::2])
+        aux = dict(aux, chosen_nll=nll, chosen_logps=jnp.mean(logp[0::2]), rejected_logps=jnp.mean(logp[1::2]))
+        return (loss + cfg.nll_weight * nll if cfg.nll_weight else loss), aux
 
     return loss_fn
 
@@ -260,6 +316,7 @@ class SampleSettings(NamedTuple):
     max_new_tokens: int
     gold: GoldFn
     temperature: float = 1.0
+    uncertainty: Optional[GoldFn] = None  # Gamma(x, a) for pessimistic DPO (reward_model_uncertainty)
 
 
 def sample_texts(model, prompts: Prompts, key, n: int, s: SampleSettings):
@@ -269,7 +326,9 @@ def sample_texts(model, prompts: Prompts, key, n: int, s: SampleSettings):
                                num_samples=n)
     flat = [s.tokenizer.decode(r[m > 0]) for r, m in zip(rows["response"], rows["response_mask"])]
     texts = [flat[i * n:(i + 1) * n] for i in range(len(prompts.texts))]
-    gold = np.array([[s.gold(t, ref) for t in ts] for ts, ref in zip(texts, prompts.references)], np.float64)
+    gold = np.asarray(s.gold(prompts.texts, prompts.references, texts), np.float64)
+    if gold.shape != (len(texts), n):
+        raise ValueError(f"the gold reward returned shape {gold.shape}; expected [P, n] = {(len(texts), n)}")
     return texts, gold, rows
 
 
@@ -309,11 +368,13 @@ class GSHFMethod:
     warm_start: bool = False  # retrain each round from pi0 (False, the paper) or from the last iterate
     rs_schedule: Tuple[float, ...] = ()  # rejection: etas above beta for the multi-step sampler (decreasing)
     epochs: float = 2.0  # passes over the buffer (or the accepted set) per training stage
+    nll_weight: float = 0.0  # RPO's NLL term on the chosen responses (0: plain DPO, the paper's oracle)
+    pessimism: float = 0.0  # c of pessimistic DPO's margin c * (Gamma_rejected - Gamma_chosen); needs uncertainty
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}; got {self.kind!r}")
-        DPOConfig(self.beta, self.loss_type, self.label_smoothing)
+        DPOConfig(self.beta, self.loss_type, self.label_smoothing, nll_weight=self.nll_weight)
         if self.rounds < 1 or self.prompts_per_round < 1 or self.candidates < 2:
             raise ValueError(f"need rounds >= 1, prompts_per_round >= 1 and candidates >= 2; got {self.rounds}, "
                              f"{self.prompts_per_round}, {self.candidates}")
@@ -326,6 +387,9 @@ class GSHFMethod:
             raise ValueError(f"rs_schedule must decrease and stay above beta={self.beta}; got {self.rs_schedule}")
         if not self.epochs > 0:
             raise ValueError(f"epochs must be > 0; got {self.epochs}")
+        if self.pessimism < 0 or (self.pessimism and self.kind == "rejection"):
+            raise ValueError(f"pessimism must be >= 0, and applies to the DPO kinds; got {self.pessimism} with "
+                             f"{self.kind!r}")
 
 
 class Context(NamedTuple):
@@ -381,6 +445,14 @@ def _pairs_from(model, ctx: Context, method: GSHFMethod, prompts: Prompts, seed:
         texts = [[m[0], ts[j]] for m, ts, j in zip(main, texts, pick)]
         gold = np.stack([main_gold[:, 0], gold[np.arange(len(pick)), pick]], 1)
     records, counts = make_pairs(prompts.texts, texts, gold, ctx.oracle, rng)
+    if method.pessimism and records:
+        if ctx.settings.uncertainty is None:
+            raise ValueError("pessimistic DPO needs the oracle's uncertainty (SampleSettings.uncertainty, e.g. "
+                             "reward_model_uncertainty of a K-head reward model)")
+        u = ctx.settings.uncertainty([r["prompt"] for r in records], [""] * len(records),
+                                     [[r["chosen"], r["rejected"]] for r in records])
+        for record, (u_chosen, u_rejected) in zip(records, np.asarray(u, np.float64)):
+            record.update(chosen_uncertainty=float(u_chosen), rejected_uncertainty=float(u_rejected))
     return {"records": records, "counts": counts}
 
 
@@ -394,9 +466,13 @@ def _train_dpo(init, ctx: Context, method: GSHFMethod, buffer, folder: str, seed
     rows = preference_rows(ctx.settings.tokenizer, buffer, ctx.max_length)
     ref = reference_logps(ctx.pi0, rows, vocab_chunk=ctx.vocab_chunk)
     stage = stage_for(len(buffer), ctx.batch_pairs, method.epochs, ctx.optimizer, _pair_multiple(ctx.mesh))
-    cfg = DPOConfig(method.beta, method.loss_type, method.label_smoothing)
+    cfg = DPOConfig(method.beta, method.loss_type, method.label_smoothing, nll_weight=method.nll_weight)
+    margin = None
+    if method.pessimism:  # c * (Gamma_rejected - Gamma_chosen): see losses.preference on the sign
+        margin = method.pessimism * np.array([r["rejected_uncertainty"] - r["chosen_uncertainty"] for r in buffer])
     result = train.run_stage(folder, init, dpo_loss_fn(cfg, ctx.vocab_chunk), stage, ctx.mesh,
-                             pair_batch_fn(rows, ref, stage.batch_size, seed), seed=seed, save_every=ctx.save_every,
+                             pair_batch_fn(rows, ref, stage.batch_size, seed, margin), seed=seed,
+                             save_every=ctx.save_every,
                              fingerprint=dict(fingerprint, buffer=records_digest(buffer), pairs=len(buffer)),
                              desc=f"{os.path.basename(os.path.dirname(folder))} dpo ({len(buffer)} pairs)",
                              resume_hint="Resume with --run-dir pointing at the run folder.")
@@ -407,13 +483,15 @@ def run_method(method: GSHFMethod, ctx: Context, seed: int, folder: str, fingerp
     """One (method, seed) run in ``folder``: {'final': metrics of the last policy, 'rounds': {round: metrics}
     (online kinds), 'labels': pairs labelled, 'skipped': pairs skipped}. Every round's pairs, training and
     evaluation are kept in folder/round_<t>/ and reused on resume."""
+    # pi0 and every policy sample the eval prompts with the same key (common random numbers): a policy equal to
+    # pi0 draws the same samples, so its win rate is exactly 1/2 and the comparison is paired.
     eval_key = jax.random.PRNGKey(20_000 + seed)
     pi0_gold = np.asarray(_json(os.path.join(folder, "pi0_eval_gold.json"), lambda: sample_texts(
-        ctx.pi0, ctx.eval_prompts, jax.random.fold_in(eval_key, 0), ctx.eval_samples, ctx.settings)[1].tolist()))
+        ctx.pi0, ctx.eval_prompts, eval_key, ctx.eval_samples, ctx.settings)[1].tolist()))
 
     def measure(policy, where: str) -> Dict[str, float]:
         return _json(os.path.join(where, "eval.json"), lambda: evaluate_policy(
-            policy, ctx.pi0, ctx.eval_prompts, jax.random.fold_in(eval_key, 1), ctx.settings, ctx.eval_samples,
+            policy, ctx.pi0, ctx.eval_prompts, eval_key, ctx.settings, ctx.eval_samples,
             pi0_gold, ctx.vocab_chunk))
 
     budget = method.rounds * method.prompts_per_round

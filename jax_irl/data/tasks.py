@@ -4,9 +4,9 @@ scored against its reference.
     data = tasks.load(TaskConfig(name="arithmetic"))   # TaskData(train_prompts, train_responses, ...)
     tasks.get("gsm8k").score("... #### 42", "#### 42")  # 1.0
 
-Built in: 'arithmetic' (GSM8K-format word problems made here, exact match), and the TFDS tasks 'gsm8k' (exact
+Built in: 'arithmetic' (GSM8K-format word problems made here, exact match), the TFDS tasks 'gsm8k' (exact
 match), 'xsum' and 'tldr' (ROUGE-1 F), 'wmt_de_en' (sentence BLEU), read through ``tfds_sources`` without any
-download. ``register`` adds a task of a user's own.
+download, and 'jsonl' (a local file of prompt/response records, ROUGE-1 F). ``register`` adds a task of a user's own.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import dataclasses
 from typing import Callable, Dict, List, NamedTuple, Optional
 
 from jax_irl import metrics
-from jax_irl.data import arithmetic, tfds_sources
+from jax_irl.data import arithmetic, jsonl, tfds_sources
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +67,20 @@ def _tfds(eval_split: str):
     return load
 
 
+def _jsonl(cfg: TaskConfig) -> TaskData:
+    """A local JSONL file of {"prompt", "response"} records (``data_dir`` is its path): the last
+    ``eval_examples`` records are the evaluation set, up to ``train_examples`` before them the training set."""
+    if not cfg.data_dir:
+        raise ValueError("task 'jsonl' reads the JSONL file named by data_dir; pass task.data_dir=/path/to/file.jsonl")
+    records = jsonl.read_jsonl(cfg.data_dir, "sft")
+    if len(records) <= cfg.eval_examples:
+        raise ValueError(f"{cfg.data_dir} has {len(records)} records; it needs more than eval_examples="
+                         f"{cfg.eval_examples} to leave any for training")
+    held, rest = records[-cfg.eval_examples:], records[:-cfg.eval_examples][: cfg.train_examples]
+    return TaskData([r["prompt"] for r in rest], [r["response"] for r in rest], [r["prompt"] for r in held],
+                    [r["response"].strip() for r in held])
+
+
 def exact_match(text: str, reference: str) -> float:
     return float(metrics.answers_match(text, reference))
 
@@ -110,3 +124,4 @@ register(Task("gsm8k", _tfds("test"), exact_match, "accuracy"))
 register(Task("xsum", _tfds("test"), rouge1, "ROUGE-1"))
 register(Task("tldr", _tfds("train"), rouge1, "ROUGE-1"))
 register(Task("wmt_de_en", _tfds("test"), sentence_bleu, "BLEU"))
+register(Task("jsonl", _jsonl, rouge1, "ROUGE-1"))

@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from jax_irl.models.config import TransformerConfig
+from jax_irl.models.heads import RewardModel
 from jax_irl.models.transformer import Transformer
 
 SUPPORTED = ("llama", "qwen2", "gemma", "gpt2")
@@ -283,6 +284,31 @@ def from_pretrained(path: str, *, dtype: str = "float32", param_dtype: Optional[
     if cfg.tie_embeddings:
         tensors = {k: v for k, v in tensors.items() if k != "lm_head.weight"}
     _assign(model, _weight_map(model), tensors, path, cfg.family)
+    return model
+
+
+def reward_model_from_pretrained(path: str, *, dtype: str = "float32", param_dtype: Optional[str] = None):
+    """A local Hugging Face sequence-classification checkpoint of a decoder family (LlamaForSequenceClassification,
+    Qwen2ForSequenceClassification, ...: the backbone's tensors plus 'score.weight' [num_labels, D]) as a
+    ``models.heads.RewardModel`` with K = num_labels linear heads on the last counted token, as transformers
+    reads it for right-padded rows. The backbone gets no LM head (its logits are never used)."""
+    hf = _read_config(path)
+    tensors = _read_tensors(path)
+    if "score.weight" not in tensors:
+        raise KeyError(f"checkpoint {path} has no 'score.weight': it is not a sequence-classification (reward) model")
+    score = np.asarray(tensors.pop("score.weight"), np.float32)
+    tensors.pop("lm_head.weight", None)
+    cfg = config_from_hf(hf, dtype=dtype, param_dtype=param_dtype or _checkpoint_dtype(tensors))
+    cfg = dataclasses.replace(cfg, tie_embeddings=True)  # no lm_head to read; the head is 'score'
+    backbone = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+    if cfg.family == "gpt2" and not any(k.startswith("transformer.") for k in tensors):
+        tensors = {"transformer." + k: v for k, v in tensors.items()}
+    _assign(backbone, _weight_map(backbone), tensors, path, cfg.family)
+    model = RewardModel(backbone, num_heads=score.shape[0], rngs=nnx.Rngs(0))
+    if score.shape[1] != cfg.hidden_size:
+        raise ValueError(f"'score.weight' has shape {score.shape}; expected [num_labels, {cfg.hidden_size}]")
+    model.head.kernel.set_value(jnp.asarray(score.T))
+    model.head.bias.set_value(jnp.zeros((score.shape[0],), jnp.float32))
     return model
 
 

@@ -140,7 +140,7 @@ def _context(lm, tmp_path):
     tokens, mask = rollout.prompt_rows(enc["tokens"], enc["prompt_lengths"], tok.pad_id, int(enc["prompt_lengths"].max()))
     every = gshf.Prompts(prompts, refs, tokens, mask)
     return gshf.Context(pi0=pi0, train_prompts=every, eval_prompts=every.take(np.arange(6)),
-                        settings=gshf.SampleSettings(tok, 10, arithmetic.graded_reward, temperature=1.0),
+                        settings=gshf.SampleSettings(tok, 10, gshf.per_sample(arithmetic.graded_reward), temperature=1.0),
                         oracle=gshf.OracleConfig(temperature=0.05), optimizer=train.OptimizerConfig(learning_rate=1e-3),
                         batch_pairs=4, max_length=48, eval_samples=2,
                         mesh=parallel.make_mesh(parallel.MeshConfig(1, 1, 1), jax.devices()[:1]), save_every=100)
@@ -210,6 +210,50 @@ def test_method_fields_are_validated():
     for bad, match in ((dict(kind="ppo"), "kind must be one of"), (dict(beta=0.0), "beta must be > 0"),
                        (dict(candidates=1), "candidates >= 2"), (dict(kind="hybrid", rounds=1), "hybrid needs"),
                        (dict(rs_schedule=(0.05,), beta=0.1), "rs_schedule"), (dict(loss_type="kto"), "loss_type"),
-                       (dict(epochs=0.0), "epochs")):
+                       (dict(epochs=0.0), "epochs"), (dict(kind="rejection", pessimism=1.0), "applies to the DPO"),
+                       (dict(nll_weight=-1.0), "nll_weight")):
         with pytest.raises(ValueError, match=match):
             gshf.GSHFMethod(**bad)
+
+
+def test_reward_model_gold_scores_each_response_as_one_unpadded_row(lm):
+    from jax_irl.models.heads import RewardModel
+
+    tok, _ = lm
+    cfg = TransformerConfig.for_family("llama", vocab_size=tok.vocab_size, hidden_size=16, num_layers=1,
+                                       num_heads=2, num_kv_heads=2, intermediate_size=32)
+    rm = RewardModel(Transformer(cfg, rngs=nnx.Rngs(3)), num_heads=3, rngs=nnx.Rngs(4))
+    gold = gshf.reward_model_gold(rm, tok, aggregation="min", max_length=48, rows_per_batch=2)
+    prompts, responses = ["what is 2 plus 2?", "what is 3 plus 1?"], [[" 4", " 2 + 2 = 4\n#### 4", " 5"], [" 4", "", " x"]]
+    got = gold(prompts, ["", ""], responses)
+    assert got.shape == (2, 3)
+    for i, p in enumerate(prompts):
+        for j, r in enumerate(responses[i]):
+            row = batching.encode_examples(tok, [p], [r], 48)
+            n = int(row["prompt_lengths"][0] + row["mask"].sum())
+            tokens = row["tokens"][:, :n]
+            want = np.asarray(rm(tokens, np.ones_like(tokens))).min(-1)[0]
+            np.testing.assert_allclose(got[i, j], want, rtol=1e-5, atol=1e-6)
+
+
+def test_pessimistic_dpo_puts_the_uncertainty_margin_into_the_loss(lm, tmp_path):
+    """With pessimism c, each pair's margin is c * (Gamma_rejected - Gamma_chosen); at step 1 (policy == pi0)
+    the sigmoid loss is then mean(-log sigmoid(-margin)) over the first batch, not log 2."""
+    ctx = _context(lm, tmp_path)
+    ctx = ctx._replace(settings=ctx.settings._replace(
+        uncertainty=lambda prompts, refs, responses: np.array([[len(t) / 10 for t in ts] for ts in responses])))
+    method = gshf.GSHFMethod("online", beta=0.5, rounds=1, prompts_per_round=6, candidates=3, pessimism=2.0)
+    gshf.run_method(method, ctx, seed=0, folder=str(tmp_path / "p"), fingerprint={})
+    with open(tmp_path / "p" / "round_0" / "pairs.json") as f:
+        records = json.load(f)["records"]
+    margin = np.array([2.0 * (len(r["rejected"]) - len(r["chosen"])) / 10 for r in records])
+    for r in records:
+        assert r["chosen_uncertainty"] == pytest.approx(len(r["chosen"]) / 10)
+    batch = min(4, len(records))
+    pairs = batching.BatchSampler(len(records), batch, seed=0).indices(0)
+    want = np.mean(np.log1p(np.exp(margin[pairs])))  # -log sigmoid(-m)
+    with open(tmp_path / "p" / "round_0" / "train" / "metrics.jsonl") as f:
+        assert json.loads(f.readline())["loss"] == pytest.approx(want, rel=1e-5)
+    without = ctx._replace(settings=ctx.settings._replace(uncertainty=None))
+    with pytest.raises(ValueError, match="pessimistic DPO needs the oracle's uncertainty"):
+        gshf.run_method(method, without, seed=0, folder=str(tmp_path / "q"), fingerprint={})

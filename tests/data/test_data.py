@@ -136,3 +136,20 @@ def test_batch_sampler_is_a_pure_function_of_position_and_covers_each_epoch():
     np.testing.assert_array_equal(fn(2)["x"], sampler.indices(2) * 10)
     with pytest.raises(ValueError, match="at least one full batch"):
         batching.BatchSampler(2, 3, 0)
+
+
+def test_jsonl_task_splits_a_local_file_and_names_what_is_wrong(tmp_path):
+    from jax_irl.data import jsonl, tasks
+
+    path = tmp_path / "pairs.jsonl"
+    jsonl.write_jsonl(str(path), [{"prompt": f"p{i}", "response": f" r{i}"} for i in range(10)])
+    data = tasks.load(tasks.TaskConfig(name="jsonl", data_dir=str(path), train_examples=5, eval_examples=3))
+    assert data.train_prompts == ["p0", "p1", "p2", "p3", "p4"] and data.eval_prompts == ["p7", "p8", "p9"]
+    assert data.eval_references == ["r7", "r8", "r9"]
+    with pytest.raises(ValueError, match="pass task.data_dir"):
+        tasks.load(tasks.TaskConfig(name="jsonl"))
+    with pytest.raises(ValueError, match="needs more than eval_examples=10"):
+        tasks.load(tasks.TaskConfig(name="jsonl", data_dir=str(path), eval_examples=10))
+    with pytest.raises(ValueError, match="task name must be one of"):
+        tasks.TaskConfig(name="nope")
+    assert tasks.get("gsm8k").score("so #### 42", "#### 42") == 1.0

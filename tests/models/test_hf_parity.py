@@ -222,3 +222,35 @@ def test_every_param_has_logical_axis_names_and_bf16_compute_tracks_fp32():
         real = mask.astype(bool)
         err = np.abs(np.asarray(b16, np.float32) - f32)[real].max()
         assert np.isfinite(np.asarray(b16, np.float32)).all() and err < 0.05 * np.abs(f32[real]).max() + 0.05, err
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_reward_model_from_a_sequence_classification_checkpoint_matches_transformers(tmp_path, family):
+    """transformers' *ForSequenceClassification (the usual reward-model checkpoint) scores the last non-pad token
+    of right-padded rows; the imported RewardModel gives the same rewards, one per label (head)."""
+    cfg = _hf_config(family)
+    cfg.num_labels = 2
+    torch.manual_seed(1)
+    model = transformers.AutoModelForSequenceClassification.from_config(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    model.save_pretrained(tmp_path)
+    ids = np.random.default_rng(2).integers(3, VOCAB, (3, 8))
+    mask = np.ones((3, 8), np.int64)
+    mask[1, 5:] = 0
+    mask[2, 2:] = 0
+    ids[mask == 0] = cfg.pad_token_id  # right padding with the pad id, as transformers finds the last token
+    with torch.no_grad():
+        want = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    rm = hf.reward_model_from_pretrained(str(tmp_path))
+    got = np.asarray(rm(jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32)))
+    assert got.shape == (3, 2)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    with pytest.raises(KeyError, match="not a sequence-classification"):
+        hf.reward_model_from_pretrained(str(_save_causal(tmp_path / "lm", family)))
+
+
+def _save_causal(folder, family):
+    _torch_model(family).save_pretrained(folder)
+    return folder
