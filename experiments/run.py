@@ -26,6 +26,7 @@ import typing
 from typing import Any, Dict, List, Optional
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+RUN_FILE = "run.json"  # names the config a run folder belongs to
 
 
 class ConfigError(ValueError):
@@ -213,31 +214,70 @@ def to_overrides(saved: Dict[str, Any], prefix: str = "") -> List[str]:
     return out
 
 
+def _check_run_settings(cfg) -> None:
+    """Fields every config may have (save_every, keep) that only the Checkpointer would check, after writing."""
+    for key, tp in flat_fields(cfg).items():
+        name = key.rsplit(".", 1)[-1]
+        if name in ("save_every", "keep") and tp is int:
+            value = cfg
+            for part in _split_key(cfg, key):
+                value = value[part] if isinstance(value, dict) else getattr(value, part)
+            if value < 1:
+                raise ConfigError(f"{key} must be >= 1; got {value}")
+
+
 def resolve(name: str, overrides: List[str], run_dir: str = None):
-    """(module, config, run_dir, resuming)."""
+    """(module, config, run_dir, resuming). Checks everything it can before anything is written: a run folder
+    that is a file or belongs to another config, overrides a resume may not change, the config's own checks."""
     module = load_config_module(name)
     cfg = module.config()
+    base = os.path.basename(name)[:-3] if name.endswith(".py") else name
+    if run_dir is not None and os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise ConfigError(f"--run-dir {run_dir} is a file, not a run folder")
     resuming = run_dir is not None and os.path.exists(os.path.join(run_dir, "config.json"))
     if resuming:
-        with open(os.path.join(run_dir, "config.json")) as f:
-            saved = json.load(f)
-        cfg = apply_overrides(cfg, to_overrides(saved))
+        marker = os.path.join(run_dir, RUN_FILE)
+        if os.path.exists(marker):
+            with open(marker) as f:
+                owner = json.load(f).get("config")
+            if owner != base:
+                raise ConfigError(f"{run_dir} is a run folder of config {owner!r}, not {base!r}: run "
+                                  f"`python -m experiments.run {owner} --run-dir {run_dir}` to resume it")
+        try:
+            with open(os.path.join(run_dir, "config.json")) as f:
+                saved = json.load(f)
+            saved_cfg = apply_overrides(cfg, to_overrides(saved))
+        except (json.JSONDecodeError, ConfigError) as err:
+            raise ConfigError(f"{run_dir}/config.json does not fit config {base!r} (is the folder another "
+                              f"config's run?): {err}") from None
         allowed = tuple(getattr(module, "RESUMABLE", ()))
-        keys = [o.split("=", 1)[0] for o in overrides]
-        changed = [k for k in keys if not any(k == a or k.startswith(a + ".") for a in allowed)]
-        if changed:
+        refused = []
+        for item in overrides:
+            key = item.split("=", 1)[0]
+            if any(key == a or key.startswith(a + ".") for a in allowed):
+                continue
+            if apply_overrides(saved_cfg, [item]) != saved_cfg:  # an override that repeats the saved value is fine
+                refused.append(key)
+        if refused:
             raise ConfigError(f"{run_dir} is an existing run; only {sorted(allowed)} may change when resuming, not "
-                              f"{changed}")
+                              f"{refused}")
+        cfg = saved_cfg
     cfg = apply_overrides(cfg, overrides)
+    _check_run_settings(cfg)
     if hasattr(module, "validate"):  # checks that need the whole config, before anything is written
         try:
             module.validate(cfg)
         except ValueError as err:
             raise ConfigError(str(err)) from None
     if run_dir is None:
-        base = os.path.basename(name)[:-3] if name.endswith(".py") else name
         run_dir = os.path.join("runs", f"{base}-{time.strftime('%Y%m%d-%H%M%S')}")
     return module, cfg, run_dir, resuming
+
+
+def _write_json(path: str, value) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=2)
+    os.replace(path + ".tmp", path)
 
 
 def main(argv=None) -> int:
@@ -263,13 +303,29 @@ def main(argv=None) -> int:
         return 2
     os.makedirs(run_dir, exist_ok=True)
     resolved = dataclasses.asdict(cfg)
-    if jax.process_index() == 0:
-        with open(os.path.join(run_dir, "config.json"), "w") as f:
-            json.dump(resolved, f, indent=2)
+    base = os.path.basename(args.config)[:-3] if args.config.endswith(".py") else args.config
+    if jax.process_index() == 0 and not resuming:
+        _write_json(os.path.join(run_dir, RUN_FILE), {"config": base})
+        _write_json(os.path.join(run_dir, "config.json"), resolved)
     print(f"{'resuming' if resuming else 'starting'} {args.config} in {run_dir}")
     print(json.dumps(resolved, indent=2))
-    module.run(cfg, run_dir)
+    finished = False
+    try:
+        module.run(cfg, run_dir)
+        finished = True
+    finally:
+        # A resumed run's config.json changes (for the resumable keys) only once the run got through: a resume
+        # refused by a checkpoint or a result check leaves the folder as it was.
+        if resuming and jax.process_index() == 0 and (finished or _stopped_cleanly()):
+            _write_json(os.path.join(run_dir, "config.json"), resolved)
     return 0
+
+
+def _stopped_cleanly() -> bool:
+    """Whether the exception on its way out is a preemption after saving (so the resumed settings stay)."""
+    from jax_irl.train import StagePreempted
+
+    return isinstance(sys.exc_info()[1], StagePreempted)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,12 @@ directory and renames it only when complete, so a run killed mid-save never leav
 Restoring takes an abstract target whose leaves carry the *new* shardings (``abstract_like``), so a run saved
 on 8 devices restores on 4 or 1. A checkpoint written under another config or model raises an error that
 lists the differences instead of loading part of it.
+
+Nothing bad is saved and nothing damaged is loaded: ``save`` refuses a state with a non-finite value (naming
+the leaves) and records two checksums of every leaf's bits in the checkpoint's JSON record; ``restore``
+recomputes them, and a checkpoint that cannot be read or whose checksums differ (a flipped byte, a missing or
+truncated file) is reported with what is wrong, and the newest intact older checkpoint is used instead (the
+run says so). When no checkpoint is intact it raises ``CheckpointDamagedError``: never a silent fresh start.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import signal
 from typing import Any, Dict, Optional, Tuple
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -60,6 +68,61 @@ class CheckpointMismatchError(ValueError):
     """The checkpoint was written by a run with another config or model."""
 
 
+class CheckpointDamagedError(RuntimeError):
+    """No complete checkpoint of the folder could be read intact."""
+
+
+class _Damaged(Exception):
+    """One checkpoint could not be read intact (the message says why)."""
+
+
+def _key_name(key) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def leaf_paths(tree) -> Dict[str, Any]:
+    """'a/b/0' path -> leaf, for any pytree (dict keys, attribute names and sequence indices alike)."""
+    return {"/".join(_key_name(k) for k in path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _bits(x: jax.Array) -> jax.Array:
+    """The leaf's raw bits as uint32 (flattened)."""
+    if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype.itemsize == 2:
+        return jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32).ravel()
+    if x.dtype.itemsize == 4:
+        return jax.lax.bitcast_convert_type(x, jnp.uint32).ravel()
+    return x.astype(jnp.uint32).ravel()
+
+
+@jax.jit
+def _checksums_and_finite(tree):
+    """Per leaf: [checksum, weighted checksum, all finite] as uint32 [3]: a plain and a position-weighted sum of
+    its bits (wrapping), and 1 when every value is finite."""
+
+    def one(x):
+        u = _bits(x)
+        weights = (jnp.arange(u.shape[0], dtype=jnp.uint32) % jnp.uint32(65521)) + jnp.uint32(1)
+        finite = jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.array(True)
+        return jnp.stack([jnp.sum(u, dtype=jnp.uint32), jnp.sum(u * weights, dtype=jnp.uint32),
+                          finite.astype(jnp.uint32)])
+
+    return jax.tree.map(one, tree)
+
+
+def state_checksums(tree) -> Tuple[Dict[str, list], list]:
+    """(path -> [checksum, weighted checksum], paths of the leaves holding NaN or inf)."""
+    out = jax.device_get(_checksums_and_finite(tree))
+    sums, bad = {}, []
+    for key, (a, b, finite) in leaf_paths(out).items():
+        sums[key] = [int(a), int(b)]
+        if not finite:
+            bad.append(key)
+    return sums, bad
+
+
 class Checkpointer:
     """Save every ``save_every`` steps (and when forced), keep the last ``keep``, resume from the latest.
 
@@ -80,7 +143,9 @@ class Checkpointer:
         self.resumable_keys = resumable_keys
         options = ocp.CheckpointManagerOptions(save_interval_steps=save_every, max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        # Handlers named up front, so that a new process can read a checkpoint's metadata before restoring it.
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
+            "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
 
     def latest_step(self) -> Optional[int]:
         """The newest complete checkpoint's step, or None."""
@@ -90,10 +155,24 @@ class Checkpointer:
         return list(self.manager.all_steps())
 
     def save(self, step: int, state, data_position: Any = None, force: bool = False) -> bool:
-        """Start saving (asynchronously) if ``step`` is a save step or ``force``. Returns whether it saved."""
-        record = {"fingerprint": self.fingerprint, "data_position": data_position, "step": int(step)}
+        """Start saving (asynchronously) if ``step`` is a save step or ``force``. Returns whether it saved.
+
+        A state holding NaN or inf anywhere (params, optimizer state) is never saved: FloatingPointError names
+        the leaves, and the folder keeps its last checkpoint."""
+        if not (force or self.manager.should_save(int(step))):
+            return False
+        checksums, bad = state_checksums(state)
+        if bad:
+            latest = self.latest_step()
+            raise FloatingPointError(
+                f"step {step}: the state to save holds NaN or inf in {', '.join(bad[:4])}"
+                f"{f' and {len(bad) - 4} more leaves' if len(bad) > 4 else ''}; it was not saved "
+                + (f"(the last checkpoint, step {latest}, is intact)" if latest is not None else
+                   "(there is no earlier checkpoint)"))
+        record = {"fingerprint": self.fingerprint, "data_position": data_position, "step": int(step),
+                  "checksums": checksums}
         return self.manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                                    meta=ocp.args.JsonSave(record)), force=force)
+                                                                    meta=ocp.args.JsonSave(record)), force=True)
 
     def check_fingerprint(self, step: int) -> dict:
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
@@ -106,19 +185,60 @@ class Checkpointer:
                 + "\n  ".join(problems))
         return meta
 
-    def restore(self, abstract_state, step: Optional[int] = None):
-        """(state, data_position, step) from the given step (default: latest) onto abstract_state's shardings."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
-        meta = self.check_fingerprint(step)
+    def _restore_step(self, abstract_state, step: int):
+        """(state, meta) of one step; CheckpointMismatchError for another config or model, _Damaged for a
+        checkpoint that cannot be read intact."""
+        try:
+            meta = self.check_fingerprint(step)
+        except CheckpointMismatchError:
+            raise
+        except Exception as err:  # a missing, truncated or unreadable record
+            raise _Damaged(f"its JSON record cannot be read ({type(err).__name__}: {err})") from err
+        try:
+            saved = leaf_paths(self.manager.item_metadata(step)["state"].tree)
+        except Exception as err:
+            raise _Damaged(f"its state metadata cannot be read ({type(err).__name__}: {err})") from err
+        wanted = leaf_paths(abstract_state)
+        differences = [f"{k}: checkpoint {tuple(saved[k].shape) if k in saved else '<missing>'}, this run "
+                       f"{tuple(wanted[k].shape) if k in wanted else '<missing>'}"
+                       for k in sorted(set(saved) | set(wanted))
+                       if k not in saved or k not in wanted or tuple(saved[k].shape) != tuple(wanted[k].shape)]
+        if differences:
+            raise CheckpointMismatchError(f"checkpoint {self.directory} step {step} does not fit this model's state "
+                                          f"(shapes or structure differ):\n  " + "\n  ".join(differences[:8]))
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-        except (ValueError, KeyError, TypeError) as err:
-            raise CheckpointMismatchError(f"checkpoint {self.directory} step {step} does not fit this model's state "
-                                          f"(shapes or structure differ): {err}") from err
-        return restored.state, meta["data_position"], step
+        except Exception as err:
+            raise _Damaged(f"its arrays cannot be read ({type(err).__name__}: {str(err)[:300]})") from err
+        if "checksums" in meta:
+            sums, _ = state_checksums(restored.state)
+            wrong = [k for k, v in meta["checksums"].items() if sums.get(k) != v]
+            if wrong:
+                raise _Damaged(f"the checksums of {', '.join(wrong[:4])}"
+                               f"{f' and {len(wrong) - 4} more leaves' if len(wrong) > 4 else ''} differ from "
+                               f"those recorded when it was saved (the data files were changed or damaged)")
+        return restored.state, meta
+
+    def restore(self, abstract_state, step: Optional[int] = None):
+        """(state, data_position, step) from the given step (default: the newest intact one) onto
+        abstract_state's shardings. A damaged latest checkpoint is reported and the next older one used."""
+        steps = [step] if step is not None else sorted(self.all_steps(), reverse=True)
+        if not steps:
+            raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
+        damaged = []
+        for candidate in steps:
+            try:
+                state, meta = self._restore_step(abstract_state, candidate)
+            except _Damaged as err:
+                damaged.append(f"step {candidate}: {err}")
+                continue
+            if damaged:
+                print(f"warning: {self.directory}: skipped damaged checkpoints and resumed from step {candidate}:\n  "
+                      + "\n  ".join(damaged), flush=True)
+            return state, meta["data_position"], candidate
+        raise CheckpointDamagedError(f"no intact checkpoint in {self.directory} (nothing was loaded; move the folder "
+                                     f"away to start afresh):\n  " + "\n  ".join(damaged))
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -239,14 +239,18 @@ def plot_over_groups(summary: Dict[str, dict], *, ys: Sequence[Column], path: st
 
 
 def plot_frontier(summary: Dict[str, dict], *, x: Column, y: Column, path: str, series: Callable[[str], str],
-                  title: str = "") -> None:
+                  title: str = "", reference: Optional[tuple] = None) -> None:
     """One line per series (``series(variant name)``, e.g. the method of 'online@0.1'), through its variants'
     (x, y) means sorted by x, with standard-error bars both ways: a frontier such as gold reward against KL.
-    summary: variant -> metric -> [mean, se]."""
+    summary: variant -> metric -> [mean, se]. reference: an optional (x, y, label) point, such as the starting
+    policy at KL 0."""
     if jax.process_index() != 0:
         return
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
+    if reference is not None:
+        ax.plot([reference[0]], [reference[1]], marker="*", markersize=12, color="black", linestyle="none",
+                label=reference[2])
     groups: Dict[str, list] = {}
     for name, tree in summary.items():
         groups.setdefault(series(name), []).append((tree[x.key], tree[y.key]))

@@ -245,12 +245,28 @@ class MetricsWriter:
             self.board = SummaryWriter(os.path.join(log_dir, "tensorboard"), purge_step=first_step + 1)
 
     def _truncate(self, last_step: int) -> None:
+        """Keep the records of steps <= last_step. A torn last line (a kill mid-write) is dropped with a note; a
+        damaged line elsewhere is an error naming the file and line."""
         if not os.path.exists(self.path):
             return
-        with open(self.path) as f:
-            lines = [line for line in f if line.strip() and json.loads(line)["step"] <= last_step]
-        with open(self.path, "w") as f:
-            f.writelines(lines)
+        with open(self.path, encoding="utf-8", errors="replace") as f:
+            lines = [line for line in f if line.strip()]
+        kept = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                record = json.loads(line)
+                step = int(record["step"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                if number == len(lines):
+                    print(f"note: {self.path}: dropped a torn last line (a run stopped while writing it)")
+                    continue
+                raise ValueError(f"{self.path}:{number}: not a metrics record ({line[:80]!r}); fix or remove the "
+                                 f"line to resume") from None
+            if step <= last_step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        with open(self.path + ".tmp", "w") as f:
+            f.writelines(kept)
+        os.replace(self.path + ".tmp", self.path)
 
     def write(self, step: int, record: Dict[str, float]) -> None:
         if not self.active:
@@ -373,7 +389,7 @@ class StageResult(NamedTuple):
 
 def run_stage(folder: str, model: nnx.Module, loss_fn: Callable, stage: StageConfig, mesh: Mesh,
               batch_fn: Callable[..., Dict[str, Any]], *, seed: int, fingerprint: Dict[str, Any],
-              save_every: int, keep: int = 1, resumable_keys: Tuple[str, ...] = (), batch_needs_model: bool = False,
+              save_every: int, keep: int = 2, resumable_keys: Tuple[str, ...] = (), batch_needs_model: bool = False,
               desc: str = "train", resume_hint: str = "", progress: bool = True, eval_fn: Optional[Callable] = None,
               eval_every: Optional[int] = None) -> StageResult:
     """Train ``model`` with ``loss_fn`` for ``stage.steps`` steps in ``folder`` (checkpoints/, metrics.jsonl,

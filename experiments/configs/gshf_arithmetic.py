@@ -17,10 +17,12 @@ import dataclasses
 import os
 from typing import Dict, Optional, Tuple
 
+import numpy as np
+
 from experiments import lm_base
-from jax_irl import parallel, rollout, sweep, train
+from jax_irl import metrics, parallel, rollout, sweep, train
 from jax_irl.algorithms import gshf, iqlearn
-from jax_irl.data import arithmetic, tasks
+from jax_irl.data import arithmetic, jsonl, tasks
 from jax_irl.data.tokenizer import TextTokenizer
 from jax_irl.models import hf
 
@@ -39,7 +41,8 @@ class GSHFConfig:
                                                                  warmup_steps=20, weight_decay=0.01))
     skip_sft: bool = False  # pi0 is the base as it is (an HF checkpoint that is already fine-tuned)
     reward_model: Optional[str] = None  # a local HF reward-model folder as the oracle; None: graded_reward
-    reward_aggregation: str = "mean"  # over the reward model's heads (mean | min | uwo | lcb)
+    reward_aggregation: str = "mean"  # over the reward model's heads (mean | min)
+    preference_file: Optional[str] = None  # a JSONL of prompt/chosen/rejected: the offline set of offline_dpo/hybrid
     optimizer: train.OptimizerConfig = train.OptimizerConfig(learning_rate=2e-4, max_grad_norm=1.0)  # DPO / RSO
     batch_pairs: int = 16
     oracle: gshf.OracleConfig = gshf.OracleConfig()
@@ -84,7 +87,7 @@ def gold_fn(cfg: GSHFConfig) -> gshf.GoldFn:
     return gshf.per_sample(arithmetic.graded_reward)
 
 
-COLUMNS = (sweep.Column("gold", "gold reward"), sweep.Column("kl", "KL(pi || pi0)"),
+COLUMNS = (sweep.Column("gold", "gold reward"), sweep.Column("kl", "KL(pi ‖ pi0)"),
            sweep.Column("win_rate", "win rate vs pi0"), sweep.Column("labels", "labels", 0))
 
 
@@ -96,10 +99,11 @@ def run(cfg: GSHFConfig, run_dir: str) -> dict:
     base = lm_base.base_model(cfg.base, cfg.task, tok, data.train_prompts, mesh, run_dir, save_every=cfg.save_every)
     depends = {"task": cfg.task, "base": cfg.base, "sft": None if cfg.skip_sft else cfg.sft,
                "vocab_chunk": cfg.vocab_chunk}
-    pi0 = base if cfg.skip_sft else iqlearn.finetune(iqlearn.Method("mle"), base, cfg.sft, mesh, enc.train, os.path.join(run_dir, "sft"), seed=0,
-                           fingerprint=depends, save_every=cfg.save_every, prompt_width=enc.prompt_width,
-                           max_new_tokens=cfg.max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id,
-                           vocab_chunk=cfg.vocab_chunk, desc="pi0 (sft)", resume_hint=f"Resume with --run-dir {run_dir}")
+    pi0 = base if cfg.skip_sft else iqlearn.finetune(
+        iqlearn.Method("mle"), base, cfg.sft, mesh, enc.train, os.path.join(run_dir, "sft"), seed=0,
+        fingerprint=depends, save_every=cfg.save_every, prompt_width=enc.prompt_width,
+        max_new_tokens=cfg.max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id, vocab_chunk=cfg.vocab_chunk,
+        desc="pi0 (sft)", resume_hint=f"Resume with --run-dir {run_dir}")
     train_tokens, train_mask = rollout.prompt_rows(enc.train["tokens"], enc.train["prompt_lengths"], tok.pad_id,
                                                    enc.prompt_width)
     ctx = gshf.Context(
@@ -109,24 +113,30 @@ def run(cfg: GSHFConfig, run_dir: str) -> dict:
                                   enc.eval_prompt_mask),
         settings=gshf.SampleSettings(tok, cfg.max_new_tokens, gold_fn(cfg)), oracle=cfg.oracle,
         optimizer=cfg.optimizer, batch_pairs=cfg.batch_pairs, max_length=cfg.base.max_length,
-        eval_samples=cfg.eval_samples, mesh=mesh, save_every=cfg.save_every, vocab_chunk=cfg.vocab_chunk)
+        eval_samples=cfg.eval_samples, mesh=mesh, save_every=cfg.save_every, vocab_chunk=cfg.vocab_chunk,
+        offline_records=jsonl.read_jsonl(cfg.preference_file, "preference") if cfg.preference_file else None)
     variants = {f"{m}@{b:g}": dataclasses.replace(cfg.variants[m], beta=b) for m in cfg.methods for b in cfg.betas}
     per_run = sweep.run_sweep(run_dir, variants, cfg.seeds,
                               lambda name, method, seed, folder: gshf.run_method(method, ctx, seed, folder, depends),
                               fingerprint=dict(depends, oracle=cfg.oracle, optimizer=cfg.optimizer,
+                                               preference_file=cfg.preference_file,
                                                reward_model=cfg.reward_model, reward_aggregation=cfg.reward_aggregation,
                                                batch_pairs=cfg.batch_pairs, eval_samples=cfg.eval_samples,
                                                max_new_tokens=cfg.max_new_tokens))
     finals = {name: {s: r["final"] for s, r in seeds.items()} for name, seeds in per_run.items()}
     online = [n for n in per_run if cfg.variants[n.split("@")[0]].kind in ("online", "hybrid")]
     rounds = sweep.summarise({n: {s: r["rounds"] for s, r in per_run[n].items()} for n in online})
+    pi0_gold = [r["pi0_gold"] for r in next(iter(finals.values())).values()]  # one value per seed
+    reference = sweep.cell(float(np.mean(pi0_gold)), metrics.standard_error(pi0_gold), 3)
+    gold_kind = "the reward model's" if cfg.reward_model else "graded, in [0, 1]"
     summary = sweep.report(run_dir, finals, COLUMNS, variant_label="method@beta",
-                           note="Gold reward (graded, in [0, 1]) and win rate on held-out prompts; KL is the mean "
-                                "summed log-ratio of the policy's own samples.",
-                           rounds={"summary": rounds, "per_run": {n: {str(s): r["rounds"] for s, r in per_run[n].items()}
-                                                                  for n in online}})
+                           note=f"Gold reward ({gold_kind}) and win rate on held-out prompts; pi0's own gold reward "
+                                f"there is {reference}. KL is the mean summed log-ratio of the policy's own samples.",
+                           rounds={"summary": rounds, "per_run": {
+                               n: {str(s): r["rounds"] for s, r in per_run[n].items()} for n in online}})
     sweep.plot_frontier(summary, x=COLUMNS[1], y=COLUMNS[0], series=lambda n: n.split("@")[0],
-                        path=os.path.join(run_dir, "gold_vs_kl.png"), title="gold reward against KL from pi0")
+                        path=os.path.join(run_dir, "gold_vs_kl.png"), title="gold reward against KL from pi0",
+                        reference=(0.0, float(np.mean(pi0_gold)), "pi0"))
     if rounds:
         sweep.plot_over_groups(rounds, ys=(COLUMNS[0], COLUMNS[1]), x_label="round",
                                path=os.path.join(run_dir, "gold_per_round.png"))

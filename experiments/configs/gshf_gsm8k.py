@@ -46,5 +46,6 @@ def config() -> GSHFConfig:
 
 def validate(cfg: GSHFConfig) -> None:
     if not cfg.base.hf_checkpoint:
-        raise ValueError("gshf_gsm8k starts from a pretrained policy: pass base.hf_checkpoint=/path/to/a/local/hf/model")
+        raise ValueError("gshf_gsm8k starts from a pretrained policy: pass "
+                         "base.hf_checkpoint=/path/to/a/local/hf/model")
     gshf_arithmetic.validate(cfg)

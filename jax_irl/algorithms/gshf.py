@@ -24,7 +24,8 @@ The paper's oracles for it, as built here:
   preference oracle, appends it to the buffer, and retrains with DPO against the fixed pi0 on the whole
   buffer, from pi0 (the paper) or warm-started from the last iterate (the authors' later recipe). 'hybrid'
   starts from an offline set of half the label budget and runs half the rounds; 'offline_dpo' labels the whole
-  budget on pi0's own samples at once.
+  budget on pi0's own samples at once. A user's own preference file (``Context.offline_records``, read with
+  ``data.jsonl.read_jsonl(path, "preference")``) replaces that offline set.
 
 The preference oracle (``OracleConfig``) labels by a gold reward r*: deterministically (higher r* wins; ties
 are skipped) or by Bradley-Terry, P(a_1 > a_2) = sigmoid((r*_1 - r*_2) / temperature). Pairs are records
@@ -344,10 +345,12 @@ def evaluate_policy(policy, pi0, prompts: Prompts, key, s: SampleSettings, num_s
     log_pi0 = rollout.score_rows(pi0, scorer, scored)["log_probs"].astype(np.float64)
     kl = log_pi - log_pi0
     wins = np.where(gold > pi0_gold, 1.0, np.where(gold == pi0_gold, 0.5, 0.0))
-    return {"gold": float(gold.mean()), "gold_se": float(gold.mean(1).std(ddof=1) / math.sqrt(len(gold)))
-            if len(gold) > 1 else float("nan"),
-            "kl": float(kl.mean()), "kl_se": float(kl.std(ddof=1) / math.sqrt(len(kl))) if len(kl) > 1 else
-            float("nan"), "win_rate": float(wins.mean()), "length": float(rows["response_mask"].sum(1).mean())}
+    def se(x):
+        return float(np.std(x, ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
+
+    return {"gold": float(gold.mean()), "gold_se": se(gold.mean(1)), "pi0_gold": float(np.mean(pi0_gold)),
+            "kl": float(kl.mean()), "kl_se": se(kl), "win_rate": float(wins.mean()),
+            "length": float(rows["response_mask"].sum(1).mean())}
 
 
 # --- the methods ---------------------------------------------------------------------------------------------
@@ -407,6 +410,7 @@ class Context(NamedTuple):
     mesh: object
     save_every: int
     vocab_chunk: Optional[int] = None
+    offline_records: Optional[List[Dict[str, str]]] = None  # a user's preference pairs: the offline set instead
 
 
 def _json(path: str, make: Callable[[], object]):
@@ -503,9 +507,13 @@ def run_method(method: GSHFMethod, ctx: Context, seed: int, folder: str, fingerp
     policy = ctx.pi0
     if offline_rounds:
         where = os.path.join(folder, "round_0")
-        made = _json(os.path.join(where, "pairs.json"), lambda: _pairs_from(
-            ctx.pi0, ctx, method, _round_prompts(ctx, seed, 0, offline_rounds * method.prompts_per_round), seed, 0,
-            online=False))
+        if ctx.offline_records is not None:  # the user's own preference file replaces the labelled pi0 samples
+            made = {"records": list(ctx.offline_records),
+                    "counts": {"pairs": len(ctx.offline_records), "identical": 0, "ties": 0}}
+        else:
+            made = _json(os.path.join(where, "pairs.json"), lambda: _pairs_from(
+                ctx.pi0, ctx, method, _round_prompts(ctx, seed, 0, offline_rounds * method.prompts_per_round), seed,
+                0, online=False))
         buffer += made["records"]
         skipped += made["counts"]["identical"] + made["counts"]["ties"]
         policy = _train_dpo(ctx.pi0, ctx, method, buffer, os.path.join(where, "train"), seed,
@@ -550,8 +558,9 @@ def _rejection(method: GSHFMethod, ctx: Context, seed: int, folder: str, fingerp
     stage = stage_for(len(records), 2 * ctx.batch_pairs, method.epochs, ctx.optimizer,
                       int(ctx.mesh.shape["data"] * ctx.mesh.shape["fsdp"]))
     sampler = batching.BatchSampler(len(records), stage.batch_size, seed=seed)
-    result = train.run_stage(os.path.join(where, "train"), ctx.pi0, make_loss_fn(Method("mle"), vocab_chunk=ctx.vocab_chunk),
-                             stage, ctx.mesh, sampler.batch_fn(rows), seed=seed, save_every=ctx.save_every,
+    result = train.run_stage(os.path.join(where, "train"), ctx.pi0,
+                             make_loss_fn(Method("mle"), vocab_chunk=ctx.vocab_chunk), stage, ctx.mesh,
+                             sampler.batch_fn(rows), seed=seed, save_every=ctx.save_every,
                              fingerprint=dict(fingerprint, accepted=records_digest(records)),
                              desc=f"{os.path.basename(folder)} rso ({len(records)} samples)",
                              resume_hint="Resume with --run-dir pointing at the run folder.")

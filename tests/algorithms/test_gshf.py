@@ -257,3 +257,19 @@ def test_pessimistic_dpo_puts_the_uncertainty_margin_into_the_loss(lm, tmp_path)
     without = ctx._replace(settings=ctx.settings._replace(uncertainty=None))
     with pytest.raises(ValueError, match="pessimistic DPO needs the oracle's uncertainty"):
         gshf.run_method(method, without, seed=0, folder=str(tmp_path / "q"), fingerprint={})
+
+
+def test_a_users_preference_file_is_the_offline_set(lm, tmp_path):
+    from jax_irl.data import jsonl
+
+    path = tmp_path / "prefs.jsonl"
+    jsonl.write_jsonl(str(path), RECORDS)
+    ctx = _context(lm, tmp_path)._replace(offline_records=jsonl.read_jsonl(str(path), "preference"))
+    out = gshf.run_method(gshf.GSHFMethod("offline_dpo", beta=0.5, rounds=1, prompts_per_round=4), ctx, seed=0,
+                          folder=str(tmp_path / "u"), fingerprint={})
+    assert out["final"]["labels"] == len(RECORDS)
+    with open(tmp_path / "u" / "buffer.jsonl") as f:
+        assert [json.loads(line) for line in f] == RECORDS
+    path.write_text('{"prompt": "p", "chosen": "c"}\n')
+    with pytest.raises(ValueError, match="prefs.jsonl:1: missing field 'rejected'"):
+        jsonl.read_jsonl(str(path), "preference")

@@ -107,5 +107,7 @@ def test_irl_experiment_end_to_end_and_resume(tmp_path, capsys):
         again = json.load(f)
     assert again["per_run"]["mle"]["0"] == before and set(again["per_run"]["mle"]) == {"0", "1"}
     # A finished run is never reused under a changed variant: refused, with the difference named.
+    saved = open(os.path.join(folder, "config.json")).read()
     with pytest.raises(sweep.StaleResultError, match="variant.gamma: finished run has 1.0, now 0.5"):
         run.main(["irl_arithmetic", "variants.mle.gamma=0.5", "--run-dir", folder])
+    assert open(os.path.join(folder, "config.json")).read() == saved  # a refused resume leaves the folder as it was

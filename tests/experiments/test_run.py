@@ -64,9 +64,23 @@ def test_driver_runs_resumes_and_refuses_config_changes(tmp_path, capsys):
     events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     assert events and all(e.stat().st_size > 0 for e in events)
     # Changing what the run is (not just how long) is refused with the allowed keys named.
+    before = {p: (tmp_path / "run" / p).read_text() for p in ("config.json", "run.json")}
     assert run.main(["lm_tiny", "td_weight=0.5", "--run-dir", folder]) == 2
     assert ("only ['distributed', 'keep', 'mesh', 'save_every', 'train.steps'] may change when resuming, not "
             "['td_weight']") in capsys.readouterr().err
+    # Repeating the command with a value that equals the saved one is a resume, not a change.
+    assert run.main(["lm_tiny", "td_weight=0.1", "train.steps=30", "--run-dir", folder]) == 0
+    assert {p: (tmp_path / "run" / p).read_text() for p in before} == before
+    # Another config's folder, a file as the folder, and run settings no checkpoint could use are refused
+    # before anything is written.
+    assert run.main(["irl_arithmetic", "--run-dir", folder]) == 2
+    assert "is a run folder of config 'lm_tiny', not 'irl_arithmetic'" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")
+    assert run.main(["lm_tiny", "--run-dir", str(tmp_path / "afile")]) == 2
+    assert "is a file, not a run folder" in capsys.readouterr().err
+    for bad in ("save_every=0", "keep=0", "train.optimizer.learning_rate=-1"):
+        assert run.main(["lm_tiny", bad, "--run-dir", str(tmp_path / "new")]) == 2
+        assert not (tmp_path / "new").exists()
 
 
 @pytest.mark.slow

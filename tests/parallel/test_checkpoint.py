@@ -191,3 +191,94 @@ def test_eval_hook_and_metrics_log(tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert ["eval/mean_logit" in r for r in rows] == [False, True, False, True]
     assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in rows)
+
+
+def test_a_state_holding_nan_never_reaches_disk(tmp_path):
+    """The loss is finite but its gradient is NaN (a where whose untaken branch is NaN): the update makes the
+    params NaN, and the save of that step is refused, naming the leaves; nothing is written."""
+    cfg = TransformerConfig.for_family("llama", vocab_size=64, hidden_size=32, num_layers=1, num_heads=8,
+                                       num_kv_heads=8, intermediate_size=48)
+
+    def loss_fn(model, batch, rng):
+        loss, aux = losses.mle_loss(model(batch["tokens"][:, :-1]).logits, batch["tokens"][:, 1:],
+                                    np.ones((16, 9), np.float32))
+        w = model.final_norm.weight[...]
+        return loss + jax.numpy.sum(jax.numpy.where(w < -1e9, jax.numpy.sqrt(-w), 0.0)), aux
+
+    mesh = parallel.make_mesh(parallel.MeshConfig(1, 1, 1), jax.devices()[:1])
+    trainer = train.Trainer(Transformer(cfg, rngs=nnx.Rngs(0)), loss_fn, train.OptimizerConfig(learning_rate=1e-2,
+                                                                                                max_grad_norm=None),
+                            mesh)
+    ckpt = checkpoint.Checkpointer(str(tmp_path), fingerprint={"x": 1}, save_every=1)
+    with pytest.raises(FloatingPointError, match=r"step 1: the state to save holds NaN or inf in .*final_norm.*"
+                                                 r"it was not saved \(there is no earlier checkpoint\)"):
+        train.fit(trainer, trainer.init_state(0), _batch, steps=2, checkpointer=ckpt, progress=False)
+    ckpt.close()
+    assert checkpoint.Checkpointer(str(tmp_path), fingerprint={"x": 1}, save_every=1).latest_step() is None
+
+
+def _saved_at_2_and_4(tmp_path):
+    trainer, fp = _trainer(jax.devices()[:1], (1, 1, 1))
+    ckpt = checkpoint.Checkpointer(str(tmp_path), fingerprint=fp, save_every=2, keep=3)
+    state, _ = train.fit(trainer, trainer.init_state(0), _batch, steps=2, checkpointer=ckpt, progress=False)
+    at_2 = jax.device_get(state.params)
+    train.fit(trainer, state, _batch, steps=4, start_position=2, checkpointer=ckpt, progress=False)
+    ckpt.close()
+    return trainer, fp, at_2
+
+
+@pytest.mark.parametrize("damage", ["checksums", "meta_deleted", "meta_truncated", "state_deleted", "data_bytes"])
+def test_a_damaged_latest_checkpoint_is_named_and_the_previous_one_used(tmp_path, capsys, damage):
+    trainer, fp, at_2 = _saved_at_2_and_4(tmp_path)
+    step4 = tmp_path / "4"
+    if damage == "checksums":  # what silently changed data looks like: the recorded checksums no longer match
+        meta = step4 / "meta" / "metadata"
+        record = json.loads(meta.read_text())
+        key = next(k for k in record["checksums"] if "embed" in k)
+        record["checksums"][key][0] += 1
+        meta.write_text(json.dumps(record))
+    elif damage == "meta_deleted":
+        shutil.rmtree(step4 / "meta")
+    elif damage == "meta_truncated":
+        meta = step4 / "meta" / "metadata"
+        meta.write_text(meta.read_text()[:40])
+    elif damage == "state_deleted":
+        shutil.rmtree(step4 / "state")
+    else:  # random bytes over the middle of the largest data file
+        files = [p for p in (step4 / "state").rglob("*") if p.is_file()]
+        big = max(files, key=lambda p: p.stat().st_size)
+        data = bytearray(big.read_bytes())
+        mid = len(data) // 2
+        data[mid:mid + 64] = np.random.default_rng(0).integers(0, 256, 64, dtype=np.uint8).tobytes()
+        big.write_bytes(bytes(data))
+    fresh = checkpoint.Checkpointer(str(tmp_path), fingerprint=fp, save_every=2, keep=3)
+    state, position = train.resume_or_init(trainer, fresh, 0)
+    out = capsys.readouterr().out
+    assert int(state.step) == 2 and position == 2
+    assert "skipped damaged checkpoints and resumed from step 2" in out and "step 4:" in out
+    jax.tree.map(np.testing.assert_array_equal, at_2, jax.device_get(state.params))
+    fresh.close()
+
+
+def test_no_intact_checkpoint_is_an_error_never_a_fresh_start(tmp_path):
+    trainer, fp, _ = _saved_at_2_and_4(tmp_path)
+    steps = checkpoint.Checkpointer(str(tmp_path), fingerprint=fp, save_every=2, keep=3).all_steps()
+    assert 2 in steps and 4 in steps
+    for step in steps:
+        shutil.rmtree(tmp_path / str(step) / "state")
+    fresh = checkpoint.Checkpointer(str(tmp_path), fingerprint=fp, save_every=2, keep=3)
+    with pytest.raises(checkpoint.CheckpointDamagedError, match=r"no intact checkpoint(.|\n)*step 4: its state "
+                                                                r"metadata cannot be read(.|\n)*step 2:"):
+        train.resume_or_init(trainer, fresh, 0)
+    fresh.close()
+
+
+def test_a_torn_last_metrics_line_is_dropped_and_a_damaged_one_named(tmp_path, capsys):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 2.0}\n{"step": 3, "lo')
+    train.MetricsWriter(str(tmp_path), first_step=2).close()
+    assert path.read_text() == '{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 2.0}\n'
+    assert "dropped a torn last line" in capsys.readouterr().out
+    path.write_text('{"step": 1, "loss": 1.0}\ngarbage\n{"step": 2, "loss": 2.0}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a metrics record"):
+        train.MetricsWriter(str(tmp_path), first_step=2)
