@@ -63,6 +63,28 @@ def filter_logits(logits: jax.Array, *, temperature: float = 1.0, top_k: Optiona
     return x
 
 
+def _is_int(x) -> bool:
+    """A Python or numpy integer (not a bool)."""
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _check_model_fits(model, prompt_tokens, prompt_mask, max_new_tokens) -> None:
+    """Prompt ids inside the vocabulary on real tokens, and (learned positions) a position table long enough."""
+    cfg = model.cfg
+    ids, m = np.asarray(prompt_tokens), np.asarray(prompt_mask) != 0
+    bad = ((ids < 0) | (ids >= cfg.vocab_size)) & m
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"prompt_tokens hold ids outside [0, {cfg.vocab_size}) on real prompt tokens: "
+                         f"prompt_tokens{list(where)} = {int(ids[where])} ({int(bad.sum())} such tokens)")
+    if cfg.positions == "learned":
+        needed = ids.shape[1] + int(max_new_tokens)
+        if needed > cfg.max_position_embeddings:
+            raise ValueError(f"prompts of width {ids.shape[1]} plus max_new_tokens={int(max_new_tokens)} needs "
+                             f"positions up to {needed}, but the model's learned position table has "
+                             f"{cfg.max_position_embeddings}")
+
+
 def _check_args(prompt_tokens, prompt_mask, max_new_tokens, temperature, top_k, top_p, num_samples):
     if prompt_tokens.ndim != 2 or prompt_mask.shape != prompt_tokens.shape:
         raise ValueError(f"prompt_tokens and prompt_mask must both have shape [B, P]; got {prompt_tokens.shape} "
@@ -71,15 +93,15 @@ def _check_args(prompt_tokens, prompt_mask, max_new_tokens, temperature, top_k, 
     if not m[:, -1].all() or (np.diff(m, axis=1) < 0).any():
         raise ValueError("prompts must be left-padded: each prompt_mask row is 0s then 1s ending in a 1 "
                          "(use sampling.left_pad)")
-    if not (isinstance(max_new_tokens, int) and max_new_tokens > 0):
+    if not (_is_int(max_new_tokens) and max_new_tokens > 0):
         raise ValueError(f"max_new_tokens must be a positive int; got {max_new_tokens!r}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0 (use greedy=True for argmax decoding); got {temperature}")
-    if top_k is not None and not (isinstance(top_k, int) and top_k > 0):
+    if top_k is not None and not (_is_int(top_k) and top_k > 0):
         raise ValueError(f"top_k must be a positive int or None; got {top_k!r}")
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1]; got {top_p}")
-    if not (isinstance(num_samples, int) and num_samples > 0):
+    if not (_is_int(num_samples) and num_samples > 0):
         raise ValueError(f"num_samples must be a positive int; got {num_samples!r}")
 
 
@@ -94,6 +116,9 @@ def generate(model, prompt_tokens, prompt_mask, key, *, max_new_tokens: int, tem
     """
     prompt_tokens, prompt_mask = jnp.asarray(prompt_tokens), jnp.asarray(prompt_mask)
     _check_args(prompt_tokens, prompt_mask, max_new_tokens, temperature, top_k, top_p, num_samples)
+    _check_model_fits(model, prompt_tokens, prompt_mask, max_new_tokens)
+    max_new_tokens, num_samples = int(max_new_tokens), int(num_samples)
+    top_k = None if top_k is None else int(top_k)
     eos = tuple(model.cfg.eos_token_ids if eos_ids is None else eos_ids)
     graphdef, state = nnx.split(model)
     return _generate(graphdef, state, prompt_tokens, prompt_mask, key, max_new=max_new_tokens,

@@ -146,3 +146,28 @@ def test_best_of_n_samples_with_a_scoring_function():
         j = int(np.argmax(np.asarray(scores[b])))
         np.testing.assert_array_equal(best.tokens[b], out.tokens[b * 5 + j])
         assert float(score(best)[b]) == float(np.max(np.asarray(scores[b])))
+
+
+def test_prompt_ids_and_lengths_the_model_cannot_take_are_refused_and_numpy_ints_accepted():
+    model = _model()
+    toks, mask = sampling.left_pad(PROMPTS)
+    key = jax.random.PRNGKey(0)
+    bad = np.array(toks)
+    bad[0, -1] = VOCAB  # one past the vocabulary, on a real prompt token
+    with pytest.raises(ValueError, match=rf"prompt_tokens hold ids outside \[0, {VOCAB}\)"):
+        sampling.generate(model, bad, mask, key, max_new_tokens=2)
+    bad[0, -1] = -1
+    with pytest.raises(ValueError, match="outside"):
+        sampling.generate(model, bad, mask, key, max_new_tokens=2)
+    padded = np.array(toks)
+    padded[mask == 0] = 10_000  # padding may hold anything
+    sampling.generate(model, padded, mask, key, max_new_tokens=2)
+    out = sampling.generate(model, toks, mask, key, max_new_tokens=np.int64(3), top_k=np.int32(5),
+                            num_samples=np.int64(2))
+    assert out.tokens.shape == (2 * len(PROMPTS), 3)
+    gpt2 = _model(family="gpt2")  # learned positions: a table of max_position_embeddings rows
+    limit = gpt2.cfg.max_position_embeddings
+    with pytest.raises(ValueError, match=rf"needs positions up to {toks.shape[1] + limit}.*has {limit}"):
+        sampling.generate(gpt2, toks, mask, key, max_new_tokens=limit)
+    with pytest.raises(ValueError, match=rf"sequence length {limit + 1} exceeds the model's {limit} learned positions"):
+        gpt2(jnp.zeros((1, limit + 1), jnp.int32))

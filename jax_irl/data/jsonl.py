@@ -23,8 +23,13 @@ def read_jsonl(path: str, kind: str = "sft") -> List[Dict[str, str]]:
         raise FileNotFoundError(f"no such JSONL file: {path}")
     fields = SCHEMAS[kind]
     records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}:{number}: not valid UTF-8 (byte {err.start}: {raw[err.start:err.start + 1]!r})"
+                                 ) from None
             if not line.strip():
                 continue
             try:

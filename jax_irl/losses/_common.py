@@ -69,9 +69,35 @@ def check_targets(targets: Array, vocab_size: int, mask: Optional[Array] = None)
 
 
 def check_mask(name: str, mask: Array) -> None:
+    """Boolean or numeric; when concrete, no negative weight (a negative mask would subtract tokens)."""
     dt = jnp.result_type(mask)
     if not (jnp.issubdtype(dt, jnp.bool_) or jnp.issubdtype(dt, jnp.integer) or jnp.issubdtype(dt, jnp.floating)):
         raise TypeError(f"{name} must be boolean or numeric; got dtype {dt}")
+    if not isinstance(mask, jax.core.Tracer) and not jnp.issubdtype(dt, jnp.bool_):
+        m = np.asarray(mask)
+        if (m < 0).any() or np.isnan(m).any():
+            raise ValueError(f"{name} must hold weights >= 0 (1 counts a token, 0 skips it); got "
+                             f"{float(m[(m < 0) | np.isnan(m)].flat[0])}")
+
+
+def check_scalar(name: str, value, *, low: Optional[float] = None, high: Optional[float] = None,
+                 low_open: bool = False) -> None:
+    """A hyperparameter in [low, high] (or (low, high] with low_open), whatever its numeric type (Python, numpy or
+    a concrete jax scalar). Under jit (a traced value) nothing can be checked: the caller's formula then runs
+    with the value as given."""
+    if value is None or isinstance(value, jax.core.Tracer):
+        return
+    v = np.asarray(value)
+    if v.size != 1:
+        raise ValueError(f"{name} must be a scalar; got shape {v.shape}")
+    v = float(v)
+    if not np.isfinite(v):
+        raise ValueError(f"{name} must be finite; got {v}")
+    if low is not None and (v <= low if low_open else v < low):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low:g}" +
+                         (f" and <= {high:g}" if high is not None else "") + f"; got {v:g}")
+    if high is not None and v > high:
+        raise ValueError(f"{name} must be <= {high:g}; got {v:g}")
 
 
 def gather_target(values: Array, targets: Array) -> Array:

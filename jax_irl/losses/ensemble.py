@@ -19,7 +19,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from jax_irl.losses._common import Array, check_float, upcast
+from jax_irl.losses._common import Array, check_float, check_scalar, upcast
 
 AGGREGATIONS = ("mean", "min", "uwo", "lcb")
 
@@ -45,8 +45,7 @@ def aggregate_rewards(rewards: Array, method: str = "mean", coef: Optional[float
     if method in ("uwo", "lcb"):
         if coef is None:
             raise ValueError(f"method {method!r} needs coef (the weight of the heads' disagreement)")
-        if isinstance(coef, (int, float)) and coef < 0:
-            raise ValueError(f"coef must be >= 0; got {coef}")
+        check_scalar("coef", coef, low=0.0)
     elif coef is not None:
         raise ValueError(f"coef applies to 'uwo' and 'lcb', not {method!r}")
     r = upcast(rewards)

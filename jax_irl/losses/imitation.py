@@ -24,8 +24,10 @@ from typing import Optional
 
 import jax.numpy as jnp
 
-from jax_irl.losses._common import Array, check_mask, check_rank, check_same_shape, masked_mean, masked_sum
-from jax_irl.losses.soft_q import implied_rewards_from_q, next_state_values, soft_q_stats, soft_values
+from jax_irl.losses._common import (Array, check_mask, check_rank, check_same_shape, check_scalar, masked_mean,
+                                    masked_sum, upcast)
+from jax_irl.losses.soft_q import (finite_where_masked, implied_rewards_from_q, next_state_values, soft_q_stats,
+                                   soft_values)
 
 
 def _num_tokens(mask: Array) -> Array:
@@ -42,6 +44,8 @@ def mle_loss_from_q(target_q: Array, values: Array, mask: Array, *, temperature:
     check_same_shape({"target_q": target_q, "values": values, "mask": mask}, "[B, T]")
     check_rank("mask", mask, 2, "[B, T]")
     check_mask("mask", mask)
+    check_scalar("temperature", temperature, low=0.0, low_open=True)
+    check_scalar("normalizer", normalizer, low=0.0, low_open=True)
     nll = (values - target_q) / temperature
     on = jnp.asarray(mask) != 0
     nll = jnp.where(on, nll, jnp.zeros((), nll.dtype))
@@ -80,6 +84,7 @@ def iqlearn_loss_from_q(
     'td_penalty' (r^2) of shape [B, T] (0 where mask == 0), per-row 'sequence_rewards' [B] (sum of r_t), and the
     scalars 'nll_loss', 'td_loss', 'num_tokens'.
     """
+    check_scalar("td_weight", td_weight, low=0.0)
     mle, aux = mle_loss_from_q(target_q, values, mask, temperature=temperature, normalizer=normalizer)
     rewards = implied_rewards_from_q(target_q, values, mask, gamma, terminal)
     td_penalty = rewards**2
@@ -161,6 +166,8 @@ def iqlearn_online_loss_from_q(
     check_rank("policy_values", policy_values, 2, "[B', T']")
     check_same_shape({"policy_values": policy_values, "policy_mask": policy_mask}, "[B', T']")
     check_mask("policy_mask", policy_mask)
+    check_scalar("alpha", alpha, low=0.0, high=1.0)
+    check_scalar("policy_normalizer", policy_normalizer, low=0.0, low_open=True)
     offline, aux = iqlearn_loss_from_q(target_q, values, mask, gamma=gamma, td_weight=td_weight,
                                        temperature=temperature, terminal=terminal, normalizer=normalizer)
     data_gap = value_gap(values, mask, gamma, terminal, normalizer)
@@ -198,7 +205,7 @@ def iqlearn_online_loss(
         raise ValueError(f"policy_logits and logits must share the vocabulary axis; got {policy_logits.shape[-1]} "
                          f"and {logits.shape[-1]}")
     q, v = soft_q_stats(logits, targets, temperature, mask)
-    pv = soft_values(policy_logits, temperature)
+    pv = soft_values(finite_where_masked(upcast(policy_logits), policy_mask), temperature)
     return iqlearn_online_loss_from_q(
         q, v, mask, pv, policy_mask, alpha=alpha, gamma=gamma, td_weight=td_weight, temperature=temperature,
         terminal=terminal, policy_terminal=policy_terminal, normalizer=normalizer,

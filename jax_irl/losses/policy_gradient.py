@@ -21,6 +21,7 @@ from jax_irl.losses._common import (
     check_mask,
     check_rank,
     check_same_shape,
+    check_scalar,
     last_true_index_mask,
     masked_mean,
     upcast,
@@ -65,6 +66,7 @@ def kl_shaped_rewards(token_rewards: Array, logp: Array, ref_logp: Array, mask: 
     """r_t - kl_coef * KL_t on counted tokens, 0 elsewhere. All inputs [B, T]; returns [B, T]."""
     check_same_shape({"token_rewards": token_rewards, "logp": logp, "ref_logp": ref_logp, "mask": mask}, "[B, T]")
     check_rank("mask", mask, 2, "[B, T]")
+    check_scalar("kl_coef", kl_coef, low=0.0)
     shaped = upcast(token_rewards) - kl_coef * kl_penalty(logp, ref_logp, estimator)
     return jnp.where(jnp.asarray(mask) != 0, shaped, 0.0)
 
@@ -84,6 +86,8 @@ def gae(rewards: Array, values: Array, mask: Array, gamma: float, lam: float,
     check_same_shape({"rewards": rewards, "values": values, "mask": mask}, "[B, T]")
     check_rank("rewards", rewards, 2, "[B, T]")
     check_mask("mask", mask)
+    check_scalar("gamma", gamma, low=0.0, high=1.0)
+    check_scalar("lam", lam, low=0.0, high=1.0)
     r = upcast(rewards)
     v = upcast(values).astype(r.dtype)
     on = jnp.asarray(mask) != 0
@@ -125,6 +129,9 @@ def ppo_policy_loss(logp: Array, old_logp: Array, advantages: Array, mask: Array
     check_same_shape({"logp": logp, "old_logp": old_logp, "advantages": advantages, "mask": mask}, "[B, T]")
     check_rank("logp", logp, 2, "[B, T]")
     check_mask("mask", mask)
+    check_scalar("clip_eps", clip_eps, low=0.0)
+    check_scalar("clip_eps_high", clip_eps_high, low=0.0)
+    check_scalar("normalizer", normalizer, low=0.0, low_open=True)
     high = clip_eps if clip_eps_high is None else clip_eps_high
     lp = upcast(logp)
     log_ratio = lp - jax.lax.stop_gradient(upcast(old_logp))
@@ -153,6 +160,8 @@ def ppo_value_loss(values: Array, old_values: Array, returns: Array, mask: Array
     check_same_shape({"values": values, "old_values": old_values, "returns": returns, "mask": mask}, "[B, T]")
     check_rank("values", values, 2, "[B, T]")
     check_mask("mask", mask)
+    check_scalar("clip_eps", clip_eps, low=0.0)
+    check_scalar("normalizer", normalizer, low=0.0, low_open=True)
     v = upcast(values)
     old = jax.lax.stop_gradient(upcast(old_values))
     ret = jax.lax.stop_gradient(upcast(returns))

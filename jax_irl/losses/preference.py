@@ -30,7 +30,8 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from jax_irl.losses._common import Array, check_float, check_rank, check_same_shape, masked_sum, upcast
+from jax_irl.losses._common import (Array, check_float, check_rank, check_same_shape, check_scalar, masked_sum,
+                                    upcast)
 from jax_irl.losses.soft_q import soft_q_stats
 
 DPO_LOSS_TYPES = ("sigmoid", "robust", "ipo", "hinge")
@@ -122,8 +123,7 @@ def dpo_loss(
     """
     if loss_type not in DPO_LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {DPO_LOSS_TYPES}; got {loss_type!r}")
-    if isinstance(beta, (int, float)) and not beta > 0:
-        raise ValueError(f"beta must be > 0; got {beta}")
+    check_scalar("beta", beta, low=0.0, low_open=True)
     if not 0.0 <= label_smoothing < 0.5:
         raise ValueError(f"label_smoothing must be in [0, 0.5); got {label_smoothing}")
     if label_smoothing and loss_type in ("ipo", "hinge"):
@@ -138,6 +138,8 @@ def dpo_loss(
     for name, x in inputs.items():
         check_rank(name, x, 1, "[B]")
         check_float(name, x)
+    if jnp.shape(policy_chosen_logps)[0] == 0:
+        raise ValueError("dpo_loss got an empty batch (B = 0 pairs): its mean would be NaN")
     pc, pr, rc, rr = (upcast(x) for x in inputs.values())
     chosen_ratio = pc - rc
     rejected_ratio = pr - rr

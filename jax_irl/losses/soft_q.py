@@ -29,6 +29,7 @@ from jax_irl.losses._common import (
     check_mask,
     check_rank,
     check_same_shape,
+    check_scalar,
     check_targets,
     compute_dtype,
     gather_target,
@@ -38,8 +39,7 @@ from jax_irl.losses._common import (
 
 
 def _check_temperature(temperature) -> None:
-    if isinstance(temperature, (int, float)) and not temperature > 0:
-        raise ValueError(f"temperature must be > 0; got {temperature}")
+    check_scalar("temperature", temperature, low=0.0, low_open=True)
 
 
 def soft_values(logits: Array, temperature: float = 1.0) -> Array:
@@ -52,6 +52,16 @@ def soft_values(logits: Array, temperature: float = 1.0) -> Array:
     _check_temperature(temperature)
     x = upcast(logits)
     return temperature * jax.nn.logsumexp(x / temperature, axis=-1)
+
+
+def finite_where_masked(logits: Array, mask: Array) -> Array:
+    """logits [B, T, V] with NaN and +-inf entries at positions where mask == 0 replaced by 0.
+
+    Masked positions never count, but a NaN (or a row of -inf) there would still reach the gradient: the masked
+    value is dropped by a where, and its zero cotangent times the NaN derivative of logsumexp is NaN. Finite
+    masked logits are kept as they are (their V(s) may still be read as V(s_{t+1}) across a hole in the mask)."""
+    bad = (jnp.asarray(mask) == 0)[..., None] & ~jnp.isfinite(logits)
+    return jnp.where(bad, jnp.zeros((), logits.dtype), logits)
 
 
 def soft_q_stats(logits: Array, targets: Array, temperature: float = 1.0, mask: Optional[Array] = None) -> Tuple[Array, Array]:
@@ -71,6 +81,8 @@ def soft_q_stats(logits: Array, targets: Array, temperature: float = 1.0, mask: 
         check_mask("mask", mask)
     check_targets(targets, logits.shape[-1], mask)
     x = upcast(logits)
+    if mask is not None:
+        x = finite_where_masked(x, mask)
     return gather_target(x, targets), soft_values(x, temperature)
 
 
@@ -128,6 +140,7 @@ def implied_rewards_from_q(
     """
     check_same_shape({"target_q": target_q, "values": values, "mask": mask}, "[B, T]")
     check_mask("mask", mask)
+    check_scalar("gamma", gamma, low=0.0, high=1.0)
     r = target_q - gamma * next_state_values(values, mask, terminal)
     return jnp.where(jnp.asarray(mask) != 0, r, jnp.zeros((), r.dtype))
 

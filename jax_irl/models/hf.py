@@ -224,7 +224,10 @@ def _read_tensors(path: str) -> Dict[str, np.ndarray]:
         file = os.path.join(path, name)
         if not os.path.exists(file):
             raise FileNotFoundError(f"the index names shard {name}, which is missing from {path}")
-        tensors.update(load_file(file))
+        try:
+            tensors.update(load_file(file))
+        except Exception as err:  # safetensors raises its own error types for truncated or damaged files
+            raise ValueError(f"{file} cannot be read as safetensors (truncated or damaged?): {err}") from None
     return tensors
 
 
@@ -233,7 +236,11 @@ def _read_config(path: str) -> dict:
     if not os.path.exists(config_file):
         raise FileNotFoundError(f"{path} has no config.json (is it a Hugging Face model folder?)")
     with open(config_file) as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{config_file} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})"
+                             ) from None
 
 
 def _checkpoint_dtype(tensors: Dict[str, np.ndarray]) -> str:
@@ -269,15 +276,37 @@ def _assign(model, entries: List[Entry], tensors: Dict[str, np.ndarray], path: s
                          f"{' ...' if len(unexpected) > 5 else ''}")
 
 
-def from_pretrained(path: str, *, dtype: str = "float32", param_dtype: Optional[str] = None) -> Transformer:
+def _config(hf: dict, path: str, **kwargs) -> TransformerConfig:
+    try:
+        return config_from_hf(hf, **kwargs)
+    except KeyError as err:
+        raise ValueError(f"{os.path.join(path, 'config.json')} lacks the key {err} that a "
+                         f"{hf.get('model_type', 'decoder')} config needs") from None
+
+
+def _check_finite(tensors: Dict[str, np.ndarray], path: str) -> None:
+    for key, value in tensors.items():
+        if np.issubdtype(np.asarray(value).dtype, np.floating) or value.dtype == jnp.bfloat16:
+            bad = int((~np.isfinite(np.asarray(value, np.float32))).sum())
+            if bad:
+                raise ValueError(f"checkpoint {path}: tensor {key} holds {bad} non-finite value(s) (NaN or inf); "
+                                 f"pass allow_non_finite=True to load it anyway")
+
+
+def from_pretrained(path: str, *, dtype: str = "float32", param_dtype: Optional[str] = None,
+                    allow_non_finite: bool = False) -> Transformer:
     """Load a local Hugging Face causal-LM folder (config.json + safetensors) into a jax_irl Transformer.
 
     dtype is the compute dtype; param_dtype defaults to the checkpoint's ('float32' or 'bfloat16'; float16 is
-    read as float32). Missing tensors, shape mismatches and unexpected tensors raise errors naming the tensor.
+    read as float32). Missing tensors, shape mismatches and unexpected tensors raise errors naming the tensor;
+    a damaged config.json or safetensors file names the file; NaN or inf weights are refused unless
+    ``allow_non_finite``.
     """
     hf = _read_config(path)
     tensors = _read_tensors(path)
-    cfg = config_from_hf(hf, dtype=dtype, param_dtype=param_dtype or _checkpoint_dtype(tensors))
+    if not allow_non_finite:
+        _check_finite(tensors, path)
+    cfg = _config(hf, path, dtype=dtype, param_dtype=param_dtype or _checkpoint_dtype(tensors))
     model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
     if cfg.family == "gpt2" and not any(k.startswith("transformer.") for k in tensors):
         tensors = {"transformer." + k: v for k, v in tensors.items()}  # original GPT-2 checkpoints
@@ -298,7 +327,8 @@ def reward_model_from_pretrained(path: str, *, dtype: str = "float32", param_dty
         raise KeyError(f"checkpoint {path} has no 'score.weight': it is not a sequence-classification (reward) model")
     score = np.asarray(tensors.pop("score.weight"), np.float32)
     tensors.pop("lm_head.weight", None)
-    cfg = config_from_hf(hf, dtype=dtype, param_dtype=param_dtype or _checkpoint_dtype(tensors))
+    _check_finite(tensors, path)
+    cfg = _config(hf, path, dtype=dtype, param_dtype=param_dtype or _checkpoint_dtype(tensors))
     cfg = dataclasses.replace(cfg, tie_embeddings=True)  # no lm_head to read; the head is 'score'
     backbone = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
     if cfg.family == "gpt2" and not any(k.startswith("transformer.") for k in tensors):

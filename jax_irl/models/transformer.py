@@ -225,6 +225,9 @@ class Transformer(nnx.Module):
         if tokens.ndim != 2:
             raise ValueError(f"tokens must have shape [B, T]; got {tokens.shape}")
         b, t = tokens.shape
+        if cfg.positions == "learned" and cache is None and positions is None and t > cfg.max_position_embeddings:
+            raise ValueError(f"sequence length {t} exceeds the model's {cfg.max_position_embeddings} learned "
+                             f"positions (past the table the positions would be clamped silently)")
         mask = jnp.ones((b, t), bool) if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
         if mask.shape != (b, t):
             raise ValueError(f"attention_mask must have shape [B, T] = {(b, t)}; got {mask.shape}")

@@ -153,3 +153,10 @@ def test_jsonl_task_splits_a_local_file_and_names_what_is_wrong(tmp_path):
     with pytest.raises(ValueError, match="task name must be one of"):
         tasks.TaskConfig(name="nope")
     assert tasks.get("gsm8k").score("so #### 42", "#### 42") == 1.0
+
+
+def test_jsonl_that_is_not_utf8_names_the_file_and_line(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"prompt": "a", "response": "b"}\n{"prompt": "caf\xe9", "response": "b"}\n')
+    with pytest.raises(ValueError, match=r"latin1\.jsonl:2: not valid UTF-8"):
+        jsonl.read_jsonl(str(path))

@@ -95,3 +95,85 @@ def test_sequence_log_probs_never_positive_and_sum_tokenwise(shape, seed):
     tok = np.asarray(L.token_log_probs(logits, np.maximum(targets, 0)))
     np.testing.assert_allclose(seq, (tok * mask).sum(-1), rtol=1e-5, atol=1e-5)
     assert jnp.isfinite(jnp.asarray(seq)).all()
+
+
+def test_hyperparameters_are_checked_whatever_their_numeric_type():
+    """Concrete hyperparameters of any numeric type (Python, numpy, jax scalars) outside their range raise an
+    error naming them; a negative mask weight and an empty DPO batch too."""
+    import jax.numpy as jnp
+    import numpy as np
+    import pytest
+
+    from jax_irl import losses as L
+
+    b, t, v = 2, 4, 5
+    logits = jnp.zeros((b, t, v))
+    targets = jnp.zeros((b, t), jnp.int32)
+    mask = jnp.ones((b, t))
+    x = jnp.zeros(3)
+    cases = [
+        (lambda g: L.iqlearn_loss(logits, targets, mask, gamma=g, td_weight=0.1), "gamma", (1.5, np.float32(-0.1))),
+        (lambda w: L.iqlearn_loss(logits, targets, mask, gamma=0.9, td_weight=w), "td_weight",
+         (-1.0, jnp.float32(-0.5))),
+        (lambda n: L.mle_loss(logits, targets, mask, normalizer=n), "normalizer", (0.0, jnp.asarray(-3.0))),
+        (lambda beta: L.dpo_loss(x, x, x, x, beta=beta), "beta", (0.0, np.float64(0.0), jnp.asarray(0.0))),
+        (lambda c: L.aggregate_rewards(jnp.zeros((2, 3)), "lcb", coef=c), "coef", (jnp.asarray(-1.0),)),
+        (lambda g: L.gae(jnp.zeros((b, t)), jnp.zeros((b, t)), mask, g, 0.9), "gamma", (1.01,)),
+        (lambda lam: L.gae(jnp.zeros((b, t)), jnp.zeros((b, t)), mask, 0.9, lam), "lam", (-0.1,)),
+        (lambda e: L.ppo_policy_loss(jnp.zeros((b, t)), jnp.zeros((b, t)), jnp.zeros((b, t)), mask, clip_eps=e),
+         "clip_eps", (-0.2, np.float32(-1))),
+        (lambda a: L.iqlearn_online_loss(logits, targets, mask, logits, mask, alpha=a, gamma=0.9, td_weight=0.1),
+         "alpha", (1.5,)),
+    ]
+    for fn, name, bad_values in cases:
+        for bad in bad_values:
+            with pytest.raises(ValueError, match=name):
+                fn(bad)
+    with pytest.raises(ValueError, match="mask must hold weights >= 0"):
+        L.mle_loss(logits, targets, mask.at[0, 0].set(-1.0))
+    with pytest.raises(ValueError, match="empty batch"):
+        L.dpo_loss(jnp.zeros(0), jnp.zeros(0), jnp.zeros(0), jnp.zeros(0), beta=0.1)
+    # Under jit the values are traced: nothing can be checked, and the formula runs as given (documented).
+    import jax
+
+    assert np.isfinite(jax.jit(lambda g: L.iqlearn_loss(logits, targets, mask, gamma=g, td_weight=0.1)[0])(1.5))
+
+
+def test_nan_inf_and_minus_inf_rows_at_masked_positions_leak_into_neither_values_nor_gradients():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jax_irl import losses as L
+    from tests.losses.harness import make_tokens
+
+    rng = np.random.default_rng(7)
+    logits, targets, mask = make_tokens(rng, b=4, t=7, v=11)
+    masked = np.argwhere(mask == 0)
+    dirty = logits.copy()
+    for k, (i, j) in enumerate(masked):  # in turn: one NaN entry, a row of +inf, a row of -inf
+        if k % 3 == 0:
+            dirty[i, j, 3] = np.nan
+        else:
+            dirty[i, j] = np.inf if k % 3 == 1 else -np.inf
+    policy_logits, _, policy_mask = make_tokens(rng, b=2, t=5, v=11)
+    dirty_policy = policy_logits.copy()
+    dirty_policy[policy_mask == 0] = np.nan
+    fns = {
+        "mle": lambda lg, pl: L.mle_loss(lg, targets, mask)[0],
+        "iqlearn": lambda lg, pl: L.iqlearn_loss(lg, targets, mask, gamma=0.9, td_weight=0.3)[0],
+        "online": lambda lg, pl: L.iqlearn_online_loss(lg, targets, mask, pl, policy_mask, alpha=0.2, gamma=0.9,
+                                                       td_weight=0.3)[0],
+        "sequence_log_probs": lambda lg, pl: L.sequence_log_probs(lg, targets, mask).sum(),
+        "implied_rewards": lambda lg, pl: L.implied_rewards(lg, targets, mask, gamma=0.9).sum(),
+    }
+    for name, fn in fns.items():
+        clean_value, (clean_g, clean_pg) = jax.value_and_grad(fn, argnums=(0, 1))(jnp.asarray(logits),
+                                                                                 jnp.asarray(policy_logits))
+        for run in (jax.value_and_grad(fn, argnums=(0, 1)), jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))):
+            value, (g, pg) = run(jnp.asarray(dirty), jnp.asarray(dirty_policy))
+            np.testing.assert_allclose(value, clean_value, rtol=1e-5, err_msg=name)
+            assert np.isfinite(np.asarray(g)).all() and np.isfinite(np.asarray(pg)).all(), name
+            counted = mask != 0
+            np.testing.assert_allclose(np.asarray(g)[counted], np.asarray(clean_g)[counted], rtol=1e-5, atol=1e-6,
+                                       err_msg=name)

@@ -254,3 +254,34 @@ def test_reward_model_from_a_sequence_classification_checkpoint_matches_transfor
 def _save_causal(folder, family):
     _torch_model(family).save_pretrained(folder)
     return folder
+
+
+def test_damaged_checkpoint_files_name_the_file_and_non_finite_weights_are_refused(tmp_path):
+    model = _torch_model("llama")
+    model.save_pretrained(tmp_path / "ok")
+    from safetensors.numpy import load_file, save_file
+
+    config = json.loads((tmp_path / "ok" / "config.json").read_text())
+    for name, text, message in (("nokey", json.dumps({k: v for k, v in config.items() if k != "hidden_size"}),
+                                 r"nokey/config.json lacks the key 'hidden_size'"),
+                                ("badjson", "{not json", r"badjson/config.json is not valid JSON")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(text)
+        (tmp_path / name / "model.safetensors").write_bytes((tmp_path / "ok" / "model.safetensors").read_bytes())
+        with pytest.raises(ValueError, match=message):
+            hf.from_pretrained(str(tmp_path / name))
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "config.json").write_text(json.dumps(config))
+    data = (tmp_path / "ok" / "model.safetensors").read_bytes()
+    (tmp_path / "cut" / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"cut/model.safetensors cannot be read"):
+        hf.from_pretrained(str(tmp_path / "cut"))
+    tensors = load_file(str(tmp_path / "ok" / "model.safetensors"))
+    tensors["model.norm.weight"][3] = np.nan
+    (tmp_path / "nan").mkdir()
+    (tmp_path / "nan" / "config.json").write_text(json.dumps(config))
+    save_file(tensors, str(tmp_path / "nan" / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"model.norm.weight holds 1 non-finite value"):
+        hf.from_pretrained(str(tmp_path / "nan"))
+    loaded = hf.from_pretrained(str(tmp_path / "nan"), allow_non_finite=True)
+    assert np.isnan(np.asarray(loaded.final_norm.weight[...])[3])
