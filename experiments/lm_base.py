@@ -48,6 +48,13 @@ class BaseConfig:
             raise ValueError(f"max_length must be >= 2; got {self.max_length}")
 
 
+def require_checkpoint(cfg: BaseConfig, experiment: str) -> None:
+    """Paper-scale configs start from a pretrained model: refuse to run without one (before anything is written)."""
+    if not cfg.hf_checkpoint:
+        raise ValueError(f"{experiment} starts from a pretrained model: pass base.hf_checkpoint=/path/to/a/local/hf/"
+                         f"model (a folder with config.json, *.safetensors and tokenizer.json)")
+
+
 class Encoded(NamedTuple):
     tokenizer: TextTokenizer
     train: Dict[str, np.ndarray]  # encode_examples' rows (tokens, mask, prompt_lengths), cut to the longest

@@ -90,6 +90,13 @@ def save_result(folder: str, fingerprint: Dict[str, Any], result: dict) -> None:
     os.replace(path + ".tmp", path)
 
 
+def check_selection(selected: Sequence[str], variants: Mapping[str, Any], field: str = "methods") -> None:
+    """The names a config selects to run must name its variants (and at least one)."""
+    missing = [m for m in selected if m not in variants]
+    if missing or not selected:
+        raise ValueError(f"{field} must name variants; unknown: {missing}; variants: {sorted(variants)}")
+
+
 def run_sweep(run_dir: str, variants: Mapping[str, Any], seeds: Sequence[int],
               run_one: Callable[[str, Any, int, str], dict], *,
               fingerprint: Optional[Dict[str, Any]] = None) -> Dict[str, Dict[int, dict]]:

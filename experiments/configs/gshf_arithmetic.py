@@ -63,9 +63,7 @@ def config() -> GSHFConfig:
 
 
 def validate(cfg: GSHFConfig) -> None:
-    missing = [m for m in cfg.methods if m not in cfg.variants]
-    if missing or not cfg.methods:
-        raise ValueError(f"methods must name variants; unknown: {missing}; variants: {sorted(cfg.variants)}")
+    sweep.check_selection(cfg.methods, cfg.variants)
     if not cfg.betas or any(not b > 0 for b in cfg.betas):
         raise ValueError(f"betas must be a non-empty list of values > 0; got {cfg.betas}")
     if not cfg.seeds or cfg.eval_samples < 1 or cfg.batch_pairs < 1:

@@ -45,7 +45,5 @@ def config() -> GSHFConfig:
 
 
 def validate(cfg: GSHFConfig) -> None:
-    if not cfg.base.hf_checkpoint:
-        raise ValueError("gshf_gsm8k starts from a pretrained policy: pass "
-                         "base.hf_checkpoint=/path/to/a/local/hf/model")
+    lm_base.require_checkpoint(cfg.base, "gshf_gsm8k")
     gshf_arithmetic.validate(cfg)

@@ -64,9 +64,7 @@ def config() -> IRLConfig:
 
 def validate(cfg: IRLConfig) -> None:
     """Checks across fields, made by the driver before anything is written."""
-    missing = [m for m in cfg.methods if m not in cfg.variants]
-    if missing or not cfg.methods:
-        raise ValueError(f"methods must name variants; unknown: {missing}; variants: {sorted(cfg.variants)}")
+    sweep.check_selection(cfg.methods, cfg.variants)
     if not cfg.seeds or cfg.evaluation.num_samples < 2:
         raise ValueError("seeds must name at least one seed and evaluation.num_samples must be >= 2")
     if not cfg.base.hf_checkpoint and cfg.base.max_length + cfg.evaluation.max_new_tokens > cfg.base.max_positions:

@@ -41,7 +41,5 @@ def config() -> IRLConfig:
 
 def validate(cfg: IRLConfig) -> None:
     """Called by the driver before the run starts."""
-    if not cfg.base.hf_checkpoint:
-        raise ValueError("irl_gsm8k fine-tunes a pretrained model: pass base.hf_checkpoint=/path/to/a/local/hf/model "
-                         "(a folder with config.json, *.safetensors and tokenizer.json)")
+    lm_base.require_checkpoint(cfg.base, "irl_gsm8k")
     irl_arithmetic.validate(cfg)

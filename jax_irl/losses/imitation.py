@@ -204,6 +204,9 @@ def iqlearn_online_loss(
     if policy_logits.shape[-1] != logits.shape[-1]:
         raise ValueError(f"policy_logits and logits must share the vocabulary axis; got {policy_logits.shape[-1]} "
                          f"and {logits.shape[-1]}")
+    if tuple(jnp.shape(policy_mask)) != tuple(policy_logits.shape[:2]):
+        raise ValueError(f"policy_values, policy_mask must share the shape [B', T'] of policy_logits[..., 0] = "
+                         f"{tuple(policy_logits.shape[:2])}; got policy_mask {tuple(jnp.shape(policy_mask))}")
     q, v = soft_q_stats(logits, targets, temperature, mask)
     pv = soft_values(finite_where_masked(upcast(policy_logits), policy_mask), temperature)
     return iqlearn_online_loss_from_q(

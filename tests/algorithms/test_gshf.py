@@ -205,6 +205,13 @@ def test_a_loop_killed_mid_round_resumes_to_the_same_result(lm, tmp_path, monkey
     resumed = gshf.run_method(method, ctx, seed=1, folder=str(tmp_path / "b"), fingerprint={})
     assert resumed == straight
 
+    def final_checksums(folder):  # the checksums every checkpoint records of its params and optimizer state
+        ckpts = tmp_path / folder / "round_1" / "train" / "checkpoints"
+        last = max(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
+        return json.loads((ckpts / str(last) / "meta" / "metadata").read_text())["checksums"]
+
+    assert final_checksums("b") == final_checksums("a")  # bitwise the same final params
+
 
 def test_method_fields_are_validated():
     for bad, match in ((dict(kind="ppo"), "kind must be one of"), (dict(beta=0.0), "beta must be > 0"),
