@@ -1,0 +1,124 @@
+"""Reinforcement learning from symbolic feedback (Jha et al. 2024, RLSF): tools that return certificates, and
+the token-level rewards they become.
+
+A tool checks a response to a prompt and returns a ``Certificate``: whether the whole output is correct, and
+the character spans of the response that are wrong, each with a message. ``token_rewards`` turns a
+certificate into one reward per response token (the paper's rule):
+
+    r_k = low   if token k's characters overlap a wrong span,
+          high  otherwise,
+    and the last token gets high only if the whole output is correct (else low).
+
+Token character spans come from ``token_offsets`` (incremental decoding of the sampled ids, so they are exact
+for the tokens the sampler produced, whatever the tokenizer). ``batch_token_rewards`` does this for a batch of
+sampled responses and returns a [B, N] array aligned with ``sampling.generate``'s tokens (0 after EOS), ready
+for ``losses.place_sequence_reward``-style PPO rewards.
+
+Write your own tool as any object with a ``name`` and ``check(prompt, response) -> Certificate``; a tool must
+return a certificate for any input (an empty or malformed response is a wrong output with a span and a
+message, never an exception that stops training).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Span:
+    start: int  # character offsets into the response, [start, end)
+    end: int
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Certificate:
+    correct: bool
+    spans: Tuple[Span, ...] = ()
+    tool: str = ""
+    details: Tuple[Tuple[str, str], ...] = ()  # tool-specific facts as (key, value) pairs
+
+    def describe(self) -> str:
+        head = f"{self.tool}: {'correct' if self.correct else 'wrong'}"
+        return head + "".join(f"\n  [{s.start}:{s.end}] {s.message}" for s in self.spans)
+
+
+class Tool(Protocol):
+    name: str
+
+    def check(self, prompt: str, response: str) -> Certificate:
+        ...
+
+
+def token_offsets(tokenizer, ids: Sequence[int]) -> List[Tuple[int, int]]:
+    """Character span [start, end) of each token in ``tokenizer.decode(ids)``, by incremental decoding: token
+    k covers the characters that decoding ids[:k + 1] adds to ids[:k]. Special tokens (dropped by decode) get
+    an empty span. Exact for the very ids a sampler produced, unlike re-tokenizing the decoded text."""
+    spans, previous = [], 0
+    for k in range(len(ids)):
+        length = len(tokenizer.decode(list(ids[:k + 1])))
+        spans.append((previous, max(length, previous)))
+        previous = max(length, previous)
+    return spans
+
+
+def token_rewards(certificate: Certificate, offsets: Sequence[Tuple[int, int]], *, low: float = 0.0,
+                  high: float = 1.0) -> np.ndarray:
+    """One reward per token [n]: low where the token's characters overlap a wrong span, else high; the last
+    token is high only if the whole output is correct. (low, high) = (0, 1) is the paper's; (-1, 1) centres."""
+    n = len(offsets)
+    if n == 0:
+        return np.zeros(0, np.float32)
+    rewards = np.full(n, high, np.float32)
+    for k, (start, end) in enumerate(offsets):
+        for span in certificate.spans:
+            empty_token = start == end
+            overlaps = (start < span.end and span.start < end) if not empty_token else False
+            if overlaps:
+                rewards[k] = low
+                break
+    rewards[-1] = high if certificate.correct else low
+    return rewards
+
+
+def batch_token_rewards(tool: Tool, prompts: Sequence[str], response_ids: np.ndarray, response_mask: np.ndarray,
+                        tokenizer, *, low: float = 0.0, high: float = 1.0
+                        ) -> Tuple[np.ndarray, List[Certificate]]:
+    """Token rewards [B, N] for sampled responses (``sampling.generate``'s tokens and mask, EOS included in the
+    mask): each response is decoded from its own ids, checked, and its certificate spread over its tokens;
+    positions after the end get 0. Returns (rewards, certificates)."""
+    response_ids, response_mask = np.asarray(response_ids), np.asarray(response_mask)
+    if response_ids.shape != response_mask.shape or response_ids.ndim != 2:
+        raise ValueError(f"response_ids and response_mask must both be [B, N]; got {response_ids.shape} and "
+                         f"{response_mask.shape}")
+    if len(prompts) != len(response_ids):
+        raise ValueError(f"{len(prompts)} prompts for {len(response_ids)} responses")
+    rewards = np.zeros(response_ids.shape, np.float32)
+    certificates = []
+    for b, (prompt, ids, mask) in enumerate(zip(prompts, response_ids, response_mask)):
+        count = int((mask > 0).sum())
+        kept = [int(i) for i in ids[:count]]
+        text = tokenizer.decode(kept)
+        certificate = safe_check(tool, prompt, text)
+        certificates.append(certificate)
+        rewards[b, :count] = token_rewards(certificate, token_offsets(tokenizer, kept), low=low, high=high)
+    return rewards, certificates
+
+
+def safe_check(tool: Tool, prompt: str, response: str) -> Certificate:
+    """tool.check, with any exception turned into a wrong-output certificate that names it (a tool's bug or an
+    input it cannot handle must not stop a training run)."""
+    try:
+        certificate = tool.check(prompt, response)
+    except Exception as err:  # noqa: BLE001 - the certificate records it
+        return Certificate(False, (Span(0, len(response), f"the {getattr(tool, 'name', 'tool')} tool failed: "
+                                                         f"{type(err).__name__}: {err}"),), getattr(tool, "name", ""))
+    if not isinstance(certificate, Certificate):
+        raise TypeError(f"tool {getattr(tool, 'name', tool)!r} returned {type(certificate).__name__}, not a Certificate")
+    return certificate
+
+
+__all__ = ["Certificate", "Span", "Tool", "batch_token_rewards", "safe_check", "token_offsets", "token_rewards"]

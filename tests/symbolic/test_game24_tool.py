@@ -1,0 +1,94 @@
+"""The symbolic-tool protocol on the Game of 24: exact spans, token rewards on real offsets, batch alignment."""
+
+import numpy as np
+import pytest
+
+from jax_irl import symbolic
+from jax_irl.data import game24 as puzzles
+from jax_irl.data.tokenizer import train_bpe
+from jax_irl.symbolic.game24 import Game24Tool
+
+TOOL = Game24Tool()
+PROMPT = "Use 4 6 1 1 to make 24."
+
+
+def _spans(response):
+    return [(s.start, s.end, s.message) for s in TOOL.check(PROMPT, response).spans]
+
+
+def test_correct_steps_and_expressions_have_no_spans():
+    for response in ("4 * 6 = 24\n24 * 1 = 24\n24 * 1 = 24", "4 * 6 = 24 (left: 1 1 24)\n1 * 1 = 1\n24 / 1 = 24",
+                     "4 * 6 * 1 * 1", "(4 * 6) / (1 * 1) = 24", puzzles.solve([4, 6, 1, 1])):
+        cert = TOOL.check(PROMPT, response)
+        assert cert.correct and cert.spans == (), (response, cert.describe())
+
+
+def test_wrong_steps_name_the_exact_characters():
+    # A false step: its line, and the wrong final value on the last line.
+    assert _spans("4 * 6 = 25\n25 * 1 = 25\n25 * 1 = 25") == [
+        (0, 10, "4 * 6 is 24, not 25"), (23, 34, "the steps end with [25], not 24")]
+    # A number that is not available: its own characters (7 is not given; the second 6 was used up).
+    assert _spans("4 * 7 = 28\n28 - 6 = 22\n22 + 1 = 23") == [
+        (4, 5, "7 is not available (left: [6, 1, 1])"), (23, 34, "the steps end with [1, 23], not 24")]
+    assert _spans("4 * 6 = 24\n6 * 1 = 6") == [
+        (11, 12, "6 is not available (left: [1, 1, 24])"), (11, 20, "the steps end with [1, 24, 6], not 24")]
+    # A line that is not a step, in step mode.
+    assert _spans("4 * 6 = 24\nso the answer is 24\n1 * 1 = 1\n24 * 1 = 24") == [
+        (11, 30, "not a step of the form 'a op b = c': 'so the answer is 24'")]
+
+
+def test_expressions_parse_errors_and_empty_responses():
+    assert _spans("4 + 6 + 1 + 1") == [(0, 13, "evaluates to 12, not 24")]
+    assert _spans("  4 * 6 * 1 = 24") == [(2, 11, "uses [1, 4, 6] instead of [1, 1, 4, 6]")]
+    assert _spans("4 * * 6") == [(0, 7, "the expression does not parse")]
+    assert TOOL.check(PROMPT, "") == symbolic.Certificate(False, (symbolic.Span(0, 0, "empty response"),), "game24")
+    with pytest.raises(ValueError, match="four numbers"):
+        TOOL.check("make 24", "1 + 1")
+
+
+def test_token_rewards_on_real_offsets_where_a_span_starts_inside_a_token():
+    response = "4 * 7 = 28\n28 - 6 = 22\n22 + 1 = 23"
+    tok = train_bpe([response, "4 * 6 = 24\n24 * 1 = 24"] * 20, vocab_size=400, split_digits=False)
+    ids = tok.encode(response)
+    offsets = symbolic.token_offsets(tok, ids)
+    assert "".join(response[s:e] for s, e in offsets) == response  # the spans tile the decoded text
+    cert = TOOL.check(PROMPT, response)
+    assert (4, 5) in [(sp.start, sp.end) for sp in cert.spans]  # the unavailable 7
+    rewards = symbolic.token_rewards(cert, offsets)
+    for k, (s, e) in enumerate(offsets[:-1]):
+        wrong = any(s < span.end and span.start < e for span in cert.spans)
+        assert rewards[k] == (0.0 if wrong else 1.0), (k, response[s:e])
+    assert rewards[-1] == 0.0  # the output is wrong
+    # BPE merged ' 7' into one token (characters 3..5): the span 4..5 starts inside it, and it counts as wrong.
+    inside = [k for k, (s, e) in enumerate(offsets) if s < 4 < e]
+    assert inside and all(rewards[k] == 0.0 for k in inside)
+    assert rewards[0] == 1.0  # '4' (and ' *') before the span stay right
+    centred = symbolic.token_rewards(TOOL.check(PROMPT, "4 * 6 * 1 * 1"), [(0, 5), (5, 13)], low=-1.0, high=1.0)
+    np.testing.assert_array_equal(centred, [1.0, 1.0])
+
+
+def test_batch_rewards_line_up_with_sampler_rows_and_a_broken_tool_gives_a_certificate():
+    tok = train_bpe(["4 * 6 = 24\n24 * 1 = 24", "4 * 6 * 1 * 1", "4 + 6"] * 20, vocab_size=100)
+    good, bad = tok.encode("4 * 6 * 1 * 1"), tok.encode("4 + 6 + 1 + 1")
+    width = max(len(good), len(bad)) + 3
+    ids = np.full((2, width), tok.pad_id, np.int32)
+    mask = np.zeros((2, width), np.int32)
+    for b, row in enumerate((good, bad)):
+        ids[b, :len(row) + 1] = row + [tok.eos_id]  # EOS closes the response, as the sampler emits it
+        mask[b, :len(row) + 1] = 1
+    rewards, certs = symbolic.batch_token_rewards(TOOL, [PROMPT, PROMPT], ids, mask, tok)
+    assert [c.correct for c in certs] == [True, False]
+    np.testing.assert_array_equal(rewards[0, :len(good) + 1], 1.0)  # EOS, the last token, carries correctness
+    assert rewards[1, len(bad)] == 0.0 and (rewards[1, :len(bad)] == 0.0).all()  # the whole expression is wrong
+    assert (rewards[:, width - 2:] == 0).all() and (rewards[mask == 0] == 0).all()
+
+    class Broken:
+        name = "broken"
+
+        def check(self, prompt, response):
+            raise RuntimeError("boom")
+
+    _, (cert, _) = symbolic.batch_token_rewards(Broken(), [PROMPT, PROMPT], ids, mask, tok)
+    assert not cert.correct and "broken tool failed: RuntimeError: boom" in cert.spans[0].message
+    with pytest.raises(ValueError, match=r"\[B, N\]"):
+        symbolic.batch_token_rewards(TOOL, [PROMPT], ids[0], mask[0], tok)
