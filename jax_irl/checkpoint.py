@@ -207,18 +207,18 @@ class Checkpointer:
             raise CheckpointMismatchError(f"checkpoint {self.directory} step {step} does not fit this model's state "
                                           f"(shapes or structure differ):\n  " + "\n  ".join(differences[:8]))
         try:
-            restored = self.manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+            state = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state))).state
         except Exception as err:
             raise _Damaged(f"its arrays cannot be read ({type(err).__name__}: {str(err)[:300]})") from err
         if "checksums" in meta:
-            sums, _ = state_checksums(restored.state)
+            sums, _ = state_checksums(state)
             wrong = [k for k, v in meta["checksums"].items() if sums.get(k) != v]
             if wrong:
                 raise _Damaged(f"the checksums of {', '.join(wrong[:4])}"
                                f"{f' and {len(wrong) - 4} more leaves' if len(wrong) > 4 else ''} differ from "
                                f"those recorded when it was saved (the data files were changed or damaged)")
-        return restored.state, meta
+        return state, meta
 
     def restore(self, abstract_state, step: Optional[int] = None):
         """(state, data_position, step) from the given step (default: the newest intact one) onto

@@ -209,7 +209,7 @@ def score_rows(model, scorer: Callable, rows: Dict[str, np.ndarray], *,
     padded = {k: pad_rows(np.asarray(v), size) for k, v in rows.items()}
     graphdef, state = nnx.split(model)
     parts = []
-    for i in range(0, len(padded["tokens"] if "tokens" in padded else next(iter(padded.values()))), size):
+    for i in range(0, len(next(iter(padded.values()))), size):
         out = _score_batch(scorer, graphdef, state, {k: jnp.asarray(v[i:i + size]) for k, v in padded.items()})
         parts.append(jax.device_get(out))
     return {k: np.concatenate([p[k] for p in parts])[:n] for k in parts[0]}

@@ -409,7 +409,8 @@ def run_stage(folder: str, model: nnx.Module, loss_fn: Callable, stage: StageCon
         state, position = resume_or_init(trainer, ckpt, seed=seed)
         if int(state.step):
             print(f"{desc}: resumed from step {int(state.step)}")
-            saved_steps = ckpt.check_fingerprint(ckpt.latest_step())["fingerprint"].get("stage", {}).get("steps")
+            # The restored step's record: after a fallback past a damaged checkpoint it is not the latest one.
+            saved_steps = ckpt.check_fingerprint(int(state.step))["fingerprint"].get("stage", {}).get("steps")
             if saved_steps not in (None, stage.steps) and stage.optimizer.schedule != "constant":
                 print(f"{desc}: the stage now trains {stage.steps} steps (it was {saved_steps}); its "
                       f"{stage.optimizer.schedule} learning-rate schedule now spans {stage.steps} steps, continuing "

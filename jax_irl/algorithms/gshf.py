@@ -339,9 +339,11 @@ def evaluate_policy(policy, pi0, prompts: Prompts, key, s: SampleSettings, num_s
     error over samples) and the win rate against pi0's samples ``pi0_gold`` [P, num_samples] (same prompts;
     sample j against sample j, ties one half)."""
     _, gold, rows = sample_texts(policy, prompts, key, num_samples, s)
+    # log pi of each sampled token comes with the samples (the sampler's model log-probs: temperature 1, no
+    # filtering); only pi0 needs a forward pass.
+    log_pi = rows["model_log_probs"].astype(np.float64).sum(-1)
     scorer = rollout.LMScores(("log_probs",), vocab_chunk=vocab_chunk, per_row=True)
     scored = {k: rows[k] for k in ("tokens", "attention", "mask")}
-    log_pi = rollout.score_rows(policy, scorer, scored)["log_probs"].astype(np.float64)
     log_pi0 = rollout.score_rows(pi0, scorer, scored)["log_probs"].astype(np.float64)
     kl = log_pi - log_pi0
     wins = np.where(gold > pi0_gold, 1.0, np.where(gold == pi0_gold, 0.5, 0.0))

@@ -74,12 +74,8 @@ def token_rewards(certificate: Certificate, offsets: Sequence[Tuple[int, int]], 
         return np.zeros(0, np.float32)
     rewards = np.full(n, high, np.float32)
     for k, (start, end) in enumerate(offsets):
-        for span in certificate.spans:
-            empty_token = start == end
-            overlaps = (start < span.end and span.start < end) if not empty_token else False
-            if overlaps:
-                rewards[k] = low
-                break
+        if any(start < span.end and span.start < end for span in certificate.spans):  # empty tokens never overlap
+            rewards[k] = low
     rewards[-1] = high if certificate.correct else low
     return rewards
 
