@@ -1,0 +1,212 @@
+"""The sandbox against hostile programs: each is contained, its certificate says why, the parent keeps working,
+and no process or file is left behind."""
+
+import glob
+import os
+import socket
+import tempfile
+import threading
+
+import pytest
+
+from jax_irl.symbolic import sandbox as sb
+from jax_irl.symbolic.programs import PythonTool, TestCase
+
+ISO = sb.probe()
+needs_isolation = pytest.mark.skipif(bool(ISO.missing), reason=f"sandbox isolation unavailable here: "
+                                                                 f"{ISO.describe()}")
+LIMITS = sb.Limits(cpu_seconds=1, wall_seconds=3.0, memory_bytes=256 * sb.MiB, file_bytes=64 * 1024, processes=16)
+PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+OK = "print('ok')\n"
+
+
+@pytest.fixture(scope="module")
+def tool():
+    return PythonTool(lambda prompt: [TestCase("t", "", "ok")], sandbox=sb.Sandbox(LIMITS))
+
+
+def _sandbox_processes():
+    """Live processes under any sandbox uid (1,000,000 and up)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid >= 1_000_000:
+                    found.append(int(entry))
+            except FileNotFoundError:
+                pass
+    return [p for p in found if not _zombie(p)]
+
+
+def _zombie(pid):
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except FileNotFoundError:
+        return True
+
+
+def _scratch_dirs():
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "jax_irl-sandbox-*")))
+
+
+def _contained(tool, program, *expected_in_message):
+    before = _scratch_dirs()
+    cert = tool.check("p", program)
+    assert not cert.correct
+    text = cert.describe()
+    assert any(word in text for word in expected_in_message), text
+    assert _sandbox_processes() == []
+    assert _scratch_dirs() == before
+    assert tool.check("p", OK).correct  # the parent keeps working
+    return cert
+
+
+HOSTILE = {
+    "infinite loop": ("while True:\n    pass\n", ("CPU-time limit",)),
+    "fork bomb": ("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
+                  ("CPU-time limit", "timed out")),
+    "memory bomb": ("x = bytearray(1 << 34)\n", ("out of memory",)),
+    "growing memory": ("chunks = []\nwhile True:\n    chunks.append(bytearray(1 << 24))\n", ("out of memory",)),
+    "huge output": ("while True:\n    print('x' * 4096)\n", ("file-size limit",)),
+    "sleeps past the timeout": ("import time\ntime.sleep(60)\n", ("timed out",)),
+    "ignores SIGXCPU": ("import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\nwhile True:\n    pass\n",
+                        ("CPU-time hard limit",)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_resource_bombs_are_contained(tool, name):
+    program, why = HOSTILE[name]
+    _contained(tool, program, *why)
+
+
+@needs_isolation
+@pytest.mark.parametrize("target", ["{project}/PWNED", "/tmp/PWNED", "{home}/PWNED", "/dev/shm/PWNED",
+                                    "/var/tmp/PWNED", "/etc/PWNED", "/usr/PWNED"])
+def test_writing_outside_the_scratch_directory_fails(tool, target):
+    path = target.format(project=PROJECT, home=os.path.expanduser("~"))
+    cert = _contained(tool, f"open({path!r}, 'w').write('x')\nprint('ok')\n",
+                      "Read-only file system", "Permission denied", "No such file")
+    assert "crashed" in cert.describe()
+    assert not os.path.exists(path)
+
+
+@needs_isolation
+def test_the_project_and_home_are_hidden(tool):
+    readme = os.path.join(PROJECT, "README.md")
+    assert os.path.exists(readme)
+    cert = _contained(tool, f"print(open({readme!r}).read())\n", "No such file")
+    assert cert.spans[0].start == 0  # the traceback's line
+    listing = f"import os\nprint((os.listdir({PROJECT!r}), os.listdir({os.path.expanduser('~')!r})))\n"
+    listed = tool.sandbox.run([sb.PYTHON, "-I", "-S", "prog.py"], {"prog.py": listing})
+    assert listed.ok
+    project_entries, home_entries = eval(listed.stdout.decode())  # noqa: S307 - our own program's output
+    assert project_entries == [] and set(home_entries) <= {".pyenv"}  # at most the interpreter, bound back
+
+
+@needs_isolation
+def test_no_network_even_to_loopback(tool):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(0.2)
+    port = server.getsockname()[1]
+    accepted = []
+
+    def accept():
+        try:
+            accepted.append(server.accept())
+        except OSError:
+            pass
+
+    for program in (f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)\nprint('ok')\n",
+                    "import socket\nsocket.create_connection(('1.1.1.1', 80), timeout=1)\nprint('ok')\n"):
+        _contained(tool, program, "Network is unreachable", "Cannot assign requested address")
+    thread = threading.Thread(target=accept)
+    thread.start()
+    thread.join()
+    server.close()
+    assert accepted == []
+
+
+@needs_isolation
+def test_killing_the_parent_or_anything_else_fails(tool):
+    me = os.getpid()
+    cert = _contained(tool, f"import os\nos.kill(-1, 9)\nos.kill({me}, 9)\nprint('ok')\n", "No such process")
+    assert cert.spans  # kill(-1) reached only its own namespace; our pid is not even visible there
+    _contained(tool, "import os\nos.kill(os.getppid(), 9)\nprint('ok')\n", "Operation not permitted")
+    listing = tool.sandbox.run([sb.PYTHON, "-I", "-S", "-c", "import os; print(sorted(int(p) for p in "
+                                "os.listdir('/proc') if p.isdigit()))"])
+    assert eval(listing.stdout.decode()) == [1, 2]  # noqa: S307 - the reaper and itself only
+
+
+@needs_isolation
+def test_daemons_and_background_children_do_not_survive():
+    box = sb.Sandbox(LIMITS)
+    program = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+               "        time.sleep(60)\n    os._exit(0)\nprint('ok')\n")
+    result = box.run([sb.PYTHON, "-I", "-S", "prog.py"], {"prog.py": program})
+    assert result.ok and result.stdout == b"ok\n"
+    assert _sandbox_processes() == []
+
+
+def test_output_is_captured_and_capped():
+    box = sb.Sandbox(LIMITS)
+    result = box.run([sb.PYTHON, "-I", "-S", "-c", "import sys; sys.stdout.write(sys.stdin.read()[::-1]); "
+                      "sys.stderr.write('e' * 10)"], stdin="abc")
+    assert (result.stdout, result.stderr, result.exit_code, result.cause) == (b"cba", b"eeeeeeeeee", 0, None)
+    big = box.run([sb.PYTHON, "-I", "-S", "-c", "print('x' * 100000)"])  # Python ignores SIGXFSZ: EFBIG
+    assert big.file_too_large and big.exit_code in (1, 120) and len(big.stdout) <= LIMITS.file_bytes
+    shell = box.run(["/usr/bin/yes"])  # SIGXFSZ kills a program that does not ignore it
+    assert shell.cause.startswith("file-size limit") and len(shell.stdout) == LIMITS.file_bytes
+
+
+def test_environment_is_minimal_and_scratch_is_fresh():
+    box = sb.Sandbox(LIMITS, env={"EXTRA": "1"})
+    result = box.run([sb.PYTHON, "-I", "-S", "-c", "import os; print((sorted(os.environ), os.listdir('.')))"],
+                     {"data/input.txt": "hi"})
+    names, listing = eval(result.stdout.decode())  # noqa: S307
+    assert set(names) <= {"PATH", "HOME", "TMPDIR", "LANG", "EXTRA", "LC_CTYPE"} and "EXTRA" in names
+    assert listing == ["data"]
+
+
+def test_collect_reads_back_regular_files_only():
+    box = sb.Sandbox(LIMITS)
+    result = box.run([sb.PYTHON, "-I", "-S", "-c", "import os; open('a', 'w').write('A'); "
+                      "os.symlink('/etc/passwd', 'b'); os.mkfifo('c')"], collect=("a", "b", "c", "d", "../x"))
+    assert result.ok and dict(result.files) == {"a": b"A"}
+
+
+def test_fallback_without_namespaces_still_limits_and_kills_the_group(monkeypatch):
+    box = sb.Sandbox(LIMITS)
+    box.isolation = sb.Isolation(False, False, ("test fallback",))
+    assert box.run(["/bin/echo", "hi"]).stdout == b"hi\n"
+    slow = box.run([sb.PYTHON, "-I", "-S", "-c", "import os, time\nif os.fork() == 0:\n    time.sleep(60)\n"
+                    "time.sleep(60)"], limits=sb.Limits(cpu_seconds=1, wall_seconds=0.5))
+    assert slow.timed_out and slow.cause.startswith("timed out")
+    loop = box.run([sb.PYTHON, "-I", "-S", "-c", "while True: pass"], limits=sb.Limits(cpu_seconds=1))
+    assert loop.cause.startswith("CPU-time limit")
+
+
+def test_bad_arguments_are_refused_by_name():
+    with pytest.raises(ValueError, match="Limits.cpu_seconds"):
+        sb.Limits(cpu_seconds=0)
+    with pytest.raises(ValueError, match="Limits.wall_seconds"):
+        sb.Limits(wall_seconds=float("nan"))
+    with pytest.raises(ValueError, match="whole number"):
+        sb.Limits(cpu_seconds=1.5)
+    box = sb.Sandbox(LIMITS)
+    with pytest.raises(ValueError, match="leaves the scratch directory"):
+        box.run(["/bin/true"], {"../escape": "x"})
+    with pytest.raises(ValueError, match="argv"):
+        box.run([])
+    with pytest.raises(TypeError, match="sandbox.Limits"):
+        sb.Sandbox({"cpu_seconds": 1})
+
+
+def test_run_many_runs_in_parallel_and_keeps_order():
+    box = sb.Sandbox(LIMITS)
+    jobs = [([sb.PYTHON, "-I", "-S", "-c", "import sys; print(int(sys.stdin.read()) ** 2)"], {}, str(k))
+            for k in range(8)]
+    assert [r.stdout for r in box.run_many(jobs, workers=4)] == [f"{k * k}\n".encode() for k in range(8)]
