@@ -106,6 +106,11 @@ class _ProgramTool:
             return self._cert(False, [Span(0, len(response), "empty program")])
         if len(code) > MAX_PROGRAM_CHARS:
             return self._cert(False, [Span(*whole, f"program longer than {MAX_PROGRAM_CHARS} characters")])
+        try:
+            code.encode("utf-8")
+        except UnicodeEncodeError as err:  # lone surrogates, e.g. from decoding invalid UTF-8 with surrogateescape
+            at = offset + err.start
+            return self._cert(False, [Span(at, at + 1, f"not valid UTF-8 text at character {at}")])
         if "\x00" in code:
             return self._cert(False, [Span(*whole, "the program contains a NUL character")])
         return self._check(code, offset, tests)
@@ -209,7 +214,7 @@ class CppTool(_ProgramTool):
 
     def _check(self, code: str, offset: int, tests: Sequence[TestCase]) -> Certificate:
         built = self.sandbox.run([self.compiler, *self.flags, "-o", "prog", "prog.cpp"], {"prog.cpp": code},
-                                 limits=self.compile_limits, collect=("prog",))
+                                 limits=self.compile_limits, collect=("prog",), env={"LC_ALL": "C"})
         if not built.ok or "prog" not in built.files:
             return self._cert(False, self._compile_spans(built, code, offset), stage="compile")
         binary = built.files["prog"]

@@ -132,8 +132,8 @@ class Sandbox:
 
     # ----------------------------------------------------------------------------------------------------------
     def run(self, argv: Sequence[str], files: Optional[Mapping[str, Union[str, bytes]]] = None, *,
-            stdin: Union[str, bytes] = b"", limits: Optional[Limits] = None, collect: Sequence[str] = ()
-            ) -> RunResult:
+            stdin: Union[str, bytes] = b"", limits: Optional[Limits] = None, collect: Sequence[str] = (),
+            env: Optional[Mapping[str, str]] = None) -> RunResult:
         """Run ``argv`` in a fresh scratch directory holding ``files`` (executable by the run); ``collect``
         names files to read back afterwards (regular files inside the scratch directory, at most
         ``limits.file_bytes`` each; a missing or odd one is left out)."""
@@ -143,7 +143,7 @@ class Sandbox:
         with _Uid() as uid, _Scratch(self.scratch_root, uid if self.isolation.separate_uid else None) as scratch:
             for name, content in (files or {}).items():
                 _write_file(scratch.path, name, content, uid if self.isolation.separate_uid else None)
-            result = self._run(list(argv), stdin, limits, uid, scratch)
+            result = self._run(list(argv), stdin, limits, uid, scratch, env or {})
             found = {name: data for name in collect
                      if (data := _collect(scratch.path, name, limits.file_bytes)) is not None}
             return dataclasses.replace(result, files=found) if found else result
@@ -156,10 +156,10 @@ class Sandbox:
             return list(pool.map(lambda job: self.run(job[0], job[1], stdin=job[2], limits=limits), jobs))
 
     # ----------------------------------------------------------------------------------------------------------
-    def _run(self, argv, stdin, limits: Limits, uid: int, scratch: "_Scratch") -> RunResult:
+    def _run(self, argv, stdin, limits: Limits, uid: int, scratch: "_Scratch", extra_env) -> RunResult:
         iso = self.isolation
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": scratch.path, "TMPDIR": scratch.path,
-               "LANG": "C.UTF-8", **self.env}
+               "LANG": "C.UTF-8", **self.env, **extra_env}
         hide = list(self.hide)
         read_end, write_end = os.pipe()
         cfg = {"status_fd": write_end, "namespaces": iso.namespaces, "uid": uid if iso.separate_uid else None,
