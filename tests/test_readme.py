@@ -41,3 +41,15 @@ def test_readme_models_example_runs_on_local_folders(tmp_path, tiny_hf_llama):
     assert scope["out"].tokens.shape == (8, 64) and scope["rewards"].shape == (8, 4)
     assert scope["best"].shape == (2,) and scope["accept"].shape == (2, 4)
     assert (tmp_path / "export" / "model.safetensors").exists()
+
+
+def test_readme_custom_tool_example_is_a_working_tool():
+    from jax_irl import symbolic
+    text = README.read_text()
+    code = re.search(r"Write your own tool as any object.*?```python\n(.*?)```", text, re.S).group(1)
+    scope = {}
+    exec(compile(code, "README tool example", "exec"), scope)
+    tool = scope["NoDigits"]()
+    cert = symbolic.safe_check(tool, "", "ab1c")
+    assert not cert.correct and [(s.start, s.end) for s in cert.spans] == [(2, 3)]
+    assert symbolic.token_rewards(cert, [(0, 2), (2, 3), (3, 4)]).tolist() == [1.0, 0.0, 0.0]
