@@ -92,3 +92,22 @@ def test_batch_rewards_line_up_with_sampler_rows_and_a_broken_tool_gives_a_certi
     assert not cert.correct and "broken tool failed: RuntimeError: boom" in cert.spans[0].message
     with pytest.raises(ValueError, match=r"\[B, N\]"):
         symbolic.batch_token_rewards(TOOL, [PROMPT], ids[0], mask[0], tok)
+
+
+def test_offsets_from_a_hugging_face_wordpiece_tokenizer(tiny_hf_llama):
+    """A Hugging Face tokenizer (MiniLM's WordPiece, which joins '##' pieces and puts spaces between words):
+    the incremental spans tile the decoded text, and a span inside a word marks the token that holds it."""
+    transformers = pytest.importorskip("transformers")
+    tok = transformers.AutoTokenizer.from_pretrained(tiny_hf_llama[1])
+    ids = tok.encode("12 * 2 = 24 unbelievably", add_special_tokens=False)
+    text = tok.decode(ids)
+    offsets = symbolic.token_offsets(tok, ids)
+    assert "".join(text[s:e] for s, e in offsets) == text and offsets[-1][1] == len(text)
+    pieces = tok.convert_ids_to_tokens(ids)
+    assert any(p.startswith("##") for p in pieces)  # 'unbelievably' is split into word pieces
+    word = text.index("unbelievably")
+    cert = symbolic.Certificate(False, (symbolic.Span(word + 4, word + 5, "x"),), "t")
+    rewards = symbolic.token_rewards(cert, offsets)
+    holder = [k for k, (s, e) in enumerate(offsets) if s <= word + 4 < e]
+    assert len(holder) == 1 and rewards[holder[0]] == 0.0
+    assert rewards.sum() == len(ids) - 1 - (holder[0] != len(ids) - 1)
