@@ -22,6 +22,7 @@ from experiments.configs._shared import ModelSize
 from jax_irl import rollout, train
 from jax_irl.algorithms import iqlearn
 from jax_irl.data import arithmetic, batching, tasks
+from jax_irl.data import game24 as game24_data
 from jax_irl.data.tokenizer import TextTokenizer, train_bpe
 from jax_irl.models.config import TransformerConfig
 from jax_irl.models.transformer import Transformer
@@ -100,6 +101,10 @@ def pretraining_rows(cfg: BaseConfig, task: tasks.TaskConfig, tok, train_prompts
     if task.name == "arithmetic" and cfg.calculation_rows:
         corpus = arithmetic.calculation_corpus(seed=1, num_rows=cfg.calculation_rows, per_row=cfg.calculations_per_row,
                                                max_number=task.max_number)
+        calc = batching.encode_examples(tok, [""] * len(corpus), corpus, cfg.max_length)
+        tokens, mask = np.concatenate([tokens, calc["tokens"]]), np.concatenate([mask, calc["mask"]])
+    if task.name == "game24" and cfg.calculation_rows:
+        corpus = game24_data.calculation_corpus(seed=1, num_rows=cfg.calculation_rows, per_row=cfg.calculations_per_row)
         calc = batching.encode_examples(tok, [""] * len(corpus), corpus, cfg.max_length)
         tokens, mask = np.concatenate([tokens, calc["tokens"]]), np.concatenate([mask, calc["mask"]])
     return batching.trim_padding({"tokens": tokens, "mask": mask}, tok.pad_id)

@@ -64,6 +64,60 @@ def solve(numbers: Sequence[int]) -> Optional[str]:
     return found[1:-1] if found and found.startswith("(") and found.endswith(")") else found
 
 
+def _fmt(x: Fraction) -> str:
+    return str(x.numerator) if x.denominator == 1 else f"{x.numerator}/{x.denominator}"
+
+
+def solution_steps(numbers: Sequence[int]) -> Optional[List[str]]:
+    """Three step lines 'a op b = c' that combine the numbers two at a time into 24, or None. Deterministic;
+    steps keep the larger operand first and avoid negative values where a solution without them exists."""
+    if len(numbers) != 4:
+        raise ValueError(f"the Game of 24 takes 4 numbers; got {len(numbers)}")
+
+    def search(values: List[Fraction], allow_negative: bool) -> Optional[List[str]]:
+        if len(values) == 1:
+            return [] if values[0] == TARGET else None
+        n = len(values)
+        for i, j in itertools.combinations(range(n), 2):
+            a, b = max(values[i], values[j]), min(values[i], values[j])
+            rest = [values[k] for k in range(n) if k not in (i, j)]
+            options = [(a + b, "+", a, b), (a * b, "*", a, b), (a - b, "-", a, b)]
+            options += [(a / b, "/", a, b)] if b != 0 else []
+            options += [(b / a, "/", b, a)] if a != 0 else []
+            options += [(b - a, "-", b, a)] if allow_negative else []
+            for value, op, x, y in options:
+                if not allow_negative and value < 0:
+                    continue
+                if not _solvable(tuple(sorted(rest + [value]))):
+                    continue
+                tail = search(rest + [value], allow_negative)
+                if tail is not None:
+                    return [f"{_fmt(x)} {op} {_fmt(y)} = {_fmt(value)}"] + tail
+        return None
+
+    start = [Fraction(x) for x in sorted(numbers, reverse=True)]
+    return search(start, False) or search(start, True)
+
+
+def calculation_corpus(seed: int, num_rows: int, per_row: int = 6, high: int = 24) -> List[str]:
+    """Rows of unrelated single calculations on whole numbers up to ``high`` ('12 * 2 = 24', '9 - 4 = 5'; a
+    division only where it is exact): the arithmetic a pretrained model brings, never a puzzle's solution."""
+    import random
+
+    if num_rows < 0 or per_row < 1 or high < 2:
+        raise ValueError(f"need num_rows >= 0, per_row >= 1 and high >= 2; got {num_rows}, {per_row}, {high}")
+    r = random.Random(seed)
+    lines: List[str] = []
+    while len(lines) < num_rows * per_row:
+        a, b = sorted((r.randint(1, high), r.randint(1, high)), reverse=True)
+        op = r.choice("+-*/")
+        if op == "/" and a % b:
+            continue
+        value = {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op]
+        lines.append(f"{a} {op} {b} = {value}")
+    return ["\n".join(lines[i:i + per_row]) for i in range(0, len(lines), per_row)]
+
+
 def all_puzzles(low: int = 1, high: int = 13) -> List[Tuple[Tuple[int, int, int, int], str]]:
     """Every solvable multiset of 4 numbers in [low, high], sorted, with one solution each."""
     out = []

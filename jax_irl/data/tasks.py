@@ -5,7 +5,7 @@ scored against its reference.
     tasks.get("gsm8k").score("... #### 42", "#### 42")  # 1.0
 
 Built in: 'arithmetic' (GSM8K-format word problems made here, exact match), the TFDS tasks 'gsm8k' (exact
-match), 'xsum' and 'tldr' (ROUGE-1 F), 'wmt_de_en' (sentence BLEU), read through ``tfds_sources`` without any
+match), 'game24' (every solvable Game of 24 puzzle, solved or not), 'xsum' and 'tldr' (ROUGE-1 F), 'wmt_de_en' (sentence BLEU), read through ``tfds_sources`` without any
 download, and 'jsonl' (a local file of prompt/response records, ROUGE-1 F). ``register`` adds a task of a user's own.
 """
 
@@ -81,6 +81,28 @@ def _jsonl(cfg: TaskConfig) -> TaskData:
                     [r["response"].strip() for r in held])
 
 
+def _game24(cfg: TaskConfig) -> TaskData:
+    """Every solvable Game of 24 puzzle over 1..13, shuffled once (seed 0): the first ``eval_examples`` are held
+    out, the next ``train_examples`` train. Prompt 'Numbers: a b c d\\nSteps:'; response: the three step lines of
+    ``game24.solution_steps``; reference: the numbers (the checker needs nothing else)."""
+    import random
+
+    from jax_irl.data import game24
+
+    puzzles = [numbers for numbers, _ in game24.all_puzzles()]
+    random.Random(0).shuffle(puzzles)
+    held, rest = puzzles[:cfg.eval_examples], puzzles[cfg.eval_examples:][:cfg.train_examples]
+    fmt = lambda n: f"Numbers: {' '.join(map(str, n))}\nSteps:"  # noqa: E731
+    return TaskData([fmt(n) for n in rest], [" " + "\n".join(game24.solution_steps(n)) for n in rest],
+                    [fmt(n) for n in held], [" ".join(map(str, n)) for n in held])
+
+
+def game24_solved(text: str, reference: str) -> float:
+    from jax_irl.symbolic.game24 import Game24Tool
+
+    return float(Game24Tool().check(reference, text).correct)
+
+
 def exact_match(text: str, reference: str) -> float:
     return float(metrics.answers_match(text, reference))
 
@@ -125,3 +147,4 @@ register(Task("xsum", _tfds("test"), rouge1, "ROUGE-1"))
 register(Task("tldr", _tfds("train"), rouge1, "ROUGE-1"))
 register(Task("wmt_de_en", _tfds("test"), sentence_bleu, "BLEU"))
 register(Task("jsonl", _jsonl, rouge1, "ROUGE-1"))
+register(Task("game24", _game24, game24_solved, "success"))

@@ -104,6 +104,72 @@ def batch_token_rewards(tool: Tool, prompts: Sequence[str], response_ids: np.nda
     return rewards, certificates
 
 
+@dataclasses.dataclass(frozen=True)
+class RewardSpec:
+    """How certificates become PPO rewards (``reward_fn``).
+
+    kind 'token' (RLSF): ``token_rewards`` with (low, high), plus ``bonus`` on the last token when the whole
+    output is correct. (low, high, bonus) = (0, 1, 0) is the paper's rule as stated; the default (-0.2, 0, 1)
+    is the scalar reward plus a penalty on each token inside a wrong span, so a correct output earns what the
+    scalar reward pays and the two kinds differ only in where a wrong output's blame lands.
+    kind 'scalar': ``bonus`` if the output is correct, else 0, one number per response (on its last token)."""
+
+    kind: str = "token"
+    low: float = -0.2
+    high: float = 0.0
+    bonus: float = 1.0
+
+    def __post_init__(self):
+        if self.kind not in ("token", "scalar"):
+            raise ValueError(f"RewardSpec.kind must be 'token' or 'scalar'; got {self.kind!r}")
+        for name in ("low", "high", "bonus"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and np.isfinite(value)):
+                raise ValueError(f"RewardSpec.{name} must be a finite number; got {value!r}")
+
+
+def reward_fn(tool: Tool, tokenizer, spec: RewardSpec = RewardSpec(), *, workers: Optional[int] = None):
+    """A PPO reward function (``algorithms.ppo.RewardFn``) from a tool: decodes each response from its ids,
+    checks it (in parallel with the tool's ``check_many`` when it has one), and returns (rewards, stats):
+    [N, R] token rewards or [N] scalars by ``spec``; stats per response: 'correct', 'wrong_token_fraction', and
+    every numeric detail of the certificates (e.g. the Game of 24's 'true_step_fraction'; 0 where absent)."""
+
+    def fn(prompts: Sequence[str], response_ids: np.ndarray, response_mask: np.ndarray):
+        response_ids, response_mask = np.asarray(response_ids), np.asarray(response_mask)
+        if response_ids.shape != response_mask.shape or response_ids.ndim != 2 or len(prompts) != len(response_ids):
+            raise ValueError(f"reward_fn takes [N] prompts with [N, R] ids and mask; got {len(prompts)}, "
+                             f"{response_ids.shape}, {response_mask.shape}")
+        kept = [[int(i) for i in ids[:int((m > 0).sum())]] for ids, m in zip(response_ids, response_mask)]
+        texts = [tokenizer.decode(k) for k in kept]
+        if hasattr(tool, "check_many"):
+            certificates = tool.check_many(list(prompts), texts, workers=workers)
+        else:
+            certificates = [safe_check(tool, p, t) for p, t in zip(prompts, texts)]
+        correct = np.array([c.correct for c in certificates], np.float32)
+        rewards = np.zeros(response_ids.shape, np.float32)
+        wrong = np.zeros(len(kept), np.float32)
+        for b, (ids, cert) in enumerate(zip(kept, certificates)):
+            if not ids:
+                continue
+            base = token_rewards(cert, token_offsets(tokenizer, ids), low=0.0, high=1.0)
+            wrong[b] = float((base[:-1] == 0).mean()) if len(ids) > 1 else float(not cert.correct)
+            if spec.kind == "token":
+                rewards[b, :len(ids)] = token_rewards(cert, token_offsets(tokenizer, ids), low=spec.low, high=spec.high)
+                rewards[b, len(ids) - 1] += spec.bonus * cert.correct
+        stats = {"correct": correct, "wrong_token_fraction": wrong}
+        numeric = {}
+        for b, cert in enumerate(certificates):
+            for key, value in cert.details:
+                try:
+                    numeric.setdefault(key, np.zeros(len(kept), np.float32))[b] = float(value)
+                except ValueError:
+                    continue
+        stats.update(numeric)
+        return (correct * spec.bonus if spec.kind == "scalar" else rewards), stats
+
+    return fn
+
+
 def safe_check(tool: Tool, prompt: str, response: str) -> Certificate:
     """tool.check, with any exception turned into a wrong-output certificate that names it (a tool's bug or an
     input it cannot handle must not stop a training run)."""
@@ -117,4 +183,5 @@ def safe_check(tool: Tool, prompt: str, response: str) -> Certificate:
     return certificate
 
 
-__all__ = ["Certificate", "Span", "Tool", "batch_token_rewards", "safe_check", "token_offsets", "token_rewards"]
+__all__ = ["Certificate", "RewardSpec", "Span", "Tool", "batch_token_rewards", "reward_fn", "safe_check",
+           "token_offsets", "token_rewards"]

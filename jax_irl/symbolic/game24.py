@@ -52,11 +52,14 @@ class Game24Tool:
         left = [Fraction(n) for n in given]
         spans: List[Span] = []
         last: Optional[tuple] = None
+        steps = true_steps = 0
         for start, end, text in lines:
             m = _STEP.match(text)
             if not m:
                 spans.append(Span(start, end, f"not a step of the form 'a op b = c': {text.strip()!r}"))
                 continue
+            steps += 1
+            before = len(spans)
             last = (start, end)
             a, op, b, c = Fraction(m.group(1)), m.group(2), Fraction(m.group(3)), Fraction(m.group(4))
             for value, group in ((a, 1), (b, 3)):
@@ -73,10 +76,12 @@ class Game24Tool:
             if value != c:
                 spans.append(Span(start, end, f"{_fmt(a)} {op} {_fmt(b)} is {_fmt(value)}, not {_fmt(c)}"))
             left.append(c)
+            true_steps += len(spans) == before
         final_ok = len(left) == 1 and left[0] == puzzles.TARGET
         if not final_ok and last is not None:
             spans.append(Span(last[0], last[1], f"the steps end with {_fmt_all(left)}, not 24"))
-        return Certificate(final_ok and not spans, tuple(spans), self.name, (("mode", "steps"),))
+        details = (("mode", "steps"), ("steps", str(steps)), ("true_step_fraction", f"{true_steps / steps:.6g}"))
+        return Certificate(final_ok and not spans, tuple(spans), self.name, details)
 
     def _expression(self, given: Sequence[int], response: str) -> Certificate:
         text = response.split("=")[0]

@@ -111,3 +111,37 @@ def test_offsets_from_a_hugging_face_wordpiece_tokenizer(tiny_hf_llama):
     holder = [k for k, (s, e) in enumerate(offsets) if s <= word + 4 < e]
     assert len(holder) == 1 and rewards[holder[0]] == 0.0
     assert rewards.sum() == len(ids) - 1 - (holder[0] != len(ids) - 1)
+
+
+def test_reward_fn_token_and_scalar_kinds_from_certificates():
+    tok = train_bpe(["4 * 6 = 24\n24 * 1 = 24\n24 * 1 = 24", "4 * 7 = 28"] * 20, vocab_size=300)
+    good = tok.encode(" 6 * 4 = 24\n1 * 1 = 1\n24 * 1 = 24")
+    bad = tok.encode(" 6 * 4 = 25\n25 * 1 = 25")
+    width = max(len(good), len(bad)) + 1
+    ids = np.zeros((2, width), np.int32)
+    mask = np.zeros((2, width), np.int32)
+    for b, row in enumerate((good, bad)):
+        ids[b, :len(row) + 1] = row + [tok.eos_id]
+        mask[b, :len(row) + 1] = 1
+    prompts = ["Numbers: 1 1 4 6", "Numbers: 1 1 4 6"]
+    token, stats = symbolic.reward_fn(TOOL, tok)(prompts, ids, mask)
+    assert stats["correct"].tolist() == [1.0, 0.0]
+    # Correct: 0 on every token, the bonus 1 on the last (EOS).
+    np.testing.assert_array_equal(token[0, :len(good) + 1], [0.0] * len(good) + [1.0])
+    # Wrong: -0.2 on the tokens of the false step and of the wrong final value, 0 elsewhere, -0.2 on EOS.
+    offsets = symbolic.token_offsets(tok, list(ids[1, :len(bad) + 1]))
+    cert = TOOL.check(prompts[1], tok.decode(list(ids[1, :len(bad) + 1])))
+    want = [-0.2 if any(s < sp.end and sp.start < e for sp in cert.spans) else 0.0 for s, e in offsets]
+    want[-1] = -0.2
+    np.testing.assert_allclose(token[1, :len(bad) + 1], want)
+    assert (token[mask == 0] == 0).all() and -0.2 in token[1, :-2]
+    assert stats["true_step_fraction"].tolist() == [1.0, 0.5]  # '25 * 1 = 25' is a true step
+    scalar, _ = symbolic.reward_fn(TOOL, tok, symbolic.RewardSpec("scalar"))(prompts, ids, mask)
+    assert scalar.tolist() == [1.0, 0.0]
+    paper, _ = symbolic.reward_fn(TOOL, tok, symbolic.RewardSpec("token", low=0.0, high=1.0, bonus=0.0))(
+        prompts, ids, mask)
+    assert paper[0, :len(good) + 1].tolist() == [1.0] * (len(good) + 1) and paper[1, len(bad)] == 0.0
+    with pytest.raises(ValueError, match="RewardSpec.kind"):
+        symbolic.RewardSpec("dense")
+    with pytest.raises(ValueError, match="RewardSpec.low"):
+        symbolic.RewardSpec(low=float("inf"))

@@ -1,0 +1,61 @@
+"""The RLSF experiment end to end at tiny size, its config checks, and the Game of 24 task it trains on."""
+
+import json
+import os
+
+import pytest
+
+from experiments import run
+from jax_irl.data import game24, tasks
+from jax_irl.symbolic.game24 import Game24Tool
+
+TINY = ["seeds=(0)", "base.pretrain.steps=6", "base.pretrain.optimizer.warmup_steps=1", "sft.steps=4",
+        "sft.optimizer.warmup_steps=1", "sft.batch_size=8", "task.train_examples=64", "task.eval_examples=4",
+        "base.vocab_size=300", "base.model.hidden_size=32", "base.model.intermediate_size=64",
+        "base.calculation_rows=16", "ppo.iterations=2", "ppo.prompts_per_rollout=4", "ppo.samples_per_prompt=2",
+        "ppo.max_new_tokens=8", "eval_every=1", "eval_samples=2", "save_every=2"]
+
+
+def test_every_game24_training_solution_is_certified_and_the_split_is_disjoint():
+    data = tasks.load(tasks.TaskConfig(name="game24", train_examples=5000, eval_examples=100))
+    assert len(data.train_prompts) == 1362 - 100 and len(data.eval_prompts) == 100
+    assert not set(data.train_prompts) & set(data.eval_prompts)
+    tool = Game24Tool()
+    assert all(tool.check(p, r).correct for p, r in zip(data.train_prompts, data.train_responses))
+    assert game24.solution_steps([4, 6, 1, 1]) == ["6 * 4 = 24", "1 * 1 = 1", "24 * 1 = 24"]
+    assert game24.solution_steps([3, 3, 8, 8]) == ["8 / 3 = 8/3", "3 - 8/3 = 1/3", "8 / 1/3 = 24"]
+    assert game24.solution_steps([1, 1, 1, 1]) is None
+    assert tasks.get("game24").score(" 6 * 4 = 24\n24 * 1 = 24\n24 * 1 = 24", "1 1 4 6") == 1.0
+    assert tasks.get("game24").score(" 6 * 4 = 25", "1 1 4 6") == 0.0
+
+
+def test_config_checks_name_what_is_wrong():
+    mod = run.load_config_module("rlsf_game24")
+    with pytest.raises(ValueError, match=r"unknown: \['dpo'\]"):
+        mod.validate(run.apply_overrides(mod.config(), ["methods=(token,dpo)"]))
+    with pytest.raises(ValueError, match="task.name must be 'game24'"):
+        mod.validate(run.apply_overrides(mod.config(), ["task.name=arithmetic"]))
+    with pytest.raises(run.ConfigError, match="RewardSpec.kind"):
+        run.apply_overrides(mod.config(), ["variants.token.kind=dense"])
+    with pytest.raises(run.ConfigError, match="PPOConfig.epochs"):
+        run.apply_overrides(mod.config(), ["ppo.epochs=0"])
+
+
+@pytest.mark.slow
+def test_rlsf_experiment_end_to_end_and_reuse(tmp_path, capsys):
+    folder = str(tmp_path / "rlsf")
+    assert run.main(["rlsf_game24", *TINY, "--run-dir", folder]) == 0
+    out = capsys.readouterr().out
+    assert "| scalar |" in out and "| token |" in out and "| sft |" in out
+    with open(os.path.join(folder, "results.json")) as f:
+        results = json.load(f)
+    assert set(results["summary"]) == {"scalar", "token", "sft"}
+    for name, vals in results["summary"].items():
+        assert 0.0 <= vals["success"][0] <= 1.0 and 0.0 <= vals["true_steps"][0] <= 1.0, name
+    assert set(results["curves"]["token"]) == {"0", "2", "4"}  # SFT, then every iteration (2 steps each)
+    assert set(results["rollouts"]["scalar"]) == {"0", "1"}
+    for png in ("success_kl_vs_steps.png", "rollouts.png"):
+        assert os.path.getsize(os.path.join(folder, png)) > 10_000
+    assert run.main(["rlsf_game24", "--run-dir", folder]) == 0
+    with open(os.path.join(folder, "results.json")) as f:
+        assert json.load(f)["per_run"] == results["per_run"]
