@@ -5,7 +5,8 @@ scored against its reference.
     tasks.get("gsm8k").score("... #### 42", "#### 42")  # 1.0
 
 Built in: 'arithmetic' (GSM8K-format word problems made here, exact match), the TFDS tasks 'gsm8k' (exact
-match), 'game24' (every solvable Game of 24 puzzle, solved or not), 'xsum' and 'tldr' (ROUGE-1 F), 'wmt_de_en' (sentence BLEU), read through ``tfds_sources`` without any
+match), 'game24' (every solvable Game of 24 puzzle, solved or not), 'pseudocode' (built-in
+pseudo-code to Python, passing its tests in the sandbox), 'spoc' (a local JSONL of pseudo-code, C++ and tests), 'xsum' and 'tldr' (ROUGE-1 F), 'wmt_de_en' (sentence BLEU), read through ``tfds_sources`` without any
 download, and 'jsonl' (a local file of prompt/response records, ROUGE-1 F). ``register`` adds a task of a user's own.
 """
 
@@ -103,6 +104,55 @@ def game24_solved(text: str, reference: str) -> float:
     return float(Game24Tool().check(reference, text).correct)
 
 
+def _pseudocode(cfg: TaskConfig) -> TaskData:
+    """The built-in pseudo-code-to-Python programs (``data.pseudocode``): train and eval sets drawn with
+    different seeds (distinct pseudo-code); the reference is the tests as JSON."""
+    import json
+
+    from jax_irl.data import pseudocode
+
+    programs = pseudocode.make_programs(seed=0, n=cfg.train_examples + cfg.eval_examples)
+    rest, held = programs[:cfg.train_examples], programs[cfg.train_examples:]
+    return TaskData([pseudocode.prompt(p) for p in rest], [pseudocode.response(p) for p in rest],
+                    [pseudocode.prompt(p) for p in held], [json.dumps(p["tests"]) for p in held])
+
+
+def program_passes(text: str, reference: str) -> float:
+    """1 if the Python program passes the reference's tests (JSON [[stdin, expected], ...]) in the sandbox."""
+    import json
+
+    from jax_irl.symbolic.programs import PythonTool, TestCase
+
+    tests = [TestCase(f"t{k}", stdin, expected) for k, (stdin, expected) in enumerate(json.loads(reference))]
+    return float(PythonTool(lambda prompt: tests).check("", text).correct)
+
+
+def _spoc(cfg: TaskConfig) -> TaskData:
+    """A SPoC-style JSONL file (``data_dir``) of {"prompt", "response", "tests"} records (pseudo-code, C++ code,
+    stdin/stdout tests): the last ``eval_examples`` records are held out; the reference is the tests as JSON."""
+    import json
+
+    if not cfg.data_dir:
+        raise ValueError("task 'spoc' reads the JSONL file named by data_dir; pass task.data_dir=/path/to/spoc.jsonl")
+    records = jsonl.read_program_records(cfg.data_dir)
+    if len(records) <= cfg.eval_examples:
+        raise ValueError(f"{cfg.data_dir} has {len(records)} records; it needs more than eval_examples="
+                         f"{cfg.eval_examples} to leave any for training")
+    held, rest = records[-cfg.eval_examples:], records[:-cfg.eval_examples][: cfg.train_examples]
+    return TaskData([r["prompt"] for r in rest], [r["response"] for r in rest], [r["prompt"] for r in held],
+                    [json.dumps(r["tests"]) for r in held])
+
+
+def cpp_passes(text: str, reference: str) -> float:
+    """1 if the C++ program builds with g++ and passes the reference's tests (JSON) in the sandbox."""
+    import json
+
+    from jax_irl.symbolic.programs import CppTool, TestCase
+
+    tests = [TestCase(f"t{k}", stdin, expected) for k, (stdin, expected) in enumerate(json.loads(reference))]
+    return float(CppTool(lambda prompt: tests).check("", text).correct)
+
+
 def exact_match(text: str, reference: str) -> float:
     return float(metrics.answers_match(text, reference))
 
@@ -148,3 +198,5 @@ register(Task("tldr", _tfds("train"), rouge1, "ROUGE-1"))
 register(Task("wmt_de_en", _tfds("test"), sentence_bleu, "BLEU"))
 register(Task("jsonl", _jsonl, rouge1, "ROUGE-1"))
 register(Task("game24", _game24, game24_solved, "success"))
+register(Task("pseudocode", _pseudocode, program_passes, "pass rate"))
+register(Task("spoc", _spoc, cpp_passes, "pass rate"))

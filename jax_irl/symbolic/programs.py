@@ -103,16 +103,17 @@ class _ProgramTool:
         code, offset = extract_code(response)
         whole = (offset, offset + len(code))
         if not code.strip():
-            return self._cert(False, [Span(0, len(response), "empty program")])
+            return self._cert(False, [Span(0, len(response), "empty program")], stage="input")
         if len(code) > MAX_PROGRAM_CHARS:
-            return self._cert(False, [Span(*whole, f"program longer than {MAX_PROGRAM_CHARS} characters")])
+            return self._cert(False, [Span(*whole, f"program longer than {MAX_PROGRAM_CHARS} characters")],
+                              stage="input")
         try:
             code.encode("utf-8")
         except UnicodeEncodeError as err:  # lone surrogates, e.g. from decoding invalid UTF-8 with surrogateescape
             at = offset + err.start
-            return self._cert(False, [Span(at, at + 1, f"not valid UTF-8 text at character {at}")])
+            return self._cert(False, [Span(at, at + 1, f"not valid UTF-8 text at character {at}")], stage="input")
         if "\x00" in code:
-            return self._cert(False, [Span(*whole, "the program contains a NUL character")])
+            return self._cert(False, [Span(*whole, "the program contains a NUL character")], stage="input")
         return self._check(code, offset, tests)
 
     def check_many(self, prompts: Sequence[str], responses: Sequence[str], *, workers: Optional[int] = None

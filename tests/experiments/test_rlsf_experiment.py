@@ -59,3 +59,60 @@ def test_rlsf_experiment_end_to_end_and_reuse(tmp_path, capsys):
     assert run.main(["rlsf_game24", "--run-dir", folder]) == 0
     with open(os.path.join(folder, "results.json")) as f:
         assert json.load(f)["per_run"] == results["per_run"]
+
+
+def test_pseudocode_programs_pass_their_own_tests_and_are_reproducible():
+    from jax_irl.data import pseudocode
+    from jax_irl.symbolic.programs import PythonTool, TestCase
+
+    programs = pseudocode.make_programs(seed=3, n=12)
+    assert programs == pseudocode.make_programs(seed=3, n=12)
+    assert len({pseudocode.prompt(p) for p in programs}) == 12
+    tool = PythonTool({pseudocode.prompt(p): [TestCase(str(k), i, o) for k, (i, o) in enumerate(p["tests"])]
+                       for p in programs})
+    certs = tool.check_many([pseudocode.prompt(p) for p in programs], [pseudocode.response(p) for p in programs])
+    assert all(c.correct for c in certs), [c.describe() for c in certs if not c.correct]
+    assert any("for i in range" in pseudocode.response(p) for p in pseudocode.make_programs(seed=0, n=40))
+    data = tasks.load(tasks.TaskConfig(name="pseudocode", train_examples=30, eval_examples=5))
+    assert not set(data.train_prompts) & set(data.eval_prompts)
+    wrong = data.eval_references[0]
+    assert tasks.get("pseudocode").score("print(0)", wrong) == 0.0
+
+
+@pytest.mark.slow
+def test_rlsf_code_experiment_end_to_end(tmp_path, capsys):
+    folder = str(tmp_path / "code")
+    tiny = [t for t in TINY if not t.startswith("task.")] + ["task.train_examples=32", "task.eval_examples=3",
+                                                            "base.max_length=96", "ppo.max_new_tokens=12"]
+    assert run.main(["rlsf_code", *tiny, "--run-dir", folder]) == 0
+    with open(os.path.join(folder, "results.json")) as f:
+        results = json.load(f)
+    assert set(results["summary"]) == {"scalar", "token", "sft"}
+    for vals in results["summary"].values():
+        assert 0.0 <= vals["compiles"][0] <= 1.0 and 0.0 <= vals["success"][0] <= vals["compiles"][0]
+
+
+def test_spoc_records_and_the_paper_scale_config_checks(tmp_path):
+    from jax_irl.data import jsonl
+
+    path = tmp_path / "spoc.jsonl"
+    good = {"prompt": "read n, print n", "response": "#include <iostream>\nint main(){int n;std::cin>>n;"
+            "std::cout<<n;}", "tests": [["3\n", "3"], {"stdin": "4\n", "expected": "4"}]}
+    path.write_text("\n".join(json.dumps(dict(good, prompt=f"p{k}")) for k in range(4)) + "\n")
+    records = jsonl.read_program_records(str(path))
+    assert records[0]["tests"] == [["3\n", "3"], ["4\n", "4"]] and len(records) == 4
+    data = tasks.load(tasks.TaskConfig(name="spoc", data_dir=str(path), train_examples=10, eval_examples=1))
+    assert data.train_prompts == ["p0", "p1", "p2"] and json.loads(data.eval_references[0]) == records[3]["tests"]
+    for bad, match in (({"prompt": "p", "response": "r", "tests": []}, "non-empty list"),
+                       ({"prompt": "p", "response": "r", "tests": [["x"]]}, "test 0 must be"),
+                       ({"prompt": 3, "response": "r", "tests": [["a", "b"]]}, "'prompt' must be a string")):
+        path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+        with pytest.raises(ValueError, match=f"spoc.jsonl:2: .*{match}"):
+            jsonl.read_program_records(str(path))
+    with pytest.raises(FileNotFoundError, match="no such JSONL file"):
+        jsonl.read_program_records(str(tmp_path / "missing.jsonl"))
+    mod = run.load_config_module("rlsf_spoc")
+    with pytest.raises(ValueError, match="base.hf_checkpoint"):
+        mod.validate(mod.config())
+    with pytest.raises(ValueError, match="task.data_dir"):
+        mod.validate(run.apply_overrides(mod.config(), ["base.hf_checkpoint=/models/x"]))

@@ -1,0 +1,54 @@
+"""RLSF at paper scale (Jha et al. 2024's pseudo-code-to-C++ task): a local Hugging Face checkpoint, SPoC-style
+JSONL data ({"prompt": pseudo-code, "response": C++ code, "tests": [[stdin, expected], ...]}), the g++ tool in
+the sandbox, bf16 compute, an FSDP mesh, vocabulary-chunked log-probs. The same recipe and outputs as
+``rlsf_code`` (``experiments.rlsf``): SFT on the file's solutions, then PPO with the scalar pass/fail reward
+against PPO with g++'s token-level rewards, three seeds.
+
+    python -m experiments.run rlsf_spoc base.hf_checkpoint=/models/a-code-model task.data_dir=/data/spoc.jsonl
+"""
+
+from __future__ import annotations
+
+
+from experiments import lm_base, rlsf
+from experiments.rlsf import RLSFConfig
+from jax_irl import parallel, train
+from jax_irl.algorithms import ppo
+from jax_irl.data import jsonl, tasks
+from jax_irl.symbolic import sandbox
+from jax_irl.symbolic.programs import CppTool, TestCase
+
+RESUMABLE = rlsf.RESUMABLE
+
+
+def config() -> RLSFConfig:
+    return RLSFConfig(
+        task=tasks.TaskConfig(name="spoc", data_dir=None, train_examples=16_000, eval_examples=1_000),
+        base=lm_base.BaseConfig(hf_checkpoint=None, dtype="bfloat16", max_length=1024),
+        sft=train.StageConfig(steps=2000, batch_size=64, optimizer=train.OptimizerConfig(
+            learning_rate=1e-5, schedule="cosine", warmup_steps=100, weight_decay=0.0)),
+        ppo=ppo.PPOConfig(iterations=200, prompts_per_rollout=64, samples_per_prompt=4, max_new_tokens=512, epochs=2,
+                          minibatches=4, kl_coef=0.05, kl_target=6.0, optimizer=train.OptimizerConfig(
+                              learning_rate=1e-6, max_grad_norm=1.0)),
+        eval_every=20, eval_samples=4, check_workers=None, vocab_chunk=16384,
+        mesh=parallel.MeshConfig(data=1, fsdp=-1), save_every=100)
+
+
+def validate(cfg: RLSFConfig) -> None:
+    lm_base.require_checkpoint(cfg.base, "rlsf_spoc")
+    if not cfg.task.data_dir:
+        raise ValueError("rlsf_spoc reads SPoC-style records: pass task.data_dir=/path/to/spoc.jsonl")
+    rlsf.validate(cfg, "spoc")
+
+
+def tool_for(cfg: RLSFConfig) -> CppTool:
+    records = jsonl.read_program_records(cfg.task.data_dir)
+    tests = {r["prompt"]: [TestCase(f"test {k + 1}", stdin, out) for k, (stdin, out) in enumerate(r["tests"])]
+             for r in records}
+    return CppTool(tests, sandbox=sandbox.Sandbox(CppTool.run_limits))
+
+
+def run(cfg: RLSFConfig, run_dir: str) -> dict:
+    validate(cfg)
+    return rlsf.run(cfg, run_dir, tool=tool_for(cfg), judge=rlsf.program_judge, secondary=("compiles", "compiles"),
+                    rollout_stat="wrong_token_fraction", what="SPoC programs")

@@ -1,0 +1,210 @@
+"""The RLSF recipe shared by the symbolic-feedback experiments (Jha et al. 2024): SFT, then PPO with a scalar
+reward against PPO with a symbolic tool's token-level rewards, at the same steps and samples (not a config).
+
+pi_sft is the shared base (``experiments.lm_base``) fine-tuned with MLE on the task's reference solutions. Each
+reward variant (``symbolic.RewardSpec``) runs PPO (``algorithms.ppo``) from pi_sft, with pi_sft as the KL
+reference, for every seed. A config module supplies the tool (which checks train and held-out prompts alike)
+and a ``Judge``: certificates -> per-sample metrics, 'success' first. Measured on the held-out prompts every
+``eval_every`` iterations and at the end: each metric for the greedy response and for ``eval_samples`` samples
+at temperature 1, and KL(pi || pi_sft) as the mean over the policy's own samples of sum_t (log pi - log pi_sft).
+Results: results.json, results.md (mean +- standard error over seeds), PNG plots against PPO steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import jax
+import numpy as np
+from flax import nnx
+
+from experiments import lm_base
+from jax_irl import metrics, parallel, rollout, sampling, sweep, symbolic, train
+from jax_irl.algorithms import iqlearn, ppo
+from jax_irl.data import tasks
+
+RESUMABLE = ("mesh", "distributed", "save_every", "methods", "seeds", "variants")
+VARIANTS = {"scalar": symbolic.RewardSpec("scalar"), "token": symbolic.RewardSpec("token")}
+
+# judge(certificates) -> {metric: [N] per sample}; 'success' must be one of them.
+Judge = Callable[[Sequence[symbolic.Certificate]], Dict[str, np.ndarray]]
+
+
+@dataclasses.dataclass(frozen=True)
+class RLSFConfig:
+    task: tasks.TaskConfig
+    base: lm_base.BaseConfig
+    sft: train.StageConfig
+    ppo: ppo.PPOConfig
+    variants: Dict[str, symbolic.RewardSpec] = dataclasses.field(default_factory=lambda: dict(VARIANTS))
+    methods: Tuple[str, ...] = tuple(VARIANTS)
+    seeds: Tuple[int, ...] = (0, 1, 2)
+    eval_every: int = 8  # PPO iterations between evaluations on the held-out prompts
+    eval_samples: int = 2  # sampled responses per held-out prompt (temperature 1), besides the greedy one
+    check_workers: Optional[int] = None  # parallel tool checks (sandboxed programs); None: the CPU count
+    vocab_chunk: Optional[int] = None
+    mesh: parallel.MeshConfig = parallel.MeshConfig()
+    distributed: parallel.DistributedConfig = parallel.DistributedConfig()
+    save_every: int = 100
+
+
+def validate(cfg: RLSFConfig, task_name: str) -> None:
+    sweep.check_selection(cfg.methods, cfg.variants)
+    if not cfg.seeds or cfg.eval_samples < 1 or cfg.eval_every < 1:
+        raise ValueError("seeds must name a seed; eval_samples and eval_every must be >= 1")
+    if cfg.task.name != task_name:
+        raise ValueError(f"this experiment checks answers with its own tool; task.name must be {task_name!r}, got "
+                         f"{cfg.task.name!r}")
+
+
+def _check(tool, prompts, texts, workers):
+    if hasattr(tool, "check_many"):
+        return tool.check_many(list(prompts), list(texts), workers=workers)
+    return [symbolic.safe_check(tool, p, t) for p, t in zip(prompts, texts)]
+
+
+def evaluate(policy, reference, tok, prompts: np.ndarray, mask: np.ndarray, prompt_texts: Sequence[str], key, *,
+             tool, judge: Judge, samples: int, max_new_tokens: int, vocab_chunk: Optional[int] = None,
+             workers: Optional[int] = None) -> Dict[str, float]:
+    """The judge's metrics for the greedy response ('<metric>') and for ``samples`` samples at temperature 1
+    ('sampled_<metric>'), KL(pi || reference) on those samples ('kl', 'kl_se') and their mean length."""
+    out = sampling.generate(policy, prompts, mask, key, max_new_tokens=max_new_tokens, greedy=True,
+                            eos_ids=(tok.eos_id,), pad_id=tok.pad_id)
+    ids, m = np.asarray(out.tokens), np.asarray(out.mask)
+    greedy = judge(_check(tool, prompt_texts, [tok.decode(r[k > 0]) for r, k in zip(ids, m)], workers))
+    rows = rollout.sample_rows(policy, prompts, mask, jax.random.fold_in(key, 1), max_new_tokens=max_new_tokens,
+                               eos_id=tok.eos_id, pad_id=tok.pad_id, num_samples=samples)
+    texts = [tok.decode(r[k > 0]) for r, k in zip(rows["response"], rows["response_mask"])]
+    sampled = judge(_check(tool, [p for p in prompt_texts for _ in range(samples)], texts, workers))
+    ref = rollout.score_rows(reference, rollout.LMScores(("log_probs",), vocab_chunk=vocab_chunk, per_row=True),
+                             {k: rows[k] for k in ("tokens", "attention", "mask")})["log_probs"]
+    kl = rows["model_log_probs"].sum(-1) - ref
+    result = {name: float(np.mean(v)) for name, v in greedy.items()}
+    result.update({f"sampled_{name}": float(np.mean(v)) for name, v in sampled.items()})
+    result.update(kl=float(kl.mean()), kl_se=metrics.standard_error(kl.tolist()),
+                  length=float(rows["response_mask"].sum(-1).mean()))
+    return result
+
+
+def _curve(folder: str) -> Dict[str, Dict[str, float]]:
+    """step -> eval metrics, read back from the PPO stage's metrics.jsonl (exact after a resume)."""
+    curve = {}
+    with open(os.path.join(folder, "metrics.jsonl")) as f:
+        for line in f:
+            record = json.loads(line)
+            if "eval/success" in record:
+                curve[str(record["step"])] = {k[5:]: v for k, v in record.items() if k.startswith("eval/")}
+    return curve
+
+
+def _json(path: str, make: Callable[[], dict]) -> dict:
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    value = make()
+    if jax.process_index() == 0:
+        with open(path + ".tmp", "w") as f:
+            json.dump(value, f)
+        os.replace(path + ".tmp", path)
+    return value
+
+
+def run(cfg: RLSFConfig, run_dir: str, *, tool, judge: Judge, secondary: Tuple[str, str], rollout_stat: str,
+        what: str) -> dict:
+    """The recipe for ``cfg`` in ``run_dir``. ``secondary`` = (metric, header): the judge's second metric for
+    the table and plots; ``rollout_stat``: the reward function's per-response stat plotted over iterations;
+    ``what``: the held-out set, in words, for the table's note."""
+    data = tasks.load(cfg.task)
+    enc = lm_base.encode(cfg.base, data, lm_base.tokenizer(cfg.base, data, run_dir))
+    tok, mesh = enc.tokenizer, parallel.make_mesh(cfg.mesh)
+    base = lm_base.base_model(cfg.base, cfg.task, tok, data.train_prompts, mesh, run_dir, save_every=cfg.save_every,
+                              vocab_chunk=cfg.vocab_chunk)
+    depends = {"task": cfg.task, "base": cfg.base, "sft": cfg.sft, "vocab_chunk": cfg.vocab_chunk}
+    pi_sft = iqlearn.finetune(
+        iqlearn.Method("mle"), base, cfg.sft, mesh, enc.train, os.path.join(run_dir, "sft"), seed=0,
+        fingerprint=depends, save_every=cfg.save_every, prompt_width=enc.prompt_width,
+        max_new_tokens=cfg.ppo.max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id, vocab_chunk=cfg.vocab_chunk,
+        desc="pi_sft", resume_hint=f"Resume with --run-dir {run_dir}")
+    train_tokens, train_mask = rollout.prompt_rows(enc.train["tokens"], enc.train["prompt_lengths"], tok.pad_id,
+                                                   enc.prompt_width)
+    prompts = ppo.Prompts(train_tokens, train_mask, list(data.train_prompts))
+    eval_key = jax.random.PRNGKey(7)
+
+    def measure(policy):
+        return evaluate(policy, pi_sft, tok, enc.eval_prompts, enc.eval_prompt_mask, data.eval_prompts, eval_key,
+                        tool=tool, judge=judge, samples=cfg.eval_samples, max_new_tokens=cfg.ppo.max_new_tokens,
+                        vocab_chunk=cfg.vocab_chunk, workers=cfg.check_workers)
+
+    sft_eval = _json(os.path.join(run_dir, "sft", "eval.json"), lambda: measure(pi_sft))
+
+    def run_one(name, spec, seed, folder):
+        model = ppo.ActorCritic(nnx.clone(pi_sft), cfg.ppo.critic, rngs=nnx.Rngs(seed))
+        result, stats = ppo.train_ppo(
+            folder, model, pi_sft, cfg.ppo, mesh, prompts,
+            symbolic.reward_fn(tool, tok, spec, workers=cfg.check_workers), seed=seed, eos_id=tok.eos_id,
+            pad_id=tok.pad_id, fingerprint=dict(depends, variant=spec), save_every=cfg.save_every,
+            vocab_chunk=cfg.vocab_chunk, eval_fn=lambda m, step: measure(m.policy),
+            eval_every=cfg.eval_every * cfg.ppo.steps_per_iteration, desc=f"ppo {name} seed {seed}",
+            resume_hint=f"Resume with --run-dir {run_dir}")
+        final = measure(result.model.policy)
+        with open(os.path.join(folder, "metrics.jsonl")) as f:
+            update_speed = [json.loads(line).get("tokens_per_s", np.nan) for line in f]
+        last = stats[-4:]
+        final.update(train_reward=float(np.mean([s["reward"] for s in last])),
+                     train_success=float(np.mean([s["correct"] for s in last])),
+                     rollout_tokens_per_s=float(np.median([s["rollout_tokens_per_s"] for s in stats])),
+                     update_tokens_per_s=float(np.nanmedian(update_speed)))
+        iterations = {str(s["iteration"]): {k: v for k, v in s.items() if k != "iteration"} for s in stats}
+        return {"final": final, "curve": dict(_curve(folder), **{"0": sft_eval}), "rollouts": iterations}
+
+    variants = {name: cfg.variants[name] for name in cfg.methods}
+    per_run = sweep.run_sweep(run_dir, variants, cfg.seeds, run_one,
+                              fingerprint=dict(depends, ppo=cfg.ppo, eval_every=cfg.eval_every,
+                                               eval_samples=cfg.eval_samples))
+    finals = {name: {s: r["final"] for s, r in seeds.items()} for name, seeds in per_run.items()}
+    finals["sft"] = {0: dict(sft_eval, train_reward=float("nan"), train_success=float("nan"),
+                             rollout_tokens_per_s=float("nan"), update_tokens_per_s=float("nan"))}
+    metric, header = secondary
+    columns = (sweep.Column("success", "success (greedy)"), sweep.Column("sampled_success", "success (T=1)"),
+               sweep.Column(metric, f"{header} (greedy)"), sweep.Column("kl", "KL(pi ‖ pi_sft)"),
+               sweep.Column("train_success", "train success (last 4 rollouts)"),
+               sweep.Column("rollout_tokens_per_s", "rollout tok/s", 0),
+               sweep.Column("update_tokens_per_s", "update tok/s", 0))
+    curves = sweep.summarise({n: {s: r["curve"] for s, r in seeds.items()} for n, seeds in per_run.items()})
+    rollouts = sweep.summarise({n: {s: r["rollouts"] for s, r in seeds.items()} for n, seeds in per_run.items()})
+    summary = sweep.report(
+        run_dir, finals, columns, variant_label="reward",
+        note=f"Held-out: {len(data.eval_prompts)} {what}; greedy metrics, and success over {cfg.eval_samples} "
+             f"samples per prompt at temperature 1. KL is the mean summed log-ratio of the policy's own samples "
+             f"against pi_sft. 'sft' is pi_sft itself (one model, no seeds). Train success: the solved fraction of "
+             f"the last 4 rollouts.",
+        curves=curves, rollouts=rollouts)
+    sweep.plot_over_groups(curves, ys=(sweep.Column("success", "held-out success (greedy)"),
+                                       sweep.Column("sampled_success", "held-out success (T=1)"),
+                                       sweep.Column("kl", "KL(pi ‖ pi_sft)")),
+                           x_label="PPO step", path=os.path.join(run_dir, "success_kl_vs_steps.png"))
+    sweep.plot_over_groups(rollouts, ys=(sweep.Column("correct", "train rollouts solved"),
+                                         sweep.Column(rollout_stat, rollout_stat.replace("_", " ")),
+                                         sweep.Column("kl", "rollout KL")),
+                           x_label="PPO iteration", path=os.path.join(run_dir, "rollouts.png"))
+    return summary
+
+
+def program_judge(certificates) -> Dict[str, np.ndarray]:
+    """Program tools: 'success' (passes every test) and 'compiles' (a program that compiles: not empty or
+    malformed, no syntax or compiler error)."""
+    return {"success": np.array([c.correct for c in certificates], float),
+            "compiles": np.array([c.tool != "" and dict(c.details).get("stage") not in ("compile", "input")
+                                  for c in certificates], float)}
+
+
+def steps_judge(certificates) -> Dict[str, np.ndarray]:
+    """The Game of 24: 'success' and the fraction of true steps."""
+    return {"success": np.array([c.correct for c in certificates], float),
+            "true_steps": np.array([float(dict(c.details).get("true_step_fraction", 0.0)) for c in certificates])}
+
+
+__all__: List[str] = ["Judge", "RLSFConfig", "evaluate", "program_judge", "run", "steps_judge", "validate"]
