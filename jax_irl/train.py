@@ -186,7 +186,8 @@ class Trainer:
     """
 
     def __init__(self, model: nnx.Module, loss_fn: Callable, opt: OptimizerConfig, mesh: Mesh,
-                 rules=parallel.DEFAULT_RULES, *, total_steps: Optional[int] = None):
+                 rules=parallel.DEFAULT_RULES, *, total_steps: Optional[int] = None,
+                 tx: Optional[optax.GradientTransformation] = None):
         self.mesh, self.opt_config = mesh, opt
         # The steps the learning-rate schedule spans (None: a constant schedule built without a length).
         self.schedule_steps = schedule_length(opt, total_steps)
@@ -195,7 +196,9 @@ class Trainer:
         # The trainer owns its arrays: steps donate the state, which must never delete the caller's model.
         # (device_put may alias a replicated shard to the source buffer, so copy inside jit instead.)
         self._params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=self.param_shardings)(params)
-        self.tx = make_optimizer(opt, self.schedule_steps)
+        # ``tx`` replaces the optimizer built from ``opt`` (e.g. an ensemble's per-member clipping); the logged
+        # learning rate still follows ``opt``'s schedule.
+        self.tx = tx if tx is not None else make_optimizer(opt, self.schedule_steps)
         self.schedule = learning_rate_schedule(opt, self.schedule_steps)
         self._step_fn = make_train_step(self.graphdef, self.rest, loss_fn, self.tx, opt.grad_accum_steps,
                                         self.schedule)
@@ -391,7 +394,7 @@ def run_stage(folder: str, model: nnx.Module, loss_fn: Callable, stage: StageCon
               batch_fn: Callable[..., Dict[str, Any]], *, seed: int, fingerprint: Dict[str, Any],
               save_every: int, keep: int = 2, resumable_keys: Tuple[str, ...] = (), batch_needs_model: bool = False,
               desc: str = "train", resume_hint: str = "", progress: bool = True, eval_fn: Optional[Callable] = None,
-              eval_every: Optional[int] = None) -> StageResult:
+              eval_every: Optional[int] = None, tx: Optional[optax.GradientTransformation] = None) -> StageResult:
     """Train ``model`` with ``loss_fn`` for ``stage.steps`` steps in ``folder`` (checkpoints/, metrics.jsonl,
     tensorboard/), resuming from the folder's latest checkpoint when there is one.
 
@@ -400,9 +403,10 @@ def run_stage(folder: str, model: nnx.Module, loss_fn: Callable, stage: StageCon
     (``resumable_keys``, dotted paths such as 'stage.steps', may change). ``batch_fn`` and ``batch_needs_model``
     are ``fit``'s; the data position starts at 0 (a loop of stages gives each its own folder, and its batch_fn
     may fold a round index into the keys it draws). Raises ``StagePreempted`` (a SystemExit whose message ends
-    with ``resume_hint``) when stopped by SIGTERM after saving.
+    with ``resume_hint``) when stopped by SIGTERM after saving. ``tx`` replaces the optimizer built from
+    ``stage.optimizer`` (``Trainer``).
     """
-    trainer = Trainer(model, loss_fn, stage.optimizer, mesh, total_steps=stage.steps)
+    trainer = Trainer(model, loss_fn, stage.optimizer, mesh, total_steps=stage.steps, tx=tx)
     full = dict(fingerprint, stage=dataclasses.asdict(stage))
     with Checkpointer(os.path.join(folder, "checkpoints"), fingerprint=full, save_every=save_every, keep=keep,
                       resumable_keys=resumable_keys) as ckpt:

@@ -1,0 +1,214 @@
+"""Reward models and ensembles against reward over-optimisation (Coste et al. 2024, "Reward Model Ensembles Help
+Mitigate Overoptimization"; Ahmed et al., a shared encoder with K linear heads), and best-of-n against a proxy.
+
+Three kinds behind one Bradley-Terry code path (``RMKind``):
+- 'single': one reward model (a backbone and one linear head on the last counted token's hidden state);
+- 'multihead': one shared backbone and K linear heads (different initialisations, optionally bootstrap
+  weights), the backbone trained or frozen (``freeze_encoder``: only the heads learn);
+- 'ensemble': K independent reward models with stacked params (a leading axis K on every param, sharded as
+  replicated along it), run with ``nnx.vmap``: one compiled forward and one optimizer step for all K.
+Every kind maps (tokens [B, T], attention [B, T]) -> rewards [B, K] (K = 1 for 'single'), so scoring
+(``rollout.RewardScores``), aggregation (``losses.aggregate_rewards``: mean, min/WCO, UWO, LCB) and PPO see one
+interface. Training minimises the sum over heads of each head's Bradley-Terry loss
+    L = sum_k  sum_b w_bk (-log sigmoid(r_k(x_b, y_b^+) - r_k(x_b, y_b^-))) / sum_b w_bk,
+so each head (or member) follows its own loss's gradient; w are bootstrap weights (``losses.bootstrap_weights``,
+drawn per step) or 1. For the ensemble, gradient clipping is per member (``clip_per_member``), so the vmapped
+step equals K separate single-model steps.
+
+Best-of-n with an unbiased estimator (Nakano et al. 2021; as in Coste et al.): from N >= n samples of a prompt
+with proxy scores p and gold scores g, sort by p ascending; the expected gold score of the proxy's best of a
+uniformly random n-subset is
+    E[g_BoN(n)] = sum_{i=1}^{N} g_(i) C(i - 1, n - 1) / C(N, n),
+since the sample of rank i is the subset's maximum exactly when the other n - 1 come from the i - 1 below it.
+Its KL from the sampling policy is KL_bon(n) = log n - (n - 1) / n.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Dict, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jax_irl import losses, train
+from jax_irl.models.heads import RewardModel
+
+KINDS = ("single", "multihead", "ensemble")
+
+
+@dataclasses.dataclass(frozen=True)
+class RMKind:
+    kind: str = "single"
+    heads: int = 1  # K: heads of 'multihead', members of 'ensemble' (1 for 'single')
+    freeze_encoder: bool = False  # 'multihead': train the heads only
+    bootstrap: Optional[str] = None  # None | 'poisson' | 'bernoulli': per-head weights on each batch
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"RMKind.kind must be one of {KINDS}; got {self.kind!r}")
+        if not (isinstance(self.heads, int) and self.heads >= 1):
+            raise ValueError(f"RMKind.heads must be an int >= 1; got {self.heads!r}")
+        if self.kind == "single" and self.heads != 1:
+            raise ValueError(f"a 'single' reward model has one head; got heads={self.heads}")
+        if self.freeze_encoder and self.kind != "multihead":
+            raise ValueError("freeze_encoder applies to kind 'multihead' (a shared encoder under K heads)")
+        if self.bootstrap not in (None, "poisson", "bernoulli"):
+            raise ValueError(f"RMKind.bootstrap must be None, 'poisson' or 'bernoulli'; got {self.bootstrap!r}")
+
+
+class EnsembleRewardModel(nnx.Module):
+    """K independent reward models with stacked params, evaluated with nnx.vmap: rewards [B, K]."""
+
+    def __init__(self, make_member: Callable[[nnx.Rngs], RewardModel], num_members: int, *, rngs: nnx.Rngs):
+        @nnx.split_rngs(splits=num_members)
+        @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: None})
+        def create(member_rngs):
+            return make_member(member_rngs)
+
+        self.members = create(rngs)
+        self.num_members = num_members
+
+    def __call__(self, tokens: jax.Array, attention_mask: jax.Array) -> jax.Array:
+        out = nnx.vmap(lambda member, t, a: member(t, a), in_axes=(0, None, None), out_axes=0)(
+            self.members, tokens, attention_mask)  # [K, B, 1]
+        return jnp.moveaxis(out[..., 0], 0, -1)
+
+
+def build(kind: RMKind, make_backbone: Callable[[nnx.Rngs], nnx.Module], seed: int) -> nnx.Module:
+    """A reward model of ``kind`` whose backbone(s) come from ``make_backbone(rngs)`` (e.g. a fresh decoder, or a
+    function returning a copy of a pretrained one: every member then starts from it, and the heads differ)."""
+    rngs = nnx.Rngs(seed)
+    if kind.kind == "ensemble":
+        return EnsembleRewardModel(lambda r: RewardModel(make_backbone(r), 1, rngs=r), kind.heads, rngs=rngs)
+    return RewardModel(make_backbone(rngs), kind.heads, stop_backbone_gradient=kind.freeze_encoder, rngs=rngs)
+
+
+def clip_per_member(max_norm: float) -> optax.GradientTransformation:
+    """Clip each ensemble member's gradient (slice k of every leaf's leading axis) to global norm ``max_norm``."""
+
+    def init(params):
+        del params
+        return optax.EmptyState()
+
+    def update(updates, state, params=None):
+        del params
+        leaves = jax.tree.leaves(updates)
+        squares = sum(jnp.sum(jnp.reshape(g, (g.shape[0], -1)).astype(jnp.float32) ** 2, axis=1) for g in leaves)
+        norms = jnp.sqrt(squares)
+        scale = jnp.where(norms > max_norm, max_norm / jnp.maximum(norms, 1e-30), 1.0)
+        return jax.tree.map(lambda g: g * scale.reshape((-1,) + (1,) * (g.ndim - 1)).astype(g.dtype), updates), state
+
+    return optax.GradientTransformation(init, update)
+
+
+def _frozen_labels(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "frozen" if "backbone" in str(path[0]) else "train", params)
+
+
+def optimizer_for(kind: RMKind, opt: train.OptimizerConfig, steps: int) -> Optional[optax.GradientTransformation]:
+    """The optimizer a kind needs beyond ``opt``: the ensemble's clips per member (then ``opt`` without its global
+    clip); a frozen encoder's gets no update and no optimizer state (weight decay included), only the heads
+    train. None for the others (the Trainer builds ``opt``)."""
+    if kind.kind == "ensemble":
+        inner = train.make_optimizer(dataclasses.replace(opt, max_grad_norm=None), steps)
+        return optax.chain(clip_per_member(opt.max_grad_norm), inner) if opt.max_grad_norm else inner
+    if kind.freeze_encoder:
+        return optax.multi_transform({"train": train.make_optimizer(opt, steps), "frozen": optax.set_to_zero()},
+                                     _frozen_labels)
+    return None
+
+
+def pair_rows(rows: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """``gshf.preference_rows``' layout (chosen at 2i, rejected at 2i + 1; tokens [2N, T], target mask
+    [2N, T-1]) plus 'attention' [2N, T]: 1 up to each row's last counted token."""
+    mask = np.asarray(rows["mask"])
+    t = np.arange(mask.shape[1])
+    last = np.max(np.where(mask > 0, t[None], -1), axis=1) + 1  # the last counted token's position in tokens
+    attention = (np.arange(mask.shape[1] + 1)[None] <= last[:, None]).astype(np.int32)
+    return dict(rows, attention=attention)
+
+
+def bt_loss_fn(kind: RMKind):
+    """loss_fn(model, batch, rng) for ``train.Trainer``: batch rows alternate chosen / rejected (pair_rows);
+    the sum over heads of the heads' Bradley-Terry losses, with bootstrap weights when configured. Logs the
+    mean accuracy, each head's accuracy ('accuracy_k'), and the heads' mean disagreement (std of the margins)."""
+
+    def loss_fn(model, batch, rng):
+        rewards = model(batch["tokens"], batch["attention"])  # [2B, K]
+        chosen, rejected = rewards[0::2], rewards[1::2]
+        weights = None
+        if kind.bootstrap is not None:
+            weights = losses.bootstrap_weights(rng, chosen.shape[0], chosen.shape[1], kind.bootstrap)
+        loss, aux = losses.bradley_terry_loss(chosen, rejected, weights=weights)
+        per_head = jnp.atleast_1d(aux["accuracy"])
+        out = {"accuracy": jnp.mean(per_head), "disagreement": jnp.mean(losses.head_disagreement(chosen - rejected))}
+        out.update({f"accuracy_{k}": per_head[k] for k in range(per_head.shape[0])})
+        return loss * chosen.shape[1], out
+
+    return loss_fn
+
+
+def evaluate_pairs(model, rows: Dict[str, np.ndarray], rows_per_batch: int = 64) -> Dict[str, object]:
+    """Per-head accuracy on held-out pairs ('accuracy' [K] list), and the accuracy of the mean and min
+    aggregates, and the heads' mean disagreement on the pairs' margins."""
+    from jax_irl import rollout
+
+    scores = rollout.score_rows(model, rollout.RewardScores("mean"), {k: rows[k] for k in ("tokens", "attention")},
+                                rows_per_batch=rows_per_batch)["rewards"]
+    margin = scores[0::2] - scores[1::2]  # [N, K]
+    return {"accuracy": (margin > 0).mean(0).tolist(), "mean_accuracy": float((margin.mean(1) > 0).mean()),
+            "min_accuracy": float((scores[0::2].min(1) > scores[1::2].min(1)).mean()),
+            "disagreement": float(margin.std(1).mean())}
+
+
+def flip_labels(records: Sequence[Dict[str, str]], fraction: float, seed: int):
+    """A copy of preference records with ``fraction`` of them (chosen at random, seeded) swapped: label noise."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"label-noise fraction must be in [0, 1]; got {fraction}")
+    flip = np.random.default_rng(seed).random(len(records)) < fraction
+    return [dict(r, chosen=r["rejected"], rejected=r["chosen"]) if f else dict(r) for r, f in zip(records, flip)]
+
+
+# --- best-of-n ----------------------------------------------------------------------------------------------
+
+
+def bon_weights(num_samples: int, n: int) -> np.ndarray:
+    """[N] weights C(i - 1, n - 1) / C(N, n) of the samples sorted by proxy score ascending (rank i = 1..N)."""
+    if not 1 <= n <= num_samples:
+        raise ValueError(f"best-of-n needs 1 <= n <= N; got n={n}, N={num_samples}")
+    i = np.arange(1, num_samples + 1)
+    # In logs: exact enough for N in the thousands (math.comb overflows floats there).
+    log_w = np.array([math.lgamma(k) - math.lgamma(n) - math.lgamma(k - n + 1) if k >= n else -np.inf for k in i])
+    log_w -= math.lgamma(num_samples + 1) - math.lgamma(n + 1) - math.lgamma(num_samples - n + 1)
+    return np.exp(log_w)
+
+
+def bon_gold(proxy: np.ndarray, gold: np.ndarray, ns: Sequence[int]) -> np.ndarray:
+    """The unbiased estimate of the best-of-n gold score for each n in ``ns``: proxy, gold [..., N] (one row per
+    prompt; the estimate is averaged over rows). Ties in the proxy keep the samples' order (stable sort)."""
+    proxy, gold = np.atleast_2d(np.asarray(proxy, float)), np.atleast_2d(np.asarray(gold, float))
+    if proxy.shape != gold.shape:
+        raise ValueError(f"proxy and gold must have the same shape [P, N]; got {proxy.shape} and {gold.shape}")
+    if not (np.all(np.isfinite(proxy)) and np.all(np.isfinite(gold))):
+        raise ValueError("proxy and gold scores must be finite")
+    order = np.argsort(proxy, axis=-1, kind="stable")
+    ranked = np.take_along_axis(gold, order, -1)
+    return np.array([float((ranked @ bon_weights(proxy.shape[-1], n)).mean()) for n in ns])
+
+
+def kl_bon(n) -> np.ndarray:
+    """KL(best-of-n || base) = log n - (n - 1) / n."""
+    n = np.asarray(n, float)
+    if np.any(n < 1):
+        raise ValueError(f"n must be >= 1; got {n}")
+    return np.log(n) - (n - 1) / n
+
+
+__all__ = ["EnsembleRewardModel", "KINDS", "RMKind", "bon_gold", "bon_weights", "bt_loss_fn", "build",
+           "clip_per_member", "evaluate_pairs", "flip_labels", "kl_bon", "optimizer_for", "pair_rows"]
