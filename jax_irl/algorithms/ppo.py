@@ -240,6 +240,7 @@ def make_rollout(model: ActorCritic, reference, cfg: PPOConfig, prompts: Prompts
     m = rows["mask"]
     d = (np.asarray(own["log_probs"]) - ref) * m
     kl_k1 = d.sum(-1)
+    kl_k2 = (0.5 * d ** 2 * m).sum(-1)
     kl_k3 = ((np.expm1(-d) + d) * m).sum(-1)
     lengths = rows["response_mask"].sum(-1)
     done = time.perf_counter()
@@ -247,7 +248,7 @@ def make_rollout(model: ActorCritic, reference, cfg: PPOConfig, prompts: Prompts
                  advantages=np.asarray(advantages, np.float32), returns=np.asarray(returns, np.float32),
                  reward=token_rewards.sum(-1).astype(np.float32), kl=kl_k1.astype(np.float32))
     gap = np.abs(rows["model_log_probs"] - np.asarray(own["log_probs"]))[m > 0]
-    stats = {"reward": float(token_rewards.sum(-1).mean()), "kl": float(kl_k1.mean()), "kl_k3": float(kl_k3.mean()),
+    stats = {"reward": float(token_rewards.sum(-1).mean()), "kl": float(kl_k1.mean()), "kl_k2": float(kl_k2.mean()), "kl_k3": float(kl_k3.mean()),
              "kl_coef": float(kl_coef), "response_length": float(lengths.mean()),
              "sampler_logprob_gap": float(gap.max()) if gap.size else 0.0,
              "rollout_tokens_per_s": float(lengths.sum() / max(sampled - start, 1e-9)),

@@ -12,7 +12,7 @@ from jax_irl.symbolic.game24 import Game24Tool
 TINY = ["seeds=(0)", "base.pretrain.steps=6", "base.pretrain.optimizer.warmup_steps=1", "sft.steps=4",
         "sft.optimizer.warmup_steps=1", "sft.batch_size=8", "task.train_examples=64", "task.eval_examples=4",
         "base.vocab_size=300", "base.model.hidden_size=32", "base.model.intermediate_size=64",
-        "base.calculation_rows=16", "ppo.iterations=2", "ppo.prompts_per_rollout=4", "ppo.samples_per_prompt=2",
+        "base.calculation_rows=16", "ppo.iterations=2", "ppo.prompts_per_rollout=8", "ppo.samples_per_prompt=2",
         "ppo.max_new_tokens=8", "eval_every=1", "eval_samples=2", "save_every=2"]
 
 

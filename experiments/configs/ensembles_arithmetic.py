@@ -1,0 +1,294 @@
+"""Reward-model ensembles against over-optimisation (Coste et al. 2024's protocol; Ahmed et al.'s shared-encoder
+K heads) on built-in arithmetic, CPU-sized.
+
+Gold: the programmatic graded reward (``arithmetic.graded_reward``, in [0, 1]). pi0: the shared base
+(``experiments.lm_base``) fine-tuned with MLE on the task's solutions. Proxies: reward models on pi0's backbone
+(a copy; last counted token's hidden state, linear heads), trained by Bradley-Terry on a limited set of
+gold-labelled pairs of pi0's own samples (best against worst of ``candidates`` per prompt), with and without
+label noise (a fraction of the labels swapped), one run per (kind, noise, seed):
+  single (one RM), multihead (one encoder, K heads), ensemble (K independent RMs, vmapped).
+Optimising against each proxy:
+- best-of-n on held-out prompts with the unbiased estimator from N samples per prompt, for n up to N, with
+  KL_bon = log n - (n - 1) / n on the x axis, under the mean, min (WCO) and UWO (lambda 0.5) aggregations;
+- PPO from pi0 against the proxy (UWO, lambda 0.1, as in Coste et al.) at each KL coefficient in ``ppo_kl``
+  (one of them 0), the gold and proxy rewards of each rollout logged against its KL (k1 and Coste's k2).
+Results: results.json, results.md (mean +- standard error over seeds), PNG plots of gold (and proxy) reward
+against KL for best-of-n and for PPO.
+
+    python -m experiments.run ensembles_arithmetic [seeds=(0,1,2)] [methods=(single,multihead,ensemble)]
+        [label_noise=(0,0.25)] [ppo_kl=(0,0.05)] [variants.frozen.kind=multihead variants.frozen.heads=3
+        variants.frozen.freeze_encoder=true]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Dict, Optional, Sequence, Tuple
+
+import jax
+import numpy as np
+from flax import nnx
+
+from experiments import lm_base
+from jax_irl import losses, parallel, rollout, sampling, sweep, train
+from jax_irl.algorithms import gshf, iqlearn, ppo
+from jax_irl.algorithms import reward_models as rm
+from jax_irl.data import arithmetic, tasks
+
+RESUMABLE = ("mesh", "distributed", "save_every", "methods", "seeds", "variants", "label_noise", "ppo_kl")
+VARIANTS = {"single": rm.RMKind(), "multihead": rm.RMKind("multihead", heads=3),
+            "ensemble": rm.RMKind("ensemble", heads=3)}
+AGGREGATIONS = (("mean", None), ("min", None), ("uwo", 0.5))
+
+
+@dataclasses.dataclass(frozen=True)
+class EnsemblesConfig:
+    task: tasks.TaskConfig = tasks.TaskConfig(name="arithmetic", train_examples=2000, eval_examples=32)
+    base: lm_base.BaseConfig = lm_base.BaseConfig()
+    sft: train.StageConfig = train.StageConfig(
+        steps=300, batch_size=32, optimizer=train.OptimizerConfig(learning_rate=2e-3, schedule="cosine",
+                                                                 warmup_steps=20, weight_decay=0.01))
+    pairs: int = 600  # gold-labelled prompts (one pair each) for the proxies; 10% of them held out
+    candidates: int = 4  # pi0 samples per labelled prompt: the pair is the best and the worst under the gold
+    oracle: gshf.OracleConfig = gshf.OracleConfig()  # deterministic labels (ties skipped) or Bradley-Terry
+    label_noise: Tuple[float, ...] = (0.0, 0.25)
+    rm_stage: train.StageConfig = train.StageConfig(steps=150, batch_size=16, optimizer=train.OptimizerConfig(
+        learning_rate=3e-4, schedule="cosine", warmup_steps=10, weight_decay=0.01))
+    variants: Dict[str, rm.RMKind] = dataclasses.field(default_factory=lambda: dict(VARIANTS))
+    methods: Tuple[str, ...] = tuple(VARIANTS)
+    bon_samples: int = 64  # N per held-out prompt
+    ppo: ppo.PPOConfig = ppo.PPOConfig(iterations=12, prompts_per_rollout=16, samples_per_prompt=4,
+                                       max_new_tokens=48, epochs=2, minibatches=2,
+                                       optimizer=train.OptimizerConfig(learning_rate=1e-4))
+    ppo_kl: Tuple[float, ...] = (0.0, 0.05)  # PPO runs at each KL coefficient (its kl_coef is replaced)
+    ppo_uwo: float = 0.1  # the PPO reward: the proxy's UWO aggregate with this lambda
+    seeds: Tuple[int, ...] = (0, 1, 2)
+    vocab_chunk: Optional[int] = None
+    mesh: parallel.MeshConfig = parallel.MeshConfig()
+    distributed: parallel.DistributedConfig = parallel.DistributedConfig()
+    save_every: int = 100
+
+
+def config() -> EnsemblesConfig:
+    return EnsemblesConfig()
+
+
+def validate(cfg: EnsemblesConfig) -> None:
+    sweep.check_selection(cfg.methods, cfg.variants)
+    if not cfg.seeds or cfg.pairs < 10 or cfg.candidates < 2 or cfg.bon_samples < 2:
+        raise ValueError("seeds must name a seed; pairs must be >= 10, candidates and bon_samples >= 2")
+    if not cfg.label_noise or any(not 0.0 <= x < 0.5 for x in cfg.label_noise):
+        raise ValueError(f"label_noise must list fractions in [0, 0.5); got {cfg.label_noise}")
+    if any(not x >= 0 for x in cfg.ppo_kl):
+        raise ValueError(f"ppo_kl must list coefficients >= 0; got {cfg.ppo_kl}")
+    if cfg.pairs > cfg.task.train_examples:
+        raise ValueError(f"pairs={cfg.pairs} needs as many training prompts; task.train_examples="
+                         f"{cfg.task.train_examples}")
+
+
+def _json(path: str, make):
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    value = make()
+    if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump(value, f)
+        os.replace(path + ".tmp", path)
+    return value
+
+
+def _rows(tok, prompts: Sequence[str], responses: Sequence[str], max_length: int) -> Dict[str, np.ndarray]:
+    """Prompt + response rows with attention, for scoring by a reward model."""
+    from jax_irl.data import batching
+
+    enc = batching.encode_examples(tok, list(prompts), list(responses), max_length)
+    return rm.pair_rows(batching.trim_padding({"tokens": enc["tokens"], "mask": enc["mask"]}, tok.pad_id))
+
+
+def _aggregate(rewards: np.ndarray, how: str, coef: Optional[float]) -> np.ndarray:
+    return np.asarray(losses.aggregate_rewards(jax.numpy.asarray(rewards), how, coef=coef))
+
+
+def run(cfg: EnsemblesConfig, run_dir: str) -> dict:
+    validate(cfg)
+    data = tasks.load(cfg.task)
+    enc = lm_base.encode(cfg.base, data, lm_base.tokenizer(cfg.base, data, run_dir))
+    tok, mesh = enc.tokenizer, parallel.make_mesh(cfg.mesh)
+    base = lm_base.base_model(cfg.base, cfg.task, tok, data.train_prompts, mesh, run_dir, save_every=cfg.save_every,
+                              vocab_chunk=cfg.vocab_chunk)
+    depends = {"task": cfg.task, "base": cfg.base, "sft": cfg.sft, "vocab_chunk": cfg.vocab_chunk}
+    max_new = cfg.ppo.max_new_tokens
+    pi0 = iqlearn.finetune(
+        iqlearn.Method("mle"), base, cfg.sft, mesh, enc.train, os.path.join(run_dir, "sft"), seed=0,
+        fingerprint=depends, save_every=cfg.save_every, prompt_width=enc.prompt_width, max_new_tokens=max_new,
+        eos_id=tok.eos_id, pad_id=tok.pad_id, vocab_chunk=cfg.vocab_chunk, desc="pi0 (sft)",
+        resume_hint=f"Resume with --run-dir {run_dir}")
+    gold_fn = gshf.per_sample(arithmetic.graded_reward)
+    settings = gshf.SampleSettings(tok, max_new, gold_fn)
+    train_tokens, train_mask = rollout.prompt_rows(enc.train["tokens"], enc.train["prompt_lengths"], tok.pad_id,
+                                                   enc.prompt_width)
+    train_prompts = gshf.Prompts(list(data.train_prompts), list(data.train_responses), train_tokens, train_mask)
+    eval_prompts = gshf.Prompts(list(data.eval_prompts), list(data.eval_references), enc.eval_prompts,
+                                enc.eval_prompt_mask)
+    max_length = cfg.base.max_length + max_new
+
+    def labelled():  # pi0's samples on the first `pairs` training prompts, labelled by the gold reward
+        chosen = gshf.Prompts.take(train_prompts, np.arange(cfg.pairs))
+        texts, gold, _ = gshf.sample_texts(pi0, chosen, jax.random.PRNGKey(11), cfg.candidates, settings)
+        records, counts = gshf.make_pairs(chosen.texts, texts, gold, cfg.oracle, np.random.default_rng(0))
+        return {"records": records, "counts": counts}
+
+    pairs = _json(os.path.join(run_dir, "data", "pairs.json"), labelled)["records"]
+    if len(pairs) < 10:
+        raise ValueError(f"only {len(pairs)} of {cfg.pairs} prompts gave a labelled pair (identical samples and gold "
+                         f"ties are skipped): raise pairs or candidates, or label ties with oracle.temperature > 0")
+    held = max(len(pairs) // 10, 1)
+    train_pairs, test_pairs = pairs[:-held], pairs[-held:]
+
+    def bon_pool():  # N samples of pi0 per held-out prompt with their gold rewards
+        texts, gold, _ = gshf.sample_texts(pi0, eval_prompts, jax.random.PRNGKey(12), cfg.bon_samples, settings)
+        return {"texts": texts, "gold": gold.tolist()}
+
+    pool = _json(os.path.join(run_dir, "data", "bon_pool.json"), bon_pool)
+    pool_gold = np.asarray(pool["gold"])
+    pool_rows = _rows(tok, [p for p in eval_prompts.texts for _ in range(cfg.bon_samples)],
+                      [t for ts in pool["texts"] for t in ts], max_length)
+    ns = [n for n in (1, 2, 4, 8, 16, 32, 64, 128, 256) if n <= cfg.bon_samples]
+    reference_of = dict(zip(train_prompts.texts, train_prompts.references))
+    ppo_prompts = ppo.Prompts(train_tokens, train_mask, list(data.train_prompts))
+
+    def run_one(name, variant, seed, folder):
+        kind, noise = variant
+        records = rm.flip_labels(train_pairs, noise, seed=1000 + seed)
+        rows = rm.pair_rows(gshf.preference_rows(tok, records, max_length))
+        from jax_irl.data import batching
+        batches = batching.BatchSampler(len(records), cfg.rm_stage.batch_size, seed=seed)
+
+        def batch_fn(position):
+            idx = batches.indices(position)
+            rows_idx = np.stack([2 * idx, 2 * idx + 1], 1).reshape(-1)
+            return {k: rows[k][rows_idx] for k in ("tokens", "attention")}
+
+        model = rm.build(kind, lambda r: nnx.clone(pi0), seed=seed)
+        trained = train.run_stage(os.path.join(folder, "rm"), model, rm.bt_loss_fn(kind), cfg.rm_stage, mesh,
+                                  batch_fn, seed=seed, save_every=cfg.save_every,
+                                  fingerprint=dict(depends, kind=kind, noise=noise, pairs=len(records)),
+                                  tx=rm.optimizer_for(kind, cfg.rm_stage.optimizer, cfg.rm_stage.steps),
+                                  desc=f"rm {name} seed {seed}", resume_hint=f"Resume with --run-dir {run_dir}").model
+        test = rm.evaluate_pairs(trained, rm.pair_rows(gshf.preference_rows(tok, test_pairs, max_length)))
+        scores = rollout.score_rows(trained, rollout.RewardScores("mean"), {k: pool_rows[k] for k in
+                                                                            ("tokens", "attention")},
+                                    rows_per_batch=64)["rewards"].reshape(len(eval_prompts.texts), cfg.bon_samples, -1)
+        bon = {}
+        for how, coef in AGGREGATIONS:
+            proxy = _aggregate(scores, how, coef)
+            bon[how] = {"gold": rm.bon_gold(proxy, pool_gold, ns).tolist(),
+                        "proxy": rm.bon_gold(proxy, proxy, ns).tolist()}
+
+        def reward_fn(prompts, response_ids, response_mask):
+            texts = [tok.decode(r[m > 0]) for r, m in zip(response_ids, response_mask)]
+            scored = rollout.score_rows(trained, rollout.RewardScores("uwo", cfg.ppo_uwo),
+                                        {k: v for k, v in _rows(tok, prompts, texts, max_length).items()
+                                         if k in ("tokens", "attention")}, rows_per_batch=64)["reward"]
+            gold = np.array([arithmetic.graded_reward(t, reference_of[p]) for t, p in zip(texts, prompts)])
+            return scored, {"gold": gold, "proxy": scored}
+
+        runs = {}
+        for coef in cfg.ppo_kl:
+            settings_ppo = dataclasses.replace(cfg.ppo, kl_coef=coef)
+            _, stats = ppo.train_ppo(os.path.join(folder, f"ppo_kl{coef:g}"), ppo.ActorCritic(nnx.clone(pi0),
+                                     rngs=nnx.Rngs(seed)), pi0, settings_ppo, mesh, ppo_prompts, reward_fn,
+                                     seed=seed, eos_id=tok.eos_id, pad_id=tok.pad_id,
+                                     fingerprint=dict(depends, kind=kind, noise=noise, kl=coef),
+                                     save_every=cfg.save_every, vocab_chunk=cfg.vocab_chunk,
+                                     desc=f"ppo {name} kl {coef:g} seed {seed}",
+                                     resume_hint=f"Resume with --run-dir {run_dir}")
+            runs[f"{coef:g}"] = {str(s["iteration"]): {k: s[k] for k in ("gold", "proxy", "kl", "kl_k2", "kl_k3")}
+                                 for s in stats}
+        final = {"pair_accuracy": test["mean_accuracy"], "min_pair_accuracy": test["min_accuracy"],
+                 "disagreement": test["disagreement"]}
+        for how, curve in bon.items():
+            final[f"bon_{how}_gold_max_n"] = curve["gold"][-1]
+            final[f"bon_{how}_gold_peak"] = max(curve["gold"])
+        for coef, curve in runs.items():
+            last = curve[str(cfg.ppo.iterations - 1)]
+            final[f"ppo{coef}_gold"], final[f"ppo{coef}_proxy"], final[f"ppo{coef}_kl"] = (
+                last["gold"], last["proxy"], last["kl"])
+        return {"final": final, "bon": bon, "ppo": runs, "head_accuracy": test["accuracy"]}
+
+    variants = {f"{m}@{noise:g}": (cfg.variants[m], noise) for m in cfg.methods for noise in cfg.label_noise}
+    per_run = sweep.run_sweep(run_dir, variants, cfg.seeds, run_one,
+                              fingerprint=dict(depends, pairs=cfg.pairs, candidates=cfg.candidates, oracle=cfg.oracle,
+                                               rm_stage=cfg.rm_stage, bon_samples=cfg.bon_samples, ppo=cfg.ppo,
+                                               ppo_uwo=cfg.ppo_uwo))
+    finals = {n: {s: r["final"] for s, r in seeds.items()} for n, seeds in per_run.items()}
+    columns = [sweep.Column("pair_accuracy", "held-out pair acc."), sweep.Column("disagreement", "heads' std")]
+    columns += [sweep.Column(f"bon_{how}_gold_max_n", f"BoN-{ns[-1]} gold ({how})") for how, _ in AGGREGATIONS]
+    for coef in cfg.ppo_kl:
+        columns += [sweep.Column(f"ppo{coef:g}_gold", f"PPO β={coef:g} gold"),
+                    sweep.Column(f"ppo{coef:g}_kl", f"PPO β={coef:g} KL")]
+    pi0_gold = float(pool_gold.mean())
+    bon_summary = {how: sweep.summarise({n: {s: {str(k): {"gold": g, "proxy": p} for k, g, p in
+                                                 zip(ns, r["bon"][how]["gold"], r["bon"][how]["proxy"])}
+                                             for s, r in seeds.items()} for n, seeds in per_run.items()})
+                   for how, _ in AGGREGATIONS}
+    ppo_summary = {f"{coef:g}": sweep.summarise({n: {s: r["ppo"][f"{coef:g}"] for s, r in seeds.items()}
+                                                for n, seeds in per_run.items()}) for coef in cfg.ppo_kl}
+    summary = sweep.report(run_dir, finals, columns, variant_label="reward model@label noise",
+                           note=f"Gold: the graded arithmetic reward in [0, 1]; pi0's own mean gold on the held-out "
+                                f"prompts is {pi0_gold:.3f}. Best-of-n from {cfg.bon_samples} samples per prompt "
+                                f"(unbiased estimator); PPO against the proxy's UWO (lambda {cfg.ppo_uwo}), its last "
+                                f"rollout's gold reward and KL (k1).",
+                           bon=bon_summary, ppo=ppo_summary, ns=ns, pi0_gold=pi0_gold)
+    _plot_bon(bon_summary, ns, pi0_gold, os.path.join(run_dir, "bon_gold_vs_kl.png"))
+    _plot_ppo(ppo_summary, os.path.join(run_dir, "ppo_gold_vs_kl.png"))
+    return summary
+
+
+def _plot_bon(bon_summary, ns, pi0_gold: float, path: str) -> None:
+    if jax.process_index() != 0:
+        return
+    plt = sweep._pyplot()
+    fig, axes = plt.subplots(1, len(bon_summary), figsize=(5 * len(bon_summary), 4), squeeze=False)
+    x = rm.kl_bon(ns)
+    for ax, (how, summary) in zip(axes[0], bon_summary.items()):
+        for name, tree in summary.items():
+            gold = np.array([tree[str(n)]["gold"][0] for n in ns])
+            se = np.nan_to_num(np.array([tree[str(n)]["gold"][1] for n in ns]))
+            line = ax.plot(x, gold, marker="o", label=f"{name} gold")[0]
+            ax.fill_between(x, gold - se, gold + se, alpha=0.15, color=line.get_color())
+            ax.plot(x, [tree[str(n)]["proxy"][0] for n in ns], ls=":", color=line.get_color(), alpha=0.6)
+        ax.axhline(pi0_gold, color="gray", lw=0.8)
+        ax.set_title(f"best-of-n, {how} aggregation (dotted: proxy)")
+        ax.set_xlabel("KL_bon = log n - (n-1)/n")
+        ax.set_ylabel("gold reward")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_ppo(ppo_summary, path: str) -> None:
+    if jax.process_index() != 0:
+        return
+    plt = sweep._pyplot()
+    fig, axes = plt.subplots(1, len(ppo_summary), figsize=(5 * len(ppo_summary), 4), squeeze=False)
+    for ax, (coef, summary) in zip(axes[0], ppo_summary.items()):
+        for name, tree in summary.items():
+            its = sorted(tree, key=int)
+            kl = [tree[i]["kl_k2"][0] for i in its]
+            line = ax.plot(kl, [tree[i]["gold"][0] for i in its], marker=".", label=f"{name} gold")[0]
+            ax.plot(kl, [tree[i]["proxy"][0] for i in its], ls=":", color=line.get_color(), alpha=0.6)
+        ax.set_title(f"PPO against the proxy, KL coefficient {coef} (dotted: proxy)")
+        ax.set_xlabel("KL(pi || pi0), k2 estimate per response")
+        ax.set_ylabel("reward")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

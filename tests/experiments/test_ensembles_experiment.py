@@ -1,0 +1,52 @@
+"""The reward-ensembles experiment end to end at tiny size, and its config checks."""
+
+import json
+import os
+
+import pytest
+
+from experiments import run
+
+TINY = ["seeds=(0)", "methods=(single,multihead,ensemble)", "label_noise=(0)", "base.pretrain.steps=6",
+        "base.pretrain.optimizer.warmup_steps=1", "sft.steps=4", "sft.optimizer.warmup_steps=1", "sft.batch_size=8",
+        "task.train_examples=40", "task.eval_examples=3", "base.vocab_size=300", "base.model.hidden_size=32",
+        "base.model.intermediate_size=64", "base.calculation_rows=16", "pairs=24", "candidates=3", "oracle.temperature=0.1",
+        "rm_stage.steps=3", "rm_stage.batch_size=4", "rm_stage.optimizer.warmup_steps=1", "bon_samples=4",
+        "ppo.iterations=2", "ppo.prompts_per_rollout=8", "ppo.samples_per_prompt=2", "ppo.max_new_tokens=8",
+        "ppo_kl=(0,0.1)", "save_every=2"]
+
+
+def test_config_checks_name_what_is_wrong():
+    mod = run.load_config_module("ensembles_arithmetic")
+    with pytest.raises(ValueError, match=r"unknown: \['triple'\]"):
+        mod.validate(run.apply_overrides(mod.config(), ["methods=(single,triple)"]))
+    with pytest.raises(ValueError, match="label_noise"):
+        mod.validate(run.apply_overrides(mod.config(), ["label_noise=(0.7)"]))
+    with pytest.raises(ValueError, match="ppo_kl"):
+        mod.validate(run.apply_overrides(mod.config(), ["ppo_kl=(-1)"]))
+    with pytest.raises(run.ConfigError, match="freeze_encoder"):
+        run.apply_overrides(mod.config(), ["variants.ensemble.freeze_encoder=true"])
+
+
+@pytest.mark.slow
+def test_ensembles_experiment_end_to_end_and_reuse(tmp_path, capsys):
+    folder = str(tmp_path / "ens")
+    assert run.main(["ensembles_arithmetic", *TINY, "--run-dir", folder]) == 0
+    assert "| ensemble@0 |" in capsys.readouterr().out
+    with open(os.path.join(folder, "results.json")) as f:
+        results = json.load(f)
+    assert set(results["summary"]) == {"single@0", "multihead@0", "ensemble@0"}
+    assert results["ns"] == [1, 2, 4]
+    for name, vals in results["summary"].items():
+        assert 0.0 <= vals["pair_accuracy"][0] <= 1.0 and 0.0 <= vals["bon_mean_gold_max_n"][0] <= 1.0
+        assert set(results["ppo"]["0.1"][name]) == {"0", "1"}
+    # best-of-1 is pi0's own mean gold reward, whatever the proxy
+    pool = results["pi0_gold"]
+    for how in ("mean", "min", "uwo"):
+        for tree in results["bon"][how].values():
+            assert tree["1"]["gold"][0] == pytest.approx(pool, abs=1e-9)
+    for png in ("bon_gold_vs_kl.png", "ppo_gold_vs_kl.png"):
+        assert os.path.getsize(os.path.join(folder, png)) > 10_000
+    assert run.main(["ensembles_arithmetic", "--run-dir", folder]) == 0
+    with open(os.path.join(folder, "results.json")) as f:
+        assert json.load(f)["per_run"] == results["per_run"]
