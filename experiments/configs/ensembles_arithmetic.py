@@ -36,6 +36,8 @@ from jax_irl import losses, parallel, rollout, sampling, sweep, train
 from jax_irl.algorithms import gshf, iqlearn, ppo
 from jax_irl.algorithms import reward_models as rm
 from jax_irl.data import arithmetic, tasks
+from jax_irl.data.tokenizer import TextTokenizer
+from jax_irl.models import hf
 
 RESUMABLE = ("mesh", "distributed", "save_every", "methods", "seeds", "variants", "label_noise", "ppo_kl")
 VARIANTS = {"single": rm.RMKind(), "multihead": rm.RMKind("multihead", heads=3),
@@ -50,6 +52,9 @@ class EnsemblesConfig:
     sft: train.StageConfig = train.StageConfig(
         steps=300, batch_size=32, optimizer=train.OptimizerConfig(learning_rate=2e-3, schedule="cosine",
                                                                  warmup_steps=20, weight_decay=0.01))
+    skip_sft: bool = False  # pi0 is the base as it is (an HF checkpoint that is already fine-tuned)
+    gold_model: Optional[str] = None  # a local HF reward-model folder as the gold; None: the graded arithmetic reward
+    rm_backbone: Optional[str] = None  # a local HF causal-LM folder (with its tokenizer) for the proxies; None: pi0
     pairs: int = 600  # gold-labelled prompts (one pair each) for the proxies; 10% of them held out
     candidates: int = 4  # pi0 samples per labelled prompt: the pair is the best and the worst under the gold
     oracle: gshf.OracleConfig = gshf.OracleConfig()  # deterministic labels (ties skipped) or Bradley-Terry
@@ -120,21 +125,32 @@ def run(cfg: EnsemblesConfig, run_dir: str) -> dict:
     tok, mesh = enc.tokenizer, parallel.make_mesh(cfg.mesh)
     base = lm_base.base_model(cfg.base, cfg.task, tok, data.train_prompts, mesh, run_dir, save_every=cfg.save_every,
                               vocab_chunk=cfg.vocab_chunk)
-    depends = {"task": cfg.task, "base": cfg.base, "sft": cfg.sft, "vocab_chunk": cfg.vocab_chunk}
+    depends = {"task": cfg.task, "base": cfg.base, "sft": None if cfg.skip_sft else cfg.sft,
+               "vocab_chunk": cfg.vocab_chunk}
+    if cfg.gold_model or cfg.rm_backbone:
+        depends.update(gold_model=cfg.gold_model, rm_backbone=cfg.rm_backbone)
     max_new = cfg.ppo.max_new_tokens
-    pi0 = iqlearn.finetune(
+    pi0 = base if cfg.skip_sft else iqlearn.finetune(
         iqlearn.Method("mle"), base, cfg.sft, mesh, enc.train, os.path.join(run_dir, "sft"), seed=0,
         fingerprint=depends, save_every=cfg.save_every, prompt_width=enc.prompt_width, max_new_tokens=max_new,
         eos_id=tok.eos_id, pad_id=tok.pad_id, vocab_chunk=cfg.vocab_chunk, desc="pi0 (sft)",
         resume_hint=f"Resume with --run-dir {run_dir}")
-    gold_fn = gshf.per_sample(arithmetic.graded_reward)
+    max_length = cfg.base.max_length + max_new
+    if cfg.gold_model:
+        gold_fn = gshf.reward_model_gold(hf.reward_model_from_pretrained(cfg.gold_model),
+                                         TextTokenizer.load(cfg.gold_model), max_length=max_length)
+    else:
+        gold_fn = gshf.per_sample(arithmetic.graded_reward)
+    if cfg.rm_backbone:  # the proxies' own backbone and tokenizer
+        rm_base, rm_tok = hf.from_pretrained(cfg.rm_backbone, dtype=cfg.base.dtype), TextTokenizer.load(cfg.rm_backbone)
+    else:
+        rm_base, rm_tok = pi0, tok
     settings = gshf.SampleSettings(tok, max_new, gold_fn)
     train_tokens, train_mask = rollout.prompt_rows(enc.train["tokens"], enc.train["prompt_lengths"], tok.pad_id,
                                                    enc.prompt_width)
     train_prompts = gshf.Prompts(list(data.train_prompts), list(data.train_responses), train_tokens, train_mask)
     eval_prompts = gshf.Prompts(list(data.eval_prompts), list(data.eval_references), enc.eval_prompts,
                                 enc.eval_prompt_mask)
-    max_length = cfg.base.max_length + max_new
 
     def labelled():  # pi0's samples on the first `pairs` training prompts, labelled by the gold reward
         chosen = gshf.Prompts.take(train_prompts, np.arange(cfg.pairs))
@@ -155,7 +171,7 @@ def run(cfg: EnsemblesConfig, run_dir: str) -> dict:
 
     pool = _json(os.path.join(run_dir, "data", "bon_pool.json"), bon_pool)
     pool_gold = np.asarray(pool["gold"])
-    pool_rows = _rows(tok, [p for p in eval_prompts.texts for _ in range(cfg.bon_samples)],
+    pool_rows = _rows(rm_tok, [p for p in eval_prompts.texts for _ in range(cfg.bon_samples)],
                       [t for ts in pool["texts"] for t in ts], max_length)
     ns = [n for n in (1, 2, 4, 8, 16, 32, 64, 128, 256) if n <= cfg.bon_samples]
     reference_of = dict(zip(train_prompts.texts, train_prompts.references))
@@ -164,7 +180,7 @@ def run(cfg: EnsemblesConfig, run_dir: str) -> dict:
     def run_one(name, variant, seed, folder):
         kind, noise = variant
         records = rm.flip_labels(train_pairs, noise, seed=1000 + seed)
-        rows = rm.pair_rows(gshf.preference_rows(tok, records, max_length))
+        rows = rm.pair_rows(gshf.preference_rows(rm_tok, records, max_length))
         from jax_irl.data import batching
         batches = batching.BatchSampler(len(records), cfg.rm_stage.batch_size, seed=seed)
 
@@ -173,13 +189,13 @@ def run(cfg: EnsemblesConfig, run_dir: str) -> dict:
             rows_idx = np.stack([2 * idx, 2 * idx + 1], 1).reshape(-1)
             return {k: rows[k][rows_idx] for k in ("tokens", "attention")}
 
-        model = rm.build(kind, lambda r: nnx.clone(pi0), seed=seed)
+        model = rm.build(kind, lambda r: nnx.clone(rm_base), seed=seed)
         trained = train.run_stage(os.path.join(folder, "rm"), model, rm.bt_loss_fn(kind), cfg.rm_stage, mesh,
                                   batch_fn, seed=seed, save_every=cfg.save_every,
                                   fingerprint=dict(depends, kind=kind, noise=noise, pairs=len(records)),
                                   tx=rm.optimizer_for(kind, cfg.rm_stage.optimizer, cfg.rm_stage.steps),
                                   desc=f"rm {name} seed {seed}", resume_hint=f"Resume with --run-dir {run_dir}").model
-        test = rm.evaluate_pairs(trained, rm.pair_rows(gshf.preference_rows(tok, test_pairs, max_length)))
+        test = rm.evaluate_pairs(trained, rm.pair_rows(gshf.preference_rows(rm_tok, test_pairs, max_length)))
         scores = rollout.score_rows(trained, rollout.RewardScores("mean"), {k: pool_rows[k] for k in
                                                                             ("tokens", "attention")},
                                     rows_per_batch=64)["rewards"].reshape(len(eval_prompts.texts), cfg.bon_samples, -1)
@@ -192,9 +208,9 @@ def run(cfg: EnsemblesConfig, run_dir: str) -> dict:
         def reward_fn(prompts, response_ids, response_mask):
             texts = [tok.decode(r[m > 0]) for r, m in zip(response_ids, response_mask)]
             scored = rollout.score_rows(trained, rollout.RewardScores("uwo", cfg.ppo_uwo),
-                                        {k: v for k, v in _rows(tok, prompts, texts, max_length).items()
+                                        {k: v for k, v in _rows(rm_tok, prompts, texts, max_length).items()
                                          if k in ("tokens", "attention")}, rows_per_batch=64)["reward"]
-            gold = np.array([arithmetic.graded_reward(t, reference_of[p]) for t, p in zip(texts, prompts)])
+            gold = np.asarray(gold_fn(list(prompts), [reference_of[p] for p in prompts], [[t] for t in texts]))[:, 0]
             return scored, {"gold": gold, "proxy": scored}
 
         runs = {}
@@ -238,8 +254,9 @@ def run(cfg: EnsemblesConfig, run_dir: str) -> dict:
                    for how, _ in AGGREGATIONS}
     ppo_summary = {f"{coef:g}": sweep.summarise({n: {s: r["ppo"][f"{coef:g}"] for s, r in seeds.items()}
                                                 for n, seeds in per_run.items()}) for coef in cfg.ppo_kl}
+    gold_words = f"the reward model {cfg.gold_model}" if cfg.gold_model else "the graded arithmetic reward in [0, 1]"
     summary = sweep.report(run_dir, finals, columns, variant_label="reward model@label noise",
-                           note=f"Gold: the graded arithmetic reward in [0, 1]; pi0's own mean gold on the held-out "
+                           note=f"Gold: {gold_words}; pi0's own mean gold on the held-out "
                                 f"prompts is {pi0_gold:.3f}. Best-of-n from {cfg.bon_samples} samples per prompt "
                                 f"(unbiased estimator); PPO against the proxy's UWO (lambda {cfg.ppo_uwo}), its last "
                                 f"rollout's gold reward and KL (k1).",
