@@ -273,14 +273,16 @@ def _plot_bon(bon_summary, ns, pi0_gold: float, path: str) -> None:
     fig, axes = plt.subplots(1, len(bon_summary), figsize=(5 * len(bon_summary), 4), squeeze=False)
     x = rm.kl_bon(ns)
     for ax, (how, summary) in zip(axes[0], bon_summary.items()):
+        proxy_ax = ax.twinx()  # the proxies' scales differ from the gold's (and from each other's)
         for name, tree in summary.items():
             gold = np.array([tree[str(n)]["gold"][0] for n in ns])
             se = np.nan_to_num(np.array([tree[str(n)]["gold"][1] for n in ns]))
             line = ax.plot(x, gold, marker="o", label=f"{name} gold")[0]
             ax.fill_between(x, gold - se, gold + se, alpha=0.15, color=line.get_color())
-            ax.plot(x, [tree[str(n)]["proxy"][0] for n in ns], ls=":", color=line.get_color(), alpha=0.6)
+            proxy_ax.plot(x, [tree[str(n)]["proxy"][0] for n in ns], ls=":", color=line.get_color(), alpha=0.5)
         ax.axhline(pi0_gold, color="gray", lw=0.8)
-        ax.set_title(f"best-of-n, {how} aggregation (dotted: proxy)")
+        proxy_ax.set_ylabel("proxy reward (dotted)")
+        ax.set_title(f"best-of-n, {how} aggregation")
         ax.set_xlabel("KL_bon = log n - (n-1)/n")
         ax.set_ylabel("gold reward")
         ax.grid(alpha=0.3)
@@ -296,14 +298,16 @@ def _plot_ppo(ppo_summary, path: str) -> None:
     plt = sweep._pyplot()
     fig, axes = plt.subplots(1, len(ppo_summary), figsize=(5 * len(ppo_summary), 4), squeeze=False)
     for ax, (coef, summary) in zip(axes[0], ppo_summary.items()):
+        proxy_ax = ax.twinx()
         for name, tree in summary.items():
             its = sorted(tree, key=int)
             kl = [tree[i]["kl_k2"][0] for i in its]
             line = ax.plot(kl, [tree[i]["gold"][0] for i in its], marker=".", label=f"{name} gold")[0]
-            ax.plot(kl, [tree[i]["proxy"][0] for i in its], ls=":", color=line.get_color(), alpha=0.6)
-        ax.set_title(f"PPO against the proxy, KL coefficient {coef} (dotted: proxy)")
+            proxy_ax.plot(kl, [tree[i]["proxy"][0] for i in its], ls=":", color=line.get_color(), alpha=0.5)
+        ax.set_title(f"PPO against the proxy's UWO, KL coefficient {coef}")
         ax.set_xlabel("KL(pi || pi0), k2 estimate per response")
-        ax.set_ylabel("reward")
+        ax.set_ylabel("gold reward of the rollouts")
+        proxy_ax.set_ylabel("proxy reward (dotted)")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
