@@ -8,7 +8,7 @@ token of a solved puzzle; 'token' pays the same and adds -0.2 on every token tha
 (a false step, a number not available, a wrong final value, a line that is not a step). Measured on 100
 held-out puzzles: success (greedy and sampled), the fraction of true steps, KL(pi || pi_sft).
 
-    python -m experiments.run rlsf_game24 [seeds=(0,1,2)] [methods=(scalar,token)] [ppo.iterations=40]
+    python -m experiments.run rlsf_game24 [seeds=(0,1,2)] [methods=(scalar,token)] [ppo.iterations=150]
         [variants.paper.kind=token variants.paper.low=0 variants.paper.high=1 variants.paper.bonus=0]
 """
 
@@ -35,9 +35,9 @@ def config() -> RLSFConfig:
                 learning_rate=3e-3, schedule="cosine", warmup_steps=20, weight_decay=0.01))),
         sft=train.StageConfig(steps=800, batch_size=32, optimizer=train.OptimizerConfig(
             learning_rate=2e-3, schedule="cosine", warmup_steps=20, weight_decay=0.01)),
-        ppo=ppo.PPOConfig(iterations=40, prompts_per_rollout=16, samples_per_prompt=4, max_new_tokens=36, epochs=2,
+        ppo=ppo.PPOConfig(iterations=150, prompts_per_rollout=16, samples_per_prompt=4, max_new_tokens=36, epochs=2,
                           minibatches=2, kl_coef=0.05, optimizer=train.OptimizerConfig(learning_rate=3e-5)),
-        eval_every=8, eval_samples=2)
+        eval_every=25, eval_samples=2)
 
 
 def validate(cfg: RLSFConfig) -> None:
