@@ -186,10 +186,12 @@ def run(cfg: RLSFConfig, run_dir: str, *, tool, judge: Judge, secondary: Tuple[s
                                        sweep.Column("sampled_success", "held-out success (T=1)"),
                                        sweep.Column("kl", "KL(pi ‖ pi_sft)")),
                            x_label="PPO step", path=os.path.join(run_dir, "success_kl_vs_steps.png"))
-    sweep.plot_over_groups(rollouts, ys=(sweep.Column("correct", "train rollouts solved"),
-                                         sweep.Column(rollout_stat, rollout_stat.replace("_", " ")),
-                                         sweep.Column("kl", "rollout KL")),
-                           x_label="PPO iteration", path=os.path.join(run_dir, "rollouts.png"))
+    # A tool's own stat appears only once some certificate carries it (e.g. a Game of 24 answer in step form).
+    stat_everywhere = all(rollout_stat in it for tree in rollouts.values() for it in tree.values())
+    ys = [sweep.Column("correct", "train rollouts solved"), sweep.Column("kl", "rollout KL")]
+    if stat_everywhere:
+        ys.insert(1, sweep.Column(rollout_stat, rollout_stat.replace("_", " ")))
+    sweep.plot_over_groups(rollouts, ys=ys, x_label="PPO iteration", path=os.path.join(run_dir, "rollouts.png"))
     return summary
 
 

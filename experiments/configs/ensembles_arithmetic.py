@@ -54,7 +54,8 @@ class EnsemblesConfig:
                                                                  warmup_steps=20, weight_decay=0.01))
     skip_sft: bool = False  # pi0 is the base as it is (an HF checkpoint that is already fine-tuned)
     gold_model: Optional[str] = None  # a local HF reward-model folder as the gold; None: the graded arithmetic reward
-    rm_backbone: Optional[str] = None  # a local HF causal-LM folder (with its tokenizer) for the proxies; None: pi0
+    rm_backbone: Optional[str] = None  # a local HF folder (a causal LM, or a BERT encoder) with its tokenizer for the
+    # proxies' backbone; None: pi0's
     pairs: int = 600  # gold-labelled prompts (one pair each) for the proxies; 10% of them held out
     candidates: int = 4  # pi0 samples per labelled prompt: the pair is the best and the worst under the gold
     oracle: gshf.OracleConfig = gshf.OracleConfig()  # deterministic labels (ties skipped) or Bradley-Terry
@@ -114,6 +115,16 @@ def _rows(tok, prompts: Sequence[str], responses: Sequence[str], max_length: int
     return rm.pair_rows(batching.trim_padding({"tokens": enc["tokens"], "mask": enc["mask"]}, tok.pad_id))
 
 
+def proxy_backbone(path: str, dtype: str):
+    """A local Hugging Face folder as the proxies' backbone: a BERT encoder (config model_type 'bert') or a
+    decoder (any family ``hf.from_pretrained`` reads)."""
+    with open(os.path.join(path, "config.json")) as f:
+        model_type = json.load(f).get("model_type")
+    if model_type == "bert":
+        return hf.encoder_from_pretrained(path, dtype=dtype)
+    return hf.from_pretrained(path, dtype=dtype)
+
+
 def _aggregate(rewards: np.ndarray, how: str, coef: Optional[float]) -> np.ndarray:
     return np.asarray(losses.aggregate_rewards(jax.numpy.asarray(rewards), how, coef=coef))
 
@@ -142,7 +153,7 @@ def run(cfg: EnsemblesConfig, run_dir: str) -> dict:
     else:
         gold_fn = gshf.per_sample(arithmetic.graded_reward)
     if cfg.rm_backbone:  # the proxies' own backbone and tokenizer
-        rm_base, rm_tok = hf.from_pretrained(cfg.rm_backbone, dtype=cfg.base.dtype), TextTokenizer.load(cfg.rm_backbone)
+        rm_base, rm_tok = proxy_backbone(cfg.rm_backbone, cfg.base.dtype), TextTokenizer.load(cfg.rm_backbone)
     else:
         rm_base, rm_tok = pi0, tok
     settings = gshf.SampleSettings(tok, max_new, gold_fn)

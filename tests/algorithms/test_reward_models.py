@@ -127,3 +127,34 @@ def test_every_kind_scores_pairs_and_bad_kinds_are_refused():
     assert 0.2 < share < 0.3 and records[0]["chosen"] == "a"
     with pytest.raises(ValueError, match="label-noise"):
         rm.flip_labels(records, 1.5, seed=0)
+
+
+def test_a_bert_encoder_from_a_local_checkpoint_is_a_proxy_backbone(tiny_hf_llama):
+    """The ensembles experiment's BERT path: a local BERT folder (MiniLM) and its own tokenizer, K heads
+    trained by Bradley-Terry for a few steps, scored on pairs."""
+    from experiments.configs import ensembles_arithmetic as ens
+    from jax_irl.algorithms import gshf
+    from jax_irl.data.tokenizer import TextTokenizer
+    from jax_irl.models.encoder import BertEncoder
+
+    folder = tiny_hf_llama[1]
+    backbone = ens.proxy_backbone(folder, "float32")
+    assert isinstance(backbone, BertEncoder)
+    assert isinstance(ens.proxy_backbone(str(tiny_hf_llama[0]), "float32"), Transformer)
+    tok = TextTokenizer.load(folder)
+    records = [{"prompt": f"what is {a} plus {a}?", "chosen": f"it is {2 * a}", "rejected": f"it is {2 * a + 1}"}
+               for a in range(8)]
+    rows = rm.pair_rows(gshf.preference_rows(tok, records, 32))
+    kind = rm.RMKind("multihead", heads=2)
+    model = rm.build(kind, lambda r: nnx.clone(backbone), seed=0)
+    opt = train.OptimizerConfig(learning_rate=1e-3)
+    trainer = train.Trainer(model, rm.bt_loss_fn(kind), opt, _mesh(), total_steps=2)
+    state = trainer.init_state(0)
+    batch = {k: jax.numpy.asarray(rows[k]) for k in ("tokens", "attention")}
+    first = None
+    for _ in range(2):
+        state, metrics = trainer.step(state, batch)
+        first = float(metrics["loss"]) if first is None else first
+    assert np.isfinite(first) and float(metrics["loss"]) < first  # the same batch twice: the loss falls
+    out = rm.evaluate_pairs(trainer.model(state), rows)
+    assert len(out["accuracy"]) == 2 and np.isfinite(out["disagreement"])

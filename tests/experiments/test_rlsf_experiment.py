@@ -52,7 +52,7 @@ def test_rlsf_experiment_end_to_end_and_reuse(tmp_path, capsys):
     assert set(results["summary"]) == {"scalar", "token", "sft"}
     for name, vals in results["summary"].items():
         assert 0.0 <= vals["success"][0] <= 1.0 and 0.0 <= vals["true_steps"][0] <= 1.0, name
-    assert set(results["curves"]["token"]) == {"0", "2", "4"}  # SFT, then every iteration (2 steps each)
+    assert set(results["curves"]["token"]) == {"0", "4", "8"}  # SFT, then every iteration (2 epochs x 2 minibatches)
     assert set(results["rollouts"]["scalar"]) == {"0", "1"}
     for png in ("success_kl_vs_steps.png", "rollouts.png"):
         assert os.path.getsize(os.path.join(folder, png)) > 10_000
