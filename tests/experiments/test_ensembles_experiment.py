@@ -2,10 +2,13 @@
 
 import json
 import os
+import signal
 
 import pytest
 
 from experiments import run
+from jax_irl import train
+from jax_irl.algorithms import ppo
 
 TINY = ["seeds=(0)", "methods=(single,ensemble)", "label_noise=(0)", "base.pretrain.steps=6",
         "base.pretrain.optimizer.warmup_steps=1", "sft.steps=4", "sft.optimizer.warmup_steps=1", "sft.batch_size=8",
@@ -29,7 +32,7 @@ def test_config_checks_name_what_is_wrong():
 
 
 @pytest.mark.slow
-def test_ensembles_experiment_end_to_end_and_reuse(tmp_path, capsys):
+def test_ensembles_experiment_end_to_end_reuse_and_exact_resume(tmp_path, capsys, monkeypatch):
     folder = str(tmp_path / "ens")
     assert run.main(["ensembles_arithmetic", *TINY, "--run-dir", folder]) == 0
     assert "| ensemble@0 |" in capsys.readouterr().out
@@ -49,6 +52,24 @@ def test_ensembles_experiment_end_to_end_and_reuse(tmp_path, capsys):
         assert os.path.getsize(os.path.join(folder, png)) > 10_000
     assert run.main(["ensembles_arithmetic", "--run-dir", folder]) == 0
     with open(os.path.join(folder, "results.json")) as f:
+        assert json.load(f)["per_run"] == results["per_run"]
+    # Killed inside the ensemble's PPO run (after the single RM's runs finished), the resumed sweep ends with the
+    # same results as the uninterrupted one.
+    original, sent = ppo.PPORun.minibatch_indices, []
+
+    def preempting(self, i, epoch, minibatch):
+        if (i, epoch, minibatch) == (1, 0, 1) and "ensemble" in self.dir and not sent:
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, i, epoch, minibatch)
+
+    monkeypatch.setattr(ppo.PPORun, "minibatch_indices", preempting)
+    split = str(tmp_path / "split")
+    with pytest.raises(train.StagePreempted):
+        run.main(["ensembles_arithmetic", *TINY, "--run-dir", split])
+    assert sent and not os.path.exists(os.path.join(split, "results.json"))
+    assert run.main(["ensembles_arithmetic", "--run-dir", split]) == 0
+    with open(os.path.join(split, "results.json")) as f:
         assert json.load(f)["per_run"] == results["per_run"]
 
 
