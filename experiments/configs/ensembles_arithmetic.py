@@ -9,7 +9,8 @@ label noise (a fraction of the labels swapped), one run per (kind, noise, seed):
   single (one RM), multihead (one encoder, K heads), ensemble (K independent RMs, vmapped).
 Optimising against each proxy:
 - best-of-n on held-out prompts with the unbiased estimator from N samples per prompt, for n up to N, with
-  KL_bon = log n - (n - 1) / n on the x axis, under the mean, min (WCO) and UWO (lambda 0.5) aggregations;
+  KL_bon = log n - (n - 1) / n on the x axis, under the mean, min (WCO), UWO (lambda 0.5) and LCB (mean - 1 std)
+  aggregations;
 - PPO from pi0 against the proxy (UWO, lambda 0.1, as in Coste et al.) at each KL coefficient in ``ppo_kl``
   (one of them 0), the gold and proxy rewards of each rollout logged against its KL (k1 and Coste's k2).
 Results: results.json, results.md (mean +- standard error over seeds), PNG plots of gold (and proxy) reward
@@ -42,7 +43,7 @@ from jax_irl.models import hf
 RESUMABLE = ("mesh", "distributed", "save_every", "methods", "seeds", "variants", "label_noise", "ppo_kl")
 VARIANTS = {"single": rm.RMKind(), "multihead": rm.RMKind("multihead", heads=3),
             "ensemble": rm.RMKind("ensemble", heads=3)}
-AGGREGATIONS = (("mean", None), ("min", None), ("uwo", 0.5))
+AGGREGATIONS = (("mean", None), ("min", None), ("uwo", 0.5), ("lcb", 1.0))
 
 
 @dataclasses.dataclass(frozen=True)

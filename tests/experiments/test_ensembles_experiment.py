@@ -45,7 +45,7 @@ def test_ensembles_experiment_end_to_end_reuse_and_exact_resume(tmp_path, capsys
         assert set(results["ppo"]["0.1"][name]) == {"0", "1"}
     # best-of-1 is pi0's own mean gold reward, whatever the proxy
     pool = results["pi0_gold"]
-    for how in ("mean", "min", "uwo"):
+    for how in ("mean", "min", "uwo", "lcb"):
         for tree in results["bon"][how].values():
             assert tree["1"]["gold"][0] == pytest.approx(pool, abs=1e-9)
     for png in ("bon_gold_vs_kl.png", "ppo_gold_vs_kl.png"):
