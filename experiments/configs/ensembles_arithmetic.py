@@ -33,7 +33,7 @@ import numpy as np
 from flax import nnx
 
 from experiments import lm_base
-from jax_irl import losses, parallel, rollout, sampling, sweep, train
+from jax_irl import losses, parallel, rollout, sweep, train
 from jax_irl.algorithms import gshf, iqlearn, ppo
 from jax_irl.algorithms import reward_models as rm
 from jax_irl.data import arithmetic, tasks

@@ -20,7 +20,7 @@ from __future__ import annotations
 import collections
 import itertools
 import re
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from jax_irl.symbolic import Certificate, Span
 

@@ -36,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import List, Mapping, Optional, Sequence, Tuple, Union
 
 MiB = 1 << 20
 _LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_launch.py")

@@ -9,8 +9,8 @@ from rdkit import Chem  # noqa: E402
 
 from jax_irl import symbolic  # noqa: E402
 from jax_irl.data.tokenizer import train_bpe  # noqa: E402
-from jax_irl.symbolic.chemistry import (ForwardSynthesisTool, MoleculeTool, check_smiles,  # noqa: E402
-                                        open_ring_digits, smiles_atom_spans)
+from jax_irl.symbolic.chemistry import (ForwardSynthesisTool, MoleculeTool, open_ring_digits,  # noqa: E402
+                                        smiles_atom_spans)
 
 ACID = {"carboxylic acid": "C(=O)[OX2H1]"}
 
