@@ -302,6 +302,7 @@ def main(argv=None) -> int:
         print("error: a multi-host run needs --run-dir on storage that every host shares", file=sys.stderr)
         return 2
     os.makedirs(run_dir, exist_ok=True)
+    parallel.enable_compilation_cache(os.path.join(run_dir, "xla_cache"))
     resolved = dataclasses.asdict(cfg)
     base = os.path.basename(args.config)[:-3] if args.config.endswith(".py") else args.config
     if jax.process_index() == 0 and not resuming:

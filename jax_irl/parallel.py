@@ -182,3 +182,38 @@ def initialize_distributed(config: DistributedConfig = DistributedConfig()) -> b
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=address, num_processes=num, process_id=pid)
     return True
+
+
+COMPILATION_CACHE_ENV = "JAX_IRL_COMPILATION_CACHE"
+
+
+def enable_compilation_cache(default_dir: str) -> Optional[str]:
+    """Turn on JAX's persistent compilation cache so that a step compiled once is loaded, not recompiled, by every
+    later jit of the same program: the stages of a sweep (each of which builds its own Trainer, hence its own
+    jit) and a resumed run. Returns the cache folder in use, or None when off.
+
+    The folder: ``$JAX_IRL_COMPILATION_CACHE`` ('off' turns the cache off), else ``default_dir`` (the driver passes
+    ``<run dir>/xla_cache``). Entries go into a subfolder named after this host and process, since a cached
+    executable is compiled for one machine's CPU features, a run folder may be shared by several hosts, and JAX
+    writes entries without a lock (two processes must not write one folder). A cache folder the
+    user set through JAX's own ``jax_compilation_cache_dir`` is left as it is. An executable loaded from the cache
+    is the one XLA compiled for the same program, so results do not change (the driver's resume tests run with
+    it on)."""
+    import platform
+
+    setting = os.environ.get(COMPILATION_CACHE_ENV, "").strip()
+    if setting.lower() == "off":
+        return None
+    if jax.config.jax_compilation_cache_dir:
+        return jax.config.jax_compilation_cache_dir
+    folder = os.path.join(os.path.abspath(setting or default_dir), f"{platform.node() or 'host'}-p{jax.process_index()}")
+    os.makedirs(folder, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # CPU steps compile in ~1 s: keep all
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    # JAX decides once per process whether the cache is used, at the first compilation; start it over so that a
+    # process that has already compiled something (a notebook, a test worker) uses the folder too.
+    from jax.experimental.compilation_cache import compilation_cache
+
+    compilation_cache.reset_cache()
+    return folder

@@ -4,6 +4,15 @@ import os
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ["JAX_PLATFORMS"] = "cpu"
+# The driver turns on JAX's persistent compilation cache (in the run folder by default); in tests, one folder
+# per worker process, removed at exit, so that runs the tests start in-process and in subprocesses share it.
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+if "JAX_IRL_COMPILATION_CACHE" not in os.environ:
+    os.environ["JAX_IRL_COMPILATION_CACHE"] = tempfile.mkdtemp(prefix="jax_irl_xla_")
+    atexit.register(shutil.rmtree, os.environ["JAX_IRL_COMPILATION_CACHE"], ignore_errors=True)
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -65,7 +65,7 @@ class EnsemblesConfig:
         learning_rate=3e-4, schedule="cosine", warmup_steps=10, weight_decay=0.01))
     variants: Dict[str, rm.RMKind] = dataclasses.field(default_factory=lambda: dict(VARIANTS))
     methods: Tuple[str, ...] = tuple(VARIANTS)
-    bon_samples: int = 64  # N per held-out prompt
+    bon_samples: int = 256  # N per held-out prompt (n runs over the powers of 2 up to it)
     ppo: ppo.PPOConfig = ppo.PPOConfig(iterations=12, prompts_per_rollout=16, samples_per_prompt=4,
                                        max_new_tokens=48, epochs=2, minibatches=2,
                                        optimizer=train.OptimizerConfig(learning_rate=1e-4))

@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -47,6 +48,12 @@ def test_driver_runs_resumes_and_refuses_config_changes(tmp_path, capsys):
                      "--run-dir", folder]) == 0
     with open(tmp_path / "run" / "results.json") as f:
         assert json.load(f)["steps"] == 20
+    # The driver turned on the persistent compilation cache (conftest points it at a folder per test worker), so
+    # the resumed run below loads its steps from it.
+    import jax
+
+    cache = jax.config.jax_compilation_cache_dir
+    assert cache and cache.startswith(os.environ["JAX_IRL_COMPILATION_CACHE"]) and os.listdir(cache)
     # Pointing at the run folder resumes it with its saved config; more steps are allowed, and the cosine
     # schedule then spans the new count (it was not left at its end, learning rate 0, for the added steps).
     assert run.main(["lm_tiny", "train.steps=30", "--run-dir", folder]) == 0
@@ -126,3 +133,22 @@ def test_addition_problems_mask_exactly_the_answer_and_eos():
         counted = [addition.CHARS[t] if t < len(addition.CHARS) else "<eos>" for t in rows[i, 1:][mask[i] > 0]]
         assert "".join(counted[:-1]) == str(answers[i]) and counted[-1] == "<eos>"
         assert addition.decode_answer(rows[i], int(prompt_len[i])) == answers[i]
+
+
+def test_compilation_cache_setting(monkeypatch, tmp_path):
+    import jax
+
+    from jax_irl import parallel
+
+    monkeypatch.setenv(parallel.COMPILATION_CACHE_ENV, "off")
+    assert parallel.enable_compilation_cache(str(tmp_path)) is None
+    monkeypatch.setenv(parallel.COMPILATION_CACHE_ENV, str(tmp_path / "c"))
+    before = jax.config.jax_compilation_cache_dir
+    try:  # a folder already set (by the user, or an earlier run in this process) is kept
+        jax.config.update("jax_compilation_cache_dir", str(tmp_path / "mine"))
+        assert parallel.enable_compilation_cache(str(tmp_path / "default")) == str(tmp_path / "mine")
+        jax.config.update("jax_compilation_cache_dir", None)
+        folder = parallel.enable_compilation_cache(str(tmp_path / "default"))
+        assert folder.startswith(str(tmp_path / "c")) and folder.endswith("-p0") and os.path.isdir(folder)
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
