@@ -40,26 +40,81 @@ class LMOutputs(NamedTuple):
     target_q: jax.Array  # [N, T-1] float32: Q(s_t, a_t), the logit (/ tau) of the next token
     values: jax.Array  # [N, T-1] float32: V(s_t) = tau * logsumexp(logits_t / tau)
     logits: Optional[jax.Array]  # [N, T-1, V] (None on the vocabulary-chunked path)
-    hidden: jax.Array  # [N, T-1, D] final hidden states
+    hidden: jax.Array  # [N, T-1, D] final hidden states (all positions, also with a window)
+    mask: Optional[jax.Array] = None  # the target mask the outputs line up with (windowed with a window)
+    start: Optional[jax.Array] = None  # [N] int32: the window's first target position per row (None: no window)
+
+
+def loss_window(mask, multiple: int = 8, min_saving: float = 0.1) -> Optional[int]:
+    """The window width ``causal_lm`` needs for rows with this target mask (numpy [N, T-1]): the longest span
+    from a row's first to its last counted target, rounded up to ``multiple`` (fewer distinct compiled shapes).
+    None (no window) where it would save less than ``min_saving`` of the T - 1 positions. Compute it over a whole
+    dataset once; every batch drawn from the dataset then fits."""
+    m = np.asarray(mask) > 0
+    if m.ndim != 2 or m.shape[1] == 0:
+        raise ValueError(f"mask must have shape [N, T-1] with T > 1; got {m.shape}")
+    if multiple < 1:
+        raise ValueError(f"multiple must be >= 1; got {multiple}")
+    counted = m.any(1)
+    t = np.arange(m.shape[1])
+    span = (np.max(np.where(m, t, -1), 1) - np.argmax(m, 1) + 1)[counted]
+    width = -(-int(span.max() if span.size else 1) // multiple) * multiple
+    return width if width <= (1.0 - min_saving) * m.shape[1] else None
+
+
+def take_window(x: jax.Array, start: jax.Array, width: int) -> jax.Array:
+    """x [N, T, ...] -> [N, width, ...]: row n's positions start[n] .. start[n] + width - 1 (positions past T - 1
+    repeat the last one; ``causal_lm`` masks them out)."""
+    idx = jnp.minimum(start[:, None] + jnp.arange(width)[None], x.shape[1] - 1)
+    return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
 def causal_lm(model, tokens: jax.Array, attention: Optional[jax.Array] = None, *, vocab_chunk: Optional[int] = None,
-              temperature: float = 1.0, need_logits: bool = False) -> LMOutputs:
+              temperature: float = 1.0, need_logits: bool = False, mask: Optional[jax.Array] = None,
+              window: Optional[int] = None) -> LMOutputs:
     """The causal-LM forward of rows: inputs tokens[:, :-1] (attention[:, :-1]), targets tokens[:, 1:].
 
     tokens: [N, T] ids; attention: optional [N, T]. With ``vocab_chunk`` (and not ``need_logits``) the pair
     (Q, V) comes from the hidden states and ``model.unembedding()`` in chunks of that many vocabulary columns;
-    otherwise from the full logits. Returns ``LMOutputs`` with [N, T-1] arrays."""
+    otherwise from the full logits. Returns ``LMOutputs`` with [N, T-1] arrays.
+
+    With ``window`` (a static width W, e.g. ``loss_window`` of the dataset's masks) and the target ``mask``
+    [N, T-1], the unembedding, the softmax statistics and their gradients are computed only on each row's W
+    target positions from its first counted one (start[n] = the first t with mask[n, t] > 0): target_q, values,
+    logits and mask come back as [N, W] (``out.mask``; ``out.start`` for ``take_window`` of other per-token
+    arrays). The transformer still runs on every token (attention needs them); only the [N, T-1, V] part, the
+    largest array of a step, shrinks to [N, W, V], e.g. to the response of a prompt + response row. Every
+    quantity at a counted position equals the unwindowed one, and so does any loss over counted positions and
+    their successors (IQLearn's V(s_{t+1})): position j of the window is position start + j of the row. Counted
+    targets past start + W - 1 would be dropped, so W must cover each row's span (``loss_window`` does)."""
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    mask = None if attention is None else attention[:, :-1]
+    attn = None if attention is None else attention[:, :-1]
+    if window is not None:
+        if mask is None:
+            raise ValueError("window needs the target mask (mask=[N, T-1]) to place each row's window")
+        if window < 1:
+            raise ValueError(f"window must be >= 1; got {window}")
+        width = min(int(window), targets.shape[1])
+        hidden = model(inputs, attention_mask=attn, compute_logits=False).hidden
+        start = jnp.argmax(mask > 0, axis=1).astype(jnp.int32)
+        inside = (start[:, None] + jnp.arange(width)[None]) < targets.shape[1]
+        hidden_w, targets_w = take_window(hidden, start, width), take_window(targets, start, width)
+        mask_w = jnp.where(inside, take_window(mask, start, width), 0).astype(mask.dtype)
+        if vocab_chunk and not need_logits:
+            q, v = losses.chunked_soft_q_stats(hidden_w, model.unembedding(), targets_w, chunk_size=vocab_chunk,
+                                               temperature=temperature)
+            return LMOutputs(q, v, None, hidden, mask_w, start)
+        logits = hidden_w @ model.unembedding().astype(hidden_w.dtype)
+        q, v = losses.soft_q_stats(logits, targets_w, temperature)
+        return LMOutputs(q, v, logits, hidden, mask_w, start)
     if vocab_chunk and not need_logits:
-        hidden = model(inputs, attention_mask=mask, compute_logits=False).hidden
+        hidden = model(inputs, attention_mask=attn, compute_logits=False).hidden
         q, v = losses.chunked_soft_q_stats(hidden, model.unembedding(), targets, chunk_size=vocab_chunk,
                                            temperature=temperature)
-        return LMOutputs(q, v, None, hidden)
-    out = model(inputs, attention_mask=mask)
+        return LMOutputs(q, v, None, hidden, mask)
+    out = model(inputs, attention_mask=attn)
     q, v = losses.soft_q_stats(out.logits, targets, temperature)
-    return LMOutputs(q, v, out.logits, out.hidden)
+    return LMOutputs(q, v, out.logits, out.hidden, mask)
 
 
 def prompt_rows(tokens: np.ndarray, prompt_lengths: np.ndarray, pad_id: int, width: int):

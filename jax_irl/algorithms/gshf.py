@@ -206,15 +206,16 @@ class DPOConfig:
             raise ValueError(f"nll_weight must be >= 0; got {self.nll_weight}")
 
 
-def dpo_loss_fn(cfg: DPOConfig, vocab_chunk: Optional[int] = None):
+def dpo_loss_fn(cfg: DPOConfig, vocab_chunk: Optional[int] = None, window: Optional[int] = None):
     """loss_fn(model, batch, rng) for ``train.Trainer``: batch tokens [2B, T] (chosen, rejected interleaved),
     mask [2B, T-1], ref_logps [2B] and, for pessimistic DPO, margin [B]. IPO uses length-averaged log-probs.
     With ``nll_weight`` (RPO) the loss adds nll_weight * mean over pairs of the chosen response's per-token NLL,
-    which keeps DPO from lowering the chosen responses' likelihood along with the rejected ones'."""
+    which keeps DPO from lowering the chosen responses' likelihood along with the rejected ones'. ``window``
+    (``rollout.loss_window`` of the rows' masks) computes the unembedding on the responses' span only."""
 
     def loss_fn(model, batch, rng):
-        out = rollout.causal_lm(model, batch["tokens"], vocab_chunk=vocab_chunk)
-        mask = batch["mask"].astype(jnp.float32)
+        out = rollout.causal_lm(model, batch["tokens"], vocab_chunk=vocab_chunk, mask=batch["mask"], window=window)
+        mask = out.mask.astype(jnp.float32)
         logp = jnp.sum(jnp.where(mask != 0, out.target_q - out.values, 0.0), -1)
         count = jnp.maximum(jnp.sum(mask, -1), 1.0)
         ref = batch["ref_logps"]
@@ -476,7 +477,8 @@ def _train_dpo(init, ctx: Context, method: GSHFMethod, buffer, folder: str, seed
     margin = None
     if method.pessimism:  # c * (Gamma_rejected - Gamma_chosen): see losses.preference on the sign
         margin = method.pessimism * np.array([r["rejected_uncertainty"] - r["chosen_uncertainty"] for r in buffer])
-    result = train.run_stage(folder, init, dpo_loss_fn(cfg, ctx.vocab_chunk), stage, ctx.mesh,
+    result = train.run_stage(folder, init, dpo_loss_fn(cfg, ctx.vocab_chunk, rollout.loss_window(rows["mask"])),
+                             stage, ctx.mesh,
                              pair_batch_fn(rows, ref, stage.batch_size, seed, margin), seed=seed,
                              save_every=ctx.save_every,
                              fingerprint=dict(fingerprint, buffer=records_digest(buffer), pairs=len(buffer)),
@@ -561,7 +563,8 @@ def _rejection(method: GSHFMethod, ctx: Context, seed: int, folder: str, fingerp
                       int(ctx.mesh.shape["data"] * ctx.mesh.shape["fsdp"]))
     sampler = batching.BatchSampler(len(records), stage.batch_size, seed=seed)
     result = train.run_stage(os.path.join(where, "train"), ctx.pi0,
-                             make_loss_fn(Method("mle"), vocab_chunk=ctx.vocab_chunk), stage, ctx.mesh,
+                             make_loss_fn(Method("mle"), vocab_chunk=ctx.vocab_chunk,
+                                          window=rollout.loss_window(rows["mask"])), stage, ctx.mesh,
                              sampler.batch_fn(rows), seed=seed, save_every=ctx.save_every,
                              fingerprint=dict(fingerprint, accepted=records_digest(records)),
                              desc=f"{os.path.basename(folder)} rso ({len(records)} samples)",

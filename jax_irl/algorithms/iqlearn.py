@@ -45,26 +45,31 @@ class Method:
             raise ValueError(f"policy_prompts must be >= 1; got {self.policy_prompts}")
 
 
-def make_loss_fn(method: Method, *, vocab_chunk: Optional[int] = None):
+def make_loss_fn(method: Method, *, vocab_chunk: Optional[int] = None, window: Optional[int] = None,
+                 policy_window: Optional[int] = None):
     """loss_fn(model, batch, rng) for the method. batch: tokens [B, T], mask [B, T-1]; online batches also hold
     policy_tokens [B', T'], policy_attention [B', T'] and policy_mask [B', T'-1] (``online_batch_fn``).
 
     (Q(s, a), V(s)) come from ``rollout.causal_lm``: from full logits, or with ``vocab_chunk`` from the hidden
-    states in vocabulary chunks of that size, never building the [B, T, V] logits (equal to float rounding)."""
+    states in vocabulary chunks of that size, never building the [B, T, V] logits (equal to float rounding).
+    ``window`` (for the data rows) and ``policy_window`` (for the policy samples, e.g. max_new_tokens) compute the
+    unembedding only on each row's response span (``rollout.loss_window``); the losses, which count only masked
+    positions and their successors, are unchanged up to float rounding."""
 
-    def soft_q(model, tokens, attention=None):
-        out = rollout.causal_lm(model, tokens, attention, vocab_chunk=vocab_chunk)
-        return out.target_q, out.values
+    def soft_q(model, tokens, mask, attention=None, width=None):
+        out = rollout.causal_lm(model, tokens, attention, vocab_chunk=vocab_chunk, mask=mask, window=width)
+        return out.target_q, out.values, out.mask
 
     def loss_fn(model, batch, rng):
-        target_q, values = soft_q(model, batch["tokens"])
+        target_q, values, mask = soft_q(model, batch["tokens"], batch["mask"], width=window)
         if method.kind == "mle":
-            return losses.mle_loss_from_q(target_q, values, batch["mask"])
+            return losses.mle_loss_from_q(target_q, values, mask)
         if method.kind == "iqlearn":
-            return losses.iqlearn_loss_from_q(target_q, values, batch["mask"], gamma=method.gamma,
+            return losses.iqlearn_loss_from_q(target_q, values, mask, gamma=method.gamma,
                                               td_weight=method.td_weight)
-        _, policy_values = soft_q(model, batch["policy_tokens"], batch["policy_attention"])
-        return losses.iqlearn_online_loss_from_q(target_q, values, batch["mask"], policy_values, batch["policy_mask"],
+        _, policy_values, policy_mask = soft_q(model, batch["policy_tokens"], batch["policy_mask"],
+                                               batch["policy_attention"], policy_window)
+        return losses.iqlearn_online_loss_from_q(target_q, values, mask, policy_values, policy_mask,
                                                  alpha=method.alpha, gamma=method.gamma, td_weight=method.td_weight)
 
     return loss_fn
@@ -104,7 +109,9 @@ def finetune(method: Method, base, stage: train.StageConfig, mesh, encoded: Dict
                                    max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id)
     else:
         batch_fn = sampler.batch_fn({"tokens": encoded["tokens"], "mask": encoded["mask"]})
-    result = train.run_stage(folder, base, make_loss_fn(method, vocab_chunk=vocab_chunk), stage, mesh, batch_fn,
+    loss_fn = make_loss_fn(method, vocab_chunk=vocab_chunk, window=rollout.loss_window(encoded["mask"]),
+                           policy_window=max_new_tokens if online else None)
+    result = train.run_stage(folder, base, loss_fn, stage, mesh, batch_fn,
                              seed=seed, fingerprint=fingerprint, save_every=save_every, resumable_keys=resumable_keys,
                              batch_needs_model=online, desc=desc, resume_hint=resume_hint)
     return result.model

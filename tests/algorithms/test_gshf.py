@@ -7,6 +7,7 @@ import os
 import signal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -129,6 +130,25 @@ def test_dpo_on_a_buffer_starts_at_log2_lowers_its_loss_and_widens_the_margin(lm
     assert log[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference
     assert np.mean([r["loss"] for r in log[-5:]]) < math.log(2) - 0.2
     assert log[-1]["reward_margin"] > 0.5 and log[-1]["reward_accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("loss_type,nll_weight", [("sigmoid", 0.0), ("ipo", 0.0), ("sigmoid", 0.5)])
+def test_dpo_with_a_loss_window_equals_the_full_path(lm, loss_type, nll_weight):
+    tok, pi0 = lm
+    rows = gshf.preference_rows(tok, RECORDS, 64)
+    window = rollout.loss_window(rows["mask"])
+    assert window is not None and window < rows["mask"].shape[1]
+    r = np.random.default_rng(0)
+    batch = jax.tree.map(jnp.asarray, dict(rows, ref_logps=r.normal(-20, 2, 16).astype(np.float32)))
+    cfg = gshf.DPOConfig(beta=0.5, loss_type=loss_type, nll_weight=nll_weight)
+    full, windowed = gshf.dpo_loss_fn(cfg), gshf.dpo_loss_fn(cfg, window=window)
+    (want, aux_want), (got, aux) = full(pi0, batch, None), windowed(pi0, batch, None)
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+    np.testing.assert_allclose(float(aux["chosen_logps"]), float(aux_want["chosen_logps"]), rtol=1e-5)
+    g_want = nnx.grad(lambda m: full(m, batch, None)[0])(pi0)
+    g = nnx.grad(lambda m: windowed(m, batch, None)[0])(pi0)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
 def _context(lm, tmp_path):

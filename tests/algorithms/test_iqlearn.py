@@ -140,3 +140,44 @@ def test_evaluate_in_prompt_batches(setup):
     assert 0.0 <= padded["accuracy"] <= 1.0 and padded["entropy"] > 0
     with pytest.raises(ValueError, match="one reference per prompt"):
         iqlearn.evaluate(model, _Chars(), prompts, pmask, refs[:2], jax.random.PRNGKey(0), **kwargs)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_the_loss_window_changes_no_loss_or_gradient(setup, name):
+    """The unembedding only on each row's response span (rollout.causal_lm's window) gives the full path's loss
+    and gradients: rows with different starts, a hole inside a span (whose successor value IQLearn still uses),
+    a window wider than the row's end (clipped positions masked out), and the vocabulary-chunked path."""
+    model, batch = setup
+    mask = np.zeros((3, 8), np.float32)
+    mask[0, 2:] = 1.0  # span 6 from position 2
+    mask[1, 4:7] = 1.0  # span 3 from position 4
+    mask[2, 3:] = 1.0
+    mask[2, 5] = 0.0  # a hole
+    assert rollout.loss_window(mask, multiple=1, min_saving=0.0) == 6
+    assert rollout.loss_window(mask, multiple=4, min_saving=0.0) == 8
+    assert rollout.loss_window(mask, multiple=4) is None  # 8 of 8 positions: no saving
+    batch = dict(batch, mask=jnp.asarray(mask))
+    method = METHODS[name]
+    want = float(reference_loss(method, model, batch))
+    full = iqlearn.make_loss_fn(method)
+    for fn in (iqlearn.make_loss_fn(method, window=6, policy_window=3),
+               iqlearn.make_loss_fn(method, window=7, policy_window=6),  # past the rows' end
+               iqlearn.make_loss_fn(method, vocab_chunk=10, window=6, policy_window=3)):
+        np.testing.assert_allclose(float(fn(model, batch, None)[0]), want, rtol=2e-5)
+        g_want = nnx.grad(lambda m: full(m, batch, None)[0])(model)
+        g = nnx.grad(lambda m: fn(m, batch, None)[0])(model)
+        for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_want)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    # A window too narrow for a row drops its last counted targets: the loss changes (so the test above can fail).
+    narrow = iqlearn.make_loss_fn(method, window=4, policy_window=3)
+    assert abs(float(narrow(model, batch, None)[0]) - want) > 1e-4
+
+
+def test_loss_window_refuses_bad_input():
+    with pytest.raises(ValueError, match=r"mask must have shape \[N, T-1\]"):
+        rollout.loss_window(np.ones(5))
+    with pytest.raises(ValueError, match="multiple must be >= 1"):
+        rollout.loss_window(np.ones((2, 5)), multiple=0)
+    with pytest.raises(ValueError, match="window needs the target mask"):
+        rollout.causal_lm(None, jnp.ones((2, 5), jnp.int32), window=3)
+    assert rollout.loss_window(np.zeros((2, 40))) == 8  # nothing counted: the smallest window
