@@ -149,26 +149,35 @@ class ActorCriticScores:
         return {"log_probs": jnp.where(on, out.target_q - out.values, 0.0), "values": jnp.where(on, values, 0.0)}
 
 
-def ppo_loss_fn(cfg: PPOConfig, vocab_chunk: Optional[int] = None):
+def ppo_loss_fn(cfg: PPOConfig, vocab_chunk: Optional[int] = None, window: Optional[int] = None):
     """loss_fn(model: ActorCritic, batch, rng) -> (loss, aux) for ``train.Trainer``. The batch holds the rollout
     rows (tokens, attention, mask) and, on the target grid, old_log_probs, old_values, advantages, returns;
-    per row: reward, kl (for logging the minibatch's means)."""
+    per row: reward, kl (for logging the minibatch's means). ``window`` (``train_ppo`` passes max_new_tokens:
+    the responses start at the prompt width) computes the unembedding, the policy and value losses on the
+    responses' span only (``rollout.causal_lm``); the losses are unchanged up to float rounding."""
     need_logits = cfg.entropy_coef > 0 or not vocab_chunk
 
     def loss_fn(model: ActorCritic, batch, rng):
         del rng
-        tokens, attention, mask = batch["tokens"], batch["attention"], batch["mask"]
-        out = rollout.causal_lm(model.policy, tokens, attention, vocab_chunk=vocab_chunk, need_logits=need_logits)
+        tokens, attention = batch["tokens"], batch["attention"]
+        out = rollout.causal_lm(model.policy, tokens, attention, vocab_chunk=vocab_chunk, need_logits=need_logits,
+                                mask=batch["mask"], window=window)
+        mask = out.mask
+
+        def on_window(x):  # a target-grid array of the batch, lined up with the outputs
+            return x if out.start is None else rollout.take_window(x, out.start, mask.shape[1])
+
         logp = out.target_q - out.values
-        policy_loss, paux = losses.ppo_policy_loss(logp, batch["old_log_probs"], batch["advantages"], mask,
-                                                   clip_eps=cfg.clip_eps)
-        values = model.values(tokens, attention, out.hidden)
-        value_loss, vaux = losses.ppo_value_loss(values, batch["old_values"], batch["returns"], mask,
+        policy_loss, paux = losses.ppo_policy_loss(logp, on_window(batch["old_log_probs"]),
+                                                   on_window(batch["advantages"]), mask, clip_eps=cfg.clip_eps)
+        values = on_window(model.values(tokens, attention, out.hidden))
+        returns = on_window(batch["returns"])
+        value_loss, vaux = losses.ppo_value_loss(values, on_window(batch["old_values"]), returns, mask,
                                                  clip_eps=cfg.value_clip_eps)
         aux = {"policy_loss": policy_loss, "value_loss": value_loss, "clip_fraction": paux["clip_fraction"],
                "approx_kl": paux["approx_kl"], "value_clip_fraction": vaux["clip_fraction"],
                "explained_variance": vaux["explained_variance"],
-               "value_error": losses.masked_mean((values - batch["returns"]) ** 2, mask),
+               "value_error": losses.masked_mean((values - returns) ** 2, mask),
                "reward": jnp.mean(batch["reward"]), "kl": jnp.mean(batch["kl"])}
         loss = policy_loss + cfg.vf_coef * value_loss
         if out.logits is not None:
@@ -367,7 +376,10 @@ def train_ppo(folder: str, model: ActorCritic, reference, cfg: PPOConfig, mesh, 
     stage = train.StageConfig(steps=cfg.steps, batch_size=cfg.rows // cfg.minibatches, optimizer=cfg.optimizer)
     run = PPORun(folder, reference, cfg, prompts, reward_fn, seed=seed, eos_id=eos_id, pad_id=pad_id,
                  vocab_chunk=vocab_chunk, rows_per_score=rows_per_score, keep_rollouts=keep_rollouts)
-    result = train.run_stage(folder, model, ppo_loss_fn(cfg, vocab_chunk), stage, mesh, run.batch_fn, seed=seed,
+    row_targets = prompts.tokens.shape[1] + cfg.max_new_tokens - 1
+    window = cfg.max_new_tokens if cfg.max_new_tokens <= 0.9 * row_targets else None
+    result = train.run_stage(folder, model, ppo_loss_fn(cfg, vocab_chunk, window), stage, mesh, run.batch_fn,
+                             seed=seed,
                              fingerprint=dict(fingerprint, ppo=dataclasses.asdict(cfg)), save_every=save_every,
                              batch_needs_model=True, desc=desc, resume_hint=resume_hint, progress=progress,
                              eval_fn=eval_fn, eval_every=eval_every)

@@ -169,6 +169,10 @@ def test_rollout_advantages_and_losses_match_float64_references():
     assert float(aux["value_loss"]) == pytest.approx(want_v, abs=2e-5)
     assert float(loss) == pytest.approx(want_p + cfg.vf_coef * want_v, abs=3e-5)
     assert float(aux["reward"]) == pytest.approx(rows["reward"].mean(), abs=1e-6)
+    # The same losses with the unembedding on the responses only (train_ppo's window: max_new_tokens).
+    _, aux_w = ppo.ppo_loss_fn(cfg, window=tokens.shape[1] - PROMPTS3.tokens.shape[1])(moved, batch, None)
+    for key in ("policy_loss", "value_loss", "clip_fraction", "approx_kl", "explained_variance", "value_error"):
+        assert float(aux_w[key]) == pytest.approx(float(aux[key]), abs=2e-5), key
     assert made.stats["sampler_logprob_gap"] < 1e-4  # the sampler's log-probs are the scorer's
 
 
