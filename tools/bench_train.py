@@ -1,0 +1,257 @@
+"""Training-step speed and memory: jax_irl against hand-written PyTorch eager, side by side in one process.
+
+Workload W1 (the performance issue's): a Llama-style model (vocab 8192, hidden 256, 4 layers, 8 heads / 4 KV
+heads, intermediate 688), fp32, 16 rows x 256 tokens with the loss on the last 128 tokens of each row (SFT and
+IQLearn), DPO on 8 pairs of such rows; AdamW (lr 1e-5, no weight decay) with gradient clipping at norm 1 on
+both sides. ``--size W2`` is a larger one (hidden 512, 8 layers, intermediate 1376).
+
+Sides (each one compiled step or one eager step):
+- jax_irl: ``train.Trainer`` with the library's own loss functions, as the experiments run them:
+  SFT (``iqlearn.make_loss_fn(Method('mle'), window=...)``: the unembedding only on the loss span), the same
+  with full logits (the path without the window, to show what it buys), IQLearn (td 0.1, gamma 0.99), DPO with
+  reference log-probs precomputed (``gshf.dpo_loss_fn``), and the reference log-probs' own cost per batch
+  (``train.reference_log_probs``, which is compiled once);
+- PyTorch: transformers' ``LlamaForCausalLM`` (sdpa attention) with ``torch.optim.AdamW`` in eager mode, the
+  loss written by hand on the full logits (``model(x).logits``, the usual idiom), and DPO with the reference
+  model's forward inside the step (no_grad), as hand-written DPO loops do.
+
+Timing: one warm-up call per side (compilation for JAX: its time is reported), then --steps rounds in which
+every side runs one step in turn (interleaved, so that load on the machine hits every side alike); the median and
+the range. Memory: every side again in a fresh child process of its own (no other side loaded), the peak resident
+set size during --mem-steps steps after warm-up (``VmHWM``, reset through /proc/self/clear_refs before the
+steps) minus the resident size right after the imports, i.e. model, optimizer state and the step's working set
+as the allocator holds them. The allocator in use is named in the header (glibc's malloc unless jemalloc or
+tcmalloc is preloaded). Prints one markdown table. Run it on a quiet machine.
+
+    .venv/bin/python tools/bench_train.py [--size W1|W2] [--steps 10] [--mem-steps 3] [--no-memory]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+SIZES = {"W1": dict(hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=4, intermediate_size=688),
+         "W2": dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, intermediate_size=1376)}
+VOCAB, ROWS, LENGTH, LOSS_TOKENS = 8192, 16, 256, 128
+LR, CLIP = 1e-5, 1.0
+SIDES = ("jax_irl SFT", "jax_irl SFT (full logits)", "jax_irl IQLearn", "jax_irl DPO (ref precomputed)",
+         "jax_irl ref log-probs", "PyTorch SFT", "PyTorch DPO (ref in step)")
+
+
+def allocator() -> str:
+    with open("/proc/self/maps") as f:
+        maps = f.read()
+    for name in ("jemalloc", "tcmalloc", "mimalloc"):
+        if name in maps:
+            return name
+    return "glibc malloc (ptmalloc2)"
+
+
+def _status(field: str) -> int:
+    """A /proc/self/status field in bytes (VmRSS, VmHWM)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def data(seed: int = 0):
+    import numpy as np
+
+    r = np.random.default_rng(seed)
+    tokens = r.integers(1, VOCAB, (ROWS, LENGTH)).astype(np.int32)
+    mask = np.zeros((ROWS, LENGTH - 1), np.float32)
+    mask[:, LENGTH - 1 - LOSS_TOKENS:] = 1.0  # target t predicts token t + 1: the last 128 tokens count
+    return tokens, mask
+
+
+def jax_side(name: str, size: str):
+    """() -> None running one jax_irl step of side ``name`` (blocking until it is done)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from jax_irl import parallel, train
+    from jax_irl.algorithms import gshf, iqlearn
+    from jax_irl.models.config import TransformerConfig
+    from jax_irl.models.transformer import Transformer
+
+    cfg = TransformerConfig.for_family("llama", vocab_size=VOCAB, max_position_embeddings=LENGTH, **SIZES[size])
+    model = Transformer(cfg, rngs=nnx.Rngs(0))
+    tokens, mask = data()
+    if name == "jax_irl ref log-probs":
+        toks = jnp.asarray(tokens)
+
+        def ref_step():
+            jax.block_until_ready(train.reference_log_probs(model, toks))
+        return ref_step
+    mesh = parallel.make_mesh(parallel.MeshConfig(1, 1, 1), jax.devices()[:1])
+    opt = train.OptimizerConfig(learning_rate=LR, weight_decay=0.0, max_grad_norm=CLIP)
+    batch = {"tokens": tokens, "mask": mask}
+    if name == "jax_irl SFT":
+        loss_fn = iqlearn.make_loss_fn(iqlearn.Method("mle"), window=LOSS_TOKENS)
+    elif name == "jax_irl SFT (full logits)":
+        loss_fn = iqlearn.make_loss_fn(iqlearn.Method("mle"))
+    elif name == "jax_irl IQLearn":
+        loss_fn = iqlearn.make_loss_fn(iqlearn.Method("iqlearn", td_weight=0.1, gamma=0.99), window=LOSS_TOKENS)
+    elif name == "jax_irl DPO (ref precomputed)":
+        loss_fn = gshf.dpo_loss_fn(gshf.DPOConfig(beta=0.1), window=LOSS_TOKENS)
+        batch["ref_logps"] = np.asarray(np.random.default_rng(1).normal(-1000, 5, ROWS), np.float32)
+    else:
+        raise ValueError(name)
+    trainer = train.Trainer(model, loss_fn, opt, mesh)
+    box = {"state": trainer.init_state(0), "batch": parallel.global_batch(batch, mesh)}
+
+    def step():
+        box["state"], metrics = trainer.step(box["state"], box["batch"])
+        jax.block_until_ready((box["state"], metrics))
+    return step
+
+
+def torch_side(name: str, size: str):
+    import copy
+
+    import torch
+    import transformers
+
+    dims = SIZES[size]
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=dims["hidden_size"],
+                                   intermediate_size=dims["intermediate_size"], num_hidden_layers=dims["num_layers"],
+                                   num_attention_heads=dims["num_heads"], num_key_value_heads=dims["num_kv_heads"],
+                                   max_position_embeddings=LENGTH, attn_implementation="sdpa")
+    model = transformers.LlamaForCausalLM(cfg).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
+    tokens, mask = data()
+    x = torch.as_tensor(tokens, dtype=torch.long)
+    m = torch.as_tensor(mask)
+    first = LENGTH - 1 - LOSS_TOKENS
+
+    def finish(loss):
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    if name == "PyTorch SFT":
+        def step():
+            logits = model(input_ids=x).logits[:, first:-1]
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), x[:, first + 1:].reshape(-1))
+            finish(loss)
+        return step
+    if name != "PyTorch DPO (ref in step)":
+        raise ValueError(name)
+    reference = copy.deepcopy(model).eval()
+    for p in reference.parameters():
+        p.requires_grad_(False)
+
+    def logps(net):
+        logits = net(input_ids=x).logits[:, :-1]
+        per_token = torch.gather(torch.log_softmax(logits, -1), 2, x[:, 1:, None])[..., 0]
+        return (per_token * m).sum(-1)
+
+    def step():
+        with torch.no_grad():
+            ref = logps(reference)
+        pol = logps(model)
+        margin = 0.1 * ((pol[0::2] - ref[0::2]) - (pol[1::2] - ref[1::2]))
+        finish(-torch.nn.functional.logsigmoid(margin).mean())
+    return step
+
+
+def make(name: str, size: str):
+    return jax_side(name, size) if name.startswith("jax_irl") else torch_side(name, size)
+
+
+def memory_child(name: str, size: str, steps: int) -> None:
+    """In a fresh process: the peak RSS of ``steps`` steps of one side above the RSS after the imports."""
+    if name.startswith("jax_irl"):
+        import jax  # noqa: F401
+        import jax_irl.train  # noqa: F401
+    else:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    base = _status("VmRSS")
+    step = make(name, size)
+    step()
+    step()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current RSS
+    for _ in range(steps):
+        step()
+    print(json.dumps({"peak": _status("VmHWM") - base}))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", choices=sorted(SIZES), default="W1")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--mem-steps", type=int, default=3)
+    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--sides", default=",".join(SIDES), help="comma-separated subset of: " + ", ".join(SIDES))
+    p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.steps < 1 or args.mem_steps < 1:
+        p.error("--steps and --mem-steps must be >= 1")
+    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+    unknown = [s for s in sides if s not in SIDES]
+    if unknown:
+        p.error(f"unknown sides {unknown}; choose from {list(SIDES)}")
+    if args.memory_child:
+        memory_child(args.memory_child, args.size, args.mem_steps)
+        return
+
+    import jax
+    import torch
+
+    steps, first = {}, {}
+    for name in sides:
+        steps[name] = make(name, args.size)
+        start = time.perf_counter()
+        steps[name]()
+        first[name] = time.perf_counter() - start
+    times = {name: [] for name in sides}
+    for _ in range(args.steps):
+        for name in sides:
+            start = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - start)
+    memory = {}
+    if not args.no_memory:
+        for name in sides:
+            out = subprocess.run([sys.executable, os.path.abspath(__file__), "--size", args.size, "--mem-steps",
+                                  str(args.mem_steps), "--memory-child", name], capture_output=True, text=True,
+                                 env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(
+                                     os.path.abspath(__file__)))))
+            if out.returncode != 0:
+                raise RuntimeError(f"memory run of {name!r} failed:\n{out.stderr[-2000:]}")
+            memory[name] = json.loads(out.stdout.strip().splitlines()[-1])["peak"]
+
+    dims = SIZES[args.size]
+    print(f"{args.size}: Llama-style vocab {VOCAB}, hidden {dims['hidden_size']}, {dims['num_layers']} layers, "
+          f"{dims['num_heads']} heads / {dims['num_kv_heads']} KV, intermediate {dims['intermediate_size']}, fp32; "
+          f"{ROWS} rows x {LENGTH} tokens, loss on the last {LOSS_TOKENS}; DPO: {ROWS // 2} pairs.")
+    print(f"{os.cpu_count()} CPU cores; jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads); allocator: {allocator()}; {args.steps} interleaved steps per side.\n")
+    sft = statistics.median(times["PyTorch SFT"]) if "PyTorch SFT" in times else None
+    print("| side | step (median) | range | tokens/s | x PyTorch SFT | first call | peak memory |\n"
+          "|---|---|---|---|---|---|---|")
+    for name in sides:
+        t = times[name]
+        med = statistics.median(t)
+        ratio = f"{med / sft:.2f}x" if sft else "-"
+        mem = f"{memory[name] / 2**20:.0f} MiB" if name in memory else "-"
+        print(f"| {name} | {med:.3f} s | {min(t):.3f}-{max(t):.3f} s | {ROWS * LENGTH / med:,.0f} | {ratio} | "
+              f"{first[name]:.1f} s | {mem} |")
+
+
+if __name__ == "__main__":
+    main()
