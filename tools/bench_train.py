@@ -8,7 +8,8 @@ both sides. ``--size W2`` is a larger one (hidden 512, 8 layers, intermediate 13
 Sides (each one compiled step or one eager step):
 - jax_irl: ``train.Trainer`` with the library's own loss functions, as the experiments run them:
   SFT (``iqlearn.make_loss_fn(Method('mle'), window=...)``: the unembedding only on the loss span), the same
-  with full logits (the path without the window, to show what it buys), IQLearn (td 0.1, gamma 0.99), DPO with
+  with full logits (the path without the window, to show what it buys), the same in bf16 compute (float32
+  params, optimizer state, norms, softmax and loss), IQLearn (td 0.1, gamma 0.99), DPO with
   reference log-probs precomputed (``gshf.dpo_loss_fn``), and the reference log-probs' own cost per batch
   (``train.reference_log_probs``, which is compiled once);
 - PyTorch: transformers' ``LlamaForCausalLM`` (sdpa attention) with ``torch.optim.AdamW`` in eager mode, the
@@ -40,7 +41,7 @@ SIZES = {"W1": dict(hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=4, 
          "W2": dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, intermediate_size=1376)}
 VOCAB, ROWS, LENGTH, LOSS_TOKENS = 8192, 16, 256, 128
 LR, CLIP = 1e-5, 1.0
-SIDES = ("jax_irl SFT", "jax_irl SFT (full logits)", "jax_irl IQLearn", "jax_irl DPO (ref precomputed)",
+SIDES = ("jax_irl SFT", "jax_irl SFT (full logits)", "jax_irl SFT bf16", "jax_irl IQLearn", "jax_irl DPO (ref precomputed)",
          "jax_irl ref log-probs", "PyTorch SFT", "PyTorch DPO (ref in step)")
 
 
@@ -84,7 +85,9 @@ def jax_side(name: str, size: str):
     from jax_irl.models.config import TransformerConfig
     from jax_irl.models.transformer import Transformer
 
-    cfg = TransformerConfig.for_family("llama", vocab_size=VOCAB, max_position_embeddings=LENGTH, **SIZES[size])
+    dtype = "bfloat16" if name.endswith("bf16") else "float32"  # compute dtype; params stay float32
+    cfg = TransformerConfig.for_family("llama", vocab_size=VOCAB, max_position_embeddings=LENGTH, dtype=dtype,
+                                       **SIZES[size])
     model = Transformer(cfg, rngs=nnx.Rngs(0))
     tokens, mask = data()
     if name == "jax_irl ref log-probs":
@@ -96,7 +99,7 @@ def jax_side(name: str, size: str):
     mesh = parallel.make_mesh(parallel.MeshConfig(1, 1, 1), jax.devices()[:1])
     opt = train.OptimizerConfig(learning_rate=LR, weight_decay=0.0, max_grad_norm=CLIP)
     batch = {"tokens": tokens, "mask": mask}
-    if name == "jax_irl SFT":
+    if name in ("jax_irl SFT", "jax_irl SFT bf16"):
         loss_fn = iqlearn.make_loss_fn(iqlearn.Method("mle"), window=LOSS_TOKENS)
     elif name == "jax_irl SFT (full logits)":
         loss_fn = iqlearn.make_loss_fn(iqlearn.Method("mle"))
