@@ -126,6 +126,19 @@ def generate(model, prompt_tokens, prompt_mask, key, *, max_new_tokens: int, tem
                      pad_id=int(pad_id), n=num_samples)
 
 
+def first_argmax(x: jax.Array) -> jax.Array:
+    """argmax over the last axis (the first index of the maximum, as ``jnp.argmax``) as two plain reductions, a
+    max and a min over the indices that reach it, which XLA:CPU vectorises (its argmax is a variadic reduce, 5x
+    slower on a [8, 8192] row of logits). int32."""
+    iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    top = jnp.max(x, -1, keepdims=True)
+    return jnp.min(jnp.where(x == top, iota, x.shape[-1]), -1).astype(jnp.int32)
+
+
+def _at(x: jax.Array, tok: jax.Array) -> jax.Array:
+    return jnp.take_along_axis(x, tok[:, None], -1)[:, 0]
+
+
 class _DecodeCarry(NamedTuple):
     """The decoding loop's state."""
 
@@ -154,15 +167,15 @@ def _generate(graphdef, state, prompt_tokens, prompt_mask, key, *, max_new, temp
     eos_arr = jnp.asarray(eos if eos else (-1,), jnp.int32)
 
     def pick(logits, step_key):
-        model_lp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+        # Log-probs of the picked token only, as logit - logsumexp: no [R, V] log_softmax per step.
+        logits32 = logits.astype(jnp.float32)
+        model_lse = jax.nn.logsumexp(logits32, -1)
         if greedy:
-            tok = jnp.argmax(logits, -1).astype(jnp.int32)
-            return tok, jnp.zeros(tok.shape, jnp.float32), jnp.take_along_axis(model_lp, tok[:, None], -1)[:, 0]
+            tok = first_argmax(logits)
+            return tok, jnp.zeros(tok.shape, jnp.float32), _at(logits32, tok) - model_lse
         filtered = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
         tok = jax.random.categorical(step_key, filtered, -1).astype(jnp.int32)
-        lp = jax.nn.log_softmax(filtered, -1)
-        return (tok, jnp.take_along_axis(lp, tok[:, None], -1)[:, 0],
-                jnp.take_along_axis(model_lp, tok[:, None], -1)[:, 0])
+        return tok, _at(filtered, tok) - jax.nn.logsumexp(filtered, -1), _at(logits32, tok) - model_lse
 
     def cond(c: _DecodeCarry):
         return (c.step < max_new) & ~jnp.all(c.done)

@@ -171,3 +171,20 @@ def test_prompt_ids_and_lengths_the_model_cannot_take_are_refused_and_numpy_ints
         sampling.generate(gpt2, toks, mask, key, max_new_tokens=limit)
     with pytest.raises(ValueError, match=rf"sequence length {limit + 1} exceeds the model's {limit} learned positions"):
         gpt2(jnp.zeros((1, limit + 1), jnp.int32))
+
+
+def test_first_argmax_equals_argmax_with_ties_and_greedy_log_probs_match_the_forward():
+    r = np.random.default_rng(0)
+    x = r.integers(-3, 3, (64, 37)).astype(np.float32)  # many ties: the first index of the maximum wins
+    x[5] = -np.inf
+    x[6, 3] = np.inf
+    np.testing.assert_array_equal(np.asarray(sampling.first_argmax(jnp.asarray(x))), np.argmax(x, -1))
+    y = jnp.asarray(r.normal(size=(4, 3, 50)).astype(np.float32))
+    np.testing.assert_array_equal(np.asarray(sampling.first_argmax(y)), np.asarray(jnp.argmax(y, -1)))
+    model = _model()
+    toks, mask = sampling.left_pad(PROMPTS)
+    out = sampling.generate(model, toks, mask, jax.random.PRNGKey(0), max_new_tokens=8, greedy=True)
+    full_lp, _ = _full_forward_log_probs(model, toks, mask, out)
+    m = np.asarray(out.mask).astype(bool)
+    np.testing.assert_allclose(np.asarray(out.model_log_probs)[m], full_lp[m], atol=1e-4)
+    assert np.all(np.asarray(out.log_probs) == 0)
