@@ -2,7 +2,8 @@
 
 A ``Method`` is a typed variant: ``kind`` 'mle', 'iqlearn' (offline) or 'online' (the policy's own samples
 mixed into IQLearn's value term with weight ``alpha``), with ``td_weight``, ``gamma`` and, for online,
-``alpha`` and ``policy_prompts`` (prompts sampled per step) as fields. ``make_loss_fn`` turns it into a
+``alpha``, ``policy_prompts`` (prompts sampled per step) and ``chi2`` (the chi^2 term on data, or on the
+data/policy mixture as in the original IQ-Learn) as fields. ``make_loss_fn`` turns it into a
 ``loss_fn(model, batch, rng)`` for ``train.Trainer``; ``online_batch_fn`` adds the policy samples to the data
 batches; ``finetune`` runs the method as one resumable stage; ``evaluate`` samples n responses per prompt at
 each temperature and reports task score, diversity (Self-BLEU, distinct-n, entropy) and how well the model's
@@ -31,6 +32,7 @@ class Method:
     gamma: float = 1.0  # discount of the implied rewards (also used to extract rewards in evaluation)
     alpha: float = 0.1  # online: weight of the policy's states in the value term (the paper's 0.1)
     policy_prompts: int = 8  # online: prompts sampled from the current policy per training step
+    chi2: str = "data"  # online: the chi^2 term on data states, or on the data/policy 'mixture' (Garg et al.)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -43,6 +45,8 @@ class Method:
             raise ValueError(f"alpha must be in [0, 1]; got {self.alpha}")
         if self.policy_prompts < 1:
             raise ValueError(f"policy_prompts must be >= 1; got {self.policy_prompts}")
+        if self.chi2 not in losses.CHI2_SUPPORTS:
+            raise ValueError(f"chi2 must be one of {losses.CHI2_SUPPORTS}; got {self.chi2!r}")
 
 
 def make_loss_fn(method: Method, *, vocab_chunk: Optional[int] = None, window: Optional[int] = None,
@@ -67,10 +71,11 @@ def make_loss_fn(method: Method, *, vocab_chunk: Optional[int] = None, window: O
         if method.kind == "iqlearn":
             return losses.iqlearn_loss_from_q(target_q, values, mask, gamma=method.gamma,
                                               td_weight=method.td_weight)
-        _, policy_values, policy_mask = soft_q(model, batch["policy_tokens"], batch["policy_mask"],
-                                               batch["policy_attention"], policy_window)
+        policy_q, policy_values, policy_mask = soft_q(model, batch["policy_tokens"], batch["policy_mask"],
+                                                      batch["policy_attention"], policy_window)
         return losses.iqlearn_online_loss_from_q(target_q, values, mask, policy_values, policy_mask,
-                                                 alpha=method.alpha, gamma=method.gamma, td_weight=method.td_weight)
+                                                 alpha=method.alpha, gamma=method.gamma, td_weight=method.td_weight,
+                                                 chi2=method.chi2, policy_target_q=policy_q)
 
     return loss_fn
 

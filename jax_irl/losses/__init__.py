@@ -7,6 +7,7 @@ function's docstring and in DESIGN.md ("The methods, precisely").
 from jax_irl.losses._common import masked_mean, masked_sum, masked_whiten
 from jax_irl.losses.ensemble import AGGREGATIONS, aggregate_rewards, bootstrap_weights, head_disagreement
 from jax_irl.losses.imitation import (
+    CHI2_SUPPORTS,
     iqlearn_loss,
     iqlearn_loss_from_q,
     iqlearn_online_loss,
@@ -38,6 +39,7 @@ from jax_irl.losses.soft_q import (
 )
 
 __all__ = [
+    "CHI2_SUPPORTS",
     "AGGREGATIONS",
     "DPO_LOSS_TYPES",
     "KL_ESTIMATORS",

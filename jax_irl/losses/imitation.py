@@ -132,6 +132,9 @@ def value_gap(values: Array, mask: Array, gamma: float, terminal: Optional[Array
     return masked_mean(gap, mask, normalizer=normalizer)
 
 
+CHI2_SUPPORTS = ("data", "mixture")
+
+
 def iqlearn_online_loss_from_q(
     target_q: Array,
     values: Array,
@@ -147,33 +150,55 @@ def iqlearn_online_loss_from_q(
     policy_terminal: Optional[Array] = None,
     normalizer: Optional[Array] = None,
     policy_normalizer: Optional[Array] = None,
+    chi2: str = "data",
+    policy_target_q: Optional[Array] = None,
 ):
     """Online IQLearn from soft-Q statistics of data states and of the policy's own samples.
 
     target_q, values, mask: [B, T] on data (expert) responses; policy_values, policy_mask: [B', T'] on responses
     sampled from the current policy (any B', T'). IQLearn's value term E[V(s) - gamma V(s')] is taken over the
-    mixture (1 - alpha) * data states + alpha * policy states; the reward term and the chi^2 term stay on data:
+    mixture (1 - alpha) * data states + alpha * policy states; the reward term stays on data, and the chi^2 term
+    on data (``chi2='data'``) or, as in the original IQ-Learn (Garg et al. 2021), on the same mixture
+    (``chi2='mixture'``, which needs ``policy_target_q``, Q of the sampled tokens):
 
         L = ( -E_data[r] + (1-alpha) E_data[V(s) - gamma V(s')] + alpha E_policy[V(s) - gamma V(s')] ) / tau
-            + td_weight * E_data[r^2]
+            + td_weight * E_chi2[r^2]
           = L_offline + alpha / tau * ( E_policy[V(s) - gamma V(s')] - E_data[V(s) - gamma V(s')] )
+            [ + td_weight * alpha * ( E_policy[r^2] - E_data[r^2] )   with chi2='mixture' ]
 
-    (on data, -r + V(s) - gamma V(s') = V(s) - Q(s, a) = -tau log pi). alpha = 0 is exactly the offline loss;
-    the paper mixes in policy samples with alpha = 0.1. Gradients flow into policy_values: pushing V down on
-    the policy's own states is the contrastive signal. Returns (loss [], aux): the offline aux plus scalars
-    'data_value_gap', 'policy_value_gap' and 'offline_loss'.
+    (on data, -r + V(s) - gamma V(s') = V(s) - Q(s, a) = -tau log pi; on policy samples r = Q(s, a) - gamma V(s')
+    of the sampled token a). alpha = 0 is exactly the offline loss; the paper mixes in policy samples with
+    alpha = 0.1. Gradients flow into policy_values (and policy_target_q): pushing V down on the policy's own
+    states is the contrastive signal.
+
+    What the policy samples can reach: at gamma = 1 their value term telescopes, per response, to V(s_0) of the
+    prompt state (over the token count), so with chi2='data' a sample's content (every state after the first)
+    drops out of loss and gradient; gamma < 1 keeps (1 - gamma) V(s_t) of every state, and chi2='mixture' adds
+    each sampled token's r^2. Returns (loss [], aux): the offline aux plus scalars 'data_value_gap',
+    'policy_value_gap', 'offline_loss' and, with chi2='mixture', 'policy_td_loss'.
     """
     check_rank("policy_values", policy_values, 2, "[B', T']")
     check_same_shape({"policy_values": policy_values, "policy_mask": policy_mask}, "[B', T']")
     check_mask("policy_mask", policy_mask)
     check_scalar("alpha", alpha, low=0.0, high=1.0)
     check_scalar("policy_normalizer", policy_normalizer, low=0.0, low_open=True)
+    if chi2 not in CHI2_SUPPORTS:
+        raise ValueError(f"chi2 must be one of {CHI2_SUPPORTS}; got {chi2!r}")
+    if chi2 == "mixture":
+        if policy_target_q is None:
+            raise ValueError("chi2='mixture' needs policy_target_q, Q(s, a) of the sampled tokens [B', T']")
+        check_same_shape({"policy_target_q": policy_target_q, "policy_values": policy_values}, "[B', T']")
     offline, aux = iqlearn_loss_from_q(target_q, values, mask, gamma=gamma, td_weight=td_weight,
                                        temperature=temperature, terminal=terminal, normalizer=normalizer)
     data_gap = value_gap(values, mask, gamma, terminal, normalizer)
     policy_gap = value_gap(policy_values, policy_mask, gamma, policy_terminal, policy_normalizer)
     loss = offline + (alpha / temperature) * (policy_gap - data_gap)
     aux.update(data_value_gap=data_gap, policy_value_gap=policy_gap, offline_loss=offline)
+    if chi2 == "mixture":
+        policy_r = implied_rewards_from_q(policy_target_q, policy_values, policy_mask, gamma, policy_terminal)
+        policy_td = masked_mean(policy_r**2, policy_mask, normalizer=policy_normalizer)
+        loss = loss + td_weight * alpha * (policy_td - aux["td_loss"])
+        aux.update(policy_td_loss=policy_td)
     return loss, aux
 
 
@@ -192,12 +217,15 @@ def iqlearn_online_loss(
     policy_terminal: Optional[Array] = None,
     normalizer: Optional[Array] = None,
     policy_normalizer: Optional[Array] = None,
+    chi2: str = "data",
+    policy_targets: Optional[Array] = None,
 ):
     """Online IQLearn: offline IQLearn on data plus the value term on the policy's own samples, weight alpha.
 
     logits: [B, T, V], targets, mask: [B, T] on data responses; policy_logits: [B', T', V] the model's logits on
     its own sampled responses (only their soft values are used), policy_mask: [B', T'] on the sampled response
-    tokens. See ``iqlearn_online_loss_from_q`` for the formula and aux.
+    tokens; policy_targets: [B', T'] the sampled ids (needed by chi2='mixture', which puts the chi^2 term on the
+    mixture of data and policy states). See ``iqlearn_online_loss_from_q`` for the formula and aux.
     """
     check_rank("mask", mask, 2, "[B, T]")
     check_rank("policy_logits", policy_logits, 3, "[B', T', V]")
@@ -208,8 +236,13 @@ def iqlearn_online_loss(
         raise ValueError(f"policy_values, policy_mask must share the shape [B', T'] of policy_logits[..., 0] = "
                          f"{tuple(policy_logits.shape[:2])}; got policy_mask {tuple(jnp.shape(policy_mask))}")
     q, v = soft_q_stats(logits, targets, temperature, mask)
-    pv = soft_values(finite_where_masked(upcast(policy_logits), policy_mask), temperature)
+    if chi2 == "mixture":
+        if policy_targets is None:
+            raise ValueError("chi2='mixture' needs policy_targets, the sampled ids [B', T']")
+        pq, pv = soft_q_stats(policy_logits, policy_targets, temperature, policy_mask)
+    else:
+        pq, pv = None, soft_values(finite_where_masked(upcast(policy_logits), policy_mask), temperature)
     return iqlearn_online_loss_from_q(
         q, v, mask, pv, policy_mask, alpha=alpha, gamma=gamma, td_weight=td_weight, temperature=temperature,
         terminal=terminal, policy_terminal=policy_terminal, normalizer=normalizer,
-        policy_normalizer=policy_normalizer)
+        policy_normalizer=policy_normalizer, chi2=chi2, policy_target_q=pq)

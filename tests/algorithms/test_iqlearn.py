@@ -10,7 +10,8 @@ from jax_irl.models.config import TransformerConfig
 from jax_irl.models.transformer import Transformer
 
 METHODS = {"mle": iqlearn.Method("mle", gamma=0.9), "iqlearn": iqlearn.Method("iqlearn", td_weight=0.3, gamma=0.9),
-           "online": iqlearn.Method("online", td_weight=0.5, gamma=0.9, alpha=0.2)}
+           "online": iqlearn.Method("online", td_weight=0.5, gamma=0.9, alpha=0.2),
+           "online_mixture": iqlearn.Method("online", td_weight=0.5, gamma=0.9, alpha=0.2, chi2="mixture")}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,8 @@ def reference_loss(method, model, b):
         return losses.iqlearn_loss(logits, targets, b["mask"], gamma=0.9, td_weight=method.td_weight)[0]
     policy_logits = model(b["policy_tokens"][:, :-1], attention_mask=b["policy_attention"][:, :-1]).logits
     return losses.iqlearn_online_loss(logits, targets, b["mask"], policy_logits, b["policy_mask"], alpha=0.2,
-                                      gamma=0.9, td_weight=method.td_weight)[0]
+                                      gamma=0.9, td_weight=method.td_weight, chi2=method.chi2,
+                                      policy_targets=b["policy_tokens"][:, 1:])[0]
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -74,7 +76,8 @@ class _Chars:
 
 def test_method_fields_are_validated():
     for bad, match in ((dict(kind="ppo"), "kind must be one of"), (dict(td_weight=-1.0), "td_weight"),
-                       (dict(gamma=0.0), "gamma"), (dict(alpha=1.5), "alpha"), (dict(policy_prompts=0), "policy_prompts")):
+                       (dict(gamma=0.0), "gamma"), (dict(alpha=1.5), "alpha"), (dict(policy_prompts=0), "policy_prompts"),
+                       (dict(chi2="both"), "chi2 must be one of")):
         with pytest.raises(ValueError, match=match):
             iqlearn.Method(**bad)
 

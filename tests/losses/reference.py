@@ -66,14 +66,21 @@ def value_gap(logits, mask, gamma, tau=1.0):
     return total / count if count else 0.0
 
 
-def iqlearn_online_loss(logits, targets, mask, policy_logits, policy_mask, alpha, gamma, td_weight, tau=1.0):
-    """Literal mixture form: (-E_d[r] + (1-a) E_d[gap] + a E_p[gap]) / tau + lambda E_d[r^2]."""
+def iqlearn_online_loss(logits, targets, mask, policy_logits, policy_mask, alpha, gamma, td_weight, tau=1.0,
+                        chi2="data", policy_targets=None):
+    """Literal mixture form: (-E_d[r] + (1-a) E_d[gap] + a E_p[gap]) / tau + lambda E_chi2[r^2], E_chi2 = E_d
+    (chi2='data') or (1-a) E_d + a E_p (chi2='mixture', r on the policy's sampled tokens)."""
     terms = iqlearn_terms(logits, targets, mask, gamma, tau)
     count = sum(float(mask[b, t]) for (b, t) in terms)
     mean_r = sum(float(mask[b, t]) * r for (b, t), (_, r) in terms.items()) / count
     mean_r2 = sum(float(mask[b, t]) * r * r for (b, t), (_, r) in terms.items()) / count
     gap_d = value_gap(logits, mask, gamma, tau)
     gap_p = value_gap(policy_logits, policy_mask, gamma, tau)
+    if chi2 == "mixture":
+        p_terms = iqlearn_terms(policy_logits, policy_targets, policy_mask, gamma, tau)
+        p_count = sum(float(policy_mask[b, t]) for (b, t) in p_terms)
+        p_r2 = sum(float(policy_mask[b, t]) * r * r for (b, t), (_, r) in p_terms.items()) / p_count
+        mean_r2 = (1 - alpha) * mean_r2 + alpha * p_r2
     return (-mean_r + (1 - alpha) * gap_d + alpha * gap_p) / tau + td_weight * mean_r2
 
 

@@ -71,6 +71,55 @@ def test_online_iqlearn_matches_mixture_reference(alpha, gamma, tau):
     np.testing.assert_allclose(aux["policy_value_gap"], ref.value_gap(plogits, pmask, gamma, tau), rtol=1e-5)
 
 
+@pytest.mark.parametrize("alpha,gamma,tau", [(0.1, 1.0, 1.0), (0.5, 0.9, 0.7)])
+def test_online_iqlearn_with_chi2_on_the_mixture_matches_the_reference(alpha, gamma, tau):
+    logits, targets, mask, plogits, pmask = _online_inputs()
+    ptargets = np.random.default_rng(3).integers(0, 10, pmask.shape)
+    loss, aux = L.iqlearn_online_loss(logits, targets, mask, plogits, pmask, alpha=alpha, gamma=gamma,
+                                      td_weight=0.3, temperature=tau, chi2="mixture", policy_targets=ptargets)
+    expected = ref.iqlearn_online_loss(logits, targets, mask, plogits, pmask, alpha, gamma, 0.3, tau,
+                                       chi2="mixture", policy_targets=ptargets)
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    fn = lambda lg, pl: L.iqlearn_online_loss(lg, targets[:2], mask[:2], pl, pmask[:2], alpha=alpha, gamma=gamma,
+                                              td_weight=0.3, temperature=tau, chi2="mixture",
+                                              policy_targets=ptargets[:2])[0]
+    check_gradients(fn, logits[:2], plogits[:2])
+    with pytest.raises(ValueError, match="chi2 must be one of"):
+        L.iqlearn_online_loss(logits, targets, mask, plogits, pmask, gamma=1.0, td_weight=0.1, chi2="both")
+    with pytest.raises(ValueError, match="needs policy_targets"):
+        L.iqlearn_online_loss(logits, targets, mask, plogits, pmask, gamma=1.0, td_weight=0.1, chi2="mixture")
+
+
+@pytest.mark.parametrize("gamma,chi2,content_counts", [(1.0, "data", False), (0.9, "data", True),
+                                                        (1.0, "mixture", True)])
+def test_which_terms_the_policy_samples_reach(gamma, chi2, content_counts):
+    """At gamma = 1 with the chi^2 term on data, a policy sample's value terms telescope to V(s_0): the states
+    after the first (what the sample says) reach neither the loss nor its gradient. gamma < 1, or the chi^2 term
+    on the mixture, lets them in."""
+    logits, targets, mask, plogits, _ = _online_inputs()
+    pmask = np.zeros(plogits.shape[:2], np.float32)
+    pmask[:, 1:] = 1.0  # responses from position 1 on (0 is the prompt's last token, not counted)
+    pmask[2, 4:] = 0.0  # a shorter one
+    ptargets = np.random.default_rng(4).integers(0, 10, pmask.shape)
+
+    def loss(pl):
+        return L.iqlearn_online_loss(logits, targets, mask, pl, pmask, alpha=0.2, gamma=gamma, td_weight=0.3,
+                                     chi2=chi2, policy_targets=ptargets)[0]
+
+    first = np.zeros(pmask.shape, bool)
+    first[:, 1] = True  # s_0 of each response
+    later = (pmask > 0) & ~first
+    g = np.abs(np.asarray(jax.grad(loss)(jnp.asarray(plogits)))).sum(-1)
+    assert g[first].min() > 1e-4
+    # Other content at every later state: a different loss exactly when the content counts.
+    other = np.where(later[..., None], np.random.default_rng(5).normal(size=plogits.shape), plogits)
+    moved = abs(float(loss(jnp.asarray(other))) - float(loss(jnp.asarray(plogits))))
+    if content_counts:
+        assert g[later].max() > 1e-4 and moved > 1e-4
+    else:
+        assert g[later].max() < 1e-6 and moved < 1e-6
+
+
 def test_online_alpha_zero_is_offline_and_policy_states_get_gradient():
     logits, targets, mask, plogits, pmask = _online_inputs()
     online = L.iqlearn_online_loss(logits, targets, mask, plogits, pmask, alpha=0.0, gamma=0.9, td_weight=0.2)[0]
