@@ -7,6 +7,7 @@ train and test splits are disjoint: no question text appears in both.
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 from fractions import Fraction
@@ -78,9 +79,39 @@ def _make(r: random.Random, max_number: int) -> Problem:
         return r.randint(low, max(low, min(high, max_number)))
 
     question, steps = r.choice(TEMPLATES)(r, n)
-    lines = [f"{expr} = {value}" for expr, value in steps]
-    final = steps[-1][1]
-    return {"question": question, "answer": "\n".join(lines) + f"\n#### {final}", "final": final}
+    return {"question": question, "answer": _text(steps), "final": steps[-1][1], "steps": steps}
+
+
+def _text(steps: List[Tuple[str, int]]) -> str:
+    return "\n".join(f"{expr} = {value}" for expr, value in steps) + f"\n#### {steps[-1][1]}"
+
+
+def solution_variants(problem: Problem) -> List[str]:
+    """Every valid solution text of a problem that its own steps allow, the canonical one first: each sum or
+    product with its operands in either order ('3 * 12 = 36' or '12 * 3 = 36'), and independent steps in either
+    order (two products before their sum); the final step stays last. Each text is a true solution in the
+    task's format (``verify``), with the same final answer."""
+    steps = [(str(e), int(v)) for e, v in problem["steps"]]
+    orders = [list(range(len(steps)))]
+    for i in range(len(steps) - 2):  # swap neighbours i, i + 1 when the second does not use the first's result
+        a, b = steps[i], steps[i + 1]
+        if str(a[1]) not in b[0].split():
+            orders += [o[:i] + [o[i + 1], o[i]] + o[i + 2:] for o in orders if o[i:i + 2] == [i, i + 1]]
+    texts = []
+    for order in orders:
+        ordered = [steps[j] for j in order]
+        choices = [[e] + ([" ".join(e.split()[::-1])] if e.split()[1] in "+*" and e.split()[0] != e.split()[2]
+                          else []) for e, _ in ordered]
+        for exprs in itertools.product(*choices):
+            texts.append(_text([(e, v) for e, (_, v) in zip(exprs, ordered)]))
+    return list(dict.fromkeys(texts))
+
+
+def diversify(problems: List[Problem], seed: int) -> List[Problem]:
+    """The problems with each answer replaced by one of its ``solution_variants`` drawn at random (deterministic
+    in seed): an expert whose solutions vary in step order and operand order, as human-written ones do."""
+    r = random.Random(seed)
+    return [dict(p, answer=r.choice(solution_variants(p))) for p in problems]
 
 
 def make_splits(seed: int = 0, num_train: int = 2000, num_test: int = 200,

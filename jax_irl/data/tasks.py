@@ -26,6 +26,8 @@ class TaskConfig:
     train_examples: int = 2000
     eval_examples: int = 48
     max_number: int = 12  # operand cap of the built-in arithmetic task (its difficulty)
+    diverse_solutions: bool = False  # arithmetic: each training solution drawn from its valid variants (step and
+    # operand order, ``arithmetic.solution_variants``) instead of the one canonical text; references stay canonical
 
     def __post_init__(self):
         if self.name not in REGISTRY:
@@ -53,6 +55,8 @@ class Task:
 def _arithmetic(cfg: TaskConfig) -> TaskData:
     train_set, test_set = arithmetic.make_splits(seed=0, num_train=cfg.train_examples, num_test=cfg.eval_examples,
                                                  max_number=cfg.max_number)
+    if cfg.diverse_solutions:
+        train_set = arithmetic.diversify(train_set, seed=1)
     fmt = lambda p: f"Question: {p['question']}\nAnswer:"  # noqa: E731
     return TaskData([fmt(p) for p in train_set], [" " + p["answer"] for p in train_set],
                     [fmt(p) for p in test_set], [p["answer"] for p in test_set])

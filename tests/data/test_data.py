@@ -7,6 +7,24 @@ from jax_irl import metrics
 from jax_irl.data import arithmetic, batching, game24, jsonl, tokenizer
 
 
+def test_solution_variants_hand_checked_and_diversified_answers_stay_true():
+    problem = {"question": "q", "final": 45, "steps": [("11 * 3", 33), ("2 * 6", 12), ("33 + 12", 45)]}
+    variants = arithmetic.solution_variants(problem)
+    # 2 step orders x 2 x 2 operand orders of the products x 2 of the sum; the canonical text first.
+    assert len(variants) == 16 and variants[0] == "11 * 3 = 33\n2 * 6 = 12\n33 + 12 = 45\n#### 45"
+    assert "6 * 2 = 12\n3 * 11 = 33\n12 + 33 = 45\n#### 45" in variants
+    assert all(arithmetic.verify(dict(problem, answer=v)) for v in variants)
+    # A step that uses the one before it stays after it; subtraction and division keep their operand order.
+    chained = {"question": "q", "final": 21, "steps": [("4 * 6", 24), ("24 - 3", 21)]}
+    assert arithmetic.solution_variants(chained) == ["4 * 6 = 24\n24 - 3 = 21\n#### 21",
+                                                     "6 * 4 = 24\n24 - 3 = 21\n#### 21"]
+    train, _ = arithmetic.make_splits(seed=0, num_train=300, num_test=0)
+    diverse = arithmetic.diversify(train, seed=1)
+    assert diverse == arithmetic.diversify(train, seed=1) and all(arithmetic.verify(p) for p in diverse)
+    assert [p["final"] for p in diverse] == [p["final"] for p in train]
+    assert 0.4 < np.mean([a["answer"] != b["answer"] for a, b in zip(diverse, train)]) < 0.9
+
+
 def test_arithmetic_problems_are_deterministic_correct_and_split_cleanly():
     train, test = arithmetic.make_splits(seed=3, num_train=500, num_test=100)
     again, _ = arithmetic.make_splits(seed=3, num_train=500, num_test=100)
