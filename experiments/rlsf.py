@@ -60,12 +60,6 @@ def validate(cfg: RLSFConfig, task_name: str) -> None:
                          f"{cfg.task.name!r}")
 
 
-def _check(tool, prompts, texts, workers):
-    if hasattr(tool, "check_many"):
-        return tool.check_many(list(prompts), list(texts), workers=workers)
-    return [symbolic.safe_check(tool, p, t) for p, t in zip(prompts, texts)]
-
-
 def evaluate(policy, reference, tok, prompts: np.ndarray, mask: np.ndarray, prompt_texts: Sequence[str], key, *,
              tool, judge: Judge, samples: int, max_new_tokens: int, vocab_chunk: Optional[int] = None,
              workers: Optional[int] = None) -> Dict[str, float]:
@@ -74,11 +68,13 @@ def evaluate(policy, reference, tok, prompts: np.ndarray, mask: np.ndarray, prom
     out = sampling.generate(policy, prompts, mask, key, max_new_tokens=max_new_tokens, greedy=True,
                             eos_ids=(tok.eos_id,), pad_id=tok.pad_id)
     ids, m = np.asarray(out.tokens), np.asarray(out.mask)
-    greedy = judge(_check(tool, prompt_texts, [tok.decode(r[k > 0]) for r, k in zip(ids, m)], workers))
+    greedy = judge(symbolic.check_all(tool, prompt_texts, [tok.decode(r[k > 0]) for r, k in zip(ids, m)],
+                                      workers=workers))
     rows = rollout.sample_rows(policy, prompts, mask, jax.random.fold_in(key, 1), max_new_tokens=max_new_tokens,
                                eos_id=tok.eos_id, pad_id=tok.pad_id, num_samples=samples)
     texts = [tok.decode(r[k > 0]) for r, k in zip(rows["response"], rows["response_mask"])]
-    sampled = judge(_check(tool, [p for p in prompt_texts for _ in range(samples)], texts, workers))
+    sampled = judge(symbolic.check_all(tool, [p for p in prompt_texts for _ in range(samples)], texts,
+                                       workers=workers))
     ref = rollout.score_rows(reference, rollout.LMScores(("log_probs",), vocab_chunk=vocab_chunk, per_row=True),
                              {k: rows[k] for k in ("tokens", "attention", "mask")})["log_probs"]
     kl = rows["model_log_probs"].sum(-1) - ref
@@ -98,18 +94,6 @@ def _curve(folder: str) -> Dict[str, Dict[str, float]]:
             if "eval/success" in record:
                 curve[str(record["step"])] = {k[5:]: v for k, v in record.items() if k.startswith("eval/")}
     return curve
-
-
-def _json(path: str, make: Callable[[], dict]) -> dict:
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    value = make()
-    if jax.process_index() == 0:
-        with open(path + ".tmp", "w") as f:
-            json.dump(value, f)
-        os.replace(path + ".tmp", path)
-    return value
 
 
 def run(cfg: RLSFConfig, run_dir: str, *, tool, judge: Judge, secondary: Tuple[str, str], rollout_stat: str,
@@ -138,7 +122,7 @@ def run(cfg: RLSFConfig, run_dir: str, *, tool, judge: Judge, secondary: Tuple[s
                         tool=tool, judge=judge, samples=cfg.eval_samples, max_new_tokens=cfg.ppo.max_new_tokens,
                         vocab_chunk=cfg.vocab_chunk, workers=cfg.check_workers)
 
-    sft_eval = _json(os.path.join(run_dir, "sft", "eval.json"), lambda: measure(pi_sft))
+    sft_eval = sweep.cached_json(os.path.join(run_dir, "sft", "eval.json"), lambda: measure(pi_sft))
 
     def run_one(name, spec, seed, folder):
         model = ppo.ActorCritic(nnx.clone(pi_sft), cfg.ppo.critic, rngs=nnx.Rngs(seed))

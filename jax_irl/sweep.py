@@ -90,6 +90,21 @@ def save_result(folder: str, fingerprint: Dict[str, Any], result: dict) -> None:
     os.replace(path + ".tmp", path)
 
 
+def cached_json(path: str, make: Callable[[], Any]) -> Any:
+    """The JSON at ``path``, or ``make()`` written there atomically (by process 0) and returned: a step of a recipe
+    (labelled pairs, a sample pool, an evaluation) that a resumed run reuses instead of redoing."""
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    value = make()
+    if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump(value, f)
+        os.replace(path + ".tmp", path)
+    return value
+
+
 def check_selection(selected: Sequence[str], variants: Mapping[str, Any], field: str = "methods") -> None:
     """The names a config selects to run must name its variants (and at least one)."""
     missing = [m for m in selected if m not in variants]

@@ -95,19 +95,6 @@ def validate(cfg: EnsemblesConfig) -> None:
                          f"{cfg.task.train_examples}")
 
 
-def _json(path: str, make):
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    value = make()
-    if jax.process_index() == 0:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump(value, f)
-        os.replace(path + ".tmp", path)
-    return value
-
-
 def _rows(tok, prompts: Sequence[str], responses: Sequence[str], max_length: int) -> Dict[str, np.ndarray]:
     """Prompt + response rows with attention, for scoring by a reward model."""
     from jax_irl.data import batching
@@ -170,7 +157,7 @@ def run(cfg: EnsemblesConfig, run_dir: str) -> dict:
         records, counts = gshf.make_pairs(chosen.texts, texts, gold, cfg.oracle, np.random.default_rng(0))
         return {"records": records, "counts": counts}
 
-    pairs = _json(os.path.join(run_dir, "data", "pairs.json"), labelled)["records"]
+    pairs = sweep.cached_json(os.path.join(run_dir, "data", "pairs.json"), labelled)["records"]
     if len(pairs) < 10:
         raise ValueError(f"only {len(pairs)} of {cfg.pairs} prompts gave a labelled pair (identical samples and gold "
                          f"ties are skipped): raise pairs or candidates, or label ties with oracle.temperature > 0")
@@ -181,7 +168,7 @@ def run(cfg: EnsemblesConfig, run_dir: str) -> dict:
         texts, gold, _ = gshf.sample_texts(pi0, eval_prompts, jax.random.PRNGKey(12), cfg.bon_samples, settings)
         return {"texts": texts, "gold": gold.tolist()}
 
-    pool = _json(os.path.join(run_dir, "data", "bon_pool.json"), bon_pool)
+    pool = sweep.cached_json(os.path.join(run_dir, "data", "bon_pool.json"), bon_pool)
     pool_gold = np.asarray(pool["gold"])
     pool_rows = _rows(rm_tok, [p for p in eval_prompts.texts for _ in range(cfg.bon_samples)],
                       [t for ts in pool["texts"] for t in ts], max_length)

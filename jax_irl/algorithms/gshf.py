@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_irl import losses, rollout, train
+from jax_irl import losses, rollout, sweep, train
 from jax_irl.algorithms.iqlearn import Method, make_loss_fn
 from jax_irl.data import batching, jsonl
 
@@ -416,20 +416,6 @@ class Context(NamedTuple):
     offline_records: Optional[List[Dict[str, str]]] = None  # a user's preference pairs: the offline set instead
 
 
-def _json(path: str, make: Callable[[], object]):
-    """The JSON at path, or make() written there atomically (process 0) and returned."""
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    value = make()
-    if jax.process_index() == 0:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump(value, f)
-        os.replace(path + ".tmp", path)
-    return value
-
-
 def _round_prompts(ctx: Context, seed: int, round_index: int, count: int) -> Prompts:
     rng = np.random.default_rng((seed, round_index))
     return ctx.train_prompts.take(rng.choice(len(ctx.train_prompts.texts), count, replace=False))
@@ -494,11 +480,11 @@ def run_method(method: GSHFMethod, ctx: Context, seed: int, folder: str, fingerp
     # pi0 and every policy sample the eval prompts with the same key (common random numbers): a policy equal to
     # pi0 draws the same samples, so its win rate is exactly 1/2 and the comparison is paired.
     eval_key = jax.random.PRNGKey(20_000 + seed)
-    pi0_gold = np.asarray(_json(os.path.join(folder, "pi0_eval_gold.json"), lambda: sample_texts(
+    pi0_gold = np.asarray(sweep.cached_json(os.path.join(folder, "pi0_eval_gold.json"), lambda: sample_texts(
         ctx.pi0, ctx.eval_prompts, eval_key, ctx.eval_samples, ctx.settings)[1].tolist()))
 
     def measure(policy, where: str) -> Dict[str, float]:
-        return _json(os.path.join(where, "eval.json"), lambda: evaluate_policy(
+        return sweep.cached_json(os.path.join(where, "eval.json"), lambda: evaluate_policy(
             policy, ctx.pi0, ctx.eval_prompts, eval_key, ctx.settings, ctx.eval_samples,
             pi0_gold, ctx.vocab_chunk))
 
@@ -515,7 +501,7 @@ def run_method(method: GSHFMethod, ctx: Context, seed: int, folder: str, fingerp
             made = {"records": list(ctx.offline_records),
                     "counts": {"pairs": len(ctx.offline_records), "identical": 0, "ties": 0}}
         else:
-            made = _json(os.path.join(where, "pairs.json"), lambda: _pairs_from(
+            made = sweep.cached_json(os.path.join(where, "pairs.json"), lambda: _pairs_from(
                 ctx.pi0, ctx, method, _round_prompts(ctx, seed, 0, offline_rounds * method.prompts_per_round), seed,
                 0, online=False))
         buffer += made["records"]
@@ -526,7 +512,7 @@ def run_method(method: GSHFMethod, ctx: Context, seed: int, folder: str, fingerp
     for t in range(1 if offline_rounds else 0, method.rounds - offline_rounds + (1 if offline_rounds else 0)):
         where = os.path.join(folder, f"round_{t}")
         current = policy
-        made = _json(os.path.join(where, "pairs.json"), lambda: _pairs_from(
+        made = sweep.cached_json(os.path.join(where, "pairs.json"), lambda: _pairs_from(
             current, ctx, method, _round_prompts(ctx, seed, t, method.prompts_per_round), seed, t, online=True))
         buffer += made["records"]
         skipped += made["counts"]["identical"] + made["counts"]["ties"]
@@ -553,7 +539,7 @@ def _rejection(method: GSHFMethod, ctx: Context, seed: int, folder: str, fingerp
         keep = [(p, t) for p, ts, a in zip(prompts.texts, texts, accept) for t, ok in zip(ts, a) if ok]
         return {"records": [{"prompt": p, "response": t} for p, t in keep], "rates": rates}
 
-    made = _json(os.path.join(where, "accepted.json"), accepted)
+    made = sweep.cached_json(os.path.join(where, "accepted.json"), accepted)
     records = made["records"]
     tok = ctx.settings.tokenizer
     encoded = batching.encode_examples(tok, [r["prompt"] for r in records], [r["response"] for r in records],

@@ -141,10 +141,7 @@ def reward_fn(tool: Tool, tokenizer, spec: RewardSpec = RewardSpec(), *, workers
                              f"{response_ids.shape}, {response_mask.shape}")
         kept = [[int(i) for i in ids[:int((m > 0).sum())]] for ids, m in zip(response_ids, response_mask)]
         texts = [tokenizer.decode(k) for k in kept]
-        if hasattr(tool, "check_many"):
-            certificates = tool.check_many(list(prompts), texts, workers=workers)
-        else:
-            certificates = [safe_check(tool, p, t) for p, t in zip(prompts, texts)]
+        certificates = check_all(tool, prompts, texts, workers=workers)
         correct = np.array([c.correct for c in certificates], np.float32)
         rewards = np.zeros(response_ids.shape, np.float32)
         wrong = np.zeros(len(kept), np.float32)
@@ -183,5 +180,14 @@ def safe_check(tool: Tool, prompt: str, response: str) -> Certificate:
     return certificate
 
 
-__all__ = ["Certificate", "RewardSpec", "Span", "Tool", "batch_token_rewards", "reward_fn", "safe_check",
+def check_all(tool: Tool, prompts: Sequence[str], responses: Sequence[str], *,
+              workers: Optional[int] = None) -> List[Certificate]:
+    """Certificates of every (prompt, response): the tool's own parallel ``check_many`` when it has one (the
+    sandboxed program tools), else ``safe_check`` one by one."""
+    if hasattr(tool, "check_many"):
+        return list(tool.check_many(list(prompts), list(responses), workers=workers))
+    return [safe_check(tool, p, t) for p, t in zip(prompts, responses)]
+
+
+__all__ = ["Certificate", "RewardSpec", "Span", "Tool", "batch_token_rewards", "check_all", "reward_fn", "safe_check",
            "token_offsets", "token_rewards"]
