@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from fractions import Fraction
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -165,5 +165,72 @@ def standard_error(values: Sequence[float]) -> float:
     return float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
 
 
+def matched_accuracy(diversity: Sequence[float], accuracy: Sequence[float], target: float) -> float:
+    """A method's accuracy at a given diversity, read off its frontier: the (diversity, accuracy) points of one
+    model over a sweep of sampling temperatures, sorted by diversity, linearly interpolated at ``target``. NaN
+    where ``target`` lies outside the points' diversity range (no extrapolation). Use one diversity measure
+    throughout, e.g. 100 - Self-BLEU so that larger is more diverse."""
+    d, a = np.asarray(diversity, float), np.asarray(accuracy, float)
+    if d.shape != a.shape or d.ndim != 1 or len(d) < 2:
+        raise ValueError(f"need two or more (diversity, accuracy) points of one shape; got {d.shape} and {a.shape}")
+    if not (np.all(np.isfinite(d)) and np.all(np.isfinite(a)) and math.isfinite(target)):
+        raise ValueError("diversity, accuracy and target must be finite")
+    order = np.argsort(d, kind="stable")
+    d, a = d[order], a[order]
+    if target < d[0] or target > d[-1]:
+        return math.nan
+    return float(np.interp(target, d, a))
+
+
+def matched_gap(frontiers_a: Sequence[Tuple[Sequence[float], Sequence[float]]],
+                frontiers_b: Sequence[Tuple[Sequence[float], Sequence[float]]], target: float) -> Tuple[float, float]:
+    """(mean, standard error) of accuracy_a - accuracy_b at diversity ``target``: the paper's question, which
+    method is more accurate at the same diversity. Each argument holds one (diversity, accuracy) frontier per
+    seed (``matched_accuracy``); the two methods' seeds are independent runs, so the standard error is
+    sqrt(se_a^2 + se_b^2). Seeds whose frontier does not reach ``target`` are left out; NaN when fewer than one
+    seed per side remains (the standard error needs two)."""
+    a = [matched_accuracy(d, acc, target) for d, acc in frontiers_a]
+    b = [matched_accuracy(d, acc, target) for d, acc in frontiers_b]
+    a, b = [x for x in a if math.isfinite(x)], [x for x in b if math.isfinite(x)]
+    if not a or not b:
+        return math.nan, math.nan
+    se = math.sqrt(standard_error(a) ** 2 + standard_error(b) ** 2) if len(a) > 1 and len(b) > 1 else math.nan
+    return float(np.mean(a) - np.mean(b)), se
+
+
+def correlation_split(rewards: Sequence[float], scores: Sequence[float], groups: Sequence[int]) -> Dict[str, float]:
+    """A reward-metric correlation split into its within-group and across-group parts (groups: the prompt of
+    each sample). 'within': Pearson correlation of the samples' deviations from their prompt's means (does the
+    reward rank a prompt's samples?); 'across': Pearson correlation of the prompt means, one point per prompt
+    (does it tell easy prompts from hard ones?); 'pooled': the plain correlation over all samples, which mixes the
+    two. A part is NaN where its inputs are constant."""
+    r, y, g = np.asarray(rewards, float), np.asarray(scores, float), np.asarray(groups)
+    if not (r.shape == y.shape == g.shape) or r.ndim != 1:
+        raise ValueError(f"rewards, scores and groups must be [N] alike; got {r.shape}, {y.shape}, {g.shape}")
+    if not (np.all(np.isfinite(r)) and np.all(np.isfinite(y))):
+        raise ValueError("rewards and scores must be finite")
+    keys, inverse = np.unique(g, return_inverse=True)
+    counts = np.bincount(inverse)
+    mean_r, mean_y = np.bincount(inverse, r) / counts, np.bincount(inverse, y) / counts
+
+    def pearson(u, v):
+        u, v = u - u.mean(), v - v.mean()
+        den = math.sqrt(float(u @ u) * float(v @ v))
+        return float(u @ v) / den if den > 0 else math.nan
+
+    return {"pooled": pearson(r, y), "within": pearson(r - mean_r[inverse], y - mean_y[inverse]),
+            "across": pearson(mean_r, mean_y) if len(keys) > 2 else math.nan}
+
+
+def pair_ranking_accuracy(reward_good: Sequence[float], reward_bad: Sequence[float]) -> float:
+    """How often a reward ranks the good response of a pair (a correct solution) above the bad one (a wrong
+    solution to the same problem): the fraction with reward_good > reward_bad, ties counting one half."""
+    g, b = np.asarray(reward_good, float), np.asarray(reward_bad, float)
+    if g.shape != b.shape or g.ndim != 1 or len(g) == 0:
+        raise ValueError(f"need two [N] arrays of rewards, N > 0; got {g.shape} and {b.shape}")
+    return float(np.mean((g > b) + 0.5 * (g == b)))
+
+
 __all__ = ["extract_answer", "answers_match", "exact_match", "rouge", "bleu", "chrf", "self_bleu", "distinct_n",
-           "token_entropy", "spearman", "standard_error"]
+           "token_entropy", "spearman", "standard_error", "matched_accuracy", "matched_gap", "correlation_split",
+           "pair_ranking_accuracy"]

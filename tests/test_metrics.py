@@ -63,3 +63,44 @@ def test_token_entropy_spearman_standard_error():
     assert math.isnan(metrics.spearman([1, 1, 1], [1, 2, 3]))
     assert metrics.standard_error([1.0, 2.0, 3.0]) == pytest.approx(1.0 / math.sqrt(3))
     assert math.isnan(metrics.standard_error([5.0])) and math.isnan(metrics.standard_error([]))
+
+
+def test_matched_accuracy_and_gap_hand_computed():
+    # A frontier over temperatures: (diversity, accuracy) points in any order, read off by interpolation.
+    d, acc = [30.0, 10.0, 20.0], [0.2, 0.6, 0.5]
+    assert metrics.matched_accuracy(d, acc, 15.0) == pytest.approx(0.55)
+    assert metrics.matched_accuracy(d, acc, 25.0) == pytest.approx(0.35)
+    assert metrics.matched_accuracy(d, acc, 30.0) == pytest.approx(0.2)
+    assert math.isnan(metrics.matched_accuracy(d, acc, 35.0))  # no extrapolation
+    a = [([10.0, 30.0], [0.6, 0.2]), ([10.0, 30.0], [0.8, 0.4])]  # at 20: 0.4 and 0.6
+    b = [([0.0, 40.0], [0.5, 0.1]), ([0.0, 40.0], [0.3, 0.1]), ([0.0, 10.0], [0.3, 0.2])]  # 0.3, 0.2, (out)
+    gap, se = metrics.matched_gap(a, b, 20.0)
+    assert gap == pytest.approx(0.5 - 0.25)
+    assert se == pytest.approx(math.sqrt(np.var([0.4, 0.6], ddof=1) / 2 + np.var([0.3, 0.2], ddof=1) / 2))
+    assert all(math.isnan(x) for x in metrics.matched_gap(a, [([0.0, 10.0], [0.3, 0.2])], 20.0))
+    with pytest.raises(ValueError, match="two or more"):
+        metrics.matched_accuracy([1.0], [0.5], 1.0)
+    with pytest.raises(ValueError, match="finite"):
+        metrics.matched_accuracy([1.0, float("nan")], [0.5, 0.4], 1.0)
+
+
+def test_correlation_split_separates_within_and_across_prompt_parts():
+    # Across prompts the reward tracks difficulty perfectly; within each prompt it ranks samples backwards.
+    groups = [0, 0, 1, 1, 2, 2]
+    scores = [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+    rewards = [9.0, 10.0, 4.0, 5.0, -1.0, 0.0]
+    scores_by_prompt = [1.0, 0.0, 0.5, 0.5, 0.0, 0.0]  # prompt means 0.5, 0.5, 0.0 ...
+    split = metrics.correlation_split(rewards, scores, groups)
+    assert split["within"] == pytest.approx(-1.0)
+    assert math.isnan(split["across"])  # every prompt's mean score is 0.5: constant
+    split = metrics.correlation_split(rewards, scores_by_prompt, groups)
+    assert split["across"] == pytest.approx(np.corrcoef([9.5, 4.5, -0.5], [0.5, 0.5, 0.0])[0, 1])
+    assert split["pooled"] == pytest.approx(np.corrcoef(rewards, scores_by_prompt)[0, 1])
+    with pytest.raises(ValueError, match=r"must be \[N\] alike"):
+        metrics.correlation_split([1.0], [1.0, 2.0], [0, 0])
+
+
+def test_pair_ranking_accuracy_counts_ties_half():
+    assert metrics.pair_ranking_accuracy([2.0, 1.0, 0.0, 5.0], [1.0, 1.0, 3.0, 4.0]) == pytest.approx(2.5 / 4)
+    with pytest.raises(ValueError, match="need two"):
+        metrics.pair_ranking_accuracy([], [])

@@ -7,7 +7,8 @@ data/policy mixture as in the original IQ-Learn) as fields. ``make_loss_fn`` tur
 ``loss_fn(model, batch, rng)`` for ``train.Trainer``; ``online_batch_fn`` adds the policy samples to the data
 batches; ``finetune`` runs the method as one resumable stage; ``evaluate`` samples n responses per prompt at
 each temperature and reports task score, diversity (Self-BLEU, distinct-n, entropy) and how well the model's
-extracted rewards (summed implied rewards of its own samples) rank good above bad samples (Spearman).
+extracted rewards (summed implied rewards of its own samples) rank good above bad samples (Spearman, and its
+within- and across-prompt parts); ``reward_pair_accuracy`` scores them on given (correct, wrong) pairs.
 The losses and their derivation are in ``losses.imitation``.
 """
 
@@ -140,6 +141,8 @@ def evaluate(model, tokenizer, prompts: np.ndarray, prompt_mask: np.ndarray, ref
     for temperature, ev in evaluated.items():
         rewards, counts = ev.row_scores["implied_rewards"], ev.row_scores["num_tokens"]
         grouped: List[List[str]] = [ev.texts[i:i + num_samples] for i in range(0, len(ev.texts), num_samples)]
+        split = (metrics.correlation_split(rewards, ev.scores, np.repeat(np.arange(len(grouped)), num_samples))
+                 if np.all(np.isfinite(rewards)) else {"within": float("nan"), "across": float("nan")})
         results[temperature] = {
             "accuracy": float(ev.scores.mean()),
             "self_bleu": metrics.self_bleu(grouped) if num_samples > 1 else float("nan"),
@@ -147,6 +150,23 @@ def evaluate(model, tokenizer, prompts: np.ndarray, prompt_mask: np.ndarray, ref
             "distinct_2": metrics.distinct_n(grouped, 2),
             "entropy": float(np.sum(ev.row_scores["entropy"], dtype=np.float64) / max(float(np.sum(counts)), 1.0)),
             "reward_correlation": metrics.spearman(rewards, ev.scores),
+            "reward_within": split["within"],  # Pearson, within prompts: does the reward rank a prompt's samples?
+            "reward_across": split["across"],  # Pearson of prompt means: does it tell easy prompts from hard?
             "mean_reward": float(np.mean(rewards)),
         }
     return results
+
+
+def reward_pair_accuracy(model, tokenizer, prompts: Sequence[str], good: Sequence[str], bad: Sequence[str], *,
+                         gamma: float, max_length: int, rows_per_score: Optional[int] = None) -> float:
+    """How often the model's extracted reward (its summed implied rewards at ``gamma``, as ``evaluate`` scores
+    samples) ranks ``good[i]`` above ``bad[i]``, two responses to ``prompts[i]`` (e.g. a correct and a wrong
+    solution of a held-out problem: ``data.arithmetic.wrong_solution``). Ties count one half."""
+    if not (len(prompts) == len(good) == len(bad)) or not prompts:
+        raise ValueError(f"need as many prompts, good and bad responses (> 0); got {len(prompts)}, {len(good)}, "
+                         f"{len(bad)}")
+    enc = batching.encode_examples(tokenizer, list(prompts) * 2, list(good) + list(bad), max_length)
+    rows = batching.trim_padding({"tokens": enc["tokens"], "mask": enc["mask"]}, tokenizer.pad_id)
+    scores = rollout.score_rows(model, rollout.LMScores(("implied_rewards",), gamma=gamma, per_row=True), rows,
+                                rows_per_batch=rows_per_score)["implied_rewards"]
+    return metrics.pair_ranking_accuracy(scores[:len(prompts)], scores[len(prompts):])

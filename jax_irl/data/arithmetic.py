@@ -137,6 +137,33 @@ def make_splits(seed: int = 0, num_train: int = 2000, num_test: int = 200,
     return problems[:num_train], problems[num_train:]
 
 
+def wrong_solution(problem: Problem, seed: int) -> str:
+    """A plausible wrong solution to ``problem`` (deterministic in seed): one calculation slips (its result off
+    by 1 to 3) and the later steps carry the wrong value on, computed correctly from it, so the text has the
+    task's format, exactly one false line and a wrong final answer. The other half of a held-out (correct, wrong)
+    pair for scoring a reward's ranking (``metrics.pair_ranking_accuracy``)."""
+    r = random.Random(seed)
+    steps = [(str(e), int(v)) for e, v in problem["steps"]]
+    ops = {"+": lambda x, y: x + y, "-": lambda x, y: x - y, "*": lambda x, y: x * y,
+           "/": lambda x, y: x // y if y and x % y == 0 else None}
+    for _ in range(50):
+        i, delta = r.randrange(len(steps)), r.choice([-3, -2, -1, 1, 2, 3])
+        out, carried = list(steps[:i]), {steps[i][1]: steps[i][1] + delta}
+        out.append((steps[i][0], steps[i][1] + delta))
+        ok = True
+        for expr, _ in steps[i + 1:]:
+            a, op, b = expr.split()
+            a, b = carried.get(int(a), int(a)), carried.get(int(b), int(b))
+            value = ops[op](a, b)
+            if value is None:
+                ok = False
+                break
+            out.append((f"{a} {op} {b}", value))
+        if ok and out[-1][1] != steps[-1][1] and out[-1][1] >= 0:
+            return _text(out)
+    raise ValueError(f"no wrong solution found for {problem['question']!r}")
+
+
 def verify(problem: Problem) -> bool:
     """Every calculation line is true and the final answer is the last line's result."""
     lines = str(problem["answer"]).split("\n")

@@ -119,6 +119,36 @@ def test_evaluate_rewards_and_entropy_equal_a_direct_forward(setup):
 
     np.testing.assert_allclose(got["mean_reward"], rewards.mean(), rtol=1e-5)
     np.testing.assert_allclose(got["entropy"], float(metrics.token_entropy(logits, mask)), rtol=1e-5)
+    texts = [_Chars().decode(r[m > 0]) for r, m in zip(rows["response"], rows["response_mask"])]
+    split = metrics.correlation_split(rewards, [float(t[:1] < "n") for t in texts], [0, 0, 1, 1])
+    np.testing.assert_allclose([got["reward_within"], got["reward_across"]], [split["within"], split["across"]],
+                               rtol=1e-4)
+
+
+def test_reward_pair_accuracy_scores_pairs_with_the_extracted_reward():
+    from jax_irl.data.tokenizer import train_bpe
+
+    texts = [f"Question: {a} plus {b}?\nAnswer: {a} + {b} = {a + b}" for a in range(9) for b in range(9)]
+    tok = train_bpe(texts, vocab_size=120)
+    cfg = TransformerConfig.for_family("llama", vocab_size=tok.vocab_size, hidden_size=16, num_layers=1,
+                                       num_heads=2, num_kv_heads=1, intermediate_size=32, max_position_embeddings=64)
+    model = Transformer(cfg, rngs=nnx.Rngs(1))
+    prompts = [f"Question: {a} plus 2?\nAnswer:" for a in range(6)]
+    good = [f" {a} + 2 = {a + 2}" for a in range(6)]
+    bad = [f" {a} + 2 = {a + 3}" for a in range(6)]
+    acc = iqlearn.reward_pair_accuracy(model, tok, prompts, good, bad, gamma=0.9, max_length=48)
+    # The same scores by hand: summed implied rewards of each prompt + response row.
+    from jax_irl.data import batching
+
+    enc = batching.encode_examples(tok, prompts * 2, good + bad, 48)
+    r = rollout.score_rows(model, rollout.LMScores(("implied_rewards",), gamma=0.9, per_row=True),
+                           {"tokens": enc["tokens"], "mask": enc["mask"]})["implied_rewards"]
+    assert acc == pytest.approx(np.mean(r[:6] > r[6:]) + 0.5 * np.mean(r[:6] == r[6:]))
+    assert acc + iqlearn.reward_pair_accuracy(model, tok, prompts, bad, good, gamma=0.9, max_length=48) == \
+        pytest.approx(1.0)
+    assert iqlearn.reward_pair_accuracy(model, tok, prompts, good, good, gamma=0.9, max_length=48) == 0.5
+    with pytest.raises(ValueError, match="as many prompts"):
+        iqlearn.reward_pair_accuracy(model, tok, prompts, good, bad[:2], gamma=0.9, max_length=48)
 
 
 def test_evaluate_in_prompt_batches(setup):

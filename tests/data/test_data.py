@@ -25,6 +25,28 @@ def test_solution_variants_hand_checked_and_diversified_answers_stay_true():
     assert 0.4 < np.mean([a["answer"] != b["answer"] for a, b in zip(diverse, train)]) < 0.9
 
 
+def _true_line(line: str) -> bool:
+    expr, value = line.split("=")
+    a, op, b = expr.split()
+    return {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b), "/": int(a) / int(b)}[op] == int(value)
+
+
+def test_wrong_solutions_have_one_false_line_and_a_wrong_answer():
+    from jax_irl import metrics
+
+    train, _ = arithmetic.make_splits(seed=0, num_train=200, num_test=0)
+    for k, problem in enumerate(train):
+        wrong = arithmetic.wrong_solution(problem, seed=k)
+        assert wrong == arithmetic.wrong_solution(problem, seed=k)
+        lines = wrong.split("\n")
+        false = [line for line in lines[:-1] if not _true_line(line)]
+        assert len(false) == 1 and len(lines) == len(problem["answer"].split("\n"))
+        assert not metrics.answers_match(wrong, problem["answer"]) and lines[-1].startswith("#### ")
+    hand = {"question": "q", "final": 45, "steps": [("6 * 2", 12), ("3 * 11", 33), ("12 + 33", 45)]}
+    texts = {arithmetic.wrong_solution(hand, seed=s) for s in range(40)}
+    assert "6 * 2 = 14\n3 * 11 = 33\n14 + 33 = 47\n#### 47" in texts  # a slip in step 1 carried on
+
+
 def test_arithmetic_problems_are_deterministic_correct_and_split_cleanly():
     train, test = arithmetic.make_splits(seed=3, num_train=500, num_test=100)
     again, _ = arithmetic.make_splits(seed=3, num_train=500, num_test=100)
