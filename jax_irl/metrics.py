@@ -109,7 +109,9 @@ def chrf(predictions: Sequence[str], references: Sequence[str]) -> float:
 def self_bleu(samples_per_prompt: Sequence[Sequence[str]]) -> float:
     """Mean over prompts of the mean over samples of BLEU(sample_i, the prompt's other samples), x100.
 
-    100 means every sample repeats the others; lower is more diverse. Each prompt needs >= 2 samples."""
+    100 means every sample repeats the others; lower is more diverse. Each prompt needs >= 2 samples. A sample
+    identical to all the others scores 100 whatever its length (sentence BLEU gives 0 to texts shorter than its
+    4-grams, which would rate a greedy decoder's identical short answers as maximally diverse)."""
     import sacrebleu
 
     if not samples_per_prompt:
@@ -118,8 +120,10 @@ def self_bleu(samples_per_prompt: Sequence[Sequence[str]]) -> float:
     for samples in samples_per_prompt:
         if len(samples) < 2:
             raise ValueError(f"self-BLEU needs at least 2 samples per prompt; got {len(samples)}")
-        scores = [sacrebleu.sentence_bleu(s, [o for j, o in enumerate(samples) if j != i]).score
-                  for i, s in enumerate(samples)]
+        scores = []
+        for i, s in enumerate(samples):
+            others = [o for j, o in enumerate(samples) if j != i]
+            scores.append(100.0 if all(o == s for o in others) else sacrebleu.sentence_bleu(s, others).score)
         per_prompt.append(np.mean(scores))
     return float(np.mean(per_prompt))
 

@@ -127,7 +127,7 @@ def prompt_rows(tokens: np.ndarray, prompt_lengths: np.ndarray, pad_id: int, wid
 
 def sample_rows(model, prompts: np.ndarray, prompt_mask: np.ndarray, key, *, max_new_tokens: int, eos_id: int,
                 pad_id: int, temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
-                num_samples: int = 1) -> Dict[str, np.ndarray]:
+                num_samples: int = 1, greedy: bool = False) -> Dict[str, np.ndarray]:
     """Responses sampled from the model as rows (numpy), n per prompt as rows b * n + j:
 
     tokens [B*n, P+N], attention [B*n, P+N], mask [B*n, P+N-1] (the response's targets);
@@ -135,7 +135,8 @@ def sample_rows(model, prompts: np.ndarray, prompt_mask: np.ndarray, key, *, max
     distribution (temperature, top-k/p) and under the model, on the target grid (0 elsewhere);
     response [B*n, N] and response_mask [B*n, N] (for decoding); prompt_index [B*n]."""
     out = sampling.generate(model, prompts, prompt_mask, key, max_new_tokens=max_new_tokens, temperature=temperature,
-                            top_k=top_k, top_p=top_p, eos_ids=(eos_id,), pad_id=pad_id, num_samples=num_samples)
+                            top_k=top_k, top_p=top_p, eos_ids=(eos_id,), pad_id=pad_id, num_samples=num_samples,
+                            greedy=greedy)
     gen, gen_mask = np.asarray(out.tokens), np.asarray(out.mask)
     rows = np.concatenate([np.repeat(prompts, num_samples, 0), gen], 1).astype(np.int32)
     attention = np.concatenate([np.repeat(prompt_mask, num_samples, 0), gen_mask], 1).astype(np.int32)
@@ -287,7 +288,8 @@ def sample_and_evaluate(model, tokenizer, prompts: np.ndarray, prompt_mask: np.n
                         score_fn: Callable[[str, object], float], scorer: Optional[LMScores] = None,
                         prompts_per_batch: Optional[int] = None,
                         rows_per_score: Optional[int] = None) -> Dict[str, Evaluated]:
-    """For each temperature (key "0.5", "1", ...): ``num_samples`` responses per prompt, decoded with
+    """For each temperature (key "0.5", "1", ...; 0 is greedy decoding, key "0", its num_samples rows identical):
+    ``num_samples`` responses per prompt, decoded with
     ``tokenizer`` (eos_id, pad_id, decode), scored by ``score_fn(text, reference)`` and by ``scorer`` (an
     ``LMScores`` with per_row=True; default: summed log-probs).
 
@@ -308,7 +310,7 @@ def sample_and_evaluate(model, tokenizer, prompts: np.ndarray, prompt_mask: np.n
         key, sub = jax.random.split(key)
         batches = [sample_rows(model, padded_prompts[i:i + size], padded_mask[i:i + size], jax.random.fold_in(sub, b),
                                max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                               temperature=temperature, num_samples=num_samples)
+                               temperature=temperature or 1.0, num_samples=num_samples, greedy=temperature == 0)
                    for b, i in enumerate(range(0, len(padded_prompts), size))]
         # Every batch has the same row width; the rows of padding prompts are dropped.
         rows = {k: np.concatenate([batch[k] for batch in batches])[: n * num_samples] for k in batches[0]}

@@ -43,6 +43,13 @@ def test_diversity_metrics_hand_computed():
     assert metrics.self_bleu(same) == pytest.approx(100.0)
     varied = [["alpha beta gamma delta", "one two three four", "red green blue yellow"]]
     assert metrics.self_bleu(varied) == pytest.approx(0.0)
+    # Identical short samples (shorter than BLEU's 4-grams, empty too) are no diversity, not full diversity;
+    # a short sample among different ones keeps its BLEU.
+    assert metrics.self_bleu([["12", "12"], ["", ""]]) == pytest.approx(100.0)
+    short = [["12", "12", "13"]]
+    bleu = lambda s, others: sacrebleu.sentence_bleu(s, others).score  # noqa: E731
+    want = np.mean([bleu("12", ["12", "13"]), bleu("12", ["12", "13"]), bleu("13", ["12", "12"])])
+    assert metrics.self_bleu(short) == pytest.approx(want)
     # distinct-1 over "a b a" and "a c": tokens a b a a c -> 3 distinct / 5; distinct-2: (a b)(b a)(a c) -> 3/3.
     assert metrics.distinct_n([["a b a", "a c"]], 1) == pytest.approx(3 / 5)
     assert metrics.distinct_n([["a b a", "a c"]], 2) == pytest.approx(1.0)

@@ -2,8 +2,10 @@
 
 A base model (``experiments.lm_base``) is fine-tuned on question -> solution pairs by each method variant
 (MLE, offline IQLearn over a sweep of td_weight, online IQLearn with alpha = 0.1) for several seeds; each model
-is evaluated at several sampling temperatures: task accuracy, diversity (Self-BLEU, distinct-n, entropy) and
-the Spearman correlation between its extracted rewards and correctness. Results: results.json, results.md
+is evaluated greedily and at five sampling temperatures (its accuracy-diversity frontier): task accuracy,
+diversity (Self-BLEU, distinct-n, entropy) and the Spearman correlation between its extracted rewards and
+correctness (with its within- and across-prompt parts in results.json). Each method's accuracy at matched
+diversity against the first method (MLE) is read off the frontiers. Results: results.json, results.md
 (mean +- standard error over seeds), PNG plots.
 
     python -m experiments.run irl_arithmetic [seeds=(0,1,2)] [methods=(mle,iqlearn:0.1)]
@@ -16,12 +18,14 @@ seeds and new variants may be added then.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Dict, Optional, Tuple
 
 import jax
+import numpy as np
 
 from experiments import lm_base
-from jax_irl import parallel, sweep, train
+from jax_irl import metrics, parallel, sweep, train
 from jax_irl.algorithms.iqlearn import Method, evaluate, finetune
 from jax_irl.data import tasks
 
@@ -34,7 +38,8 @@ VARIANTS = {"mle": Method("mle"), "iqlearn:0.01": Method("iqlearn", td_weight=0.
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    temperatures: Tuple[float, ...] = (0.5, 1.0)
+    # The accuracy-diversity frontier: greedy (0) and five sampling temperatures.
+    temperatures: Tuple[float, ...] = (0.0, 0.3, 0.5, 0.7, 1.0, 1.3)
     num_samples: int = 4  # per prompt (>= 2: Self-BLEU compares a prompt's samples)
     max_new_tokens: int = 48
     prompts_per_batch: Optional[int] = None  # sample the eval prompts in batches of this many (None: all)
@@ -67,6 +72,9 @@ def validate(cfg: IRLConfig) -> None:
     sweep.check_selection(cfg.methods, cfg.variants)
     if not cfg.seeds or cfg.evaluation.num_samples < 2:
         raise ValueError("seeds must name at least one seed and evaluation.num_samples must be >= 2")
+    temps = cfg.evaluation.temperatures
+    if not temps or any(not t >= 0 for t in temps) or len(set(temps)) != len(temps):
+        raise ValueError(f"evaluation.temperatures must be distinct values >= 0 (0: greedy); got {temps}")
     if not cfg.base.hf_checkpoint and cfg.base.max_length + cfg.evaluation.max_new_tokens > cfg.base.max_positions:
         raise ValueError(f"base.max_length + evaluation.max_new_tokens exceeds base.max_positions "
                          f"({cfg.base.max_positions})")
@@ -103,9 +111,60 @@ def run(cfg: IRLConfig, run_dir: str) -> dict:
                               fingerprint=dict(depends, evaluation=ev))
     metric = tasks.get(cfg.task.name).metric
     cols = (dataclasses.replace(COLUMNS[0], header=metric),) + COLUMNS[1:]
-    return sweep.report(run_dir, per_run, cols, group_label="temperature",
+    matched = matched_diversity(per_run, reference=cfg.methods[0])
+    summary = sweep.report(run_dir, per_run, cols, group_label="temperature", matched_diversity=matched,
                         note=f"{metric.capitalize()} and diversity are over all samples; Self-BLEU: lower is more "
                              f"diverse.",
                         scatter=(dataclasses.replace(COLUMNS[1], header="Self-BLEU (lower = more diverse)"), cols[0],
                                  "accuracy_vs_diversity.png"),
                         over_groups=((cols[0], cols[1], cols[4]), "sampling temperature", "metrics_vs_temperature.png"))
+    table = matched_table(matched, reference=cfg.methods[0], metric=metric)
+    if table and jax.process_index() == 0:
+        with open(os.path.join(run_dir, "results.md"), "a") as f:
+            f.write("\n\n" + table)
+        print(table)
+    return summary
+
+
+def matched_diversity(per_run: Dict[str, Dict[int, dict]], reference: str) -> Dict[str, dict]:
+    """Each method against ``reference`` at matched diversity, the paper's question: along each seed's frontier
+    (Self-BLEU, accuracy over the evaluation temperatures), the accuracy at a common Self-BLEU, interpolated.
+    The target is the middle of the Self-BLEU range that both methods' seed-mean frontiers cover. Returns
+    {method: {'self_bleu', 'accuracy' (mean, se), 'gap' (mean, se) against the reference}} for the methods
+    whose frontiers overlap the reference's (two or more temperatures needed)."""
+    def frontiers(name):
+        return [([r[t]["self_bleu"] for t in r], [r[t]["accuracy"] for t in r]) for r in per_run[name].values()]
+
+    def span(name):
+        mean = np.nanmean([f[0] for f in frontiers(name)], axis=0)
+        return float(np.min(mean)), float(np.max(mean))
+
+    if reference not in per_run or len(next(iter(per_run[reference].values()))) < 2:
+        return {}
+    out = {}
+    for name in per_run:
+        if name == reference:
+            continue
+        low = max(span(name)[0], span(reference)[0])
+        high = min(span(name)[1], span(reference)[1])
+        if not (np.isfinite(low) and np.isfinite(high)) or low > high:
+            continue
+        target = 0.5 * (low + high)
+        own = [metrics.matched_accuracy(d, a, target) for d, a in frontiers(name)]
+        own = [x for x in own if np.isfinite(x)]
+        gap = metrics.matched_gap(frontiers(name), frontiers(reference), target)
+        out[name] = {"self_bleu": target, "accuracy": [float(np.mean(own)), metrics.standard_error(own)],
+                     "gap": list(gap)}
+    return out
+
+
+def matched_table(matched: Dict[str, dict], reference: str, metric: str) -> str:
+    if not matched:
+        return ""
+    lines = [f"| method | matched Self-BLEU | {metric} there | gap to {reference} |", "|---|---|---|---|"]
+    for name, m in matched.items():
+        lines.append(f"| {name} | {m['self_bleu']:.1f} | {sweep.cell(*m['accuracy'], 3)} | "
+                     f"{sweep.cell(*m['gap'], 3)} |")
+    return "\n".join(lines) + (f"\n\n{metric.capitalize()} read off each seed's frontier (Self-BLEU against "
+                               f"{metric} over the evaluation temperatures, interpolated) at the middle of the "
+                               f"Self-BLEU range both methods cover; gap: mean ± standard error over seeds.")

@@ -15,7 +15,7 @@ TINY = ["methods=(mle,iqlearn:0.1,online:0.1)", "seeds=(0)", "base.pretrain.step
         "finetune.optimizer.warmup_steps=1", "base.pretrain.optimizer.warmup_steps=1", "task.train_examples=64",
         "task.eval_examples=4", "finetune.batch_size=8", "evaluation.num_samples=2", "evaluation.max_new_tokens=8",
         "base.vocab_size=300", "base.model.hidden_size=32", "base.model.intermediate_size=64", "save_every=2",
-        "base.calculation_rows=16"]
+        "base.calculation_rows=16", "evaluation.temperatures=(0,0.5,1)"]
 
 
 def test_methods_are_typed_variants_overridable_and_addable_from_the_command_line():
@@ -89,14 +89,21 @@ def test_irl_experiment_end_to_end_and_resume(tmp_path, capsys):
         results = json.load(f)
     assert set(results["summary"]) == {"mle", "iqlearn:0.1", "online:0.1"}
     for method, temps in results["summary"].items():
-        assert set(temps) == {"0.5", "1"}
+        assert set(temps) == {"0", "0.5", "1"}
         for vals in temps.values():
             assert 0.0 <= vals["accuracy"][0] <= 1.0 and 0.0 <= vals["distinct_2"][0] <= 1.0
             assert 0.0 <= vals["self_bleu"][0] <= 100.0 and vals["entropy"][0] > 0
+        assert temps["0"]["self_bleu"][0] == pytest.approx(100.0)  # greedy: a prompt's samples are identical
+    # Accuracy at matched diversity against MLE, read off the frontiers (one seed here: no standard error).
+    matched = results["matched_diversity"]
+    assert set(matched) == {"iqlearn:0.1", "online:0.1"}
+    for m in matched.values():
+        assert 0.0 <= m["self_bleu"] <= 100.0 and 0.0 <= m["accuracy"][0] <= 1.0 and -1.0 <= m["gap"][0] <= 1.0
     assert os.path.getsize(os.path.join(folder, "accuracy_vs_diversity.png")) > 10_000
     assert os.path.getsize(os.path.join(folder, "metrics_vs_temperature.png")) > 10_000
     with open(os.path.join(folder, "results.md")) as f:
-        assert f.read().count("\n| ") == 6  # 3 methods x 2 temperatures
+        text = f.read()
+    assert text.count("\n| ") == 9 + 3 and "| method | matched Self-BLEU | accuracy there | gap to mle |" in text
     # The online run trained on its own samples: its logged value gaps are there.
     with open(os.path.join(folder, "runs", "online_0.1-seed0", "metrics.jsonl")) as f:
         assert all("policy_value_gap" in json.loads(line) for line in f)
