@@ -115,9 +115,12 @@ def run(cfg: IRLConfig, run_dir: str) -> dict:
     summary = sweep.report(run_dir, per_run, cols, group_label="temperature", matched_diversity=matched,
                         note=f"{metric.capitalize()} and diversity are over all samples; Self-BLEU: lower is more "
                              f"diverse.",
-                        scatter=(dataclasses.replace(COLUMNS[1], header="Self-BLEU (lower = more diverse)"), cols[0],
-                                 "accuracy_vs_diversity.png"),
                         over_groups=((cols[0], cols[1], cols[4]), "sampling temperature", "metrics_vs_temperature.png"))
+    # The frontier: one line per method through its temperatures (greedy at Self-BLEU 100).
+    sweep.plot_frontier({f"{name}@{t}": tree for name, temps in summary.items() for t, tree in temps.items()},
+                        x=dataclasses.replace(COLUMNS[1], header="Self-BLEU (lower = more diverse)"), y=cols[0],
+                        series=lambda n: n.rsplit("@", 1)[0], path=os.path.join(run_dir, "accuracy_vs_diversity.png"),
+                        title="accuracy-diversity frontier over sampling temperatures")
     table = matched_table(matched, reference=cfg.methods[0], metric=metric)
     if table and jax.process_index() == 0:
         with open(os.path.join(run_dir, "results.md"), "a") as f:
