@@ -1,8 +1,9 @@
 """The inverse-RL comparison at paper scale: GSM8K from TFDS, fine-tuning a local Hugging Face checkpoint.
 
 The same sweep, metrics and outputs as ``irl_arithmetic`` (MLE, offline IQLearn over td_weight, online IQLearn
-with alpha = 0.1; three seeds; accuracy, Self-BLEU, distinct-n, entropy and reward-accuracy Spearman at two
-temperatures), sized for accelerators: bf16 compute with float32 parameters, FSDP over every device, losses
+with alpha = 0.1; three seeds; accuracy, Self-BLEU, distinct-n, entropy and reward-accuracy Spearman along the
+accuracy-diversity frontier, greedy and five temperatures, with the accuracy at matched diversity against MLE),
+sized for accelerators: bf16 compute with float32 parameters, FSDP over every device, losses
 computed from hidden states in vocabulary chunks (no [B, T, V] logits), and evaluation of all 1319 test
 problems in batches.
 

@@ -24,7 +24,7 @@ def test_gsm8k_config_runs_on_a_local_checkpoint_and_mock_data(tmp_path, capsys,
             "finetune.optimizer.warmup_steps=1", "task.train_examples=16", "task.eval_examples=3",
             "finetune.batch_size=8", "evaluation.num_samples=2", "evaluation.max_new_tokens=4",
             "variants.online:0.1.policy_prompts=8", "base.max_length=48", "evaluation.prompts_per_batch=2",
-            "evaluation.rows_per_score=3", "vocab_chunk=8192", "save_every=2"]
+            "evaluation.rows_per_score=3", "vocab_chunk=8192", "save_every=2", "evaluation.temperatures=(0,1)"]
     with tfds.testing.mock_data(num_examples=16):
         assert run.main(["irl_gsm8k", *tiny, "--run-dir", folder]) == 0
     assert "| online:0.1 | 1 |" in capsys.readouterr().out
@@ -32,7 +32,7 @@ def test_gsm8k_config_runs_on_a_local_checkpoint_and_mock_data(tmp_path, capsys,
         summary = json.load(f)["summary"]
     assert set(summary) == {"mle", "online:0.1"}
     for temps in summary.values():
-        assert set(temps) == {"0.5", "1"}
+        assert set(temps) == {"0", "1"}  # greedy and T = 1
         assert all(vals["entropy"][0] > 0 and 0 <= vals["accuracy"][0] <= 1 for vals in temps.values())
     with open(os.path.join(folder, "runs", "online_0.1-seed0", "metrics.jsonl")) as f:
         assert [json.loads(line)["step"] for line in f] == [1, 2]
