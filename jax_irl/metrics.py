@@ -172,8 +172,8 @@ def standard_error(values: Sequence[float]) -> float:
 def matched_accuracy(diversity: Sequence[float], accuracy: Sequence[float], target: float) -> float:
     """A method's accuracy at a given diversity, read off its frontier: the (diversity, accuracy) points of one
     model over a sweep of sampling temperatures, sorted by diversity, linearly interpolated at ``target``. NaN
-    where ``target`` lies outside the points' diversity range (no extrapolation). Use one diversity measure
-    throughout, e.g. 100 - Self-BLEU so that larger is more diverse."""
+    where ``target`` lies outside the points' diversity range (no extrapolation). Any one diversity measure
+    serves (Self-BLEU, distinct-n), as long as every frontier uses it."""
     d, a = np.asarray(diversity, float), np.asarray(accuracy, float)
     if d.shape != a.shape or d.ndim != 1 or len(d) < 2:
         raise ValueError(f"need two or more (diversity, accuracy) points of one shape; got {d.shape} and {a.shape}")

@@ -58,8 +58,13 @@ def loss_window(mask, multiple: int = 8, min_saving: float = 0.1) -> Optional[in
     counted = m.any(1)
     t = np.arange(m.shape[1])
     span = (np.max(np.where(m, t, -1), 1) - np.argmax(m, 1) + 1)[counted]
-    width = -(-int(span.max() if span.size else 1) // multiple) * multiple
-    return width if width <= (1.0 - min_saving) * m.shape[1] else None
+    return useful_window(-(-int(span.max() if span.size else 1) // multiple) * multiple, m.shape[1], min_saving)
+
+
+def useful_window(width: int, targets: int, min_saving: float = 0.1) -> Optional[int]:
+    """``width`` as a window over rows of ``targets`` target positions, or None where it would save less than
+    ``min_saving`` of them (the full path is then as cheap)."""
+    return width if width <= (1.0 - min_saving) * targets else None
 
 
 def take_window(x: jax.Array, start: jax.Array, width: int) -> jax.Array:

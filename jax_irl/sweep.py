@@ -294,9 +294,10 @@ def plot_frontier(summary: Dict[str, dict], *, x: Column, y: Column, path: str, 
 
 def report(run_dir: str, per_run: Dict[str, Dict[int, dict]], columns: Sequence[Column], *,
            group_label: Optional[str] = None, note: str = "", scatter: Optional[tuple] = None,
-           over_groups: Optional[tuple] = None, variant_label: str = "method", **extra) -> Dict[str, dict]:
-    """Summarise, write results.json (with any ``extra`` JSON fields) and results.md, draw the plots, print the
-    table; returns the summary.
+           over_groups: Optional[tuple] = None, variant_label: str = "method", appendix: str = "",
+           **extra) -> Dict[str, dict]:
+    """Summarise, write results.json (with any ``extra`` JSON fields) and results.md (the table, then
+    ``appendix``: more markdown, such as a second table), draw the plots, print the markdown; returns the summary.
 
     scatter: (x Column, y Column, file name) for ``plot_scatter``; over_groups: (Columns, x label, file name)
     for ``plot_over_groups`` (both need groups)."""
@@ -304,6 +305,8 @@ def report(run_dir: str, per_run: Dict[str, Dict[int, dict]], columns: Sequence[
     num_seeds = max(len(seeds) for seeds in per_run.values())
     table = markdown_table(summary, columns, num_seeds=num_seeds, variant_label=variant_label,
                            group_label=group_label, note=note)
+    if appendix:
+        table = f"{table}\n\n{appendix}"
     write_results(run_dir, summary, per_run, table, **extra)
     if scatter:
         plot_scatter(summary, x=scatter[0], y=scatter[1], path=os.path.join(run_dir, scatter[2]))

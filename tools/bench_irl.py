@@ -4,9 +4,9 @@
 Each method is ``iqlearn.finetune``'s own path: the loss of ``iqlearn.make_loss_fn`` (with the dataset's loss
 window) in a ``train.Trainer`` step, and for online IQLearn the batch of ``iqlearn.online_batch_fn``, which
 samples ``policy_prompts`` responses from the current model each step. Data: built-in arithmetic, encoded with a
-BPE trained on it. Sizes: 'cpu' is the IRL experiment's CPU default (hidden 96, 2 layers, batch 32); 'W1' the
-performance issue's model (hidden 256, 4 layers, vocab 8192 ids drawn from the same texts' BPE of 1024 pieces
-plus unused ids). Prints a markdown table: the median and range of --steps updates after one warm-up, and the
+BPE of up to 1024 pieces trained on it (491 come out). Sizes: 'cpu' is the IRL experiment's CPU default model
+(hidden 96, 2 layers, batch 32) over that vocabulary; 'W1' the performance issue's model (hidden 256, 4 layers,
+batch 16) with its vocabulary of 8192, of which the data use the BPE's ids. Prints a markdown table: the median and range of --steps updates after one warm-up, and the
 online update split into its sampling and its step.
 
     .venv/bin/python tools/bench_irl.py [--size cpu|W1] [--steps 10]

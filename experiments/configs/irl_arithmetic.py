@@ -113,19 +113,16 @@ def run(cfg: IRLConfig, run_dir: str) -> dict:
     cols = (dataclasses.replace(COLUMNS[0], header=metric),) + COLUMNS[1:]
     matched = matched_diversity(per_run, reference=cfg.methods[0])
     summary = sweep.report(run_dir, per_run, cols, group_label="temperature", matched_diversity=matched,
-                        note=f"{metric.capitalize()} and diversity are over all samples; Self-BLEU: lower is more "
-                             f"diverse.",
-                        over_groups=((cols[0], cols[1], cols[4]), "sampling temperature", "metrics_vs_temperature.png"))
+                           note=f"{metric.capitalize()} and diversity are over all samples; Self-BLEU: lower is more "
+                                f"diverse.",
+                           over_groups=((cols[0], cols[1], cols[4]), "sampling temperature",
+                                        "metrics_vs_temperature.png"),
+                           appendix=matched_table(matched, reference=cfg.methods[0], metric=metric))
     # The frontier: one line per method through its temperatures (greedy at Self-BLEU 100).
     sweep.plot_frontier({f"{name}@{t}": tree for name, temps in summary.items() for t, tree in temps.items()},
                         x=dataclasses.replace(COLUMNS[1], header="Self-BLEU (lower = more diverse)"), y=cols[0],
                         series=lambda n: n.rsplit("@", 1)[0], path=os.path.join(run_dir, "accuracy_vs_diversity.png"),
                         title="accuracy-diversity frontier over sampling temperatures")
-    table = matched_table(matched, reference=cfg.methods[0], metric=metric)
-    if table and jax.process_index() == 0:
-        with open(os.path.join(run_dir, "results.md"), "a") as f:
-            f.write("\n\n" + table)
-        print(table)
     return summary
 
 
@@ -135,29 +132,24 @@ def matched_diversity(per_run: Dict[str, Dict[int, dict]], reference: str) -> Di
     The target is the middle of the Self-BLEU range that both methods' seed-mean frontiers cover. Returns
     {method: {'self_bleu', 'accuracy' (mean, se), 'gap' (mean, se) against the reference}} for the methods
     whose frontiers overlap the reference's (two or more temperatures needed)."""
-    def frontiers(name):
-        return [([r[t]["self_bleu"] for t in r], [r[t]["accuracy"] for t in r]) for r in per_run[name].values()]
-
-    def span(name):
-        mean = np.nanmean([f[0] for f in frontiers(name)], axis=0)
-        return float(np.min(mean)), float(np.max(mean))
-
     if reference not in per_run or len(next(iter(per_run[reference].values()))) < 2:
         return {}
+    frontiers = {name: [([r[t]["self_bleu"] for t in r], [r[t]["accuracy"] for t in r]) for r in seeds.values()]
+                 for name, seeds in per_run.items()}
+    spans = {}
+    for name, fronts in frontiers.items():
+        mean = np.nanmean([d for d, _ in fronts], axis=0)
+        spans[name] = float(np.min(mean)), float(np.max(mean))
     out = {}
     for name in per_run:
-        if name == reference:
-            continue
-        low = max(span(name)[0], span(reference)[0])
-        high = min(span(name)[1], span(reference)[1])
-        if not (np.isfinite(low) and np.isfinite(high)) or low > high:
+        low, high = max(spans[name][0], spans[reference][0]), min(spans[name][1], spans[reference][1])
+        if name == reference or not (np.isfinite(low) and np.isfinite(high)) or low > high:
             continue
         target = 0.5 * (low + high)
-        own = [metrics.matched_accuracy(d, a, target) for d, a in frontiers(name)]
+        own = [metrics.matched_accuracy(d, a, target) for d, a in frontiers[name]]
         own = [x for x in own if np.isfinite(x)]
-        gap = metrics.matched_gap(frontiers(name), frontiers(reference), target)
         out[name] = {"self_bleu": target, "accuracy": [float(np.mean(own)), metrics.standard_error(own)],
-                     "gap": list(gap)}
+                     "gap": list(metrics.matched_gap(frontiers[name], frontiers[reference], target))}
     return out
 
 

@@ -376,8 +376,7 @@ def train_ppo(folder: str, model: ActorCritic, reference, cfg: PPOConfig, mesh, 
     stage = train.StageConfig(steps=cfg.steps, batch_size=cfg.rows // cfg.minibatches, optimizer=cfg.optimizer)
     run = PPORun(folder, reference, cfg, prompts, reward_fn, seed=seed, eos_id=eos_id, pad_id=pad_id,
                  vocab_chunk=vocab_chunk, rows_per_score=rows_per_score, keep_rollouts=keep_rollouts)
-    row_targets = prompts.tokens.shape[1] + cfg.max_new_tokens - 1
-    window = cfg.max_new_tokens if cfg.max_new_tokens <= 0.9 * row_targets else None
+    window = rollout.useful_window(cfg.max_new_tokens, prompts.tokens.shape[1] + cfg.max_new_tokens - 1)
     result = train.run_stage(folder, model, ppo_loss_fn(cfg, vocab_chunk, window), stage, mesh, run.batch_fn,
                              seed=seed,
                              fingerprint=dict(fingerprint, ppo=dataclasses.asdict(cfg)), save_every=save_every,

@@ -8,6 +8,7 @@ train and test splits are disjoint: no question text appears in both.
 from __future__ import annotations
 
 import itertools
+import operator
 import random
 import re
 from fractions import Fraction
@@ -20,6 +21,7 @@ NAMES = ["Ava", "Ben", "Chen", "Dara", "Eli", "Fatima", "Gus", "Hana", "Ivan", "
 ITEMS = ["apples", "marbles", "stickers", "books", "pencils", "cookies", "shells", "cards", "stamps", "coins"]
 
 Problem = Dict[str, object]
+_OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
 Number = Callable[[int, int], int]  # n(low, high): a random operand in [low, min(high, max_number)]
 
 
@@ -144,8 +146,6 @@ def wrong_solution(problem: Problem, seed: int) -> str:
     pair for scoring a reward's ranking (``metrics.pair_ranking_accuracy``)."""
     r = random.Random(seed)
     steps = [(str(e), int(v)) for e, v in problem["steps"]]
-    ops = {"+": lambda x, y: x + y, "-": lambda x, y: x - y, "*": lambda x, y: x * y,
-           "/": lambda x, y: x // y if y and x % y == 0 else None}
     for _ in range(50):
         i, delta = r.randrange(len(steps)), r.choice([-3, -2, -1, 1, 2, 3])
         out, carried = list(steps[:i]), {steps[i][1]: steps[i][1] + delta}
@@ -154,11 +154,10 @@ def wrong_solution(problem: Problem, seed: int) -> str:
         for expr, _ in steps[i + 1:]:
             a, op, b = expr.split()
             a, b = carried.get(int(a), int(a)), carried.get(int(b), int(b))
-            value = ops[op](a, b)
-            if value is None:
+            if op == "/" and (b == 0 or a % b):  # the carried value no longer divides: try another slip
                 ok = False
                 break
-            out.append((f"{a} {op} {b}", value))
+            out.append((f"{a} {op} {b}", int(_OPS[op](a, b))))
         if ok and out[-1][1] != steps[-1][1] and out[-1][1] >= 0:
             return _text(out)
     raise ValueError(f"no wrong solution found for {problem['question']!r}")
@@ -170,9 +169,7 @@ def verify(problem: Problem) -> bool:
     for line in lines[:-1]:
         expr, value = line.split("=")
         a, op, b = expr.split()
-        x, y = int(a), int(b)
-        result = {"+": x + y, "-": x - y, "*": x * y, "/": x / y}[op]
-        if result != int(value):
+        if _OPS[op](int(a), int(b)) != int(value):
             return False
     return lines[-1] == f"#### {problem['final']}" and int(lines[-2].split("=")[1]) == problem["final"]
 
