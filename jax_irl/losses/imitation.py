@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jax_irl.losses._common import (Array, check_mask, check_rank, check_same_shape, check_scalar, masked_mean,
                                     masked_sum, upcast)
 from jax_irl.losses.soft_q import (finite_where_masked, implied_rewards_from_q, next_state_values, soft_q_stats,
-                                   soft_values)
+                                   soft_values, token_entropies)
 
 
 def _num_tokens(mask: Array) -> Array:
@@ -64,6 +64,36 @@ def mle_loss(logits: Array, targets: Array, mask: Array, *, normalizer: Optional
     check_rank("mask", mask, 2, "[B, T]")
     q, v = soft_q_stats(logits, targets, 1.0, mask)
     return mle_loss_from_q(q, v, mask, normalizer=normalizer)
+
+
+def mle_entropy_loss_from_q(target_q: Array, values: Array, entropies: Array, mask: Array, *, entropy_bonus: float,
+                            temperature: float = 1.0, normalizer: Optional[Array] = None):
+    """MLE with an entropy bonus (the confidence penalty of Pereyra et al. 2017): the control for IQLearn's TD
+    term in Wulfmeier et al. 2024 (does the TD term do more than flatten the policy?).
+        L = sum_t mask_t * ( -log pi(a_t|s_t) - entropy_bonus * H(pi(.|s_t)) ) / sum_t mask_t,
+    with H(pi(.|s)) = -sum_a pi(a|s) log pi(a|s) at the data states (``soft_q.token_entropies``).
+    entropy_bonus = 0 is exactly ``mle_loss_from_q``. target_q, values, entropies, mask: [B, T].
+    Returns (loss [], aux): the MLE aux plus 'entropy' [B, T] (0 where mask == 0), and the scalars 'nll_loss'
+    and 'mean_entropy'.
+    """
+    check_same_shape({"target_q": target_q, "entropies": entropies}, "[B, T]")
+    check_scalar("entropy_bonus", entropy_bonus, low=0.0)
+    mle, aux = mle_loss_from_q(target_q, values, mask, temperature=temperature, normalizer=normalizer)
+    on = jnp.asarray(mask) != 0
+    entropy = jnp.where(on, upcast(entropies), 0.0)
+    mean_entropy = masked_mean(entropy, mask, normalizer=normalizer)
+    aux.update(entropy=entropy, nll_loss=mle, mean_entropy=mean_entropy)
+    return mle - entropy_bonus * mean_entropy, aux
+
+
+def mle_entropy_loss(logits: Array, targets: Array, mask: Array, *, entropy_bonus: float, temperature: float = 1.0,
+                     normalizer: Optional[Array] = None):
+    """MLE with an entropy bonus on logits [B, T, V]: token mean of -log pi(a_t|s_t) - entropy_bonus *
+    H(pi(.|s_t)), pi = softmax(logits / temperature). See ``mle_entropy_loss_from_q``."""
+    check_rank("mask", mask, 2, "[B, T]")
+    q, v = soft_q_stats(logits, targets, temperature, mask)
+    return mle_entropy_loss_from_q(q, v, token_entropies(logits, temperature), mask, entropy_bonus=entropy_bonus,
+                                   temperature=temperature, normalizer=normalizer)
 
 
 def iqlearn_loss_from_q(

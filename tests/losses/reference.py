@@ -51,6 +51,21 @@ def iqlearn_loss(logits, targets, mask, gamma, td_weight, tau=1.0):
     return total / count if count else 0.0
 
 
+def mle_entropy_loss(logits, targets, mask, entropy_bonus, tau=1.0):
+    """Token mean of -log pi(a_t|s_t) - entropy_bonus * H(pi(.|s_t)), pi = softmax(logits / tau)."""
+    total = count = 0.0
+    for b in range(logits.shape[0]):
+        for t in range(logits.shape[1]):
+            if mask[b, t] == 0:
+                continue
+            row = np.asarray(logits[b, t], np.float64) / tau
+            logp = [x - logsumexp(row) for x in row]
+            entropy = -sum(math.exp(lp) * lp for lp in logp)
+            total += float(mask[b, t]) * (-logp[targets[b, t]] - entropy_bonus * entropy)
+            count += float(mask[b, t])
+    return total / count if count else 0.0
+
+
 def value_gap(logits, mask, gamma, tau=1.0):
     b_, t_, _ = logits.shape
     total = count = 0.0

@@ -270,3 +270,41 @@ def test_loss_layer_imports_no_flax_orbax_or_tfds():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={"JAX_PLATFORMS": "cpu", "PATH": ""})
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_mle_with_an_entropy_bonus_hand_computed_and_against_the_reference():
+    # One state with logits (0, 0): pi = (1/2, 1/2), nll of either token log 2, entropy log 2.
+    logits, targets, mask = jnp.zeros((1, 1, 2)), jnp.array([[1]]), jnp.array([[1]])
+    loss, aux = L.mle_entropy_loss(logits, targets, mask, entropy_bonus=0.5)
+    np.testing.assert_allclose(loss, math.log(2) - 0.5 * math.log(2), rtol=1e-6)
+    np.testing.assert_allclose(aux["mean_entropy"], math.log(2), rtol=1e-6)
+    rng = np.random.default_rng(21)
+    logits, targets, mask = make_tokens(rng, b=6, t=7, v=9)
+    mask = mask * rng.uniform(0.5, 2.0, mask.shape).astype(np.float32)
+    for beta, tau in [(0.3, 1.0), (0.05, 0.7)]:
+        loss, _ = L.mle_entropy_loss(logits, targets, mask, entropy_bonus=beta, temperature=tau)
+        np.testing.assert_allclose(loss, ref.mle_entropy_loss(logits, targets, mask, beta, tau), rtol=1e-5)
+    # entropy_bonus 0 is exactly MLE, value and gradient.
+    mle = L.mle_loss(logits, targets, mask)[0]
+    np.testing.assert_array_equal(np.asarray(L.mle_entropy_loss(logits, targets, mask, entropy_bonus=0.0)[0]),
+                                  np.asarray(mle))
+    with pytest.raises(ValueError, match="entropy_bonus"):
+        L.mle_entropy_loss(logits, targets, mask, entropy_bonus=-0.1)
+    with pytest.raises(ValueError, match="entropies"):
+        L.mle_entropy_loss_from_q(jnp.zeros((2, 3)), jnp.zeros((2, 3)), jnp.zeros((2, 4)), jnp.ones((2, 3)),
+                                  entropy_bonus=0.1)
+
+
+def test_mle_with_an_entropy_bonus_jit_grads_and_sharding():
+    rng = np.random.default_rng(22)
+    logits, targets, mask = make_tokens(rng, b=8, t=6, v=10)
+    fn = lambda lg, tg, m, n=None: L.mle_entropy_loss(lg, tg, m, entropy_bonus=0.2, normalizer=n)  # noqa: E731
+    loss, _ = check_jit_matches_eager(fn, logits, targets, mask)
+    check_sharded_jit(fn, (logits, targets, mask), batch_argnums=(0, 1, 2))
+    check_shard_map_psum(lambda lg, tg, m: fn(lg, tg, m, jax.lax.psum(jnp.sum(m), "data"))[0],
+                         (logits, targets, mask), (0, 1, 2), loss)
+    check_gradients(lambda lg: fn(lg, targets[:3], mask[:3])[0], logits[:3])
+    # The bonus's share of the gradient is exactly the (scaled) entropy's gradient.
+    g = jax.grad(lambda lg: fn(lg, targets, mask)[0] - L.mle_loss(lg, targets, mask)[0])(logits)
+    g_h = jax.grad(lambda lg: -0.2 * L.masked_mean(L.token_entropies(lg), mask))(logits)
+    np.testing.assert_allclose(g, g_h, rtol=1e-4, atol=1e-6)
