@@ -139,7 +139,8 @@ def run_sweep(run_dir: str, variants: Mapping[str, Any], seeds: Sequence[int],
 # --- summaries ----------------------------------------------------------------------------------------------
 
 
-def _mean_se(values: Sequence[float]) -> list:
+def mean_se(values: Sequence[float]) -> list:
+    """[mean, standard error] of the finite values (NaN left out); [NaN, NaN] when none is finite."""
     finite = [float(v) for v in values if not math.isnan(float(v))]
     return [float(np.mean(finite)), metrics.standard_error(finite)] if finite else [math.nan, math.nan]
 
@@ -148,7 +149,7 @@ def _summarise_tree(trees: list):
     first = trees[0]
     if isinstance(first, dict):
         return {k: _summarise_tree([t[k] for t in trees if k in t]) for k in first}
-    return _mean_se(trees)
+    return mean_se(trees)
 
 
 def summarise(per_run: Dict[str, Dict[int, dict]]) -> Dict[str, dict]:
@@ -261,15 +262,17 @@ def plot_over_groups(summary: Dict[str, dict], *, ys: Sequence[Column], path: st
 
 
 def plot_frontier(summary: Dict[str, dict], *, x: Column, y: Column, path: str, series: Callable[[str], str],
-                  title: str = "", reference: Optional[tuple] = None) -> None:
+                  title: str = "", reference: Optional[tuple] = None, x_line: Optional[tuple] = None) -> None:
     """One line per series (``series(variant name)``, e.g. the method of 'online@0.1'), through its variants'
     (x, y) means sorted by x, with standard-error bars both ways: a frontier such as gold reward against KL.
     summary: variant -> metric -> [mean, se]. reference: an optional (x, y, label) point, such as the starting
-    policy at KL 0."""
+    policy at KL 0. x_line: an optional (x, label) vertical line, such as the expert data's own diversity."""
     if jax.process_index() != 0:
         return
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
+    if x_line is not None:
+        ax.axvline(x_line[0], color="gray", linestyle="--", label=x_line[1])
     if reference is not None:
         ax.plot([reference[0]], [reference[1]], marker="*", markersize=12, color="black", linestyle="none",
                 label=reference[2])

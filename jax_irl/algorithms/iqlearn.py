@@ -34,6 +34,8 @@ class Method:
     alpha: float = 0.1  # online: weight of the policy's states in the value term (the paper's 0.1)
     policy_prompts: int = 8  # online: prompts sampled from the current policy per training step
     chi2: str = "data"  # online: the chi^2 term on data states, or on the data/policy 'mixture' (Garg et al.)
+    entropy_bonus: float = 0.0  # mle: MLE minus this times the policy's mean entropy at data states (a control)
+    train_examples: Optional[int] = None  # train on only the first n training examples (the small-data ablation)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -48,6 +50,12 @@ class Method:
             raise ValueError(f"policy_prompts must be >= 1; got {self.policy_prompts}")
         if self.chi2 not in losses.CHI2_SUPPORTS:
             raise ValueError(f"chi2 must be one of {losses.CHI2_SUPPORTS}; got {self.chi2!r}")
+        if not self.entropy_bonus >= 0:
+            raise ValueError(f"entropy_bonus must be >= 0; got {self.entropy_bonus}")
+        if self.entropy_bonus and self.kind != "mle":
+            raise ValueError(f"entropy_bonus is the MLE control (kind 'mle'); got kind {self.kind!r}")
+        if self.train_examples is not None and self.train_examples < 1:
+            raise ValueError(f"train_examples must be None (all) or >= 1; got {self.train_examples}")
 
 
 def make_loss_fn(method: Method, *, vocab_chunk: Optional[int] = None, window: Optional[int] = None,
@@ -66,6 +74,10 @@ def make_loss_fn(method: Method, *, vocab_chunk: Optional[int] = None, window: O
         return out.target_q, out.values, out.mask
 
     def loss_fn(model, batch, rng):
+        if method.entropy_bonus:  # the entropies need the (windowed) logits, also with vocab_chunk
+            out = rollout.causal_lm(model, batch["tokens"], mask=batch["mask"], window=window, need_logits=True)
+            return losses.mle_entropy_loss_from_q(out.target_q, out.values, losses.token_entropies(out.logits),
+                                                  out.mask, entropy_bonus=method.entropy_bonus)
         target_q, values, mask = soft_q(model, batch["tokens"], batch["mask"], width=window)
         if method.kind == "mle":
             return losses.mle_loss_from_q(target_q, values, mask)
@@ -107,7 +119,13 @@ def finetune(method: Method, base, stage: train.StageConfig, mesh, encoded: Dict
              pad_id: int, vocab_chunk: Optional[int] = None, resumable_keys=(), desc: str = "finetune",
              resume_hint: str = ""):
     """The method as one resumable stage from ``base`` on encoded rows (tokens, mask, prompt_lengths); returns
-    the fine-tuned model. Batches: ``batching.BatchSampler(seed=seed)``; online adds policy samples."""
+    the fine-tuned model. Batches: ``batching.BatchSampler(seed=seed)``; online adds policy samples. With
+    ``method.train_examples`` only the first that many rows are trained on (for the same number of steps)."""
+    if method.train_examples is not None:
+        if method.train_examples > len(encoded["tokens"]):
+            raise ValueError(f"method.train_examples={method.train_examples} exceeds the {len(encoded['tokens'])} "
+                             f"training examples")
+        encoded = {k: v[:method.train_examples] for k, v in encoded.items()}
     sampler = batching.BatchSampler(len(encoded["tokens"]), stage.batch_size, seed=seed)
     online = method.kind == "online"
     if online:

@@ -116,6 +116,16 @@ def diversify(problems: List[Problem], seed: int) -> List[Problem]:
     return [dict(p, answer=r.choice(solution_variants(p))) for p in problems]
 
 
+def expert_samples(problems: List[Problem], num_samples: int, seed: int) -> List[List[str]]:
+    """``num_samples`` solutions per problem as the diverse expert writes them: each drawn at random from the
+    problem's ``solution_variants`` (``diversify``'s distribution), deterministic in seed. Their Self-BLEU is the
+    expert's own diversity, the reference line for a model's samples."""
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1; got {num_samples}")
+    r = random.Random(seed)
+    return [[r.choice(variants) for _ in range(num_samples)] for variants in map(solution_variants, problems)]
+
+
 def make_splits(seed: int = 0, num_train: int = 2000, num_test: int = 200,
                 max_number: int = 60) -> Tuple[List[Problem], List[Problem]]:
     """(train, test) problem lists, deterministic in seed, with no question in both splits. max_number caps

@@ -52,11 +52,21 @@ class Task:
     metric: str  # the score's name, for tables
 
 
-def _arithmetic(cfg: TaskConfig) -> TaskData:
+def arithmetic_problems(cfg: TaskConfig):
+    """(train, test) problem lists of the built-in arithmetic task under ``cfg`` (the ones ``load`` formats), with
+    the training solutions diversified when ``cfg.diverse_solutions``: for analyses that need the problems'
+    structure (their solution variants, wrong solutions)."""
+    if cfg.name != "arithmetic":
+        raise ValueError(f"arithmetic_problems needs task 'arithmetic'; got {cfg.name!r}")
     train_set, test_set = arithmetic.make_splits(seed=0, num_train=cfg.train_examples, num_test=cfg.eval_examples,
                                                  max_number=cfg.max_number)
     if cfg.diverse_solutions:
         train_set = arithmetic.diversify(train_set, seed=1)
+    return train_set, test_set
+
+
+def _arithmetic(cfg: TaskConfig) -> TaskData:
+    train_set, test_set = arithmetic_problems(cfg)
     fmt = lambda p: f"Question: {p['question']}\nAnswer:"  # noqa: E731
     return TaskData([fmt(p) for p in train_set], [" " + p["answer"] for p in train_set],
                     [fmt(p) for p in test_set], [p["answer"] for p in test_set])

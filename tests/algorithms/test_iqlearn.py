@@ -9,7 +9,8 @@ from jax_irl.algorithms import iqlearn
 from jax_irl.models.config import TransformerConfig
 from jax_irl.models.transformer import Transformer
 
-METHODS = {"mle": iqlearn.Method("mle", gamma=0.9), "iqlearn": iqlearn.Method("iqlearn", td_weight=0.3, gamma=0.9),
+METHODS = {"mle": iqlearn.Method("mle", gamma=0.9), "mle_entropy": iqlearn.Method("mle", entropy_bonus=0.3, gamma=0.9),
+           "iqlearn": iqlearn.Method("iqlearn", td_weight=0.3, gamma=0.9),
            "online": iqlearn.Method("online", td_weight=0.5, gamma=0.9, alpha=0.2),
            "online_mixture": iqlearn.Method("online", td_weight=0.5, gamma=0.9, alpha=0.2, chi2="mixture")}
 
@@ -39,7 +40,7 @@ def reference_loss(method, model, b):
     logits = model(b["tokens"][:, :-1]).logits
     targets = b["tokens"][:, 1:]
     if method.kind == "mle":
-        return losses.mle_loss(logits, targets, b["mask"])[0]
+        return losses.mle_entropy_loss(logits, targets, b["mask"], entropy_bonus=method.entropy_bonus)[0]
     if method.kind == "iqlearn":
         return losses.iqlearn_loss(logits, targets, b["mask"], gamma=0.9, td_weight=method.td_weight)[0]
     policy_logits = model(b["policy_tokens"][:, :-1], attention_mask=b["policy_attention"][:, :-1]).logits
@@ -77,7 +78,9 @@ class _Chars:
 def test_method_fields_are_validated():
     for bad, match in ((dict(kind="ppo"), "kind must be one of"), (dict(td_weight=-1.0), "td_weight"),
                        (dict(gamma=0.0), "gamma"), (dict(alpha=1.5), "alpha"), (dict(policy_prompts=0), "policy_prompts"),
-                       (dict(chi2="both"), "chi2 must be one of")):
+                       (dict(chi2="both"), "chi2 must be one of"), (dict(entropy_bonus=-0.1), "entropy_bonus"),
+                       (dict(kind="iqlearn", entropy_bonus=0.1), "entropy_bonus is the MLE control"),
+                       (dict(train_examples=0), "train_examples")):
         with pytest.raises(ValueError, match=match):
             iqlearn.Method(**bad)
 
@@ -214,3 +217,29 @@ def test_loss_window_refuses_bad_input():
     with pytest.raises(ValueError, match="window needs the target mask"):
         rollout.causal_lm(None, jnp.ones((2, 5), jnp.int32), window=3)
     assert rollout.loss_window(np.zeros((2, 40))) == 8  # nothing counted: the smallest window
+
+
+def test_the_small_data_ablation_trains_on_the_first_rows_only(tmp_path, setup):
+    """Method(train_examples=n) gives bitwise the model trained on the first n rows, and refuses n > rows."""
+    from jax_irl import parallel, train
+
+    model, _ = setup
+    rng = np.random.default_rng(2)
+    encoded = {"tokens": rng.integers(3, 37, (40, 9)).astype(np.int32), "mask": np.ones((40, 8), np.float32),
+               "prompt_lengths": np.full(40, 3)}
+    encoded["mask"][:, :2] = 0.0
+    stage = train.StageConfig(steps=3, batch_size=8, optimizer=train.OptimizerConfig(learning_rate=1e-2))
+    mesh = parallel.make_mesh(parallel.MeshConfig())
+    kw = dict(seed=0, fingerprint={}, save_every=10, prompt_width=3, max_new_tokens=2, eos_id=0, pad_id=0)
+    small = iqlearn.finetune(iqlearn.Method("mle", train_examples=16), model, stage, mesh, encoded,
+                             str(tmp_path / "a"), **kw)
+    first = iqlearn.finetune(iqlearn.Method("mle"), model, stage, mesh, {k: v[:16] for k, v in encoded.items()},
+                             str(tmp_path / "b"), **kw)
+    whole = iqlearn.finetune(iqlearn.Method("mle"), model, stage, mesh, encoded, str(tmp_path / "c"), **kw)
+    leaves = lambda m: jax.tree.leaves(nnx.state(m, nnx.Param))  # noqa: E731
+    for a, b in zip(leaves(small), leaves(first)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(leaves(small), leaves(whole)))
+    with pytest.raises(ValueError, match="train_examples=41 exceeds the 40 training examples"):
+        iqlearn.finetune(iqlearn.Method("mle", train_examples=41), model, stage, mesh, encoded, str(tmp_path / "d"),
+                         **kw)

@@ -25,6 +25,29 @@ def test_solution_variants_hand_checked_and_diversified_answers_stay_true():
     assert 0.4 < np.mean([a["answer"] != b["answer"] for a, b in zip(diverse, train)]) < 0.9
 
 
+def test_expert_samples_are_the_diverse_experts_solutions():
+    from jax_irl.data import tasks
+
+    hand = {"question": "q", "final": 45, "steps": [("11 * 3", 33), ("2 * 6", 12), ("33 + 12", 45)]}
+    chained = {"question": "q", "final": 3, "steps": [("9 - 3", 6), ("6 / 2", 3)]}  # one text only
+    samples = arithmetic.expert_samples([hand, chained], 50, seed=0)
+    assert samples == arithmetic.expert_samples([hand, chained], 50, seed=0)
+    assert set(samples[0]) <= set(arithmetic.solution_variants(hand)) and len(set(samples[0])) > 8  # of 16
+    assert samples[1] == ["9 - 3 = 6\n6 / 2 = 3\n#### 3"] * 50 and metrics.self_bleu(samples[1:]) == 100.0
+    # Four draws (the evaluation's num_samples) of a problem with 16 texts differ: Self-BLEU below 100.
+    assert metrics.self_bleu(arithmetic.expert_samples([hand], 4, seed=0)) < 100.0
+    with pytest.raises(ValueError, match="num_samples must be >= 1"):
+        arithmetic.expert_samples([hand], 0, seed=0)
+    # The task's problems are the ones load() formats, diversified as its training responses are.
+    cfg = tasks.TaskConfig(train_examples=30, eval_examples=5, diverse_solutions=True)
+    train, test = tasks.arithmetic_problems(cfg)
+    data = tasks.load(cfg)
+    assert [" " + p["answer"] for p in train] == data.train_responses and [p["answer"] for p in test] == \
+        data.eval_references
+    with pytest.raises(ValueError, match="needs task 'arithmetic'"):
+        tasks.arithmetic_problems(tasks.TaskConfig(name="gsm8k"))
+
+
 def _true_line(line: str) -> bool:
     expr, value = line.split("=")
     a, op, b = expr.split()

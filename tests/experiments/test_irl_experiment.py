@@ -11,7 +11,7 @@ from experiments import run
 from jax_irl import checkpoint, parallel, sweep
 from jax_irl.algorithms import iqlearn
 
-TINY = ["methods=(mle,iqlearn:0.1,online:0.1)", "seeds=(0)", "base.pretrain.steps=6", "finetune.steps=4",
+TINY = ["methods=(mle,mle+entropy,iqlearn:0.1,online:0.1)", "seeds=(0)", "base.pretrain.steps=6", "finetune.steps=4",
         "finetune.optimizer.warmup_steps=1", "base.pretrain.optimizer.warmup_steps=1", "task.train_examples=64",
         "task.eval_examples=4", "finetune.batch_size=8", "evaluation.num_samples=2", "evaluation.max_new_tokens=8",
         "base.vocab_size=300", "base.model.hidden_size=32", "base.model.intermediate_size=64", "save_every=2",
@@ -36,6 +36,9 @@ def test_methods_are_typed_variants_overridable_and_addable_from_the_command_lin
         run.apply_overrides(mod.config(), ["variants.mle.tdweight=1"])
     with pytest.raises(ValueError, match=r"unknown: \['dpo'\]"):
         mod.validate(run.apply_overrides(mod.config(), ["methods=(mle,dpo)"]))
+    # The small-data ablation needs that many training problems; refused before anything runs.
+    with pytest.raises(ValueError, match=r"variant 'mle@250' trains on 250 examples but task.train_examples is 100"):
+        mod.validate(run.apply_overrides(mod.config(), ["task.train_examples=100"]))
 
 
 def test_base_fingerprint_depends_on_the_base_and_task_only(tmp_path):
@@ -87,7 +90,7 @@ def test_irl_experiment_end_to_end_and_resume(tmp_path, capsys):
     assert "| mle | 0.5 |" in out and "| online:0.1 | 1 |" in out
     with open(os.path.join(folder, "results.json")) as f:
         results = json.load(f)
-    assert set(results["summary"]) == {"mle", "iqlearn:0.1", "online:0.1"}
+    assert set(results["summary"]) == {"mle", "mle+entropy", "iqlearn:0.1", "online:0.1"}
     for method, temps in results["summary"].items():
         assert set(temps) == {"0", "0.5", "1"}
         for vals in temps.values():
@@ -96,14 +99,19 @@ def test_irl_experiment_end_to_end_and_resume(tmp_path, capsys):
         assert temps["0"]["self_bleu"][0] == pytest.approx(100.0)  # greedy: a prompt's samples are identical
     # Accuracy at matched diversity against MLE, read off the frontiers (one seed here: no standard error).
     matched = results["matched_diversity"]
-    assert set(matched) == {"iqlearn:0.1", "online:0.1"}
+    assert set(matched) == {"mle+entropy", "iqlearn:0.1", "online:0.1"}
     for m in matched.values():
         assert 0.0 <= m["self_bleu"] <= 100.0 and 0.0 <= m["accuracy"][0] <= 1.0 and -1.0 <= m["gap"][0] <= 1.0
+    # The extracted rewards scored on the 4 held-out (correct, wrong) pairs; the diverse expert's own Self-BLEU.
+    assert set(results["reward_pair_accuracy"]) == set(results["summary"])
+    assert all(v[0] in (0.0, 0.25, 0.5, 0.75, 1.0) for v in results["reward_pair_accuracy"].values())
+    assert 0.0 < results["expert_self_bleu"] <= 100.0
     assert os.path.getsize(os.path.join(folder, "accuracy_vs_diversity.png")) > 10_000
     assert os.path.getsize(os.path.join(folder, "metrics_vs_temperature.png")) > 10_000
     with open(os.path.join(folder, "results.md")) as f:
         text = f.read()
-    assert text.count("\n| ") == 9 + 3 and "| method | matched Self-BLEU | accuracy there | gap to mle |" in text
+    assert text.count("\n| ") == 12 + 5
+    assert "| method | matched Self-BLEU | accuracy there | gap to mle | reward pair accuracy |" in text
     # The online run trained on its own samples: its logged value gaps are there.
     with open(os.path.join(folder, "runs", "online_0.1-seed0", "metrics.jsonl")) as f:
         assert all("policy_value_gap" in json.loads(line) for line in f)
@@ -115,6 +123,6 @@ def test_irl_experiment_end_to_end_and_resume(tmp_path, capsys):
     assert again["per_run"]["mle"]["0"] == before and set(again["per_run"]["mle"]) == {"0", "1"}
     # A finished run is never reused under a changed variant: refused, with the difference named.
     saved = open(os.path.join(folder, "config.json")).read()
-    with pytest.raises(sweep.StaleResultError, match="variant.gamma: finished run has 1.0, now 0.5"):
+    with pytest.raises(sweep.StaleResultError, match="variant.gamma: finished run has 0.9, now 0.5"):
         run.main(["irl_arithmetic", "variants.mle.gamma=0.5", "--run-dir", folder])
     assert open(os.path.join(folder, "config.json")).read() == saved  # a refused resume leaves the folder as it was
