@@ -168,7 +168,14 @@ def run(cfg: IRLConfig, run_dir: str) -> dict:
     pairs = {m: sweep.mean_se(v) for m, v in pairs.items()}
     metric = tasks.get(cfg.task.name).metric
     cols = (dataclasses.replace(COLUMNS[0], header=metric),) + COLUMNS[1:]
-    matched = matched_diversity(by_temperature, reference=cfg.methods[0])
+    # Each method against the first method trained on the same data (all of it, or its train_examples): the
+    # small-data variants against the small-data MLE, the rest against MLE.
+    matched = {}
+    for name in cfg.methods:
+        same_data = [m for m in cfg.methods if cfg.variants[m].train_examples == cfg.variants[name].train_examples]
+        if name != same_data[0]:
+            found = matched_diversity({m: by_temperature[m] for m in (same_data[0], name)}, reference=same_data[0])
+            matched.update({k: dict(v, reference=same_data[0]) for k, v in found.items()})
     expert_bleu = None if expert is None else expert["self_bleu"]
     summary = sweep.report(run_dir, by_temperature, cols, group_label="temperature", matched_diversity=matched,
                            reward_pair_accuracy=pairs, expert_self_bleu=expert_bleu,
@@ -215,21 +222,21 @@ def matched_diversity(per_run: Dict[str, Dict[int, dict]], reference: str) -> Di
 
 
 def method_table(methods: Sequence[str], matched: Dict[str, dict], pairs: Dict[str, list], metric: str) -> str:
-    """One row per method: its accuracy at matched diversity and the gap to the reference (the first method),
-    and its extracted reward's accuracy at ranking held-out (correct, wrong) pairs."""
-    reference = methods[0]
-    lines = [f"| method | matched Self-BLEU | {metric} there | gap to {reference} | reward pair accuracy |",
-             "|---|---|---|---|---|"]
+    """One row per method: its accuracy at matched diversity and the gap to its reference (``matched``'s
+    'reference', the first method trained on the same data), and its extracted reward's accuracy at ranking
+    held-out (correct, wrong) pairs."""
+    lines = [f"| method | against | matched Self-BLEU | {metric} there | gap | reward pair accuracy |",
+             "|---|---|---|---|---|---|"]
     for name in methods:
         m = matched.get(name)
-        where = "" if m is None else f"{m['self_bleu']:.1f}"
-        acc = "" if m is None else sweep.cell(*m["accuracy"], 3)
-        gap = "" if m is None else sweep.cell(*m["gap"], 3)
+        cells = ["", "", "", ""] if m is None else [m["reference"], f"{m['self_bleu']:.1f}",
+                                                    sweep.cell(*m["accuracy"], 3), sweep.cell(*m["gap"], 3)]
         pair = "" if np.isnan(pairs[name][0]) else sweep.cell(*pairs[name], 3)
-        lines.append(f"| {name} | {where} | {acc} | {gap} | {pair} |")
+        lines.append("| " + " | ".join([name] + cells + [pair]) + " |")
     return "\n".join(lines) + (
         f"\n\n{metric.capitalize()} read off each seed's frontier (Self-BLEU against {metric} over the evaluation "
-        f"temperatures, interpolated) at the middle of the Self-BLEU range that the method and {reference} both "
-        f"cover; gap: mean ± standard error over seeds. Reward pair accuracy: how often the extracted reward "
-        f"(summed implied rewards) ranks a held-out problem's correct solution above a wrong one (one slipped "
+        f"temperatures, interpolated) at the middle of the Self-BLEU range that the method and the one it is "
+        f"compared against (the first method trained on the same data) both cover; gap: the method minus that "
+        f"one, mean ± standard error over seeds. Reward pair accuracy: how often the extracted reward (summed "
+        f"implied rewards) ranks a held-out problem's correct solution above a wrong one (one slipped "
         f"calculation, carried on); 0.5 is chance.")

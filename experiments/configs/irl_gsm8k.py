@@ -1,11 +1,14 @@
 """The inverse-RL comparison at paper scale: GSM8K from TFDS, fine-tuning a local Hugging Face checkpoint.
 
-The same sweep, metrics and outputs as ``irl_arithmetic`` (MLE, offline IQLearn over td_weight, online IQLearn
-with alpha = 0.1; three seeds; accuracy, Self-BLEU, distinct-n, entropy and reward-accuracy Spearman along the
-accuracy-diversity frontier, greedy and five temperatures, with the accuracy at matched diversity against MLE),
-sized for accelerators: bf16 compute with float32 parameters, FSDP over every device, losses
-computed from hidden states in vocabulary chunks (no [B, T, V] logits), and evaluation of all 1319 test
-problems in batches.
+The same sweep, metrics and outputs as ``irl_arithmetic`` (gamma 0.9; MLE, MLE with an entropy bonus, offline
+IQLearn over td_weight, IQLearn at gamma 1, online IQLearn with alpha = 0.1, and the small-data ablation, here on
+1000 of GSM8K's 7473 problems; three seeds; accuracy, Self-BLEU, distinct-n, entropy and reward-accuracy
+Spearman along the accuracy-diversity frontier, greedy and five temperatures, with the accuracy at matched
+diversity against MLE), sized for accelerators: bf16 compute with float32 parameters, FSDP over every device,
+losses computed from hidden states in vocabulary chunks (no [B, T, V] logits; the entropy-bonus control still
+builds the logits of each row's response window, which its entropies need), and evaluation of all 1319 test
+problems in batches. GSM8K has one solution per problem, so there is no expert Self-BLEU line and no held-out
+(correct, wrong) pair scoring, which need the built-in task's solution variants and wrong solutions.
 
     python -m experiments.run irl_gsm8k base.hf_checkpoint=/models/Qwen2.5-0.5B task.data_dir=/data/tensorflow_datasets
 
@@ -19,9 +22,21 @@ import dataclasses
 
 from experiments import lm_base
 from experiments.configs import irl_arithmetic
-from experiments.configs.irl_arithmetic import RESUMABLE, VARIANTS, EvalConfig, IRLConfig, run  # noqa: F401
+from experiments.configs.irl_arithmetic import (DEFAULT_METHODS, GAMMA, RESUMABLE, SMALL_DATA,  # noqa: F401
+                                                 VARIANTS, EvalConfig, IRLConfig, run)
 from jax_irl import parallel, train
+from jax_irl.algorithms.iqlearn import Method
 from jax_irl.data import tasks
+
+SMALL = 1000  # the small-data ablation at this scale: 1000 of the 7473 training problems
+
+
+def variants() -> dict:
+    """The arithmetic variants, 16 policy prompts per step for online, the small-data ones on ``SMALL`` problems."""
+    out = {name: dataclasses.replace(m, policy_prompts=16) for name, m in VARIANTS.items() if m.train_examples is None}
+    out[f"mle@{SMALL}"] = Method("mle", gamma=GAMMA, train_examples=SMALL)
+    out[f"iqlearn:0.1@{SMALL}"] = Method("iqlearn", td_weight=0.1, gamma=GAMMA, train_examples=SMALL)
+    return out
 
 
 def config() -> IRLConfig:
@@ -33,7 +48,8 @@ def config() -> IRLConfig:
         finetune=train.StageConfig(steps=1000, batch_size=64, optimizer=train.OptimizerConfig(
             learning_rate=1e-5, schedule="cosine", warmup_steps=50, weight_decay=0.0, max_grad_norm=1.0)),
         evaluation=EvalConfig(num_samples=4, max_new_tokens=256, prompts_per_batch=128, rows_per_score=32),
-        variants={name: dataclasses.replace(m, policy_prompts=16) for name, m in VARIANTS.items()},
+        variants=variants(),
+        methods=tuple(m.replace(f"@{SMALL_DATA}", f"@{SMALL}") for m in DEFAULT_METHODS),
         vocab_chunk=16384,
         mesh=parallel.MeshConfig(data=1, fsdp=-1),
         save_every=250,

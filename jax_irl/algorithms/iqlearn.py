@@ -3,7 +3,8 @@
 A ``Method`` is a typed variant: ``kind`` 'mle', 'iqlearn' (offline) or 'online' (the policy's own samples
 mixed into IQLearn's value term with weight ``alpha``), with ``td_weight``, ``gamma`` and, for online,
 ``alpha``, ``policy_prompts`` (prompts sampled per step) and ``chi2`` (the chi^2 term on data, or on the
-data/policy mixture as in the original IQ-Learn) as fields. ``make_loss_fn`` turns it into a
+data/policy mixture as in the original IQ-Learn) as fields; for the paper's controls, ``entropy_bonus`` (MLE
+with an entropy bonus, ``losses.mle_entropy_loss``) and ``train_examples`` (train on the first n examples only). ``make_loss_fn`` turns it into a
 ``loss_fn(model, batch, rng)`` for ``train.Trainer``; ``online_batch_fn`` adds the policy samples to the data
 batches; ``finetune`` runs the method as one resumable stage; ``evaluate`` samples n responses per prompt at
 each temperature and reports task score, diversity (Self-BLEU, distinct-n, entropy) and how well the model's
@@ -125,7 +126,8 @@ def finetune(method: Method, base, stage: train.StageConfig, mesh, encoded: Dict
         if method.train_examples > len(encoded["tokens"]):
             raise ValueError(f"method.train_examples={method.train_examples} exceeds the {len(encoded['tokens'])} "
                              f"training examples")
-        encoded = {k: v[:method.train_examples] for k, v in encoded.items()}
+        rows = len(encoded["tokens"])  # per-row arrays are cut; anything else (e.g. a 'truncated' count) is kept
+        encoded = {k: v[:method.train_examples] if np.ndim(v) and len(v) == rows else v for k, v in encoded.items()}
     sampler = batching.BatchSampler(len(encoded["tokens"]), stage.batch_size, seed=seed)
     online = method.kind == "online"
     if online:

@@ -72,14 +72,15 @@ def _arithmetic(cfg: TaskConfig) -> TaskData:
                     [fmt(p) for p in test_set], [p["answer"] for p in test_set])
 
 
-def _tfds(eval_split: str):
-    def load(cfg: TaskConfig) -> TaskData:
-        train_set = tfds_sources.load_examples(cfg.name, "train", data_dir=cfg.data_dir, limit=cfg.train_examples)
-        test_set = tfds_sources.load_examples(cfg.name, eval_split, data_dir=cfg.data_dir, limit=cfg.eval_examples)
-        return TaskData([r["prompt"] for r in train_set], [r["response"] for r in train_set],
-                        [r["prompt"] for r in test_set], [r["response"].strip() for r in test_set])
-
-    return load
+def _tfds(cfg: TaskConfig) -> TaskData:
+    """A TFDS task of ``tfds_sources``: its 'train' split for training, its held-out ``eval_split`` for evaluation."""
+    eval_split = tfds_sources.TASKS[cfg.name].eval_split
+    if eval_split == "train":
+        raise ValueError(f"TFDS task {cfg.name!r} would evaluate on its training split")
+    train_set = tfds_sources.load_examples(cfg.name, "train", data_dir=cfg.data_dir, limit=cfg.train_examples)
+    test_set = tfds_sources.load_examples(cfg.name, eval_split, data_dir=cfg.data_dir, limit=cfg.eval_examples)
+    return TaskData([r["prompt"] for r in train_set], [r["response"] for r in train_set],
+                    [r["prompt"] for r in test_set], [r["response"].strip() for r in test_set])
 
 
 def _jsonl(cfg: TaskConfig) -> TaskData:
@@ -206,10 +207,10 @@ def load(cfg: TaskConfig) -> TaskData:
 
 
 register(Task("arithmetic", _arithmetic, exact_match, "accuracy"))
-register(Task("gsm8k", _tfds("test"), exact_match, "accuracy"))
-register(Task("xsum", _tfds("test"), rouge1, "ROUGE-1"))
-register(Task("tldr", _tfds("train"), rouge1, "ROUGE-1"))
-register(Task("wmt_de_en", _tfds("test"), sentence_bleu, "BLEU"))
+register(Task("gsm8k", _tfds, exact_match, "accuracy"))
+register(Task("xsum", _tfds, rouge1, "ROUGE-1"))
+register(Task("tldr", _tfds, rouge1, "ROUGE-1"))
+register(Task("wmt_de_en", _tfds, sentence_bleu, "BLEU"))
 register(Task("jsonl", _jsonl, rouge1, "ROUGE-1"))
 register(Task("game24", _game24, game24_solved, "success"))
 register(Task("pseudocode", _pseudocode, program_passes, "pass rate"))

@@ -2,7 +2,17 @@
 
 Never downloads: a dataset that is not prepared under the data directory raises at once with the command that
 prepares it. Tasks: gsm8k (grade-school math, GSM8K's '####' answers), xsum (summarisation), tldr
-(reddit_tifu/long: TL;DR summaries), wmt_de_en (wmt14 German -> English).
+(reddit_tifu/long_split: TL;DR summaries), wmt_de_en (wmt14 German -> English). Each task trains on its
+'train' split and is evaluated on its held-out ``eval_split``.
+
+Against the data Wulfmeier et al. 2024 name: GSM8K and XSUM are the same datasets. Their 'TLDR' is Reddit
+TL;DR summarisation; its usual version (Stiennon et al. 2020) is a filtered subset (about 123k posts) of
+Webis-TLDR-17, which TFDS ships as ``reddit`` with a train split only. ``tldr`` here reads TFDS
+``reddit_tifu/long_split`` instead (Kim et al. 2019: posts of r/tifu only, their TL;DR lines as summaries, about 42k),
+a smaller and narrower corpus of the same kind, with fixed train/validation/test splits (80/10/10, those
+of PEGASUS). Their 'WMT22' has no TFDS builder
+(the newest is wmt19); ``wmt_de_en`` reads wmt14 German -> English. For their exact data, write it as a JSONL
+file of prompt/response records and use task 'jsonl'.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ class TfdsTask:
     module: str  # the tensorflow_datasets module that registers the builder
     format: Callable[[Dict], Dict[str, str]]
     reference_field: str  # the record field that holds the reference output
+    eval_split: str = "test"  # the held-out split evaluated on (never 'train')
 
 
 TASKS: Dict[str, TfdsTask] = {
@@ -31,7 +42,7 @@ TASKS: Dict[str, TfdsTask] = {
     "xsum": TfdsTask("xsum", "tensorflow_datasets.summarization",
                      lambda r: {"prompt": f"Summarize:\n{_text(r['document'])}\nSummary:",
                                 "response": " " + _text(r["summary"])}, "summary"),
-    "tldr": TfdsTask("reddit_tifu/long", "tensorflow_datasets.summarization",
+    "tldr": TfdsTask("reddit_tifu/long_split", "tensorflow_datasets.summarization",
                      lambda r: {"prompt": f"{_text(r['documents'])}\nTL;DR:", "response": " " + _text(r["tldr"])},
                      "tldr"),
     "wmt_de_en": TfdsTask("wmt14_translate/de-en", "tensorflow_datasets.translate",

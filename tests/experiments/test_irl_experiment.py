@@ -102,6 +102,7 @@ def test_irl_experiment_end_to_end_and_resume(tmp_path, capsys):
     assert set(matched) == {"mle+entropy", "iqlearn:0.1", "online:0.1"}
     for m in matched.values():
         assert 0.0 <= m["self_bleu"] <= 100.0 and 0.0 <= m["accuracy"][0] <= 1.0 and -1.0 <= m["gap"][0] <= 1.0
+        assert m["reference"] == "mle"
     # The extracted rewards scored on the 4 held-out (correct, wrong) pairs; the diverse expert's own Self-BLEU.
     assert set(results["reward_pair_accuracy"]) == set(results["summary"])
     assert all(v[0] in (0.0, 0.25, 0.5, 0.75, 1.0) for v in results["reward_pair_accuracy"].values())
@@ -111,7 +112,8 @@ def test_irl_experiment_end_to_end_and_resume(tmp_path, capsys):
     with open(os.path.join(folder, "results.md")) as f:
         text = f.read()
     assert text.count("\n| ") == 12 + 5
-    assert "| method | matched Self-BLEU | accuracy there | gap to mle | reward pair accuracy |" in text
+    assert "| method | against | matched Self-BLEU | accuracy there | gap | reward pair accuracy |" in text
+    assert "| mle+entropy | mle | " in text
     # The online run trained on its own samples: its logged value gaps are there.
     with open(os.path.join(folder, "runs", "online_0.1-seed0", "metrics.jsonl")) as f:
         assert all("policy_value_gap" in json.loads(line) for line in f)
