@@ -1,15 +1,18 @@
 """Inverse-RL imitation (Wulfmeier et al. 2024) on built-in GSM8K-style arithmetic, CPU-sized.
 
-A base model (``experiments.lm_base``) is fine-tuned on question -> solution pairs by each method variant
-(MLE, offline IQLearn over a sweep of td_weight, online IQLearn with alpha = 0.1) for several seeds; each model
-is evaluated greedily and at five sampling temperatures (its accuracy-diversity frontier): task accuracy,
-diversity (Self-BLEU, distinct-n, entropy) and the Spearman correlation between its extracted rewards and
-correctness (with its within- and across-prompt parts in results.json). Each method's accuracy at matched
-diversity against the first method (MLE) is read off the frontiers. Results: results.json, results.md
-(mean +- standard error over seeds), PNG plots.
+A base model (``experiments.lm_base``) is fine-tuned on question -> solution pairs, each solution drawn from the
+problem's valid texts (a diverse expert), by each method variant at gamma = 0.9: MLE, MLE with an entropy bonus
+(the control), offline IQLearn (td_weight 0.01 and 0.1, and 0.1 at gamma = 1), online IQLearn with alpha = 0.1,
+and MLE and IQLearn on 250 problems only (the small-data ablation); several seeds each. Each model is evaluated
+greedily and at five sampling temperatures (its accuracy-diversity frontier): task accuracy, diversity
+(Self-BLEU, distinct-n, entropy), the Spearman correlation between its extracted rewards and correctness (with
+its within- and across-prompt parts in results.json), and how often its extracted reward ranks a held-out
+problem's correct solution above a wrong one. Each method's accuracy at matched diversity against the first
+method trained on the same data is read off the frontiers; the expert's own Self-BLEU is the plot's reference
+line. Results: results.json, results.md (mean +- standard error over seeds), PNG plots.
 
     python -m experiments.run irl_arithmetic [seeds=(0,1,2)] [methods=(mle,iqlearn:0.1)]
-        [variants.iqlearn:0.1.gamma=0.9] [variants.mine.kind=online variants.mine.td_weight=0.5 methods=(mle,mine)]
+        [variants.iqlearn:0.1.gamma=0.99] [variants.mine.kind=online variants.mine.td_weight=0.5 methods=(mle,mine)]
 
 Finished (method, seed) runs are kept in the run folder, so pointing --run-dir at it resumes the sweep; methods,
 seeds and new variants may be added then.
