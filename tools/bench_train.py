@@ -17,8 +17,9 @@ Sides (each one compiled step or one eager step):
   model's forward inside the step (no_grad), as hand-written DPO loops do.
 
 Timing: one warm-up call per side (compilation for JAX: its time is reported), then --steps rounds in which
-every side runs one step in turn (interleaved, so that load on the machine hits every side alike); the median and
-the range. Memory: every side again in a fresh child process of its own (no other side loaded), the peak resident
+every side runs one step in turn (interleaved, so that load on the machine hits every side alike; the order
+rotates by one side per round, since the first side of a round was seen to run slower); the median and the
+range. Memory: every side again in a fresh child process of its own (no other side loaded), the peak resident
 set size during --mem-steps steps after warm-up (``VmHWM``, reset through /proc/self/clear_refs before the
 steps) minus the resident size right after the imports, i.e. model, optimizer state and the step's working set
 as the allocator holds them. The allocator in use is named in the header (glibc's malloc unless jemalloc or
@@ -222,8 +223,10 @@ def main(argv=None):
         steps[name]()
         first[name] = time.perf_counter() - start
     times = {name: [] for name in sides}
-    for _ in range(args.steps):
-        for name in sides:
+    for r in range(args.steps):
+        # The order rotates every round: whichever side runs first in a round runs slower (up to 30% at W2 with
+        # a fixed order, also with a 1 s pause between sides), so every side takes that place equally often.
+        for name in sides[r % len(sides):] + sides[:r % len(sides)]:
             start = time.perf_counter()
             steps[name]()
             times[name].append(time.perf_counter() - start)

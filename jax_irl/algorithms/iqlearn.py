@@ -4,12 +4,13 @@ A ``Method`` is a typed variant: ``kind`` 'mle', 'iqlearn' (offline) or 'online'
 mixed into IQLearn's value term with weight ``alpha``), with ``td_weight``, ``gamma`` and, for online,
 ``alpha``, ``policy_prompts`` (prompts sampled per step) and ``chi2`` (the chi^2 term on data, or on the
 data/policy mixture as in the original IQ-Learn) as fields; for the paper's controls, ``entropy_bonus`` (MLE
-with an entropy bonus, ``losses.mle_entropy_loss``) and ``train_examples`` (train on the first n examples only). ``make_loss_fn`` turns it into a
-``loss_fn(model, batch, rng)`` for ``train.Trainer``; ``online_batch_fn`` adds the policy samples to the data
-batches; ``finetune`` runs the method as one resumable stage; ``evaluate`` samples n responses per prompt at
-each temperature and reports task score, diversity (Self-BLEU, distinct-n, entropy) and how well the model's
-extracted rewards (summed implied rewards of its own samples) rank good above bad samples (Spearman, and its
-within- and across-prompt parts); ``reward_pair_accuracy`` scores them on given (correct, wrong) pairs.
+with an entropy bonus, ``losses.mle_entropy_loss``) and ``train_examples`` (train on the first n examples
+only). ``make_loss_fn`` turns it into a ``loss_fn(model, batch, rng)`` for ``train.Trainer``; ``online_batch_fn``
+adds the policy samples to the data batches; ``finetune`` runs the method as one resumable stage; ``evaluate``
+samples n responses per prompt at each temperature and reports task score, diversity (Self-BLEU, distinct-n,
+entropy) and how well the model's extracted rewards (summed implied rewards of its own samples) rank good above
+bad samples (Spearman, and its within- and across-prompt parts); ``reward_pair_accuracy`` scores them on given
+(correct, wrong) pairs.
 The losses and their derivation are in ``losses.imitation``.
 """
 

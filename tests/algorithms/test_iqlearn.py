@@ -233,7 +233,8 @@ def test_the_small_data_ablation_trains_on_the_first_rows_only(tmp_path, setup):
     kw = dict(seed=0, fingerprint={}, save_every=10, prompt_width=3, max_new_tokens=2, eos_id=0, pad_id=0)
     small = iqlearn.finetune(iqlearn.Method("mle", train_examples=16), model, stage, mesh, encoded,
                              str(tmp_path / "a"), **kw)
-    first = iqlearn.finetune(iqlearn.Method("mle"), model, stage, mesh, {k: v[:16] if np.ndim(v) else v for k, v in encoded.items()},
+    first_rows = {k: v[:16] if np.ndim(v) else v for k, v in encoded.items()}
+    first = iqlearn.finetune(iqlearn.Method("mle"), model, stage, mesh, first_rows,
                              str(tmp_path / "b"), **kw)
     whole = iqlearn.finetune(iqlearn.Method("mle"), model, stage, mesh, encoded, str(tmp_path / "c"), **kw)
     leaves = lambda m: jax.tree.leaves(nnx.state(m, nnx.Param))  # noqa: E731
