@@ -14,7 +14,9 @@ Sides (each one compiled step or one eager step):
   (``train.reference_log_probs``, which is compiled once);
 - PyTorch: transformers' ``LlamaForCausalLM`` (sdpa attention) with ``torch.optim.AdamW`` in eager mode, the
   loss written by hand on the full logits (``model(x).logits``, the usual idiom), and DPO with the reference
-  model's forward inside the step (no_grad), as hand-written DPO loops do.
+  model's forward inside the step (no_grad), as hand-written DPO loops do;
+- TRL (when installed; an optional extra, never a test dependency): ``SFTTrainer`` and ``DPOTrainer`` on the
+  same model and rows, each step the trainer's own ``training_step`` plus clipping and AdamW (``trl_side``).
 
 Timing: one warm-up call per side (compilation for JAX: its time is reported), then --steps rounds in which
 every side runs one step in turn (interleaved, so that load on the machine hits every side alike; the order
@@ -31,6 +33,7 @@ tcmalloc is preloaded). Prints one markdown table. Run it on a quiet machine.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -42,8 +45,9 @@ SIZES = {"W1": dict(hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=4, 
          "W2": dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, intermediate_size=1376)}
 VOCAB, ROWS, LENGTH, LOSS_TOKENS = 8192, 16, 256, 128
 LR, CLIP = 1e-5, 1.0
-SIDES = ("jax_irl SFT", "jax_irl SFT (full logits)", "jax_irl SFT bf16", "jax_irl IQLearn", "jax_irl DPO (ref precomputed)",
-         "jax_irl ref log-probs", "PyTorch SFT", "PyTorch DPO (ref in step)")
+SIDES = ("jax_irl SFT", "jax_irl SFT (full logits)", "jax_irl SFT bf16", "jax_irl IQLearn",
+         "jax_irl DPO (ref precomputed)", "jax_irl ref log-probs", "PyTorch SFT", "PyTorch DPO (ref in step)")
+TRL_SIDES = ("TRL SFT", "TRL DPO (ref in step)")  # run by default when TRL is installed (pip install trl)
 
 
 def allocator() -> str:
@@ -120,9 +124,7 @@ def jax_side(name: str, size: str):
     return step
 
 
-def torch_side(name: str, size: str):
-    import copy
-
+def _torch_llama(size: str):
     import torch
     import transformers
 
@@ -132,7 +134,16 @@ def torch_side(name: str, size: str):
                                    intermediate_size=dims["intermediate_size"], num_hidden_layers=dims["num_layers"],
                                    num_attention_heads=dims["num_heads"], num_key_value_heads=dims["num_kv_heads"],
                                    max_position_embeddings=LENGTH, attn_implementation="sdpa")
-    model = transformers.LlamaForCausalLM(cfg).train()
+    return transformers.LlamaForCausalLM(cfg).train()
+
+
+def torch_side(name: str, size: str):
+    import copy
+
+    import torch
+    import transformers
+
+    model = _torch_llama(size)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
     tokens, mask = data()
     x = torch.as_tensor(tokens, dtype=torch.long)
@@ -171,8 +182,68 @@ def torch_side(name: str, size: str):
     return step
 
 
+def trl_side(name: str, size: str):
+    """TRL's own trainers on the same model, rows and loss span: ``SFTTrainer`` (completion-only loss) and
+    ``DPOTrainer`` (sigmoid loss, beta 0.1, the reference model's forward inside the step), each step being the
+    trainer's ``training_step`` (its collated batch, its loss and metrics, backward) plus clipping and AdamW, as
+    its training loop does. TRL's DPO tokenizes text, so its prompts and completions are the same ids written as
+    words of a word-level tokenizer, each completion 127 ids plus TRL's EOS."""
+    import copy
+    import logging
+    import tempfile
+    import warnings
+
+    import datasets
+    import torch
+    import transformers
+    import trl
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger("trl").setLevel(logging.ERROR)
+    datasets.disable_progress_bars()
+    model = _torch_llama(size)
+    words = Tokenizer(models.WordLevel({f"t{i}": i for i in range(VOCAB)}, unk_token="t0"))
+    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=words, pad_token="t0", eos_token="t1")
+    tokens, _ = data()
+    prompt = LENGTH - LOSS_TOKENS
+    common = dict(output_dir=tempfile.mkdtemp(prefix="bench_trl_"), learning_rate=LR, weight_decay=0.0,
+                  max_grad_norm=CLIP, max_length=LENGTH, report_to="none", use_cpu=True, logging_strategy="no",
+                  save_strategy="no", dataloader_num_workers=0, max_steps=1000)
+    if name == "TRL SFT":
+        ds = datasets.Dataset.from_dict({"input_ids": [[int(i) for i in r] for r in tokens],
+                                         "completion_mask": [[0] * prompt + [1] * LOSS_TOKENS] * len(tokens)})
+        trainer = trl.SFTTrainer(model=model, train_dataset=ds, processing_class=tok, args=trl.SFTConfig(
+            per_device_train_batch_size=ROWS, completion_only_loss=True, **common))
+    elif name == "TRL DPO (ref in step)":
+        text = lambda ids: "".join(f" t{int(i)}" for i in ids)  # noqa: E731
+        pairs = range(ROWS // 2)
+        ds = datasets.Dataset.from_dict({"prompt": [text(tokens[2 * i][:prompt]) for i in pairs],
+                                         "chosen": [text(tokens[2 * i][prompt:-1]) for i in pairs],
+                                         "rejected": [text(tokens[2 * i + 1][prompt:-1]) for i in pairs]})
+        trainer = trl.DPOTrainer(model=model, ref_model=copy.deepcopy(model).eval(), train_dataset=ds,
+                                 processing_class=tok, args=trl.DPOConfig(per_device_train_batch_size=ROWS // 2,
+                                                                          beta=0.1, **common))
+    else:
+        raise ValueError(name)
+    trainer.create_optimizer_and_scheduler(num_training_steps=1000)
+    trainer.current_gradient_accumulation_steps = 1  # set by Trainer's own loop, which is not run here
+    batch = next(iter(trainer.get_train_dataloader()))
+
+    def step():
+        trainer.model.train()
+        trainer.training_step(trainer.model, batch)
+        torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), CLIP)
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad(set_to_none=True)
+    return step
+
+
 def make(name: str, size: str):
-    return jax_side(name, size) if name.startswith("jax_irl") else torch_side(name, size)
+    if name.startswith("jax_irl"):
+        return jax_side(name, size)
+    return trl_side(name, size) if name.startswith("TRL") else torch_side(name, size)
 
 
 def memory_child(name: str, size: str, steps: int) -> None:
@@ -183,6 +254,8 @@ def memory_child(name: str, size: str, steps: int) -> None:
     else:
         import torch  # noqa: F401
         import transformers  # noqa: F401
+        if name.startswith("TRL"):
+            import trl  # noqa: F401
     base = _status("VmRSS")
     step = make(name, size)
     step()
@@ -200,15 +273,17 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--mem-steps", type=int, default=3)
     p.add_argument("--no-memory", action="store_true")
-    p.add_argument("--sides", default=",".join(SIDES), help="comma-separated subset of: " + ", ".join(SIDES))
+    known = SIDES + TRL_SIDES
+    default = SIDES + (TRL_SIDES if importlib.util.find_spec("trl") else ())
+    p.add_argument("--sides", default=",".join(default), help="comma-separated subset of: " + ", ".join(known))
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.steps < 1 or args.mem_steps < 1:
         p.error("--steps and --mem-steps must be >= 1")
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
-    unknown = [s for s in sides if s not in SIDES]
+    unknown = [s for s in sides if s not in known]
     if unknown:
-        p.error(f"unknown sides {unknown}; choose from {list(SIDES)}")
+        p.error(f"unknown sides {unknown}; choose from {list(known)}")
     if args.memory_child:
         memory_child(args.memory_child, args.size, args.mem_steps)
         return
