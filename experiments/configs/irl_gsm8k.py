@@ -22,21 +22,18 @@ import dataclasses
 
 from experiments import lm_base
 from experiments.configs import irl_arithmetic
-from experiments.configs.irl_arithmetic import (DEFAULT_METHODS, GAMMA, RESUMABLE, SMALL_DATA,  # noqa: F401
-                                                 VARIANTS, EvalConfig, IRLConfig, run)
+from experiments.configs.irl_arithmetic import (DEFAULT_METHODS, RESUMABLE, SMALL_DATA,  # noqa: F401
+                                                 VARIANTS, EvalConfig, IRLConfig, run, small_data_variants)
 from jax_irl import parallel, train
-from jax_irl.algorithms.iqlearn import Method
 from jax_irl.data import tasks
 
 SMALL = 1000  # the small-data ablation at this scale: 1000 of the 7473 training problems
 
 
 def variants() -> dict:
-    """The arithmetic variants, 16 policy prompts per step for online, the small-data ones on ``SMALL`` problems."""
+    """The arithmetic variants with 16 policy prompts per step (online), the small-data ones on ``SMALL``."""
     out = {name: dataclasses.replace(m, policy_prompts=16) for name, m in VARIANTS.items() if m.train_examples is None}
-    out[f"mle@{SMALL}"] = Method("mle", gamma=GAMMA, train_examples=SMALL)
-    out[f"iqlearn:0.1@{SMALL}"] = Method("iqlearn", td_weight=0.1, gamma=GAMMA, train_examples=SMALL)
-    return out
+    return dict(out, **small_data_variants(SMALL))
 
 
 def config() -> IRLConfig:

@@ -123,11 +123,11 @@ def finetune(method: Method, base, stage: train.StageConfig, mesh, encoded: Dict
     """The method as one resumable stage from ``base`` on encoded rows (tokens, mask, prompt_lengths); returns
     the fine-tuned model. Batches: ``batching.BatchSampler(seed=seed)``; online adds policy samples. With
     ``method.train_examples`` only the first that many rows are trained on (for the same number of steps)."""
+    rows = len(encoded["tokens"])
     if method.train_examples is not None:
-        if method.train_examples > len(encoded["tokens"]):
-            raise ValueError(f"method.train_examples={method.train_examples} exceeds the {len(encoded['tokens'])} "
-                             f"training examples")
-        rows = len(encoded["tokens"])  # per-row arrays are cut; anything else (e.g. a 'truncated' count) is kept
+        if method.train_examples > rows:
+            raise ValueError(f"method.train_examples={method.train_examples} exceeds the {rows} training examples")
+        # Per-row arrays are cut; anything else (encode_examples' scalar 'truncated' count) is kept.
         encoded = {k: v[:method.train_examples] if np.ndim(v) and len(v) == rows else v for k, v in encoded.items()}
     sampler = batching.BatchSampler(len(encoded["tokens"]), stage.batch_size, seed=seed)
     online = method.kind == "online"

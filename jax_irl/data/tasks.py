@@ -74,9 +74,7 @@ def _arithmetic(cfg: TaskConfig) -> TaskData:
 
 def _tfds(cfg: TaskConfig) -> TaskData:
     """A TFDS task of ``tfds_sources``: its 'train' split for training, its held-out ``eval_split`` for evaluation."""
-    eval_split = tfds_sources.TASKS[cfg.name].eval_split
-    if eval_split == "train":
-        raise ValueError(f"TFDS task {cfg.name!r} would evaluate on its training split")
+    eval_split = tfds_sources.TASKS[cfg.name].eval_split  # never 'train' (TfdsTask refuses it)
     train_set = tfds_sources.load_examples(cfg.name, "train", data_dir=cfg.data_dir, limit=cfg.train_examples)
     test_set = tfds_sources.load_examples(cfg.name, eval_split, data_dir=cfg.data_dir, limit=cfg.eval_examples)
     return TaskData([r["prompt"] for r in train_set], [r["response"] for r in train_set],

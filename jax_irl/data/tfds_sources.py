@@ -8,11 +8,10 @@ prepares it. Tasks: gsm8k (grade-school math, GSM8K's '####' answers), xsum (sum
 Against the data Wulfmeier et al. 2024 name: GSM8K and XSUM are the same datasets. Their 'TLDR' is Reddit
 TL;DR summarisation; its usual version (Stiennon et al. 2020) is a filtered subset (about 123k posts) of
 Webis-TLDR-17, which TFDS ships as ``reddit`` with a train split only. ``tldr`` here reads TFDS
-``reddit_tifu/long_split`` instead (Kim et al. 2019: posts of r/tifu only, their TL;DR lines as summaries, about 42k),
-a smaller and narrower corpus of the same kind, with fixed train/validation/test splits (80/10/10, those
-of PEGASUS). Their 'WMT22' has no TFDS builder
-(the newest is wmt19); ``wmt_de_en`` reads wmt14 German -> English. For their exact data, write it as a JSONL
-file of prompt/response records and use task 'jsonl'.
+``reddit_tifu/long_split`` instead (Kim et al. 2019: posts of r/tifu only, their TL;DR lines as summaries,
+about 42k), a smaller and narrower corpus of the same kind, with fixed train/validation/test splits (80/10/10,
+those of PEGASUS). Their 'WMT22' has no TFDS builder (the newest is wmt19); ``wmt_de_en`` reads wmt14 German ->
+English. For their exact data, write it as a JSONL file of prompt/response records and use task 'jsonl'.
 """
 
 from __future__ import annotations
@@ -33,6 +32,11 @@ class TfdsTask:
     format: Callable[[Dict], Dict[str, str]]
     reference_field: str  # the record field that holds the reference output
     eval_split: str = "test"  # the held-out split evaluated on (never 'train')
+
+    def __post_init__(self):
+        if self.eval_split == "train":
+            raise ValueError(f"TFDS task {self.dataset!r} would evaluate on its training split; name a held-out "
+                             f"eval_split")
 
 
 TASKS: Dict[str, TfdsTask] = {

@@ -29,7 +29,7 @@ def test_unprepared_dataset_fails_at_once_with_instructions(tmp_path):
 
 def test_every_task_is_evaluated_on_a_held_out_split():
     """tldr used to be scored on its own training split (reddit_tifu/long has no other): every task now names a
-    held-out split that its dataset has, and the task loader refuses 'train'."""
+    held-out split that its dataset has, and a task that names 'train' is refused where it is declared."""
     import dataclasses
 
     from jax_irl.data import tasks
@@ -40,8 +40,5 @@ def test_every_task_is_evaluated_on_a_held_out_split():
             data = tasks.load(tasks.TaskConfig(name=name, train_examples=3, eval_examples=2))
         assert len(data.train_prompts) == 3 and len(data.eval_prompts) == 2
     assert tfds_sources.TASKS["tldr"].dataset == "reddit_tifu/long_split"
-    leaky = dict(tfds_sources.TASKS, gsm8k=dataclasses.replace(tfds_sources.TASKS["gsm8k"], eval_split="train"))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(tfds_sources, "TASKS", leaky)
-        with pytest.raises(ValueError, match="'gsm8k' would evaluate on its training split"):
-            tasks.load(tasks.TaskConfig(name="gsm8k"))
+    with pytest.raises(ValueError, match="'gsm8k' would evaluate on its training split"):
+        dataclasses.replace(tfds_sources.TASKS["gsm8k"], eval_split="train")
