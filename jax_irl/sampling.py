@@ -140,13 +140,14 @@ def _at(x: jax.Array, tok: jax.Array) -> jax.Array:
 
 
 class _DecodeCarry(NamedTuple):
-    """The decoding loop's state."""
+    """The decoding loop's state after ``step`` tokens have been picked; the last one is not yet in the cache."""
 
-    step: jax.Array  # int32 []: tokens generated so far
+    step: jax.Array  # int32 []: tokens picked so far (>= 1)
     done: jax.Array  # bool [R]: the row has emitted EOS
-    logits: jax.Array  # [R, V]: the model's logits for the next token
+    last: jax.Array  # int32 [R]: the token picked last, to be fed to the model next
+    last_live: jax.Array  # bool [R]: that token is a real one (its row had not ended before it)
     cache: dict  # the KV cache
-    positions: jax.Array  # int32 [R]: the next token's position id
+    positions: jax.Array  # int32 [R]: the position id of ``last``
     tokens: jax.Array  # int32 [R, max_new]
     log_probs: jax.Array  # float32 [R, max_new]: under the sampling distribution
     model_log_probs: jax.Array  # float32 [R, max_new]: under the model
@@ -163,7 +164,9 @@ def _generate(graphdef, state, prompt_tokens, prompt_mask, key, *, max_new, temp
     rows, width = tokens.shape
     positions = jnp.maximum(jnp.cumsum(mask, -1) - 1, 0)
     cache = model.init_cache(rows, width + max_new)
-    out = model(tokens, attention_mask=mask, positions=positions, cache=cache, cache_index=0)
+    # The prefill needs the logits of the last prompt position only: no [R, P, V] unembedding.
+    out = model(tokens, attention_mask=mask, positions=positions, cache=cache, cache_index=0, compute_logits=False)
+    first_logits = out.hidden[:, -1] @ model.unembedding().astype(out.hidden.dtype)
     eos_arr = jnp.asarray(eos if eos else (-1,), jnp.int32)
 
     def pick(logits, step_key):
@@ -177,26 +180,32 @@ def _generate(graphdef, state, prompt_tokens, prompt_mask, key, *, max_new, temp
         tok = jax.random.categorical(step_key, filtered, -1).astype(jnp.int32)
         return tok, _at(filtered, tok) - jax.nn.logsumexp(filtered, -1), _at(logits32, tok) - model_lse
 
+    def record(c, logits, key, step, done):
+        """Pick token ``step`` from ``logits`` and write it (pad_id and zero log-probs once a row has ended)."""
+        key, step_key = jax.random.split(key)
+        tok, lp, mlp = pick(logits, step_key)
+        live = ~done
+        tok = jnp.where(live, tok, pad_id)
+        return dict(step=step + 1, done=done | jnp.isin(tok, eos_arr), last=tok, last_live=live,
+                    tokens=c["tokens"].at[:, step].set(tok),
+                    log_probs=c["log_probs"].at[:, step].set(jnp.where(live, lp, 0.0)),
+                    model_log_probs=c["model_log_probs"].at[:, step].set(jnp.where(live, mlp, 0.0)), key=key)
+
     def cond(c: _DecodeCarry):
         return (c.step < max_new) & ~jnp.all(c.done)
 
     def body(c: _DecodeCarry) -> _DecodeCarry:
-        key, step_key = jax.random.split(c.key)
-        tok, lp, mlp = pick(c.logits, step_key)
-        live = ~c.done
-        tok = jnp.where(live, tok, pad_id)
-        res = model(tok[:, None], attention_mask=live[:, None].astype(jnp.int32), positions=c.positions[:, None],
-                    cache=c.cache, cache_index=width + c.step)
-        return _DecodeCarry(step=c.step + 1, done=c.done | jnp.isin(tok, eos_arr), logits=res.logits[:, -1],
-                            cache=res.cache, positions=c.positions + 1,
-                            tokens=c.tokens.at[:, c.step].set(tok),
-                            log_probs=c.log_probs.at[:, c.step].set(jnp.where(live, lp, 0.0)),
-                            model_log_probs=c.model_log_probs.at[:, c.step].set(jnp.where(live, mlp, 0.0)), key=key)
+        # Feed the last picked token (slot width + step - 1), then pick the next one from its logits: the loop
+        # carries a token, not a [R, V] row of logits, and the last token picked is never fed.
+        res = model(c.last[:, None], attention_mask=c.last_live[:, None].astype(jnp.int32),
+                    positions=c.positions[:, None], cache=c.cache, cache_index=width + c.step - 1)
+        picked = record(c._asdict(), res.logits[:, -1], c.key, c.step, c.done)
+        return _DecodeCarry(cache=res.cache, positions=c.positions + 1, **picked)
 
-    init = _DecodeCarry(step=jnp.int32(0), done=jnp.zeros(rows, bool), logits=out.logits[:, -1], cache=out.cache,
-                        positions=positions[:, -1] + 1, tokens=jnp.full((rows, max_new), pad_id, jnp.int32),
-                        log_probs=jnp.zeros((rows, max_new), jnp.float32),
-                        model_log_probs=jnp.zeros((rows, max_new), jnp.float32), key=key)
+    empty = dict(tokens=jnp.full((rows, max_new), pad_id, jnp.int32), log_probs=jnp.zeros((rows, max_new), jnp.float32),
+                 model_log_probs=jnp.zeros((rows, max_new), jnp.float32))
+    first = record(empty, first_logits, key, jnp.int32(0), jnp.zeros(rows, bool))
+    init = _DecodeCarry(cache=out.cache, positions=positions[:, -1] + 1, **first)
     final = jax.lax.while_loop(cond, body, init)
     is_eos = jnp.isin(final.tokens, eos_arr)
     # A token is generated if no EOS came strictly before it; rows stop at max_new regardless.
