@@ -5,6 +5,11 @@ Llama-style model built from a config, saved once with transformers and loaded b
 warm-up call (compilation for JAX) and then the median of --repeats timed calls. Prints a markdown table.
 
     .venv/bin/python tools/bench_sampling.py [--batch 8] [--prompt 32] [--new 64] [--hidden 256] [--layers 4]
+
+The performance issue's workload W1 (8 heads / 4 KV heads, intermediate 688, vocab 8192, 8 x (64 + 128)):
+
+    .venv/bin/python tools/bench_sampling.py --batch 8 --prompt 64 --new 128 --vocab 8192 --heads 8 --kv-heads 4 \
+        --intermediate 688
 """
 
 from __future__ import annotations
@@ -41,13 +46,19 @@ def main(argv=None):
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--vocab", type=int, default=4096)
+    p.add_argument("--heads", type=int, default=None, help="attention heads (default hidden / 64)")
+    p.add_argument("--kv-heads", type=int, default=None, help="key/value heads (default hidden / 128)")
+    p.add_argument("--intermediate", type=int, default=None, help="MLP width (default hidden * 8 / 3)")
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
 
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.hidden * 8 // 3,
-                                   num_hidden_layers=args.layers, num_attention_heads=max(args.hidden // 64, 1),
-                                   num_key_value_heads=max(args.hidden // 128, 1), max_position_embeddings=1024,
+    heads = args.heads or max(args.hidden // 64, 1)
+    kv_heads = args.kv_heads or max(args.hidden // 128, 1)
+    cfg = transformers.LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden,
+                                   intermediate_size=args.intermediate or args.hidden * 8 // 3,
+                                   num_hidden_layers=args.layers, num_attention_heads=heads,
+                                   num_key_value_heads=kv_heads, max_position_embeddings=1024,
                                    bos_token_id=0, eos_token_id=None, pad_token_id=0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch_model = transformers.AutoModelForCausalLM.from_config(cfg).eval().to(device)
@@ -80,6 +91,7 @@ def main(argv=None):
     t_torch = timed(run_torch, args.repeats)
     total = args.batch * args.new
     print(f"model: Llama-style, {n_params / 1e6:.1f}M params, hidden {args.hidden}, {args.layers} layers, "
+          f"{heads} heads / {kv_heads} KV heads, intermediate {cfg.intermediate_size}, "
           f"vocab {args.vocab}; batch {args.batch}, prompts {args.prompt // 2}-{args.prompt} tokens, "
           f"{args.new} new tokens, greedy; jax on {jax.devices()[0].platform}, torch on {device} "
           f"({torch.get_num_threads()} threads); identical tokens: {same}")

@@ -105,26 +105,31 @@ class Attention(nnx.Module):
         v = self._project(x, self.v, self.v_bias)
         if cfg.positions == "rope":
             q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
-        # Values live as [B, KV, S, hd] and cached keys as [B, KV, hd, S]: batch dims lead, which is the layout the
-        # attention dots want, so decoding does not transpose the whole cache at every step; and the score product
-        # is then a plain [G, hd] x [hd, S] matmul (against [S, hd]^T XLA:CPU packs the transposed key cache at
-        # every decoding step: 0.1 ms a layer at W1's sampler shape, a fifth of the step).
-        v = v.transpose(0, 2, 1, 3)
-        new_cache = None
-        if layer_cache is not None:
-            k_new = k.transpose(0, 2, 3, 1).astype(layer_cache["k"].dtype)
-            k = jax.lax.dynamic_update_slice_in_dim(layer_cache["k"], k_new, cache_index, axis=3)
-            v = jax.lax.dynamic_update_slice_in_dim(layer_cache["v"], v.astype(layer_cache["v"].dtype),
-                                                    cache_index, axis=2)
-            new_cache = {"k": k, "v": v}
-            k, v = k.astype(x.dtype), v.astype(x.dtype)
         b, t, h, hd = q.shape
         kvh = cfg.num_kv_heads
-        qg = q.reshape(b, t, kvh, h // kvh, hd).transpose(0, 2, 3, 1, 4)  # [B, KV, G, T, hd]
-        if layer_cache is not None:
-            scores = jnp.einsum("bkgth,bkhs->bkgts", qg, k, preferred_element_type=jnp.float32)
+        g = h // kvh
+        qg = q.reshape(b, t, kvh, g, hd).transpose(0, 2, 3, 1, 4)  # [B, KV, G, T, hd]
+        new_cache = None
+        if layer_cache is None:
+            # Keys and values as [B, KV, S, hd]: batch dims lead, the layout the attention dots want.
+            k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+            scores = jnp.einsum("bkgth,bksh->bkgts", qg, k, preferred_element_type=jnp.float32)
         else:
-            scores = jnp.einsum("bkgth,bksh->bkgts", qg, k.transpose(0, 2, 1, 3), preferred_element_type=jnp.float32)
+            # The cache holds keys as [B * KV, hd, S] and values as [B * KV, S, hd], and the attention dots run
+            # on exactly those arrays, with (G, T) as the rows of each of the B * KV products. Every layout here
+            # was measured on XLA:CPU's decoding step: keys stored [S, hd] made the score product pack the
+            # transposed cache at every step (0.1 ms a layer at W1's sampler shape); a dot operand that is a
+            # reshape of the updated cache rather than the cache itself (as [B, KV, ...] against [B * KV, ...], or
+            # any size-1 axis that XLA drops, such as one KV head) made XLA fuse the cache update twice and copy
+            # the whole cache several times per step.
+            k_new = k.transpose(0, 2, 3, 1).reshape(b * kvh, hd, t).astype(layer_cache["k"].dtype)
+            v_new = v.transpose(0, 2, 1, 3).reshape(b * kvh, t, hd).astype(layer_cache["v"].dtype)
+            k = jax.lax.dynamic_update_slice_in_dim(layer_cache["k"], k_new, cache_index, axis=2)
+            v = jax.lax.dynamic_update_slice_in_dim(layer_cache["v"], v_new, cache_index, axis=1)
+            new_cache = {"k": k, "v": v}
+            k, v = k.astype(x.dtype), v.astype(x.dtype)
+            scores = jnp.einsum("nqh,nhs->nqs", qg.reshape(b * kvh, g * t, hd), k, preferred_element_type=jnp.float32)
+            scores = scores.reshape(b, kvh, g, t, -1)
         scores = scores / math.sqrt(hd)
         key_slots = jnp.arange(scores.shape[-1])
         allowed = key_valid[:, None, None, None, :] & (key_slots[None, :] <= query_slots[:, None])[None, None, None]
@@ -132,7 +137,11 @@ class Attention(nnx.Module):
         probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
         # A batched matmul over (b, k) in its natural [.., G, T, hd] layout, then one small transpose: asking the
         # einsum for [B, T, KV, G, hd] directly sends XLA:CPU to a slow generic dot (a quarter of decoding time).
-        out = jnp.einsum("bkgts,bksh->bkgth", probs, v).transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
+        if layer_cache is None:
+            out = jnp.einsum("bkgts,bksh->bkgth", probs, v)
+        else:
+            out = jnp.einsum("nqs,nsh->nqh", probs.reshape(b * kvh, g * t, -1), v).reshape(b, kvh, g, t, hd)
+        out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
         y = jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(x.dtype))
         if self.o_bias is not None:
             y = y + self.o_bias[...].astype(x.dtype)
@@ -214,12 +223,12 @@ class Transformer(nnx.Module):
         return self(tokens, attention_mask=attention_mask, compute_logits=False).hidden
 
     def init_cache(self, batch_size: int, max_length: int, dtype=None) -> dict:
-        """An empty KV cache for ``max_length`` slots: per layer keys 'k' [B, KV, hd, S] (transposed: the decoding
-        step's score product wants them so) and values 'v' [B, KV, S, hd], and 'valid' [B, S]."""
+        """An empty KV cache for ``max_length`` slots: per layer keys 'k' [B * KV, hd, S] and values 'v'
+        [B * KV, S, hd] (the layouts the decoding step's dots want, see ``Attention``), and 'valid' [B, S]."""
         cfg = self.cfg
         dtype = dtype or DTYPES[cfg.dtype]
-        shape = (batch_size, cfg.num_kv_heads, max_length, cfg.head_dim)
-        k_shape = (batch_size, cfg.num_kv_heads, cfg.head_dim, max_length)
+        shape = (batch_size * cfg.num_kv_heads, max_length, cfg.head_dim)
+        k_shape = (batch_size * cfg.num_kv_heads, cfg.head_dim, max_length)
         return {
             "layers": [{"k": jnp.zeros(k_shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.num_layers)],
             "valid": jnp.zeros((batch_size, max_length), bool),
