@@ -48,6 +48,9 @@ LR, CLIP = 1e-5, 1.0
 SIDES = ("jax_irl SFT", "jax_irl SFT (full logits)", "jax_irl SFT bf16", "jax_irl IQLearn",
          "jax_irl DPO (ref precomputed)", "jax_irl ref log-probs", "PyTorch SFT", "PyTorch DPO (ref in step)")
 TRL_SIDES = ("TRL SFT", "TRL DPO (ref in step)")  # run by default when TRL is installed (pip install trl)
+# On request (--sides): the SFT step with attention through jax.nn.dot_product_attention ('xla'), and in bf16
+# with 'auto' (cuDNN's fused attention on a GPU, jax_irl's own attention elsewhere).
+EXTRA_SIDES = ("jax_irl SFT (xla attention)", "jax_irl SFT bf16 (auto attention)")
 
 
 def allocator() -> str:
@@ -90,9 +93,10 @@ def jax_side(name: str, size: str):
     from jax_irl.models.config import TransformerConfig
     from jax_irl.models.transformer import Transformer
 
-    dtype = "bfloat16" if name.endswith("bf16") else "float32"  # compute dtype; params stay float32
+    dtype = "bfloat16" if "bf16" in name else "float32"  # compute dtype; params stay float32
+    attention = "xla" if "(xla attention)" in name else "auto" if "(auto attention)" in name else "einsum"
     cfg = TransformerConfig.for_family("llama", vocab_size=VOCAB, max_position_embeddings=LENGTH, dtype=dtype,
-                                       **SIZES[size])
+                                       attention=attention, **SIZES[size])
     model = Transformer(cfg, rngs=nnx.Rngs(0))
     tokens, mask = data()
     if name == "jax_irl ref log-probs":
@@ -104,7 +108,7 @@ def jax_side(name: str, size: str):
     mesh = parallel.make_mesh(parallel.MeshConfig(1, 1, 1), jax.devices()[:1])
     opt = train.OptimizerConfig(learning_rate=LR, weight_decay=0.0, max_grad_norm=CLIP)
     batch = {"tokens": tokens, "mask": mask}
-    if name in ("jax_irl SFT", "jax_irl SFT bf16"):
+    if name in ("jax_irl SFT", "jax_irl SFT bf16") + EXTRA_SIDES:
         loss_fn = iqlearn.make_loss_fn(iqlearn.Method("mle"), window=LOSS_TOKENS)
     elif name == "jax_irl SFT (full logits)":
         loss_fn = iqlearn.make_loss_fn(iqlearn.Method("mle"))
@@ -273,7 +277,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--mem-steps", type=int, default=3)
     p.add_argument("--no-memory", action="store_true")
-    known = SIDES + TRL_SIDES
+    known = SIDES + TRL_SIDES + EXTRA_SIDES
     default = SIDES + (TRL_SIDES if importlib.util.find_spec("trl") else ())
     p.add_argument("--sides", default=",".join(default), help="comma-separated subset of: " + ", ".join(known))
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)

@@ -8,6 +8,7 @@ from typing import Optional, Tuple
 FAMILIES = ("llama", "qwen2", "gemma", "gpt2")
 ACTIVATIONS = ("silu", "gelu_tanh", "gelu")
 ROPE_TYPES = ("default", "linear", "llama3")
+ATTENTION = ("einsum", "xla", "cudnn", "auto")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,6 +19,13 @@ class TransformerConfig:
     down(act(gate(x)) * up(x))) or 'plain' (GPT-2: proj(act(fc(x)))). positions: 'rope' (rotate-half layout, as
     in Hugging Face checkpoints) or 'learned'. dtype is the compute dtype ('float32' or 'bfloat16'); norms,
     softmax and logsumexp run in float32 either way; param_dtype is the storage dtype.
+
+    attention: how the attention of a cache-free forward (training, scoring) is computed. 'einsum': jax_irl's own
+    dots and float32 softmax, the fastest on CPU; 'xla': ``jax.nn.dot_product_attention`` with XLA's
+    implementation (equal to 'einsum' within float rounding); 'cudnn': the same function's cuDNN fused (flash)
+    kernel, GPU only, bfloat16 compute, head_dim a multiple of 8 up to 128; 'auto': 'cudnn' where it applies (a GPU
+    backend, bfloat16, such a head_dim, even sequence lengths) and 'einsum' elsewhere. Decoding with a KV cache
+    always uses jax_irl's own cached path.
     """
 
     family: str
@@ -51,6 +59,7 @@ class TransformerConfig:
     bos_token_id: Optional[int] = None
     eos_token_ids: Tuple[int, ...] = ()
     pad_token_id: Optional[int] = None
+    attention: str = "einsum"
 
     def __post_init__(self):
         checks = [
@@ -63,6 +72,7 @@ class TransformerConfig:
             (self.dtype in ("float32", "bfloat16"), f"dtype must be 'float32' or 'bfloat16'; got {self.dtype!r}"),
             (self.param_dtype in ("float32", "bfloat16"),
              f"param_dtype must be 'float32' or 'bfloat16'; got {self.param_dtype!r}"),
+            (self.attention in ATTENTION, f"attention must be one of {ATTENTION}; got {self.attention!r}"),
         ]
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
                      "intermediate_size", "max_position_embeddings"):
@@ -71,6 +81,12 @@ class TransformerConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"TransformerConfig: {message}")
+        if self.attention == "cudnn" and self.dtype != "bfloat16":
+            raise ValueError(f"TransformerConfig: attention='cudnn' needs dtype='bfloat16' (cuDNN's fused attention "
+                             f"takes bf16/fp16 inputs); got dtype={self.dtype!r}")
+        if self.attention == "cudnn" and not (self.head_dim % 8 == 0 and self.head_dim <= 128):
+            raise ValueError(f"TransformerConfig: attention='cudnn' needs head_dim a multiple of 8 and at most 128; "
+                             f"got head_dim={self.head_dim}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"TransformerConfig: num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
                              f"({self.num_kv_heads})")

@@ -106,6 +106,9 @@ class Attention(nnx.Module):
         if cfg.positions == "rope":
             q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
         b, t, h, hd = q.shape
+        impl = _attention_impl(cfg, t) if layer_cache is None else "einsum"
+        if impl != "einsum":
+            return self._output(self._fused_attention(q, k, v, key_valid, impl), x.dtype), None
         kvh = cfg.num_kv_heads
         g = h // kvh
         qg = q.reshape(b, t, kvh, g, hd).transpose(0, 2, 3, 1, 4)  # [B, KV, G, T, hd]
@@ -142,10 +145,35 @@ class Attention(nnx.Module):
         else:
             out = jnp.einsum("nqs,nsh->nqh", probs.reshape(b * kvh, g * t, -1), v).reshape(b, kvh, g, t, hd)
         out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
-        y = jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(x.dtype))
-        if self.o_bias is not None:
-            y = y + self.o_bias[...].astype(x.dtype)
-        return y, new_cache
+        return self._output(out, x.dtype), new_cache
+
+    def _output(self, out, dtype):
+        y = jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dtype))
+        return y if self.o_bias is None else y + self.o_bias[...].astype(dtype)
+
+    @staticmethod
+    def _fused_attention(q, k, v, key_valid, impl):
+        """``jax.nn.dot_product_attention`` over q [B, T, H, hd], k/v [B, T, KV, hd] (grouped heads handled by the
+        function), causal, with padded keys masked. The mask is given as [B, 1, T, S]: cuDNN takes a mask only as a
+        full-length bias."""
+        b, t = q.shape[:2]
+        mask = jnp.broadcast_to(key_valid[:, None, None, :], (b, 1, t, key_valid.shape[-1]))
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True,
+                                            implementation=None if impl == "xla" else "cudnn")
+
+
+def _attention_impl(cfg: TransformerConfig, length: int) -> str:
+    """The attention path of a cache-free forward of ``length`` tokens: the config's choice, with 'auto' resolved
+    (to 'cudnn' on a GPU backend with bfloat16 compute, a supported head_dim and an even length, which cuDNN's
+    masked kernel needs; to 'einsum' elsewhere). 'cudnn' off a GPU is refused with the config field named."""
+    backend = jax.default_backend()
+    if cfg.attention == "auto":
+        fits = cfg.dtype == "bfloat16" and cfg.head_dim % 8 == 0 and cfg.head_dim <= 128 and length % 2 == 0
+        return "cudnn" if backend == "gpu" and fits else "einsum"
+    if cfg.attention == "cudnn" and backend != "gpu":
+        raise ValueError(f"TransformerConfig.attention='cudnn' runs on a GPU backend only; this one is {backend!r} "
+                         f"(use 'auto' to take cuDNN where it applies and jax_irl's own attention elsewhere)")
+    return cfg.attention
 
 
 class MLP(nnx.Module):

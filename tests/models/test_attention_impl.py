@@ -1,0 +1,106 @@
+"""The attention implementations of a cache-free forward: 'xla' (jax.nn.dot_product_attention) against jax_irl's
+own 'einsum' path, values and gradients, sharded; 'auto' on CPU is the 'einsum' path exactly; 'cudnn' is refused
+where it cannot run, with the config field named."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jax_irl import losses
+from jax_irl.models.config import TransformerConfig
+from jax_irl.models.transformer import Transformer
+from tests.losses import harness
+
+VOCAB = 40
+
+
+def _model(attention, family="llama", **kw):
+    cfg = TransformerConfig.for_family(family, vocab_size=VOCAB, hidden_size=32, num_layers=2, num_heads=4,
+                                       num_kv_heads=kw.pop("num_kv_heads", 2 if family != "gpt2" else 4),
+                                       intermediate_size=48, max_position_embeddings=64, attention=attention, **kw)
+    return Transformer(cfg, rngs=nnx.Rngs(0))
+
+
+def _rows(b=8, t=10):
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, VOCAB, (b, t))
+    mask = np.ones((b, t), np.int32)
+    mask[1, :4] = 0  # left padding: fully masked query rows at the start
+    mask[2, -3:] = 0  # right padding
+    mask[5, :t - 1] = 0  # a single real token
+    return jnp.asarray(ids), jnp.asarray(mask)
+
+
+def _same_params(src, dst):
+    nnx.update(dst, nnx.state(src, nnx.Param))
+    return dst
+
+
+@pytest.mark.parametrize("family,kv", [("llama", 2), ("llama", 1), ("gemma", 4), ("gpt2", 4)])
+def test_xla_attention_equals_the_einsum_path_values_and_gradients(family, kv):
+    ref = _model("einsum", family, num_kv_heads=kv)
+    fused = _same_params(ref, _model("xla", family, num_kv_heads=kv))
+    ids, mask = _rows()
+    real = np.asarray(mask).astype(bool)
+    a, b = ref(ids, attention_mask=mask).logits, fused(ids, attention_mask=mask).logits
+    assert np.all(np.isfinite(np.asarray(b)))  # padded query rows too
+    np.testing.assert_allclose(np.asarray(b)[real], np.asarray(a)[real], rtol=1e-5, atol=1e-5)
+
+    def loss(model):
+        logits = model(ids[:, :-1], attention_mask=mask[:, :-1]).logits
+        return losses.mle_loss(logits, ids[:, 1:], mask[:, 1:])[0]
+
+    ga, gb = nnx.grad(loss)(ref), nnx.grad(loss)(fused)
+    flat_a, flat_b = jax.tree.leaves(nnx.state(ga)), jax.tree.leaves(nnx.state(gb))
+    assert len(flat_a) == len(flat_b) > 0
+    for x, y in zip(flat_a, flat_b):
+        np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-4, atol=1e-6)
+
+
+def test_xla_attention_under_jit_and_sharded_jit():
+    model = _model("xla")
+    graphdef, state = nnx.split(model)
+    ids, mask = _rows()
+
+    def fn(ids, mask):
+        return nnx.merge(graphdef, state)(ids, attention_mask=mask).logits
+
+    harness.check_jit_matches_eager(fn, ids, mask)
+    harness.check_sharded_jit(fn, (ids, mask), batch_argnums=(0, 1))
+
+
+def test_auto_is_the_einsum_path_off_a_gpu_and_decoding_ignores_the_choice():
+    assert jax.default_backend() == "cpu"
+    ref = _model("einsum")
+    auto = _same_params(ref, _model("auto"))
+    ids, mask = _rows()
+    np.testing.assert_array_equal(np.asarray(auto(ids, attention_mask=mask).logits),
+                                  np.asarray(ref(ids, attention_mask=mask).logits))
+    # With a KV cache every choice takes the cached path: 'xla' decodes exactly like 'einsum'.
+    fused = _same_params(ref, _model("xla"))
+    for m in (ref, fused):
+        m.out = m(ids[:, :6], attention_mask=mask[:, :6], cache=m.init_cache(8, 12), cache_index=0).logits
+    np.testing.assert_array_equal(np.asarray(fused.out), np.asarray(ref.out))
+
+
+def test_cudnn_is_refused_where_it_cannot_run():
+    with pytest.raises(ValueError, match="attention must be one of"):
+        _model("flash")
+    with pytest.raises(ValueError, match="attention='cudnn' needs dtype='bfloat16'"):
+        _model("cudnn")
+    with pytest.raises(ValueError, match="head_dim a multiple of 8"):
+        _model("cudnn", dtype="bfloat16", head_dim=12)
+    model = _model("cudnn", dtype="bfloat16")
+    ids, mask = _rows()
+    with pytest.raises(ValueError, match="attention='cudnn' runs on a GPU backend only; this one is 'cpu'"):
+        model(ids, attention_mask=mask)
+    # 'auto' with bfloat16 on CPU runs (the einsum path) and matches 'einsum' in bfloat16 exactly.
+    bf16 = dataclasses.replace(model.cfg, attention="einsum")
+    ref = _same_params(model, Transformer(bf16, rngs=nnx.Rngs(0)))
+    auto = _same_params(model, Transformer(dataclasses.replace(bf16, attention="auto"), rngs=nnx.Rngs(0)))
+    np.testing.assert_array_equal(np.asarray(auto(ids, attention_mask=mask).logits, np.float32),
+                                  np.asarray(ref(ids, attention_mask=mask).logits, np.float32))
