@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jax_irl.models.config import TransformerConfig
-from jax_irl.models.layers import DTYPES, activation, logical_param, normal_init, ones_init, zeros_init
+from jax_irl.models.layers import DTYPES, activation, dense, logical_param, normal_init, ones_init, zeros_init
 
 Array = jax.Array
 
@@ -95,7 +95,8 @@ class Attention(nnx.Module):
         self.o_bias = logical_param(rngs, zeros_init, (d,), ("embed",), pdt) if cfg.out_bias else None
 
     def _project(self, x, w, b):
-        y = jnp.einsum("btd,dhk->bthk", x, w[...].astype(x.dtype))
+        d, h, k = w.shape
+        y = dense(x, w[...].astype(x.dtype).reshape(d, h * k)).reshape(x.shape[:-1] + (h, k))
         return y if b is None else y + b[...].astype(x.dtype)
 
     def __call__(self, x, positions, key_valid, query_slots, inv_freq, layer_cache=None, cache_index=None):
@@ -148,7 +149,8 @@ class Attention(nnx.Module):
         return self._output(out, x.dtype), new_cache
 
     def _output(self, out, dtype):
-        y = jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dtype))
+        h, k, d = self.o.shape
+        y = dense(out.reshape(out.shape[:-2] + (h * k,)), self.o[...].astype(dtype).reshape(h * k, d))
         return y if self.o_bias is None else y + self.o_bias[...].astype(dtype)
 
     @staticmethod
@@ -194,7 +196,7 @@ class MLP(nnx.Module):
 
     @staticmethod
     def _dense(x, w, b):
-        y = x @ w[...].astype(x.dtype)
+        y = dense(x, w[...].astype(x.dtype))
         return y if b is None else y + b[...].astype(x.dtype)
 
     def __call__(self, x):
@@ -300,6 +302,6 @@ class Transformer(nnx.Module):
             x, new_cache = block(x, positions, key_valid, query_slots, inv_freq, layer_cache, cache_index)
             new_layers.append(new_cache)
         hidden = self.final_norm(x)
-        logits = hidden @ self.unembedding().astype(dtype) if compute_logits else None
+        logits = dense(hidden, self.unembedding().astype(dtype)) if compute_logits else None
         new_cache = None if cache is None else {"layers": new_layers, "valid": key_valid}
         return DecoderOutput(logits, hidden, new_cache)
