@@ -10,11 +10,12 @@ Sides (each one compiled step or one eager step):
   SFT (``iqlearn.make_loss_fn(Method('mle'), window=...)``: the unembedding only on the loss span), the same
   with full logits (the path without the window, to show what it buys), the same in bf16 compute (float32
   params, optimizer state, norms, softmax and loss), IQLearn (td 0.1, gamma 0.99), DPO with
-  reference log-probs precomputed (``gshf.dpo_loss_fn``), and the reference log-probs' own cost per batch
-  (``train.reference_log_probs``, which is compiled once);
+  reference log-probs precomputed (``gshf.dpo_loss_fn``), the reference log-probs' own cost per batch
+  (``train.reference_log_probs``, which is compiled once), and one PPO minibatch update (``ppo.ppo_loss_fn``
+  with a shared-critic value head, the responses being the last 128 tokens);
 - PyTorch: transformers' ``LlamaForCausalLM`` (sdpa attention) with ``torch.optim.AdamW`` in eager mode, the
   loss written by hand on the full logits (``model(x).logits``, the usual idiom), and DPO with the reference
-  model's forward inside the step (no_grad), as hand-written DPO loops do;
+  model's forward inside the step (no_grad), as hand-written DPO loops do, and the same PPO update by hand;
 - TRL (when installed; an optional extra, never a test dependency): ``SFTTrainer`` and ``DPOTrainer`` on the
   same model and rows, each step the trainer's own ``training_step`` plus clipping and AdamW (``trl_side``).
 
@@ -46,7 +47,8 @@ SIZES = {"W1": dict(hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=4, 
 VOCAB, ROWS, LENGTH, LOSS_TOKENS = 8192, 16, 256, 128
 LR, CLIP = 1e-5, 1.0
 SIDES = ("jax_irl SFT", "jax_irl SFT (full logits)", "jax_irl SFT bf16", "jax_irl IQLearn",
-         "jax_irl DPO (ref precomputed)", "jax_irl ref log-probs", "PyTorch SFT", "PyTorch DPO (ref in step)")
+         "jax_irl DPO (ref precomputed)", "jax_irl ref log-probs", "jax_irl PPO update", "PyTorch SFT",
+         "PyTorch DPO (ref in step)", "PyTorch PPO update")
 TRL_SIDES = ("TRL SFT", "TRL DPO (ref in step)")  # run by default when TRL is installed (pip install trl)
 # On request (--sides): the SFT step with attention through jax.nn.dot_product_attention ('xla'), and in bf16
 # with 'auto' (cuDNN's fused attention on a GPU, jax_irl's own attention elsewhere).
@@ -71,6 +73,21 @@ def _status(field: str) -> int:
     raise KeyError(field)
 
 
+def ppo_data(seed: int = 2):
+    """One PPO minibatch on the target grid [ROWS, LENGTH - 1], the responses being the last LOSS_TOKENS tokens:
+    the rollout's old log-probs and values, advantages and returns (random: the update's cost does not depend
+    on them), and per-row reward and KL (logged only)."""
+    import numpy as np
+
+    r = np.random.default_rng(seed)
+    grid = (ROWS, LENGTH - 1)
+    return {"old_log_probs": r.normal(-9.0, 0.5, grid).astype(np.float32),
+            "old_values": r.normal(0.0, 1.0, grid).astype(np.float32),
+            "advantages": r.normal(0.0, 1.0, grid).astype(np.float32),
+            "returns": r.normal(0.0, 1.0, grid).astype(np.float32),
+            "reward": r.normal(0.0, 1.0, ROWS).astype(np.float32), "kl": np.zeros(ROWS, np.float32)}
+
+
 def data(seed: int = 0):
     import numpy as np
 
@@ -89,7 +106,7 @@ def jax_side(name: str, size: str):
     from flax import nnx
 
     from jax_irl import parallel, train
-    from jax_irl.algorithms import gshf, iqlearn
+    from jax_irl.algorithms import gshf, iqlearn, ppo
     from jax_irl.models.config import TransformerConfig
     from jax_irl.models.transformer import Transformer
 
@@ -117,6 +134,12 @@ def jax_side(name: str, size: str):
     elif name == "jax_irl DPO (ref precomputed)":
         loss_fn = gshf.dpo_loss_fn(gshf.DPOConfig(beta=0.1), window=LOSS_TOKENS)
         batch["ref_logps"] = np.asarray(np.random.default_rng(1).normal(-1000, 5, ROWS), np.float32)
+    elif name == "jax_irl PPO update":
+        # One minibatch update of ppo.train_ppo's path: policy (clipped ratio) and value (clipped) losses on the
+        # responses' span, a value head on the policy's hidden states ('shared' critic).
+        model = ppo.ActorCritic(model, "shared", rngs=nnx.Rngs(1))
+        loss_fn = ppo.ppo_loss_fn(ppo.PPOConfig(), window=LOSS_TOKENS)
+        batch = dict(ppo_data(), tokens=tokens, attention=np.ones_like(tokens), mask=mask)
     else:
         raise ValueError(name)
     trainer = train.Trainer(model, loss_fn, opt, mesh)
@@ -165,6 +188,34 @@ def torch_side(name: str, size: str):
             logits = model(input_ids=x).logits[:, first:-1]
             loss = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), x[:, first + 1:].reshape(-1))
             finish(loss)
+        return step
+    if name == "PyTorch PPO update":
+        # The same update by hand: a linear value head on the final hidden states, the clipped policy loss and
+        # the clipped value loss (vf_coef 0.5) over the responses' tokens, as in ppo.ppo_loss_fn.
+        head = torch.nn.Linear(model.config.hidden_size, 1)
+        opt = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=LR, weight_decay=0.0)
+        b = {k: torch.as_tensor(v) for k, v in ppo_data().items()}
+        span = slice(first, LENGTH - 1)
+        old_lp, old_v = b["old_log_probs"][:, span], b["old_values"][:, span]
+        adv, ret, on = b["advantages"][:, span], b["returns"][:, span], m[:, span]
+
+        def masked_mean(v):
+            return (v * on).sum() / on.sum()
+
+        def step():
+            out = model(input_ids=x, output_hidden_states=True)
+            logits = out.logits[:, first:-1]
+            logp = torch.gather(torch.log_softmax(logits, -1), 2, x[:, first + 1:, None])[..., 0]
+            ratio = torch.exp(logp - old_lp)
+            policy = masked_mean(-torch.minimum(ratio * adv, torch.clamp(ratio, 0.8, 1.2) * adv))
+            v = head(out.hidden_states[-1][:, first:-1])[..., 0]
+            clipped = old_v + torch.clamp(v - old_v, -0.2, 0.2)
+            value = 0.5 * masked_mean(torch.maximum((v - ret) ** 2, (clipped - ret) ** 2))
+            loss = policy + 0.5 * value
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(head.parameters()), CLIP)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
         return step
     if name != "PyTorch DPO (ref in step)":
         raise ValueError(name)
