@@ -104,3 +104,20 @@ def test_cudnn_is_refused_where_it_cannot_run():
     auto = _same_params(model, Transformer(dataclasses.replace(bf16, attention="auto"), rngs=nnx.Rngs(0)))
     np.testing.assert_array_equal(np.asarray(auto(ids, attention_mask=mask).logits, np.float32),
                                   np.asarray(ref(ids, attention_mask=mask).logits, np.float32))
+
+
+def test_experiment_base_config_and_hf_import_take_the_attention_choice(tmp_path):
+    from experiments import lm_base
+    from jax_irl.models import hf
+
+    with pytest.raises(ValueError, match="attention must be one of"):
+        lm_base.BaseConfig(attention="flash")
+    assert lm_base.BaseConfig(attention="auto").attention == "auto"
+    model = _model("einsum")
+    hf.save_pretrained(model, str(tmp_path))
+    loaded = hf.from_pretrained(str(tmp_path), attention="xla")
+    assert loaded.cfg.attention == "xla" and hf.from_pretrained(str(tmp_path)).cfg.attention == "einsum"
+    ids, mask = _rows()
+    np.testing.assert_allclose(np.asarray(loaded(ids, attention_mask=mask).logits)[np.asarray(mask) == 1],
+                               np.asarray(model(ids, attention_mask=mask).logits)[np.asarray(mask) == 1],
+                               rtol=1e-5, atol=1e-5)
