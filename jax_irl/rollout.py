@@ -139,7 +139,13 @@ def sample_rows(model, prompts: np.ndarray, prompt_mask: np.ndarray, key, *, max
     tokens [B*n, P+N], attention [B*n, P+N], mask [B*n, P+N-1] (the response's targets);
     sample_log_probs / model_log_probs [B*n, P+N-1]: each response token's log-prob under the sampling
     distribution (temperature, top-k/p) and under the model, on the target grid (0 elsewhere);
-    response [B*n, N] and response_mask [B*n, N] (for decoding); prompt_index [B*n]."""
+    response [B*n, N] and response_mask [B*n, N] (for decoding); prompt_index [B*n].
+
+    Greedy decoding is deterministic, so its n rows per prompt are one decoded row repeated (not n decoded)."""
+    if greedy and num_samples > 1:
+        one = sample_rows(model, prompts, prompt_mask, key, max_new_tokens=max_new_tokens, eos_id=eos_id,
+                          pad_id=pad_id, temperature=temperature, top_k=top_k, top_p=top_p, greedy=True)
+        return {k: np.repeat(v, num_samples, 0) for k, v in one.items()}
     out = sampling.generate(model, prompts, prompt_mask, key, max_new_tokens=max_new_tokens, temperature=temperature,
                             top_k=top_k, top_p=top_p, eos_ids=(eos_id,), pad_id=pad_id, num_samples=num_samples,
                             greedy=greedy)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_irl import losses, metrics, rollout, train
+from jax_irl import losses, metrics, rollout, sampling, train
 from jax_irl.models.config import TransformerConfig
 from jax_irl.models.transformer import Transformer
 from tests.losses import harness, reference
@@ -134,6 +134,23 @@ def test_sampled_rows_line_up_with_the_scorer(model):
     # Sampling at temperature 0.7 sharpens the distribution: the sampled tokens are likelier under it.
     counted = rows["mask"] > 0
     assert (rows["sample_log_probs"][counted] >= rows["model_log_probs"][counted] - 1e-6).mean() > 0.5
+
+
+def test_greedy_rows_decode_once_per_prompt_and_equal_the_full_sampler(model):
+    """Greedy rows are one decoded row per prompt, repeated: the same rows the sampler gives when it decodes every
+    copy (sampling.generate with num_samples=3), field by field."""
+    prompts = np.array([[0, 5, 6, 7], [1, 8, 9, 2]], np.int32)
+    pmask = np.array([[0, 1, 1, 1], [1, 1, 1, 1]], np.int32)
+    rows = rollout.sample_rows(model, prompts, pmask, jax.random.PRNGKey(3), max_new_tokens=6, eos_id=0, pad_id=0,
+                               num_samples=3, greedy=True)
+    full = sampling.generate(model, prompts, pmask, jax.random.PRNGKey(3), max_new_tokens=6, greedy=True,
+                             eos_ids=(0,), pad_id=0, num_samples=3)
+    np.testing.assert_array_equal(rows["response"], np.asarray(full.tokens))
+    np.testing.assert_array_equal(rows["response_mask"], np.asarray(full.mask))
+    np.testing.assert_allclose(rows["model_log_probs"][:, 3:], np.asarray(full.model_log_probs) * np.asarray(full.mask),
+                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(rows["prompt_index"], [0, 0, 0, 1, 1, 1])
+    assert rows["tokens"].shape == (6, 10) and (rows["sample_log_probs"] == 0).all()
 
 
 class _Chars:
