@@ -34,7 +34,6 @@ import numpy as np
 from flax import nnx
 
 from jax_irl import losses, sampling
-from jax_irl.models.layers import dense
 
 
 class LMOutputs(NamedTuple):
@@ -110,7 +109,7 @@ def causal_lm(model, tokens: jax.Array, attention: Optional[jax.Array] = None, *
             q, v = losses.chunked_soft_q_stats(hidden_w, model.unembedding(), targets_w, chunk_size=vocab_chunk,
                                                temperature=temperature)
             return LMOutputs(q, v, None, hidden, mask_w, start)
-        logits = dense(hidden_w, model.unembedding().astype(hidden_w.dtype))
+        logits = model.logits(hidden_w)
         q, v = losses.soft_q_stats(logits, targets_w, temperature)
         return LMOutputs(q, v, logits, hidden, mask_w, start)
     if vocab_chunk and not need_logits:

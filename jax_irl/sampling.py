@@ -166,7 +166,7 @@ def _generate(graphdef, state, prompt_tokens, prompt_mask, key, *, max_new, temp
     cache = model.init_cache(rows, width + max_new)
     # The prefill needs the logits of the last prompt position only: no [R, P, V] unembedding.
     out = model(tokens, attention_mask=mask, positions=positions, cache=cache, cache_index=0, compute_logits=False)
-    first_logits = out.hidden[:, -1] @ model.unembedding().astype(out.hidden.dtype)
+    first_logits = model.logits(out.hidden[:, -1])
     eos_arr = jnp.asarray(eos if eos else (-1,), jnp.int32)
 
     def pick(logits, step_key):

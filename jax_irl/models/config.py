@@ -11,6 +11,15 @@ ROPE_TYPES = ("default", "linear", "llama3")
 ATTENTION = ("einsum", "xla", "cudnn", "auto")
 
 
+def cudnn_attention_unsupported(dtype: str, head_dim: int) -> Optional[str]:
+    """Why cuDNN's fused attention cannot take this compute dtype and head size, or None when it can."""
+    if dtype != "bfloat16":
+        return f"needs dtype='bfloat16' (cuDNN's fused attention takes bf16/fp16 inputs); got dtype={dtype!r}"
+    if not (head_dim % 8 == 0 and head_dim <= 128):
+        return f"needs head_dim a multiple of 8 and at most 128; got head_dim={head_dim}"
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
     """Everything that distinguishes the supported families; ``for_family`` fills in each family's choices.
@@ -81,12 +90,9 @@ class TransformerConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"TransformerConfig: {message}")
-        if self.attention == "cudnn" and self.dtype != "bfloat16":
-            raise ValueError(f"TransformerConfig: attention='cudnn' needs dtype='bfloat16' (cuDNN's fused attention "
-                             f"takes bf16/fp16 inputs); got dtype={self.dtype!r}")
-        if self.attention == "cudnn" and not (self.head_dim % 8 == 0 and self.head_dim <= 128):
-            raise ValueError(f"TransformerConfig: attention='cudnn' needs head_dim a multiple of 8 and at most 128; "
-                             f"got head_dim={self.head_dim}")
+        why = cudnn_attention_unsupported(self.dtype, self.head_dim) if self.attention == "cudnn" else None
+        if why:
+            raise ValueError(f"TransformerConfig: attention='cudnn' {why}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"TransformerConfig: num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
                              f"({self.num_kv_heads})")

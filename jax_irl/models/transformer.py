@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jax_irl.models.config import TransformerConfig
+from jax_irl.models.config import TransformerConfig, cudnn_attention_unsupported
 from jax_irl.models.layers import DTYPES, activation, dense, logical_param, normal_init, ones_init, zeros_init
 
 Array = jax.Array
@@ -170,7 +170,7 @@ def _attention_impl(cfg: TransformerConfig, length: int) -> str:
     masked kernel needs; to 'einsum' elsewhere). 'cudnn' off a GPU is refused with the config field named."""
     backend = jax.default_backend()
     if cfg.attention == "auto":
-        fits = cfg.dtype == "bfloat16" and cfg.head_dim % 8 == 0 and cfg.head_dim <= 128 and length % 2 == 0
+        fits = cudnn_attention_unsupported(cfg.dtype, cfg.head_dim) is None and length % 2 == 0
         return "cudnn" if backend == "gpu" and fits else "einsum"
     if cfg.attention == "cudnn" and backend != "gpu":
         raise ValueError(f"TransformerConfig.attention='cudnn' runs on a GPU backend only; this one is {backend!r} "
@@ -248,6 +248,10 @@ class Transformer(nnx.Module):
         """The [D, V] output matrix (the transposed embedding when tied)."""
         return self.embed[...].T if self.lm_head is None else self.lm_head[...]
 
+    def logits(self, hidden: Array) -> Array:
+        """Logits [..., V] of final hidden states [..., D] (the forward's own unembedding, in their dtype)."""
+        return dense(hidden, self.unembedding().astype(hidden.dtype))
+
     def hidden_states(self, tokens: Array, *, attention_mask: Optional[Array] = None) -> Array:
         """The final hidden states [B, T, D] without the logits (the backbone interface of ``heads``)."""
         return self(tokens, attention_mask=attention_mask, compute_logits=False).hidden
@@ -302,6 +306,6 @@ class Transformer(nnx.Module):
             x, new_cache = block(x, positions, key_valid, query_slots, inv_freq, layer_cache, cache_index)
             new_layers.append(new_cache)
         hidden = self.final_norm(x)
-        logits = dense(hidden, self.unembedding().astype(dtype)) if compute_logits else None
+        logits = self.logits(hidden) if compute_logits else None
         new_cache = None if cache is None else {"layers": new_layers, "valid": key_valid}
         return DecoderOutput(logits, hidden, new_cache)
