@@ -50,9 +50,10 @@ SIDES = ("jax_irl SFT", "jax_irl SFT (full logits)", "jax_irl SFT bf16", "jax_ir
          "jax_irl DPO (ref precomputed)", "jax_irl ref log-probs", "jax_irl PPO update", "PyTorch SFT",
          "PyTorch DPO (ref in step)", "PyTorch PPO update")
 TRL_SIDES = ("TRL SFT", "TRL DPO (ref in step)")  # run by default when TRL is installed (pip install trl)
-# On request (--sides): the SFT step with attention through jax.nn.dot_product_attention ('xla'), and in bf16
-# with 'auto' (cuDNN's fused attention on a GPU, jax_irl's own attention elsewhere).
-EXTRA_SIDES = ("jax_irl SFT (xla attention)", "jax_irl SFT bf16 (auto attention)")
+# On request (--sides): the SFT step with attention through jax.nn.dot_product_attention ('xla'), in bf16 with
+# 'auto' (cuDNN's fused attention on a GPU, jax_irl's own attention elsewhere), and with jax_irl's attention over
+# the full [T, T] score matrix (attention_block=0, no causal query blocks).
+EXTRA_SIDES = ("jax_irl SFT (xla attention)", "jax_irl SFT bf16 (auto attention)", "jax_irl SFT (full score matrix)")
 
 
 def allocator() -> str:
@@ -112,8 +113,9 @@ def jax_side(name: str, size: str):
 
     dtype = "bfloat16" if "bf16" in name else "float32"  # compute dtype; params stay float32
     attention = "xla" if "(xla attention)" in name else "auto" if "(auto attention)" in name else "einsum"
+    block = {"attention_block": 0} if "(full score matrix)" in name else {}
     cfg = TransformerConfig.for_family("llama", vocab_size=VOCAB, max_position_embeddings=LENGTH, dtype=dtype,
-                                       attention=attention, **SIZES[size])
+                                       attention=attention, **block, **SIZES[size])
     model = Transformer(cfg, rngs=nnx.Rngs(0))
     tokens, mask = data()
     if name == "jax_irl ref log-probs":

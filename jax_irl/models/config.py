@@ -35,6 +35,12 @@ class TransformerConfig:
     kernel, GPU only, bfloat16 compute, head_dim a multiple of 8 up to 128; 'auto': 'cudnn' where it applies (a GPU
     backend, bfloat16, such a head_dim, even sequence lengths) and 'einsum' elsewhere. Decoding with a KV cache
     always uses jax_irl's own cached path.
+
+    attention_block: the 'einsum' path's causal query blocks. Queries go in blocks of about this many tokens and
+    each block's scores cover only the keys up to its own last position, so the masked upper triangle of the
+    [T, T] score matrix is mostly never computed (a quarter of it is skipped at two blocks, 7/16 at eight). Every
+    query with at least one key it may attend to gets the same output as the full matrix, to float rounding;
+    0 (or a block at least T long) computes the full matrix.
     """
 
     family: str
@@ -69,6 +75,7 @@ class TransformerConfig:
     eos_token_ids: Tuple[int, ...] = ()
     pad_token_id: Optional[int] = None
     attention: str = "einsum"
+    attention_block: int = 64
 
     def __post_init__(self):
         checks = [
@@ -87,6 +94,9 @@ class TransformerConfig:
                      "intermediate_size", "max_position_embeddings"):
             value = getattr(self, name)
             checks.append((isinstance(value, int) and value > 0, f"{name} must be a positive int; got {value!r}"))
+        checks.append((isinstance(self.attention_block, int) and not isinstance(self.attention_block, bool)
+                       and self.attention_block >= 0,
+                       f"attention_block must be an int >= 0 (0: no query blocks); got {self.attention_block!r}"))
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"TransformerConfig: {message}")

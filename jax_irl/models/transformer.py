@@ -113,38 +113,38 @@ class Attention(nnx.Module):
         kvh = cfg.num_kv_heads
         g = h // kvh
         qg = q.reshape(b, t, kvh, g, hd).transpose(0, 2, 3, 1, 4)  # [B, KV, G, T, hd]
-        new_cache = None
         if layer_cache is None:
             # Keys and values as [B, KV, S, hd]: batch dims lead, the layout the attention dots want.
             k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-            scores = jnp.einsum("bkgth,bksh->bkgts", qg, k, preferred_element_type=jnp.float32)
-        else:
-            # The cache holds keys as [B * KV, hd, S] and values as [B * KV, S, hd], and the attention dots run
-            # on exactly those arrays, with (G, T) as the rows of each of the B * KV products. Every layout here
-            # was measured on XLA:CPU's decoding step: keys stored [S, hd] made the score product pack the
-            # transposed cache at every step (0.1 ms a layer at W1's sampler shape); a dot operand that is a
-            # reshape of the updated cache rather than the cache itself (as [B, KV, ...] against [B * KV, ...], or
-            # any size-1 axis that XLA drops, such as one KV head) made XLA fuse the cache update twice and copy
-            # the whole cache several times per step.
-            k_new = k.transpose(0, 2, 3, 1).reshape(b * kvh, hd, t).astype(layer_cache["k"].dtype)
-            v_new = v.transpose(0, 2, 1, 3).reshape(b * kvh, t, hd).astype(layer_cache["v"].dtype)
-            k = jax.lax.dynamic_update_slice_in_dim(layer_cache["k"], k_new, cache_index, axis=2)
-            v = jax.lax.dynamic_update_slice_in_dim(layer_cache["v"], v_new, cache_index, axis=1)
-            new_cache = {"k": k, "v": v}
-            k, v = k.astype(x.dtype), v.astype(x.dtype)
-            scores = jnp.einsum("nqh,nhs->nqs", qg.reshape(b * kvh, g * t, hd), k, preferred_element_type=jnp.float32)
-            scores = scores.reshape(b, kvh, g, t, -1)
-        scores = scores / math.sqrt(hd)
+            blocks = []
+            for start, end in query_blocks(t, cfg.attention_block):
+                # Queries start .. end - 1 see keys 0 .. end - 1 at most: the keys past ``end`` are all masked for
+                # this block, so they are left out of its scores instead of being computed and masked.
+                allowed = key_valid[:, None, None, None, :end] & (
+                    jnp.arange(end)[None, :] <= query_slots[start:end, None])[None, None, None]
+                blocks.append(_attend(qg[:, :, :, start:end], k[:, :, :end], v[:, :, :end], allowed, x.dtype))
+            out = blocks[0] if len(blocks) == 1 else jnp.concatenate(blocks, axis=3)
+            out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
+            return self._output(out, x.dtype), None
+        # The cache holds keys as [B * KV, hd, S] and values as [B * KV, S, hd], and the attention dots run on
+        # exactly those arrays, with (G, T) as the rows of each of the B * KV products. Every layout here was
+        # measured on XLA:CPU's decoding step: keys stored [S, hd] made the score product pack the transposed
+        # cache at every step (0.1 ms a layer at W1's sampler shape); a dot operand that is a reshape of the
+        # updated cache rather than the cache itself (as [B, KV, ...] against [B * KV, ...], or any size-1 axis
+        # that XLA drops, such as one KV head) made XLA fuse the cache update twice and copy the whole cache
+        # several times per step.
+        k_new = k.transpose(0, 2, 3, 1).reshape(b * kvh, hd, t).astype(layer_cache["k"].dtype)
+        v_new = v.transpose(0, 2, 1, 3).reshape(b * kvh, t, hd).astype(layer_cache["v"].dtype)
+        k = jax.lax.dynamic_update_slice_in_dim(layer_cache["k"], k_new, cache_index, axis=2)
+        v = jax.lax.dynamic_update_slice_in_dim(layer_cache["v"], v_new, cache_index, axis=1)
+        new_cache = {"k": k, "v": v}
+        k, v = k.astype(x.dtype), v.astype(x.dtype)
+        scores = jnp.einsum("nqh,nhs->nqs", qg.reshape(b * kvh, g * t, hd), k, preferred_element_type=jnp.float32)
+        scores = scores.reshape(b, kvh, g, t, -1) / math.sqrt(hd)
         key_slots = jnp.arange(scores.shape[-1])
         allowed = key_valid[:, None, None, None, :] & (key_slots[None, :] <= query_slots[:, None])[None, None, None]
-        scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
-        # A batched matmul over (b, k) in its natural [.., G, T, hd] layout, then one small transpose: asking the
-        # einsum for [B, T, KV, G, hd] directly sends XLA:CPU to a slow generic dot (a quarter of decoding time).
-        if layer_cache is None:
-            out = jnp.einsum("bkgts,bksh->bkgth", probs, v)
-        else:
-            out = jnp.einsum("nqs,nsh->nqh", probs.reshape(b * kvh, g * t, -1), v).reshape(b, kvh, g, t, hd)
+        probs = _masked_softmax(scores, allowed, x.dtype)
+        out = jnp.einsum("nqs,nsh->nqh", probs.reshape(b * kvh, g * t, -1), v).reshape(b, kvh, g, t, hd)
         out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
         return self._output(out, x.dtype), new_cache
 
@@ -162,6 +162,29 @@ class Attention(nnx.Module):
         mask = jnp.broadcast_to(key_valid[:, None, None, :], (b, 1, t, key_valid.shape[-1]))
         return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True,
                                             implementation=None if impl == "xla" else "cudnn")
+
+
+def query_blocks(length: int, block: int):
+    """The (start, end) query blocks of a causal attention over ``length`` tokens: about ``block`` tokens each,
+    as equal as they can be (one block when ``block`` is 0 or at least ``length``)."""
+    n = 1 if block <= 0 else max(1, round(length / block))
+    edges = [round(length * i / n) for i in range(n + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _masked_softmax(scores: Array, allowed: Array, dtype) -> Array:
+    """softmax over the last axis of float32 scores with disallowed entries at float32's lowest (exactly 0 after
+    the exp whenever a row has an allowed entry), cast to the compute dtype."""
+    return jax.nn.softmax(jnp.where(allowed, scores, jnp.finfo(jnp.float32).min), axis=-1).astype(dtype)
+
+
+def _attend(qg: Array, k: Array, v: Array, allowed: Array, dtype) -> Array:
+    """Grouped-query attention without a cache: qg [B, KV, G, T, hd], k/v [B, KV, S, hd], allowed broadcastable
+    to [B, KV, G, T, S] -> [B, KV, G, T, hd]. A batched matmul over (B, KV) in its natural [.., G, T, hd] layout
+    (the caller transposes once): asking the einsum for [B, T, KV, G, hd] directly sends XLA:CPU to a slow generic
+    dot."""
+    scores = jnp.einsum("bkgth,bksh->bkgts", qg, k, preferred_element_type=jnp.float32) / math.sqrt(qg.shape[-1])
+    return jnp.einsum("bkgts,bksh->bkgth", _masked_softmax(scores, allowed, dtype), v)
 
 
 def _attention_impl(cfg: TransformerConfig, length: int) -> str:

@@ -1,6 +1,6 @@
-"""The attention implementations of a cache-free forward: 'xla' (jax.nn.dot_product_attention) against jax_irl's
-own 'einsum' path, values and gradients, sharded; 'auto' on CPU is the 'einsum' path exactly; 'cudnn' is refused
-where it cannot run, with the config field named."""
+"""The attention implementations of a cache-free forward: 'xla' (jax.nn.dot_product_attention) and the 'einsum'
+path's causal query blocks against the full score matrix, values and gradients, sharded; 'auto' on CPU is the
+'einsum' path exactly; 'cudnn' is refused where it cannot run, with the config field named."""
 
 import dataclasses
 
@@ -12,7 +12,7 @@ from flax import nnx
 
 from jax_irl import losses
 from jax_irl.models.config import TransformerConfig
-from jax_irl.models.transformer import Transformer
+from jax_irl.models.transformer import Transformer, query_blocks
 from tests.losses import harness
 
 VOCAB = 40
@@ -40,19 +40,38 @@ def _same_params(src, dst):
     return dst
 
 
+def test_query_blocks_split_the_length_evenly():
+    assert query_blocks(255, 64) == [(0, 64), (64, 128), (128, 191), (191, 255)]
+    assert query_blocks(10, 3) == [(0, 3), (3, 7), (7, 10)]
+    assert query_blocks(10, 0) == query_blocks(10, 64) == query_blocks(10, 10) == [(0, 10)]
+    assert query_blocks(1, 3) == [(0, 1)]
+
+
+@pytest.mark.parametrize("other", ["xla", "query_blocks"])
 @pytest.mark.parametrize("family,kv", [("llama", 2), ("llama", 1), ("gemma", 4), ("gpt2", 4)])
-def test_xla_attention_equals_the_einsum_path_values_and_gradients(family, kv):
-    ref = _model("einsum", family, num_kv_heads=kv)
-    fused = _same_params(ref, _model("xla", family, num_kv_heads=kv))
+def test_xla_attention_and_query_blocks_equal_the_full_score_matrix_values_and_gradients(family, kv, other):
+    # The reference: the 'einsum' path over the whole [T, T] score matrix. 'query_blocks' is the same path in
+    # blocks of 3 queries (4 blocks over the 9 input positions of the loss, 4 over the 10 of the forward).
+    ref = _model("einsum", family, num_kv_heads=kv, attention_block=0)
+    if other == "xla":
+        fused = _same_params(ref, _model("xla", family, num_kv_heads=kv))
+    else:
+        fused = _same_params(ref, _model("einsum", family, num_kv_heads=kv, attention_block=3))
     ids, mask = _rows()
     real = np.asarray(mask).astype(bool)
     a, b = ref(ids, attention_mask=mask).logits, fused(ids, attention_mask=mask).logits
     assert np.all(np.isfinite(np.asarray(b)))  # padded query rows too
     np.testing.assert_allclose(np.asarray(b)[real], np.asarray(a)[real], rtol=1e-5, atol=1e-5)
 
+    # Targets count where their input position is real: a query with no key to attend to (row 5's last input,
+    # after all-padding) has no defined output, and the implementations differ there (the full matrix averages
+    # every value, a query block its own keys' values, a fused kernel may return zeros).
+    target_mask = mask[:, 1:] * mask[:, :-1]
+    assert int(target_mask.sum()) < int(mask[:, 1:].sum())
+
     def loss(model):
         logits = model(ids[:, :-1], attention_mask=mask[:, :-1]).logits
-        return losses.mle_loss(logits, ids[:, 1:], mask[:, 1:])[0]
+        return losses.mle_loss(logits, ids[:, 1:], target_mask)[0]
 
     ga, gb = nnx.grad(loss)(ref), nnx.grad(loss)(fused)
     flat_a, flat_b = jax.tree.leaves(nnx.state(ga)), jax.tree.leaves(nnx.state(gb))
@@ -61,8 +80,9 @@ def test_xla_attention_equals_the_einsum_path_values_and_gradients(family, kv):
         np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-4, atol=1e-6)
 
 
-def test_xla_attention_under_jit_and_sharded_jit():
-    model = _model("xla")
+@pytest.mark.parametrize("attention,block", [("xla", 64), ("einsum", 3)])
+def test_xla_attention_and_query_blocks_under_jit_and_sharded_jit(attention, block):
+    model = _model(attention, attention_block=block)
     graphdef, state = nnx.split(model)
     ids, mask = _rows()
 
@@ -90,6 +110,9 @@ def test_auto_is_the_einsum_path_off_a_gpu_and_decoding_ignores_the_choice():
 def test_cudnn_is_refused_where_it_cannot_run():
     with pytest.raises(ValueError, match="attention must be one of"):
         _model("flash")
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="attention_block must be an int >= 0"):
+            _model("einsum", attention_block=bad)
     with pytest.raises(ValueError, match="attention='cudnn' needs dtype='bfloat16'"):
         _model("cudnn")
     with pytest.raises(ValueError, match="head_dim a multiple of 8"):

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -72,6 +73,11 @@ def test_import_and_export_match_transformers_logits(family, tmp_path):
     got = np.asarray(ours(jnp.asarray(ids), attention_mask=jnp.asarray(mask)).logits)
     real = mask.astype(bool)
     assert np.abs(got - expected)[real].max() <= 1e-4
+    # The same weights with causal query blocks of 2 (5 blocks over 9 tokens): the same logits.
+    blocked = Transformer(dataclasses.replace(ours.cfg, attention_block=2), rngs=nnx.Rngs(1))
+    nnx.update(blocked, nnx.state(ours, nnx.Param))
+    got_blocked = np.asarray(blocked(jnp.asarray(ids), attention_mask=jnp.asarray(mask)).logits)
+    assert np.abs(got_blocked - expected)[real].max() <= 1e-4
     # Export -> transformers loads it -> the same logits.
     hf.save_pretrained(ours, str(tmp_path / "export"))
     back = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "export")).eval()
