@@ -40,7 +40,7 @@ class LMOutputs(NamedTuple):
     target_q: jax.Array  # [N, T-1] float32: Q(s_t, a_t), the logit (/ tau) of the next token
     values: jax.Array  # [N, T-1] float32: V(s_t) = tau * logsumexp(logits_t / tau)
     logits: Optional[jax.Array]  # [N, T-1, V] (None on the vocabulary-chunked path)
-    hidden: jax.Array  # [N, T-1, D] final hidden states (all positions, also with a window)
+    hidden: jax.Array  # [N, T-1, D] final hidden states; [N, W, D] with a window (the window's positions only)
     mask: Optional[jax.Array] = None  # the target mask the outputs line up with (windowed with a window)
     start: Optional[jax.Array] = None  # [N] int32: the window's first target position per row (None: no window)
 
@@ -87,11 +87,13 @@ def causal_lm(model, tokens: jax.Array, attention: Optional[jax.Array] = None, *
     [N, T-1], the unembedding, the softmax statistics and their gradients are computed only on each row's W
     target positions from its first counted one (start[n] = the first t with mask[n, t] > 0): target_q, values,
     logits and mask come back as [N, W] (``out.mask``; ``out.start`` for ``take_window`` of other per-token
-    arrays). The transformer still runs on every token (attention needs them); only the [N, T-1, V] part, the
-    largest array of a step, shrinks to [N, W, V], e.g. to the response of a prompt + response row. Every
-    quantity at a counted position equals the unwindowed one, and so does any loss over counted positions and
-    their successors (IQLearn's V(s_{t+1})): position j of the window is position start + j of the row. Counted
-    targets past start + W - 1 would be dropped, so W must cover each row's span (``loss_window`` does)."""
+    arrays). The largest array of a step, [N, T-1, V], shrinks to [N, W, V], e.g. to the response of a prompt +
+    response row, and so does the last transformer block after its keys and values (``Transformer``'s window:
+    nothing after it reads other positions); hidden comes back as [N, W, D]. The earlier blocks run on every token
+    (attention needs them). Every quantity at a counted position equals the unwindowed one, and so does any loss
+    over counted positions and their successors (IQLearn's V(s_{t+1})): position j of the window is position
+    start + j of the row. Counted targets past start + W - 1 would be dropped, so W must cover each row's span
+    (``loss_window`` does)."""
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     attn = None if attention is None else attention[:, :-1]
     if window is not None:
@@ -100,18 +102,18 @@ def causal_lm(model, tokens: jax.Array, attention: Optional[jax.Array] = None, *
         if window < 1:
             raise ValueError(f"window must be >= 1; got {window}")
         width = min(int(window), targets.shape[1])
-        hidden = model(inputs, attention_mask=attn, compute_logits=False).hidden
         start = jnp.argmax(mask > 0, axis=1).astype(jnp.int32)
+        hidden_w = model(inputs, attention_mask=attn, compute_logits=False, window=(start, width)).hidden
         inside = (start[:, None] + jnp.arange(width)[None]) < targets.shape[1]
-        hidden_w, targets_w = take_window(hidden, start, width), take_window(targets, start, width)
+        targets_w = take_window(targets, start, width)
         mask_w = jnp.where(inside, take_window(mask, start, width), 0).astype(mask.dtype)
         if vocab_chunk and not need_logits:
             q, v = losses.chunked_soft_q_stats(hidden_w, model.unembedding(), targets_w, chunk_size=vocab_chunk,
                                                temperature=temperature)
-            return LMOutputs(q, v, None, hidden, mask_w, start)
+            return LMOutputs(q, v, None, hidden_w, mask_w, start)
         logits = model.logits(hidden_w)
         q, v = losses.soft_q_stats(logits, targets_w, temperature)
-        return LMOutputs(q, v, logits, hidden, mask_w, start)
+        return LMOutputs(q, v, logits, hidden_w, mask_w, start)
     if vocab_chunk and not need_logits:
         hidden = model(inputs, attention_mask=attn, compute_logits=False).hidden
         q, v = losses.chunked_soft_q_stats(hidden, model.unembedding(), targets, chunk_size=vocab_chunk,

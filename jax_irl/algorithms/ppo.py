@@ -116,8 +116,9 @@ class PPOConfig:
 
 class ActorCritic(nnx.Module):
     """A causal-LM policy with a value function: a head on the policy's hidden states ('shared', 'detached') or
-    on a critic backbone of its own ('separate'). ``values(tokens, attention, hidden)`` -> [N, T-1] on the
-    target grid (V(s_t) at tokens[:, t])."""
+    on a critic backbone of its own ('separate'). ``values(tokens, attention, hidden, start)`` -> V(s_t) at
+    tokens[:, t] on the positions of the policy's hidden states: [N, T-1] on the target grid, or [N, W] on a
+    ``causal_lm`` window (its ``out.start``)."""
 
     def __init__(self, policy, critic: str = "shared", *, rngs: nnx.Rngs):
         if critic not in CRITICS:
@@ -127,10 +128,12 @@ class ActorCritic(nnx.Module):
         self.critic = nnx.clone(policy) if critic == "separate" else None
         self.value_head = ValueHead(policy.cfg.hidden_size, rngs=rngs)
 
-    def values(self, tokens: jax.Array, attention: Optional[jax.Array], hidden: jax.Array) -> jax.Array:
+    def values(self, tokens: jax.Array, attention: Optional[jax.Array], hidden: jax.Array,
+               start: Optional[jax.Array] = None) -> jax.Array:
         if self.critic is not None:
             mask = None if attention is None else attention[:, :-1]
-            hidden = self.critic.hidden_states(tokens[:, :-1], attention_mask=mask)
+            window = None if start is None else (start, hidden.shape[1])
+            hidden = self.critic(tokens[:, :-1], attention_mask=mask, compute_logits=False, window=window).hidden
         elif self.critic_kind == "detached":
             hidden = jax.lax.stop_gradient(hidden)
         return self.value_head(hidden)
@@ -170,7 +173,7 @@ def ppo_loss_fn(cfg: PPOConfig, vocab_chunk: Optional[int] = None, window: Optio
         logp = out.target_q - out.values
         policy_loss, paux = losses.ppo_policy_loss(logp, on_window(batch["old_log_probs"]),
                                                    on_window(batch["advantages"]), mask, clip_eps=cfg.clip_eps)
-        values = on_window(model.values(tokens, attention, out.hidden))
+        values = model.values(tokens, attention, out.hidden, out.start)
         returns = on_window(batch["returns"])
         value_loss, vaux = losses.ppo_value_loss(values, on_window(batch["old_values"]), returns, mask,
                                                  clip_eps=cfg.value_clip_eps)

@@ -11,7 +11,7 @@ Call: ``model(tokens, attention_mask=..., positions=..., cache=..., cache_index=
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -148,6 +148,26 @@ class Attention(nnx.Module):
         out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
         return self._output(out, x.dtype), new_cache
 
+    def windowed(self, x, positions, key_valid, inv_freq, rows):
+        """The attention output [B, W, D] at query positions ``rows`` [B, W] only, with keys and values from every
+        position of x [B, T, D]: query i of row b sees the valid keys at positions <= rows[b, i]. The same as
+        gathering those rows of the full output (to float rounding, for every query with a key to attend to); it
+        always takes jax_irl's own path."""
+        cfg = self.cfg
+        q = self._project(take_rows(x, rows), self.q, self.q_bias)
+        k = self._project(x, self.k, self.k_bias)
+        v = self._project(x, self.v, self.v_bias)
+        if cfg.positions == "rope":
+            q, k = apply_rope(q, take_rows(positions, rows), inv_freq), apply_rope(k, positions, inv_freq)
+        b, w, h, hd = q.shape
+        kvh = cfg.num_kv_heads
+        qg = q.reshape(b, w, kvh, h // kvh, hd).transpose(0, 2, 3, 1, 4)  # [B, KV, G, W, hd]
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+        allowed = key_valid[:, None, None, None, :] & (
+            jnp.arange(x.shape[1])[None, None, :] <= rows[:, :, None])[:, None, None]
+        out = _attend(qg, k, v, allowed, x.dtype).transpose(0, 3, 1, 2, 4).reshape(b, w, h, hd)
+        return self._output(out, x.dtype)
+
     def _output(self, out, dtype):
         h, k, d = self.o.shape
         y = dense(out.reshape(out.shape[:-2] + (h * k,)), self.o[...].astype(dtype).reshape(h * k, d))
@@ -162,6 +182,11 @@ class Attention(nnx.Module):
         mask = jnp.broadcast_to(key_valid[:, None, None, :], (b, 1, t, key_valid.shape[-1]))
         return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True,
                                             implementation=None if impl == "xla" else "cudnn")
+
+
+def take_rows(x: Array, rows: Array) -> Array:
+    """x [B, T, ...] at positions rows [B, W] of each row -> [B, W, ...]."""
+    return jnp.take_along_axis(x, rows.reshape(rows.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
 def query_blocks(length: int, block: int):
@@ -241,10 +266,16 @@ class Block(nnx.Module):
         x = x + a
         return x + self.mlp(self.mlp_norm(x)), new_cache
 
+    def windowed(self, x, positions, key_valid, inv_freq, rows):
+        """The block's output [B, W, D] at positions ``rows`` [B, W] only (keys and values from every position)."""
+        a = self.attn.windowed(self.attn_norm(x), positions, key_valid, inv_freq, rows)
+        x = take_rows(x, rows) + a
+        return x + self.mlp(self.mlp_norm(x))
+
 
 class DecoderOutput(NamedTuple):
-    logits: Optional[Array]  # [B, T, V] in the compute dtype (None when compute_logits=False)
-    hidden: Array  # [B, T, D] after the final norm
+    logits: Optional[Array]  # [B, T, V] in the compute dtype (None when compute_logits=False); [B, W, V] in a window
+    hidden: Array  # [B, T, D] after the final norm; [B, W, D] in a window
     cache: Optional[dict]
 
 
@@ -292,11 +323,18 @@ class Transformer(nnx.Module):
         }
 
     def __call__(self, tokens: Array, *, attention_mask: Optional[Array] = None, positions: Optional[Array] = None,
-                 cache: Optional[dict] = None, cache_index=None, compute_logits: bool = True) -> DecoderOutput:
+                 cache: Optional[dict] = None, cache_index=None, compute_logits: bool = True,
+                 window: Optional[Tuple[Array, int]] = None) -> DecoderOutput:
         """tokens: [B, T] ids; attention_mask: [B, T], 1 on real tokens (default all ones); positions: [B, T]
         (default: the count of real tokens before each one, so left padding is handled); cache/cache_index:
         write this call's keys and values at slots cache_index .. cache_index + T of ``cache`` and attend to
-        every valid slot up to each query's own."""
+        every valid slot up to each query's own.
+
+        window: (start [B] int, width W) returns the hidden states and logits of positions start[b] ..
+        start[b] + W - 1 of each row only (positions past T - 1 repeat the last), as [B, W, ...]. Nothing after
+        the last block reads other positions, so its queries, output projection and MLP, the final norm and the
+        unembedding run on the window alone (its keys and values still come from every position); the values
+        equal the same positions of the full forward to float rounding. Cache-free forwards only."""
         cfg = self.cfg
         if tokens.ndim != 2:
             raise ValueError(f"tokens must have shape [B, T]; got {tokens.shape}")
@@ -324,8 +362,22 @@ class Transformer(nnx.Module):
             query_slots = cache_index + jnp.arange(t)
             layer_caches = cache["layers"]
         inv_freq = rope_inverse_frequencies(cfg)
+        rows = None
+        if window is not None:
+            if cache is not None:
+                raise ValueError("window is for cache-free forwards; got a cache")
+            start, width = window
+            if not (isinstance(width, int) and width >= 1):
+                raise ValueError(f"window width must be a positive int; got {width!r}")
+            start = jnp.asarray(start)
+            if start.shape != (b,):
+                raise ValueError(f"window start must have shape [B] = ({b},); got {start.shape}")
+            rows = jnp.minimum(start[:, None].astype(jnp.int32) + jnp.arange(width, dtype=jnp.int32)[None], t - 1)
         new_layers = []
-        for block, layer_cache in zip(self.layers, layer_caches):
+        for i, (block, layer_cache) in enumerate(zip(self.layers, layer_caches)):
+            if rows is not None and i == len(self.layers) - 1:
+                x = block.windowed(x, positions, key_valid, inv_freq, rows)
+                break
             x, new_cache = block(x, positions, key_valid, query_slots, inv_freq, layer_cache, cache_index)
             new_layers.append(new_cache)
         hidden = self.final_norm(x)

@@ -193,6 +193,15 @@ def test_the_value_loss_reaches_the_policy_only_with_a_shared_critic(critic):
     assert (policy_norm > 0) == (critic == "shared"), policy_norm
     if critic == "separate":
         assert sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(nnx.state(grads.critic))) > 0
+    # train_ppo's loss on the responses' window (the last block, the unembedding and, for this critic, the values
+    # on the window only) equals the full path's, and so do its gradients.
+    window = batch["tokens"].shape[1] - PROMPTS3.tokens.shape[1]
+    full_fn, win_fn = ppo.ppo_loss_fn(cfg), ppo.ppo_loss_fn(cfg, window=window)
+    assert float(win_fn(model, batch, None)[0]) == pytest.approx(float(full_fn(model, batch, None)[0]), abs=2e-5)
+    g_full = nnx.grad(lambda m: full_fn(m, batch, None)[0])(model)
+    g_win = nnx.grad(lambda m: win_fn(m, batch, None)[0])(model)
+    for a, b in zip(jax.tree.leaves(nnx.state(g_win)), jax.tree.leaves(nnx.state(g_full))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.slow

@@ -144,3 +144,54 @@ def test_experiment_base_config_and_hf_import_take_the_attention_choice(tmp_path
     np.testing.assert_allclose(np.asarray(loaded(ids, attention_mask=mask).logits)[np.asarray(mask) == 1],
                                np.asarray(model(ids, attention_mask=mask).logits)[np.asarray(mask) == 1],
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family,kv", [("llama", 2), ("llama", 1), ("gemma", 4), ("gpt2", 4)])
+def test_a_window_equals_those_positions_of_the_full_forward_values_and_gradients(family, kv):
+    """Transformer(window=(start, W)): the last block, the final norm and the unembedding on W positions per row
+    give the full forward's hidden states and logits there, and the same gradients of a loss on them; positions
+    past the row's end repeat the last one."""
+    from jax_irl.models.transformer import take_rows
+
+    model = _model("einsum", family, num_kv_heads=kv, attention_block=4)
+    ids, mask = _rows()
+    start = jnp.asarray([0, 4, 2, 6, 3, 9, 1, 7], jnp.int32)  # row 7's window runs past the end (positions 7-11)
+    width = 5
+    rows = jnp.minimum(start[:, None] + jnp.arange(width)[None], ids.shape[1] - 1)
+    real = np.asarray(take_rows(mask, rows)).astype(bool)  # queries with a key to attend to
+    full = model(ids, attention_mask=mask)
+    win = model(ids, attention_mask=mask, window=(start, width))
+    assert win.hidden.shape == (8, width, 32) and win.logits.shape == (8, width, VOCAB) and win.cache is None
+    np.testing.assert_allclose(np.asarray(win.logits)[real], np.asarray(take_rows(full.logits, rows))[real],
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(win.hidden)[real], np.asarray(take_rows(full.hidden, rows))[real],
+                               rtol=1e-5, atol=1e-5)
+    weights = jnp.asarray(np.random.default_rng(2).normal(size=(8, width, VOCAB)) * real[..., None], jnp.float32)
+
+    def loss(m, windowed):
+        out = m(ids, attention_mask=mask, window=(start, width) if windowed else None).logits
+        return jnp.sum((out if windowed else take_rows(out, rows)) * weights)
+
+    g_full, g_win = nnx.grad(lambda m: loss(m, False))(model), nnx.grad(lambda m: loss(m, True))(model)
+    for a, b in zip(jax.tree.leaves(nnx.state(g_win)), jax.tree.leaves(nnx.state(g_full))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    # Under jit and sharded over the batch.
+    graphdef, state = nnx.split(model)
+
+    def fn(ids, mask, start):
+        return nnx.merge(graphdef, state)(ids, attention_mask=mask, window=(start, width)).logits
+
+    harness.check_jit_matches_eager(fn, ids, mask, start)
+    harness.check_sharded_jit(fn, (ids, mask, start), batch_argnums=(0, 1, 2))
+
+
+def test_a_window_refuses_bad_input():
+    model = _model("einsum")
+    ids, mask = _rows()
+    start = jnp.zeros(8, jnp.int32)
+    with pytest.raises(ValueError, match="window width must be a positive int; got 0"):
+        model(ids, attention_mask=mask, window=(start, 0))
+    with pytest.raises(ValueError, match=r"window start must have shape \[B\] = \(8,\); got \(3,\)"):
+        model(ids, attention_mask=mask, window=(start[:3], 4))
+    with pytest.raises(ValueError, match="window is for cache-free forwards"):
+        model(ids, attention_mask=mask, cache=model.init_cache(8, 12), cache_index=0, window=(start, 4))
