@@ -19,6 +19,8 @@ import jax
 import numpy as np
 import torch
 
+from bench_train import allocator  # tools/ is the script's folder
+
 # (what it is in the W1 step, m, k, n): [m, k] x [k, n]. 16 rows x 255 input tokens = 4080; the loss window is
 # 16 x 128 = 2048 positions; hidden 256, MLP 688, vocabulary 8192.
 SHAPES = (
@@ -30,15 +32,6 @@ SHAPES = (
     ("unembedding weight gradient", 256, 2048, 8192),
     ("unembedding input gradient", 2048, 8192, 256),
 )
-
-
-def allocator() -> str:
-    with open("/proc/self/maps") as f:
-        maps = f.read()
-    for name in ("jemalloc", "tcmalloc", "mimalloc"):
-        if name in maps:
-            return name
-    return "glibc malloc (ptmalloc2)"
 
 
 def main(argv=None):
