@@ -126,3 +126,21 @@ class TransformerConfig:
             kwargs["head_dim"] = kwargs["hidden_size"] // kwargs["num_heads"]
         kwargs.setdefault("num_kv_heads", kwargs.get("num_heads"))
         return cls(family=family, **kwargs)
+
+
+def training_flops_per_token(cfg: TransformerConfig, length: int) -> float:
+    """Model FLOPs of one training token (forward and backward) at sequence length ``length``, in the convention
+    of PaLM's model-FLOPs utilisation (Chowdhery et al. 2022, appendix B): 6 N + 12 L H hd T.
+
+    N counts the weights that enter matmuls: per layer the q, k, v and output projections and the MLP (two
+    matrices, three when gated), plus the unembedding (D x V, also when tied to the embedding); the embedding
+    lookup, norms and biases are left out. The attention term counts the full T x T score and value products
+    (a causal kernel does about half of them): the FLOPs a step must do whatever its implementation, so that
+    recomputation and skipped work do not change the figure."""
+    if not (isinstance(length, int) and length > 0):
+        raise ValueError(f"length must be a positive int; got {length!r}")
+    d, hd = cfg.hidden_size, cfg.head_dim
+    attention = d * hd * (2 * cfg.num_heads + 2 * cfg.num_kv_heads)
+    mlp = (3 if cfg.mlp == "gated" else 2) * d * cfg.intermediate_size
+    n = cfg.num_layers * (attention + mlp) + d * cfg.vocab_size
+    return 6.0 * n + 12.0 * cfg.num_layers * cfg.num_heads * hd * length
