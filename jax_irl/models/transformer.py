@@ -15,6 +15,7 @@ from typing import NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jax_irl.models.config import TransformerConfig, cudnn_attention_unsupported
@@ -116,16 +117,8 @@ class Attention(nnx.Module):
         if layer_cache is None:
             # Keys and values as [B, KV, S, hd]: batch dims lead, the layout the attention dots want.
             k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-            blocks = []
-            for start, end in query_blocks(t, cfg.attention_block):
-                # Queries start .. end - 1 see keys 0 .. end - 1 at most: the keys past ``end`` are all masked for
-                # this block, so they are left out of its scores instead of being computed and masked.
-                allowed = key_valid[:, None, None, None, :end] & (
-                    jnp.arange(end)[None, :] <= query_slots[start:end, None])[None, None, None]
-                blocks.append(_attend(qg[:, :, :, start:end], k[:, :, :end], v[:, :, :end], allowed, x.dtype))
-            out = blocks[0] if len(blocks) == 1 else jnp.concatenate(blocks, axis=3)
-            out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
-            return self._output(out, x.dtype), None
+            out = _causal_attention(qg, k, v, key_valid, 0, cfg.attention_block, x.dtype)
+            return self._output(out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd), x.dtype), None
         # The cache holds keys as [B * KV, hd, S] and values as [B * KV, S, hd], and the attention dots run on
         # exactly those arrays, with (G, T) as the rows of each of the B * KV products. Every layout here was
         # measured on XLA:CPU's decoding step: keys stored [S, hd] made the score product pack the transposed
@@ -139,6 +132,14 @@ class Attention(nnx.Module):
         v = jax.lax.dynamic_update_slice_in_dim(layer_cache["v"], v_new, cache_index, axis=1)
         new_cache = {"k": k, "v": v}
         k, v = k.astype(x.dtype), v.astype(x.dtype)
+        if isinstance(cache_index, (int, np.integer)):
+            # A cache index known when tracing (a prefill): the slots past cache_index + T are empty for this call,
+            # so the keys stop there, and the queries go in causal blocks as without a cache.
+            end = int(cache_index) + t
+            k_used = k[:, :, :end].reshape(b, kvh, hd, end).transpose(0, 1, 3, 2)
+            v_used = v[:, :end].reshape(b, kvh, end, hd)
+            out = _causal_attention(qg, k_used, v_used, key_valid, int(cache_index), cfg.attention_block, x.dtype)
+            return self._output(out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd), x.dtype), new_cache
         scores = jnp.einsum("nqh,nhs->nqs", qg.reshape(b * kvh, g * t, hd), k, preferred_element_type=jnp.float32)
         scores = scores.reshape(b, kvh, g, t, -1) / math.sqrt(hd)
         key_slots = jnp.arange(scores.shape[-1])
@@ -210,6 +211,22 @@ def _attend(qg: Array, k: Array, v: Array, allowed: Array, dtype) -> Array:
     dot."""
     scores = jnp.einsum("bkgth,bksh->bkgts", qg, k, preferred_element_type=jnp.float32) / math.sqrt(qg.shape[-1])
     return jnp.einsum("bkgts,bksh->bkgth", _masked_softmax(scores, allowed, dtype), v)
+
+
+def _causal_attention(qg: Array, k: Array, v: Array, key_valid: Array, offset: int, block: int, dtype) -> Array:
+    """Causal grouped-query attention of queries qg [B, KV, G, T, hd] at slots offset .. offset + T - 1 over keys
+    and values [B, KV, S, hd] (S >= offset + T) whose slots are valid where key_valid [B, S] says so ->
+    [B, KV, G, T, hd]. The queries go in ``query_blocks`` and each block's scores cover only the keys up to its own
+    last slot: the keys past it are all masked for the block, so they are left out instead of being computed and
+    masked."""
+    t = qg.shape[3]
+    blocks = []
+    for start, end in query_blocks(t, block):
+        keys = offset + end
+        slots = offset + jnp.arange(start, end)
+        allowed = key_valid[:, None, None, None, :keys] & (jnp.arange(keys)[None, :] <= slots[:, None])[None, None, None]
+        blocks.append(_attend(qg[:, :, :, start:end], k[:, :, :keys], v[:, :, :keys], allowed, dtype))
+    return blocks[0] if len(blocks) == 1 else jnp.concatenate(blocks, axis=3)
 
 
 def _attention_impl(cfg: TransformerConfig, length: int) -> str:

@@ -102,19 +102,27 @@ def test_kv_cache_decoding_equals_full_forward(family):
     cfg = TransformerConfig.for_family(family, vocab_size=VOCAB, hidden_size=32, num_layers=2, num_heads=4,
                                        num_kv_heads=2 if family != "gpt2" else 4, intermediate_size=48,
                                        max_position_embeddings=64)
-    model = Transformer(cfg, rngs=__import__("flax").nnx.Rngs(0))
+    model = Transformer(dataclasses.replace(cfg, attention_block=2), rngs=nnx.Rngs(0))
     ids, mask, positions = _inputs()
     mask[2, -2:] = 1  # the cache test uses left padding only
     full = model(jnp.asarray(ids), attention_mask=jnp.asarray(mask)).logits
     cache = model.init_cache(3, 12)
-    out = model(jnp.asarray(ids[:, :5]), attention_mask=jnp.asarray(mask[:, :5]),
-                positions=jnp.asarray(np.maximum(np.cumsum(mask, -1) - 1, 0)[:, :5]), cache=cache, cache_index=0)
-    steps = [out.logits]
-    cache = out.cache
     pos = np.maximum(np.cumsum(mask, -1) - 1, 0)
-    for t in range(5, 9):
-        out = model(jnp.asarray(ids[:, t:t + 1]), attention_mask=jnp.asarray(mask[:, t:t + 1]),
-                    positions=jnp.asarray(pos[:, t:t + 1]), cache=cache, cache_index=t)
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def traced(ids, mask, pos, cache, index):  # a cache index only known at run time, as in the sampler's loop
+        return nnx.merge(graphdef, state)(ids, attention_mask=mask, positions=pos, cache=cache, cache_index=index)
+
+    steps = []
+    # A prefill of 5 tokens in causal query blocks (index 0, known when tracing), a chunk of 2 at index 5 (the
+    # keys stop at slot 7), then single tokens, the first at a static index and the rest at traced ones.
+    for start, end, index in ((0, 5, 0), (5, 7, 5), (7, 8, 7), (8, 9, jnp.int32(8))):
+        args = tuple(jnp.asarray(a[:, start:end]) for a in (ids, mask, pos))
+        if isinstance(index, int):
+            out = model(args[0], attention_mask=args[1], positions=args[2], cache=cache, cache_index=index)
+        else:
+            out = traced(*args, cache, index)
         cache = out.cache
         steps.append(out.logits)
     incremental = np.concatenate([np.asarray(s) for s in steps], axis=1)
