@@ -25,13 +25,21 @@ def tool():
     return PythonTool(lambda prompt: [TestCase("t", "", "ok")], sandbox=sb.Sandbox(LIMITS))
 
 
+def _ours(uid: int) -> bool:
+    """A sandbox uid of this process: 1,000,000 + (pid << 6) + slot (``sandbox._Uid``). Under pytest-xdist the
+    other worker runs sandboxes of its own at the same time (this module's tests, the RLSF experiments), so a
+    check for leftovers counts only this process's uids."""
+    base = 1_000_000 + ((os.getpid() & 0x3FFFFF) << 6)
+    return base <= uid < base + 64
+
+
 def _sandbox_processes():
-    """Live processes under any sandbox uid (1,000,000 and up)."""
+    """Live processes under this process's sandbox uids."""
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                if os.stat(f"/proc/{entry}").st_uid >= 1_000_000:
+                if _ours(os.stat(f"/proc/{entry}").st_uid):
                     found.append(int(entry))
             except FileNotFoundError:
                 pass
@@ -47,7 +55,19 @@ def _zombie(pid):
 
 
 def _scratch_dirs():
-    return set(glob.glob(os.path.join(tempfile.gettempdir(), "jax_irl-sandbox-*")))
+    """The sandbox scratch directories; with a uid per run (root), only those of this process's runs (each is
+    owned by its run's uid), since the other xdist worker makes and removes its own meanwhile."""
+    found = set(glob.glob(os.path.join(tempfile.gettempdir(), "jax_irl-sandbox-*")))
+    if not ISO.separate_uid:
+        return found
+    mine = set()
+    for path in found:
+        try:
+            if _ours(os.stat(path).st_uid):
+                mine.add(path)
+        except FileNotFoundError:
+            pass
+    return mine
 
 
 def _contained(tool, program, *expected_in_message):
