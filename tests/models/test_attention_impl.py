@@ -175,7 +175,9 @@ def test_a_window_equals_those_positions_of_the_full_forward_values_and_gradient
     g_full, g_win = nnx.grad(lambda m: loss(m, False))(model), nnx.grad(lambda m: loss(m, True))(model)
     for a, b in zip(jax.tree.leaves(nnx.state(g_win)), jax.tree.leaves(nnx.state(g_full))):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
-    # Under jit and sharded over the batch.
+    if (family, kv) != ("llama", 2):
+        return
+    # Under jit and sharded over the batch (one family: the path is the same for all).
     graphdef, state = nnx.split(model)
 
     def fn(ids, mask, start):
