@@ -34,6 +34,7 @@ import numpy as np
 from flax import nnx
 
 from jax_irl import losses, sampling
+from jax_irl.models.transformer import take_rows, window_rows
 
 
 class LMOutputs(NamedTuple):
@@ -69,9 +70,8 @@ def useful_window(width: int, targets: int, min_saving: float = 0.1) -> Optional
 
 def take_window(x: jax.Array, start: jax.Array, width: int) -> jax.Array:
     """x [N, T, ...] -> [N, width, ...]: row n's positions start[n] .. start[n] + width - 1 (positions past T - 1
-    repeat the last one; ``causal_lm`` masks them out)."""
-    idx = jnp.minimum(start[:, None] + jnp.arange(width)[None], x.shape[1] - 1)
-    return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+    repeat the last one; ``causal_lm`` masks them out). The same positions as the model's ``window``."""
+    return take_rows(x, window_rows(start, width, x.shape[1]))
 
 
 def causal_lm(model, tokens: jax.Array, attention: Optional[jax.Array] = None, *, vocab_chunk: Optional[int] = None,

@@ -23,6 +23,7 @@ elsewhere, and for float32 compute, pass --peak-tflops. Prints one markdown tabl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import statistics
 import time
@@ -116,9 +117,7 @@ def main(argv=None):
     print("| attention | step (median) | range | tokens/s | TFLOP/s | MFU | first call |")
     print("|---|---|---|---|---|---|---|")
     for attention in sides:
-        cfg = TransformerConfig.for_family("llama", dtype=args.dtype, attention=attention,
-                                           max_position_embeddings=max(args.length, 2048), **SIZES[args.size])
-        first, times = side(cfg, args.batch, args.length, args.steps, args.vocab_chunk)
+        first, times = side(dataclasses.replace(base, attention=attention), args.batch, args.length, args.steps, args.vocab_chunk)
         step = statistics.median(times)
         achieved = per_token * tokens / step / 1e12
         mfu = f"{100 * achieved / (peak * len(devices)):.1f}%" if peak else "-"

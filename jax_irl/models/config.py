@@ -37,10 +37,10 @@ class TransformerConfig:
     always uses jax_irl's own cached path.
 
     attention_block: the 'einsum' path's causal query blocks. Queries go in blocks of about this many tokens and
-    each block's scores cover only the keys up to its own last position, so the masked upper triangle of the
-    [T, T] score matrix is mostly never computed (a quarter of it is skipped at two blocks, 7/16 at eight). Every
-    query with at least one key it may attend to gets the same output as the full matrix, to float rounding;
-    0 (or a block at least T long) computes the full matrix.
+    each block's scores cover only the keys up to its own last position, so of the [T, T] score matrix (n - 1) / 2n
+    at n blocks is never computed, all of it in the masked upper triangle: a quarter at two blocks, 3/8 at four,
+    7/16 at eight. Every query with at least one key it may attend to gets the same output as the full matrix, to
+    float rounding; 0 (or a block at least T long) computes the full matrix.
     """
 
     family: str

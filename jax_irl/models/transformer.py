@@ -190,6 +190,13 @@ def take_rows(x: Array, rows: Array) -> Array:
     return jnp.take_along_axis(x, rows.reshape(rows.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
+def window_rows(start: Array, width: int, length: int) -> Array:
+    """The positions [B, W] (int32) of a window of ``width`` from start [B] in rows of ``length``: start[b] + j,
+    with positions past length - 1 repeating the last one."""
+    return jnp.minimum(jnp.asarray(start).astype(jnp.int32)[:, None] + jnp.arange(width, dtype=jnp.int32)[None],
+                       length - 1)
+
+
 def query_blocks(length: int, block: int):
     """The (start, end) query blocks of a causal attention over ``length`` tokens: about ``block`` tokens each,
     as equal as they can be (one block when ``block`` is 0 or at least ``length``)."""
@@ -389,7 +396,7 @@ class Transformer(nnx.Module):
             start = jnp.asarray(start)
             if start.shape != (b,):
                 raise ValueError(f"window start must have shape [B] = ({b},); got {start.shape}")
-            rows = jnp.minimum(start[:, None].astype(jnp.int32) + jnp.arange(width, dtype=jnp.int32)[None], t - 1)
+            rows = window_rows(start, width, t)
         new_layers = []
         for i, (block, layer_cache) in enumerate(zip(self.layers, layer_caches)):
             if rows is not None and i == len(self.layers) - 1:
