@@ -265,50 +265,50 @@ def run(cfg: EnsemblesConfig, run_dir: str) -> dict:
     return summary
 
 
-def _plot_bon(bon_summary, ns, pi0_gold: float, path: str) -> None:
+def _plot_gold_and_proxy(panels, path: str, *, pi0_gold: Optional[float] = None) -> None:
+    """One panel per (title, x label, y label, curves): each curve (name, x, gold, gold's standard error or None,
+    proxy) draws the gold reward solid (with a band) and the proxy dotted in the same colour on a right axis,
+    since the proxies' scales differ from the gold's and from each other's."""
     if jax.process_index() != 0:
         return
     plt = sweep._pyplot()
-    fig, axes = plt.subplots(1, len(bon_summary), figsize=(5 * len(bon_summary), 4), squeeze=False)
-    x = rm.kl_bon(ns)
-    for ax, (how, summary) in zip(axes[0], bon_summary.items()):
-        proxy_ax = ax.twinx()  # the proxies' scales differ from the gold's (and from each other's)
-        for name, tree in summary.items():
-            gold = np.array([tree[str(n)]["gold"][0] for n in ns])
-            se = np.nan_to_num(np.array([tree[str(n)]["gold"][1] for n in ns]))
-            line = ax.plot(x, gold, marker="o", label=f"{name} gold")[0]
-            ax.fill_between(x, gold - se, gold + se, alpha=0.15, color=line.get_color())
-            proxy_ax.plot(x, [tree[str(n)]["proxy"][0] for n in ns], ls=":", color=line.get_color(), alpha=0.5)
-        ax.axhline(pi0_gold, color="gray", lw=0.8)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (title, xlabel, ylabel, curves) in zip(axes[0], panels):
+        proxy_ax = ax.twinx()
+        for name, x, gold, se, proxy in curves:
+            line = ax.plot(x, gold, marker="o" if se is not None else ".", label=f"{name} gold")[0]
+            if se is not None:
+                ax.fill_between(x, gold - se, gold + se, alpha=0.15, color=line.get_color())
+            proxy_ax.plot(x, proxy, ls=":", color=line.get_color(), alpha=0.5)
+        if pi0_gold is not None:
+            ax.axhline(pi0_gold, color="gray", lw=0.8)
         proxy_ax.set_ylabel("proxy reward (dotted)")
-        ax.set_title(f"best-of-n, {how} aggregation")
-        ax.set_xlabel("KL_bon = log n - (n-1)/n")
-        ax.set_ylabel("gold reward")
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _plot_bon(bon_summary, ns, pi0_gold: float, path: str) -> None:
+    x = rm.kl_bon(ns)
+    panels = [(f"best-of-n, {how} aggregation", "KL_bon = log n - (n-1)/n", "gold reward",
+               [(name, x, np.array([tree[str(n)]["gold"][0] for n in ns]),
+                 np.nan_to_num(np.array([tree[str(n)]["gold"][1] for n in ns])),
+                 [tree[str(n)]["proxy"][0] for n in ns]) for name, tree in summary.items()])
+              for how, summary in bon_summary.items()]
+    _plot_gold_and_proxy(panels, path, pi0_gold=pi0_gold)
 
 
 def _plot_ppo(ppo_summary, path: str) -> None:
-    if jax.process_index() != 0:
-        return
-    plt = sweep._pyplot()
-    fig, axes = plt.subplots(1, len(ppo_summary), figsize=(5 * len(ppo_summary), 4), squeeze=False)
-    for ax, (coef, summary) in zip(axes[0], ppo_summary.items()):
-        proxy_ax = ax.twinx()
-        for name, tree in summary.items():
-            its = sorted(tree, key=int)
-            kl = [tree[i]["kl_k2"][0] for i in its]
-            line = ax.plot(kl, [tree[i]["gold"][0] for i in its], marker=".", label=f"{name} gold")[0]
-            proxy_ax.plot(kl, [tree[i]["proxy"][0] for i in its], ls=":", color=line.get_color(), alpha=0.5)
-        ax.set_title(f"PPO against the proxy's UWO, KL coefficient {coef}")
-        ax.set_xlabel("KL(pi || pi0), k2 estimate per response")
-        ax.set_ylabel("gold reward of the rollouts")
-        proxy_ax.set_ylabel("proxy reward (dotted)")
-        ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    def curve(name, tree):
+        its = sorted(tree, key=int)
+        return (name, [tree[i]["kl_k2"][0] for i in its], [tree[i]["gold"][0] for i in its], None,
+                [tree[i]["proxy"][0] for i in its])
+    panels = [(f"PPO against the proxy's UWO, KL coefficient {coef}", "KL(pi || pi0), k2 estimate per response",
+               "gold reward of the rollouts", [curve(name, tree) for name, tree in summary.items()])
+              for coef, summary in ppo_summary.items()]
+    _plot_gold_and_proxy(panels, path)

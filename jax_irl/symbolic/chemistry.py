@@ -149,7 +149,39 @@ def _lookup(table: Optional[Lookup], prompt: str, default=None):
     return table(prompt) if callable(table) else table.get(prompt, default)
 
 
-class MoleculeTool:
+class _SmilesAnswerTool:
+    """The checks every SMILES answer goes through: the first non-empty line is the answer (text after it is
+    blamed), it must parse and sanitise, the subclass's own checks (`_checks`, spans on a parsed molecule), and,
+    if a reference is given for the prompt, it must be that molecule (canonical SMILES)."""
+
+    name = "rdkit-smiles"
+    reference_words = "molecule"
+    reference: Optional[Lookup] = None
+
+    def _context(self, prompt: str):
+        """What the subclass's checks need from the prompt, read before the answer: a bad prompt raises."""
+        return None
+
+    def _checks(self, prompt: str, context, mol, answer: str, start: int, spans: List[Span]) -> List[Span]:
+        return []
+
+    def check(self, prompt: str, response: str) -> Certificate:
+        context = self._context(prompt)
+        answer, start, extra = _answer(response)
+        if not answer:
+            return Certificate(False, (Span(0, len(response), "empty response: no SMILES"),), self.name)
+        mol, spans = check_smiles(answer, start)
+        spans = spans + extra
+        if mol is not None:
+            spans += self._checks(prompt, context, mol, answer, start, spans)
+            reference = _lookup(self.reference, prompt)
+            if reference is not None and canonical(mol) != canonical(reference):
+                spans.append(Span(start, start + len(answer), f"not the reference {self.reference_words} {reference}"))
+        details = (("canonical", canonical(mol)),) if mol is not None else ()
+        return Certificate(mol is not None and not spans, tuple(spans), self.name, details)
+
+
+class MoleculeTool(_SmilesAnswerTool):
     """A molecule as SMILES: it must parse and sanitise, contain every required group (name -> SMARTS, per
     prompt) and, if a reference is given for the prompt, be that molecule (canonical SMILES)."""
 
@@ -168,62 +200,44 @@ class MoleculeTool:
             self._patterns[smarts] = pattern
         return self._patterns[smarts]
 
-    def check(self, prompt: str, response: str) -> Certificate:
-        answer, start, extra = _answer(response)
-        if not answer:
-            return Certificate(False, (Span(0, len(response), "empty response: no SMILES"),), self.name)
-        mol, spans = check_smiles(answer, start)
-        spans = spans + extra
-        whole = (start, start + len(answer))
-        if mol is not None:
-            for group, smarts in dict(_lookup(self.required_groups, prompt, {}) or {}).items():
-                if not mol.HasSubstructMatch(self._pattern(smarts)):
-                    spans.append(Span(*whole, f"missing the required group {group} ({smarts})"))
-            reference = _lookup(self.reference, prompt)
-            if reference is not None and canonical(mol) != canonical(reference):
-                spans.append(Span(*whole, f"not the reference molecule {reference}"))
-        details = (("canonical", canonical(mol)),) if mol is not None else ()
-        return Certificate(mol is not None and not spans, tuple(spans), self.name, details)
+    def _checks(self, prompt, context, mol, answer, start, spans):
+        return [Span(start, start + len(answer), f"missing the required group {group} ({smarts})")
+                for group, smarts in dict(_lookup(self.required_groups, prompt, {}) or {}).items()
+                if not mol.HasSubstructMatch(self._pattern(smarts))]
 
 
-class ForwardSynthesisTool:
+class ForwardSynthesisTool(_SmilesAnswerTool):
     """The product of a reaction, as SMILES, given the reactants (per prompt: a dot-separated SMILES). Checks
     that it parses and sanitises, that its heavy atoms are conserved from the reactants (no element the
     reactants lack, no more atoms of an element than they hold), and, where given, that the reaction template
     (reaction SMARTS) yields it from the reactants and that it is the reference product."""
 
     name = "rdkit-forward-synthesis"
+    reference_words = "product"
 
     def __init__(self, reactants: Lookup, *, template: Optional[Lookup] = None, reference: Optional[Lookup] = None):
         require_rdkit()
         self.reactants, self.template, self.reference = reactants, template, reference
 
-    def check(self, prompt: str, response: str) -> Certificate:
+    def _context(self, prompt: str):
         reactant_smiles = _lookup(self.reactants, prompt)
         if not reactant_smiles:
             raise KeyError(f"{self.name}: no reactants for the prompt {prompt[:80]!r}")
         reactants = [Chem.MolFromSmiles(s) for s in str(reactant_smiles).split(".")]
         if any(m is None for m in reactants):
             raise ValueError(f"{self.name}: the reactants {reactant_smiles!r} do not parse")
-        answer, start, extra = _answer(response)
-        if not answer:
-            return Certificate(False, (Span(0, len(response), "empty response: no SMILES"),), self.name)
-        mol, spans = check_smiles(answer, start)
-        spans = spans + extra
-        whole = (start, start + len(answer))
-        if mol is not None:
-            spans += self._conservation(mol, reactants, answer, start)
-            template = _lookup(self.template, prompt)
-            if template is not None and not spans:
-                made = self._products(template, reactants)
-                if canonical(mol) not in made:
-                    spans.append(Span(*whole, f"the reaction {template} does not give this product from the "
-                                              f"reactants (it gives {sorted(made) or 'nothing'})"))
-            reference = _lookup(self.reference, prompt)
-            if reference is not None and canonical(mol) != canonical(reference):
-                spans.append(Span(*whole, f"not the reference product {reference}"))
-        details = (("canonical", canonical(mol)),) if mol is not None else ()
-        return Certificate(mol is not None and not spans, tuple(spans), self.name, details)
+        return reactants
+
+    def _checks(self, prompt, reactants, mol, answer, start, spans):
+        found = self._conservation(mol, reactants, answer, start)
+        template = _lookup(self.template, prompt)
+        if template is not None and not spans and not found:
+            made = self._products(template, reactants)
+            if canonical(mol) not in made:
+                found.append(Span(start, start + len(answer), f"the reaction {template} does not give this "
+                                                              f"product from the reactants (it gives "
+                                                              f"{sorted(made) or 'nothing'})"))
+        return found
 
     @staticmethod
     def _conservation(mol, reactants, answer: str, offset: int) -> List[Span]:
