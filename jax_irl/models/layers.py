@@ -33,7 +33,6 @@ def activation(name: str):
     return table[name]
 
 
-@jax.custom_jvp
 def dense(x: jax.Array, w: jax.Array) -> jax.Array:
     """x @ w for x [..., d] and a weight w [d, f]. The value is exactly ``x @ w`` and the derivatives (forward and
     reverse mode) equal autodiff's up to float summation order; what differs is how XLA lays out the weight
@@ -42,29 +41,46 @@ def dense(x: jax.Array, w: jax.Array) -> jax.Array:
     The weight gradient sum_n x[n, :]^T g[n, :] contracts the leading (token) axis of both row-major operands.
     Left to itself, XLA:CPU writes one of them transposed inside a fused elementwise pass (often the larger, such
     as a SwiGLU gradient as [688, 4080]) and then runs a generic dot instead of its library matmul: 23% of the W1
-    SFT step went to such transposing copies. The JVP below writes the tangent term x @ w_dot as a contraction of
-    xt = x^T ([d, N], transposed once in the forward and kept from being folded back by an optimization barrier)
-    over its leading axis; reverse mode transposes that term into the weight gradient xt @ g, a plain
-    [d, N] x [N, f] matmul. When d > f the transposed x would be the larger operand, and the plain form is as
-    fast (measured), so it is kept. The SwiGLU MLP's forward and backward at W1 went from 98 to 60 ms.
+    SFT step went to such transposing copies. The JVP (``dense_many``'s) writes the tangent term x @ w_dot as a
+    contraction of xt = x^T ([d, N], transposed once in the forward and kept from being folded back by an
+    optimization barrier) over its leading axis; reverse mode transposes that term into the weight gradient
+    xt @ g, a plain [d, N] x [N, f] matmul. When d > f the transposed x would be the larger operand, and the plain
+    form is as fast (measured), so it is kept. The SwiGLU MLP's forward and backward at W1 went from 98 to 60 ms.
     """
-    return x @ w
+    return dense_many(x, (w,))[0]
 
 
-def _dense_jvp(primals, tangents):
-    x, w = primals
-    x_dot, w_dot = tangents
-    y = x @ w
-    d, f = w.shape
-    out = None if isinstance(x_dot, SymbolicZero) else x_dot @ w
-    if not isinstance(w_dot, SymbolicZero):  # a weight that is differentiated
-        if d > f:
-            term = x @ w_dot
-        else:
-            xt = jax.lax.optimization_barrier(x.reshape(-1, d).T)
-            term = jax.lax.dot_general(xt, w_dot, (((0,), (0,)), ((), ()))).reshape(y.shape)
-        out = term if out is None else out + term
-    return y, jnp.zeros_like(y) if out is None else out
+@jax.custom_jvp
+def dense_many(x: jax.Array, ws) -> tuple:
+    """(x @ w for w in ws): several weights [d, f_i] applied to the same input x [..., d], such as the query, key
+    and value projections or a gated MLP's gate and up. Values and derivatives as ``dense`` for each weight; the
+    transposed input of the weight gradients is made once for all of them. The barriers keep XLA from merging
+    the per-weight transposes, so separate ``dense`` calls on one input transpose it once each. Sharing it took
+    about 1% (query, key and value) and 2% (gate and up) off the W1 SFT step, measured side by side. The weights
+    stay separate parameters, their shardings and checkpoint layout unchanged; concatenating them into one
+    product instead was slower for gate and up than separate products."""
+    return tuple(x @ w for w in ws)
 
 
-dense.defjvp(_dense_jvp, symbolic_zeros=True)
+def _dense_many_jvp(primals, tangents):
+    x, ws = primals
+    x_dot, w_dots = tangents
+    ys = tuple(x @ w for w in ws)
+    xt = None  # x^T [d, N], made on the first weight that needs it
+    outs = []
+    for y, w, w_dot in zip(ys, ws, w_dots):
+        d, f = w.shape
+        out = None if isinstance(x_dot, SymbolicZero) else x_dot @ w
+        if not isinstance(w_dot, SymbolicZero):  # a weight that is differentiated
+            if d > f:
+                term = x @ w_dot
+            else:
+                if xt is None:
+                    xt = jax.lax.optimization_barrier(x.reshape(-1, d).T)
+                term = jax.lax.dot_general(xt, w_dot, (((0,), (0,)), ((), ()))).reshape(y.shape)
+            out = term if out is None else out + term
+        outs.append(jnp.zeros_like(y) if out is None else out)
+    return ys, tuple(outs)
+
+
+dense_many.defjvp(_dense_many_jvp, symbolic_zeros=True)

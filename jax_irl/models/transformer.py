@@ -10,6 +10,7 @@ Call: ``model(tokens, attention_mask=..., positions=..., cache=..., cache_index=
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple, Optional, Tuple
 
@@ -19,7 +20,8 @@ import numpy as np
 from flax import nnx
 
 from jax_irl.models.config import TransformerConfig, cudnn_attention_unsupported
-from jax_irl.models.layers import DTYPES, activation, dense, logical_param, normal_init, ones_init, zeros_init
+from jax_irl.models.layers import (DTYPES, activation, dense, dense_many, logical_param, normal_init, ones_init,
+                                   zeros_init)
 
 Array = jax.Array
 
@@ -95,16 +97,21 @@ class Attention(nnx.Module):
             self.q_bias = self.k_bias = self.v_bias = None
         self.o_bias = logical_param(rngs, zeros_init, (d,), ("embed",), pdt) if cfg.out_bias else None
 
-    def _project(self, x, w, b):
-        d, h, k = w.shape
-        y = dense(x, w[...].astype(x.dtype).reshape(d, h * k)).reshape(x.shape[:-1] + (h, k))
-        return y if b is None else y + b[...].astype(x.dtype)
+    def _project(self, x, *names):
+        """The projections ``names`` ('q', 'k', 'v') of x [..., D] -> each [..., heads, head_dim], through one
+        ``dense_many`` (the weight gradients share x's transpose)."""
+        ws = [getattr(self, n) for n in names]
+        ys = dense_many(x, tuple(w[...].astype(x.dtype).reshape(w.shape[0], -1) for w in ws))
+        out = []
+        for n, w, y in zip(names, ws, ys):
+            y = y.reshape(x.shape[:-1] + w.shape[1:])
+            b = getattr(self, n + "_bias")
+            out.append(y if b is None else y + b[...].astype(x.dtype))
+        return out
 
     def __call__(self, x, positions, key_valid, query_slots, inv_freq, layer_cache=None, cache_index=None):
         cfg = self.cfg
-        q = self._project(x, self.q, self.q_bias)
-        k = self._project(x, self.k, self.k_bias)
-        v = self._project(x, self.v, self.v_bias)
+        q, k, v = self._project(x, "q", "k", "v")
         if cfg.positions == "rope":
             q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
         b, t, h, hd = q.shape
@@ -155,9 +162,8 @@ class Attention(nnx.Module):
         gathering those rows of the full output (to float rounding, for every query with a key to attend to); it
         always takes jax_irl's own path."""
         cfg = self.cfg
-        q = self._project(take_rows(x, rows), self.q, self.q_bias)
-        k = self._project(x, self.k, self.k_bias)
-        v = self._project(x, self.v, self.v_bias)
+        (q,) = self._project(take_rows(x, rows), "q")
+        k, v = self._project(x, "k", "v")
         if cfg.positions == "rope":
             q, k = apply_rope(q, take_rows(positions, rows), inv_freq), apply_rope(k, positions, inv_freq)
         b, w, h, hd = q.shape
@@ -211,13 +217,47 @@ def _masked_softmax(scores: Array, allowed: Array, dtype) -> Array:
     return jax.nn.softmax(jnp.where(allowed, scores, jnp.finfo(jnp.float32).min), axis=-1).astype(dtype)
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
 def _attend(qg: Array, k: Array, v: Array, allowed: Array, dtype) -> Array:
     """Grouped-query attention without a cache: qg [B, KV, G, T, hd], k/v [B, KV, S, hd], allowed broadcastable
     to [B, KV, G, T, S] -> [B, KV, G, T, hd]. A batched matmul over (B, KV) in its natural [.., G, T, hd] layout
     (the caller transposes once): asking the einsum for [B, T, KV, G, hd] directly sends XLA:CPU to a slow generic
-    dot."""
+    dot.
+
+    The value is exactly the plain computation's. The JVP below is the plain one rewritten so that reverse mode
+    reads less, as in FlashAttention-2's backward pass (Dao 2023). With P = softmax(S) and O = P V, the tangent is
+
+        dO = (P * (dS - rowsum(P * dS))) V + P dV = (P * dS) V - rowsum(P * dS) * O + P dV,
+
+    since rowsum(P * dS) is a per-row scalar and P V = O. Transposed by reverse mode, the middle term gives the
+    score cotangent P * (dO V^T - D) with D = rowsum(dO * O), a [.., T, hd] product, where autodiff of the softmax
+    forms rowsum(P * dP) over the [.., T, S] scores: one pass over the score-sized arrays fewer (the W1 SFT step:
+    730 to 682 ms, side by side). A masked score has no tangent, as under autodiff. Forward mode and higher
+    orders stay available (tested equal to autodiff of the plain computation)."""
+    return _attend_primal(qg, k, v, allowed, dtype)[1]
+
+
+def _attend_primal(qg, k, v, allowed, dtype):
+    """(softmax probabilities in float32 [B, KV, G, T, S], attention output [B, KV, G, T, hd])."""
     scores = jnp.einsum("bkgth,bksh->bkgts", qg, k, preferred_element_type=jnp.float32) / math.sqrt(qg.shape[-1])
-    return jnp.einsum("bkgts,bksh->bkgth", _masked_softmax(scores, allowed, dtype), v)
+    probs = jax.nn.softmax(jnp.where(allowed, scores, jnp.finfo(jnp.float32).min), axis=-1)
+    return probs, jnp.einsum("bkgts,bksh->bkgth", probs.astype(dtype), v)
+
+
+@_attend.defjvp
+def _attend_jvp(dtype, primals, tangents):
+    qg, k, v, allowed = primals
+    q_dot, k_dot, v_dot, _ = tangents  # allowed is boolean: no tangent
+    probs, out = _attend_primal(qg, k, v, allowed, dtype)
+    scores_dot = (jnp.einsum("bkgth,bksh->bkgts", q_dot, k, preferred_element_type=jnp.float32)
+                  + jnp.einsum("bkgth,bksh->bkgts", qg, k_dot, preferred_element_type=jnp.float32)) / math.sqrt(
+        qg.shape[-1])
+    weighted = jnp.where(allowed, probs * scores_dot, 0.0)  # a masked score has no tangent (a query with no key
+    # to attend to has uniform probs over masked keys: its output's tangent is P dV alone, as autodiff gives)
+    row = jnp.sum(weighted, axis=-1, keepdims=True)
+    out_dot = (jnp.einsum("bkgts,bksh->bkgth", weighted.astype(dtype), v) - (row * out.astype(jnp.float32)).astype(dtype)
+               + jnp.einsum("bkgts,bksh->bkgth", probs.astype(dtype), v_dot))
+    return out, out_dot
 
 
 def _causal_attention(qg: Array, k: Array, v: Array, key_valid: Array, offset: int, block: int, dtype) -> Array:
@@ -267,14 +307,16 @@ class MLP(nnx.Module):
             self.gate_bias = None
 
     @staticmethod
-    def _dense(x, w, b):
-        y = dense(x, w[...].astype(x.dtype))
-        return y if b is None else y + b[...].astype(x.dtype)
+    def _bias(y, b):
+        return y if b is None else y + b[...].astype(y.dtype)
 
     def __call__(self, x):
-        up = self._dense(x, self.up, self.up_bias)
-        hidden = self.act(self._dense(x, self.gate, self.gate_bias)) * up if self.gated else self.act(up)
-        return self._dense(hidden, self.down, self.down_bias)
+        if self.gated:  # gate and up through one dense_many: their weight gradients share x's transpose
+            gate, up = dense_many(x, (self.gate[...].astype(x.dtype), self.up[...].astype(x.dtype)))
+            hidden = self.act(self._bias(gate, self.gate_bias)) * self._bias(up, self.up_bias)
+        else:
+            hidden = self.act(self._bias(dense(x, self.up[...].astype(x.dtype)), self.up_bias))
+        return self._bias(dense(hidden, self.down[...].astype(hidden.dtype)), self.down_bias)
 
 
 class Block(nnx.Module):
