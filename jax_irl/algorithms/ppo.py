@@ -184,9 +184,13 @@ def ppo_loss_fn(cfg: PPOConfig, vocab_chunk: Optional[int] = None, window: Optio
                "reward": jnp.mean(batch["reward"]), "kl": jnp.mean(batch["kl"])}
         loss = policy_loss + cfg.vf_coef * value_loss
         if out.logits is not None:
-            entropy = losses.masked_mean(losses.token_entropies(out.logits), mask)
+            # With no entropy bonus the entropy is a metric only: no gradient through it (0 * its gradient would
+            # still be computed, a softmax pass over [N, W, V] each way, and would carry a NaN).
+            logits = out.logits if cfg.entropy_coef > 0 else jax.lax.stop_gradient(out.logits)
+            entropy = losses.masked_mean(losses.token_entropies(logits), mask)
             aux["entropy"] = entropy
-            loss = loss - cfg.entropy_coef * entropy
+            if cfg.entropy_coef > 0:
+                loss = loss - cfg.entropy_coef * entropy
         return loss, aux
 
     return loss_fn

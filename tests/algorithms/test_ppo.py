@@ -2,6 +2,7 @@
 coefficient, scalar == token path, the trainer's losses against float64 numpy references, the critic switch's
 gradients, exact resume inside an iteration, and bad input."""
 
+import dataclasses
 import os
 import signal
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_irl import parallel, rollout, train
+from jax_irl import losses, parallel, rollout, train
 from jax_irl.algorithms import ppo
 from jax_irl.models.config import TransformerConfig
 from jax_irl.models.transformer import Transformer
@@ -202,6 +203,32 @@ def test_the_value_loss_reaches_the_policy_only_with_a_shared_critic(critic):
     g_win = nnx.grad(lambda m: win_fn(m, batch, None)[0])(model)
     for a, b in zip(jax.tree.leaves(nnx.state(g_win)), jax.tree.leaves(nnx.state(g_full))):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_the_entropy_is_a_metric_at_coefficient_zero_and_a_bonus_above_it():
+    """aux['entropy'] is the masked mean token entropy of the policy; with entropy_coef 0 the gradient is the
+    policy and value losses' alone, and with c > 0 it moves by exactly -c times the entropy's gradient."""
+    model, _, cfg, made = _rollout("shared")
+    batch = {k: jnp.asarray(v) for k, v in made.rows.items()}
+    out = rollout.causal_lm(model.policy, batch["tokens"], batch["attention"])
+    want = float(losses.masked_mean(losses.token_entropies(out.logits), batch["mask"]))
+    grads = {}
+    for coef in (0.0, 0.5):
+        fn = ppo.ppo_loss_fn(dataclasses.replace(cfg, entropy_coef=coef))
+        loss, aux = fn(model, batch, None)
+        assert float(aux["entropy"]) == pytest.approx(want, rel=1e-5)
+        grads[coef] = nnx.grad(lambda m: fn(m, batch, None)[0])(model)
+    assert float(loss) == pytest.approx(float(ppo.ppo_loss_fn(cfg)(model, batch, None)[0]) - 0.5 * want, abs=1e-5)
+
+    def entropy(m):
+        o = rollout.causal_lm(m.policy, batch["tokens"], batch["attention"])
+        return losses.masked_mean(losses.token_entropies(o.logits), batch["mask"])
+
+    g_entropy = nnx.grad(entropy)(model)
+    leaves = [jax.tree.leaves(nnx.state(g)) for g in (grads[0.0], grads[0.5], g_entropy)]
+    assert max(float(jnp.abs(e).max()) for e in leaves[2]) > 1e-4  # the entropy does depend on the policy
+    for g0, g5, ge in zip(*leaves):
+        np.testing.assert_allclose(np.asarray(g5), np.asarray(g0 - 0.5 * ge), rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.slow
