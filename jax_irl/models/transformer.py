@@ -151,7 +151,7 @@ class Attention(nnx.Module):
         scores = scores.reshape(b, kvh, g, t, -1) / math.sqrt(hd)
         key_slots = jnp.arange(scores.shape[-1])
         allowed = key_valid[:, None, None, None, :] & (key_slots[None, :] <= query_slots[:, None])[None, None, None]
-        probs = _masked_softmax(scores, allowed, x.dtype)
+        probs = _masked_softmax(scores, allowed).astype(x.dtype)
         out = jnp.einsum("nqs,nsh->nqh", probs.reshape(b * kvh, g * t, -1), v).reshape(b, kvh, g, t, hd)
         out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
         return self._output(out, x.dtype), new_cache
@@ -211,10 +211,10 @@ def query_blocks(length: int, block: int):
     return list(zip(edges[:-1], edges[1:]))
 
 
-def _masked_softmax(scores: Array, allowed: Array, dtype) -> Array:
+def _masked_softmax(scores: Array, allowed: Array) -> Array:
     """softmax over the last axis of float32 scores with disallowed entries at float32's lowest (exactly 0 after
-    the exp whenever a row has an allowed entry), cast to the compute dtype."""
-    return jax.nn.softmax(jnp.where(allowed, scores, jnp.finfo(jnp.float32).min), axis=-1).astype(dtype)
+    the exp whenever a row has an allowed entry), in float32."""
+    return jax.nn.softmax(jnp.where(allowed, scores, jnp.finfo(jnp.float32).min), axis=-1)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
@@ -240,7 +240,7 @@ def _attend(qg: Array, k: Array, v: Array, allowed: Array, dtype) -> Array:
 def _attend_primal(qg, k, v, allowed, dtype):
     """(softmax probabilities in float32 [B, KV, G, T, S], attention output [B, KV, G, T, hd])."""
     scores = jnp.einsum("bkgth,bksh->bkgts", qg, k, preferred_element_type=jnp.float32) / math.sqrt(qg.shape[-1])
-    probs = jax.nn.softmax(jnp.where(allowed, scores, jnp.finfo(jnp.float32).min), axis=-1)
+    probs = _masked_softmax(scores, allowed)
     return probs, jnp.einsum("bkgts,bksh->bkgth", probs.astype(dtype), v)
 
 

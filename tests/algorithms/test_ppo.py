@@ -206,8 +206,8 @@ def test_the_value_loss_reaches_the_policy_only_with_a_shared_critic(critic):
 
 
 def test_the_entropy_is_a_metric_at_coefficient_zero_and_a_bonus_above_it():
-    """aux['entropy'] is the masked mean token entropy of the policy; with entropy_coef 0 the gradient is the
-    policy and value losses' alone, and with c > 0 it moves by exactly -c times the entropy's gradient."""
+    """aux['entropy'] is the masked mean token entropy of the policy at every coefficient; going from 0 to c > 0
+    moves the loss and its gradient by exactly -c times the entropy and the entropy's gradient."""
     model, _, cfg, made = _rollout("shared")
     batch = {k: jnp.asarray(v) for k, v in made.rows.items()}
     out = rollout.causal_lm(model.policy, batch["tokens"], batch["attention"])

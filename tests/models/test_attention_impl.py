@@ -11,8 +11,8 @@ import pytest
 from flax import nnx
 
 from jax_irl import losses
-from jax_irl.models.config import TransformerConfig
 from jax_irl.models import transformer
+from jax_irl.models.config import TransformerConfig
 from jax_irl.models.transformer import Transformer, query_blocks
 from tests.losses import harness
 
