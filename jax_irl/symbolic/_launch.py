@@ -44,19 +44,42 @@ def _report(fd, **message):
     os.write(fd, (json.dumps(message) + "\n").encode())
 
 
+def _within(path, root):
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
 def _isolate_filesystem(cfg):
+    """Cover the hidden paths with empty read-only tmpfs mounts and bind the exposed ones back, in an order that
+    works however the two nest (a project, venv or interpreter under /tmp or the home directory, or a hidden path
+    inside an exposed one):
+
+    1. a handle (O_PATH) on every exposed path, opened while it is still visible;
+    2. a tmpfs on every outermost hidden path (one inside another is covered by the outer one);
+    3. each exposed path, outermost first, bound back from its handle (its mount point made inside the tmpfs);
+    4. a tmpfs on every hidden path inside an exposed one (visible again after step 3);
+    5. everything read-only but the scratch directory.
+    """
     _mount("none", "/", None, MS_REC | MS_PRIVATE)
-    handles = {path: os.open(path, os.O_PATH) for path in cfg["expose"]}  # before the tmpfs covers them
-    for path in cfg["hide"]:
-        _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=64k")
-    for path, fd in handles.items():
+    expose = sorted(set(cfg["expose"]), key=lambda p: (p.count("/"), p))
+    hide = sorted(set(cfg["hide"]) - set(expose), key=lambda p: (p.count("/"), p))
+    handles = [(path, os.open(path, os.O_PATH)) for path in expose]
+    outer = [h for h in hide if not any(o != h and _within(h, o) for o in hide)]
+    inner = [h for h in hide if h not in outer and any(_within(h, e) for e in expose)]
+    tmpfs = "mode=755,size=64k"
+    for path in outer:
+        _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, tmpfs)
+    for path, fd in handles:
         os.makedirs(path, exist_ok=True)
         _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+        os.close(fd)
+    for path in inner:
+        if os.path.isdir(path):
+            _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, tmpfs)
+    for path, _ in handles:
         if path != cfg["scratch"]:
             _mount("none", path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID)
-        os.close(fd)
-    for path in cfg["hide"]:
-        _mount("tmpfs", path, "tmpfs", MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "mode=755,size=64k")
+    for path in outer + [p for p in inner if os.path.isdir(p)]:
+        _mount("tmpfs", path, "tmpfs", MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, tmpfs)
 
 
 def _become_program(cfg):

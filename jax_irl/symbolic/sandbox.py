@@ -123,12 +123,21 @@ class Sandbox:
             raise ValueError(f"scratch_root {self.scratch_root!r} is not a directory")
         home = os.path.expanduser("~")
         defaults = [_PROJECT, home, tempfile.gettempdir(), "/tmp", "/var/tmp", "/dev/shm"]
-        self.hide = tuple(sorted({os.path.realpath(p) for p in list(defaults) + list(hide) if os.path.isdir(p)}))
         self.expose = tuple(os.path.realpath(p) for p in [sys.base_prefix, *expose])
+        # A folder on the way to an exposed path that others may not enter (a 0700 home holding the interpreter,
+        # as pyenv's /root/.pyenv) would stop the run's own uid there: it is hidden too, so that the empty,
+        # enterable mount over it leads to the exposed path bound back inside.
+        closed = [a for p in self.expose for a in _ancestors(p) if not os.stat(a).st_mode & stat.S_IXOTH]
+        self.hide = tuple(sorted({os.path.realpath(p) for p in list(defaults) + list(hide) + closed
+                                  if os.path.isdir(p)}))
         self.env = dict(env or {})
         self.isolation = probe()
         if require_isolation and self.isolation.missing:
             raise SandboxError(f"isolation required but unavailable: {self.isolation.describe()}")
+        if self.isolation.namespaces:
+            problem = _self_check(self.hide, tuple(p for p in self.expose if os.path.isdir(p)), self.scratch_root)
+            if problem:
+                raise SandboxError(problem)
 
     # ----------------------------------------------------------------------------------------------------------
     def run(self, argv: Sequence[str], files: Optional[Mapping[str, Union[str, bytes]]] = None, *,
@@ -247,23 +256,52 @@ def probe() -> Isolation:
 def _try_namespaces(separate_uid: bool) -> bool:
     if not sys.platform.startswith("linux"):
         return False
-    scratch = tempfile.mkdtemp(prefix="jax_irl-probe-")
+    return not _launch_once(["/bin/true"], hide=(), expose=(), scratch_root=None)
+
+
+def _launch_once(argv, *, hide, expose, scratch_root) -> List[str]:
+    """Run the launcher with namespaces on ``argv`` (no uid change) in a fresh scratch directory; returns the
+    problems it reported ([] when ``argv`` ran and exited 0)."""
+    scratch = os.path.realpath(tempfile.mkdtemp(prefix="jax_irl-probe-", dir=scratch_root))
     read_end, write_end = os.pipe()
-    cfg = {"status_fd": write_end, "namespaces": True, "uid": None, "argv": ["/bin/true"], "env": {},
-           "scratch": scratch, "hide": [], "expose": [scratch],
-           "limits": {"cpu": 5, "memory": 256 * MiB, "file": MiB, "processes": 64, "open_files": 64}}
+    cfg = {"status_fd": write_end, "namespaces": True, "uid": None, "argv": list(argv),
+           "env": {"PATH": "/usr/bin:/bin"}, "scratch": scratch, "hide": list(hide),
+           "expose": list(expose) + [scratch],
+           "limits": {"cpu": 5, "memory": 1024 * MiB, "file": MiB, "processes": 64, "open_files": 64}}
     try:
         proc = subprocess.Popen([PYTHON, "-I", "-S", _LAUNCHER, json.dumps(cfg)], pass_fds=(write_end,),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         os.close(write_end)
-        proc.wait(timeout=30)
+        _, err = proc.communicate(timeout=30)
         with os.fdopen(read_end, "rb") as f:
             lines = [json.loads(line) for line in f.read().splitlines() if line.strip()]
-        return any("exit" in m and m["exit"] == 0 for m in lines)
-    except (OSError, subprocess.SubprocessError, ValueError):
-        return False
+        problems = [m["error"] for m in lines if "error" in m]
+        if not problems and not any(m.get("exit") == 0 for m in lines):
+            codes = [m for m in lines if "exit" in m or "signal" in m]
+            problems.append(f"{argv[0]} did not exit cleanly ({codes or 'no status'}; stderr "
+                            f"{err.decode(errors='replace')[-300:]!r})")
+        return problems
+    except (OSError, subprocess.SubprocessError, ValueError) as err:
+        return [f"{type(err).__name__}: {err}"]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+@functools.lru_cache(maxsize=None)
+def _self_check(hide: Tuple[str, ...], expose: Tuple[str, ...], scratch_root: str) -> Optional[str]:
+    """Start the interpreter in a sandbox laid out as ``hide``/``expose`` once per layout and process; None when
+    it runs, else a message that says what failed, what the layout was, and how to fix it."""
+    problems = _launch_once([PYTHON, "-I", "-S", "-c", "pass"], hide=hide, expose=expose, scratch_root=scratch_root)
+    if not problems:
+        return None
+    hidden_home = [h for h in hide if _under(os.path.realpath(PYTHON), h)
+                   and not any(_under(os.path.realpath(PYTHON), e) for e in expose)]
+    fix = (f"the interpreter {PYTHON} lies under the hidden path {hidden_home[0]} and outside every exposed "
+           f"path: pass Sandbox(expose=[<the folder that holds it>])" if hidden_home else
+           "check that the paths above exist and are directories; pass Sandbox(scratch_root=...) to put the "
+           "scratch directories elsewhere, or expose=[...] for a folder the program needs")
+    return (f"the sandbox's start-up self-check failed: {'; '.join(problems)}. Layout: hidden {list(hide)}, bound "
+            f"back {list(expose)}, scratch directories under {scratch_root}. Fix: {fix}")
 
 
 class _Messages:
@@ -350,6 +388,16 @@ def _collect(root: str, name: str, limit: int) -> Optional[bytes]:
         return None
     with os.fdopen(fd, "rb") as f:
         return f.read(limit)
+
+
+def _ancestors(path: str) -> List[str]:
+    """The folders above ``path`` (an absolute real path), '/' excluded, that exist."""
+    out, parent = [], os.path.dirname(path)
+    while parent not in ("/", ""):
+        if os.path.isdir(parent):
+            out.append(parent)
+        parent = os.path.dirname(parent)
+    return out
 
 
 def _under(path: str, root: str) -> bool:
