@@ -24,7 +24,7 @@ from jax_irl.algorithms import iqlearn
 from jax_irl.data import arithmetic, batching, tasks
 from jax_irl.data import game24 as game24_data
 from jax_irl.data.tokenizer import TextTokenizer, train_bpe
-from jax_irl.models.config import ATTENTION, TransformerConfig
+from jax_irl.models.config import ATTENTION, REMAT, TransformerConfig
 from jax_irl.models.transformer import Transformer
 
 
@@ -33,6 +33,7 @@ class BaseConfig:
     hf_checkpoint: Optional[str] = None  # a local HF model folder (with its tokenizer): used as the base as it is
     dtype: str = "float32"  # compute dtype ('bfloat16' on accelerators); params stay float32
     attention: str = "einsum"  # TransformerConfig.attention: 'auto' takes cuDNN's fused attention on a GPU
+    remat: str = "none"  # TransformerConfig.remat: activation checkpointing per block (none | full | dots | ...)
     model: ModelSize = ModelSize(hidden_size=96, intermediate_size=256)
     vocab_size: int = 1024  # of the BPE trained here (ignored with hf_checkpoint)
     max_length: int = 96  # rows are cut to this, then to the longest row
@@ -48,6 +49,8 @@ class BaseConfig:
             raise ValueError(f"dtype must be 'float32' or 'bfloat16'; got {self.dtype!r}")
         if self.attention not in ATTENTION:
             raise ValueError(f"attention must be one of {ATTENTION}; got {self.attention!r}")
+        if self.remat not in REMAT:
+            raise ValueError(f"remat must be one of {REMAT}; got {self.remat!r}")
         if self.max_length < 2:
             raise ValueError(f"max_length must be >= 2; got {self.max_length}")
 
@@ -119,9 +122,10 @@ def base_model(cfg: BaseConfig, task: tasks.TaskConfig, tok: TextTokenizer, trai
     if cfg.hf_checkpoint:
         from jax_irl.models import hf  # needs the hf extra (safetensors) only on this path
 
-        return hf.from_pretrained(cfg.hf_checkpoint, dtype=cfg.dtype, param_dtype="float32", attention=cfg.attention)
+        return hf.from_pretrained(cfg.hf_checkpoint, dtype=cfg.dtype, param_dtype="float32", attention=cfg.attention,
+                                  remat=cfg.remat)
     model_cfg = TransformerConfig.for_family("llama", vocab_size=tok.vocab_size, dtype=cfg.dtype,
-                                             attention=cfg.attention,
+                                             attention=cfg.attention, remat=cfg.remat,
                                              max_position_embeddings=cfg.max_positions,
                                              **dataclasses.asdict(cfg.model))
     model = Transformer(model_cfg, rngs=nnx.Rngs(0))

@@ -229,7 +229,8 @@ class Trainer:
             self._compiled = jax.jit(self._step_fn, in_shardings=(self.state_shardings, batch_sh),
                                      out_shardings=(self.state_shardings, NamedSharding(self.mesh, P())),
                                      donate_argnums=0)
-        return self._compiled(state, batch)
+        with jax.set_mesh(self.mesh):  # traced under the mesh: the model keeps its activations split by rows
+            return self._compiled(state, batch)
 
 
 class MetricsWriter:

@@ -15,6 +15,27 @@ import numpy as np
 Array = jax.Array
 
 
+# The mesh axes that shard a batch's rows (``parallel.BATCH_AXES``; the loss layer names them without importing it).
+BATCH_MESH_AXES = ("data", "fsdp")
+
+
+def constrain_rows(x: Array) -> Array:
+    """x with its leading (row) axis pinned to the batch axes of the mesh being traced under (``jax.set_mesh``),
+    the other axes replicated: the activations of a data-parallel / FSDP step stay split by rows, and XLA gathers
+    the (smaller) weights for a matmul instead of splitting its contraction over the weights' sharded axis and
+    computing every row's partial sums on every device. Outside a mesh, or when the rows do not divide over
+    those axes, x is returned as it is. A layout hint only: values and gradients are unchanged."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or jnp.ndim(x) == 0:
+        return x
+    axes = tuple(a for a in BATCH_MESH_AXES if a in mesh.axis_names and mesh.shape[a] > 1)
+    size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+    if not axes or x.shape[0] % size:
+        return x
+    spec = jax.sharding.PartitionSpec(axes if len(axes) > 1 else axes[0], *([None] * (jnp.ndim(x) - 1)))
+    return jax.lax.with_sharding_constraint(x, spec)
+
+
 def compute_dtype(x: Array) -> jnp.dtype:
     """The dtype to accumulate in: float32 for bf16/fp16/fp32 inputs, float64 stays float64."""
     return jnp.promote_types(jnp.result_type(x), jnp.float32)

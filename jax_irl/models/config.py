@@ -9,6 +9,12 @@ FAMILIES = ("llama", "qwen2", "gemma", "gpt2")
 ACTIVATIONS = ("silu", "gelu_tanh", "gelu")
 ROPE_TYPES = ("default", "linear", "llama3")
 ATTENTION = ("einsum", "xla", "cudnn", "auto")
+# Activation checkpointing of each decoder block in cache-free forwards (training, scoring): what the backward
+# pass keeps from the forward. 'none': everything autodiff saves; 'full': only each block's input (the block is
+# recomputed); 'dots': every matmul output; 'dots_no_batch': the matmul outputs without batch dimensions (the
+# projections and the MLP, not the attention scores); 'offload': those same outputs, moved to host memory
+# (pinned_host) until the backward pass needs them (TPU/GPU; XLA:CPU has no host memory space to offload to).
+REMAT = ("none", "full", "dots", "dots_no_batch", "offload")
 
 
 def cudnn_attention_unsupported(dtype: str, head_dim: int) -> Optional[str]:
@@ -35,6 +41,9 @@ class TransformerConfig:
     kernel, GPU only, bfloat16 compute, head_dim a multiple of 8 up to 128; 'auto': 'cudnn' where it applies (a GPU
     backend, bfloat16, such a head_dim, even sequence lengths) and 'einsum' elsewhere. Decoding with a KV cache
     always uses jax_irl's own cached path.
+
+    remat: activation checkpointing of each block (``REMAT``); the values and gradients are the same under every
+    policy, only what is kept for the backward pass (and so memory and recomputation) changes.
 
     attention_block: the 'einsum' path's causal query blocks. Queries go in blocks of about this many tokens and
     each block's scores cover only the keys up to its own last position, so of the [T, T] score matrix (n - 1) / 2n
@@ -76,6 +85,7 @@ class TransformerConfig:
     pad_token_id: Optional[int] = None
     attention: str = "einsum"
     attention_block: int = 64
+    remat: str = "none"
 
     def __post_init__(self):
         checks = [
@@ -89,6 +99,7 @@ class TransformerConfig:
             (self.param_dtype in ("float32", "bfloat16"),
              f"param_dtype must be 'float32' or 'bfloat16'; got {self.param_dtype!r}"),
             (self.attention in ATTENTION, f"attention must be one of {ATTENTION}; got {self.attention!r}"),
+            (self.remat in REMAT, f"remat must be one of {REMAT}; got {self.remat!r}"),
         ]
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
                      "intermediate_size", "max_position_embeddings"):

@@ -57,12 +57,14 @@ def _eos(hf: dict) -> tuple:
 
 
 def config_from_hf(hf: dict, *, dtype: str = "float32", param_dtype: str = "float32",
-                   attention: str = "einsum") -> TransformerConfig:
-    """TransformerConfig from a Hugging Face config.json dict (``attention``: see ``TransformerConfig``)."""
+                   attention: str = "einsum", remat: str = "none") -> TransformerConfig:
+    """TransformerConfig from a Hugging Face config.json dict (``attention``, ``remat``: see
+    ``TransformerConfig``)."""
     model_type = hf.get("model_type")
     if model_type not in SUPPORTED:
         raise ValueError(f"model_type {model_type!r} is not supported; supported: {SUPPORTED}")
-    common = dict(dtype=dtype, param_dtype=param_dtype, attention=attention, bos_token_id=hf.get("bos_token_id"),
+    common = dict(dtype=dtype, param_dtype=param_dtype, attention=attention, remat=remat,
+                  bos_token_id=hf.get("bos_token_id"),
                   eos_token_ids=_eos(hf), pad_token_id=hf.get("pad_token_id"))
     if model_type == "gpt2":
         for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
@@ -295,11 +297,12 @@ def _check_finite(tensors: Dict[str, np.ndarray], path: str) -> None:
 
 
 def from_pretrained(path: str, *, dtype: str = "float32", param_dtype: Optional[str] = None,
-                    allow_non_finite: bool = False, attention: str = "einsum") -> Transformer:
+                    allow_non_finite: bool = False, attention: str = "einsum", remat: str = "none") -> Transformer:
     """Load a local Hugging Face causal-LM folder (config.json + safetensors) into a jax_irl Transformer.
 
     dtype is the compute dtype; param_dtype defaults to the checkpoint's ('float32' or 'bfloat16'; float16 is
-    read as float32); attention picks the attention implementation (``TransformerConfig.attention``). Missing
+    read as float32); attention picks the attention implementation (``TransformerConfig.attention``), remat the
+    activation checkpointing (``TransformerConfig.remat``). Missing
     tensors, shape mismatches and unexpected tensors raise errors naming the tensor;
     a damaged config.json or safetensors file names the file; NaN or inf weights are refused unless
     ``allow_non_finite``.
@@ -308,7 +311,8 @@ def from_pretrained(path: str, *, dtype: str = "float32", param_dtype: Optional[
     tensors = _read_tensors(path)
     if not allow_non_finite:
         _check_finite(tensors, path)
-    cfg = _config(hf, path, dtype=dtype, param_dtype=param_dtype or _checkpoint_dtype(tensors), attention=attention)
+    cfg = _config(hf, path, dtype=dtype, param_dtype=param_dtype or _checkpoint_dtype(tensors), attention=attention,
+                  remat=remat)
     model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
     if cfg.family == "gpt2" and not any(k.startswith("transformer.") for k in tensors):
         tensors = {"transformer." + k: v for k, v in tensors.items()}  # original GPT-2 checkpoints

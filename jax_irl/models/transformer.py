@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jax_irl.losses._common import constrain_rows
 from jax_irl.models.config import TransformerConfig, cudnn_attention_unsupported
 from jax_irl.models.layers import (DTYPES, activation, dense, dense_many, logical_param, normal_init, ones_init,
                                    zeros_init)
@@ -339,6 +340,31 @@ class Block(nnx.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
+def remat_policy(name: str):
+    """The ``jax.checkpoint`` policy of a ``TransformerConfig.remat`` name (None for 'full': save nothing)."""
+    policies = jax.checkpoint_policies
+    if name == "full":
+        return policies.nothing_saveable
+    if name == "dots":
+        return policies.dots_saveable
+    if name == "dots_no_batch":
+        return policies.dots_with_no_batch_dims_saveable
+    if name == "offload":
+        return policies.offload_dot_with_no_batch_dims("device", "pinned_host")
+    raise ValueError(f"remat must be one of 'full', 'dots', 'dots_no_batch', 'offload' here; got {name!r}")
+
+
+def _block_without_cache(block, x, positions, key_valid, query_slots, inv_freq):
+    return block(x, positions, key_valid, query_slots, inv_freq)[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _rematerialised(fn, name: str):
+    """``fn(block, ...)`` under ``nnx.remat`` with the named policy: the block's activations are recomputed in the
+    backward pass instead of being kept (all of them but what the policy saves)."""
+    return nnx.remat(fn, policy=remat_policy(name), prevent_cse=True)
+
+
 class DecoderOutput(NamedTuple):
     logits: Optional[Array]  # [B, T, V] in the compute dtype (None when compute_logits=False); [B, W, V] in a window
     hidden: Array  # [B, T, D] after the final norm; [B, W, D] in a window
@@ -419,6 +445,9 @@ class Transformer(nnx.Module):
             x = x * jnp.asarray(math.sqrt(cfg.hidden_size), dtype)
         if self.position_embed is not None:
             x = x + self.position_embed[...][positions].astype(dtype)
+        # Traced under a mesh (``jax.set_mesh``: the Trainer, the scorer and the sampler do it), the residual
+        # stream stays split by rows over the batch axes, so each matmul gathers its FSDP-sharded weight.
+        x = constrain_rows(x)
         if cache is None:
             key_valid, query_slots, layer_caches = mask, jnp.arange(t), [None] * cfg.num_layers
         else:
@@ -440,13 +469,21 @@ class Transformer(nnx.Module):
                 raise ValueError(f"window start must have shape [B] = ({b},); got {start.shape}")
             rows = window_rows(start, width, t)
         new_layers = []
+        remat = cache is None and cfg.remat != "none"
         for i, (block, layer_cache) in enumerate(zip(self.layers, layer_caches)):
             if rows is not None and i == len(self.layers) - 1:
-                x = block.windowed(x, positions, key_valid, inv_freq, rows)
+                windowed = _rematerialised(Block.windowed, cfg.remat) if remat else Block.windowed
+                x = windowed(block, x, positions, key_valid, inv_freq, rows)
                 break
-            x, new_cache = block(x, positions, key_valid, query_slots, inv_freq, layer_cache, cache_index)
+            if remat:
+                x = _rematerialised(_block_without_cache, cfg.remat)(block, x, positions, key_valid, query_slots,
+                                                                     inv_freq)
+                new_cache = None
+            else:
+                x, new_cache = block(x, positions, key_valid, query_slots, inv_freq, layer_cache, cache_index)
+            x = constrain_rows(x)
             new_layers.append(new_cache)
-        hidden = self.final_norm(x)
+        hidden = constrain_rows(self.final_norm(x))
         logits = self.logits(hidden) if compute_logits else None
         new_cache = None if cache is None else {"layers": new_layers, "valid": key_valid}
         return DecoderOutput(logits, hidden, new_cache)
