@@ -129,6 +129,25 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules=DEFAULT_RULES) -> nnx.Modul
     return model
 
 
+def mesh_of(tree) -> Optional[Mesh]:
+    """The mesh of the first array in ``tree`` placed with a NamedSharding over more than one device, or None."""
+    for leaf in jax.tree.leaves(tree):
+        sharding = getattr(leaf, "sharding", None)
+        if isinstance(sharding, NamedSharding) and sharding.mesh.size > 1:
+            return sharding.mesh
+    return None
+
+
+def mesh_context(tree):
+    """``jax.set_mesh`` over the mesh the arrays of ``tree`` (a model's state) live on, or a no-op context: a
+    compiled function traced inside it keeps the model's activations split by rows (``losses.constrain_rows``),
+    as the Trainer's step does."""
+    import contextlib
+
+    mesh = mesh_of(tree)
+    return contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
+
+
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
     """Leading (batch) axis over ('data', 'fsdp'), the rest replicated."""
     return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jax_irl import losses, sampling
+from jax_irl import losses, parallel, sampling
 from jax_irl.models.transformer import take_rows, window_rows
 
 
@@ -278,9 +278,10 @@ def score_rows(model, scorer: Callable, rows: Dict[str, np.ndarray], *,
     padded = {k: pad_rows(np.asarray(v), size) for k, v in rows.items()}
     graphdef, state = nnx.split(model)
     parts = []
-    for i in range(0, len(next(iter(padded.values()))), size):
-        out = _score_batch(scorer, graphdef, state, {k: jnp.asarray(v[i:i + size]) for k, v in padded.items()})
-        parts.append(jax.device_get(out))
+    with parallel.mesh_context(state):
+        for i in range(0, len(next(iter(padded.values()))), size):
+            out = _score_batch(scorer, graphdef, state, {k: jnp.asarray(v[i:i + size]) for k, v in padded.items()})
+            parts.append(jax.device_get(out))
     return {k: np.concatenate([p[k] for p in parts])[:n] for k in parts[0]}
 
 

@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jax_irl import parallel
+
 
 class SampleOutput(NamedTuple):
     tokens: jax.Array  # [B * n, max_new_tokens] generated ids, pad_id after the end
@@ -121,9 +123,10 @@ def generate(model, prompt_tokens, prompt_mask, key, *, max_new_tokens: int, tem
     top_k = None if top_k is None else int(top_k)
     eos = tuple(model.cfg.eos_token_ids if eos_ids is None else eos_ids)
     graphdef, state = nnx.split(model)
-    return _generate(graphdef, state, prompt_tokens, prompt_mask, key, max_new=max_new_tokens,
-                     temperature=float(temperature), top_k=top_k, top_p=top_p, greedy=bool(greedy), eos=eos,
-                     pad_id=int(pad_id), n=num_samples)
+    with parallel.mesh_context(state):
+        return _generate(graphdef, state, prompt_tokens, prompt_mask, key, max_new=max_new_tokens,
+                         temperature=float(temperature), top_k=top_k, top_p=top_p, greedy=bool(greedy), eos=eos,
+                         pad_id=int(pad_id), n=num_samples)
 
 
 def first_argmax(x: jax.Array) -> jax.Array:

@@ -117,6 +117,29 @@ def make_optimizer(cfg: OptimizerConfig, total_steps: Optional[int] = None) -> o
     return optax.chain(*parts, opt)
 
 
+def optimizer_shardings(tx: optax.GradientTransformation, params, param_shardings, mesh: Mesh):
+    """NamedShardings for ``tx.init(params)``'s state: every subtree laid out like the params (Adam's moments,
+    ...) takes the params' shardings; any other leaf whose shape belongs to params of a single sharding takes
+    that sharding; the rest (counts, scalars) is replicated. ``params``: arrays or ShapeDtypeStructs."""
+    abstract = jax.eval_shape(tx.init, params)
+    params_def = jax.tree.structure(params)
+    replicated = NamedSharding(mesh, P())
+    by_shape: Dict[Tuple[int, ...], set] = {}
+    for p, s in zip(jax.tree.leaves(params), jax.tree.leaves(param_shardings)):
+        by_shape.setdefault(tuple(p.shape), set()).add(s)
+
+    def like_params(x):
+        return jax.tree.structure(x) == params_def
+
+    def one(sub):
+        if like_params(sub):
+            return param_shardings
+        return jax.tree.map(lambda leaf: next(iter(by_shape[tuple(leaf.shape)]))
+                            if len(by_shape.get(tuple(leaf.shape), ())) == 1 and leaf.ndim else replicated, sub)
+
+    return jax.tree.map(one, abstract, is_leaf=like_params)
+
+
 class TrainState(NamedTuple):
     step: jax.Array  # int32 []
     params: Any  # nnx.State of the model's Params
@@ -207,11 +230,10 @@ class Trainer:
 
     def init_state(self, seed: int) -> TrainState:
         replicated = NamedSharding(self.mesh, P())
-        opt_state = jax.jit(self.tx.init)(self._params)
-        # Every leaf of the optimizer state gets a NamedSharding (needed for multi-process runs and Orbax).
-        opt_state = jax.tree.map(
-            lambda x: x if isinstance(getattr(x, "sharding", None), NamedSharding) and x.sharding.mesh == self.mesh
-            else jax.device_put(x, replicated), opt_state)
+        # Every leaf of the optimizer state gets a NamedSharding (needed for multi-process runs and Orbax): the
+        # moments are laid out like the params (FSDP shards them too), counts are replicated.
+        opt_sh = optimizer_shardings(self.tx, self._params, self.param_shardings, self.mesh)
+        opt_state = jax.jit(self.tx.init, out_shardings=opt_sh)(self._params)
         state = TrainState(jax.device_put(jnp.zeros((), jnp.int32), replicated), self._params, opt_state,
                            jax.device_put(jax.random.PRNGKey(seed), replicated))
         self.state_shardings = jax.tree.map(lambda x: x.sharding, state)

@@ -4,6 +4,8 @@ import os
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ["JAX_PLATFORMS"] = "cpu"
+# libtpu (the tpu extra, for the ahead-of-time tests) takes a lock file per machine; test workers each load it.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 # The driver turns on JAX's persistent compilation cache (in the run folder by default); in tests, one folder
 # per worker process, removed at exit, so that runs the tests start in-process and in subprocesses share it.
 import atexit  # noqa: E402

@@ -25,6 +25,7 @@ import sys
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the TPU devices come from libtpu's topology description
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # libtpu's per-machine lock file would refuse a second one
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from flax import nnx  # noqa: E402
@@ -83,7 +84,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rows-per-chip", type=int, default=4)
     parser.add_argument("--length", type=int, default=512)
     parser.add_argument("--remat", default="none")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     start = time.time()
     if args.scaling:
         reports = scaling(args)

@@ -4,7 +4,7 @@ Every loss returns ``(loss, aux)``; plain transforms return arrays. Shapes, redu
 function's docstring and in DESIGN.md ("The methods, precisely").
 """
 
-from jax_irl.losses._common import masked_mean, masked_sum, masked_whiten
+from jax_irl.losses._common import constrain_rows, masked_mean, masked_sum, masked_whiten
 from jax_irl.losses.ensemble import AGGREGATIONS, aggregate_rewards, bootstrap_weights, head_disagreement
 from jax_irl.losses.imitation import (
     CHI2_SUPPORTS,
@@ -48,6 +48,7 @@ __all__ = [
     "aggregate_rewards",
     "bootstrap_weights",
     "bradley_terry_loss",
+    "constrain_rows",
     "chunked_soft_q_stats",
     "dpo_loss",
     "gae",
