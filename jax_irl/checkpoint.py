@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 import signal
+import time
 from typing import Any, Dict, Optional, Tuple
 
 import jax
@@ -226,19 +227,49 @@ class Checkpointer:
         steps = [step] if step is not None else sorted(self.all_steps(), reverse=True)
         if not steps:
             raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
-        damaged = []
+        damaged, damaged_steps = [], []
         for candidate in steps:
             try:
                 state, meta = self._restore_step(abstract_state, candidate)
             except _Damaged as err:
                 damaged.append(f"step {candidate}: {err}")
+                damaged_steps.append(candidate)
                 continue
             if damaged:
+                # The damaged newer steps go aside (kept for inspection), so that training past them can save those
+                # steps again instead of failing on a step that already exists.
+                moved = self._set_aside(damaged_steps) if step is None else []
                 print(f"warning: {self.directory}: skipped damaged checkpoints and resumed from step {candidate}:\n  "
-                      + "\n  ".join(damaged), flush=True)
+                      + "\n  ".join(damaged)
+                      + (f"\n  moved aside to {', '.join(moved)}" if moved else ""), flush=True)
             return state, meta["data_position"], candidate
         raise CheckpointDamagedError(f"no intact checkpoint in {self.directory} (nothing was loaded; move the folder "
                                      f"away to start afresh):\n  " + "\n  ".join(damaged))
+
+    def _set_aside(self, steps) -> list:
+        """Move the folders of ``steps`` out of the checkpoint folder into ``<folder>.damaged/`` (named
+        ``<step>-<time>``); returns the new paths. Process 0 moves them; every process then re-reads the folder."""
+        moved = []
+        if jax.process_index() == 0:
+            aside = self.directory.rstrip(os.sep) + ".damaged"
+            os.makedirs(aside, exist_ok=True)
+            for step in steps:
+                source = os.path.join(self.directory, str(step))
+                if not os.path.exists(source):
+                    continue
+                target = os.path.join(aside, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+                n = 1
+                while os.path.exists(target):
+                    target = os.path.join(aside, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+                    n += 1
+                os.replace(source, target)
+                moved.append(target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"jax_irl checkpoint set-aside {self.directory}")
+        self.manager.reload()
+        return moved
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -218,3 +218,15 @@ def test_the_checker_command_writes_its_table_and_json(tmp_path):
     bad = subprocess.run(cmd[:2] + ["irl_gsm8k", "--model", "gpt5", "--topology", "v5e:2x2"], capture_output=True,
                          text=True, timeout=600, cwd=ROOT)
     assert bad.returncode == 2 and "unknown model preset 'gpt5'" in bad.stderr
+
+
+def test_bench_mfu_knows_the_peaks_of_libtpus_device_kinds():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_mfu", os.path.join(ROOT, "tools", "bench_mfu.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.peak_tflops("TPU v5") == 459.0  # a v5p, as libtpu names it
+    assert bench.peak_tflops("TPU v5 lite") == 197.0
+    assert bench.peak_tflops("NVIDIA H200") == 989.0
+    assert bench.peak_tflops("a toaster") is None

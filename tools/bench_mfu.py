@@ -1,7 +1,7 @@
 """Training-step throughput and model-FLOPs utilisation (MFU) of a 1B-class model, per attention implementation.
 
-The performance issue asks for MFU of a 1B-class config on an accelerator and for the cuDNN attention path
-measured there; this is that measurement, one command on a GPU or TPU host:
+MFU of a 1B-class config on an accelerator, and the cuDNN attention path measured there: one command on a GPU
+or TPU host:
 
     .venv/bin/python tools/bench_mfu.py                      # 1B, bf16, the attention sides the backend has
     .venv/bin/python tools/bench_mfu.py --batch 4 --length 2048 --attention einsum,auto
@@ -32,7 +32,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jax_irl import parallel, train
+from jax_irl import aot, parallel, train
 from jax_irl.algorithms import iqlearn
 from jax_irl.models.config import TransformerConfig, training_flops_per_token
 from jax_irl.models.transformer import Transformer
@@ -42,14 +42,17 @@ SIZES = {
                intermediate_size=8192, tie_embeddings=True),
     "tiny": dict(vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=176),
 }
-# Dense bf16 peak TFLOP/s per device, from the vendors' data sheets (SXM parts for NVIDIA), matched against
-# jax.Device.device_kind in this order.
-PEAK_TFLOPS = (("H200", 989.0), ("H100", 989.0), ("A100", 312.0), ("L4", 121.0), ("TPU v6", 918.0),
-               ("TPU v5p", 459.0), ("TPU v5 lite", 197.0), ("TPU v5e", 197.0), ("TPU v4", 275.0))
+# Dense bf16 peak TFLOP/s per GPU, from the vendors' data sheets (SXM parts for NVIDIA), matched against
+# jax.Device.device_kind in this order; TPU chips come from jax_irl.aot.CHIPS (libtpu calls a v5p 'TPU v5' and a
+# v5e 'TPU v5 lite', matched exactly there).
+PEAK_TFLOPS = (("H200", 989.0), ("H100", 989.0), ("A100", 312.0), ("L4", 121.0))
 
 
 def peak_tflops(device_kind: str):
-    """The dense bf16 peak of a device kind, or None when it is not in PEAK_TFLOPS."""
+    """The dense bf16 peak of a device kind, or None when it is not known."""
+    chip = aot.chip_for_device_kind(device_kind)
+    if chip is not None:
+        return chip.peak_bf16_flops / 1e12
     for name, peak in PEAK_TFLOPS:
         if name.lower() in device_kind.lower():
             return peak

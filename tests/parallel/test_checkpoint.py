@@ -257,7 +257,18 @@ def test_a_damaged_latest_checkpoint_is_named_and_the_previous_one_used(tmp_path
     assert int(state.step) == 2 and position == 2
     assert "skipped damaged checkpoints and resumed from step 2" in out and "step 4:" in out
     jax.tree.map(np.testing.assert_array_equal, at_2, jax.device_get(state.params))
+    # the damaged step is kept aside, named in the warning, and training past it saves step 4 again
+    aside = list((tmp_path.parent / (tmp_path.name + ".damaged")).iterdir())
+    assert len(aside) == 1 and aside[0].name.startswith("4-") and str(aside[0]) in out
+    state, status = train.fit(trainer, state, _batch, steps=4, start_position=position, checkpointer=fresh,
+                              progress=False)
+    assert status == "done" and fresh.latest_step() == 4
     fresh.close()
+    again = checkpoint.Checkpointer(str(tmp_path), fingerprint=fp, save_every=2, keep=3)
+    resumed, position = train.resume_or_init(trainer, again, 0)
+    assert int(resumed.step) == 4 and position == 4 and "damaged" not in capsys.readouterr().out
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), jax.device_get(resumed.params))
+    again.close()
 
 
 def test_no_intact_checkpoint_is_an_error_never_a_fresh_start(tmp_path):
