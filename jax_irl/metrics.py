@@ -22,8 +22,15 @@ from jax_irl.losses.soft_q import token_entropies
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 
 
+# Answers longer than this are not read as numbers (no task's answer is; Python refuses int() past 4300 digits and
+# a float overflows far sooner): a model's runaway digits are a wrong answer, never an exception in the loop.
+MAX_NUMBER_CHARS = 64
+
+
 def _to_number(text: str) -> Optional[Fraction]:
     cleaned = text.replace(",", "").replace("$", "").strip().rstrip(".")
+    if len(cleaned) > MAX_NUMBER_CHARS:
+        return None
     try:
         return Fraction(cleaned)
     except (ValueError, ZeroDivisionError):
@@ -50,7 +57,7 @@ def answers_match(prediction: str, reference: str) -> bool:
     p, r = extract_answer(prediction), extract_answer(reference)
     if p is None or r is None:
         return False
-    return abs(float(Fraction(p)) - float(Fraction(r))) < 1e-6
+    return abs(Fraction(p) - Fraction(r)) < Fraction(1, 10 ** 6)  # exact: no float overflow
 
 
 def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:

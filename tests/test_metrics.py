@@ -111,3 +111,14 @@ def test_pair_ranking_accuracy_counts_ties_half():
     assert metrics.pair_ranking_accuracy([2.0, 1.0, 0.0, 5.0], [1.0, 1.0, 3.0, 4.0]) == pytest.approx(2.5 / 4)
     with pytest.raises(ValueError, match="need two"):
         metrics.pair_ranking_accuracy([], [])
+
+
+def test_runaway_answers_are_wrong_not_errors():
+    from jax_irl.data import arithmetic as data_arithmetic
+
+    big = "9" * 5000  # past Python's 4300-digit int() limit
+    assert not metrics.answers_match(f"#### {big}", "#### 3")
+    assert not metrics.answers_match("#### 1" + "0" * 400, "#### 3")  # a float would overflow
+    assert metrics.answers_match("#### 1" + "0" * 40, "#### 1" + "0" * 40)  # long but fine: exact
+    assert metrics.extract_answer(f"#### {big}") is None
+    assert data_arithmetic.graded_reward(f"{big} + 1 = 2\n#### {big}", "#### 3") == pytest.approx(0.1)

@@ -14,7 +14,7 @@ import re
 from fractions import Fraction
 from typing import Callable, Dict, List, Tuple
 
-from jax_irl.metrics import answers_match
+from jax_irl.metrics import MAX_NUMBER_CHARS, answers_match
 
 NAMES = ["Ava", "Ben", "Chen", "Dara", "Eli", "Fatima", "Gus", "Hana", "Ivan", "Jia", "Kofi", "Lena", "Mateo",
          "Nia", "Omar", "Priya", "Quinn", "Rosa", "Sami", "Tomas"]
@@ -223,6 +223,8 @@ def graded_reward(text: str, reference: str) -> float:
     calculations = [m for m in (_CALCULATION.match(line) for line in lines) if m]
     true = 0
     for m in calculations:
+        if max(len(m.group(k)) for k in (1, 3, 4)) > MAX_NUMBER_CHARS:
+            continue  # a runaway number: a false line, not an exception
         x, op, y, value = int(m.group(1)), m.group(2), int(m.group(3)), Fraction(m.group(4))
         if op == "/" and y == 0:
             continue

@@ -16,11 +16,13 @@ import re
 from fractions import Fraction
 from typing import Callable, Dict, List, Union
 
-from jax_irl.metrics import answers_match, extract_answer
+from jax_irl.metrics import MAX_NUMBER_CHARS, answers_match, extract_answer
 from jax_irl.symbolic import Certificate, Span
 
-_NUM = r"-?\d+(?:\.\d+)?"
-_CALC = re.compile(rf"({_NUM})\s*([-+*/x×])\s*({_NUM})\s*=\s*({_NUM})")
+# A number starts only where no digit or point precedes it, and its digits are taken possessively: one pass over
+# a run of digits, not a backtracking search from every position inside it (quadratic on a 40k-digit run).
+_NUM = r"(?<![\d.])-?\d++(?:\.\d++)?"
+_CALC = re.compile(rf"({_NUM})\s*+([-+*/x×])\s*+({_NUM})\s*+=\s*+({_NUM})")
 _FINAL = re.compile(r"^[ \t]*####.*$", re.M)
 _OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "x": lambda a, b: a * b,
         "×": lambda a, b: a * b}
@@ -38,6 +40,9 @@ class ArithmeticTool:
             return Certificate(False, (Span(0, len(response), "empty response"),), self.name)
         spans: List[Span] = []
         for m in _CALC.finditer(response):
+            if max(len(m.group(k)) for k in (1, 3, 4)) > MAX_NUMBER_CHARS:
+                spans.append(Span(m.start(), m.end(), f"a number longer than {MAX_NUMBER_CHARS} characters"))
+                continue
             a, op, b, c = Fraction(m.group(1)), m.group(2), Fraction(m.group(3)), Fraction(m.group(4))
             if op == "/":
                 if b == 0:

@@ -17,6 +17,7 @@ from fractions import Fraction
 from typing import List, Optional, Sequence
 
 from jax_irl.data import game24 as puzzles
+from jax_irl.metrics import MAX_NUMBER_CHARS
 from jax_irl.symbolic import Certificate, Span
 
 _NUMBER = r"-?\d+(?:/\d+)?"
@@ -61,7 +62,11 @@ class Game24Tool:
             steps += 1
             before = len(spans)
             last = (start, end)
-            a, op, b, c = Fraction(m.group(1)), m.group(2), Fraction(m.group(3)), Fraction(m.group(4))
+            parsed = [_number(m.group(k)) for k in (1, 3, 4)]
+            if any(isinstance(x, str) for x in parsed):
+                spans.append(Span(start, end, next(x for x in parsed if isinstance(x, str))))
+                continue
+            (a, b, c), op = parsed, m.group(2)
             for value, group in ((a, 1), (b, 3)):
                 if value in left:
                     left.remove(value)
@@ -87,9 +92,22 @@ class Game24Tool:
         text = response.split("=")[0]
         start = len(text) - len(text.lstrip())
         end = len(text.rstrip())
-        correct, reason = puzzles.check_expression(text, given)
+        try:
+            correct, reason = puzzles.check_expression(text, given)
+        except (RecursionError, MemoryError, ValueError, UnicodeError, OverflowError, ZeroDivisionError) as err:
+            correct, reason = False, f"the expression cannot be evaluated ({type(err).__name__})"
         spans = () if correct else (Span(start, max(end, start + 1) if response else 0, reason),)
         return Certificate(correct, spans, self.name, (("mode", "expression"),))
+
+
+def _number(text: str):
+    """The Fraction a step's number writes ('7', '-3', '8/3'), or why it is not one (a string)."""
+    if len(text) > MAX_NUMBER_CHARS:
+        return f"a number longer than {MAX_NUMBER_CHARS} characters"
+    try:
+        return Fraction(text)
+    except ZeroDivisionError:
+        return f"{text} divides by zero"
 
 
 def _lines(text: str):

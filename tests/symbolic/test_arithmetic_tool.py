@@ -30,3 +30,13 @@ def test_every_built_in_solution_is_certified_correct():
     tool = ArithmeticTool({p["question"]: p["answer"] for p in train + test})
     for p in train + test:
         assert tool.check(p["question"], " " + p["answer"]).correct, p
+
+
+def test_runaway_numbers_get_certificates_and_are_read_in_one_pass():
+    tool = ArithmeticTool(lambda prompt: "#### 3")
+    big = "9" * 5000
+    cert = tool.check("p", f"{big} + 1 = 2\n#### 3")
+    assert not cert.correct and cert.spans[0].message == "a number longer than 64 characters"
+    cert = tool.check("p", "1" * 40000)  # a single 40k-digit run (a backtracking regex took 37 s on it)
+    assert not cert.correct and "no final answer line" in cert.spans[-1].message
+    assert not tool.check("p", f"1 + 2 = 3\n#### {big}").correct  # an overlong answer is wrong, not an error

@@ -145,3 +145,15 @@ def test_reward_fn_token_and_scalar_kinds_from_certificates():
         symbolic.RewardSpec("dense")
     with pytest.raises(ValueError, match="RewardSpec.low"):
         symbolic.RewardSpec(low=float("inf"))
+
+
+@pytest.mark.parametrize("response, why", [
+    ("1/0 + 2 = 3", "1/0 divides by zero"),
+    ("9" * 5000 + " + 1 = 24", "a number longer than 64 characters"),
+    ("+".join(["1"] * 100000), "cannot be evaluated (RecursionError)"),
+    ("4 * 6 \ud800 = 24", "cannot be evaluated (UnicodeEncodeError)"),
+    ("(" * 5000 + "4" + ")" * 5000, "does not parse"),
+])
+def test_hostile_responses_get_certificates_not_exceptions(response, why):
+    cert = Game24Tool().check("Use 4 6 8 2 to make 24.", response)
+    assert not cert.correct and any(why in s.message for s in cert.spans), cert.spans
