@@ -50,11 +50,12 @@ def parse_mesh(text: str) -> parallel.MeshConfig:
 
 def scaling(args) -> list:
     """The SFT step of --model at --rows-per-chip x --length per chip over v5p slices of 8 to 128 chips (weak
-    scaling), FSDP over every chip."""
+    scaling), FSDP over every chip but --tensor, and the decoding step of as many rows over a cache of --length
+    slots."""
     reports = []
     for topology in args.topologies.split(","):
         devices = aot.topology_devices(topology)
-        mesh = parallel.make_mesh(parallel.MeshConfig(data=1, fsdp=-1), devices)
+        mesh = parallel.make_mesh(parallel.MeshConfig(data=1, fsdp=-1, tensor=args.tensor), devices)
         cfg = presets.preset(args.model, dtype="bfloat16", remat=args.remat)
         model = aot.abstract_model(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
         rows = args.rows_per_chip * len(devices)
@@ -84,12 +85,13 @@ def main(argv=None) -> int:
     parser.add_argument("--rows-per-chip", type=int, default=4)
     parser.add_argument("--length", type=int, default=512)
     parser.add_argument("--remat", default="none")
+    parser.add_argument("--tensor", type=int, default=1, help="the tensor axis of the scaling runs' mesh")
     args = parser.parse_intermixed_args(argv)
     start = time.time()
     if args.scaling:
         reports = scaling(args)
         header = {"kind": "scaling", "model": args.model, "rows_per_chip": args.rows_per_chip, "length": args.length,
-                  "remat": args.remat}
+                  "remat": args.remat, "tensor": args.tensor}
     else:
         if not args.config:
             parser.error("name a config (or pass --scaling)")
