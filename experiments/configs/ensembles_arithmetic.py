@@ -178,7 +178,8 @@ def run(cfg: EnsemblesConfig, run_dir: str) -> dict:
 
     def run_one(name, variant, seed, folder):
         kind, noise = variant
-        records = rm.flip_labels(train_pairs, noise, seed=1000 + seed)
+        records = gshf.distinct_pairs(rm_tok, rm.flip_labels(train_pairs, noise, seed=1000 + seed), max_length,
+                                      what="reward-model pairs")
         rows = rm.pair_rows(gshf.preference_rows(rm_tok, records, max_length))
         from jax_irl.data import batching
         batches = batching.BatchSampler(len(records), cfg.rm_stage.batch_size, seed=seed)

@@ -181,6 +181,27 @@ def preference_rows(tokenizer, records: Sequence[Dict[str, str]], max_length: in
     return batching.trim_padding({"tokens": encoded["tokens"], "mask": encoded["mask"]}, tokenizer.pad_id)
 
 
+def distinct_pairs(tokenizer, records: Sequence[Dict[str, str]], max_length: int,
+                   what: str = "pairs") -> List[Dict[str, str]]:
+    """The records whose chosen and rejected responses differ once encoded as ``preference_rows`` encodes them
+    (cut to ``max_length``): a pair whose two rows are the same tokens carries no preference (its DPO or
+    Bradley-Terry gradient is rounding noise, which Adam scales up into real updates while the loss reads log 2).
+    The dropped ones are counted in a printed note; a buffer with none left is refused."""
+    if not records:
+        raise ValueError(f"the {what} buffer is empty: no pair to train on")
+    rows = preference_rows(tokenizer, records, max_length)
+    tokens, mask = rows["tokens"], rows["mask"]
+    same = np.all(tokens[0::2] == tokens[1::2], axis=1) & np.all(mask[0::2] == mask[1::2], axis=1)
+    kept = [r for r, s in zip(records, same) if not s]
+    if same.any():
+        print(f"note: {int(same.sum())} of {len(records)} {what} have the same chosen and rejected response (as "
+              f"tokens, cut to max_length={max_length}): dropped, they carry no preference")
+    if not kept:
+        raise ValueError(f"every one of the {len(records)} {what} has the same chosen and rejected response (as "
+                         f"tokens, cut to max_length={max_length}): nothing to learn a preference from")
+    return kept
+
+
 def reference_logps(pi0, rows: Dict[str, np.ndarray], *, vocab_chunk: Optional[int] = None,
                     rows_per_batch: Optional[int] = 64) -> np.ndarray:
     """log pi0(response | prompt) per row [2N] (summed over the target mask), computed once per buffer."""
@@ -456,6 +477,7 @@ def _pair_multiple(mesh) -> int:
 
 
 def _train_dpo(init, ctx: Context, method: GSHFMethod, buffer, folder: str, seed: int, fingerprint: dict):
+    buffer = distinct_pairs(ctx.settings.tokenizer, buffer, ctx.max_length, what="preference pairs")
     rows = preference_rows(ctx.settings.tokenizer, buffer, ctx.max_length)
     ref = reference_logps(ctx.pi0, rows, vocab_chunk=ctx.vocab_chunk)
     stage = stage_for(len(buffer), ctx.batch_pairs, method.epochs, ctx.optimizer, _pair_multiple(ctx.mesh))

@@ -300,3 +300,22 @@ def test_a_users_preference_file_is_the_offline_set(lm, tmp_path):
     path.write_text('{"prompt": "p", "chosen": "c"}\n')
     with pytest.raises(ValueError, match="prefs.jsonl:1: missing field 'rejected'"):
         jsonl.read_jsonl(str(path), "preference")
+
+
+def test_pairs_with_the_same_chosen_and_rejected_tokens_are_dropped_and_counted(capsys):
+    from jax_irl.algorithms import gshf as g
+    from jax_irl.data.tokenizer import train_bpe
+
+    tok = train_bpe(["what is 2 + 2? 4", "what is 3 + 3? 6", "the answer is long " * 4], vocab_size=300)
+    records = [{"prompt": "what is 2 + 2?", "chosen": " 4", "rejected": " 5"},
+               {"prompt": "what is 3 + 3?", "chosen": " 6", "rejected": " 6"},  # identical texts
+               # different texts that are the same tokens once cut to max_length
+               {"prompt": "q", "chosen": " the answer is long the answer is long A",
+                "rejected": " the answer is long the answer is long B"}]
+    kept = g.distinct_pairs(tok, records, max_length=8)
+    assert kept == records[:1]
+    assert "2 of 3 pairs have the same chosen and rejected response" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="every one of the 1 pairs has the same chosen and rejected"):
+        g.distinct_pairs(tok, records[1:2], max_length=8)
+    with pytest.raises(ValueError, match="buffer is empty"):
+        g.distinct_pairs(tok, [], max_length=8)
