@@ -148,6 +148,14 @@ def mesh_context(tree):
     return contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
 
 
+def replicate_under_mesh(tree):
+    """Inside a function traced under a mesh (``mesh_context``), ``tree``'s arrays constrained to be replicated,
+    so that every process can read the (small) results of a scorer or the sampler; elsewhere ``tree`` as it is."""
+    if jax.sharding.get_abstract_mesh().empty:
+        return tree
+    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, P()), tree)
+
+
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
     """Leading (batch) axis over ('data', 'fsdp'), the rest replicated."""
     return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))

@@ -250,7 +250,7 @@ class RewardScores:
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _score_batch(scorer, graphdef, state, batch):
-    return scorer(nnx.merge(graphdef, state), batch)
+    return parallel.replicate_under_mesh(scorer(nnx.merge(graphdef, state), batch))
 
 
 def pad_rows(x: np.ndarray, multiple: int) -> np.ndarray:

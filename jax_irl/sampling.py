@@ -214,8 +214,9 @@ def _generate(graphdef, state, prompt_tokens, prompt_mask, key, *, max_new, temp
     # A token is generated if no EOS came strictly before it; rows stop at max_new regardless.
     eos_before = jnp.cumsum(is_eos, -1) - is_eos
     gen_mask = (eos_before == 0) & (jnp.arange(max_new)[None] < final.step)
-    return SampleOutput(final.tokens, final.log_probs, final.model_log_probs, jnp.sum(gen_mask, -1).astype(jnp.int32),
-                        gen_mask.astype(jnp.int32))
+    return parallel.replicate_under_mesh(SampleOutput(
+        final.tokens, final.log_probs, final.model_log_probs, jnp.sum(gen_mask, -1).astype(jnp.int32),
+        gen_mask.astype(jnp.int32)))
 
 
 def best_of_n(rewards: jax.Array) -> jax.Array:

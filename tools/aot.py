@@ -48,7 +48,14 @@ def parse_mesh(text: str) -> parallel.MeshConfig:
     return parallel.MeshConfig(**{"data": 1, "fsdp": 1, "tensor": 1, **fields})
 
 
-def scaling(args) -> list:
+def _save(path: str, header: dict, reports) -> None:
+    """Write the reports so far (after every step: a run stopped midway keeps what it compiled)."""
+    with open(path + ".tmp", "w") as f:
+        json.dump({**header, "reports": [r.as_dict() for r in reports]}, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def scaling(args, header: dict) -> list:
     """The SFT step of --model at --rows-per-chip x --length per chip over v5p slices of 8 to 128 chips (weak
     scaling), FSDP over every chip but --tensor, and the decoding step of as many rows over a cache of --length
     slots."""
@@ -64,9 +71,11 @@ def scaling(args) -> list:
                               aot.lm_batch(mesh, rows, args.length + 1), cfg, note=f"remat={args.remat}")
         reports.append(aot.compile_step(step, topology))
         print(aot.table(reports[-1:]).splitlines()[-1], flush=True)
+        _save(args.out, header, reports)
         decode = aot.sampler_steps(model, mesh, rows, args.length // 2, args.length // 2, cfg)[1]
         reports.append(aot.compile_step(decode, topology))
         print(aot.table(reports[-1:]).splitlines()[-1], flush=True)
+        _save(args.out, header, reports)
     return reports
 
 
@@ -89,9 +98,9 @@ def main(argv=None) -> int:
     args = parser.parse_intermixed_args(argv)
     start = time.time()
     if args.scaling:
-        reports = scaling(args)
         header = {"kind": "scaling", "model": args.model, "rows_per_chip": args.rows_per_chip, "length": args.length,
-                  "remat": args.remat, "tensor": args.tensor}
+                  "remat": args.remat, "tensor": args.tensor, "date": time.strftime("%Y-%m-%d")}
+        reports = scaling(args, header)
     else:
         if not args.config:
             parser.error("name a config (or pass --scaling)")
@@ -116,17 +125,17 @@ def main(argv=None) -> int:
         if not steps:
             print(f"error: no step of {args.config} matches --steps {args.steps}", file=sys.stderr)
             return 2
+        header = {"kind": "config", "config": args.config, "overrides": args.overrides, "model": args.model,
+                  "rm_model": args.rm_model or args.model, "mesh": dataclasses.asdict(mesh_cfg),
+                  "remat": cfg.base.remat, "date": time.strftime("%Y-%m-%d")}
         reports = []
         for step in steps:
             reports.append(aot.compile_step(step, args.topology))
             print(aot.table(reports[-1:]).splitlines()[-1], flush=True)
-        header = {"kind": "config", "config": args.config, "overrides": args.overrides, "model": args.model,
-                  "rm_model": args.rm_model or args.model, "mesh": dataclasses.asdict(mesh_cfg),
-                  "remat": cfg.base.remat}
+            _save(args.out, header, reports)
     chip = aot.chip_of(reports[0].topology if reports else args.topology)
     header.update(date=time.strftime("%Y-%m-%d"), seconds=round(time.time() - start, 1), chip=dataclasses.asdict(chip))
-    with open(args.out, "w") as f:
-        json.dump({**header, "reports": [r.as_dict() for r in reports]}, f, indent=1)
+    _save(args.out, header, reports)
     print()
     print(aot.table(reports))
     print(f"\nper-chip bytes from memory_analysis(); FLOPs and optimal_seconds from cost_analysis() (XLA's estimates);"

@@ -46,6 +46,7 @@ def main(argv=None) -> int:
     axes[2].set(xscale="log", xlabel="chips", ylabel="ms per token step", title="decoding step")
     for ax in axes:
         ax.set_xticks(chips, [str(c) for c in chips])
+        ax.minorticks_off()
         ax.legend(fontsize=8) if ax.get_legend_handles_labels()[0] else None
     fig.suptitle(f"{run['model']} on TPU v5p, {run['rows_per_chip']} rows x {run['length']} tokens per chip, "
                  f"tensor={run.get('tensor', 1)}, remat={run['remat']} (XLA estimates, {run['date']})", fontsize=10)
