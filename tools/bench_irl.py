@@ -5,7 +5,7 @@ Each method is ``iqlearn.finetune``'s own path: the loss of ``iqlearn.make_loss_
 window) in a ``train.Trainer`` step, and for online IQLearn the batch of ``iqlearn.online_batch_fn``, which
 samples ``policy_prompts`` responses from the current model each step. Data: built-in arithmetic, encoded with a
 BPE of up to 1024 pieces trained on it (491 come out). Sizes: 'cpu' is the IRL experiment's CPU default model
-(hidden 96, 2 layers, batch 32) over that vocabulary; 'W1' the performance issue's model (hidden 256, 4 layers,
+(hidden 96, 2 layers, batch 32) over that vocabulary; 'W1' the benchmark's model (hidden 256, 4 layers,
 batch 16) with its vocabulary of 8192, of which the data use the BPE's ids. Prints a markdown table: the median
 and range of --steps updates after one warm-up, and the online update split into its sampling and its step.
 

@@ -12,7 +12,7 @@ matrix and the KV cache once, and this machine's rate of streaming weights throu
 
     .venv/bin/python tools/bench_sampling.py [--batch 8] [--prompt 32] [--new 64] [--hidden 256] [--layers 4]
 
-The performance issue's workload W1 (8 heads / 4 KV heads, intermediate 688, vocab 8192, 8 x (64 + 128)):
+Workload W1 (8 heads / 4 KV heads, intermediate 688, vocab 8192, 8 x (64 + 128)):
 
     .venv/bin/python tools/bench_sampling.py --batch 8 --prompt 64 --new 128 --vocab 8192 --heads 8 --kv-heads 4 \
         --intermediate 688

@@ -1,6 +1,6 @@
 """Training-step speed and memory: jax_irl against hand-written PyTorch eager, side by side in one process.
 
-Workload W1 (the performance issue's): a Llama-style model (vocab 8192, hidden 256, 4 layers, 8 heads / 4 KV
+Workload W1 (the benchmark's): a Llama-style model (vocab 8192, hidden 256, 4 layers, 8 heads / 4 KV
 heads, intermediate 688), fp32, 16 rows x 256 tokens with the loss on the last 128 tokens of each row (SFT and
 IQLearn), DPO on 8 pairs of such rows; AdamW (lr 1e-5, no weight decay) with gradient clipping at norm 1 on
 both sides. ``--size W2`` is a larger one (hidden 512, 8 layers, intermediate 1376).
