@@ -158,9 +158,7 @@ def abstract_train_state(model: nnx.Module, tx: optax.GradientTransformation, me
                          rules=parallel.DEFAULT_RULES):
     """(graphdef, rest, abstract TrainState with shardings, its shardings) of a model on a mesh, as
     ``train.Trainer`` lays it out: params by their logical names, the optimizer state like the params."""
-    shardings = parallel.param_shardings(model, mesh, rules)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    params = _with_sharding(params, shardings)
+    graphdef, (params, rest), shardings = _abstract_state(model, mesh, rules)
     opt_sh = train.optimizer_shardings(tx, params, shardings, mesh)
     opt_state = _with_sharding(jax.eval_shape(tx.init, params), opt_sh)
     replicated = _replicated(mesh)
@@ -194,20 +192,20 @@ def train_step(name: str, model: nnx.Module, loss_fn: Callable, opt: train.Optim
 
 
 def _abstract_state(model: nnx.Module, mesh: Mesh, rules=parallel.DEFAULT_RULES):
-    """(graphdef, every variable of the model as ShapeDtypeStructs with the params' shardings)."""
+    """(graphdef, (params as ShapeDtypeStructs with their shardings, the other variables), the shardings)."""
     shardings = parallel.param_shardings(model, mesh, rules)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    return graphdef, (_with_sharding(params, shardings), rest)
+    return graphdef, (_with_sharding(params, shardings), rest), shardings
 
 
 def score_step(name: str, model: nnx.Module, scorer: Callable, mesh: Mesh, batch: Dict[str, jax.ShapeDtypeStruct],
                cfg: TransformerConfig, *, flops_scale: float = 1.0, note: str = "") -> Step:
     """``rollout.score_rows``' compiled batch: ``scorer(model, batch)`` on the abstract model (a scoring or
     reference pass); ``flops_scale`` forward passes of ``cfg`` per token."""
-    graphdef, (params, rest) = _abstract_state(model, mesh)
+    graphdef, (params, rest), _ = _abstract_state(model, mesh)
 
-    def fn(params, rest, batch):
-        return scorer(nnx.merge(graphdef, params, rest), batch)
+    def fn(params, rest, batch):  # as rollout.score_rows' compiled batch, outputs replicated for every process
+        return parallel.replicate_under_mesh(scorer(nnx.merge(graphdef, params, rest), batch))
 
     rows, length = batch["tokens"].shape
     return Step(name, fn, (params, rest, batch), mesh, rows * (length - 1),
@@ -223,7 +221,7 @@ def sampler_steps(model: nnx.Module, mesh: Mesh, rows: int, prompt_width: int, m
     """The sampler's two compiled parts, as ``sampling.generate`` runs them: the prefill of ``rows`` prompts of
     ``prompt_width`` tokens into a KV cache of prompt_width + max_new_tokens slots (logits of the last position
     only), and one decoding step (a token per row into the cache at a traced index, the cache donated)."""
-    graphdef, (params, rest) = _abstract_state(model, mesh)
+    graphdef, (params, rest), _ = _abstract_state(model, mesh)
     slots = prompt_width + max_new_tokens
     cache = jax.eval_shape(lambda: nnx.merge(graphdef, params, rest).init_cache(rows, slots))
     cache_sh = _cache_sharding(mesh, cache)

@@ -9,6 +9,7 @@ Batches are sharded over ('data', 'fsdp') on their leading axis and built from e
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -142,8 +143,6 @@ def mesh_context(tree):
     """``jax.set_mesh`` over the mesh the arrays of ``tree`` (a model's state) live on, or a no-op context: a
     compiled function traced inside it keeps the model's activations split by rows (``losses.constrain_rows``),
     as the Trainer's step does."""
-    import contextlib
-
     mesh = mesh_of(tree)
     return contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
 
