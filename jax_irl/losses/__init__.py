@@ -6,6 +6,17 @@ function's docstring and in DESIGN.md ("The methods, precisely").
 
 from jax_irl.losses._common import constrain_rows, masked_mean, masked_sum, masked_whiten
 from jax_irl.losses.ensemble import AGGREGATIONS, aggregate_rewards, bootstrap_weights, head_disagreement
+from jax_irl.losses.group import (
+    AGGREGATIONS as GROUP_AGGREGATIONS,
+    CREDITS,
+    GROUP_ADVANTAGES,
+    RATIOS,
+    degenerate_groups,
+    group_advantages,
+    group_policy_loss,
+    reinforce_pp_advantages,
+    token_advantages,
+)
 from jax_irl.losses.imitation import (
     CHI2_SUPPORTS,
     iqlearn_loss,
@@ -43,15 +54,22 @@ from jax_irl.losses.soft_q import (
 __all__ = [
     "CHI2_SUPPORTS",
     "AGGREGATIONS",
+    "CREDITS",
     "DPO_LOSS_TYPES",
+    "GROUP_ADVANTAGES",
+    "GROUP_AGGREGATIONS",
+    "RATIOS",
     "KL_ESTIMATORS",
     "aggregate_rewards",
     "bootstrap_weights",
     "bradley_terry_loss",
     "constrain_rows",
     "chunked_soft_q_stats",
+    "degenerate_groups",
     "dpo_loss",
     "gae",
+    "group_advantages",
+    "group_policy_loss",
     "head_disagreement",
     "implied_rewards",
     "implied_rewards_from_q",
@@ -72,10 +90,12 @@ __all__ = [
     "place_sequence_reward",
     "ppo_policy_loss",
     "ppo_value_loss",
+    "reinforce_pp_advantages",
     "sequence_log_probs",
     "soft_q_stats",
     "soft_values",
     "terminal_mask",
+    "token_advantages",
     "token_entropies",
     "token_log_probs",
     "value_gap",

@@ -207,3 +207,84 @@ def kl(logp, ref_logp, estimator):
     if estimator == "k2":
         return d * d / 2
     return math.exp(-d) - 1 + d
+
+
+# --- critic-free group methods ------------------------------------------------------------------------------
+
+
+def group_advantages(rewards, method, eps=1e-6):
+    out = np.zeros(np.shape(rewards))
+    for p, row in enumerate(np.asarray(rewards, np.float64)):
+        g = len(row)
+        mean = sum(row) / g
+        std = math.sqrt(sum((x - mean) ** 2 for x in row) / (g - 1))
+        for i, x in enumerate(row):
+            if method == "grpo":
+                out[p, i] = (x - mean) / (std + eps)
+            elif method == "dr_grpo":
+                out[p, i] = x - mean
+            else:
+                others = [row[j] for j in range(g) if j != i]
+                out[p, i] = x - sum(others) / len(others)
+    return out
+
+
+def reinforce_pp_advantages(token_rewards, logp, ref_logp, mask, kl_coef, estimator, gamma):
+    b_, t_ = mask.shape
+    returns = np.zeros((b_, t_))
+    for b in range(b_):
+        running = 0.0
+        for t in reversed(range(t_)):
+            if mask[b, t] == 0:
+                continue
+            shaped = float(token_rewards[b, t]) - kl_coef * kl(float(logp[b, t]), float(ref_logp[b, t]), estimator)
+            running = shaped + gamma * running
+            returns[b, t] = running
+    values = [returns[b, t] for b in range(b_) for t in range(t_) if mask[b, t] != 0]
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values) + 1e-8)
+    return np.where(mask != 0, (returns - mean) / std, 0.0)
+
+
+def token_advantages(advantages, mask, terms, credit):
+    out = np.zeros(mask.shape)
+    for b in range(mask.shape[0]):
+        counted = [t for t in range(mask.shape[1]) if mask[b, t] != 0]
+        blamed = [t for t in counted if terms is not None and terms[b, t] < 0]
+        for t in counted:
+            a = float(advantages[b])
+            if credit == "add":
+                out[b, t] = a + float(terms[b, t])
+            elif credit == "blame" and a < 0 and blamed:
+                out[b, t] = a * len(counted) / len(blamed) if t in blamed else 0.0
+            else:
+                out[b, t] = a
+    return out
+
+
+def group_policy_loss(logp, old_logp, adv, mask, clip_low, clip_high, aggregation, ratio, max_tokens=None,
+                      ref_logp=None, kl_coef=0.0):
+    b_, t_ = mask.shape
+    high = clip_low if clip_high is None else clip_high
+    per_row, total, count, rows = [], 0.0, 0.0, 0
+    for b in range(b_):
+        counted = [t for t in range(t_) if mask[b, t] != 0]
+        seq = sum(float(logp[b, t]) - float(old_logp[b, t]) for t in counted) / max(len(counted), 1)
+        row_sum = 0.0
+        for t in counted:
+            rho = math.exp(seq) if ratio == "sequence" else math.exp(float(logp[b, t]) - float(old_logp[b, t]))
+            a = float(adv[b, t])
+            loss = max(-a * rho, -a * min(max(rho, 1 - clip_low), 1 + high))
+            if kl_coef:
+                loss += kl_coef * kl(float(logp[b, t]), float(ref_logp[b, t]), "k3")
+            row_sum += float(mask[b, t]) * loss
+        total += row_sum
+        count += sum(float(mask[b, t]) for t in counted)
+        if counted:
+            rows += 1
+            per_row.append(row_sum / sum(float(mask[b, t]) for t in counted))
+    if aggregation == "token_mean":
+        return total / count
+    if aggregation == "seq_mean_token_mean":
+        return sum(per_row) / rows
+    return total / (b_ * (t_ if max_tokens is None else max_tokens))
