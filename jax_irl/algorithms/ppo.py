@@ -321,7 +321,19 @@ class PPORun:
             i += 1
         return out
 
-    def rows(self, i: int, model: ActorCritic, at_start: bool) -> Dict[str, np.ndarray]:
+    def prompts_of(self, idx) -> Prompts:
+        return Prompts(self.prompts.tokens[idx], self.prompts.mask[idx], [self.prompts.texts[j] for j in idx])
+
+    def draw(self, i: int, model) -> Rollout:
+        """The rollout of iteration i, a pure function of (seed, i) and the model (subclasses change the method)."""
+        coef = self.cfg.kl_coef if i == 0 else next_kl_coef(self.cfg, self.stats(i - 1)["kl_coef"],
+                                                             self.stats(i - 1)["kl"])
+        key = jax.random.fold_in(jax.random.PRNGKey(self.seed), i)
+        return make_rollout(model, self.reference, self.cfg, self.prompts_of(self.sampler.indices(i)),
+                            self.reward_fn, key, coef, eos_id=self.eos_id, pad_id=self.pad_id,
+                            vocab_chunk=self.vocab_chunk, rows_per_score=self.rows_per_score)
+
+    def rows(self, i: int, model, at_start: bool) -> Dict[str, np.ndarray]:
         if i in self._cache:
             return self._cache[i]
         npz, meta = self._paths(i)
@@ -329,18 +341,11 @@ class PPORun:
             with np.load(npz) as f:
                 rows = {k: f[k] for k in f.files}
         elif not at_start:
-            raise FileNotFoundError(f"{npz}: the rollout of PPO iteration {i} is missing, but the run resumes "
+            raise FileNotFoundError(f"{npz}: the rollout of iteration {i} is missing, but the run resumes "
                                     f"inside that iteration; it cannot be redrawn from the policy that drew it "
                                     f"(restore an earlier checkpoint or start the run again)")
         else:
-            coef = self.cfg.kl_coef if i == 0 else next_kl_coef(self.cfg, self.stats(i - 1)["kl_coef"],
-                                                                 self.stats(i - 1)["kl"])
-            idx = self.sampler.indices(i)
-            prompts = Prompts(self.prompts.tokens[idx], self.prompts.mask[idx], [self.prompts.texts[j] for j in idx])
-            key = jax.random.fold_in(jax.random.PRNGKey(self.seed), i)
-            made = make_rollout(model, self.reference, self.cfg, prompts, self.reward_fn, key, coef,
-                                eos_id=self.eos_id, pad_id=self.pad_id, vocab_chunk=self.vocab_chunk,
-                                rows_per_score=self.rows_per_score)
+            made = self.draw(i, model)
             rows = made.rows
             if jax.process_index() == 0:
                 os.makedirs(self.dir, exist_ok=True)

@@ -65,6 +65,13 @@ def token_offsets(tokenizer, ids: Sequence[int]) -> List[Tuple[int, int]]:
     return spans
 
 
+def blamed_tokens(certificate: Certificate, offsets: Sequence[Tuple[int, int]]) -> np.ndarray:
+    """[n] bool: True where the token's characters overlap a span the certificate names as wrong (a token with an
+    empty span, e.g. a special token, never does)."""
+    return np.array([any(start < span.end and span.start < end for span in certificate.spans)
+                     for start, end in offsets], bool).reshape(len(offsets))
+
+
 def token_rewards(certificate: Certificate, offsets: Sequence[Tuple[int, int]], *, low: float = 0.0,
                   high: float = 1.0) -> np.ndarray:
     """One reward per token [n]: low where the token's characters overlap a wrong span, else high; the last
@@ -72,10 +79,7 @@ def token_rewards(certificate: Certificate, offsets: Sequence[Tuple[int, int]], 
     n = len(offsets)
     if n == 0:
         return np.zeros(0, np.float32)
-    rewards = np.full(n, high, np.float32)
-    for k, (start, end) in enumerate(offsets):
-        if any(start < span.end and span.start < end for span in certificate.spans):  # empty tokens never overlap
-            rewards[k] = low
+    rewards = np.where(blamed_tokens(certificate, offsets), low, high).astype(np.float32)
     rewards[-1] = high if certificate.correct else low
     return rewards
 
@@ -135,36 +139,69 @@ def reward_fn(tool: Tool, tokenizer, spec: RewardSpec = RewardSpec(), *, workers
     every numeric detail of the certificates (e.g. the Game of 24's 'true_step_fraction'; 0 where absent)."""
 
     def fn(prompts: Sequence[str], response_ids: np.ndarray, response_mask: np.ndarray):
-        response_ids, response_mask = np.asarray(response_ids), np.asarray(response_mask)
-        if response_ids.shape != response_mask.shape or response_ids.ndim != 2 or len(prompts) != len(response_ids):
-            raise ValueError(f"reward_fn takes [N] prompts with [N, R] ids and mask; got {len(prompts)}, "
-                             f"{response_ids.shape}, {response_mask.shape}")
-        kept = [[int(i) for i in ids[:int((m > 0).sum())]] for ids, m in zip(response_ids, response_mask)]
-        texts = [tokenizer.decode(k) for k in kept]
-        certificates = check_all(tool, prompts, texts, workers=workers)
-        correct = np.array([c.correct for c in certificates], np.float32)
-        rewards = np.zeros(response_ids.shape, np.float32)
-        wrong = np.zeros(len(kept), np.float32)
-        for b, (ids, cert) in enumerate(zip(kept, certificates)):
-            if not ids:
-                continue
-            base = token_rewards(cert, token_offsets(tokenizer, ids), low=0.0, high=1.0)
-            wrong[b] = float((base[:-1] == 0).mean()) if len(ids) > 1 else float(not cert.correct)
-            if spec.kind == "token":
-                rewards[b, :len(ids)] = token_rewards(cert, token_offsets(tokenizer, ids), low=spec.low, high=spec.high)
+        kept, certificates, offsets, stats = _judge(tool, tokenizer, prompts, response_ids, response_mask, workers)
+        correct = stats["correct"]
+        if spec.kind == "scalar":
+            return correct * spec.bonus, stats
+        rewards = np.zeros(np.shape(response_ids), np.float32)
+        for b, (ids, cert, offs) in enumerate(zip(kept, certificates, offsets)):
+            if ids:
+                rewards[b, :len(ids)] = token_rewards(cert, offs, low=spec.low, high=spec.high)
                 rewards[b, len(ids) - 1] += spec.bonus * cert.correct
-        stats = {"correct": correct, "wrong_token_fraction": wrong}
-        numeric = {}
-        for b, cert in enumerate(certificates):
-            for key, value in cert.details:
-                try:
-                    numeric.setdefault(key, np.zeros(len(kept), np.float32))[b] = float(value)
-                except ValueError:
-                    continue
-        stats.update(numeric)
-        return (correct * spec.bonus if spec.kind == "scalar" else rewards), stats
+        return rewards, stats
 
     return fn
+
+
+def group_reward_fn(tool: Tool, tokenizer, *, penalty: float = -0.2, bonus: float = 1.0,
+                    workers: Optional[int] = None):
+    """A reward function for the critic-free group methods (``algorithms.grpo.GroupRewardFn``): each response's
+    outcome ``bonus * correct`` [N], and the certificate's per-token terms [N, R]: ``penalty`` (< 0) on every token
+    that overlaps a span the tool blames, 0 elsewhere (no blame for a wrong output whose certificate names no
+    span). ``losses.token_advantages`` turns them into token-level credit ('add' or 'blame'). Stats as
+    ``reward_fn``'s."""
+    if not (isinstance(penalty, (int, float)) and np.isfinite(penalty) and penalty < 0):
+        raise ValueError(f"group_reward_fn's penalty must be a finite number < 0 (it marks the blamed tokens); "
+                         f"got {penalty!r}")
+    if not (isinstance(bonus, (int, float)) and np.isfinite(bonus) and bonus > 0):
+        raise ValueError(f"group_reward_fn's bonus must be a finite number > 0; got {bonus!r}")
+
+    def fn(prompts: Sequence[str], response_ids: np.ndarray, response_mask: np.ndarray):
+        kept, certificates, offsets, stats = _judge(tool, tokenizer, prompts, response_ids, response_mask, workers)
+        terms = np.zeros(np.shape(response_ids), np.float32)
+        for b, (ids, cert, offs) in enumerate(zip(kept, certificates, offsets)):
+            terms[b, :len(ids)] = np.where(blamed_tokens(cert, offs), penalty, 0.0)
+        return stats["correct"] * bonus, terms, stats
+
+    return fn
+
+
+def _judge(tool: Tool, tokenizer, prompts: Sequence[str], response_ids, response_mask, workers):
+    """Decode and check every response: (ids per response, certificates, token offsets, per-response stats)."""
+    response_ids, response_mask = np.asarray(response_ids), np.asarray(response_mask)
+    if response_ids.shape != response_mask.shape or response_ids.ndim != 2 or len(prompts) != len(response_ids):
+        raise ValueError(f"reward_fn takes [N] prompts with [N, R] ids and mask; got {len(prompts)}, "
+                         f"{response_ids.shape}, {response_mask.shape}")
+    kept = [[int(i) for i in ids[:int((m > 0).sum())]] for ids, m in zip(response_ids, response_mask)]
+    texts = [tokenizer.decode(k) for k in kept]
+    certificates = check_all(tool, prompts, texts, workers=workers)
+    offsets = [token_offsets(tokenizer, ids) for ids in kept]
+    correct = np.array([c.correct for c in certificates], np.float32)
+    wrong = np.zeros(len(kept), np.float32)
+    for b, (ids, cert, offs) in enumerate(zip(kept, certificates, offsets)):
+        if ids:
+            base = token_rewards(cert, offs, low=0.0, high=1.0)
+            wrong[b] = float((base[:-1] == 0).mean()) if len(ids) > 1 else float(not cert.correct)
+    stats = {"correct": correct, "wrong_token_fraction": wrong}
+    numeric = {}
+    for b, cert in enumerate(certificates):
+        for key, value in cert.details:
+            try:
+                numeric.setdefault(key, np.zeros(len(kept), np.float32))[b] = float(value)
+            except ValueError:
+                continue
+    stats.update(numeric)
+    return kept, certificates, offsets, stats
 
 
 def safe_check(tool: Tool, prompt: str, response: str) -> Certificate:
@@ -189,5 +226,5 @@ def check_all(tool: Tool, prompts: Sequence[str], responses: Sequence[str], *,
     return [safe_check(tool, p, t) for p, t in zip(prompts, responses)]
 
 
-__all__ = ["Certificate", "RewardSpec", "Span", "Tool", "batch_token_rewards", "check_all", "reward_fn", "safe_check",
-           "token_offsets", "token_rewards"]
+__all__ = ["Certificate", "RewardSpec", "Span", "Tool", "batch_token_rewards", "blamed_tokens", "check_all",
+           "group_reward_fn", "reward_fn", "safe_check", "token_offsets", "token_rewards"]

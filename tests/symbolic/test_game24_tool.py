@@ -147,6 +147,31 @@ def test_reward_fn_token_and_scalar_kinds_from_certificates():
         symbolic.RewardSpec(low=float("inf"))
 
 
+def test_group_reward_fn_gives_outcomes_and_blame_on_the_spans_only():
+    tok = train_bpe(["4 * 6 = 24\n24 * 1 = 24\n24 * 1 = 24", "4 * 7 = 28"] * 20, vocab_size=300)
+    good = tok.encode(" 6 * 4 = 24\n1 * 1 = 1\n24 * 1 = 24")
+    bad = tok.encode(" 6 * 4 = 25\n25 * 1 = 25")
+    width = max(len(good), len(bad)) + 1
+    ids = np.zeros((2, width), np.int32)
+    mask = np.zeros((2, width), np.int32)
+    for b, row in enumerate((good, bad)):
+        ids[b, :len(row) + 1] = row + [tok.eos_id]
+        mask[b, :len(row) + 1] = 1
+    prompts = ["Numbers: 1 1 4 6"] * 2
+    outcomes, terms, stats = symbolic.group_reward_fn(TOOL, tok, penalty=-0.5, bonus=2.0)(prompts, ids, mask)
+    assert outcomes.tolist() == [2.0, 0.0] and stats["correct"].tolist() == [1.0, 0.0]
+    assert (terms[0] == 0).all() and (terms[mask == 0] == 0).all()
+    kept = list(ids[1, :len(bad) + 1])
+    cert = TOOL.check(prompts[1], tok.decode(kept))
+    blamed = symbolic.blamed_tokens(cert, symbolic.token_offsets(tok, kept))
+    np.testing.assert_array_equal(terms[1, :len(kept)], np.where(blamed, -0.5, 0.0))
+    assert 0 < blamed.sum() < len(kept) and not blamed[-1]  # the EOS is not blamed for the wrong outcome
+    with pytest.raises(ValueError, match="penalty must be a finite number < 0"):
+        symbolic.group_reward_fn(TOOL, tok, penalty=0.2)
+    with pytest.raises(ValueError, match="bonus must be a finite number > 0"):
+        symbolic.group_reward_fn(TOOL, tok, bonus=float("nan"))
+
+
 @pytest.mark.parametrize("response, why", [
     ("1/0 + 2 = 3", "1/0 divides by zero"),
     ("9" * 5000 + " + 1 = 24", "a number longer than 64 characters"),
