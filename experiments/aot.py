@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jax_irl import aot, rollout
-from jax_irl.algorithms import gshf, iqlearn, ppo
+from jax_irl.algorithms import grpo, gshf, iqlearn, ppo
 from jax_irl.algorithms import reward_models as rm
 from jax_irl.models.config import TransformerConfig
 from jax_irl.models.transformer import Transformer
@@ -76,6 +76,24 @@ def _ppo_steps(prefix: str, ppo_cfg: ppo.PPOConfig, policy_cfg: TransformerConfi
     steps += aot.sampler_steps(policy, mesh, rows, prompt, ppo_cfg.max_new_tokens, policy_cfg, prefix=f"{prefix}rollout_",
                                note=f"{ppo_cfg.prompts_per_rollout} prompts x {ppo_cfg.samples_per_prompt}")
     return steps
+
+
+def _grpo_update(name: str, grpo_cfg: grpo.GRPOConfig, policy_cfg: TransformerConfig, mesh, prompt: int,
+                 vocab_chunk) -> aot.Step:
+    """A group method's update on one minibatch: the policy alone (no critic, no value head), its log-probs on the
+    responses' window, the reference's log-probs precomputed in the batch."""
+    policy = _policy(policy_cfg)
+    rows, length = grpo_cfg.rows, prompt + grpo_cfg.max_new_tokens
+    mb, t1, f32 = rows // grpo_cfg.minibatches, length - 1, jnp.float32
+    extra = {"old_log_probs": ((mb, t1), f32), "advantages": ((mb, t1), f32), "reward": ((mb,), f32),
+             "kl": ((mb,), f32)}
+    if grpo_cfg.settings["kl_coef"] > 0:
+        extra["ref_log_probs"] = ((mb, t1), f32)
+    batch = aot.lm_batch(mesh, mb, length, attention=True, extra=extra)
+    return aot.train_step(name, policy, grpo.grpo_loss_fn(grpo_cfg, vocab_chunk, window=grpo_cfg.max_new_tokens),
+                          grpo_cfg.optimizer, mesh, batch, policy_cfg,
+                          note=f"{grpo_cfg.method}, minibatch {mb} of {grpo_cfg.prompts_per_rollout} prompts x "
+                               f"{grpo_cfg.group_size}")
 
 
 def steps_for(cfg, model_cfg: TransformerConfig, mesh, *, rm_model_cfg: Optional[TransformerConfig] = None,
@@ -141,6 +159,12 @@ def steps_for(cfg, model_cfg: TransformerConfig, mesh, *, rm_model_cfg: Optional
                                                 cfg.sft.optimizer, mesh, aot.lm_batch(mesh, cfg.sft.batch_size, length),
                                                 model_cfg)]
         makers["ppo"] = lambda: _ppo_steps("", cfg.ppo, model_cfg, mesh, prompt, chunk)
+        group_methods = sorted({cfg.group_arms[m].method for m in cfg.methods if m in cfg.group_arms})
+        for method in group_methods:
+            group_cfg = dataclasses.replace(cfg.grpo, method=method)
+            gprompt, _ = _split(length, group_cfg.max_new_tokens)
+            makers[f"{method}_update"] = (lambda group_cfg=group_cfg, gprompt=gprompt, method=method: [
+                _grpo_update(f"{method}_update", group_cfg, model_cfg, mesh, gprompt, chunk)])
     else:  # ensembles
         prompt, new = _split(length, cfg.ppo.max_new_tokens)
         rm_cfg = dataclasses.replace(rm_model_cfg or model_cfg, dtype=base.dtype, remat=model_cfg.remat)

@@ -1,5 +1,7 @@
 """The RLSF recipe shared by the symbolic-feedback experiments (Jha et al. 2024): SFT, then PPO with a scalar
-reward against PPO with a symbolic tool's token-level rewards, at the same steps and samples (not a config).
+reward against PPO with a symbolic tool's token-level rewards, and the critic-free group methods (GRPO, Dr.
+GRPO, DAPO, ...; ``algorithms.grpo``) with scalar and token-level credit, at the same optimizer steps and sampled
+responses per iteration (not a config).
 
 pi_sft is the shared base (``experiments.lm_base``) fine-tuned with MLE on the task's reference solutions. Each
 reward variant (``symbolic.RewardSpec``) runs PPO (``algorithms.ppo``) from pi_sft, with pi_sft as the KL
@@ -23,11 +25,36 @@ from flax import nnx
 
 from experiments import lm_base
 from jax_irl import metrics, parallel, rollout, sampling, sweep, symbolic, train
-from jax_irl.algorithms import iqlearn, ppo
+from jax_irl.algorithms import grpo, iqlearn, ppo
 from jax_irl.data import tasks
 
-RESUMABLE = ("mesh", "distributed", "save_every", "methods", "seeds", "variants")
+RESUMABLE = ("mesh", "distributed", "save_every", "methods", "seeds", "variants", "group_arms")
 VARIANTS = {"scalar": symbolic.RewardSpec("scalar"), "token": symbolic.RewardSpec("token")}
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupArm:
+    """A critic-free arm: ``method`` (a ``grpo.METHODS`` preset) with ``credit`` 'sequence' (the scalar outcome,
+    1 if correct) or token-level 'add' / 'blame' (``losses.token_advantages``) from the tool's blamed tokens, each
+    marked with ``penalty`` (``symbolic.group_reward_fn``)."""
+
+    method: str = "grpo"
+    credit: str = "sequence"
+    penalty: float = -0.2
+
+    def __post_init__(self):
+        if self.method not in grpo.METHODS:
+            raise ValueError(f"GroupArm.method must be one of {tuple(grpo.METHODS)}; got {self.method!r}")
+        if self.credit not in ("sequence", "add", "blame"):
+            raise ValueError(f"GroupArm.credit must be 'sequence', 'add' or 'blame'; got {self.credit!r}")
+        if not (isinstance(self.penalty, (int, float)) and np.isfinite(self.penalty) and self.penalty < 0):
+            raise ValueError(f"GroupArm.penalty must be a finite number < 0; got {self.penalty!r}")
+
+
+GROUP_ARMS = {"grpo": GroupArm("grpo"), "grpo_token": GroupArm("grpo", "add"),
+              "grpo_blame": GroupArm("grpo", "blame"), "dr_grpo": GroupArm("dr_grpo"),
+              "dr_grpo_token": GroupArm("dr_grpo", "add"), "dapo": GroupArm("dapo"),
+              "dapo_token": GroupArm("dapo", "add")}
 
 # judge(certificates) -> {metric: [N] per sample}; 'success' must be one of them.
 Judge = Callable[[Sequence[symbolic.Certificate]], Dict[str, np.ndarray]]
@@ -39,7 +66,9 @@ class RLSFConfig:
     base: lm_base.BaseConfig
     sft: train.StageConfig
     ppo: ppo.PPOConfig
+    grpo: grpo.GRPOConfig = grpo.GRPOConfig()  # the group arms' shared settings (each arm sets method, credit)
     variants: Dict[str, symbolic.RewardSpec] = dataclasses.field(default_factory=lambda: dict(VARIANTS))
+    group_arms: Dict[str, GroupArm] = dataclasses.field(default_factory=lambda: dict(GROUP_ARMS))
     methods: Tuple[str, ...] = tuple(VARIANTS)
     seeds: Tuple[int, ...] = (0, 1, 2)
     eval_every: int = 8  # PPO iterations between evaluations on the held-out prompts
@@ -51,8 +80,25 @@ class RLSFConfig:
     save_every: int = 100
 
 
+def arms(cfg: RLSFConfig) -> Dict[str, object]:
+    """Every arm by name: the PPO reward variants (``symbolic.RewardSpec``) and the group arms (``GroupArm``)."""
+    both = set(cfg.variants) & set(cfg.group_arms)
+    if both:
+        raise ValueError(f"variants and group_arms must not share names; both have {sorted(both)}")
+    return {**cfg.variants, **cfg.group_arms}
+
+
+def group_config(cfg: RLSFConfig, arm: GroupArm) -> grpo.GRPOConfig:
+    """The arm's trainer config: the shared ``cfg.grpo`` with the arm's method and credit (the method's presets
+    fill what ``cfg.grpo`` leaves None)."""
+    return dataclasses.replace(cfg.grpo, method=arm.method, credit=arm.credit)
+
+
 def validate(cfg: RLSFConfig, task_name: str) -> None:
-    sweep.check_selection(cfg.methods, cfg.variants)
+    sweep.check_selection(cfg.methods, arms(cfg))
+    for name in cfg.methods:
+        if name in cfg.group_arms:
+            group_config(cfg, cfg.group_arms[name])  # the preset with the shared settings must be valid
     if not cfg.seeds or cfg.eval_samples < 1 or cfg.eval_every < 1:
         raise ValueError("seeds must name a seed; eval_samples and eval_every must be >= 1")
     if cfg.task.name != task_name:
@@ -125,57 +171,76 @@ def run(cfg: RLSFConfig, run_dir: str, *, tool, judge: Judge, secondary: Tuple[s
     sft_eval = sweep.cached_json(os.path.join(run_dir, "sft", "eval.json"), lambda: measure(pi_sft))
 
     def run_one(name, spec, seed, folder):
-        model = ppo.ActorCritic(nnx.clone(pi_sft), cfg.ppo.critic, rngs=nnx.Rngs(seed))
-        result, stats = ppo.train_ppo(
-            folder, model, pi_sft, cfg.ppo, mesh, prompts,
-            symbolic.reward_fn(tool, tok, spec, workers=cfg.check_workers), seed=seed, eos_id=tok.eos_id,
-            pad_id=tok.pad_id, fingerprint=dict(depends, variant=spec), save_every=cfg.save_every,
-            vocab_chunk=cfg.vocab_chunk, eval_fn=lambda m, step: measure(m.policy),
-            eval_every=cfg.eval_every * cfg.ppo.steps_per_iteration, desc=f"ppo {name} seed {seed}",
-            resume_hint=f"Resume with --run-dir {run_dir}")
-        final = measure(result.model.policy)
+        hint = f"Resume with --run-dir {run_dir}"
+        if isinstance(spec, grpo.GRPOConfig):
+            arm = cfg.group_arms[name]
+            result, stats = grpo.train_grpo(
+                folder, nnx.clone(pi_sft), pi_sft, spec, mesh, prompts,
+                symbolic.group_reward_fn(tool, tok, penalty=arm.penalty, workers=cfg.check_workers), seed=seed,
+                eos_id=tok.eos_id, pad_id=tok.pad_id, fingerprint=dict(depends, variant=spec, arm=arm),
+                save_every=cfg.save_every, vocab_chunk=cfg.vocab_chunk, eval_fn=lambda m, step: measure(m),
+                eval_every=cfg.eval_every * spec.steps_per_iteration, desc=f"{name} seed {seed}", resume_hint=hint)
+            final, rows_per_draw = measure(result.model), spec.rows
+        else:
+            model = ppo.ActorCritic(nnx.clone(pi_sft), cfg.ppo.critic, rngs=nnx.Rngs(seed))
+            result, stats = ppo.train_ppo(
+                folder, model, pi_sft, cfg.ppo, mesh, prompts,
+                symbolic.reward_fn(tool, tok, spec, workers=cfg.check_workers), seed=seed, eos_id=tok.eos_id,
+                pad_id=tok.pad_id, fingerprint=dict(depends, variant=spec), save_every=cfg.save_every,
+                vocab_chunk=cfg.vocab_chunk, eval_fn=lambda m, step: measure(m.policy),
+                eval_every=cfg.eval_every * cfg.ppo.steps_per_iteration, desc=f"ppo {name} seed {seed}",
+                resume_hint=hint)
+            final, rows_per_draw = measure(result.model.policy), cfg.ppo.rows
         with open(os.path.join(folder, "metrics.jsonl")) as f:
             update_speed = [json.loads(line).get("tokens_per_s", np.nan) for line in f]
         last = stats[-4:]
         final.update(train_reward=float(np.mean([s["reward"] for s in last])),
                      train_success=float(np.mean([s["correct"] for s in last])),
+                     responses=float(sum(s.get("draws", 1) * rows_per_draw for s in stats)),
                      rollout_tokens_per_s=float(np.median([s["rollout_tokens_per_s"] for s in stats])),
                      update_tokens_per_s=float(np.nanmedian(update_speed)))
         iterations = {str(s["iteration"]): {k: v for k, v in s.items() if k != "iteration"} for s in stats}
         return {"final": final, "curve": dict(_curve(folder), **{"0": sft_eval}), "rollouts": iterations}
 
-    variants = {name: cfg.variants[name] for name in cfg.methods}
+    every = arms(cfg)
+    variants = {name: (group_config(cfg, every[name]) if name in cfg.group_arms else every[name])
+                for name in cfg.methods}
     per_run = sweep.run_sweep(run_dir, variants, cfg.seeds, run_one,
                               fingerprint=dict(depends, ppo=cfg.ppo, eval_every=cfg.eval_every,
                                                eval_samples=cfg.eval_samples))
     finals = {name: {s: r["final"] for s, r in seeds.items()} for name, seeds in per_run.items()}
     finals["sft"] = {0: dict(sft_eval, train_reward=float("nan"), train_success=float("nan"),
-                             rollout_tokens_per_s=float("nan"), update_tokens_per_s=float("nan"))}
+                             responses=float("nan"), rollout_tokens_per_s=float("nan"),
+                             update_tokens_per_s=float("nan"))}
     metric, header = secondary
     columns = (sweep.Column("success", "success (greedy)"), sweep.Column("sampled_success", "success (T=1)"),
                sweep.Column(metric, f"{header} (greedy)"), sweep.Column("kl", "KL(pi ‖ pi_sft)"),
                sweep.Column("train_success", "train success (last 4 rollouts)"),
+               sweep.Column("responses", "responses sampled", 0),
                sweep.Column("rollout_tokens_per_s", "rollout tok/s", 0),
                sweep.Column("update_tokens_per_s", "update tok/s", 0))
     curves = sweep.summarise({n: {s: r["curve"] for s, r in seeds.items()} for n, seeds in per_run.items()})
     rollouts = sweep.summarise({n: {s: r["rollouts"] for s, r in seeds.items()} for n, seeds in per_run.items()})
     summary = sweep.report(
-        run_dir, finals, columns, variant_label="reward",
+        run_dir, finals, columns, variant_label="arm",
         note=f"Held-out: {len(data.eval_prompts)} {what}; greedy metrics, and success over {cfg.eval_samples} "
              f"samples per prompt at temperature 1. KL is the mean summed log-ratio of the policy's own samples "
              f"against pi_sft. 'sft' is pi_sft itself (one model, no seeds). Train success: the solved fraction of "
-             f"the last 4 rollouts.",
+             f"the last 4 rollouts. PPO arms are named by their reward (scalar, token); the others by their group method, "
+             f"with '_token' for the certificate's token-level credit added to the group advantage and '_blame' for "
+             f"a failed response's advantage moved onto its blamed tokens. Responses sampled: over the whole run "
+             f"(DAPO's dynamic sampling draws more).",
         curves=curves, rollouts=rollouts)
     sweep.plot_over_groups(curves, ys=(sweep.Column("success", "held-out success (greedy)"),
                                        sweep.Column("sampled_success", "held-out success (T=1)"),
                                        sweep.Column("kl", "KL(pi ‖ pi_sft)")),
-                           x_label="PPO step", path=os.path.join(run_dir, "success_kl_vs_steps.png"))
+                           x_label="optimizer step", path=os.path.join(run_dir, "success_kl_vs_steps.png"))
     # A tool's own stat appears only once some certificate carries it (e.g. a Game of 24 answer in step form).
     stat_everywhere = all(rollout_stat in it for tree in rollouts.values() for it in tree.values())
     ys = [sweep.Column("correct", "train rollouts solved"), sweep.Column("kl", "rollout KL")]
     if stat_everywhere:
         ys.insert(1, sweep.Column(rollout_stat, rollout_stat.replace("_", " ")))
-    sweep.plot_over_groups(rollouts, ys=ys, x_label="PPO iteration", path=os.path.join(run_dir, "rollouts.png"))
+    sweep.plot_over_groups(rollouts, ys=ys, x_label="iteration", path=os.path.join(run_dir, "rollouts.png"))
     return summary
 
 
@@ -193,4 +258,4 @@ def steps_judge(certificates) -> Dict[str, np.ndarray]:
             "true_steps": np.array([float(dict(c.details).get("true_step_fraction", 0.0)) for c in certificates])}
 
 
-__all__: List[str] = ["Judge", "RLSFConfig", "evaluate", "program_judge", "run", "steps_judge", "validate"]
+__all__: List[str] = ["GROUP_ARMS", "GroupArm", "Judge", "RLSFConfig", "arms", "evaluate", "group_config", "program_judge", "run", "steps_judge", "validate"]

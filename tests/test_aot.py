@@ -178,7 +178,8 @@ def test_every_paper_config_has_its_steps_and_a_small_one_compiles_and_fits():
     expected = {
         "irl_gsm8k": {"iqlearn", "iqlearn_online", "eval_score", "eval_prefill", "eval_decode"},
         "gshf_gsm8k": {"dpo", "reference_score", "prefill", "decode"},
-        "rlsf_spoc": {"sft", "ppo_update", "rollout_score", "reference_score", "rollout_prefill", "rollout_decode"},
+        "rlsf_spoc": {"sft", "ppo_update", "rollout_score", "reference_score", "rollout_prefill", "rollout_decode",
+                      "grpo_update"},
         "ensembles_alpaca": {"rm_single", "rm_multihead", "rm_ensemble", "ppo_update", "rollout_score",
                              "reference_score", "rollout_prefill", "rollout_decode", "bon_prefill", "bon_decode"},
     }
@@ -189,12 +190,14 @@ def test_every_paper_config_has_its_steps_and_a_small_one_compiles_and_fits():
     # rlsf_spoc at a small size: every step compiles and fits, with the config's own shapes
     cfg = driver.apply_overrides(driver.load_config_module("rlsf_spoc").config(), [
         "base.max_length=64", "sft.batch_size=8", "ppo.prompts_per_rollout=4", "ppo.samples_per_prompt=2",
-        "ppo.max_new_tokens=16", "ppo.minibatches=2", "vocab_chunk=128"])
+        "ppo.max_new_tokens=16", "ppo.minibatches=2", "vocab_chunk=128", "grpo.prompts_per_rollout=2",
+        "grpo.group_size=4", "grpo.max_new_tokens=16", "grpo.minibatches=2"])
     steps = experiment_steps.steps_for(cfg, cfg_tiny, mesh)
     by_name = {s.name: s for s in steps}
     assert by_name["sft"].batch == 8 and by_name["sft"].length == 64
     assert by_name["ppo_update"].batch == 4 and by_name["rollout_decode"].batch == 8
     assert by_name["rollout_prefill"].length == 64 - 16
+    assert by_name["grpo_update"].batch == 4 and by_name["grpo_update"].length == 64
     reports = [aot.compile_step(s, "v5e:2x2") for s in steps]
     assert all(r.error is None and r.fits for r in reports), [(r.step, r.error) for r in reports]
 

@@ -6,7 +6,11 @@ program when a test fails), at the same steps and samples (the recipe: ``experim
 the model writes runs in the sandbox (``symbolic.sandbox``). Measured on 100 held-out specifications: the pass
 rate (greedy and sampled), the compile rate, KL(pi || pi_sft).
 
-    python -m experiments.run rlsf_code [seeds=(0,1,2)] [methods=(scalar,token)] [ppo.iterations=16]
+GRPO with scalar and token-level credit (4 specifications x 8 programs per iteration, PPO's 32) runs by default;
+the other group arms (``rlsf.GROUP_ARMS``: Dr. GRPO, DAPO, 'blame' credit) are one ``methods=`` away.
+
+    python -m experiments.run rlsf_code [seeds=(0,1,2)] [methods=(scalar,token,grpo,grpo_token,dapo)]
+        [ppo.iterations=16] [grpo.iterations=16]
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from experiments import lm_base, rlsf
 from experiments.configs._shared import ModelSize
 from experiments.rlsf import RLSFConfig
 from jax_irl import train
-from jax_irl.algorithms import ppo
+from jax_irl.algorithms import grpo, ppo
 from jax_irl.data import pseudocode, tasks
 from jax_irl.symbolic.programs import PythonTool, TestCase
 
@@ -34,6 +38,9 @@ def config() -> RLSFConfig:
             learning_rate=2e-3, schedule="cosine", warmup_steps=20, weight_decay=0.01)),
         ppo=ppo.PPOConfig(iterations=16, prompts_per_rollout=16, samples_per_prompt=2, max_new_tokens=64, epochs=2,
                           minibatches=2, kl_coef=0.05, optimizer=train.OptimizerConfig(learning_rate=3e-5)),
+        grpo=grpo.GRPOConfig(iterations=16, prompts_per_rollout=4, group_size=8, max_new_tokens=64, epochs=2,
+                             minibatches=2, optimizer=train.OptimizerConfig(learning_rate=3e-5)),
+        methods=("scalar", "token", "grpo", "grpo_token"),
         eval_every=8, eval_samples=1)
 
 

@@ -8,7 +8,12 @@ token of a solved puzzle; 'token' pays the same and adds -0.2 on every token tha
 (a false step, a number not available, a wrong final value, a line that is not a step). Measured on 100
 held-out puzzles: success (greedy and sampled), the fraction of true steps, KL(pi || pi_sft).
 
-    python -m experiments.run rlsf_game24 [seeds=(0,1,2)] [methods=(scalar,token)] [ppo.iterations=150]
+The critic-free arms (GRPO, GRPO with the certificate's token credit added or with a failed response's advantage
+on its blamed tokens, Dr. GRPO, DAPO, each with and without token credit; ``rlsf.GROUP_ARMS``) sample 8 puzzles x
+8 responses per iteration, the 64 responses of PPO's 16 x 4, for the same 150 iterations and optimizer steps.
+
+    python -m experiments.run rlsf_game24 [seeds=(0,1,2)] [methods=(scalar,token,grpo,dapo)] [ppo.iterations=150]
+        [grpo.iterations=150] [group_arms.dapo.credit=blame]
         [variants.paper.kind=token variants.paper.low=0 variants.paper.high=1 variants.paper.bonus=0]
 """
 
@@ -18,7 +23,7 @@ from experiments import lm_base, rlsf
 from experiments.configs._shared import ModelSize
 from experiments.rlsf import RLSFConfig
 from jax_irl import train
-from jax_irl.algorithms import ppo
+from jax_irl.algorithms import grpo, ppo
 from jax_irl.data import tasks
 from jax_irl.symbolic.game24 import Game24Tool
 
@@ -37,6 +42,9 @@ def config() -> RLSFConfig:
             learning_rate=2e-3, schedule="cosine", warmup_steps=20, weight_decay=0.01)),
         ppo=ppo.PPOConfig(iterations=150, prompts_per_rollout=16, samples_per_prompt=4, max_new_tokens=36, epochs=2,
                           minibatches=2, kl_coef=0.05, optimizer=train.OptimizerConfig(learning_rate=3e-5)),
+        grpo=grpo.GRPOConfig(iterations=150, prompts_per_rollout=8, group_size=8, max_new_tokens=36, epochs=2,
+                             minibatches=2, optimizer=train.OptimizerConfig(learning_rate=3e-5)),
+        methods=tuple(rlsf.VARIANTS) + tuple(rlsf.GROUP_ARMS),
         eval_every=25, eval_samples=2)
 
 

@@ -4,6 +4,8 @@ the sandbox, bf16 compute, an FSDP mesh, vocabulary-chunked log-probs. The same 
 ``rlsf_code`` (``experiments.rlsf``): SFT on the file's solutions, then PPO with the scalar pass/fail reward
 against PPO with g++'s token-level rewards, three seeds.
 
+GRPO with scalar and token-level credit (32 programs x 8 samples per iteration, PPO's 256) runs beside PPO.
+
     python -m experiments.run rlsf_spoc base.hf_checkpoint=/models/a-code-model task.data_dir=/data/spoc.jsonl
 """
 
@@ -13,7 +15,7 @@ from __future__ import annotations
 from experiments import lm_base, rlsf
 from experiments.rlsf import RLSFConfig
 from jax_irl import parallel, train
-from jax_irl.algorithms import ppo
+from jax_irl.algorithms import grpo, ppo
 from jax_irl.data import jsonl, tasks
 from jax_irl.symbolic import sandbox
 from jax_irl.symbolic.programs import CppTool, TestCase
@@ -30,6 +32,9 @@ def config() -> RLSFConfig:
         ppo=ppo.PPOConfig(iterations=200, prompts_per_rollout=64, samples_per_prompt=4, max_new_tokens=512, epochs=2,
                           minibatches=4, kl_coef=0.05, kl_target=6.0, optimizer=train.OptimizerConfig(
                               learning_rate=1e-6, max_grad_norm=1.0)),
+        grpo=grpo.GRPOConfig(iterations=200, prompts_per_rollout=32, group_size=8, max_new_tokens=512, epochs=2,
+                             minibatches=4, optimizer=train.OptimizerConfig(learning_rate=1e-6, max_grad_norm=1.0)),
+        methods=("scalar", "token", "grpo", "grpo_token"),
         eval_every=20, eval_samples=4, check_workers=None, vocab_chunk=16384,
         mesh=parallel.MeshConfig(data=1, fsdp=-1), save_every=100)
 

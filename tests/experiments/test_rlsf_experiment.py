@@ -13,7 +13,9 @@ TINY = ["seeds=(0)", "base.pretrain.steps=6", "base.pretrain.optimizer.warmup_st
         "sft.optimizer.warmup_steps=1", "sft.batch_size=8", "task.train_examples=64", "task.eval_examples=4",
         "base.vocab_size=300", "base.model.hidden_size=32", "base.model.intermediate_size=64",
         "base.calculation_rows=16", "ppo.iterations=2", "ppo.prompts_per_rollout=8", "ppo.samples_per_prompt=2",
-        "ppo.max_new_tokens=8", "eval_every=1", "eval_samples=2", "save_every=2"]
+        "ppo.max_new_tokens=8", "grpo.iterations=2", "grpo.prompts_per_rollout=8", "grpo.group_size=2",
+        "grpo.max_new_tokens=8", "eval_every=1", "eval_samples=2", "save_every=2",
+        "methods=(scalar,token,grpo_blame,dapo_token)"]
 
 
 def test_every_game24_training_solution_is_certified_and_the_split_is_disjoint():
@@ -39,6 +41,12 @@ def test_config_checks_name_what_is_wrong():
         run.apply_overrides(mod.config(), ["variants.token.kind=dense"])
     with pytest.raises(run.ConfigError, match="PPOConfig.epochs"):
         run.apply_overrides(mod.config(), ["ppo.epochs=0"])
+    with pytest.raises(run.ConfigError, match="GroupArm.credit"):
+        run.apply_overrides(mod.config(), ["group_arms.dapo.credit=everything"])
+    with pytest.raises(run.ConfigError, match="GRPOConfig.group_size"):
+        run.apply_overrides(mod.config(), ["grpo.group_size=1"])
+    with pytest.raises(ValueError, match="clip_high .* must be >= clip_low"):
+        mod.validate(run.apply_overrides(mod.config(), ["grpo.clip_high=0.1"]))
 
 
 @pytest.mark.slow
@@ -46,14 +54,20 @@ def test_rlsf_experiment_end_to_end_and_reuse(tmp_path, capsys):
     folder = str(tmp_path / "rlsf")
     assert run.main(["rlsf_game24", *TINY, "--run-dir", folder]) == 0
     out = capsys.readouterr().out
-    assert "| scalar |" in out and "| token |" in out and "| sft |" in out
+    assert "| scalar |" in out and "| token |" in out and "| sft |" in out and "| dapo_token |" in out
     with open(os.path.join(folder, "results.json")) as f:
         results = json.load(f)
-    assert set(results["summary"]) == {"scalar", "token", "sft"}
+    assert set(results["summary"]) == {"scalar", "token", "grpo_blame", "dapo_token", "sft"}
     for name, vals in results["summary"].items():
         assert 0.0 <= vals["success"][0] <= 1.0 and 0.0 <= vals["true_steps"][0] <= 1.0, name
-    assert set(results["curves"]["token"]) == {"0", "4", "8"}  # SFT, then every iteration (2 epochs x 2 minibatches)
+    for name in ("token", "grpo_blame"):  # SFT, then every iteration (2 epochs x 2 minibatches)
+        assert set(results["curves"][name]) == {"0", "4", "8"}, name
     assert set(results["rollouts"]["scalar"]) == {"0", "1"}
+    assert results["summary"]["scalar"]["responses"][0] == 2 * 16  # 2 iterations of 8 prompts x 2 samples
+    assert results["summary"]["grpo_blame"]["responses"][0] == 2 * 16  # 2 iterations of 8 prompts x 2
+    assert results["summary"]["dapo_token"]["responses"][0] >= 2 * 16  # dynamic sampling may draw more
+    rollout0 = results["rollouts"]["dapo_token"]["0"]
+    assert {"degenerate_share", "sampler_logprob_gap_max", "reward_std_in_group"} <= set(rollout0)
     for png in ("success_kl_vs_steps.png", "rollouts.png"):
         assert os.path.getsize(os.path.join(folder, png)) > 10_000
     assert run.main(["rlsf_game24", "--run-dir", folder]) == 0
