@@ -12,7 +12,9 @@ Sides (each one compiled step or one eager step):
   params, optimizer state, norms, softmax and loss), IQLearn (td 0.1, gamma 0.99), DPO with
   reference log-probs precomputed (``gshf.dpo_loss_fn``), the reference log-probs' own cost per batch
   (``train.reference_log_probs``, which is compiled once), and one PPO minibatch update (``ppo.ppo_loss_fn``
-  with a shared-critic value head, the responses being the last 128 tokens);
+  with a shared-critic value head, the responses being the last 128 tokens), and one GRPO minibatch update of
+  the same rows as 2 prompts x G = 8 responses (``grpo.grpo_loss_fn``, the GRPO preset: group advantages,
+  sequence-mean aggregation, k3 KL term on precomputed reference log-probs; no critic, no value head);
 - PyTorch: transformers' ``LlamaForCausalLM`` (sdpa attention) with ``torch.optim.AdamW`` in eager mode, the
   loss written by hand on the full logits (``model(x).logits``, the usual idiom), and DPO with the reference
   model's forward inside the step (no_grad), as hand-written DPO loops do, and the same PPO update by hand;
@@ -47,7 +49,8 @@ SIZES = {"W1": dict(hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=4, 
 VOCAB, ROWS, LENGTH, LOSS_TOKENS = 8192, 16, 256, 128
 LR, CLIP = 1e-5, 1.0
 SIDES = ("jax_irl SFT", "jax_irl SFT (full logits)", "jax_irl SFT bf16", "jax_irl IQLearn",
-         "jax_irl DPO (ref precomputed)", "jax_irl ref log-probs", "jax_irl PPO update", "PyTorch SFT",
+         "jax_irl DPO (ref precomputed)", "jax_irl ref log-probs", "jax_irl PPO update", "jax_irl GRPO update",
+         "PyTorch SFT",
          "PyTorch DPO (ref in step)", "PyTorch PPO update")
 TRL_SIDES = ("TRL SFT", "TRL DPO (ref in step)")  # run by default when TRL is installed (pip install trl)
 # On request (--sides): the SFT step with attention through jax.nn.dot_product_attention ('xla'), in bf16 with
@@ -107,7 +110,7 @@ def jax_side(name: str, size: str):
     from flax import nnx
 
     from jax_irl import parallel, train
-    from jax_irl.algorithms import gshf, iqlearn, ppo
+    from jax_irl.algorithms import grpo, gshf, iqlearn, ppo
     from jax_irl.models.config import TransformerConfig
     from jax_irl.models.transformer import Transformer
 
@@ -142,6 +145,14 @@ def jax_side(name: str, size: str):
         model = ppo.ActorCritic(model, "shared", rngs=nnx.Rngs(1))
         loss_fn = ppo.ppo_loss_fn(ppo.PPOConfig(), window=LOSS_TOKENS)
         batch = dict(ppo_data(), tokens=tokens, attention=np.ones_like(tokens), mask=mask)
+    elif name == "jax_irl GRPO update":
+        cfg_g = grpo.GRPOConfig(method="grpo", prompts_per_rollout=ROWS // 8, group_size=8,
+                                max_new_tokens=LOSS_TOKENS)
+        loss_fn = grpo.grpo_loss_fn(cfg_g, window=LOSS_TOKENS)
+        rollout_rows = ppo_data()
+        batch = {k: rollout_rows[k] for k in ("old_log_probs", "advantages", "reward", "kl")}
+        batch.update(ref_log_probs=rollout_rows["old_log_probs"] + 0.1, tokens=tokens,
+                     attention=np.ones_like(tokens), mask=mask)
     else:
         raise ValueError(name)
     trainer = train.Trainer(model, loss_fn, opt, mesh)
