@@ -30,6 +30,14 @@ try:
 except ImportError:  # pragma: no cover - the chem extra is part of the test install
     Chem = None
 
+# RDKit runs in the trainer's process, so what reaches it is capped: a SMILES of 10,000 aromatic atoms crashes
+# RDKit (segfault) and one of 50,000 atoms allocates tens of GB, and deep branches overflow its parser's stack.
+# Drug-like molecules are well under 100 heavy atoms and 200 characters. ``tests/symbolic/test_chemistry.py``
+# checks every hostile family at these caps in a child process (no crash, well under a second) and that inputs
+# beyond them get a certificate without RDKit being called.
+MAX_SMILES_CHARS = 512
+MAX_BRANCH_DEPTH = 32
+
 _TOKEN = re.compile(r"(\[[^\[\]]*\]|Br|Cl|[BCNOPSFI]|[bcnops]|\*|%\d\d|\d|[=#$:/\\.\-+()~@?>])")
 _PARSE_POSITION = re.compile(r"around position (\d+)")
 
@@ -70,9 +78,18 @@ def check_smiles(smiles: str, offset: int = 0):
     whole = Span(offset, offset + len(smiles), "")
     if not smiles:
         return None, [Span(offset, offset, "empty SMILES")]
+    if len(smiles) > MAX_SMILES_CHARS:
+        return None, [Span(offset + MAX_SMILES_CHARS, offset + len(smiles),
+                           f"SMILES longer than {MAX_SMILES_CHARS} characters ({len(smiles)}): not checked")]
     if any(ch.isspace() for ch in smiles):
         at = next(k for k, ch in enumerate(smiles) if ch.isspace())
         return None, [Span(offset + at, offset + at + 1, "whitespace inside the SMILES")]
+    depth = 0
+    for k, ch in enumerate(smiles):
+        depth += (ch == "(") - (ch == ")")
+        if depth > MAX_BRANCH_DEPTH:
+            return None, [Span(offset + k, offset + k + 1,
+                               f"branches nested deeper than {MAX_BRANCH_DEPTH}: not checked")]
     with rdBase.CaptureErrorLog() as log:
         mol = Chem.MolFromSmiles(smiles, sanitize=False)
     if mol is None:

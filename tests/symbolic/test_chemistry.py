@@ -68,9 +68,11 @@ def test_bad_input_is_a_certificate():
     assert _spans(tool.check("ethanol", "C C")) == (False, [(1, 2, "whitespace inside the SMILES")])
     assert _spans(tool.check("ethanol", "CCO")) == (True, [])  # the reference in another atom order
     assert _spans(tool.check("ethanol", "CCCO")) == (False, [(0, 4, "not the reference molecule OCC")])
-    long = "C" * 20000 + "("
+    long = "C" * 500 + "("
     correct, spans = _spans(tool.check("ethanol", long))
-    assert not correct and spans[0][:2] == (20000, 20001)
+    assert not correct and spans[0][:2] == (500, 501)
+    correct, spans = _spans(tool.check("ethanol", "C" * 20000 + "("))  # beyond the cap: the excess is blamed
+    assert not correct and spans == [(512, 20001, "SMILES longer than 512 characters (20001): not checked")]
     assert not symbolic.safe_check(tool, "ethanol", "\udcff").correct
     with pytest.raises(ValueError, match="SMARTS"):
         MoleculeTool({"x": {"bad": "C(("}}).check("x", "CC")
@@ -106,3 +108,50 @@ def test_token_rewards_when_a_span_starts_inside_a_token():
     expected = [-1.0 if s < 2 and 1 < e else 1.0 for s, e in offsets]
     expected[-1] = -1.0
     np.testing.assert_array_equal(rewards, expected)
+
+
+# Hostile SMILES families (a huge aromatic system, deep branches, many ring bonds, bracket atoms, a long chain),
+# built at exactly the caps: each must run through the whole molecule tool (parse, sanitise, canonical SMILES)
+# without crashing or stalling. Run in a child process, so that a crash fails the test instead of pytest.
+_AT_THE_CAPS = r'''
+import sys, time
+from jax_irl.symbolic import chemistry as ch
+n, d = ch.MAX_SMILES_CHARS, ch.MAX_BRANCH_DEPTH
+branch = "C(" * d + "C" + ")" * d
+family = {"aromatic": "c1" + "c" * (n - 3) + "1", "branches": (branch + "C") * (n // (len(branch) + 1)),
+          "ring bonds": "C" + "".join(f"%{10 + k % 89}" for k in range((n - 1) // 3)),
+          "brackets": "[CH2]" * (n // 5), "chain": "C" * n, "aromatic ions": "[n+]1" + "c" * (n - 6) + "1"}
+tool = ch.MoleculeTool()
+worst = 0.0
+for name, smiles in family.items():
+    assert len(smiles) <= n, name
+    start = time.perf_counter()
+    cert = tool.check("p", smiles)
+    worst = max(worst, time.perf_counter() - start)
+print(worst)
+'''
+
+
+def test_hostile_smiles_at_the_caps_are_checked_in_process_safely():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _AT_THE_CAPS], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.strip()) < 1.0
+
+
+@pytest.mark.parametrize("smiles, why", [
+    ("c1" + "c" * 9997 + "1", "longer than 512 characters"),  # segfaults RDKit
+    ("C" * 50_000, "longer than 512 characters"),  # tens of GB in RDKit
+    ("C(" * 40 + "C" + ")" * 40, "nested deeper than 32"),
+])
+def test_smiles_beyond_the_caps_get_a_certificate_without_rdkit(smiles, why, monkeypatch):
+    from jax_irl.symbolic import chemistry
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("RDKit was called")
+
+    monkeypatch.setattr(chemistry.Chem, "MolFromSmiles", refuse)
+    cert = MoleculeTool().check("p", smiles)
+    assert not cert.correct and any(why in s.message for s in cert.spans), cert.spans
