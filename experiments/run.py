@@ -19,6 +19,7 @@ import dataclasses
 import importlib
 import importlib.util
 import json
+import math
 import os
 import sys
 import time
@@ -194,11 +195,27 @@ def apply_overrides(cfg, overrides: List[str]):
         node = changes
         for part in path[:-1]:
             node = node.setdefault(part, _Changes())
-        node[path[-1]] = parse_value(text, fields[key], key)
+        value = parse_value(text, fields[key], key)
+        _check_finite(cfg, path, key, value)
+        node[path[-1]] = value
     try:
         return _apply(cfg, changes)
     except (ValueError, TypeError) as err:  # the dataclasses' own validation
         raise ConfigError(f"{' '.join(overrides)}: {err}") from None
+
+
+def _check_finite(cfg, path: List[str], key: str, value) -> None:
+    """A float override must be a number: NaN never is, and infinity only where the field already holds one (a
+    config that means 'no limit' by inf)."""
+    values = value if isinstance(value, tuple) else (value,)
+    for v in values:
+        if isinstance(v, float) and not math.isfinite(v):
+            current = cfg
+            for part in path:
+                current = current.get(part) if isinstance(current, dict) else getattr(current, part, None)
+            currents = current if isinstance(current, tuple) else (current,)
+            if math.isnan(v) or not any(isinstance(c, float) and c == v for c in currents):
+                raise ConfigError(f"{key}={v}: expected a finite number")
 
 
 def to_overrides(saved: Dict[str, Any], prefix: str = "") -> List[str]:

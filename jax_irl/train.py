@@ -71,6 +71,17 @@ class OptimizerConfig:
             raise ValueError(f"warmup_steps must be >= 0; got {self.warmup_steps}")
         if self.total_steps is not None and self.total_steps < 1:
             raise ValueError(f"total_steps must be None (the stage's steps) or >= 1; got {self.total_steps}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0; got {self.weight_decay}")
+        for name in ("b1", "b2"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0 <= value < 1):
+                raise ValueError(f"{name} must be in [0, 1) (an Adam moment's decay); got {value}")
+        if not (math.isfinite(self.eps) and self.eps > 0):
+            raise ValueError(f"eps must be a finite number > 0 (it keeps Adam's update finite); got {self.eps}")
+        if self.max_grad_norm is not None and not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
+            raise ValueError(f"max_grad_norm must be None (no clipping) or a finite number > 0; got "
+                             f"{self.max_grad_norm}")
 
 
 def schedule_length(cfg: OptimizerConfig, steps: Optional[int]) -> Optional[int]:

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -39,6 +40,36 @@ def test_bad_keys_and_values_name_what_is_valid():
         run.apply_overrides(lm_tiny.config(), ["steps"])
     with pytest.raises(run.ConfigError, match="unknown config 'nope'; available: .*lm_tiny"):
         run.load_config_module("nope")
+
+
+def _float_keys(cfg):
+    import typing
+
+    def is_float(tp):
+        return tp is float or (typing.get_origin(tp) is typing.Union and float in typing.get_args(tp))
+
+    return [k for k, tp in run.flat_fields(cfg).items() if is_float(tp)]
+
+
+@pytest.mark.parametrize("name", run.available_configs())
+def test_every_float_field_of_every_config_refuses_nan_and_inf_up_front(name):
+    cfg = run.load_config_module(name).config()
+    keys = _float_keys(cfg)
+    assert keys, name
+    for key in keys:
+        for text in ("nan", "inf", "-inf"):
+            with pytest.raises(run.ConfigError, match=re.escape(f"{key}={float(text)}: expected a finite number")):
+                run.apply_overrides(cfg, [f"{key}={text}"])
+
+
+def test_optimizer_settings_out_of_range_are_refused_by_name():
+    for override, match in (("train.optimizer.eps=-1", "eps must be a finite number > 0"),
+                            ("train.optimizer.eps=0", "eps must be a finite number > 0"),
+                            ("train.optimizer.b1=1.0", "b1 must be in"), ("train.optimizer.b2=-0.1", "b2 must be in"),
+                            ("train.optimizer.weight_decay=-0.01", "weight_decay must be"),
+                            ("train.optimizer.max_grad_norm=0", "max_grad_norm must be")):
+        with pytest.raises(run.ConfigError, match=match):
+            run.apply_overrides(lm_tiny.config(), [override])
 
 
 @pytest.mark.slow
