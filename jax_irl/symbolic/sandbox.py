@@ -176,15 +176,27 @@ class Sandbox:
                "expose": [p for p in self.expose if os.path.isdir(p)] + [scratch.path],
                "limits": {"cpu": limits.cpu_seconds, "memory": limits.memory_bytes, "file": limits.file_bytes,
                           "processes": limits.processes, "open_files": limits.open_files}}
+        payload = json.dumps(cfg)
+        if len(payload.encode()) > MAX_LAUNCH_BYTES:
+            os.close(read_end)
+            os.close(write_end)
+            sizes = (sum(len(str(a).encode()) + 1 for a in argv),
+                     sum(len(str(k).encode()) + len(str(v).encode()) + 2 for k, v in env.items()))
+            raise SandboxError(f"the program's argv ({sizes[0]} bytes) and environment ({sizes[1]} bytes) are too "
+                               f"large to pass to the sandbox (at most {MAX_LAUNCH_BYTES} bytes together, under the "
+                               f"kernel's 128 KiB limit on one argument): pass large inputs as files or stdin")
         stdin_bytes = stdin.encode() if isinstance(stdin, str) else bytes(stdin)
         with tempfile.TemporaryFile() as fin, tempfile.TemporaryFile() as fout, tempfile.TemporaryFile() as ferr:
             fin.write(stdin_bytes)
             fin.seek(0)
             start = time.monotonic()
             try:
-                proc = subprocess.Popen([PYTHON, "-I", "-S", _LAUNCHER, json.dumps(cfg)], stdin=fin, stdout=fout,
+                proc = subprocess.Popen([PYTHON, "-I", "-S", _LAUNCHER, payload], stdin=fin, stdout=fout,
                                         stderr=ferr, pass_fds=(write_end,), start_new_session=True, env=env,
                                         cwd=scratch.path)
+            except OSError as err:
+                os.close(read_end)
+                raise SandboxError(f"the sandbox's launcher could not be started: {err}") from None
             finally:
                 os.close(write_end)
             messages = _Messages(read_end)
@@ -327,6 +339,11 @@ class _Messages:
         os.close(self.fd)
 
 
+# The launcher's configuration (argv and environment included) travels as one argument of its command line; Linux
+# refuses a single argument over 128 KiB (MAX_ARG_STRLEN) with E2BIG.
+MAX_LAUNCH_BYTES = 120 * 1024
+
+
 class _Uid:
     """A uid of its own for each concurrent run: 1,000,000 + (pid << 6) + slot (64 slots per process)."""
     _lock = threading.Lock()
@@ -358,12 +375,24 @@ class _Scratch:
         return self
 
     def __exit__(self, *exc):
-        shutil.rmtree(self.path, ignore_errors=True)
-        if os.path.exists(self.path):  # a file made read-only from the inside: make it writable and retry
-            for dirpath, dirnames, _ in os.walk(self.path):
-                for d in dirnames:
-                    os.chmod(os.path.join(dirpath, d), 0o700)
-            shutil.rmtree(self.path, ignore_errors=True)
+        remove_tree(self.path)
+
+
+def remove_tree(path: str) -> None:
+    """Remove a scratch directory whatever the run left in it: folders made read-only from the inside, and trees
+    deeper than Python's recursion limit or PATH_MAX (where ``shutil.rmtree`` raises RecursionError or fails),
+    which coreutils' ``rm`` (fts, no recursion) removes. Raises SandboxError, naming the path, only if the tree
+    is still there afterwards."""
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    except RecursionError:
+        pass
+    if not os.path.lexists(path):
+        return
+    for command in (["chmod", "-R", "u+rwx", path], ["rm", "-rf", "--one-file-system", path]):
+        subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    if os.path.lexists(path):
+        raise SandboxError(f"the scratch directory {path} could not be removed")
 
 
 def _write_file(root: str, name: str, content: Union[str, bytes], uid: Optional[int]):

@@ -236,3 +236,47 @@ def test_run_many_runs_in_parallel_and_keeps_order():
     jobs = [([sb.PYTHON, "-I", "-S", "-c", "import sys; print(int(sys.stdin.read()) ** 2)"], {}, str(k))
             for k in range(8)]
     assert [r.stdout for r in box.run_many(jobs, workers=4)] == [f"{k * k}\n".encode() for k in range(8)]
+
+
+def test_a_tree_too_deep_for_rmtree_is_removed_after_the_run(tmp_path):
+    box = sb.Sandbox(LIMITS, scratch_root=str(tmp_path))
+    deep = ("import os\n"
+            "for _ in range(3000):\n"
+            "    os.mkdir('d')\n"
+            "    os.chdir('d')\n"
+            "os.chmod('.', 0o500)\n"
+            "print('ok')\n")
+    result = box.run([sb.PYTHON, "-I", "-S", "prog.py"], {"prog.py": deep})
+    assert result.ok and result.stdout.strip() == b"ok", result.stderr[-500:]
+    assert os.listdir(tmp_path) == []  # the scratch directory is gone
+    # The same tree by hand: shutil.rmtree alone raises RecursionError (or leaves it); remove_tree does not.
+    path = tmp_path / "tree"
+    os.makedirs(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for _ in range(3000):
+            os.mkdir("d", dir_fd=fd)
+            nxt = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+    finally:
+        os.close(fd)
+    sb.remove_tree(str(path))
+    assert not path.exists()
+
+
+def test_oversized_argv_or_environment_is_refused_by_name_without_leaking(tmp_path):
+    box = sb.Sandbox(LIMITS, scratch_root=str(tmp_path))
+
+    def open_fds():
+        return len(os.listdir("/proc/self/fd"))
+
+    before = open_fds()
+    for _ in range(20):
+        with pytest.raises(sb.SandboxError, match=r"argv \(\d+ bytes\) and environment \(\d+ bytes\) are too large"):
+            box.run([sb.PYTHON, "-c", "print(1)", "x" * 200_000])
+        with pytest.raises(sb.SandboxError, match="too large"):
+            box.run([sb.PYTHON, "-c", "print(1)"], env={"BIG": "y" * 200_000})
+    assert open_fds() == before
+    assert os.listdir(tmp_path) == []
+    assert box.run([sb.PYTHON, "-c", "print(1)", "x" * 50_000]).ok  # a large argv under the limit still runs
