@@ -195,7 +195,7 @@ def run(cfg: RLSFConfig, run_dir: str, *, tool, judge: Judge, secondary: Tuple[s
             update_speed = [json.loads(line).get("tokens_per_s", np.nan) for line in f]
         last = stats[-4:]
         final.update(train_reward=float(np.mean([s["reward"] for s in last])),
-                     train_success=float(np.mean([s["correct"] for s in last])),
+                     train_success=float(np.mean([s.get("correct_drawn", s["correct"]) for s in last])),
                      responses=float(sum(s.get("draws", 1) * rows_per_draw for s in stats)),
                      rollout_tokens_per_s=float(np.median([s["rollout_tokens_per_s"] for s in stats])),
                      update_tokens_per_s=float(np.nanmedian(update_speed)))

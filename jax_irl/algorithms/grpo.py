@@ -339,6 +339,12 @@ def make_group_rollout(model, reference, cfg: GRPOConfig, draw_prompts: Callable
            "reward_seconds": reward_seconds, "score_seconds": float(done - sampled)}
     for name, values in stats.items():
         out[name] = float(values.mean())
+    # Over every response drawn, dropped groups included: with dynamic sampling the kept groups are selected for
+    # unequal rewards, so their means above are biased (towards 0.5 for a 0/1 outcome).
+    drawn = kept + spare
+    out["reward_drawn"] = float(np.concatenate([x["outcome"] for x in drawn]).mean())
+    for name in stats:
+        out[f"{name}_drawn"] = float(np.concatenate([x["stats"][name] for x in drawn]).mean())
     return ppo.Rollout(batch, out)
 
 

@@ -211,9 +211,9 @@ def test_dynamic_sampling_refills_with_informative_groups_and_overlong_rules():
     calls = []
 
     def reward(prompts, responses, mask):  # the first draw: every group all-equal; later draws informative
-        calls.append(1)
-        out = np.zeros(len(prompts)) if len(calls) == 1 else (responses[:, 0] % 2).astype(float)
-        return out, None, {}
+        out = np.zeros(len(prompts)) if not calls else (responses[:, 0] % 2).astype(float)
+        calls.append(out)
+        return out, None, {"correct": out}
 
     cfg = grpo.GRPOConfig(method="dapo", prompts_per_rollout=3, group_size=4, max_new_tokens=3, max_refills=2,
                           overlong="none")
@@ -222,6 +222,13 @@ def test_dynamic_sampling_refills_with_informative_groups_and_overlong_rules():
     if made.stats["degenerate_filled"] == 0.0:
         grouped = made.rows["reward"].reshape(3, 4)
         assert not np.any(np.all(grouped == grouped[:, :1], axis=1))
+    # The kept groups' stats, and every drawn response's (the dropped all-zero first draw included).
+    assert made.stats["correct"] == pytest.approx(float(made.rows["reward"].mean()))
+    drawn = np.concatenate(calls)
+    assert len(drawn) == 12 * made.stats["draws"]
+    assert made.stats["correct_drawn"] == pytest.approx(float(drawn.mean()))
+    assert made.stats["reward_drawn"] == pytest.approx(float(drawn.mean()))
+    assert made.stats["correct_drawn"] < made.stats["correct"]  # 12 zeros of the first draw count here only
     # Overlong: DAPO's soft punishment by hand, and the filter's mask.
     response = np.array([[1, 1, 1, 1], [1, EOS, PAD, PAD], [1, 1, 1, EOS]])
     rmask = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 1]])
