@@ -42,8 +42,10 @@ def config() -> RLSFConfig:
             learning_rate=2e-3, schedule="cosine", warmup_steps=20, weight_decay=0.01)),
         ppo=ppo.PPOConfig(iterations=150, prompts_per_rollout=16, samples_per_prompt=4, max_new_tokens=36, epochs=2,
                           minibatches=2, kl_coef=0.05, optimizer=train.OptimizerConfig(learning_rate=3e-5)),
+        # DAPO's soft overlong penalty over the last 4 of the 36 tokens: pi_sft's responses take 29-30, so the
+        # preset's buffer (36 // 4 = 9) would fall on ordinary lengths and make length most of the advantage.
         grpo=grpo.GRPOConfig(iterations=150, prompts_per_rollout=8, group_size=8, max_new_tokens=36, epochs=2,
-                             minibatches=2, optimizer=train.OptimizerConfig(learning_rate=3e-5)),
+                             minibatches=2, overlong_buffer=4, optimizer=train.OptimizerConfig(learning_rate=3e-5)),
         methods=tuple(rlsf.VARIANTS) + tuple(rlsf.GROUP_ARMS),
         eval_every=25, eval_samples=2)
 

@@ -265,6 +265,7 @@ def make_group_rollout(model, reference, cfg: GRPOConfig, draw_prompts: Callable
             part = slice(q * g, (q + 1) * g)
             group = dict(rows={k: v[part] for k, v in rows.items() if k != "prompt_index"}, outcome=outcomes[part],
                          shaped=shaped[part], terms=None if terms is None else terms[part], truncated=truncated[part],
+                         soft=soft[part],
                          stats={k: v[part] for k, v in stats.items()})
             (spare if (s["dynamic_sampling"] and degenerate[q]) else kept).append(group)
         if len(kept) >= p_count:
@@ -275,6 +276,7 @@ def make_group_rollout(model, reference, cfg: GRPOConfig, draw_prompts: Callable
     cat = lambda get: np.concatenate([get(x) for x in groups])  # noqa: E731
     rows = {k: cat(lambda x, k=k: x["rows"][k]) for k in groups[0]["rows"]}
     outcome, shaped, truncated = cat(lambda x: x["outcome"]), cat(lambda x: x["shaped"]), cat(lambda x: x["truncated"])
+    penalised = cat(lambda x: x["soft"]) * (s["overlong_penalty"] if s["overlong"] == "penalty" else 0.0)
     terms = None if groups[0]["terms"] is None else cat(lambda x: x["terms"])
     stats = {k: cat(lambda x, k=k: x["stats"][k]) for k in groups[0]["stats"]}
 
@@ -332,6 +334,7 @@ def make_group_rollout(model, reference, cfg: GRPOConfig, draw_prompts: Callable
     out = {"reward": float(outcome.mean()), "reward_std_in_group": group_std,
            "degenerate_share": first_degenerate, "degenerate_filled": filled / p_count, "draws": attempts,
            "truncated_share": float(truncated.mean()), "response_length": float(lengths.mean()),
+           "overlong_penalised_share": float((penalised < 0).mean()), "overlong_penalty_mean": float(penalised.mean()),
            "kl": float(seq_kl["k1"].mean()), "kl_k2": float(seq_kl["k2"].mean()), "kl_k3": float(seq_kl["k3"].mean()),
            "sampler_logprob_gap_max": float(gap.max()) if gap.size else 0.0,
            "sampler_logprob_gap_mean": float(gap.mean()) if gap.size else 0.0,

@@ -23,6 +23,7 @@ only wait). What a sandbox cannot stop is stated in the README (kernel exploits:
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import json
@@ -56,9 +57,11 @@ class Limits:
     file_bytes: int = 1 * MiB      # each file written, stdout and stderr included
     processes: int = 32            # processes and threads of the run's uid
     open_files: int = 64
+    scratch_bytes: int = 64 * MiB  # the scratch filesystem (with namespaces): every file of the run together
 
     def __post_init__(self):
-        for name in ("cpu_seconds", "wall_seconds", "memory_bytes", "file_bytes", "processes", "open_files"):
+        for name in ("cpu_seconds", "wall_seconds", "memory_bytes", "file_bytes", "processes", "open_files",
+                     "scratch_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"Limits.{name} must be a positive number; got {value!r}")
@@ -68,13 +71,14 @@ class Limits:
 
 @dataclasses.dataclass(frozen=True)
 class Isolation:
-    namespaces: bool        # mount + network + PID namespaces
+    namespaces: bool        # mount + network + PID + IPC namespaces
     separate_uid: bool
     missing: Tuple[str, ...] = ()  # what a fallback run lacks, in words
+    cgroup: bool = False    # whole-run memory and CPU limits (cgroup v1 memory and cpuacct controllers)
 
     def describe(self) -> str:
         if not self.missing:
-            return "own uid; mount, network and PID namespaces"
+            return "own uid; mount, network, PID and IPC namespaces; whole-run cgroup limits"
         return "fallback: " + "; ".join(self.missing)
 
 
@@ -122,7 +126,9 @@ class Sandbox:
         if not os.path.isdir(self.scratch_root):
             raise ValueError(f"scratch_root {self.scratch_root!r} is not a directory")
         home = os.path.expanduser("~")
-        defaults = [_PROJECT, home, tempfile.gettempdir(), "/tmp", "/var/tmp", "/dev/shm"]
+        # /run (and /var/run, /var/lock into it) holds the services' sockets, which a read-only mount does not
+        # stop a program from connecting to.
+        defaults = [_PROJECT, home, tempfile.gettempdir(), "/tmp", "/var/tmp", "/dev/shm", "/run"]
         self.expose = tuple(os.path.realpath(p) for p in [sys.base_prefix, *expose])
         # A folder on the way to an exposed path that others may not enter (a 0700 home holding the interpreter,
         # as pyenv's /root/.pyenv) would stop the run's own uid there: it is hidden too, so that the empty,
@@ -152,7 +158,7 @@ class Sandbox:
         with _Uid() as uid, _Scratch(self.scratch_root, uid if self.isolation.separate_uid else None) as scratch:
             for name, content in (files or {}).items():
                 _write_file(scratch.path, name, content, uid if self.isolation.separate_uid else None)
-            result = self._run(list(argv), stdin, limits, uid, scratch, env or {})
+            result = self._run(list(argv), stdin, limits, uid, scratch, env or {}, tuple(collect))
             found = {name: data for name in collect
                      if (data := _collect(scratch.path, name, limits.file_bytes)) is not None}
             return dataclasses.replace(result, files=found) if found else result
@@ -165,7 +171,11 @@ class Sandbox:
             return list(pool.map(lambda job: self.run(job[0], job[1], stdin=job[2], limits=limits), jobs))
 
     # ----------------------------------------------------------------------------------------------------------
-    def _run(self, argv, stdin, limits: Limits, uid: int, scratch: "_Scratch", extra_env) -> RunResult:
+    def _run(self, argv, stdin, limits: Limits, uid: int, scratch: "_Scratch", extra_env, collect) -> RunResult:
+        with _Cgroup(f"jax_irl-sandbox-{uid}", limits) if self.isolation.cgroup else contextlib.nullcontext() as group:
+            return self._run_in(argv, stdin, limits, uid, scratch, extra_env, collect, group)
+
+    def _run_in(self, argv, stdin, limits, uid, scratch, extra_env, collect, group) -> RunResult:
         iso = self.isolation
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": scratch.path, "TMPDIR": scratch.path,
                "LANG": "C.UTF-8", **self.env, **extra_env}
@@ -175,7 +185,9 @@ class Sandbox:
                "argv": argv, "env": env, "scratch": scratch.path, "hide": hide,
                "expose": [p for p in self.expose if os.path.isdir(p)] + [scratch.path],
                "limits": {"cpu": limits.cpu_seconds, "memory": limits.memory_bytes, "file": limits.file_bytes,
-                          "processes": limits.processes, "open_files": limits.open_files}}
+                          "processes": limits.processes, "open_files": limits.open_files},
+               "scratch_bytes": limits.scratch_bytes if iso.namespaces else None, "collect": list(collect),
+               "cgroups": group.paths if group else []}
         payload = json.dumps(cfg)
         if len(payload.encode()) > MAX_LAUNCH_BYTES:
             os.close(read_end)
@@ -208,20 +220,29 @@ class Sandbox:
                     raise SandboxError(f"the sandbox did not start: "
                                        f"{(first or {}).get('error', 'no word from the launcher')}")
                 reaper = first["reaper"]
-                timed_out = False
-                try:
-                    proc.wait(timeout=limits.wall_seconds)
-                except subprocess.TimeoutExpired:
-                    timed_out = True
-                    _kill_quietly(reaper if iso.namespaces else -reaper)  # the PID namespace, or the group
-                    proc.kill()
-                    proc.wait()
+                timed_out, over_cpu = False, False
+                deadline = start + limits.wall_seconds
+                while True:  # the wall clock, and the whole run's CPU time where a cgroup counts it
+                    try:
+                        proc.wait(timeout=max(0.0, min(0.05, deadline - time.monotonic())))
+                        break
+                    except subprocess.TimeoutExpired:
+                        over_cpu = group is not None and group.cpu_seconds() > limits.cpu_seconds + 1
+                        if over_cpu or time.monotonic() >= deadline:
+                            timed_out = not over_cpu
+                            _kill_quietly(reaper if iso.namespaces else -reaper)  # the PID namespace, or the group
+                            proc.kill()
+                            proc.wait()
+                            break
                 wall = time.monotonic() - start
                 status = messages.next(timeout=1.0)
+                after = messages.next(timeout=0.5) if status is not None and not timed_out else None
             finally:
                 messages.close()
             if status is not None and "error" in status:
                 raise SandboxError(f"the sandbox could not start the program: {status['error']}")
+            if after is not None and "error" in after:
+                raise SandboxError(f"the sandbox failed after the program ended: {after['error']}")
             if iso.namespaces:
                 exit_code, sig = (status or {}).get("exit"), (status or {}).get("signal")
                 if status is None and not timed_out:
@@ -234,7 +255,15 @@ class Sandbox:
             out, err = _head(fout, limits.file_bytes), _head(ferr, limits.file_bytes)
         if timed_out:
             exit_code, sig = None, None
-        return RunResult(exit_code, sig, out, err, wall, timed_out, _cause(timed_out, sig, limits), strays, iso)
+        cause = _cause(timed_out, sig, limits)
+        if over_cpu:
+            exit_code, sig = None, signal.SIGKILL
+            cause = (f"CPU-time limit ({limits.cpu_seconds} s, +1 s of grace, for the whole run: all its processes "
+                     f"together) exceeded")
+        elif group is not None and group.oom_kills():
+            cause = (f"out of memory: the run's processes together reached its {limits.memory_bytes // MiB} MiB "
+                     f"(the kernel killed {group.oom_kills()} of them)")
+        return RunResult(exit_code, sig, out, err, wall, timed_out, cause, strays, iso)
 
 
 def _cause(timed_out: bool, sig: Optional[int], limits: Limits) -> Optional[str]:
@@ -260,9 +289,13 @@ def probe() -> Isolation:
         missing.append("same uid as the parent (not root): the program can signal and read what the parent can")
     namespaces = _try_namespaces(separate_uid)
     if not namespaces:
-        missing.append("no mount/network/PID namespaces (refused by the kernel): network open, files visible, "
-                       "stray processes killed by process group and uid only")
-    return Isolation(namespaces, separate_uid, tuple(missing))
+        missing.append("no mount/network/PID/IPC namespaces (refused by the kernel): network open, files visible, "
+                       "stray processes killed by process group and uid only, disk use capped per file only")
+    cgroup = separate_uid and _Cgroup.available()
+    if not cgroup:
+        missing.append("no writable cgroup v1 memory and cpuacct controllers: memory and CPU time are limited per "
+                       "process, not for the whole run")
+    return Isolation(namespaces, separate_uid, tuple(missing), cgroup)
 
 
 def _try_namespaces(separate_uid: bool) -> bool:
@@ -361,6 +394,62 @@ class _Uid:
     def __exit__(self, *exc):
         with self._lock:
             self._used.discard(self.slot)
+
+
+class _Cgroup:
+    """The run's cgroups (v1): memory (resident memory, page cache and shared memory of all its processes
+    together, capped at ``memory_bytes``; the kernel's OOM killer acts inside it) and cpuacct (CPU time of all
+    its processes, which the parent polls). Made before the launcher starts, which joins them first thing;
+    removed after the run, once every process of it is gone."""
+    ROOT = "/sys/fs/cgroup"
+
+    def __init__(self, name: str, limits: Limits):
+        self.name, self.limits = name, limits
+
+    @classmethod
+    def available(cls) -> bool:
+        try:
+            with cls(f"jax_irl-probe-{os.getpid()}", Limits()) as group:
+                return group.cpu_seconds() == 0.0 and group.oom_kills() == 0
+        except OSError:
+            return False
+
+    def __enter__(self) -> "_Cgroup":
+        self.paths = []
+        try:
+            for controller in ("memory", "cpuacct"):
+                path = os.path.join(self.ROOT, controller, self.name)
+                os.makedirs(path, exist_ok=True)
+                self.paths.append(path)
+            memory = os.path.join(self.ROOT, "memory", self.name)
+            with open(os.path.join(memory, "memory.limit_in_bytes"), "w") as f:
+                f.write(str(self.limits.memory_bytes))
+        except OSError:
+            self.__exit__()
+            raise
+        return self
+
+    def cpu_seconds(self) -> float:
+        with open(os.path.join(self.ROOT, "cpuacct", self.name, "cpuacct.usage")) as f:
+            return int(f.read()) / 1e9
+
+    def oom_kills(self) -> int:
+        with open(os.path.join(self.ROOT, "memory", self.name, "memory.oom_control")) as f:
+            fields = dict(line.split() for line in f.read().splitlines() if len(line.split()) == 2)
+        return int(fields.get("oom_kill", 0))
+
+    def __exit__(self, *exc):
+        for path in reversed(self.paths):
+            for _ in range(200):  # a killed process leaves its cgroup a moment after it is reaped
+                try:
+                    os.rmdir(path)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.005)
+            else:
+                raise SandboxError(f"the sandbox's cgroup {path} could not be removed (processes still in it)")
 
 
 class _Scratch:

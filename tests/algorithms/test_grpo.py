@@ -237,6 +237,14 @@ def test_dynamic_sampling_refills_with_informative_groups_and_overlong_rules():
     np.testing.assert_allclose(penalty, [-1.0, 0.0, -1.0])  # length 4 of budget 4: -1; length 2 <= 4 - 2: 0
     _, penalty3 = grpo.overlong(response[:, :3], rmask[:, :3], EOS, max_new_tokens=4, buffer=2)
     np.testing.assert_allclose(penalty3, [-0.5, 0.0, -0.5])
+    # The penalty's reach is logged: the share of responses it touched and its mean, from each response's length.
+    cfg = grpo.GRPOConfig(method="dapo", prompts_per_rollout=3, group_size=4, max_new_tokens=4, overlong_buffer=2,
+                          dynamic_sampling=False)
+    _, _, made = _made(cfg, lambda p, r, m: (np.zeros(len(p)), None, {}))
+    length = made.rows["mask"].sum(-1)
+    assert made.stats["response_length"] == pytest.approx(float(length.mean()))
+    assert 0 < made.stats["overlong_penalised_share"] == pytest.approx(float((length > 2).mean()))
+    assert made.stats["overlong_penalty_mean"] == pytest.approx(float(-np.clip((length - 2) / 2, 0, 1).mean()))
     cfg = grpo.GRPOConfig(method="grpo", prompts_per_rollout=3, group_size=4, max_new_tokens=2, overlong="filter",
                           kl_coef=0.0)
     _, _, made = _made(cfg, lambda p, r, m: (np.arange(len(p)) % 2 * 1.0, None, {}))

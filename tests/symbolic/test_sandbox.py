@@ -280,3 +280,198 @@ def test_oversized_argv_or_environment_is_refused_by_name_without_leaking(tmp_pa
     assert open_fds() == before
     assert os.listdir(tmp_path) == []
     assert box.run([sb.PYTHON, "-c", "print(1)", "x" * 50_000]).ok  # a large argv under the limit still runs
+
+
+def _world_writable_dirs(depth=3):
+    """The host's world-writable directories down to ``depth`` levels (not /proc or /sys)."""
+    found, frontier = [], ["/"]
+    for _ in range(depth):
+        nxt = []
+        for parent in frontier:
+            try:
+                entries = list(os.scandir(parent))
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.path in ("/proc", "/sys") or not entry.is_dir(follow_symlinks=False):
+                    continue
+                try:
+                    if entry.stat(follow_symlinks=False).st_mode & 0o002:
+                        found.append(entry.path)
+                except OSError:
+                    continue
+                nxt.append(entry.path)
+        frontier = nxt
+    return found
+
+
+@needs_isolation
+def test_no_world_writable_folder_of_the_host_is_writable():
+    box = sb.Sandbox(LIMITS)
+    folders = sorted(set(_world_writable_dirs()) | {"/run/lock", "/var/lock", "/var/tmp", "/dev/shm"})
+    name = f"jax_irl-pwned-{os.getpid()}"
+    program = ("import os, sys\n"
+               "written = []\n"
+               "for folder in sys.argv[1:]:\n"
+               "    try:\n"
+               f"        open(os.path.join(folder, {name!r}), 'w').write('x')\n"
+               "        written.append(folder)\n"
+               "    except OSError:\n"
+               "        pass\n"
+               "open('/dev/null', 'w').write('x')  # device nodes still work\n"
+               "print(written)\n")
+    result = box.run([sb.PYTHON, "-I", "-S", "prog.py", *folders], {"prog.py": program})
+    assert result.ok, result.stderr.decode()
+    assert eval(result.stdout.decode()) == []  # noqa: S307 - our own program's output
+    assert [f for f in folders if os.path.exists(os.path.join(f, name))] == []
+    assert "/run/lock" in folders and os.path.isdir("/tmp")
+
+
+@needs_isolation
+def test_system_v_ipc_does_not_outlive_the_run_and_shared_memory_is_capped():
+    key = 0x4A490000 + (os.getpid() & 0xFFFF)
+    program = ("import ctypes\n"
+               "libc = ctypes.CDLL(None, use_errno=True)\n"
+               f"shm = libc.shmget({key}, 4096, 0o1666)\n"
+               f"msg = libc.msgget({key}, 0o1666)\n"
+               f"big = libc.shmget({key + 1}, ctypes.c_size_t(1 << 30), 0o1666)\n"  # past the 256 MiB limit
+               "print(shm >= 0, msg >= 0, big, ctypes.get_errno())\n")
+    result = sb.Sandbox(LIMITS).run([sb.PYTHON, "-I", "-S", "prog.py"], {"prog.py": program})
+    assert result.ok, result.stderr.decode()
+    created_shm, created_msg, big, err = result.stdout.decode().split()
+    assert (created_shm, created_msg, big, int(err)) == ("True", "True", "-1", 22)  # EINVAL: over shmmax
+
+    def keys(table):
+        with open(f"/proc/sysvipc/{table}") as f:
+            return {int(line.split()[0]) for line in f.read().splitlines()[1:]}
+
+    assert key not in keys("shm") and key not in keys("msg")
+
+
+@needs_isolation
+def test_only_namespaced_socket_families_and_no_io_uring():
+    program = ("import ctypes, errno, socket\n"
+               "out = {}\n"
+               "for name, family in (('vsock', 40), ('netlink', 16), ('packet', 17), ('bluetooth', 31)):\n"
+               "    try:\n"
+               "        socket.socket(family, socket.SOCK_DGRAM if family == 16 else socket.SOCK_STREAM).close()\n"
+               "        out[name] = 'opened'\n"
+               "    except OSError as err:\n"
+               "        out[name] = errno.errorcode.get(err.errno)\n"
+               "a, b = socket.socketpair()\n"
+               "a.sendall(b'hi')\n"
+               "out['unix'] = b.recv(2).decode()\n"
+               "socket.socket(socket.AF_INET6).close()\n"
+               "libc = ctypes.CDLL(None, use_errno=True)\n"
+               "libc.syscall.restype = ctypes.c_long\n"
+               "params = ctypes.create_string_buffer(120)\n"
+               "rc = libc.syscall(425, 8, params)\n"
+               "out['io_uring'] = errno.errorcode.get(ctypes.get_errno()) if rc < 0 else 'opened'\n"
+               "print(out)\n")
+    result = sb.Sandbox(LIMITS).run([sb.PYTHON, "-I", "-S", "prog.py"], {"prog.py": program})
+    assert result.ok, result.stderr.decode()
+    assert eval(result.stdout.decode()) == {  # noqa: S307 - our own program's output
+        "vsock": "EAFNOSUPPORT", "netlink": "EAFNOSUPPORT", "packet": "EAFNOSUPPORT", "bluetooth": "EAFNOSUPPORT",
+        "unix": "hi", "io_uring": "ENOSYS"}
+
+
+@needs_isolation
+def test_a_unix_socket_under_run_is_out_of_reach():
+    path = f"/run/jax_irl-test-{os.getpid()}.sock"
+    server = socket.socket(socket.AF_UNIX)
+    try:
+        server.bind(path)
+        server.listen(1)
+        os.chmod(path, 0o777)
+        program = (f"import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect({path!r})\nprint('connected')\n")
+        result = sb.Sandbox(LIMITS).run([sb.PYTHON, "-I", "-S", "prog.py"], {"prog.py": program})
+        assert not result.ok and b"FileNotFoundError" in result.stderr, result.stderr.decode()
+    finally:
+        server.close()
+        os.unlink(path)
+
+
+needs_cgroup = pytest.mark.skipif(not ISO.cgroup, reason=f"no whole-run cgroup here: {ISO.describe()}")
+
+
+def _cgroups_left():
+    found = glob.glob("/sys/fs/cgroup/*/jax_irl-sandbox-*")
+    return [g for g in found if _ours(int(g.rsplit("-", 1)[1]))]
+
+
+@needs_cgroup
+def test_memory_is_limited_for_the_whole_run_not_per_process():
+    # Three children each touch 150 MiB, under a 256 MiB limit per process: 450 MiB together.
+    program = ("import os, time\n"
+               "kids = []\n"
+               "for _ in range(3):\n"
+               "    pid = os.fork()\n"
+               "    if pid == 0:\n"
+               "        block = b'x' * (150 << 20)\n"
+               "        time.sleep(1.5)\n"
+               "        os._exit(0)\n"
+               "    kids.append(pid)\n"
+               "codes = [os.waitpid(k, 0)[1] for k in kids]\n"
+               "print(codes)\n"
+               "raise SystemExit(1 if any(codes) else 0)\n")
+    result = sb.Sandbox(LIMITS).run([sb.PYTHON, "-I", "-S", "prog.py"], {"prog.py": program})
+    assert not result.ok and result.cause.startswith("out of memory: the run's processes together"), result
+    assert _cgroups_left() == [] and _sandbox_processes() == []
+    # One process under the limit still runs.
+    single = sb.Sandbox(LIMITS).run([sb.PYTHON, "-I", "-S", "-c", "b = b'x' * (100 << 20); print(len(b))"])
+    assert single.ok and single.stdout == b"104857600\n"
+
+
+@needs_cgroup
+def test_cpu_time_is_limited_for_the_whole_run_not_per_process():
+    # Four children each spin for 0.9 s of CPU, under the 1 s limit per process: 3.6 s together.
+    program = ("import os, time\n"
+               "kids = []\n"
+               "for _ in range(4):\n"
+               "    pid = os.fork()\n"
+               "    if pid == 0:\n"
+               "        while time.process_time() < 0.9:\n"
+               "            pass\n"
+               "        os._exit(0)\n"
+               "    kids.append(pid)\n"
+               "for k in kids:\n"
+               "    os.waitpid(k, 0)\n"
+               "print('done')\n")
+    limits = sb.Limits(cpu_seconds=1, wall_seconds=20.0, memory_bytes=256 * sb.MiB, processes=16)
+    result = sb.Sandbox(limits).run([sb.PYTHON, "-I", "-S", "prog.py"], {"prog.py": program})
+    assert not result.ok and "for the whole run" in result.cause and result.stdout == b"", result
+    assert _cgroups_left() == [] and _sandbox_processes() == []
+
+
+@needs_isolation
+def test_the_scratch_filesystem_is_size_limited_and_collect_still_works(tmp_path):
+    limits = sb.Limits(cpu_seconds=2, wall_seconds=10.0, memory_bytes=256 * sb.MiB, file_bytes=1 * sb.MiB,
+                       scratch_bytes=4 * sb.MiB)
+    program = ("import os\n"
+               "written = 0\n"
+               "try:\n"
+               "    for i in range(20):\n"
+               "        with open(f'big{i}', 'wb') as f:\n"
+               "            f.write(b'y' * 1000_000)\n"
+               "        written += 1\n"
+               "except OSError as err:\n"
+               "    print(written, err.errno)\n"
+               "for i in range(1, 20):\n"
+               "    if os.path.exists(f'big{i}'):\n"
+               "        os.remove(f'big{i}')\n"
+               "os.makedirs('out/deep')\n"
+               "open('out/deep/r', 'w').write('R')\n")
+    box = sb.Sandbox(limits, scratch_root=str(tmp_path))
+    result = box.run([sb.PYTHON, "-I", "-S", "prog.py"], {"prog.py": program, "data/in.txt": "given"},
+                     collect=("out/deep/r", "big0", "data/in.txt"))
+    written, code = result.stdout.split()
+    assert int(written) <= 4 and int(code) == 28  # ENOSPC once the 4 MiB are full
+    assert result.files == {"out/deep/r": b"R", "big0": b"y" * 1000_000, "data/in.txt": b"given"}
+    assert os.listdir(tmp_path) == []
+    inodes = box.run([sb.PYTHON, "-I", "-S", "-c", "import os\nn = 0\ntry:\n    while n < 40000:\n"
+                      "        open(f'f{n}', 'w').close()\n        n += 1\nexcept OSError as err:\n"
+                      "    print(n, err.errno)\n"])
+    made, code = inodes.stdout.split()
+    assert int(made) < 16384 and int(code) == 28
+    with pytest.raises(ValueError, match="Limits.scratch_bytes"):
+        sb.Limits(scratch_bytes=0)
