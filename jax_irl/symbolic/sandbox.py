@@ -4,20 +4,25 @@ Every run gets:
 - limits (``Limits``): CPU time, address space, the size of every file it writes (its captured output included:
   stdout and stderr are files, so a program that prints too much is stopped by the file-size limit), the number
   of processes, open files, no core dumps; and a wall-clock timeout;
-- a fresh scratch directory (its working directory, HOME and TMPDIR), removed afterwards;
+- a fresh scratch directory (its working directory, HOME and TMPDIR), removed afterwards; with namespaces, a
+  tmpfs of ``scratch_bytes`` holding a copy of its input files (``collect`` files copied back at the end);
 - a minimal environment (PATH, HOME, TMPDIR, LANG and what the caller adds);
 - where the kernel allows it (root, as on this project's machines): its own uid (so it cannot signal, read or
-  write anything of the parent's, and its process limit counts only its own processes), new mount, network and
-  PID namespaces: no network at all (not even loopback), the project, the home directory and the temporary
-  directories hidden behind empty read-only mounts (the interpreter and the scratch directory bound back), a
-  /proc that shows only its own processes, and a reaper as PID 1 whose exit makes the kernel kill every process
-  the program left (fork bombs and daemons included).
+  write anything of the parent's, and its process limit counts only its own processes), new mount, network,
+  PID and IPC namespaces: no network at all (not even loopback), the project, the home directory, the temporary
+  directories and /run hidden behind empty read-only mounts (the interpreter and the scratch directory bound
+  back), every other mount read-only, a /proc that shows only its own processes, a reaper as PID 1 whose exit
+  makes the kernel kill every process the program left (fork bombs and daemons included), and a seccomp
+  filter that allows only the namespaced socket families and no io_uring;
+- where cgroup v1's memory and cpuacct controllers are writable: memory and CPU time limited for the whole
+  run (all its processes together), not only per process.
 Where namespaces are refused, the run falls back to limits, a new session and a process-group kill, and
 ``Isolation`` says what is missing; ``Sandbox(require_isolation=True)`` refuses to run instead.
 
 After every run the parent kills anything still running under the run's uid and counts it (``strays_killed``).
 ``run_many`` runs a batch in parallel: each run is its own process, started from a thread pool (the threads
-only wait). What a sandbox cannot stop is stated in the README (kernel exploits: there is no seccomp filter).
+only wait). What a sandbox cannot stop is stated in the README (kernel exploits: the seccomp filter covers
+socket families and io_uring only).
 """
 
 from __future__ import annotations
