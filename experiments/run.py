@@ -231,6 +231,54 @@ def to_overrides(saved: Dict[str, Any], prefix: str = "") -> List[str]:
     return out
 
 
+# The range of every numeric config field, by its name (the same name means the same thing in every config),
+# checked by the driver over the whole config before anything is written: (test, what it must be).
+_AT_LEAST_1 = (lambda v: v >= 1, "an integer >= 1")
+_AT_LEAST_0 = (lambda v: v >= 0, ">= 0")
+_POSITIVE = (lambda v: v > 0, "> 0")
+_UNIT = (lambda v: 0 <= v <= 1, "in [0, 1]")
+RANGES = {
+    **{name: _AT_LEAST_1 for name in (
+        "batch_pairs", "batch_size", "bon_samples", "calculations_per_row", "candidates", "check_workers",
+        "epochs", "eval_every", "eval_examples", "eval_problems", "eval_samples", "grad_accum_steps", "group_size",
+        "heads", "hidden_size", "intermediate_size", "iterations", "keep", "kl_horizon", "max_length",
+        "max_new_tokens", "max_number", "max_operand", "max_positions", "minibatches", "num_heads", "num_kv_heads",
+        "num_layers", "num_processes", "num_samples", "overlong_buffer", "pairs", "prompts_per_batch",
+        "prompts_per_rollout", "prompts_per_round", "rounds", "rows_per_score", "samples_per_prompt", "save_every",
+        "total_steps", "train_examples", "train_problems", "vocab_chunk", "vocab_size")},
+    **{name: _AT_LEAST_0 for name in (
+        "steps", "calculation_rows", "policy_prompts", "warmup_steps", "max_refills", "seed", "process_id",
+        "entropy_bonus", "entropy_coef", "kl_coef", "nll_weight", "pessimism", "td_weight", "vf_coef",
+        "weight_decay", "overlong_penalty", "temperature")},
+    **{name: _POSITIVE for name in (
+        "beta", "clip_eps", "value_clip_eps", "clip_low", "clip_high", "max_grad_norm", "learning_rate", "eps",
+        "kl_target")},
+    **{name: _UNIT for name in ("gamma", "lam", "alpha", "b1", "b2")},
+    "label_smoothing": (lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
+    # mesh axes: a size, or -1 for 'the rest of the devices'
+    **{name: (lambda v: v >= 1 or v == -1, "an integer >= 1, or -1 for the rest of the devices")
+       for name in ("data", "fsdp", "tensor")},
+}
+
+
+def _check_ranges(cfg) -> None:
+    """Every numeric field named in ``RANGES`` (None where optional means 'not set' and passes), in the config
+    and its variants; the first one out of range is refused, naming its key."""
+    for key, tp in flat_fields(cfg).items():
+        rule = RANGES.get(key.rsplit(".", 1)[-1])
+        if rule is None:
+            continue
+        value = cfg
+        for part in _split_key(cfg, key):
+            value = value[part] if isinstance(value, dict) else getattr(value, part)
+        values = value if isinstance(value, tuple) else (value,)
+        for v in values:
+            if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            if not rule[0](v):
+                raise ConfigError(f"{key} must be {rule[1]}; got {v!r}")
+
+
 def _check_run_settings(cfg) -> None:
     """Fields every config may have (save_every, keep) that only the Checkpointer would check, after writing."""
     for key, tp in flat_fields(cfg).items():
@@ -281,6 +329,7 @@ def resolve(name: str, overrides: List[str], run_dir: str = None):
         cfg = saved_cfg
     cfg = apply_overrides(cfg, overrides)
     _check_run_settings(cfg)
+    _check_ranges(cfg)
     if hasattr(module, "validate"):  # checks that need the whole config, before anything is written
         try:
             module.validate(cfg)

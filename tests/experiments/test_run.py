@@ -62,6 +62,30 @@ def test_every_float_field_of_every_config_refuses_nan_and_inf_up_front(name):
                 run.apply_overrides(cfg, [f"{key}={text}"])
 
 
+_OUT_OF_RANGE = {"an integer >= 1": ("0", "-3"), ">= 0": ("-1",), "> 0": ("0", "-0.5"), "in [0, 1]": ("-0.1", "1.5"),
+                 "in [0, 0.5)": ("0.5",), "an integer >= 1, or -1 for the rest of the devices": ("0", "-2")}
+
+
+@pytest.mark.parametrize("name", run.available_configs())
+def test_every_numeric_field_out_of_range_is_refused_up_front_by_name(name, tmp_path):
+    """Each numeric field with a range (``run.RANGES``, by field name), in every config and its variants: the
+    config's own value passes, and each out-of-range override is refused by ``resolve`` (which writes nothing),
+    naming the key."""
+    cfg = run.load_config_module(name).config()
+    run._check_ranges(cfg)
+    keys = [k for k in run.flat_fields(cfg) if k.rsplit(".", 1)[-1] in run.RANGES]
+    assert len(keys) >= 15, keys
+    folder = str(tmp_path / "run")
+    for key in keys:
+        words = run.RANGES[key.rsplit(".", 1)[-1]][1]
+        for text in _OUT_OF_RANGE[words]:
+            with pytest.raises(run.ConfigError, match=re.escape(key)):
+                run.resolve(name, [f"{key}={text}"], folder)
+    assert not os.path.exists(folder)
+    with pytest.raises(run.ConfigError, match=re.escape("ppo.optimizer.learning_rate must be > 0; got 0.0")):
+        run.resolve("rlsf_game24", ["ppo.optimizer.learning_rate=0"], folder)
+
+
 def test_optimizer_settings_out_of_range_are_refused_by_name():
     for override, match in (("train.optimizer.eps=-1", "eps must be a finite number > 0"),
                             ("train.optimizer.eps=0", "eps must be a finite number > 0"),
