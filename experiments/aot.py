@@ -178,7 +178,7 @@ def steps_for(cfg, model_cfg: TransformerConfig, mesh, *, rm_model_cfg: Optional
                 return [aot.train_step(f"rm_{name}", model, rm.bt_loss_fn(kind_cfg), cfg.rm_stage.optimizer, mesh,
                                        rm_batch, rm_cfg, flops_scale=kind_cfg.heads if kind_cfg.kind == "ensemble" else 1,
                                        tx=rm.optimizer_for(kind_cfg, cfg.rm_stage.optimizer, cfg.rm_stage.steps),
-                                       note=f"{kind_cfg.kind}, K={kind_cfg.heads}, {b} pairs")]
+                                       note=f"{kind_cfg.kind}, K={kind_cfg.heads}, {b} pairs", lm_head=False)]
 
             makers[f"rm_{name}"] = make
         makers["ppo"] = lambda: _ppo_steps("", cfg.ppo, model_cfg, mesh, prompt, chunk)

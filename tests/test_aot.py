@@ -200,6 +200,21 @@ def test_every_paper_config_has_its_steps_and_a_small_one_compiles_and_fits():
     assert by_name["grpo_update"].batch == 4 and by_name["grpo_update"].length == 64
     reports = [aot.compile_step(s, "v5e:2x2") for s in steps]
     assert all(r.error is None and r.fits for r in reports), [(r.step, r.error) for r in reports]
+    for r in reports:
+        assert r.flops_ratio == pytest.approx(r.flops * r.chips / r.model_flops)
+    # The prefill unembeds only each row's last position: its model FLOPs leave out the other positions' D x V.
+    width = by_name["rollout_prefill"].length
+    forward = training_flops_per_token(cfg_tiny, width) / 3
+    assert by_name["rollout_prefill"].flops_per_token == pytest.approx(
+        forward - 2 * cfg_tiny.hidden_size * cfg_tiny.vocab_size * (width - 1) / width)
+    # A step whose model FLOPs XLA's count falls far short of is flagged in its note and under the table.
+    import dataclasses
+
+    sft = dataclasses.replace(by_name["sft"], flops_per_token=10 * by_name["sft"].flops_per_token)
+    flagged = aot.compile_step(sft, "v5e:2x2")
+    assert flagged.flops_ratio < aot.LOW_FLOPS_RATIO and "too optimistic" in flagged.note
+    assert "XLA counted" in aot.table([flagged]).split("\n")[-1]
+    assert "XLA counted" not in aot.compile_step(by_name["sft"], "v5e:2x2").note
 
 
 @needs_libtpu
