@@ -183,10 +183,12 @@ def steps_for(cfg, model_cfg: TransformerConfig, mesh, *, rm_model_cfg: Optional
             makers[f"rm_{name}"] = make
         makers["ppo"] = lambda: _ppo_steps("", cfg.ppo, model_cfg, mesh, prompt, chunk)
         policy = _policy(model_cfg)
-        rows = (cfg.task.eval_examples or 1) * cfg.bon_samples
+        pool = cfg.task.eval_examples or 1
+        at_once = min(pool, cfg.sample_prompts_per_batch or pool)
+        rows = at_once * cfg.bon_samples
         makers["bon_sampler"] = lambda: aot.sampler_steps(
             policy, mesh, rows, prompt, new, model_cfg, prefix="bon_",
-            note=f"best-of-n pool: {cfg.task.eval_examples} prompts x {cfg.bon_samples} at once")
+            note=f"best-of-n pool of {pool} prompts x {cfg.bon_samples}, {at_once} prompts at once")
 
     steps: List[aot.Step] = []
     for group, make in makers.items():

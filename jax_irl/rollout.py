@@ -134,7 +134,8 @@ def prompt_rows(tokens: np.ndarray, prompt_lengths: np.ndarray, pad_id: int, wid
 
 def sample_rows(model, prompts: np.ndarray, prompt_mask: np.ndarray, key, *, max_new_tokens: int, eos_id: int,
                 pad_id: int, temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
-                num_samples: int = 1, greedy: bool = False) -> Dict[str, np.ndarray]:
+                num_samples: int = 1, greedy: bool = False,
+                prompts_per_batch: Optional[int] = None) -> Dict[str, np.ndarray]:
     """Responses sampled from the model as rows (numpy), n per prompt as rows b * n + j:
 
     tokens [B*n, P+N], attention [B*n, P+N], mask [B*n, P+N-1] (the response's targets);
@@ -142,7 +143,22 @@ def sample_rows(model, prompts: np.ndarray, prompt_mask: np.ndarray, key, *, max
     distribution (temperature, top-k/p) and under the model, on the target grid (0 elsewhere);
     response [B*n, N] and response_mask [B*n, N] (for decoding); prompt_index [B*n].
 
-    Greedy decoding is deterministic, so its n rows per prompt are one decoded row repeated (not n decoded)."""
+    Greedy decoding is deterministic, so its n rows per prompt are one decoded row repeated (not n decoded).
+    ``prompts_per_batch`` samples the prompts in chunks of that many (their n samples each at once), chunk c with
+    key ``fold_in(key, c)``, so the sampler's KV cache holds prompts_per_batch x n rows, not all of them (a
+    best-of-n pool of 500 prompts x 256 does not fit a pod slice at once); None samples every prompt at once."""
+    if prompts_per_batch is not None:
+        if not (isinstance(prompts_per_batch, int) and prompts_per_batch >= 1):
+            raise ValueError(f"prompts_per_batch must be an int >= 1 or None; got {prompts_per_batch!r}")
+        if prompts_per_batch < len(prompts):
+            parts = [sample_rows(model, prompts[i:i + prompts_per_batch], prompt_mask[i:i + prompts_per_batch],
+                                 jax.random.fold_in(key, c), max_new_tokens=max_new_tokens, eos_id=eos_id,
+                                 pad_id=pad_id, temperature=temperature, top_k=top_k, top_p=top_p,
+                                 num_samples=num_samples, greedy=greedy)
+                     for c, i in enumerate(range(0, len(prompts), prompts_per_batch))]
+            out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "prompt_index"}
+            out["prompt_index"] = np.repeat(np.arange(len(prompts)), num_samples)
+            return out
     if greedy and num_samples > 1:
         one = sample_rows(model, prompts, prompt_mask, key, max_new_tokens=max_new_tokens, eos_id=eos_id,
                           pad_id=pad_id, temperature=temperature, top_k=top_k, top_p=top_p, greedy=True)

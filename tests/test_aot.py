@@ -187,6 +187,8 @@ def test_every_paper_config_has_its_steps_and_a_small_one_compiles_and_fits():
         cfg = driver.load_config_module(name).config()
         steps = experiment_steps.steps_for(cfg, cfg_tiny, mesh)
         assert {s.name for s in steps} == names, name
+        if name == "ensembles_alpaca":  # the best-of-n pool is sampled 16 prompts x 256 at a time
+            assert {s.name: s.batch for s in steps}["bon_prefill"] == cfg.sample_prompts_per_batch * cfg.bon_samples
     # rlsf_spoc at a small size: every step compiles and fits, with the config's own shapes
     cfg = driver.apply_overrides(driver.load_config_module("rlsf_spoc").config(), [
         "base.max_length=64", "sft.batch_size=8", "ppo.prompts_per_rollout=4", "ppo.samples_per_prompt=2",

@@ -169,6 +169,25 @@ def test_greedy_rows_decode_once_per_prompt_and_equal_the_full_sampler(model):
     assert rows["tokens"].shape == (6, 10) and (rows["sample_log_probs"] == 0).all()
 
 
+def test_sampling_prompts_in_chunks_gives_each_chunk_its_own_folded_key(model):
+    """prompts_per_batch=2 over 3 prompts: chunk c is exactly the rows sample_rows gives for those prompts alone
+    with key fold_in(key, c); the rows come back in prompt order with prompt_index over all prompts."""
+    prompts = np.array([[0, 5, 6, 7], [1, 8, 9, 2], [3, 3, 4, 5]], np.int32)
+    pmask = np.array([[0, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1]], np.int32)
+    key = jax.random.PRNGKey(3)
+    kw = dict(max_new_tokens=5, eos_id=0, pad_id=0, num_samples=2, temperature=0.9)
+    chunked = rollout.sample_rows(model, prompts, pmask, key, prompts_per_batch=2, **kw)
+    first = rollout.sample_rows(model, prompts[:2], pmask[:2], jax.random.fold_in(key, 0), **kw)
+    last = rollout.sample_rows(model, prompts[2:], pmask[2:], jax.random.fold_in(key, 1), **kw)
+    for name in ("tokens", "attention", "mask", "model_log_probs", "response", "response_mask"):
+        np.testing.assert_array_equal(chunked[name], np.concatenate([first[name], last[name]]), err_msg=name)
+    np.testing.assert_array_equal(chunked["prompt_index"], [0, 0, 1, 1, 2, 2])
+    whole = rollout.sample_rows(model, prompts, pmask, key, prompts_per_batch=3, **kw)  # one chunk: as before
+    np.testing.assert_array_equal(whole["tokens"], rollout.sample_rows(model, prompts, pmask, key, **kw)["tokens"])
+    with pytest.raises(ValueError, match="prompts_per_batch"):
+        rollout.sample_rows(model, prompts, pmask, key, prompts_per_batch=0, **kw)
+
+
 class _Chars:
     eos_id, pad_id = 0, 0
 

@@ -66,6 +66,7 @@ class EnsemblesConfig:
     variants: Dict[str, rm.RMKind] = dataclasses.field(default_factory=lambda: dict(VARIANTS))
     methods: Tuple[str, ...] = tuple(VARIANTS)
     bon_samples: int = 256  # N per held-out prompt (n runs over the powers of 2 up to it)
+    sample_prompts_per_batch: Optional[int] = None  # pi0's samples drawn this many prompts at a time; None: all
     ppo: ppo.PPOConfig = ppo.PPOConfig(iterations=12, prompts_per_rollout=16, samples_per_prompt=4,
                                        max_new_tokens=48, epochs=2, minibatches=2,
                                        optimizer=train.OptimizerConfig(learning_rate=1e-4))
@@ -144,7 +145,7 @@ def run(cfg: EnsemblesConfig, run_dir: str) -> dict:
         rm_base, rm_tok = proxy_backbone(cfg.rm_backbone, cfg.base.dtype), TextTokenizer.load(cfg.rm_backbone)
     else:
         rm_base, rm_tok = pi0, tok
-    settings = gshf.SampleSettings(tok, max_new, gold_fn)
+    settings = gshf.SampleSettings(tok, max_new, gold_fn, prompts_per_batch=cfg.sample_prompts_per_batch)
     train_tokens, train_mask = rollout.prompt_rows(enc.train["tokens"], enc.train["prompt_lengths"], tok.pad_id,
                                                    enc.prompt_width)
     train_prompts = gshf.Prompts(list(data.train_prompts), list(data.train_responses), train_tokens, train_mask)

@@ -340,13 +340,14 @@ class SampleSettings(NamedTuple):
     gold: GoldFn
     temperature: float = 1.0
     uncertainty: Optional[GoldFn] = None  # Gamma(x, a) for pessimistic DPO (reward_model_uncertainty)
+    prompts_per_batch: Optional[int] = None  # the sampler's chunk of prompts (rollout.sample_rows); None: all at once
 
 
 def sample_texts(model, prompts: Prompts, key, n: int, s: SampleSettings):
     """n samples per prompt: (texts [P][n], gold rewards [P, n], the rows)."""
     rows = rollout.sample_rows(model, prompts.tokens, prompts.mask, key, max_new_tokens=s.max_new_tokens,
                                eos_id=s.tokenizer.eos_id, pad_id=s.tokenizer.pad_id, temperature=s.temperature,
-                               num_samples=n)
+                               num_samples=n, prompts_per_batch=s.prompts_per_batch)
     flat = [s.tokenizer.decode(r[m > 0]) for r, m in zip(rows["response"], rows["response_mask"])]
     texts = [flat[i * n:(i + 1) * n] for i in range(len(prompts.texts))]
     gold = np.asarray(s.gold(prompts.texts, prompts.references, texts), np.float64)
