@@ -7,7 +7,10 @@ the model writes runs in the sandbox (``symbolic.sandbox``). Measured on 100 hel
 rate (greedy and sampled), the compile rate, KL(pi || pi_sft).
 
 GRPO with scalar and token-level credit (4 specifications x 8 programs per iteration, PPO's 32) runs by default;
-the other group arms (``rlsf.GROUP_ARMS``: Dr. GRPO, DAPO, 'blame' credit) are one ``methods=`` away.
+the other group arms (``rlsf.GROUP_ARMS``: Dr. GRPO, DAPO, 'blame' credit) are one ``methods=`` away. DAPO's soft
+overlong punishment starts 4 tokens before the 64-token limit (``grpo.overlong_buffer=4``): the reference
+programs' 95th length percentile is 61 tokens under the run's 512-token BPE, so its default buffer of 16 would
+punish ordinary programs (under Game of 24's default buffer, DAPO collapsed that way).
 
     python -m experiments.run rlsf_code [seeds=(0,1,2)] [methods=(scalar,token,grpo,grpo_token,dapo)]
         [ppo.iterations=16] [grpo.iterations=16]
@@ -39,7 +42,7 @@ def config() -> RLSFConfig:
         ppo=ppo.PPOConfig(iterations=16, prompts_per_rollout=16, samples_per_prompt=2, max_new_tokens=64, epochs=2,
                           minibatches=2, kl_coef=0.05, optimizer=train.OptimizerConfig(learning_rate=3e-5)),
         grpo=grpo.GRPOConfig(iterations=16, prompts_per_rollout=4, group_size=8, max_new_tokens=64, epochs=2,
-                             minibatches=2, optimizer=train.OptimizerConfig(learning_rate=3e-5)),
+                             minibatches=2, overlong_buffer=4, optimizer=train.OptimizerConfig(learning_rate=3e-5)),
         methods=("scalar", "token", "grpo", "grpo_token"),
         eval_every=8, eval_samples=1)
 
