@@ -104,7 +104,7 @@ def _scratch_filesystem(cfg):
     lower = os.open(scratch, os.O_PATH | os.O_DIRECTORY)
     owner = "" if uid is None else f",uid={uid},gid={uid}"
     _mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV,
-           f"size={cfg['scratch_bytes']},nr_inodes={cfg.get('scratch_inodes', 16384)},mode=700{owner}")
+           f"size={cfg['scratch_bytes']},nr_inodes={cfg['scratch_inodes']},mode=700{owner}")
     source = f"/proc/self/fd/{lower}"
     for root, dirs, files in os.walk(source):
         rel = os.path.relpath(root, source)

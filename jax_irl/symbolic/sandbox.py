@@ -63,15 +63,17 @@ class Limits:
     processes: int = 32            # processes and threads of the run's uid
     open_files: int = 64
     scratch_bytes: int = 64 * MiB  # the scratch filesystem (with namespaces): every file of the run together
+    scratch_inodes: int = 16384    # files and folders on the scratch filesystem (with namespaces)
 
     def __post_init__(self):
         for name in ("cpu_seconds", "wall_seconds", "memory_bytes", "file_bytes", "processes", "open_files",
-                     "scratch_bytes"):
+                     "scratch_bytes", "scratch_inodes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"Limits.{name} must be a positive number; got {value!r}")
-        if not isinstance(self.cpu_seconds, int):
-            raise ValueError(f"Limits.cpu_seconds must be a whole number of seconds; got {self.cpu_seconds!r}")
+        for name in ("cpu_seconds", "scratch_inodes"):
+            if not isinstance(getattr(self, name), int):
+                raise ValueError(f"Limits.{name} must be a whole number; got {getattr(self, name)!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,7 +193,8 @@ class Sandbox:
                "expose": [p for p in self.expose if os.path.isdir(p)] + [scratch.path],
                "limits": {"cpu": limits.cpu_seconds, "memory": limits.memory_bytes, "file": limits.file_bytes,
                           "processes": limits.processes, "open_files": limits.open_files},
-               "scratch_bytes": limits.scratch_bytes if iso.namespaces else None, "collect": list(collect),
+               "scratch_bytes": limits.scratch_bytes if iso.namespaces else None,
+               "scratch_inodes": limits.scratch_inodes, "collect": list(collect),
                "cgroups": group.paths if group else []}
         payload = json.dumps(cfg)
         if len(payload.encode()) > MAX_LAUNCH_BYTES:

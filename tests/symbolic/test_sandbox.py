@@ -1,6 +1,7 @@
 """The sandbox against hostile programs: each is contained, its certificate says why, the parent keeps working,
 and no process or file is left behind."""
 
+import dataclasses
 import glob
 import os
 import socket
@@ -468,10 +469,13 @@ def test_the_scratch_filesystem_is_size_limited_and_collect_still_works(tmp_path
     assert int(written) <= 4 and int(code) == 28  # ENOSPC once the 4 MiB are full
     assert result.files == {"out/deep/r": b"R", "big0": b"y" * 1000_000, "data/in.txt": b"given"}
     assert os.listdir(tmp_path) == []
-    inodes = box.run([sb.PYTHON, "-I", "-S", "-c", "import os\nn = 0\ntry:\n    while n < 40000:\n"
+    few = sb.Sandbox(dataclasses.replace(limits, scratch_inodes=500), scratch_root=str(tmp_path))
+    inodes = few.run([sb.PYTHON, "-I", "-S", "-c", "import os\nn = 0\ntry:\n    while n < 40000:\n"
                       "        open(f'f{n}', 'w').close()\n        n += 1\nexcept OSError as err:\n"
                       "    print(n, err.errno)\n"])
     made, code = inodes.stdout.split()
-    assert int(made) < 16384 and int(code) == 28
+    assert 400 < int(made) < 500 and int(code) == 28
     with pytest.raises(ValueError, match="Limits.scratch_bytes"):
         sb.Limits(scratch_bytes=0)
+    with pytest.raises(ValueError, match="Limits.scratch_inodes must be a whole number"):
+        sb.Limits(scratch_inodes=2.5)
