@@ -12,7 +12,8 @@ Sides (each one compiled step or one eager step):
   params, optimizer state, norms, softmax and loss), IQLearn (td 0.1, gamma 0.99), DPO with
   reference log-probs precomputed (``gshf.dpo_loss_fn``), the reference log-probs' own cost per batch
   (``train.reference_log_probs``, which is compiled once), and one PPO minibatch update (``ppo.ppo_loss_fn``
-  with a shared-critic value head, the responses being the last 128 tokens), and one GRPO minibatch update of
+  with a shared-critic value head, the responses being the last 128 tokens; on request the same with a critic
+  backbone of its own, 'separate', as verl and OpenRLHF run PPO), and one GRPO minibatch update of
   the same rows as 2 prompts x G = 8 responses (``grpo.grpo_loss_fn``, the GRPO preset: group advantages,
   sequence-mean aggregation, k3 KL term on precomputed reference log-probs; no critic, no value head);
 - PyTorch: transformers' ``LlamaForCausalLM`` (sdpa attention) with ``torch.optim.AdamW`` in eager mode, the
@@ -57,6 +58,8 @@ TRL_SIDES = ("TRL SFT", "TRL DPO (ref in step)")  # run by default when TRL is i
 # 'auto' (cuDNN's fused attention on a GPU, jax_irl's own attention elsewhere), and with jax_irl's attention over
 # the full [T, T] score matrix (attention_block=0, no causal query blocks).
 EXTRA_SIDES = ("jax_irl SFT (xla attention)", "jax_irl SFT bf16 (auto attention)", "jax_irl SFT (full score matrix)")
+# On request: the PPO update with a critic backbone of its own (``ppo.ActorCritic(..., 'separate')``).
+PPO_EXTRA_SIDES = ("jax_irl PPO update (separate critic)",)
 
 
 def allocator() -> str:
@@ -139,10 +142,11 @@ def jax_side(name: str, size: str):
     elif name == "jax_irl DPO (ref precomputed)":
         loss_fn = gshf.dpo_loss_fn(gshf.DPOConfig(beta=0.1), window=LOSS_TOKENS)
         batch["ref_logps"] = np.asarray(np.random.default_rng(1).normal(-1000, 5, ROWS), np.float32)
-    elif name == "jax_irl PPO update":
+    elif name in ("jax_irl PPO update",) + PPO_EXTRA_SIDES:
         # One minibatch update of ppo.train_ppo's path: policy (clipped ratio) and value (clipped) losses on the
-        # responses' span, a value head on the policy's hidden states ('shared' critic).
-        model = ppo.ActorCritic(model, "shared", rngs=nnx.Rngs(1))
+        # responses' span, a value head on the policy's hidden states ('shared' critic) or on a critic
+        # backbone of its own ('separate').
+        model = ppo.ActorCritic(model, "separate" if name in PPO_EXTRA_SIDES else "shared", rngs=nnx.Rngs(1))
         loss_fn = ppo.ppo_loss_fn(ppo.PPOConfig(), window=LOSS_TOKENS)
         batch = dict(ppo_data(), tokens=tokens, attention=np.ones_like(tokens), mask=mask)
     elif name == "jax_irl GRPO update":
@@ -341,7 +345,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--mem-steps", type=int, default=3)
     p.add_argument("--no-memory", action="store_true")
-    known = SIDES + TRL_SIDES + EXTRA_SIDES
+    known = SIDES + TRL_SIDES + EXTRA_SIDES + PPO_EXTRA_SIDES
     default = SIDES + (TRL_SIDES if importlib.util.find_spec("trl") else ())
     p.add_argument("--sides", default=",".join(default), help="comma-separated subset of: " + ", ".join(known))
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
