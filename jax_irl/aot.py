@@ -36,6 +36,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jax_irl import parallel, train
+from jax_irl.models import lora
 from jax_irl.models.config import TransformerConfig, training_flops_per_token
 
 GiB = 1 << 30
@@ -158,7 +159,7 @@ def abstract_train_state(model: nnx.Module, tx: optax.GradientTransformation, me
                          rules=parallel.DEFAULT_RULES):
     """(graphdef, rest, abstract TrainState with shardings, its shardings) of a model on a mesh, as
     ``train.Trainer`` lays it out: params by their logical names, the optimizer state like the params."""
-    graphdef, (params, rest), shardings = _abstract_state(model, mesh, rules)
+    graphdef, (params, rest), shardings = _abstract_state(model, mesh, rules, lora.trainable(model))
     opt_sh = train.optimizer_shardings(tx, params, shardings, mesh)
     opt_state = _with_sharding(jax.eval_shape(tx.init, params), opt_sh)
     replicated = _replicated(mesh)
@@ -184,19 +185,20 @@ def train_step(name: str, model: nnx.Module, loss_fn: Callable, opt: train.Optim
     steps = opt.total_steps or max(opt.warmup_steps, 1) + 1
     tx = tx or train.make_optimizer(opt, steps)
     graphdef, rest, state, state_sh = abstract_train_state(model, tx, mesh, rules)
-    fn = train.make_train_step(graphdef, rest, loss_fn, tx, opt.grad_accum_steps,
-                               train.learning_rate_schedule(opt, steps))
+    fn = train.make_train_step(graphdef, loss_fn, tx, opt.grad_accum_steps, train.learning_rate_schedule(opt, steps))
     rows, length = batch["tokens"].shape
-    return Step(name, fn, (state, batch), mesh, rows * (length - 1),
+    return Step(name, fn, (state, batch, rest), mesh, rows * (length - 1),
                 flops_scale * (training_flops_per_token(cfg, length - 1)
                                - (0.0 if lm_head else 6.0 * cfg.hidden_size * cfg.vocab_size)), rows, length,
                 out_shardings=(state_sh, _replicated(mesh)), donate_argnums=(0,), kind="train", note=note)
 
 
-def _abstract_state(model: nnx.Module, mesh: Mesh, rules=parallel.DEFAULT_RULES):
-    """(graphdef, (params as ShapeDtypeStructs with their shardings, the other variables), the shardings)."""
-    shardings = parallel.param_shardings(model, mesh, rules)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+def _abstract_state(model: nnx.Module, mesh: Mesh, rules=parallel.DEFAULT_RULES, trainable=nnx.Param):
+    """(graphdef, (the ``trainable`` params as ShapeDtypeStructs with their shardings, the other variables, also
+    with their shardings), the params' shardings)."""
+    shardings = parallel.param_shardings(model, mesh, rules, filter=trainable)
+    graphdef, params, rest = nnx.split(model, trainable, ...)
+    rest = _with_sharding(rest, parallel.state_shardings(rest, mesh, rules))
     return graphdef, (_with_sharding(params, shardings), rest), shardings
 
 

@@ -108,7 +108,12 @@ def param_shardings(model: nnx.Module, mesh: Mesh, rules=DEFAULT_RULES, filter=n
 
     Variables without names are replicated. Raises if a dimension does not divide over its mesh axes, naming
     the variable."""
-    state = nnx.state(model, filter)
+    return state_shardings(nnx.state(model, filter), mesh, rules)
+
+
+def state_shardings(state, mesh: Mesh, rules=DEFAULT_RULES):
+    """NamedShardings for an nnx.State's variables from their logical names (``param_shardings`` of a state);
+    variables without names are replicated."""
 
     def one(path, var):
         names = var.get_metadata().get("out_sharding")

@@ -39,6 +39,7 @@ from tensorboardX import SummaryWriter
 
 from jax_irl import parallel, rollout
 from jax_irl.checkpoint import Checkpointer, PreemptionFlag, abstract_like
+from jax_irl.models import lora
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,34 +168,38 @@ def _split_micro(batch, k: int):
     return jax.tree.map(split, batch)
 
 
-def make_train_step(graphdef, rest, loss_fn: Callable, tx: optax.GradientTransformation, grad_accum_steps: int = 1,
+def make_train_step(graphdef, loss_fn: Callable, tx: optax.GradientTransformation, grad_accum_steps: int = 1,
                     schedule: Optional[optax.Schedule] = None):
-    """The pure step (state, batch) -> (state, metrics). ``rest`` is the model's non-Param state (constant)."""
+    """The pure step (state, batch, rest) -> (state, metrics). ``rest`` is the model's state outside the trained
+    params (constant: a LoRA model's frozen base, non-Param variables), an argument rather than a constant folded
+    into the executable."""
 
-    def loss_of_params(params, batch, rng):
+    def loss_of_params(params, batch, rng, rest):
         model = nnx.merge(graphdef, params, rest)
+        if lora.has_adapters(model):
+            lora.set_dropout_key(model, jax.random.fold_in(rng, 0x10AA))
         loss, aux = loss_fn(model, batch, rng)
         scalars = {k: v for k, v in aux.items() if jnp.ndim(v) == 0}
         return loss, scalars
 
     grad_fn = jax.value_and_grad(loss_of_params, has_aux=True)
 
-    def step(state: TrainState, batch):
+    def step(state: TrainState, batch, rest):
         rng, step_rng = jax.random.split(state.rng)
         if grad_accum_steps == 1:
-            (loss, aux), grads = grad_fn(state.params, batch, step_rng)
+            (loss, aux), grads = grad_fn(state.params, batch, step_rng, rest)
         else:
             micro = _split_micro(batch, grad_accum_steps)
             keys = jax.random.split(step_rng, grad_accum_steps)
 
             def body(carry, xs):
                 g_acc, l_acc, a_acc = carry
-                (l, a), g = grad_fn(state.params, xs[0], xs[1])
+                (l, a), g = grad_fn(state.params, xs[0], xs[1], rest)
                 return (jax.tree.map(jnp.add, g_acc, g), l_acc + l, jax.tree.map(jnp.add, a_acc, a)), None
 
             zeros = jax.tree.map(jnp.zeros_like, state.params)
             aux_shape = jax.eval_shape(lambda: grad_fn(state.params, jax.tree.map(lambda x: x[0], micro),
-                                                       keys[0])[0][1])
+                                                       keys[0], rest)[0][1])
             aux0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shape)
             (grads, loss, aux), _ = jax.lax.scan(body, (zeros, jnp.zeros(()), aux0), (micro, keys))
             scale = 1.0 / grad_accum_steps
@@ -225,8 +230,14 @@ class Trainer:
         self.mesh, self.opt_config = mesh, opt
         # The steps the learning-rate schedule spans (None: a constant schedule built without a length).
         self.schedule_steps = schedule_length(opt, total_steps)
-        self.param_shardings = parallel.param_shardings(model, mesh, rules)
-        self.graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
+        # What is trained: every Param, or for a model with LoRA adapters the adapters and the params outside
+        # the adapted decoders (heads); the rest (a frozen base) is passed to the step unchanged, sharded by
+        # its own logical names, and never copied.
+        trainable = lora.trainable(model)
+        self.param_shardings = parallel.param_shardings(model, mesh, rules, filter=trainable)
+        self.graphdef, params, rest = nnx.split(model, trainable, ...)
+        self.rest_shardings = parallel.state_shardings(rest, mesh, rules)
+        self.rest = jax.device_put(rest, self.rest_shardings)
         # The trainer owns its arrays: steps donate the state, which must never delete the caller's model.
         # (device_put may alias a replicated shard to the source buffer, so copy inside jit instead.)
         self._params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=self.param_shardings)(params)
@@ -234,8 +245,7 @@ class Trainer:
         # learning rate still follows ``opt``'s schedule.
         self.tx = tx if tx is not None else make_optimizer(opt, self.schedule_steps)
         self.schedule = learning_rate_schedule(opt, self.schedule_steps)
-        self._step_fn = make_train_step(self.graphdef, self.rest, loss_fn, self.tx, opt.grad_accum_steps,
-                                        self.schedule)
+        self._step_fn = make_train_step(self.graphdef, loss_fn, self.tx, opt.grad_accum_steps, self.schedule)
         self._compiled = None
         self.state_shardings = None
 
@@ -259,11 +269,12 @@ class Trainer:
             raise RuntimeError("call init_state (or restore a state) before step")
         if self._compiled is None:
             batch_sh = jax.tree.map(lambda x: x.sharding, batch)
-            self._compiled = jax.jit(self._step_fn, in_shardings=(self.state_shardings, batch_sh),
+            self._compiled = jax.jit(self._step_fn, in_shardings=(self.state_shardings, batch_sh,
+                                                                  self.rest_shardings),
                                      out_shardings=(self.state_shardings, NamedSharding(self.mesh, P())),
                                      donate_argnums=0)
         with jax.set_mesh(self.mesh):  # traced under the mesh: the model keeps its activations split by rows
-            return self._compiled(state, batch)
+            return self._compiled(state, batch, self.rest)
 
 
 class MetricsWriter:

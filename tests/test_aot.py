@@ -131,7 +131,7 @@ def test_compiled_step_figures_match_the_known_sizes(which):
     step = aot.train_step(which, model, loss_fn, train.OptimizerConfig(), mesh, batch, ALIGNED)
     report = aot.compile_step(step, "v5e:2x2")
     assert report.error is None, report.error
-    state, batch = step.args
+    state, batch, _ = step.args  # (state, batch, the frozen rest: empty without LoRA)
     big = lambda tree: [x for x in jax.tree.leaves(tree) if x.ndim]  # noqa: E731
     params_and_moments = _shard_bytes(big((state.params, state.opt_state)))
     n = presets.parameter_count(ALIGNED)

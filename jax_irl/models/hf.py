@@ -349,8 +349,16 @@ def reward_model_from_pretrained(path: str, *, dtype: str = "float32", param_dty
 
 
 def save_pretrained(model: Transformer, path: str) -> None:
-    """Write config.json and model.safetensors that transformers' AutoModelForCausalLM loads."""
+    """Write config.json and model.safetensors that transformers' AutoModelForCausalLM loads. A model with LoRA
+    adapters is refused (the file would hold the base alone): export ``lora.merge(model)``, or the adapters with
+    ``save_peft_adapter``."""
     from safetensors.numpy import save_file
+
+    from jax_irl.models import lora
+
+    if lora.has_adapters(model):
+        raise ValueError("the model has LoRA adapters: save lora.merge(model) for merged weights, or "
+                         "hf.save_peft_adapter(model, path) for a PEFT adapter folder")
 
     os.makedirs(path, exist_ok=True)
     tensors: Dict[str, np.ndarray] = {}
@@ -367,6 +375,56 @@ def save_pretrained(model: Transformer, path: str) -> None:
     save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(config_to_hf(model.cfg), f, indent=2)
+
+
+_PEFT_MODULES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
+                 "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
+
+
+def save_peft_adapter(model: Transformer, path: str, *, base_model_name_or_path: Optional[str] = None) -> None:
+    """Write a LoRA model's adapters as a PEFT adapter folder: adapter_config.json and
+    adapter_model.safetensors, which ``peft.PeftModel.from_pretrained(base, path)`` loads onto the base model's
+    transformers checkpoint (``save_pretrained`` of the model without adapters, or the checkpoint it came from).
+
+    PEFT's layout: a projection's lora_A.weight is [r, d_in] (our a transposed) and lora_B.weight [d_out, r]; the
+    embedding's lora_embedding_A is [r, V] and lora_embedding_B [D, r]; the scale is lora_alpha / r. Disabled
+    adapters are written as they are (PEFT applies them). Llama-layout families only (GPT-2's fused c_attn has no
+    per-projection module to carry them)."""
+    from safetensors.numpy import save_file
+
+    from jax_irl.models import lora
+
+    cfg = lora.adapted_config(model)
+    if cfg is None:
+        raise ValueError("the model has no LoRA adapters to export")
+    if model.cfg.family == "gpt2":
+        raise ValueError("save_peft_adapter: GPT-2's attention is one fused c_attn projection in transformers, so "
+                         "per-projection adapters have no PEFT module to go to; export lora.merge(model) instead")
+    tensors: Dict[str, np.ndarray] = {}
+    prefix = "base_model.model."
+    for i, blk in enumerate(model.layers):
+        for owner in (blk.attn, blk.mlp):
+            for name, adapter in (getattr(owner, "lora", None) or {}).items():
+                key = f"{prefix}model.layers.{i}.{_PEFT_MODULES[name]}"
+                tensors[key + ".lora_A.weight"] = np.ascontiguousarray(np.asarray(adapter.a[...], np.float32).T)
+                tensors[key + ".lora_B.weight"] = np.ascontiguousarray(np.asarray(adapter.b[...], np.float32).T)
+    embed_lora = getattr(model, "embed_lora", None)
+    if embed_lora is not None:
+        key = f"{prefix}model.embed_tokens"
+        tensors[key + ".lora_embedding_A"] = np.ascontiguousarray(np.asarray(embed_lora.a[...], np.float32).T)
+        tensors[key + ".lora_embedding_B"] = np.ascontiguousarray(np.asarray(embed_lora.b[...], np.float32).T)
+    targets = sorted({_PEFT_MODULES[n].split(".")[-1] for n in cfg.modules() if n != "embed"}
+                     | ({"embed_tokens"} if "embed" in cfg.modules() else set()))
+    config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model_name_or_path,
+        "r": cfg.rank, "lora_alpha": cfg.alpha, "lora_dropout": cfg.dropout, "target_modules": targets,
+        "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
+        "init_lora_weights": True, "modules_to_save": None, "inference_mode": True,
+    }
+    os.makedirs(path, exist_ok=True)
+    save_file(tensors, os.path.join(path, "adapter_model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(path, "adapter_config.json"), "w") as f:
+        json.dump(config, f, indent=2)
 
 
 # --- BERT-family encoders (reward-model backbones) -----------------------------------------------------------

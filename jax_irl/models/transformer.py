@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from jax_irl.losses._common import constrain_rows
+from jax_irl.models import lora
 from jax_irl.models.config import TransformerConfig, cudnn_attention_unsupported
 from jax_irl.models.layers import (DTYPES, activation, dense, dense_many, logical_param, normal_init, ones_init,
                                    zeros_init)
@@ -103,8 +104,12 @@ class Attention(nnx.Module):
         ``dense_many`` (the weight gradients share x's transpose)."""
         ws = [getattr(self, n) for n in names]
         ys = dense_many(x, tuple(w[...].astype(x.dtype).reshape(w.shape[0], -1) for w in ws))
+        adapters = getattr(self, "lora", None)
         out = []
         for n, w, y in zip(names, ws, ys):
+            adapter = lora.active(adapters, n)
+            if adapter is not None:
+                y = y + adapter.delta(x)
             y = y.reshape(x.shape[:-1] + w.shape[1:])
             b = getattr(self, n + "_bias")
             out.append(y if b is None else y + b[...].astype(x.dtype))
@@ -178,7 +183,11 @@ class Attention(nnx.Module):
 
     def _output(self, out, dtype):
         h, k, d = self.o.shape
-        y = dense(out.reshape(out.shape[:-2] + (h * k,)), self.o[...].astype(dtype).reshape(h * k, d))
+        flat = out.reshape(out.shape[:-2] + (h * k,))
+        y = dense(flat, self.o[...].astype(dtype).reshape(h * k, d))
+        adapter = lora.active(getattr(self, "lora", None), "o")
+        if adapter is not None:
+            y = y + adapter.delta(flat)
         return y if self.o_bias is None else y + self.o_bias[...].astype(dtype)
 
     @staticmethod
@@ -311,13 +320,19 @@ class MLP(nnx.Module):
     def _bias(y, b):
         return y if b is None else y + b[...].astype(y.dtype)
 
+    def _adapted(self, name, x, y):
+        adapter = lora.active(getattr(self, "lora", None), name)
+        return y if adapter is None else y + adapter.delta(x)
+
     def __call__(self, x):
         if self.gated:  # gate and up through one dense_many: their weight gradients share x's transpose
             gate, up = dense_many(x, (self.gate[...].astype(x.dtype), self.up[...].astype(x.dtype)))
+            gate, up = self._adapted("gate", x, gate), self._adapted("up", x, up)
             hidden = self.act(self._bias(gate, self.gate_bias)) * self._bias(up, self.up_bias)
         else:
-            hidden = self.act(self._bias(dense(x, self.up[...].astype(x.dtype)), self.up_bias))
-        return self._bias(dense(hidden, self.down[...].astype(hidden.dtype)), self.down_bias)
+            hidden = self.act(self._bias(self._adapted("up", x, dense(x, self.up[...].astype(x.dtype))), self.up_bias))
+        down = self._adapted("down", hidden, dense(hidden, self.down[...].astype(hidden.dtype)))
+        return self._bias(down, self.down_bias)
 
 
 class Block(nnx.Module):
@@ -441,6 +456,9 @@ class Transformer(nnx.Module):
             positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
         dtype = DTYPES[cfg.dtype]
         x = self.embed[...][tokens].astype(dtype)
+        embed_lora = getattr(self, "embed_lora", None)
+        if embed_lora is not None and embed_lora.enabled:
+            x = x + embed_lora.lookup(tokens, dtype)
         if cfg.scale_embeddings:
             x = x * jnp.asarray(math.sqrt(cfg.hidden_size), dtype)
         if self.position_embed is not None:
