@@ -24,6 +24,7 @@ from jax_irl.algorithms import iqlearn
 from jax_irl.data import arithmetic, batching, tasks
 from jax_irl.data import game24 as game24_data
 from jax_irl.data.tokenizer import TextTokenizer, train_bpe
+from jax_irl.models import lora as lora_lib
 from jax_irl.models.config import ATTENTION, REMAT, TransformerConfig
 from jax_irl.models.transformer import Transformer
 
@@ -40,6 +41,9 @@ class BaseConfig:
     max_positions: int = 256  # position range of a model built here (>= max_length + generated tokens)
     calculation_rows: int = 2000  # rows of the calculation corpus in pretraining (built-in arithmetic only)
     calculations_per_row: int = 6
+    # LoRA on the base for every stage after it (0: full fine-tuning); the driver takes lora.rank=16 for
+    # base.lora.rank=16. The pretraining of a built-in base always trains every weight.
+    lora: lora_lib.LoraConfig = lora_lib.LoraConfig()
     pretrain: train.StageConfig = train.StageConfig(
         steps=1200, batch_size=32, optimizer=train.OptimizerConfig(learning_rate=3e-3, schedule="cosine",
                                                                   warmup_steps=20, weight_decay=0.01))
@@ -118,7 +122,19 @@ def pretraining_rows(cfg: BaseConfig, task: tasks.TaskConfig, tok, train_prompts
 
 def base_model(cfg: BaseConfig, task: tasks.TaskConfig, tok: TextTokenizer, train_prompts, mesh, run_dir: str, *,
                save_every: int, vocab_chunk: Optional[int] = None) -> nnx.Module:
-    """The HF checkpoint, or a model pretrained with MLE on ``pretraining_rows`` in run_dir/base (resumable)."""
+    """The HF checkpoint, or a model pretrained with MLE on ``pretraining_rows`` in run_dir/base (resumable);
+    with LoRA adapters (``cfg.lora``, fresh: the model equals the base) when its rank is above 0."""
+    model = _base_model(cfg, task, tok, train_prompts, mesh, run_dir, save_every=save_every, vocab_chunk=vocab_chunk)
+    if cfg.lora.enabled:
+        model = lora_lib.apply(model, cfg.lora, seed=0)
+        counts = lora_lib.count(model)
+        print(f"lora: rank {cfg.lora.rank} on {','.join(cfg.lora.modules())}: {counts['adapter']:,} trainable "
+              f"parameters, {100.0 * counts['adapter'] / counts['total']:.2f}% of {counts['total']:,}")
+    return model
+
+
+def _base_model(cfg: BaseConfig, task, tok, train_prompts, mesh, run_dir: str, *, save_every: int,
+                vocab_chunk: Optional[int]) -> nnx.Module:
     if cfg.hf_checkpoint:
         from jax_irl.models import hf  # needs the hf extra (safetensors) only on this path
 
@@ -131,7 +147,9 @@ def base_model(cfg: BaseConfig, task: tasks.TaskConfig, tok: TextTokenizer, trai
     model = Transformer(model_cfg, rngs=nnx.Rngs(0))
     rows = pretraining_rows(cfg, task, tok, train_prompts)
     sampler = batching.BatchSampler(len(rows["tokens"]), cfg.pretrain.batch_size, seed=1000)
-    fingerprint = {"task": dataclasses.asdict(task), "base": dataclasses.asdict(cfg)}
+    # The pretraining does not depend on the LoRA settings of the stages after it.
+    fingerprint = {"task": dataclasses.asdict(task),
+                   "base": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "lora"}}
     result = train.run_stage(os.path.join(run_dir, "base"), model,
                              iqlearn.make_loss_fn(iqlearn.Method("mle"), vocab_chunk=vocab_chunk), cfg.pretrain,
                              mesh, sampler.batch_fn(rows), seed=0, fingerprint=fingerprint, save_every=save_every,

@@ -183,6 +183,8 @@ def apply_overrides(cfg, overrides: List[str]):
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, text = item.split("=", 1)
         fields = flat_fields(cfg)
+        if key not in fields and key.startswith("lora.") and "base." + key in fields:
+            key = "base." + key  # lora.rank=16: the LoRA settings of the experiment's base model
         if key not in fields:
             try:
                 added = _add_variant(cfg, key)
@@ -256,17 +258,23 @@ RANGES = {
         "kl_target")},
     **{name: _UNIT for name in ("gamma", "lam", "alpha", "b1", "b2")},
     "label_smoothing": (lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
+    "lora.alpha": _POSITIVE, "lora.rank": _AT_LEAST_0, "lora.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
     # mesh axes: a size, or -1 for 'the rest of the devices'
     **{name: (lambda v: v >= 1 or v == -1, "an integer >= 1, or -1 for the rest of the devices")
        for name in ("data", "fsdp", "tensor")},
 }
 
 
+def range_rule(key: str):
+    """The ``RANGES`` rule of a dotted key: one for 'owner.leaf' (lora.alpha) over the leaf name's (alpha)."""
+    return RANGES.get(".".join(key.split(".")[-2:]), RANGES.get(key.rsplit(".", 1)[-1]))
+
+
 def _check_ranges(cfg) -> None:
     """Every numeric field named in ``RANGES`` (None where optional means 'not set' and passes), in the config
     and its variants; the first one out of range is refused, naming its key."""
     for key, tp in flat_fields(cfg).items():
-        rule = RANGES.get(key.rsplit(".", 1)[-1])
+        rule = range_rule(key)
         if rule is None:
             continue
         value = cfg

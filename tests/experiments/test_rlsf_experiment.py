@@ -131,3 +131,27 @@ def test_spoc_records_and_the_paper_scale_config_checks(tmp_path):
         mod.validate(mod.config())
     with pytest.raises(ValueError, match="task.data_dir"):
         mod.validate(run.apply_overrides(mod.config(), ["base.hf_checkpoint=/models/x"]))
+
+
+@pytest.mark.slow
+def test_rlsf_with_lora_trains_adapters_only_through_sft_ppo_and_grpo(tmp_path, capsys):
+    from jax_irl.models import lora
+
+    folder = str(tmp_path / "rlsf_lora")
+    tiny = [t for t in TINY if not t.startswith("methods=")] + ["methods=(scalar,grpo_blame)", "lora.rank=2",
+                                                                  "lora.targets=attn,mlp"]
+    assert run.main(["rlsf_game24", *tiny, "--run-dir", folder]) == 0
+    out = capsys.readouterr().out
+    assert "lora: rank 2 on q,k,v,o,gate,up,down" in out and "| grpo_blame |" in out
+    with open(os.path.join(folder, "config.json")) as f:
+        assert json.load(f)["base"]["lora"]["rank"] == 2
+    # The SFT stage's checkpoints hold the adapters alone (with Adam's moments): far below the base's size.
+    sizes = {}
+    for root, _, files in os.walk(folder):
+        if os.sep + "checkpoints" + os.sep in root + os.sep:
+            stage = root.split(os.sep + "checkpoints")[0]
+            sizes[stage] = sizes.get(stage, 0) + sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    base = [s for k, s in sizes.items() if k.endswith(os.sep + "base")]
+    sft = [s for k, s in sizes.items() if os.sep + "sft" in k]
+    assert base and sft and max(sft) < base[0] / 3, sizes
+    assert lora.LoraConfig(rank=2, targets=("attn", "mlp")).modules() == ("q", "k", "v", "o", "gate", "up", "down")
