@@ -21,12 +21,20 @@ from flax import nnx
 from jax_irl import aot, rollout
 from jax_irl.algorithms import grpo, gshf, iqlearn, ppo
 from jax_irl.algorithms import reward_models as rm
+from jax_irl.models import lora
 from jax_irl.models.config import TransformerConfig
 from jax_irl.models.transformer import Transformer
 
 
-def _policy(model_cfg: TransformerConfig) -> nnx.Module:
-    return aot.abstract_model(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)))
+def _decoder(model_cfg: TransformerConfig, lora_cfg: Optional[lora.LoraConfig], rngs: nnx.Rngs) -> nnx.Module:
+    """A decoder of ``model_cfg``, with the base config's LoRA adapters when its rank is above 0 (the run applies
+    them to the base, so every later model has them)."""
+    model = Transformer(model_cfg, rngs=rngs)
+    return lora.apply(model, lora_cfg) if lora_cfg is not None and lora_cfg.enabled else model
+
+
+def _policy(model_cfg: TransformerConfig, lora_cfg: Optional[lora.LoraConfig] = None) -> nnx.Module:
+    return aot.abstract_model(lambda: _decoder(model_cfg, lora_cfg, nnx.Rngs(0)))
 
 
 def _kind(cfg) -> str:
@@ -48,11 +56,11 @@ def _lm_scorer(vocab_chunk):
 
 
 def _ppo_steps(prefix: str, ppo_cfg: ppo.PPOConfig, policy_cfg: TransformerConfig, mesh, prompt: int,
-               vocab_chunk) -> List[aot.Step]:
+               vocab_chunk, lora_cfg: Optional[lora.LoraConfig] = None) -> List[aot.Step]:
     """A PPO iteration's steps: the update on one minibatch, the rollout's scoring (policy log-probs and values;
     the reference's log-probs) and the sampler."""
-    policy = _policy(policy_cfg)
-    actor = aot.abstract_model(lambda: ppo.ActorCritic(Transformer(policy_cfg, rngs=nnx.Rngs(0)), ppo_cfg.critic,
+    policy = _policy(policy_cfg, lora_cfg)
+    actor = aot.abstract_model(lambda: ppo.ActorCritic(_decoder(policy_cfg, lora_cfg, nnx.Rngs(0)), ppo_cfg.critic,
                                                        rngs=nnx.Rngs(1)))
     rows = ppo_cfg.prompts_per_rollout * ppo_cfg.samples_per_prompt
     length = prompt + ppo_cfg.max_new_tokens
@@ -79,10 +87,10 @@ def _ppo_steps(prefix: str, ppo_cfg: ppo.PPOConfig, policy_cfg: TransformerConfi
 
 
 def _grpo_update(name: str, grpo_cfg: grpo.GRPOConfig, policy_cfg: TransformerConfig, mesh, prompt: int,
-                 vocab_chunk) -> aot.Step:
+                 vocab_chunk, lora_cfg: Optional[lora.LoraConfig] = None) -> aot.Step:
     """A group method's update on one minibatch: the policy alone (no critic, no value head), its log-probs on the
     responses' window, the reference's log-probs precomputed in the batch."""
-    policy = _policy(policy_cfg)
+    policy = _policy(policy_cfg, lora_cfg)
     rows, length = grpo_cfg.rows, prompt + grpo_cfg.max_new_tokens
     mb, t1, f32 = rows // grpo_cfg.minibatches, length - 1, jnp.float32
     extra = {"old_log_probs": ((mb, t1), f32), "advantages": ((mb, t1), f32), "reward": ((mb,), f32),
@@ -105,6 +113,7 @@ def steps_for(cfg, model_cfg: TransformerConfig, mesh, *, rm_model_cfg: Optional
     base = cfg.base
     model_cfg = dataclasses.replace(model_cfg, dtype=base.dtype, remat=getattr(base, "remat", model_cfg.remat))
     chunk = cfg.vocab_chunk
+    lora_cfg = getattr(base, "lora", None)
     keep = only or (lambda name: True)
     makers: Dict[str, Callable[[], List[aot.Step]]] = {}
     length = base.max_length
@@ -112,7 +121,7 @@ def steps_for(cfg, model_cfg: TransformerConfig, mesh, *, rm_model_cfg: Optional
     if kind == "irl":
         ev = cfg.evaluation
         prompt, new = _split(length, ev.max_new_tokens)
-        policy = _policy(model_cfg)
+        policy = _policy(model_cfg, lora_cfg)
         opt = cfg.finetune.optimizer
         b = cfg.finetune.batch_size
         online = next((m for m in cfg.variants.values() if m.kind == "online"), None)
@@ -137,7 +146,7 @@ def steps_for(cfg, model_cfg: TransformerConfig, mesh, *, rm_model_cfg: Optional
                                                            note=f"{rows // ev.num_samples} prompts x {ev.num_samples}")
     elif kind == "gshf":
         prompt, new = _split(length, cfg.max_new_tokens)
-        policy = _policy(model_cfg)
+        policy = _policy(model_cfg, lora_cfg)
         b = cfg.batch_pairs
         beta = cfg.betas[0] if cfg.betas else 0.1
         batch = aot.lm_batch(mesh, 2 * b, length, extra={"ref_logps": ((2 * b,), jnp.float32)})
@@ -153,18 +162,18 @@ def steps_for(cfg, model_cfg: TransformerConfig, mesh, *, rm_model_cfg: Optional
                                                            f"{method.candidates} candidates at once")
     elif kind == "rlsf":
         prompt, _ = _split(length, cfg.ppo.max_new_tokens)
-        policy = _policy(model_cfg)
+        policy = _policy(model_cfg, lora_cfg)
         makers["sft"] = lambda: [aot.train_step("sft", policy, iqlearn.make_loss_fn(iqlearn.Method("mle"),
                                                                                     vocab_chunk=chunk),
                                                 cfg.sft.optimizer, mesh, aot.lm_batch(mesh, cfg.sft.batch_size, length),
                                                 model_cfg)]
-        makers["ppo"] = lambda: _ppo_steps("", cfg.ppo, model_cfg, mesh, prompt, chunk)
+        makers["ppo"] = lambda: _ppo_steps("", cfg.ppo, model_cfg, mesh, prompt, chunk, lora_cfg)
         group_methods = sorted({cfg.group_arms[m].method for m in cfg.methods if m in cfg.group_arms})
         for method in group_methods:
             group_cfg = dataclasses.replace(cfg.grpo, method=method)
             gprompt, _ = _split(length, group_cfg.max_new_tokens)
             makers[f"{method}_update"] = (lambda group_cfg=group_cfg, gprompt=gprompt, method=method: [
-                _grpo_update(f"{method}_update", group_cfg, model_cfg, mesh, gprompt, chunk)])
+                _grpo_update(f"{method}_update", group_cfg, model_cfg, mesh, gprompt, chunk, lora_cfg)])
     else:  # ensembles
         prompt, new = _split(length, cfg.ppo.max_new_tokens)
         rm_cfg = dataclasses.replace(rm_model_cfg or model_cfg, dtype=base.dtype, remat=model_cfg.remat)
@@ -174,15 +183,15 @@ def steps_for(cfg, model_cfg: TransformerConfig, mesh, *, rm_model_cfg: Optional
             kind_cfg = cfg.variants[name]
 
             def make(name=name, kind_cfg=kind_cfg):
-                model = aot.abstract_model(lambda: rm.build(kind_cfg, lambda r: Transformer(rm_cfg, rngs=r), 0))
+                model = aot.abstract_model(lambda: rm.build(kind_cfg, lambda r: _decoder(rm_cfg, lora_cfg, r), 0))
                 return [aot.train_step(f"rm_{name}", model, rm.bt_loss_fn(kind_cfg), cfg.rm_stage.optimizer, mesh,
                                        rm_batch, rm_cfg, flops_scale=kind_cfg.heads if kind_cfg.kind == "ensemble" else 1,
                                        tx=rm.optimizer_for(kind_cfg, cfg.rm_stage.optimizer, cfg.rm_stage.steps),
                                        note=f"{kind_cfg.kind}, K={kind_cfg.heads}, {b} pairs", lm_head=False)]
 
             makers[f"rm_{name}"] = make
-        makers["ppo"] = lambda: _ppo_steps("", cfg.ppo, model_cfg, mesh, prompt, chunk)
-        policy = _policy(model_cfg)
+        makers["ppo"] = lambda: _ppo_steps("", cfg.ppo, model_cfg, mesh, prompt, chunk, lora_cfg)
+        policy = _policy(model_cfg, lora_cfg)
         pool = cfg.task.eval_examples or 1
         at_once = min(pool, cfg.sample_prompts_per_batch or pool)
         rows = at_once * cfg.bon_samples

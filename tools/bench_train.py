@@ -60,6 +60,10 @@ TRL_SIDES = ("TRL SFT", "TRL DPO (ref in step)")  # run by default when TRL is i
 EXTRA_SIDES = ("jax_irl SFT (xla attention)", "jax_irl SFT bf16 (auto attention)", "jax_irl SFT (full score matrix)")
 # On request: the PPO update with a critic backbone of its own (``ppo.ActorCritic(..., 'separate')``).
 PPO_EXTRA_SIDES = ("jax_irl PPO update (separate critic)",)
+# On request: SFT, DPO and the GRPO update with LoRA rank 16 (alpha 32) on attention and MLP (``models.lora``):
+# only the adapters train and have optimizer state, the base is frozen.
+LORA = " LoRA r16"
+LORA_SIDES = ("jax_irl SFT" + LORA, "jax_irl DPO (ref precomputed)" + LORA, "jax_irl GRPO update" + LORA)
 
 
 def allocator() -> str:
@@ -114,8 +118,12 @@ def jax_side(name: str, size: str):
 
     from jax_irl import parallel, train
     from jax_irl.algorithms import grpo, gshf, iqlearn, ppo
+    from jax_irl.models import lora
     from jax_irl.models.config import TransformerConfig
     from jax_irl.models.transformer import Transformer
+
+    adapters = name.endswith(LORA)
+    name = name[:-len(LORA)] if adapters else name
 
     dtype = "bfloat16" if "bf16" in name else "float32"  # compute dtype; params stay float32
     attention = "xla" if "(xla attention)" in name else "auto" if "(auto attention)" in name else "einsum"
@@ -159,6 +167,8 @@ def jax_side(name: str, size: str):
                      attention=np.ones_like(tokens), mask=mask)
     else:
         raise ValueError(name)
+    if adapters:
+        model = lora.apply(model, lora.LoraConfig(rank=16, alpha=32.0, targets=("attn", "mlp")))
     trainer = train.Trainer(model, loss_fn, opt, mesh)
     box = {"state": trainer.init_state(0), "batch": parallel.global_batch(batch, mesh)}
 
@@ -345,7 +355,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--mem-steps", type=int, default=3)
     p.add_argument("--no-memory", action="store_true")
-    known = SIDES + TRL_SIDES + EXTRA_SIDES + PPO_EXTRA_SIDES
+    known = SIDES + TRL_SIDES + EXTRA_SIDES + PPO_EXTRA_SIDES + LORA_SIDES
     default = SIDES + (TRL_SIDES if importlib.util.find_spec("trl") else ())
     p.add_argument("--sides", default=",".join(default), help="comma-separated subset of: " + ", ".join(known))
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
@@ -393,7 +403,21 @@ def main(argv=None):
           f"{dims['num_heads']} heads / {dims['num_kv_heads']} KV, intermediate {dims['intermediate_size']}, fp32; "
           f"{ROWS} rows x {LENGTH} tokens, loss on the last {LOSS_TOKENS}; DPO: {ROWS // 2} pairs.")
     print(f"{os.cpu_count()} CPU cores; jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads); allocator: {allocator()}; {args.steps} interleaved steps per side.\n")
+          f"({torch.get_num_threads()} threads); allocator: {allocator()}; {args.steps} interleaved steps per side.")
+    if any(n.endswith(LORA) for n in sides):
+        from flax import nnx
+
+        from jax_irl.models import lora
+        from jax_irl.models.config import TransformerConfig
+        from jax_irl.models.transformer import Transformer
+
+        cfg = TransformerConfig.for_family("llama", vocab_size=VOCAB, max_position_embeddings=LENGTH, **dims)
+        counts = lora.count(nnx.eval_shape(lambda: lora.apply(Transformer(cfg, rngs=nnx.Rngs(0)), lora.LoraConfig(
+            rank=16, alpha=32.0, targets=("attn", "mlp")))))
+        print(f"LoRA r16 on attention and MLP: {counts['adapter']:,} trainable parameters of {counts['total']:,} "
+              f"({100.0 * counts['adapter'] / counts['total']:.2f}%; optimizer state the same share of full "
+              f"fine-tuning's).")
+    print()
     sft = statistics.median(times["PyTorch SFT"]) if "PyTorch SFT" in times else None
     print("| side | step (median) | range | tokens/s | x PyTorch SFT | first call | peak memory |\n"
           "|---|---|---|---|---|---|---|")
