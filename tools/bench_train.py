@@ -175,6 +175,7 @@ def jax_side(name: str, size: str):
     def step():
         box["state"], metrics = trainer.step(box["state"], box["batch"])
         jax.block_until_ready((box["state"], metrics))
+    step.opt_bytes = sum(x.nbytes for x in jax.tree.leaves(box["state"].opt_state))  # Adam's moments (+ counts)
     return step
 
 
@@ -419,15 +420,17 @@ def main(argv=None):
               f"fine-tuning's).")
     print()
     sft = statistics.median(times["PyTorch SFT"]) if "PyTorch SFT" in times else None
-    print("| side | step (median) | range | tokens/s | x PyTorch SFT | first call | peak memory |\n"
-          "|---|---|---|---|---|---|---|")
+    print("| side | step (median) | range | tokens/s | x PyTorch SFT | first call | peak memory | optimizer state |\n"
+          "|---|---|---|---|---|---|---|---|")
     for name in sides:
         t = times[name]
         med = statistics.median(t)
         ratio = f"{med / sft:.2f}x" if sft else "-"
         mem = f"{memory[name] / 2**20:.0f} MiB" if name in memory else "-"
+        opt_bytes = getattr(steps[name], "opt_bytes", None)
+        opt = f"{opt_bytes / 2**20:.1f} MiB" if opt_bytes is not None else "-"
         print(f"| {name} | {med:.3f} s | {min(t):.3f}-{max(t):.3f} s | {ROWS * LENGTH / med:,.0f} | {ratio} | "
-              f"{first[name]:.1f} s | {mem} |")
+              f"{first[name]:.1f} s | {mem} | {opt} |")
 
 
 if __name__ == "__main__":
