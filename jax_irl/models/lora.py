@@ -40,18 +40,24 @@ ATTENTION_TARGETS = ("q", "k", "v", "o")
 MLP_TARGETS = ("gate", "up", "down")
 TARGETS = ATTENTION_TARGETS + MLP_TARGETS + ("embed",)
 GROUPS = {"attn": ATTENTION_TARGETS, "mlp": MLP_TARGETS}
+QUANTIZE = ("none", "int8", "int4")
+INT4_GROUP = 64  # int4: one scale per 64 input rows of each output column (QLoRA's block size)
 
 
 @dataclasses.dataclass(frozen=True)
 class LoraConfig:
     """rank: r (0: no adapters, the model trains in full); alpha: the scale's numerator (scale alpha / r, as
     PEFT's lora_alpha); dropout: the probability of dropping an adapter input in training; targets: names of
-    ``TARGETS`` or the groups 'attn' and 'mlp' (a comma-separated string is accepted)."""
+    ``TARGETS`` or the groups 'attn' and 'mlp' (a comma-separated string is accepted); quantize: the frozen
+    base's seven projections of every block stored as 'int8' (one scale per output column) or 'int4' (one scale
+    per 64 input rows of each output column) and dequantized in the forward, QLoRA-style ('none': as they are).
+    """
 
     rank: int = 0
     alpha: float = 16.0
     dropout: float = 0.0
     targets: Union[Tuple[str, ...], str] = ("attn", "mlp")
+    quantize: str = "none"
 
     def __post_init__(self):
         if isinstance(self.targets, str):
@@ -66,6 +72,11 @@ class LoraConfig:
             raise ValueError(f"lora dropout must be in [0, 1); got {self.dropout!r}")
         if not self.targets:
             raise ValueError(f"lora targets must name at least one of {TARGETS} or a group of {sorted(GROUPS)}")
+        if self.quantize not in QUANTIZE:
+            raise ValueError(f"lora quantize must be one of {QUANTIZE}; got {self.quantize!r}")
+        if self.quantize != "none" and self.rank == 0:
+            raise ValueError(f"lora quantize={self.quantize!r} needs rank > 0: a quantized base is frozen, and only "
+                             f"adapters can train on it")
         for t in self.targets:
             if t not in TARGETS and t not in GROUPS:
                 raise ValueError(f"unknown lora target {t!r}: use names of {TARGETS} or the groups "
@@ -141,6 +152,72 @@ class LoRA(nnx.Module):
         return (self.a[...].astype(jnp.float32) @ self.b[...].astype(jnp.float32)) * self.scale
 
 
+# --- the quantized base (QLoRA) -----------------------------------------------------------------------------
+
+
+def weight(module, name: str, dtype) -> jax.Array:
+    """The projection weight ``module.<name>`` in ``dtype``: as stored, or dequantized when the base is quantized
+    (an integer array of the weight's shape and ``<name>_qscale`` [groups, 1, d_out])."""
+    w = getattr(module, name)
+    scale = getattr(module, name + "_qscale", None)
+    if scale is None:
+        return w[...].astype(dtype)
+    q = w[...]
+    groups, _, d_out = scale.shape
+    grouped = q.reshape(groups, -1, d_out).astype(dtype)
+    return (grouped * scale[...].astype(dtype)).reshape(q.shape)
+
+
+def quantize_weight(w: jax.Array, d_out: int, bits: str) -> Tuple[jax.Array, jax.Array]:
+    """(integers of w's shape, scales [groups, 1, d_out] float32) of a weight whose last axes flatten to d_out:
+    symmetric round-to-nearest, int8 per output column, int4 per ``INT4_GROUP`` input rows of each column."""
+    flat = w.reshape(-1, d_out).astype(jnp.float32)
+    d_in = flat.shape[0]
+    group = d_in if bits == "int8" else INT4_GROUP
+    if d_in % group:
+        raise ValueError(f"int4 quantization groups {group} input rows; this weight has {d_in}")
+    qmax, dtype = (127, jnp.int8) if bits == "int8" else (7, jnp.int4)
+    grouped = flat.reshape(d_in // group, group, d_out)
+    scale = jnp.max(jnp.abs(grouped), axis=1, keepdims=True) / qmax
+    scale = jnp.where(scale == 0, 1.0, scale)
+    q = jnp.clip(jnp.round(grouped / scale), -qmax, qmax).astype(dtype).reshape(w.shape)
+    return q, scale
+
+
+def _quantize_block(blk, bits: str) -> None:
+    for owner, names in ((blk.attn, ATTENTION_TARGETS), (blk.mlp, MLP_TARGETS)):
+        for n in names:
+            var = getattr(owner, n)
+            if var is None:
+                continue
+            d_in, d_out, ax = _flat(owner, n)
+            if bits == "int4" and d_in % INT4_GROUP:
+                raise ValueError(f"lora quantize='int4': the {n!r} projection's {d_in} input rows do not split into "
+                                 f"groups of {INT4_GROUP}; use quantize='int8'")
+            q, scale = quantize_weight(var[...], d_out, bits)
+            names_meta = var.get_metadata().get("out_sharding")
+            setattr(owner, n, nnx.Param(q, out_sharding=names_meta, eager_sharding=False))
+            setattr(owner, n + "_qscale", nnx.Param(scale, out_sharding=(None, None, ax[1]), eager_sharding=False))
+
+
+def _flat(owner, name: str):
+    """(d_in, d_out, logical names) of a block's projection as a [d_in, d_out] matrix."""
+    w = getattr(owner, name)
+    if name == "o":
+        h, hd, d = w.shape
+        return h * hd, d, ("heads", "embed")
+    if name in ("q", "k", "v"):
+        d, n, hd = w.shape
+        return d, n * hd, ("embed", "heads")
+    d_in, d_out = w.shape
+    return d_in, d_out, (("mlp", "embed") if name == "down" else ("embed", "mlp"))
+
+
+def is_quantized(model) -> bool:
+    return any(isinstance(n, nnx.Module) and any(k.endswith("_qscale") for k in vars(n))
+               for _, n in nnx.iter_graph(model))
+
+
 def active(adapters, name: str) -> Optional[LoRA]:
     """The enabled adapter ``name`` of a module's ``lora`` dict (None when it has none)."""
     if adapters is None or name not in adapters:
@@ -185,19 +262,11 @@ def _shapes(dec, name: str, blk=None) -> Tuple[int, int, Tuple[Optional[str], Op
     if name == "embed":
         v, d = dec.embed.shape
         return v, d, ("vocab", "embed")
-    if name in ATTENTION_TARGETS:
-        w = getattr(blk.attn, name)
-        if name == "o":
-            h, hd, d = w.shape
-            return h * hd, d, ("heads", "embed")
-        d, n, hd = w.shape
-        return d, n * hd, ("embed", "heads")
-    w = getattr(blk.mlp, name)
-    if w is None:
+    owner = blk.attn if name in ATTENTION_TARGETS else blk.mlp
+    if getattr(owner, name) is None:
         raise ValueError(f"lora target {name!r}: the model's MLP has no {name!r} projection (mlp={dec.cfg.mlp!r}); "
                          f"drop it from the targets")
-    d_in, d_out = w.shape
-    return d_in, d_out, (("mlp", "embed") if name == "down" else ("embed", "mlp"))
+    return _flat(owner, name)
 
 
 def apply(model, cfg: LoraConfig, *, seed: int = 0):
@@ -243,6 +312,8 @@ def apply(model, cfg: LoraConfig, *, seed: int = 0):
                     k = jax.random.fold_in(key, number * 1_000_003 + 1 + i * len(TARGETS) + TARGETS.index(n))
                     made[n] = LoRA(d_in, d_out, cfg, ax, key=k, dtype=pdt)
                 owner.lora = nnx.Dict(made)
+            if cfg.quantize != "none":
+                _quantize_block(blk, cfg.quantize)
         dec.lora_config = cfg
     return new
 
@@ -289,8 +360,8 @@ def disabled(model):
 
 
 def merge(model):
-    """A plain model (no adapters) whose adapted weights are W + scale * a @ b, in the base's dtype; the
-    input's arrays are not changed. Refuses a model without adapters (merged already, or never adapted)."""
+    """A plain model (no adapters) whose adapted weights are W + scale * a @ b, in the base's dtype (a quantized
+    base dequantized first, every projection of it); the input's arrays are not changed. Refuses a model without adapters (merged already, or never adapted)."""
     if not has_adapters(model):
         raise ValueError("the model has no LoRA adapters to merge (merged already, or never adapted)")
     view = _view(model)
@@ -304,6 +375,13 @@ def merge(model):
             del dec.embed_lora
         for blk in dec.layers:
             for owner in (blk.attn, blk.mlp):
+                for n in [k for k in list(vars(owner)) if k.endswith("_qscale")]:  # dequantize the base
+                    base = n[:-len("_qscale")]
+                    var = getattr(owner, base)
+                    value = weight(owner, base, jnp.float32).astype(dec.embed.dtype)
+                    setattr(owner, base, nnx.Param(value, out_sharding=var.get_metadata().get("out_sharding"),
+                                                   eager_sharding=False))
+                    delattr(owner, n)
                 found = getattr(owner, "lora", None)
                 if found is None:
                     continue

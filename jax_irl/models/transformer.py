@@ -103,7 +103,7 @@ class Attention(nnx.Module):
         """The projections ``names`` ('q', 'k', 'v') of x [..., D] -> each [..., heads, head_dim], through one
         ``dense_many`` (the weight gradients share x's transpose)."""
         ws = [getattr(self, n) for n in names]
-        ys = dense_many(x, tuple(w[...].astype(x.dtype).reshape(w.shape[0], -1) for w in ws))
+        ys = dense_many(x, tuple(lora.weight(self, n, x.dtype).reshape(w.shape[0], -1) for n, w in zip(names, ws)))
         adapters = getattr(self, "lora", None)
         out = []
         for n, w, y in zip(names, ws, ys):
@@ -184,7 +184,7 @@ class Attention(nnx.Module):
     def _output(self, out, dtype):
         h, k, d = self.o.shape
         flat = out.reshape(out.shape[:-2] + (h * k,))
-        y = dense(flat, self.o[...].astype(dtype).reshape(h * k, d))
+        y = dense(flat, lora.weight(self, "o", dtype).reshape(h * k, d))
         adapter = lora.active(getattr(self, "lora", None), "o")
         if adapter is not None:
             y = y + adapter.delta(flat)
@@ -326,12 +326,13 @@ class MLP(nnx.Module):
 
     def __call__(self, x):
         if self.gated:  # gate and up through one dense_many: their weight gradients share x's transpose
-            gate, up = dense_many(x, (self.gate[...].astype(x.dtype), self.up[...].astype(x.dtype)))
+            gate, up = dense_many(x, (lora.weight(self, "gate", x.dtype), lora.weight(self, "up", x.dtype)))
             gate, up = self._adapted("gate", x, gate), self._adapted("up", x, up)
             hidden = self.act(self._bias(gate, self.gate_bias)) * self._bias(up, self.up_bias)
         else:
-            hidden = self.act(self._bias(self._adapted("up", x, dense(x, self.up[...].astype(x.dtype))), self.up_bias))
-        down = self._adapted("down", hidden, dense(hidden, self.down[...].astype(hidden.dtype)))
+            hidden = self.act(self._bias(self._adapted("up", x, dense(x, lora.weight(self, "up", x.dtype))),
+                                         self.up_bias))
+        down = self._adapted("down", hidden, dense(hidden, lora.weight(self, "down", hidden.dtype)))
         return self._bias(down, self.down_bias)
 
 

@@ -285,3 +285,45 @@ def test_exports_merged_weights_to_transformers_and_adapters_to_peft(tmp_path):
                                                     num_heads=4, intermediate_size=64), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="fused c_attn"):
         hf.save_peft_adapter(lora.apply(gpt2, lora.LoraConfig(rank=2, targets=("attn",))), str(tmp_path / "g"))
+
+
+@pytest.mark.parametrize("bits", ["int8", "int4"])
+def test_quantized_base_is_within_half_a_step_and_trains_adapters_only(bits):
+    cfg = _cfg(hidden_size=64, intermediate_size=128, num_heads=4, num_kv_heads=2)
+    model = Transformer(cfg, rngs=nnx.Rngs(0))
+    adapted = lora.apply(model, lora.LoraConfig(rank=4, targets=("attn", "mlp"), quantize=bits))
+    assert lora.is_quantized(adapted) and not lora.is_quantized(model)
+    want = jnp.int8 if bits == "int8" else jnp.int4
+    for blk, qblk in zip(model.layers, adapted.layers):
+        for owner, qowner, names in ((blk.attn, qblk.attn, "qkvo"), (blk.mlp, qblk.mlp, ("gate", "up", "down"))):
+            for n in names:
+                assert getattr(qowner, n)[...].dtype == want
+                w = np.asarray(getattr(owner, n)[...], np.float32)
+                deq = np.asarray(lora.weight(qowner, n, jnp.float32))
+                scale = np.asarray(getattr(qowner, n + "_qscale")[...])
+                d_out = scale.shape[-1]
+                step = np.broadcast_to(scale, (scale.shape[0], w.size // d_out // scale.shape[0], d_out)).reshape(w.shape)
+                assert np.all(np.abs(deq - w) <= step / 2 + 1e-7), n  # round to nearest: within half a step
+                if bits == "int4":
+                    assert scale.shape[0] == w.size // d_out // lora.INT4_GROUP  # one scale per 64 input rows
+    frozen_before = jax.tree.map(np.asarray, nnx.state(adapted, nnx.Not(nnx.LoRAParam)))
+    curve, state, trainer = _train(adapted, devices=jax.devices()[:1])
+    assert curve[-1] < curve[0] - 0.05
+    assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)) == lora.count(adapted)["adapter"]
+    after = trainer.model(state)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b),
+                 nnx.state(after, nnx.Not(nnx.LoRAParam)), frozen_before)  # the integers and scales, bitwise
+    merged = lora.merge(after)
+    assert not lora.is_quantized(merged) and merged.layers[0].attn.q[...].dtype == jnp.float32
+    tokens = _tokens()
+    np.testing.assert_allclose(np.asarray(merged(tokens).logits), np.asarray(after(tokens).logits), atol=1e-6)
+
+
+def test_quantize_bad_input_gets_clear_errors():
+    with pytest.raises(ValueError, match="quantize must be one of"):
+        lora.LoraConfig(rank=4, quantize="nf3")
+    with pytest.raises(ValueError, match="needs rank > 0"):
+        lora.LoraConfig(rank=0, quantize="int8")
+    model = Transformer(_cfg(), rngs=nnx.Rngs(0))  # hidden 32: not a multiple of int4's 64-row groups
+    with pytest.raises(ValueError, match="do not split into groups of 64; use quantize='int8'"):
+        lora.apply(model, lora.LoraConfig(rank=2, quantize="int4"))
