@@ -20,6 +20,11 @@ differentiates: the adapters, and every parameter that lies outside an adapted d
 heads). Dropout acts on the adapter's input in training only: the Trainer gives the model a key per step
 (``set_dropout_key``); scoring and sampling run without it.
 
+QLoRA (``LoraConfig(quantize='int8' | 'int4')``): ``apply`` also stores the base's seven projections of every
+block as integers with float32 scales (int8: one per output column; int4: one per 64 input rows of a column, as
+QLoRA's blocks), dequantized inside the forward (``weight``); the adapters train on the quantized base, and
+``merge`` dequantizes before adding them. Embeddings, norms and the unembedding stay as they are.
+
 ``hf.save_pretrained(lora.merge(model), path)`` exports merged weights; ``hf.save_peft_adapter`` writes the
 adapters as a PEFT adapter folder (adapter_config.json + adapter_model.safetensors) that ``peft`` loads onto
 the base model's transformers checkpoint.
