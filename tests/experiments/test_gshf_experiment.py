@@ -51,3 +51,18 @@ def test_gshf_experiment_end_to_end_and_reuse(tmp_path, capsys):
     assert run.main(["gshf_arithmetic", "--run-dir", folder]) == 0
     with open(os.path.join(folder, "results.json")) as f:
         assert json.load(f)["per_run"] == results["per_run"]
+
+
+@pytest.mark.slow
+def test_gshf_with_lora_runs_dpo_and_the_online_loop_on_adapters(tmp_path, capsys):
+    folder = str(tmp_path / "gshf_lora")
+    tiny = [t for t in TINY if not t.startswith(("methods=", "betas="))] + [
+        "methods=(offline_dpo,online)", "betas=(0.1)", "lora.rank=2", "lora.targets=q,v,down"]
+    assert run.main(["gshf_arithmetic", *tiny, "--run-dir", folder]) == 0
+    out = capsys.readouterr().out
+    assert "lora: rank 2 on q,v,down" in out and "| online@0.1 |" in out
+    with open(os.path.join(folder, "results.json")) as f:
+        results = json.load(f)
+    assert set(results["summary"]) == {"offline_dpo@0.1", "online@0.1"}
+    # DPO moved the policy off pi0 through the adapters alone: a KL above zero.
+    assert all(vals["kl"][0] > 0 for vals in results["summary"].values()), results["summary"]
