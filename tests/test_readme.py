@@ -53,3 +53,17 @@ def test_readme_custom_tool_example_is_a_working_tool():
     cert = symbolic.safe_check(tool, "", "ab1c")
     assert not cert.correct and [(s.start, s.end) for s in cert.spans] == [(2, 3)]
     assert symbolic.token_rewards(cert, [(0, 2), (2, 3), (3, 4)]).tolist() == [1.0, 0.0, 0.0]
+
+
+def test_readme_lora_example_runs_and_counts_what_it_says(tmp_path):
+    text = README.read_text()
+    code = re.search(r"## Parameter-efficient fine-tuning: LoRA and QLoRA.*?```python\n(.*?)```", text, re.S).group(1)
+    shown = re.search(r"print\(lora.count\(policy\)\)  # (\{.*?\})", code).group(1)
+    code = code.replace("/tmp/lora", str(tmp_path))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README LoRA example", "exec"), {})
+    assert out.getvalue().strip() == shown
+    for name in ("base/model.safetensors", "merged/model.safetensors", "adapter/adapter_config.json",
+                 "adapter/adapter_model.safetensors"):
+        assert (tmp_path / name).exists(), name
