@@ -38,7 +38,8 @@ from jax_irl.algorithms import gshf, iqlearn, ppo
 from jax_irl.algorithms import reward_models as rm
 from jax_irl.data import arithmetic, tasks
 from jax_irl.data.tokenizer import TextTokenizer
-from jax_irl.models import hf
+from jax_irl.models import hf, lora
+from jax_irl.models.transformer import Transformer
 
 RESUMABLE = ("mesh", "distributed", "save_every", "methods", "seeds", "variants", "label_noise", "ppo_kl")
 VARIANTS = {"single": rm.RMKind(), "multihead": rm.RMKind("multihead", heads=3),
@@ -143,6 +144,11 @@ def run(cfg: EnsemblesConfig, run_dir: str) -> dict:
         gold_fn = gshf.per_sample(arithmetic.graded_reward)
     if cfg.rm_backbone:  # the proxies' own backbone and tokenizer
         rm_base, rm_tok = proxy_backbone(cfg.rm_backbone, cfg.base.dtype), TextTokenizer.load(cfg.rm_backbone)
+        if cfg.base.lora.enabled:
+            if isinstance(rm_base, Transformer):  # LoRA on the proxies' decoder backbone too, full heads
+                rm_base = lora.apply(rm_base, cfg.base.lora, seed=1)
+            else:
+                print("note: lora applies to decoders; the proxies' BERT encoder backbone trains in full")
     else:
         rm_base, rm_tok = pi0, tok
     settings = gshf.SampleSettings(tok, max_new, gold_fn, prompts_per_batch=cfg.sample_prompts_per_batch)
