@@ -376,9 +376,34 @@ def _block_without_cache(block, x, positions, key_valid, query_slots, inv_freq):
 
 @functools.lru_cache(maxsize=None)
 def _rematerialised(fn, name: str):
-    """``fn(block, ...)`` under ``nnx.remat`` with the named policy: the block's activations are recomputed in the
-    backward pass instead of being kept (all of them but what the policy saves)."""
-    return nnx.remat(fn, policy=remat_policy(name), prevent_cse=True)
+    """``fn(block, ...)`` under ``jax.checkpoint`` with the named policy: the block's activations are recomputed in
+    the backward pass instead of being kept (all of them but what the policy saves).
+
+    The block goes in as its split state (``nnx.split``) and is merged inside, a pure function of its arrays; a
+    forward without a cache mutates nothing, so nothing is written back. (``nnx.remat`` writes the block's state
+    back, and with only part of the params differentiated, as under LoRA, that write raised flax's
+    TraceContextError on the frozen ones.) LoRA dropout keys, set on the adapters in a train step, go in as an
+    argument."""
+    policy = remat_policy(name)
+
+    def call(block, *args):
+        adapters = [ad for _, ad in lora.adapters(block)]
+        keys = [ad.dropout_key for ad in adapters]
+        for ad in adapters:
+            ad.dropout_key = None
+        graphdef, state = nnx.split(block)
+        for ad, key in zip(adapters, keys):
+            ad.dropout_key = key
+
+        def pure(state, keys, *args):
+            inner = nnx.merge(graphdef, state)
+            for (_, ad), key in zip(lora.adapters(inner), keys):
+                ad.dropout_key = key
+            return fn(inner, *args)
+
+        return jax.checkpoint(pure, policy=policy, prevent_cse=True)(state, keys, *args)
+
+    return call
 
 
 class DecoderOutput(NamedTuple):

@@ -327,3 +327,27 @@ def test_quantize_bad_input_gets_clear_errors():
     model = Transformer(_cfg(), rngs=nnx.Rngs(0))  # hidden 32: not a multiple of int4's 64-row groups
     with pytest.raises(ValueError, match="do not split into groups of 64; use quantize='int8'"):
         lora.apply(model, lora.LoraConfig(rank=2, quantize="int4"))
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_remat_gives_the_same_adapter_gradients(dropout):
+    tokens = _tokens(b=4, t=12)
+
+    def grads(remat):
+        model = lora.apply(Transformer(_cfg(remat=remat), rngs=nnx.Rngs(0)),
+                           lora.LoraConfig(rank=4, dropout=dropout, targets=ALL))
+        _perturbed(model)
+        graphdef, params, rest = nnx.split(model, lora.trainable(model), ...)
+
+        def loss(params, rest):
+            m = nnx.merge(graphdef, params, rest)
+            lora.set_dropout_key(m, jax.random.PRNGKey(7))
+            return jnp.mean(jax.nn.log_softmax(m(tokens).logits) ** 2)
+
+        return jax.jit(jax.grad(loss))(params, rest)
+
+    plain = grads("none")
+    for policy in ("full", "dots"):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6), grads(policy),
+                     plain)
+    assert sum(float(jnp.abs(x).sum()) for x in jax.tree.leaves(plain)) > 0
