@@ -55,21 +55,21 @@ def test_gshf_experiment_end_to_end_and_reuse(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_gshf_with_lora_runs_dpo_and_the_online_loop_on_adapters(tmp_path, capsys):
+def test_gshf_with_lora_runs_the_online_dpo_loop_on_adapters(tmp_path, capsys):
     folder = str(tmp_path / "gshf_lora")
     tiny = [t for t in TINY if not t.startswith(("methods=", "betas="))] + [
-        "methods=(offline_dpo,online)", "betas=(0.1)", "lora.rank=2", "lora.targets=q,v,down"]
+        "methods=(online)", "betas=(0.1)", "lora.rank=2", "lora.targets=q,v,down"]
     assert run.main(["gshf_arithmetic", *tiny, "--run-dir", folder]) == 0
     out = capsys.readouterr().out
     assert "lora: rank 2 on q,v,down" in out and "| online@0.1 |" in out
     with open(os.path.join(folder, "results.json")) as f:
         results = json.load(f)
-    assert set(results["summary"]) == {"offline_dpo@0.1", "online@0.1"}
+    assert set(results["summary"]) == {"online@0.1"}
     # Each DPO stage starts at its reference (pi0: the base with pi0's adapters, one set of base weights), so its
     # first loss is log 2 with a zero margin, and its steps move the policy through the adapters alone.
     stages = [os.path.join(root, "metrics.jsonl") for root, _, files in os.walk(os.path.join(folder, "runs"))
               if "metrics.jsonl" in files]
-    assert len(stages) == 3, stages  # offline's one round, online's two
+    assert len(stages) == 2, stages  # the online loop's two rounds of DPO
     for path in stages:
         with open(path) as f:
             records = [json.loads(line) for line in f]
