@@ -176,8 +176,7 @@ def make_train_step(graphdef, loss_fn: Callable, tx: optax.GradientTransformatio
 
     def loss_of_params(params, batch, rng, rest):
         model = nnx.merge(graphdef, params, rest)
-        if lora.has_adapters(model):
-            lora.set_dropout_key(model, jax.random.fold_in(rng, 0x10AA))
+        lora.set_dropout_key(model, jax.random.fold_in(rng, 0x10AA))  # a no-op without adapters with dropout
         loss, aux = loss_fn(model, batch, rng)
         scalars = {k: v for k, v in aux.items() if jnp.ndim(v) == 0}
         return loss, scalars

@@ -63,6 +63,7 @@ PPO_EXTRA_SIDES = ("jax_irl PPO update (separate critic)",)
 # On request: SFT, DPO and the GRPO update with LoRA rank 16 (alpha 32) on attention and MLP (``models.lora``):
 # only the adapters train and have optimizer state, the base is frozen.
 LORA = " LoRA r16"
+LORA_SETTINGS = dict(rank=16, alpha=32.0, targets=("attn", "mlp"))
 LORA_SIDES = ("jax_irl SFT" + LORA, "jax_irl DPO (ref precomputed)" + LORA, "jax_irl GRPO update" + LORA)
 
 
@@ -168,7 +169,7 @@ def jax_side(name: str, size: str):
     else:
         raise ValueError(name)
     if adapters:
-        model = lora.apply(model, lora.LoraConfig(rank=16, alpha=32.0, targets=("attn", "mlp")))
+        model = lora.apply(model, lora.LoraConfig(**LORA_SETTINGS))
     trainer = train.Trainer(model, loss_fn, opt, mesh)
     box = {"state": trainer.init_state(0), "batch": parallel.global_batch(batch, mesh)}
 
@@ -413,8 +414,8 @@ def main(argv=None):
         from jax_irl.models.transformer import Transformer
 
         cfg = TransformerConfig.for_family("llama", vocab_size=VOCAB, max_position_embeddings=LENGTH, **dims)
-        counts = lora.count(nnx.eval_shape(lambda: lora.apply(Transformer(cfg, rngs=nnx.Rngs(0)), lora.LoraConfig(
-            rank=16, alpha=32.0, targets=("attn", "mlp")))))
+        counts = lora.count(nnx.eval_shape(lambda: lora.apply(Transformer(cfg, rngs=nnx.Rngs(0)),
+                                                              lora.LoraConfig(**LORA_SETTINGS))))
         print(f"LoRA r16 on attention and MLP: {counts['adapter']:,} trainable parameters of {counts['total']:,} "
               f"({100.0 * counts['adapter'] / counts['total']:.2f}%; optimizer state the same share of full "
               f"fine-tuning's).")

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -284,8 +284,7 @@ def apply(model, cfg: LoraConfig, *, seed: int = 0):
         raise ValueError("lora rank is 0: there is nothing to apply (rank 0 means full fine-tuning)")
     if has_adapters(model):
         raise ValueError("the model has LoRA adapters already: merge them first (lora.merge) or train them on")
-    graphdef, state = nnx.split(model)
-    new = nnx.merge(graphdef, state, copy=True)
+    new = _view(model)
     decoders = list(_decoders(new))
     if not decoders:
         raise ValueError(f"lora.apply found no Transformer decoder in a {type(model).__name__}")
@@ -349,6 +348,8 @@ def set_dropout_key(model, key: jax.Array) -> None:
 
 
 def _view(model):
+    """The same model as new Variable objects over the same arrays (nothing copied): editing the view's
+    attributes or values leaves ``model`` as it is."""
     graphdef, state = nnx.split(model)
     return nnx.merge(graphdef, state, copy=True)
 
@@ -406,9 +407,3 @@ def count(model) -> Dict[str, int]:
     ad = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.LoRAParam)))
     total = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     return {"adapter": ad, "base": total - ad, "total": total}
-
-
-def adapter_arrays(model) -> Dict[str, Dict[str, np.ndarray]]:
-    """{path: {'a': [d_in, r], 'b': [r, d_out]}} of every adapter, as numpy (float32)."""
-    return {p: {"a": np.asarray(ad.a[...], np.float32), "b": np.asarray(ad.b[...], np.float32)}
-            for p, ad in adapters(model)}

@@ -96,7 +96,6 @@ def test_adapted_forward_equals_the_weights_plus_the_low_rank_product(targets):
     assert not lora.has_adapters(merged) and lora.has_adapters(adapted)
     np.testing.assert_allclose(np.asarray(merged(tokens).logits), np.asarray(got), atol=1e-6)
     # the KV-cache decoding path carries the adapters too
-    from jax_irl import sampling  # noqa: F401  (the sampler uses the same forward)
     cache = adapted.init_cache(tokens.shape[0], tokens.shape[1])
     step_logits = []
     for t in range(tokens.shape[1]):
@@ -229,7 +228,7 @@ def test_adapter_only_checkpoints_resume_exactly(tmp_path):
     size = _dir_bytes(step_dir)
     adapter_bytes = 3 * 4 * counts["adapter"]  # float32 adapters and Adam's two moments
     # Orbax's metadata adds a few hundred KiB (it varies by run); a checkpoint holding the base at all would
-    # exceed the base's own float32 bytes (853 KiB here), which this one stays well below.
+    # exceed the base's own float32 bytes (833 KiB here), which this one stays well below.
     assert adapter_bytes <= size < 4 * counts["base"], (size, adapter_bytes, 4 * counts["base"])
 
 
