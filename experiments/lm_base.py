@@ -19,9 +19,9 @@ import numpy as np
 from flax import nnx
 
 from experiments.configs._shared import ModelSize
-from jax_irl import rollout, train
+from jax_irl import rollout, stages, tasks, train
 from jax_irl.algorithms import iqlearn
-from jax_irl.data import arithmetic, batching, tasks
+from jax_irl.data import arithmetic, batching
 from jax_irl.data import game24 as game24_data
 from jax_irl.data.tokenizer import TextTokenizer, train_bpe
 from jax_irl.models import lora as lora_lib
@@ -44,7 +44,7 @@ class BaseConfig:
     # LoRA on the base for every stage after it (0: full fine-tuning); the driver takes lora.rank=16 for
     # base.lora.rank=16. The pretraining of a built-in base always trains every weight.
     lora: lora_lib.LoraConfig = lora_lib.LoraConfig()
-    pretrain: train.StageConfig = train.StageConfig(
+    pretrain: stages.StageConfig = stages.StageConfig(
         steps=1200, batch_size=32, optimizer=train.OptimizerConfig(learning_rate=3e-3, schedule="cosine",
                                                                   warmup_steps=20, weight_decay=0.01))
 
@@ -150,7 +150,7 @@ def _base_model(cfg: BaseConfig, task, tok, train_prompts, mesh, run_dir: str, *
     # The pretraining does not depend on the LoRA settings of the stages after it.
     fingerprint = {"task": dataclasses.asdict(task),
                    "base": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "lora"}}
-    result = train.run_stage(os.path.join(run_dir, "base"), model,
+    result = stages.run_stage(os.path.join(run_dir, "base"), model,
                              iqlearn.make_loss_fn(iqlearn.Method("mle"), vocab_chunk=vocab_chunk), cfg.pretrain,
                              mesh, sampler.batch_fn(rows), seed=0, fingerprint=fingerprint, save_every=save_every,
                              desc="pretrain base", resume_hint=f"Resume with --run-dir {run_dir}")

@@ -24,9 +24,8 @@ import numpy as np
 from flax import nnx
 
 from experiments import lm_base
-from jax_irl import metrics, parallel, rollout, sampling, sweep, symbolic, train
+from jax_irl import metrics, parallel, rollout, sampling, stages, sweep, symbolic, tasks
 from jax_irl.algorithms import grpo, iqlearn, ppo
-from jax_irl.data import tasks
 
 RESUMABLE = ("mesh", "distributed", "save_every", "methods", "seeds", "variants", "group_arms")
 VARIANTS = {"scalar": symbolic.RewardSpec("scalar"), "token": symbolic.RewardSpec("token")}
@@ -64,7 +63,7 @@ Judge = Callable[[Sequence[symbolic.Certificate]], Dict[str, np.ndarray]]
 class RLSFConfig:
     task: tasks.TaskConfig
     base: lm_base.BaseConfig
-    sft: train.StageConfig
+    sft: stages.StageConfig
     ppo: ppo.PPOConfig
     grpo: grpo.GRPOConfig = grpo.GRPOConfig()  # the group arms' shared settings (each arm sets method, credit)
     variants: Dict[str, symbolic.RewardSpec] = dataclasses.field(default_factory=lambda: dict(VARIANTS))
@@ -168,7 +167,7 @@ def run(cfg: RLSFConfig, run_dir: str, *, tool, judge: Judge, secondary: Tuple[s
                         tool=tool, judge=judge, samples=cfg.eval_samples, max_new_tokens=cfg.ppo.max_new_tokens,
                         vocab_chunk=cfg.vocab_chunk, workers=cfg.check_workers)
 
-    sft_eval = sweep.cached_json(os.path.join(run_dir, "sft", "eval.json"), lambda: measure(pi_sft))
+    sft_eval = stages.cached_json(os.path.join(run_dir, "sft", "eval.json"), lambda: measure(pi_sft))
 
     def run_one(name, spec, seed, folder):
         hint = f"Resume with --run-dir {run_dir}"

@@ -399,7 +399,7 @@ def main(argv=None) -> int:
 
 def _stopped_cleanly() -> bool:
     """Whether the exception on its way out is a preemption after saving (so the resumed settings stay)."""
-    from jax_irl.train import StagePreempted
+    from jax_irl.stages import StagePreempted
 
     return isinstance(sys.exc_info()[1], StagePreempted)
 

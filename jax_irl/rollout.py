@@ -352,3 +352,19 @@ def sample_and_evaluate(model, tokenizer, prompts: np.ndarray, prompt_mask: np.n
                                 rows_per_batch=rows_per_score or size * num_samples)
         results[f"{temperature:g}"] = Evaluated(texts, scores, row_scores, rows)
     return results
+
+
+def reference_log_probs(model: nnx.Module, tokens: jax.Array, attention_mask: Optional[jax.Array] = None,
+                        batch_size: Optional[int] = None, vocab_chunk: Optional[int] = None) -> jax.Array:
+    """Per-token log-probs of tokens[:, 1:] under a frozen (reference) model: [B, T] -> [B, T - 1] float32.
+
+    Computed once, outside the train step, so the step needs no second model in memory: put the result in the
+    batch (e.g. summed with ``losses.sequence_log_probs``'s mask for DPO's ref_*_logps). Runs in padded chunks
+    of ``batch_size`` rows (one compiled shape) through ``score_rows``, from hidden states in vocabulary
+    chunks with ``vocab_chunk``.
+    """
+    rows = {"tokens": np.asarray(tokens)}
+    if attention_mask is not None:
+        rows["attention"] = np.asarray(attention_mask)
+    scores = score_rows(model, LMScores(("log_probs",), vocab_chunk=vocab_chunk), rows, rows_per_batch=batch_size)
+    return jnp.asarray(scores["log_probs"])

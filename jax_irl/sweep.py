@@ -22,7 +22,6 @@ differences) when it is not, so a result is never silently reused under another 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -89,40 +88,6 @@ def save_result(folder: str, fingerprint: Dict[str, Any], result: dict) -> None:
     with open(path + ".tmp", "w") as f:
         json.dump({"fingerprint": _as_json(fingerprint), "result": result}, f, indent=2)
     os.replace(path + ".tmp", path)
-
-
-def cached_json(path: str, make: Callable[[], Any]) -> Any:
-    """The JSON at ``path``, or ``make()`` written there atomically (by process 0) and returned: a step of a recipe
-    (labelled pairs, a sample pool, an evaluation) that a resumed run reuses instead of redoing.
-
-    Beside the file goes ``<path>.sha256``, its bytes' SHA-256; a file that no longer matches it (edited by hand,
-    damaged) or that is not JSON is refused with a ValueError naming the file, never reused silently. A file
-    without a checksum (written before checksums were kept) is read as it is."""
-    if os.path.exists(path):
-        with open(path, "rb") as f:
-            data = f.read()
-        if os.path.exists(path + ".sha256"):
-            with open(path + ".sha256") as f:
-                expected = f.read().strip()
-            if hashlib.sha256(data).hexdigest() != expected:
-                raise ValueError(f"{path} does not match its checksum {path}.sha256 (it was edited or damaged after "
-                                 f"it was written); remove both files to recompute it")
-        try:
-            return json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path} is not valid JSON ({err}); remove it (and {path}.sha256) to recompute "
-                             f"it") from None
-    value = make()
-    if jax.process_index() == 0:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        data = json.dumps(value).encode("utf-8")
-        with open(path + ".tmp", "wb") as f:
-            f.write(data)
-        with open(path + ".sha256.tmp", "w") as f:
-            f.write(hashlib.sha256(data).hexdigest() + "\n")
-        os.replace(path + ".sha256.tmp", path + ".sha256")
-        os.replace(path + ".tmp", path)
-    return value
 
 
 def check_selection(selected: Sequence[str], variants: Mapping[str, Any], field: str = "methods") -> None:

@@ -12,9 +12,8 @@ Gradient accumulation splits the batch's leading axis into ``grad_accum_steps`` 
 from ``batch`` to make the result exactly the full-batch gradient.
 
 ``fit`` is the loop (batches, steps, checkpoints on schedule and on SIGTERM, the NaN stop, progress);
-``MetricsWriter`` logs (JSONL + TensorBoard); ``run_stage`` is one resumable stage of an experiment: Trainer +
-Checkpointer with the stage's fingerprint + resume + fit, raising ``StagePreempted`` when stopped early, usable
-in a loop of stages (online rounds, PPO iterations). The learning-rate schedule always spans the stage's steps.
+``MetricsWriter`` logs (JSONL + TensorBoard). One resumable stage of an experiment (Trainer + Checkpointer +
+resume + fit) is ``stages.run_stage``, which sits on this module.
 """
 
 from __future__ import annotations
@@ -37,8 +36,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tensorboardX import SummaryWriter
 
-from jax_irl import parallel, rollout
-from jax_irl.checkpoint import Checkpointer, PreemptionFlag, abstract_like
+from jax_irl import parallel
+from jax_irl.checkpoint import PreemptionFlag, abstract_like
 from jax_irl.models import lora
 
 
@@ -402,87 +401,3 @@ def fit(trainer: Trainer, state: TrainState, batch_fn: Callable[..., Dict[str, A
             checkpointer.save(int(state.step), state, data_position=position, force=True)
         checkpointer.wait()
     return state, status
-
-
-# --- stages -------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class StageConfig:
-    """One training stage: how many steps, on what batch size, with which optimizer. Its fields are part of the
-    stage's checkpoint fingerprint (``run_stage``)."""
-
-    steps: int
-    batch_size: int
-    optimizer: OptimizerConfig = OptimizerConfig()
-
-    def __post_init__(self):
-        if not (isinstance(self.steps, int) and self.steps >= 1):
-            raise ValueError(f"steps must be an int >= 1; got {self.steps!r}")
-        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
-            raise ValueError(f"batch_size must be an int >= 1; got {self.batch_size!r}")
-        schedule_length(self.optimizer, self.steps)  # a schedule that cannot span the steps is refused now
-
-
-class StagePreempted(SystemExit):
-    """A stage stopped early (SIGTERM) after saving; the message says how to resume."""
-
-
-class StageResult(NamedTuple):
-    model: nnx.Module  # the trained model
-    state: TrainState
-    trainer: Trainer
-
-
-def run_stage(folder: str, model: nnx.Module, loss_fn: Callable, stage: StageConfig, mesh: Mesh,
-              batch_fn: Callable[..., Dict[str, Any]], *, seed: int, fingerprint: Dict[str, Any],
-              save_every: int, keep: int = 2, resumable_keys: Tuple[str, ...] = (), batch_needs_model: bool = False,
-              desc: str = "train", resume_hint: str = "", progress: bool = True, eval_fn: Optional[Callable] = None,
-              eval_every: Optional[int] = None, tx: Optional[optax.GradientTransformation] = None) -> StageResult:
-    """Train ``model`` with ``loss_fn`` for ``stage.steps`` steps in ``folder`` (checkpoints/, metrics.jsonl,
-    tensorboard/), resuming from the folder's latest checkpoint when there is one.
-
-    The checkpoint fingerprint is ``fingerprint`` (what the stage depends on: data, model, method, seed) plus
-    the stage's own fields under 'stage', so a changed stage or dependency is refused on resume
-    (``resumable_keys``, dotted paths such as 'stage.steps', may change). ``batch_fn`` and ``batch_needs_model``
-    are ``fit``'s; the data position starts at 0 (a loop of stages gives each its own folder, and its batch_fn
-    may fold a round index into the keys it draws). Raises ``StagePreempted`` (a SystemExit whose message ends
-    with ``resume_hint``) when stopped by SIGTERM after saving. ``tx`` replaces the optimizer built from
-    ``stage.optimizer`` (``Trainer``).
-    """
-    trainer = Trainer(model, loss_fn, stage.optimizer, mesh, total_steps=stage.steps, tx=tx)
-    full = dict(fingerprint, stage=dataclasses.asdict(stage))
-    with Checkpointer(os.path.join(folder, "checkpoints"), fingerprint=full, save_every=save_every, keep=keep,
-                      resumable_keys=resumable_keys) as ckpt:
-        state, position = resume_or_init(trainer, ckpt, seed=seed)
-        if int(state.step):
-            print(f"{desc}: resumed from step {int(state.step)}")
-            # The restored step's record: after a fallback past a damaged checkpoint it is not the latest one.
-            saved_steps = ckpt.check_fingerprint(int(state.step))["fingerprint"].get("stage", {}).get("steps")
-            if saved_steps not in (None, stage.steps) and stage.optimizer.schedule != "constant":
-                print(f"{desc}: the stage now trains {stage.steps} steps (it was {saved_steps}); its "
-                      f"{stage.optimizer.schedule} learning-rate schedule now spans {stage.steps} steps, continuing "
-                      f"from step {int(state.step)} at {float(trainer.schedule(int(state.step))):.3g}")
-        state, status = fit(trainer, state, batch_fn, steps=stage.steps, start_position=position, checkpointer=ckpt,
-                            log_dir=folder, batch_needs_model=batch_needs_model, desc=desc, progress=progress,
-                            eval_fn=eval_fn, eval_every=eval_every)
-    if status != "done":
-        raise StagePreempted(f"{desc}: stopped at step {int(state.step)} after saving. {resume_hint}".strip())
-    return StageResult(trainer.model(state), state, trainer)
-
-
-def reference_log_probs(model: nnx.Module, tokens: jax.Array, attention_mask: Optional[jax.Array] = None,
-                        batch_size: Optional[int] = None, vocab_chunk: Optional[int] = None) -> jax.Array:
-    """Per-token log-probs of tokens[:, 1:] under a frozen (reference) model: [B, T] -> [B, T - 1] float32.
-
-    Computed once, outside the train step, so the step needs no second model in memory: put the result in the
-    batch (e.g. summed with ``losses.sequence_log_probs``'s mask for DPO's ref_*_logps). Runs in padded chunks
-    of ``batch_size`` rows (one compiled shape) through ``rollout.score_rows``, from hidden states in vocabulary
-    chunks with ``vocab_chunk``.
-    """
-    rows = {"tokens": np.asarray(tokens)}
-    if attention_mask is not None:
-        rows["attention"] = np.asarray(attention_mask)
-    scores = rollout.score_rows(model, rollout.LMScores(("log_probs",), vocab_chunk=vocab_chunk), rows,
-                                rows_per_batch=batch_size)
-    return jnp.asarray(scores["log_probs"])

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_irl import parallel, rollout, train
+from jax_irl import parallel, rollout, tasks, train
 from jax_irl.algorithms import iqlearn
-from jax_irl.data import batching, tasks
+from jax_irl.data import batching
 from jax_irl.data.tokenizer import train_bpe
 from jax_irl.models.config import TransformerConfig
 from jax_irl.models.transformer import Transformer

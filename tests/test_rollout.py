@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_irl import losses, metrics, rollout, sampling, train
+from jax_irl import losses, metrics, rollout, sampling
 from jax_irl.models.config import TransformerConfig
 from jax_irl.models.transformer import Transformer
 from tests.losses import harness, reference
@@ -122,10 +122,10 @@ def test_batches_with_padding_equal_one_pass_and_compile_once(model, monkeypatch
 def test_reference_log_probs_use_the_scorer_and_compile_once(model, monkeypatch):
     rows = _rows(n=8)
     traces = _count_traces(monkeypatch)
-    a = train.reference_log_probs(model, rows["tokens"], rows["attention"], batch_size=3)
+    a = rollout.reference_log_probs(model, rows["tokens"], rows["attention"], batch_size=3)
     assert len(traces) <= 1  # at most one compilation (another test may have compiled this scorer and shape)
     before = len(traces)
-    b = train.reference_log_probs(model, rows["tokens"], rows["attention"], batch_size=3)
+    b = rollout.reference_log_probs(model, rows["tokens"], rows["attention"], batch_size=3)
     assert len(traces) == before  # the second call reuses the compiled scorer
     direct = losses.token_log_probs(model(jnp.asarray(rows["tokens"][:, :-1]),
                                           attention_mask=rows["attention"][:, :-1]).logits, rows["tokens"][:, 1:])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_irl import checkpoint, losses, parallel, train
+from jax_irl import checkpoint, losses, parallel, stages, train
 from jax_irl.models.config import TransformerConfig
 from jax_irl.models.transformer import Transformer
 
@@ -47,9 +47,9 @@ def test_the_schedule_spans_the_stages_steps():
 
 def test_a_schedule_of_another_length_is_refused():
     with pytest.raises(ValueError, match="total_steps=300 but the stage trains 1000 steps"):
-        train.StageConfig(steps=1000, batch_size=8, optimizer=train.OptimizerConfig(schedule="cosine", total_steps=300))
+        stages.StageConfig(steps=1000, batch_size=8, optimizer=train.OptimizerConfig(schedule="cosine", total_steps=300))
     with pytest.raises(ValueError, match="warmup_steps=2 is longer than the stage's 1 steps"):
-        train.StageConfig(steps=1, batch_size=8, optimizer=COSINE)
+        stages.StageConfig(steps=1, batch_size=8, optimizer=COSINE)
     mesh = parallel.make_mesh(parallel.MeshConfig(1, 1, 1), jax.devices()[:1])
     with pytest.raises(ValueError, match="cosine schedule needs the stage's step count"):
         train.Trainer(_model(), _loss_fn, COSINE, mesh)
@@ -61,15 +61,15 @@ def test_a_schedule_of_another_length_is_refused():
         with pytest.raises(ValueError, match=match):
             train.OptimizerConfig(**bad)
     with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
-        train.StageConfig(steps=3, batch_size=0)
+        stages.StageConfig(steps=3, batch_size=0)
 
 
-STAGE = train.StageConfig(steps=6, batch_size=8, optimizer=COSINE)
+STAGE = stages.StageConfig(steps=6, batch_size=8, optimizer=COSINE)
 
 
 def _stage(folder, batch_fn=_batch, stage=STAGE):
     mesh = parallel.make_mesh(parallel.MeshConfig(2, 1, 1), jax.devices()[:2])
-    return train.run_stage(str(folder), _model(), _loss_fn, stage, mesh, batch_fn, seed=3,
+    return stages.run_stage(str(folder), _model(), _loss_fn, stage, mesh, batch_fn, seed=3,
                            fingerprint={"data": "random"}, save_every=100, desc="test", progress=False,
                            resume_hint="Resume with the same call.")
 
@@ -83,7 +83,7 @@ def test_a_preempted_stage_resumes_to_the_uninterrupted_params(tmp_path):
             os.kill(os.getpid(), signal.SIGTERM)  # the stage saves at this step and stops
         return _batch(position)
 
-    with pytest.raises(train.StagePreempted, match="stopped at step 3 after saving. Resume with the same call."):
+    with pytest.raises(stages.StagePreempted, match="stopped at step 3 after saving. Resume with the same call."):
         _stage(tmp_path / "split", preempting)
     resumed = _stage(tmp_path / "split", preempting)
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(straight.state.params),
@@ -95,7 +95,7 @@ def test_a_preempted_stage_resumes_to_the_uninterrupted_params(tmp_path):
         assert [json.loads(line)["loss"] for line in f] == [r["loss"] for r in rows]
     # The trained model is returned; the stage's own fields are part of its checkpoint's fingerprint.
     assert isinstance(resumed.model, Transformer)
-    other = train.StageConfig(steps=6, batch_size=8, optimizer=train.OptimizerConfig(learning_rate=5e-3))
+    other = stages.StageConfig(steps=6, batch_size=8, optimizer=train.OptimizerConfig(learning_rate=5e-3))
     with pytest.raises(checkpoint.CheckpointMismatchError, match="stage.optimizer.learning_rate"):
         _stage(tmp_path / "split", stage=other)
 

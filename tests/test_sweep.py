@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from jax_irl import sweep
+from jax_irl import stages, sweep
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,25 +90,23 @@ def test_results_and_plots_are_written(tmp_path):
 
 
 def test_cached_json_refuses_an_edited_or_damaged_file_naming_it(tmp_path):
-    from jax_irl import sweep as sw
-
     path = str(tmp_path / "pool.json")
     calls = []
     make = lambda: calls.append(1) or {"pairs": [1, 2, 3]}  # noqa: E731
-    assert sw.cached_json(path, make) == {"pairs": [1, 2, 3]} and len(calls) == 1
-    assert sw.cached_json(path, make) == {"pairs": [1, 2, 3]} and len(calls) == 1  # reused, not recomputed
+    assert stages.cached_json(path, make) == {"pairs": [1, 2, 3]} and len(calls) == 1
+    assert stages.cached_json(path, make) == {"pairs": [1, 2, 3]} and len(calls) == 1  # reused, not recomputed
     original = open(path).read()
     with open(path, "w") as f:
         f.write(original.replace("3", "4"))  # an edit that is still valid JSON
     with pytest.raises(ValueError, match=f"{path} does not match its checksum"):
-        sw.cached_json(path, make)
+        stages.cached_json(path, make)
     with open(path, "w") as f:
         f.write(original[:7])  # truncated
     with pytest.raises(ValueError, match=f"{path} does not match its checksum"):
-        sw.cached_json(path, make)
+        stages.cached_json(path, make)
     os.remove(path + ".sha256")  # no checksum (an older run's file): still refused when it is not JSON
     with pytest.raises(ValueError, match=f"{path} is not valid JSON"):
-        sw.cached_json(path, make)
+        stages.cached_json(path, make)
     with open(path, "w") as f:
         f.write(original)
-    assert sw.cached_json(path, make) == {"pairs": [1, 2, 3]} and len(calls) == 1
+    assert stages.cached_json(path, make) == {"pairs": [1, 2, 3]} and len(calls) == 1

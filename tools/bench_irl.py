@@ -22,9 +22,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jax_irl import parallel, rollout, train
+from jax_irl import parallel, rollout, tasks, train
 from jax_irl.algorithms import iqlearn
-from jax_irl.data import batching, tasks
+from jax_irl.data import batching
 from jax_irl.data.tokenizer import train_bpe
 from jax_irl.models.config import TransformerConfig
 from jax_irl.models.transformer import Transformer

@@ -11,7 +11,7 @@ Sides (each one compiled step or one eager step):
   with full logits (the path without the window, to show what it buys), the same in bf16 compute (float32
   params, optimizer state, norms, softmax and loss), IQLearn (td 0.1, gamma 0.99), DPO with
   reference log-probs precomputed (``gshf.dpo_loss_fn``), the reference log-probs' own cost per batch
-  (``train.reference_log_probs``, which is compiled once), and one PPO minibatch update (``ppo.ppo_loss_fn``
+  (``rollout.reference_log_probs``, which is compiled once), and one PPO minibatch update (``ppo.ppo_loss_fn``
   with a shared-critic value head, the responses being the last 128 tokens; on request the same with a critic
   backbone of its own, 'separate', as verl and OpenRLHF run PPO), and one GRPO minibatch update of
   the same rows as 2 prompts x G = 8 responses (``grpo.grpo_loss_fn``, the GRPO preset: group advantages,
@@ -117,7 +117,7 @@ def jax_side(name: str, size: str):
     import numpy as np
     from flax import nnx
 
-    from jax_irl import parallel, train
+    from jax_irl import parallel, rollout, train
     from jax_irl.algorithms import grpo, gshf, iqlearn, ppo
     from jax_irl.models import lora
     from jax_irl.models.config import TransformerConfig
@@ -137,7 +137,7 @@ def jax_side(name: str, size: str):
         toks = jnp.asarray(tokens)
 
         def ref_step():
-            jax.block_until_ready(train.reference_log_probs(model, toks))
+            jax.block_until_ready(rollout.reference_log_probs(model, toks))
         return ref_step
     mesh = parallel.make_mesh(parallel.MeshConfig(1, 1, 1), jax.devices()[:1])
     opt = train.OptimizerConfig(learning_rate=LR, weight_decay=0.0, max_grad_norm=CLIP)

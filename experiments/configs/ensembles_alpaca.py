@@ -14,10 +14,9 @@ from __future__ import annotations
 from experiments import lm_base
 from experiments.configs import ensembles_arithmetic
 from experiments.configs.ensembles_arithmetic import RESUMABLE, EnsemblesConfig, run  # noqa: F401
-from jax_irl import parallel, train
+from jax_irl import parallel, stages, tasks, train
 from jax_irl.algorithms import ppo
 from jax_irl.algorithms import reward_models as rm
-from jax_irl.data import tasks
 
 
 def config() -> EnsemblesConfig:
@@ -26,7 +25,7 @@ def config() -> EnsemblesConfig:
         base=lm_base.BaseConfig(hf_checkpoint=None, dtype="bfloat16", max_length=512),
         skip_sft=True,
         pairs=10_000, candidates=4, label_noise=(0.0, 0.25),
-        rm_stage=train.StageConfig(steps=2000, batch_size=64, optimizer=train.OptimizerConfig(
+        rm_stage=stages.StageConfig(steps=2000, batch_size=64, optimizer=train.OptimizerConfig(
             learning_rate=1e-5, schedule="cosine", warmup_steps=100, weight_decay=0.0)),
         variants={"single": rm.RMKind(), "multihead": rm.RMKind("multihead", heads=4),
                   "ensemble": rm.RMKind("ensemble", heads=4)},

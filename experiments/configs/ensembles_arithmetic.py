@@ -33,10 +33,10 @@ import numpy as np
 from flax import nnx
 
 from experiments import lm_base
-from jax_irl import losses, parallel, rollout, sweep, train
+from jax_irl import losses, parallel, rollout, stages, sweep, tasks, train
 from jax_irl.algorithms import gshf, iqlearn, ppo
 from jax_irl.algorithms import reward_models as rm
-from jax_irl.data import arithmetic, tasks
+from jax_irl.data import arithmetic
 from jax_irl.data.tokenizer import TextTokenizer
 from jax_irl.models import hf, lora
 from jax_irl.models.transformer import Transformer
@@ -51,7 +51,7 @@ AGGREGATIONS = (("mean", None), ("min", None), ("uwo", 0.5), ("lcb", 1.0))
 class EnsemblesConfig:
     task: tasks.TaskConfig = tasks.TaskConfig(name="arithmetic", train_examples=2000, eval_examples=32)
     base: lm_base.BaseConfig = lm_base.BaseConfig()
-    sft: train.StageConfig = train.StageConfig(
+    sft: stages.StageConfig = stages.StageConfig(
         steps=300, batch_size=32, optimizer=train.OptimizerConfig(learning_rate=2e-3, schedule="cosine",
                                                                  warmup_steps=20, weight_decay=0.01))
     skip_sft: bool = False  # pi0 is the base as it is (an HF checkpoint that is already fine-tuned)
@@ -62,7 +62,7 @@ class EnsemblesConfig:
     candidates: int = 4  # pi0 samples per labelled prompt: the pair is the best and the worst under the gold
     oracle: gshf.OracleConfig = gshf.OracleConfig()  # deterministic labels (ties skipped) or Bradley-Terry
     label_noise: Tuple[float, ...] = (0.0, 0.25)
-    rm_stage: train.StageConfig = train.StageConfig(steps=150, batch_size=16, optimizer=train.OptimizerConfig(
+    rm_stage: stages.StageConfig = stages.StageConfig(steps=150, batch_size=16, optimizer=train.OptimizerConfig(
         learning_rate=3e-4, schedule="cosine", warmup_steps=10, weight_decay=0.01))
     variants: Dict[str, rm.RMKind] = dataclasses.field(default_factory=lambda: dict(VARIANTS))
     methods: Tuple[str, ...] = tuple(VARIANTS)
@@ -164,7 +164,7 @@ def run(cfg: EnsemblesConfig, run_dir: str) -> dict:
         records, counts = gshf.make_pairs(chosen.texts, texts, gold, cfg.oracle, np.random.default_rng(0))
         return {"records": records, "counts": counts}
 
-    pairs = sweep.cached_json(os.path.join(run_dir, "data", "pairs.json"), labelled)["records"]
+    pairs = stages.cached_json(os.path.join(run_dir, "data", "pairs.json"), labelled)["records"]
     if len(pairs) < 10:
         raise ValueError(f"only {len(pairs)} of {cfg.pairs} prompts gave a labelled pair (identical samples and gold "
                          f"ties are skipped): raise pairs or candidates, or label ties with oracle.temperature > 0")
@@ -175,7 +175,7 @@ def run(cfg: EnsemblesConfig, run_dir: str) -> dict:
         texts, gold, _ = gshf.sample_texts(pi0, eval_prompts, jax.random.PRNGKey(12), cfg.bon_samples, settings)
         return {"texts": texts, "gold": gold.tolist()}
 
-    pool = sweep.cached_json(os.path.join(run_dir, "data", "bon_pool.json"), bon_pool)
+    pool = stages.cached_json(os.path.join(run_dir, "data", "bon_pool.json"), bon_pool)
     pool_gold = np.asarray(pool["gold"])
     pool_rows = _rows(rm_tok, [p for p in eval_prompts.texts for _ in range(cfg.bon_samples)],
                       [t for ts in pool["texts"] for t in ts], max_length)
@@ -197,7 +197,7 @@ def run(cfg: EnsemblesConfig, run_dir: str) -> dict:
             return {k: rows[k][rows_idx] for k in ("tokens", "attention")}
 
         model = rm.build(kind, lambda r: nnx.clone(rm_base), seed=seed)
-        trained = train.run_stage(os.path.join(folder, "rm"), model, rm.bt_loss_fn(kind), cfg.rm_stage, mesh,
+        trained = stages.run_stage(os.path.join(folder, "rm"), model, rm.bt_loss_fn(kind), cfg.rm_stage, mesh,
                                   batch_fn, seed=seed, save_every=cfg.save_every,
                                   fingerprint=dict(depends, kind=kind, noise=noise, pairs=len(records)),
                                   tx=rm.optimizer_for(kind, cfg.rm_stage.optimizer, cfg.rm_stage.steps),

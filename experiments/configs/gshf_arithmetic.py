@@ -20,9 +20,9 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from experiments import lm_base
-from jax_irl import metrics, parallel, rollout, sweep, train
+from jax_irl import metrics, parallel, rollout, stages, sweep, tasks, train
 from jax_irl.algorithms import gshf, iqlearn
-from jax_irl.data import arithmetic, jsonl, tasks
+from jax_irl.data import arithmetic, jsonl
 from jax_irl.data.tokenizer import TextTokenizer
 from jax_irl.models import hf
 
@@ -36,7 +36,7 @@ VARIANTS = {"offline_dpo": gshf.GSHFMethod("offline_dpo"), "rejection": gshf.GSH
 class GSHFConfig:
     task: tasks.TaskConfig = tasks.TaskConfig(name="arithmetic", train_examples=2000, eval_examples=64)
     base: lm_base.BaseConfig = lm_base.BaseConfig()
-    sft: train.StageConfig = train.StageConfig(  # pi0: the base fine-tuned with MLE on the task's solutions
+    sft: stages.StageConfig = stages.StageConfig(  # pi0: the base fine-tuned with MLE on the task's solutions
         steps=300, batch_size=32, optimizer=train.OptimizerConfig(learning_rate=2e-3, schedule="cosine",
                                                                  warmup_steps=20, weight_decay=0.01))
     skip_sft: bool = False  # pi0 is the base as it is (an HF checkpoint that is already fine-tuned)

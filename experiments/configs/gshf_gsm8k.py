@@ -21,8 +21,7 @@ import dataclasses
 from experiments import lm_base
 from experiments.configs import gshf_arithmetic
 from experiments.configs.gshf_arithmetic import RESUMABLE, VARIANTS, GSHFConfig, run  # noqa: F401
-from jax_irl import parallel, train
-from jax_irl.data import tasks
+from jax_irl import parallel, tasks, train
 
 
 def config() -> GSHFConfig:

@@ -28,9 +28,9 @@ import jax
 import numpy as np
 
 from experiments import lm_base
-from jax_irl import metrics, parallel, sweep, train
+from jax_irl import metrics, parallel, stages, sweep, tasks, train
 from jax_irl.algorithms.iqlearn import Method, evaluate, finetune, reward_pair_accuracy
-from jax_irl.data import arithmetic, tasks
+from jax_irl.data import arithmetic
 
 RESUMABLE = ("mesh", "distributed", "save_every", "methods", "seeds", "variants")
 
@@ -88,7 +88,7 @@ class IRLConfig:
     task: tasks.TaskConfig = tasks.TaskConfig(name="arithmetic", train_examples=2000, eval_examples=48,
                                               diverse_solutions=True)
     base: lm_base.BaseConfig = lm_base.BaseConfig()
-    finetune: train.StageConfig = train.StageConfig(
+    finetune: stages.StageConfig = stages.StageConfig(
         steps=300, batch_size=32, optimizer=train.OptimizerConfig(learning_rate=2e-3, schedule="cosine",
                                                                  warmup_steps=20, weight_decay=0.01))
     evaluation: EvalConfig = EvalConfig()

@@ -24,8 +24,7 @@ from experiments import lm_base
 from experiments.configs import irl_arithmetic
 from experiments.configs.irl_arithmetic import (DEFAULT_METHODS, RESUMABLE, SMALL_DATA,  # noqa: F401
                                                  VARIANTS, EvalConfig, IRLConfig, run, small_data_variants)
-from jax_irl import parallel, train
-from jax_irl.data import tasks
+from jax_irl import parallel, stages, tasks, train
 
 SMALL = 1000  # the small-data ablation at this scale: 1000 of the 7473 training problems
 
@@ -42,7 +41,7 @@ def config() -> IRLConfig:
         # required: a local folder with config.json, safetensors and the tokenizer
         base=lm_base.BaseConfig(hf_checkpoint=None, dtype="bfloat16", max_length=512),
         # 1000 steps at batch 64: about 8.6 epochs of GSM8K's 7473 training problems
-        finetune=train.StageConfig(steps=1000, batch_size=64, optimizer=train.OptimizerConfig(
+        finetune=stages.StageConfig(steps=1000, batch_size=64, optimizer=train.OptimizerConfig(
             learning_rate=1e-5, schedule="cosine", warmup_steps=50, weight_decay=0.0, max_grad_norm=1.0)),
         evaluation=EvalConfig(num_samples=4, max_new_tokens=256, prompts_per_batch=128, rows_per_score=32),
         variants=variants(),

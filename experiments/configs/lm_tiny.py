@@ -18,7 +18,7 @@ from flax import nnx
 
 from experiments.configs import _addition as addition
 from experiments.configs._shared import ModelSize
-from jax_irl import parallel, sampling, train
+from jax_irl import parallel, sampling, stages, train
 from jax_irl.algorithms.iqlearn import Method, make_loss_fn
 from jax_irl.models.config import TransformerConfig
 from jax_irl.models.transformer import Transformer
@@ -29,7 +29,7 @@ RESUMABLE = ("train.steps", "save_every", "keep", "mesh", "distributed")
 @dataclasses.dataclass(frozen=True)
 class LMTinyConfig:
     model: ModelSize = ModelSize()
-    train: train.StageConfig = train.StageConfig(
+    train: stages.StageConfig = stages.StageConfig(
         steps=300, batch_size=64, optimizer=train.OptimizerConfig(learning_rate=3e-3, schedule="cosine",
                                                                  warmup_steps=20, weight_decay=0.01))
     mesh: parallel.MeshConfig = parallel.MeshConfig()
@@ -76,7 +76,7 @@ def run(cfg: LMTinyConfig, run_dir: str) -> dict:
 
     depends = {k: v for k, v in dataclasses.asdict(cfg).items()
                if k not in ("train", "mesh", "distributed", "save_every", "keep")}
-    result = train.run_stage(run_dir, Transformer(model_cfg, rngs=nnx.Rngs(cfg.seed)),
+    result = stages.run_stage(run_dir, Transformer(model_cfg, rngs=nnx.Rngs(cfg.seed)),
                              make_loss_fn(Method("iqlearn", td_weight=cfg.td_weight, gamma=cfg.gamma)), cfg.train,
                              mesh, batch_fn, seed=cfg.seed, fingerprint=depends, save_every=cfg.save_every,
                              keep=cfg.keep, resumable_keys=("stage.steps",), desc="lm_tiny",

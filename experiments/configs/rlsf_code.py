@@ -21,9 +21,9 @@ from __future__ import annotations
 from experiments import lm_base, rlsf
 from experiments.configs._shared import ModelSize
 from experiments.rlsf import RLSFConfig
-from jax_irl import train
+from jax_irl import stages, tasks, train
 from jax_irl.algorithms import grpo, ppo
-from jax_irl.data import pseudocode, tasks
+from jax_irl.data import pseudocode
 from jax_irl.symbolic.programs import PythonTool, TestCase
 
 RESUMABLE = rlsf.RESUMABLE
@@ -35,9 +35,9 @@ def config() -> RLSFConfig:
         base=lm_base.BaseConfig(
             model=ModelSize(hidden_size=96, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256),
             vocab_size=512, max_length=128, max_positions=192, calculation_rows=0,
-            pretrain=train.StageConfig(steps=300, batch_size=32, optimizer=train.OptimizerConfig(
+            pretrain=stages.StageConfig(steps=300, batch_size=32, optimizer=train.OptimizerConfig(
                 learning_rate=3e-3, schedule="cosine", warmup_steps=20, weight_decay=0.01))),
-        sft=train.StageConfig(steps=1000, batch_size=32, optimizer=train.OptimizerConfig(
+        sft=stages.StageConfig(steps=1000, batch_size=32, optimizer=train.OptimizerConfig(
             learning_rate=2e-3, schedule="cosine", warmup_steps=20, weight_decay=0.01)),
         ppo=ppo.PPOConfig(iterations=16, prompts_per_rollout=16, samples_per_prompt=2, max_new_tokens=64, epochs=2,
                           minibatches=2, kl_coef=0.05, optimizer=train.OptimizerConfig(learning_rate=3e-5)),

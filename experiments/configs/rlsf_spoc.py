@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from experiments import lm_base, rlsf
 from experiments.rlsf import RLSFConfig
-from jax_irl import parallel, train
+from jax_irl import parallel, stages, tasks, train
 from jax_irl.algorithms import grpo, ppo
-from jax_irl.data import jsonl, tasks
+from jax_irl.data import jsonl
 from jax_irl.symbolic import sandbox
 from jax_irl.symbolic.programs import CppTool, TestCase
 
@@ -27,7 +27,7 @@ def config() -> RLSFConfig:
     return RLSFConfig(
         task=tasks.TaskConfig(name="spoc", data_dir=None, train_examples=16_000, eval_examples=1_000),
         base=lm_base.BaseConfig(hf_checkpoint=None, dtype="bfloat16", max_length=1024),
-        sft=train.StageConfig(steps=2000, batch_size=64, optimizer=train.OptimizerConfig(
+        sft=stages.StageConfig(steps=2000, batch_size=64, optimizer=train.OptimizerConfig(
             learning_rate=1e-5, schedule="cosine", warmup_steps=100, weight_decay=0.0)),
         ppo=ppo.PPOConfig(iterations=200, prompts_per_rollout=64, samples_per_prompt=4, max_new_tokens=512, epochs=2,
                           minibatches=4, kl_coef=0.05, kl_target=6.0, optimizer=train.OptimizerConfig(

@@ -24,7 +24,7 @@ One iteration on a policy pi_theta (a causal LM, no value head) with an optional
 The method presets (``METHODS``) fill every setting left as None; any of them can be set by hand.
 
 This module reuses ``ppo.PPORun`` for the rollouts' files, minibatch order and exact resume (a rollout is saved
-to rollouts/<i>.npz before any update uses it; a run stopped inside an iteration reloads it) and ``train.run_stage``
+to rollouts/<i>.npz before any update uses it; a run stopped inside an iteration reloads it) and ``stages.run_stage``
 for the loop: no critic, no value head, and with kl_coef = 0 and no reference, no second model in memory.
 """
 
@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_irl import losses, rollout, train
+from jax_irl import losses, rollout, stages, train
 from jax_irl.algorithms import ppo
 
 # reward_fn(prompt texts [N], response ids [N, R], response mask [N, R]) ->
@@ -410,14 +410,14 @@ def train_grpo(folder: str, model, reference, cfg: GRPOConfig, mesh, prompts: pp
                vocab_chunk: Optional[int] = None, rows_per_score: Optional[int] = None,
                keep_rollouts: Optional[int] = 4, eval_fn: Optional[Callable] = None, eval_every: Optional[int] = None,
                progress: bool = True, desc: Optional[str] = None, resume_hint: str = ""
-               ) -> Tuple[train.StageResult, list]:
+               ) -> Tuple[stages.StageResult, list]:
     """A group method on ``model`` (a causal LM) for ``cfg.iterations`` iterations in ``folder``: checkpoints/,
     metrics.jsonl (every optimizer step: loss, policy_loss, kl, clip_fraction_low / _high, approx_kl, ratio_mean,
     entropy, reward), rollouts/ (per iteration: the rows and the stats: reward, reward_std_in_group,
     degenerate_share, truncated_share, response_length, kl, sampler_logprob_gap_max / _mean, and the reward
     function's stats). ``reference`` may be None when the KL coefficient is 0. Resumes exactly (``ppo``'s module
     docstring). Returns (StageResult, per-iteration stats)."""
-    stage = train.StageConfig(steps=cfg.steps, batch_size=cfg.rows // cfg.minibatches, optimizer=cfg.optimizer)
+    stage = stages.StageConfig(steps=cfg.steps, batch_size=cfg.rows // cfg.minibatches, optimizer=cfg.optimizer)
     run = GroupRun(folder, reference, cfg, prompts, reward_fn, seed=seed, eos_id=eos_id, pad_id=pad_id,
                    vocab_chunk=vocab_chunk, rows_per_score=rows_per_score, keep_rollouts=keep_rollouts)
     if cfg.settings["kl_coef"] > 0 and reference is None:
@@ -425,7 +425,7 @@ def train_grpo(folder: str, model, reference, cfg: GRPOConfig, mesh, prompts: pp
                          f"reference model, or set kl_coef=0")
     window = rollout.useful_window(cfg.max_new_tokens, prompts.tokens.shape[1] + cfg.max_new_tokens - 1)
     config = dict(dataclasses.asdict(cfg), settings=cfg.settings)
-    result = train.run_stage(folder, model, grpo_loss_fn(cfg, vocab_chunk, window), stage, mesh, run.batch_fn,
+    result = stages.run_stage(folder, model, grpo_loss_fn(cfg, vocab_chunk, window), stage, mesh, run.batch_fn,
                              seed=seed, fingerprint=dict(fingerprint, grpo=config), save_every=save_every,
                              batch_needs_model=True, desc=desc or cfg.method, resume_hint=resume_hint,
                              progress=progress, eval_fn=eval_fn, eval_every=eval_every)

@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_irl import losses, rollout, sweep, train
+from jax_irl import losses, rollout, stages, train
 from jax_irl.algorithms.iqlearn import Method, make_loss_fn
 from jax_irl.data import batching, jsonl
 
@@ -273,14 +273,14 @@ def pair_batch_fn(rows: Dict[str, np.ndarray], ref_logps: np.ndarray, batch_pair
 
 
 def stage_for(num_items: int, batch_size: int, epochs: float, optimizer: train.OptimizerConfig,
-              multiple: int = 1) -> train.StageConfig:
+              multiple: int = 1) -> stages.StageConfig:
     """A stage of ceil(epochs * num_items / batch) steps (at least 1) at batch min(batch_size, num_items), cut
     down to a multiple of ``multiple`` (the items a mesh's data-parallel axes need per batch)."""
     batch = min(batch_size, num_items) // multiple * multiple
     if batch < 1:
         raise ValueError(f"{num_items} items cannot fill one batch of a multiple of {multiple} (the mesh's "
                          f"data-parallel size): label more pairs or use fewer data-parallel devices")
-    return train.StageConfig(steps=max(1, math.ceil(epochs * num_items / batch)), batch_size=batch,
+    return stages.StageConfig(steps=max(1, math.ceil(epochs * num_items / batch)), batch_size=batch,
                              optimizer=optimizer)
 
 
@@ -486,7 +486,7 @@ def _train_dpo(init, ctx: Context, method: GSHFMethod, buffer, folder: str, seed
     margin = None
     if method.pessimism:  # c * (Gamma_rejected - Gamma_chosen): see losses.preference on the sign
         margin = method.pessimism * np.array([r["rejected_uncertainty"] - r["chosen_uncertainty"] for r in buffer])
-    result = train.run_stage(folder, init, dpo_loss_fn(cfg, ctx.vocab_chunk, rollout.loss_window(rows["mask"])),
+    result = stages.run_stage(folder, init, dpo_loss_fn(cfg, ctx.vocab_chunk, rollout.loss_window(rows["mask"])),
                              stage, ctx.mesh,
                              pair_batch_fn(rows, ref, stage.batch_size, seed, margin), seed=seed,
                              save_every=ctx.save_every,
@@ -503,11 +503,11 @@ def run_method(method: GSHFMethod, ctx: Context, seed: int, folder: str, fingerp
     # pi0 and every policy sample the eval prompts with the same key (common random numbers): a policy equal to
     # pi0 draws the same samples, so its win rate is exactly 1/2 and the comparison is paired.
     eval_key = jax.random.PRNGKey(20_000 + seed)
-    pi0_gold = np.asarray(sweep.cached_json(os.path.join(folder, "pi0_eval_gold.json"), lambda: sample_texts(
+    pi0_gold = np.asarray(stages.cached_json(os.path.join(folder, "pi0_eval_gold.json"), lambda: sample_texts(
         ctx.pi0, ctx.eval_prompts, eval_key, ctx.eval_samples, ctx.settings)[1].tolist()))
 
     def measure(policy, where: str) -> Dict[str, float]:
-        return sweep.cached_json(os.path.join(where, "eval.json"), lambda: evaluate_policy(
+        return stages.cached_json(os.path.join(where, "eval.json"), lambda: evaluate_policy(
             policy, ctx.pi0, ctx.eval_prompts, eval_key, ctx.settings, ctx.eval_samples,
             pi0_gold, ctx.vocab_chunk))
 
@@ -524,7 +524,7 @@ def run_method(method: GSHFMethod, ctx: Context, seed: int, folder: str, fingerp
             made = {"records": list(ctx.offline_records),
                     "counts": {"pairs": len(ctx.offline_records), "identical": 0, "ties": 0}}
         else:
-            made = sweep.cached_json(os.path.join(where, "pairs.json"), lambda: _pairs_from(
+            made = stages.cached_json(os.path.join(where, "pairs.json"), lambda: _pairs_from(
                 ctx.pi0, ctx, method, _round_prompts(ctx, seed, 0, offline_rounds * method.prompts_per_round), seed,
                 0, online=False))
         buffer += made["records"]
@@ -535,7 +535,7 @@ def run_method(method: GSHFMethod, ctx: Context, seed: int, folder: str, fingerp
     for t in range(1 if offline_rounds else 0, method.rounds - offline_rounds + (1 if offline_rounds else 0)):
         where = os.path.join(folder, f"round_{t}")
         current = policy
-        made = sweep.cached_json(os.path.join(where, "pairs.json"), lambda: _pairs_from(
+        made = stages.cached_json(os.path.join(where, "pairs.json"), lambda: _pairs_from(
             current, ctx, method, _round_prompts(ctx, seed, t, method.prompts_per_round), seed, t, online=True))
         buffer += made["records"]
         skipped += made["counts"]["identical"] + made["counts"]["ties"]
@@ -562,7 +562,7 @@ def _rejection(method: GSHFMethod, ctx: Context, seed: int, folder: str, fingerp
         keep = [(p, t) for p, ts, a in zip(prompts.texts, texts, accept) for t, ok in zip(ts, a) if ok]
         return {"records": [{"prompt": p, "response": t} for p, t in keep], "rates": rates}
 
-    made = sweep.cached_json(os.path.join(where, "accepted.json"), accepted)
+    made = stages.cached_json(os.path.join(where, "accepted.json"), accepted)
     records = made["records"]
     tok = ctx.settings.tokenizer
     encoded = batching.encode_examples(tok, [r["prompt"] for r in records], [r["response"] for r in records],
@@ -571,7 +571,7 @@ def _rejection(method: GSHFMethod, ctx: Context, seed: int, folder: str, fingerp
     stage = stage_for(len(records), 2 * ctx.batch_pairs, method.epochs, ctx.optimizer,
                       int(ctx.mesh.shape["data"] * ctx.mesh.shape["fsdp"]))
     sampler = batching.BatchSampler(len(records), stage.batch_size, seed=seed)
-    result = train.run_stage(os.path.join(where, "train"), ctx.pi0,
+    result = stages.run_stage(os.path.join(where, "train"), ctx.pi0,
                              make_loss_fn(Method("mle"), vocab_chunk=ctx.vocab_chunk,
                                           window=rollout.loss_window(rows["mask"])), stage, ctx.mesh,
                              sampler.batch_fn(rows), seed=seed, save_every=ctx.save_every,

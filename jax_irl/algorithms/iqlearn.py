@@ -22,7 +22,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import jax
 import numpy as np
 
-from jax_irl import losses, metrics, rollout, train
+from jax_irl import losses, metrics, rollout, stages
 from jax_irl.data import batching
 
 KINDS = ("mle", "iqlearn", "online")
@@ -116,7 +116,7 @@ def online_batch_fn(method: Method, sampler: batching.BatchSampler, encoded: Dic
     return batch_fn
 
 
-def finetune(method: Method, base, stage: train.StageConfig, mesh, encoded: Dict[str, np.ndarray], folder: str, *,
+def finetune(method: Method, base, stage: stages.StageConfig, mesh, encoded: Dict[str, np.ndarray], folder: str, *,
              seed: int, fingerprint: dict, save_every: int, prompt_width: int, max_new_tokens: int, eos_id: int,
              pad_id: int, vocab_chunk: Optional[int] = None, resumable_keys=(), desc: str = "finetune",
              resume_hint: str = ""):
@@ -138,7 +138,7 @@ def finetune(method: Method, base, stage: train.StageConfig, mesh, encoded: Dict
         batch_fn = sampler.batch_fn({"tokens": encoded["tokens"], "mask": encoded["mask"]})
     loss_fn = make_loss_fn(method, vocab_chunk=vocab_chunk, window=rollout.loss_window(encoded["mask"]),
                            policy_window=max_new_tokens if online else None)
-    result = train.run_stage(folder, base, loss_fn, stage, mesh, batch_fn,
+    result = stages.run_stage(folder, base, loss_fn, stage, mesh, batch_fn,
                              seed=seed, fingerprint=fingerprint, save_every=save_every, resumable_keys=resumable_keys,
                              batch_needs_model=online, desc=desc, resume_hint=resume_hint)
     return result.model

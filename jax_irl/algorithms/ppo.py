@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jax_irl import losses, rollout, train
+from jax_irl import losses, rollout, stages, train
 from jax_irl.losses._common import masked_whiten
 from jax_irl.models.heads import ValueHead
 
@@ -380,16 +380,16 @@ def train_ppo(folder: str, model: ActorCritic, reference, cfg: PPOConfig, mesh, 
               reward_fn: RewardFn, *, seed: int, eos_id: int, pad_id: int, fingerprint: Dict, save_every: int,
               vocab_chunk: Optional[int] = None, rows_per_score: Optional[int] = None, keep_rollouts: Optional[int] = 4,
               eval_fn: Optional[Callable] = None, eval_every: Optional[int] = None, progress: bool = True,
-              desc: str = "ppo", resume_hint: str = "") -> Tuple[train.StageResult, list]:
+              desc: str = "ppo", resume_hint: str = "") -> Tuple[stages.StageResult, list]:
     """PPO on ``model`` (an ActorCritic) for ``cfg.iterations`` iterations in ``folder``: checkpoints/,
     metrics.jsonl (every optimizer step: loss, policy_loss, value_loss, clip_fraction, approx_kl, entropy,
     value_error, explained_variance, and the minibatch's reward and KL), rollouts/ (per iteration: the rows and
     the rollout's stats). Resumes exactly (module docstring). Returns (StageResult, per-iteration stats)."""
-    stage = train.StageConfig(steps=cfg.steps, batch_size=cfg.rows // cfg.minibatches, optimizer=cfg.optimizer)
+    stage = stages.StageConfig(steps=cfg.steps, batch_size=cfg.rows // cfg.minibatches, optimizer=cfg.optimizer)
     run = PPORun(folder, reference, cfg, prompts, reward_fn, seed=seed, eos_id=eos_id, pad_id=pad_id,
                  vocab_chunk=vocab_chunk, rows_per_score=rows_per_score, keep_rollouts=keep_rollouts)
     window = rollout.useful_window(cfg.max_new_tokens, prompts.tokens.shape[1] + cfg.max_new_tokens - 1)
-    result = train.run_stage(folder, model, ppo_loss_fn(cfg, vocab_chunk, window), stage, mesh, run.batch_fn,
+    result = stages.run_stage(folder, model, ppo_loss_fn(cfg, vocab_chunk, window), stage, mesh, run.batch_fn,
                              seed=seed,
                              fingerprint=dict(fingerprint, ppo=dataclasses.asdict(cfg)), save_every=save_every,
                              batch_needs_model=True, desc=desc, resume_hint=resume_hint, progress=progress,

@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 from scipy import stats
 
-from jax_irl import parallel, rollout, train
+from jax_irl import parallel, rollout, stages, train
 from jax_irl.algorithms import gshf
 from jax_irl.data import arithmetic, batching
 from jax_irl.data.tokenizer import train_bpe
@@ -121,9 +121,9 @@ def test_dpo_on_a_buffer_starts_at_log2_lowers_its_loss_and_widens_the_margin(lm
     ref = gshf.reference_logps(pi0, rows, rows_per_batch=5)
     direct = rollout.score_rows(pi0, rollout.LMScores(("log_probs",)), rows)["log_probs"].sum(-1)
     np.testing.assert_allclose(ref, direct, rtol=1e-5, atol=1e-4)
-    stage = train.StageConfig(steps=40, batch_size=4, optimizer=train.OptimizerConfig(learning_rate=1e-2))
+    stage = stages.StageConfig(steps=40, batch_size=4, optimizer=train.OptimizerConfig(learning_rate=1e-2))
     mesh = parallel.make_mesh(parallel.MeshConfig(1, 1, 1), jax.devices()[:1])
-    train.run_stage(str(tmp_path), pi0, gshf.dpo_loss_fn(gshf.DPOConfig(beta=0.5)), stage, mesh,
+    stages.run_stage(str(tmp_path), pi0, gshf.dpo_loss_fn(gshf.DPOConfig(beta=0.5)), stage, mesh,
                     gshf.pair_batch_fn(rows, ref, 4, seed=0), seed=0, fingerprint={}, save_every=100, progress=False)
     with open(tmp_path / "metrics.jsonl") as f:
         log = [json.loads(line) for line in f]
@@ -219,7 +219,7 @@ def test_a_loop_killed_mid_round_resumes_to_the_same_result(lm, tmp_path, monkey
         return batch
 
     monkeypatch.setattr(gshf, "pair_batch_fn", preempting)
-    with pytest.raises(train.StagePreempted):
+    with pytest.raises(stages.StagePreempted):
         gshf.run_method(method, ctx, seed=1, folder=str(tmp_path / "b"), fingerprint={})
     assert state.get("sent")
     resumed = gshf.run_method(method, ctx, seed=1, folder=str(tmp_path / "b"), fingerprint={})

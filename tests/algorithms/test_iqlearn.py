@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_irl import losses, rollout
+from jax_irl import losses, rollout, stages
 from jax_irl.algorithms import iqlearn
 from jax_irl.models.config import TransformerConfig
 from jax_irl.models.transformer import Transformer
@@ -228,7 +228,7 @@ def test_the_small_data_ablation_trains_on_the_first_rows_only(tmp_path, setup):
     encoded = {"tokens": rng.integers(3, 37, (40, 9)).astype(np.int32), "mask": np.ones((40, 8), np.float32),
                "prompt_lengths": np.full(40, 3), "truncated": np.int32(0)}  # as encode_examples returns them
     encoded["mask"][:, :2] = 0.0
-    stage = train.StageConfig(steps=3, batch_size=8, optimizer=train.OptimizerConfig(learning_rate=1e-2))
+    stage = stages.StageConfig(steps=3, batch_size=8, optimizer=train.OptimizerConfig(learning_rate=1e-2))
     mesh = parallel.make_mesh(parallel.MeshConfig())
     kw = dict(seed=0, fingerprint={}, save_every=10, prompt_width=3, max_new_tokens=2, eos_id=0, pad_id=0)
     small = iqlearn.finetune(iqlearn.Method("mle", train_examples=16), model, stage, mesh, encoded,

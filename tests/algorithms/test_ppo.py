@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_irl import losses, parallel, rollout, train
+from jax_irl import losses, parallel, rollout, stages, train
 from jax_irl.algorithms import ppo
 from jax_irl.models.config import TransformerConfig
 from jax_irl.models.transformer import Transformer
@@ -254,7 +254,7 @@ def test_a_run_stopped_inside_an_iteration_resumes_to_the_same_params(tmp_path, 
 
     monkeypatch.setattr(ppo.PPORun, "minibatch_indices", preempting)
     calls.clear()
-    with pytest.raises(train.StagePreempted, match="stopped at step 6"):
+    with pytest.raises(stages.StagePreempted, match="stopped at step 6"):
         _run(tmp_path / "split", cfg, counted, prompts=PROMPTS3)
     split, split_stats = _run(tmp_path / "split", cfg, counted, prompts=PROMPTS3)
     assert len(calls) == 3  # iteration 1's rollout was reloaded from disk, not drawn again

@@ -26,7 +26,7 @@ def test_solution_variants_hand_checked_and_diversified_answers_stay_true():
 
 
 def test_expert_samples_are_the_diverse_experts_solutions():
-    from jax_irl.data import tasks
+    from jax_irl import tasks
 
     hand = {"question": "q", "final": 45, "steps": [("11 * 3", 33), ("2 * 6", 12), ("33 + 12", 45)]}
     chained = {"question": "q", "final": 3, "steps": [("9 - 3", 6), ("6 / 2", 3)]}  # one text only
@@ -202,7 +202,8 @@ def test_batch_sampler_is_a_pure_function_of_position_and_covers_each_epoch():
 
 
 def test_jsonl_task_splits_a_local_file_and_names_what_is_wrong(tmp_path):
-    from jax_irl.data import jsonl, tasks
+    from jax_irl.data import jsonl
+    from jax_irl import tasks
 
     path = tmp_path / "pairs.jsonl"
     jsonl.write_jsonl(str(path), [{"prompt": f"p{i}", "response": f" r{i}"} for i in range(10)])

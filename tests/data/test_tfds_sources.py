@@ -32,7 +32,7 @@ def test_every_task_is_evaluated_on_a_held_out_split():
     held-out split that its dataset has, and a task that names 'train' is refused where it is declared."""
     import dataclasses
 
-    from jax_irl.data import tasks
+    from jax_irl import tasks
 
     for name, spec in tfds_sources.TASKS.items():
         assert spec.eval_split in ("test", "validation"), name

@@ -7,7 +7,7 @@ import signal
 import pytest
 
 from experiments import run
-from jax_irl import train
+from jax_irl import stages
 from jax_irl.algorithms import ppo
 
 TINY = ["seeds=(0)", "methods=(single,ensemble)", "label_noise=(0)", "base.pretrain.steps=6",
@@ -65,7 +65,7 @@ def test_ensembles_experiment_end_to_end_reuse_and_exact_resume(tmp_path, capsys
 
     monkeypatch.setattr(ppo.PPORun, "minibatch_indices", preempting)
     split = str(tmp_path / "split")
-    with pytest.raises(train.StagePreempted):
+    with pytest.raises(stages.StagePreempted):
         run.main(["ensembles_arithmetic", *TINY, "--run-dir", split])
     assert sent and not os.path.exists(os.path.join(split, "results.json"))
     assert run.main(["ensembles_arithmetic", "--run-dir", split]) == 0

@@ -44,7 +44,7 @@ def test_methods_are_typed_variants_overridable_and_addable_from_the_command_lin
 def test_base_fingerprint_depends_on_the_base_and_task_only(tmp_path):
     """The base stage is resumed (not retrained, not refused) under a config that differs only after it."""
     from experiments import lm_base
-    from jax_irl.data import tasks
+    from jax_irl import tasks
 
     mod = run.load_config_module("irl_arithmetic")
     cfg = run.apply_overrides(mod.config(), TINY)
@@ -66,7 +66,7 @@ def test_pretraining_rows_are_questions_and_calculations_never_solutions():
     from jax_irl.data.tokenizer import train_bpe
 
     from experiments import lm_base
-    from jax_irl.data import tasks
+    from jax_irl import tasks
 
     mod = run.load_config_module("irl_arithmetic")
     cfg = run.apply_overrides(mod.config(), ["task.train_examples=40", "base.calculation_rows=10",

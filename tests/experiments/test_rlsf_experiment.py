@@ -6,7 +6,8 @@ import os
 import pytest
 
 from experiments import run
-from jax_irl.data import game24, tasks
+from jax_irl.data import game24
+from jax_irl import tasks
 from jax_irl.symbolic.game24 import Game24Tool
 
 TINY = ["seeds=(0)", "base.pretrain.steps=6", "base.pretrain.optimizer.warmup_steps=1", "sft.steps=4",

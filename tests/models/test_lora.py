@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_irl import losses, parallel, train
+from jax_irl import losses, parallel, stages, train
 from jax_irl.models import heads, lora
 from jax_irl.models.config import TransformerConfig
 from jax_irl.models.transformer import Transformer
@@ -213,8 +213,8 @@ def test_adapter_only_checkpoints_resume_exactly(tmp_path):
 
     def run(folder, steps):
         model = lora.apply(Transformer(cfg, rngs=nnx.Rngs(0)), lora.LoraConfig(rank=2, targets=("attn", "mlp")))
-        stage = train.StageConfig(steps=steps, batch_size=8, optimizer=train.OptimizerConfig(learning_rate=1e-2))
-        return model, train.run_stage(str(folder), model, _mle, stage, mesh, batch_fn, seed=0,
+        stage = stages.StageConfig(steps=steps, batch_size=8, optimizer=train.OptimizerConfig(learning_rate=1e-2))
+        return model, stages.run_stage(str(folder), model, _mle, stage, mesh, batch_fn, seed=0,
                                       fingerprint={"test": "lora"}, save_every=2, resumable_keys=("stage.steps",),
                                       progress=False)
 

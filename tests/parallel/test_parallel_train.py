@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_irl import losses, parallel, train
+from jax_irl import losses, parallel, rollout, train
 from jax_irl.models.config import TransformerConfig
 from jax_irl.models.transformer import Transformer
 from tests.processes import ROOT, free_port, wait_all
@@ -136,7 +136,7 @@ def test_dpo_step_with_precomputed_reference_log_probs(tmp_path):
     tokens = rng.integers(0, 64, (16, 10)).astype(np.int32)  # rows 2i chosen, 2i+1 rejected
     mask = np.ones((16, 9), np.float32)
     mask[:, :4] = 0  # the prompt
-    ref_tok = np.asarray(train.reference_log_probs(reference, tokens, batch_size=8))
+    ref_tok = np.asarray(rollout.reference_log_probs(reference, tokens, batch_size=8))
     direct = np.asarray(losses.token_log_probs(reference(jnp.asarray(tokens[:, :-1])).logits, tokens[:, 1:]))
     np.testing.assert_allclose(ref_tok, direct, rtol=1e-5, atol=1e-5)
     ref_seq = (ref_tok * mask).sum(-1)

@@ -8,6 +8,9 @@ Built in: 'arithmetic' (GSM8K-format word problems made here, exact match), the 
 match), 'game24' (every solvable Game of 24 puzzle, solved or not), 'pseudocode' (built-in
 pseudo-code to Python, passing its tests in the sandbox), 'spoc' (a local JSONL of pseudo-code, C++ and tests), 'xsum' and 'tldr' (ROUGE-1 F), 'wmt_de_en' (sentence BLEU), read through ``tfds_sources`` without any
 download, and 'jsonl' (a local file of prompt/response records, ROUGE-1 F). ``register`` adds a task of a user's own.
+
+A task is data + metric + tool, so this module sits above ``data``, ``metrics`` and ``symbolic`` (the checkers
+that score Game of 24 and programs); nothing below it imports it.
 """
 
 from __future__ import annotations
