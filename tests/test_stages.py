@@ -70,8 +70,8 @@ STAGE = stages.StageConfig(steps=6, batch_size=8, optimizer=COSINE)
 def _stage(folder, batch_fn=_batch, stage=STAGE):
     mesh = parallel.make_mesh(parallel.MeshConfig(2, 1, 1), jax.devices()[:2])
     return stages.run_stage(str(folder), _model(), _loss_fn, stage, mesh, batch_fn, seed=3,
-                           fingerprint={"data": "random"}, save_every=100, desc="test", progress=False,
-                           resume_hint="Resume with the same call.")
+                            fingerprint={"data": "random"}, save_every=100, desc="test", progress=False,
+                            resume_hint="Resume with the same call.")
 
 
 def test_a_preempted_stage_resumes_to_the_uninterrupted_params(tmp_path):

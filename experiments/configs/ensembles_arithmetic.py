@@ -198,10 +198,10 @@ def run(cfg: EnsemblesConfig, run_dir: str) -> dict:
 
         model = rm.build(kind, lambda r: nnx.clone(rm_base), seed=seed)
         trained = stages.run_stage(os.path.join(folder, "rm"), model, rm.bt_loss_fn(kind), cfg.rm_stage, mesh,
-                                  batch_fn, seed=seed, save_every=cfg.save_every,
-                                  fingerprint=dict(depends, kind=kind, noise=noise, pairs=len(records)),
-                                  tx=rm.optimizer_for(kind, cfg.rm_stage.optimizer, cfg.rm_stage.steps),
-                                  desc=f"rm {name} seed {seed}", resume_hint=f"Resume with --run-dir {run_dir}").model
+                                   batch_fn, seed=seed, save_every=cfg.save_every,
+                                   fingerprint=dict(depends, kind=kind, noise=noise, pairs=len(records)),
+                                   tx=rm.optimizer_for(kind, cfg.rm_stage.optimizer, cfg.rm_stage.steps),
+                                   desc=f"rm {name} seed {seed}", resume_hint=f"Resume with --run-dir {run_dir}").model
         test = rm.evaluate_pairs(trained, rm.pair_rows(gshf.preference_rows(rm_tok, test_pairs, max_length)))
         scores = rollout.score_rows(trained, rollout.RewardScores("mean"), {k: pool_rows[k] for k in
                                                                             ("tokens", "attention")},

@@ -77,10 +77,10 @@ def run(cfg: LMTinyConfig, run_dir: str) -> dict:
     depends = {k: v for k, v in dataclasses.asdict(cfg).items()
                if k not in ("train", "mesh", "distributed", "save_every", "keep")}
     result = stages.run_stage(run_dir, Transformer(model_cfg, rngs=nnx.Rngs(cfg.seed)),
-                             make_loss_fn(Method("iqlearn", td_weight=cfg.td_weight, gamma=cfg.gamma)), cfg.train,
-                             mesh, batch_fn, seed=cfg.seed, fingerprint=depends, save_every=cfg.save_every,
-                             keep=cfg.keep, resumable_keys=("stage.steps",), desc="lm_tiny",
-                             resume_hint=f"Run the same command with --run-dir {run_dir} to resume.")
+                              make_loss_fn(Method("iqlearn", td_weight=cfg.td_weight, gamma=cfg.gamma)), cfg.train,
+                              mesh, batch_fn, seed=cfg.seed, fingerprint=depends, save_every=cfg.save_every,
+                              keep=cfg.keep, resumable_keys=("stage.steps",), desc="lm_tiny",
+                              resume_hint=f"Run the same command with --run-dir {run_dir} to resume.")
     state = result.state
     accuracy = exact_match(result.model, test_rows, test_pl, test_answers)
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:

@@ -426,7 +426,7 @@ def train_grpo(folder: str, model, reference, cfg: GRPOConfig, mesh, prompts: pp
     window = rollout.useful_window(cfg.max_new_tokens, prompts.tokens.shape[1] + cfg.max_new_tokens - 1)
     config = dict(dataclasses.asdict(cfg), settings=cfg.settings)
     result = stages.run_stage(folder, model, grpo_loss_fn(cfg, vocab_chunk, window), stage, mesh, run.batch_fn,
-                             seed=seed, fingerprint=dict(fingerprint, grpo=config), save_every=save_every,
-                             batch_needs_model=True, desc=desc or cfg.method, resume_hint=resume_hint,
-                             progress=progress, eval_fn=eval_fn, eval_every=eval_every)
+                              seed=seed, fingerprint=dict(fingerprint, grpo=config), save_every=save_every,
+                              batch_needs_model=True, desc=desc or cfg.method, resume_hint=resume_hint,
+                              progress=progress, eval_fn=eval_fn, eval_every=eval_every)
     return result, run.all_stats()

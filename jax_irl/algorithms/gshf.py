@@ -281,7 +281,7 @@ def stage_for(num_items: int, batch_size: int, epochs: float, optimizer: train.O
         raise ValueError(f"{num_items} items cannot fill one batch of a multiple of {multiple} (the mesh's "
                          f"data-parallel size): label more pairs or use fewer data-parallel devices")
     return stages.StageConfig(steps=max(1, math.ceil(epochs * num_items / batch)), batch_size=batch,
-                             optimizer=optimizer)
+                              optimizer=optimizer)
 
 
 def records_digest(records: Sequence[Dict[str, str]]) -> str:
@@ -487,12 +487,12 @@ def _train_dpo(init, ctx: Context, method: GSHFMethod, buffer, folder: str, seed
     if method.pessimism:  # c * (Gamma_rejected - Gamma_chosen): see losses.preference on the sign
         margin = method.pessimism * np.array([r["rejected_uncertainty"] - r["chosen_uncertainty"] for r in buffer])
     result = stages.run_stage(folder, init, dpo_loss_fn(cfg, ctx.vocab_chunk, rollout.loss_window(rows["mask"])),
-                             stage, ctx.mesh,
-                             pair_batch_fn(rows, ref, stage.batch_size, seed, margin), seed=seed,
-                             save_every=ctx.save_every,
-                             fingerprint=dict(fingerprint, buffer=records_digest(buffer), pairs=len(buffer)),
-                             desc=f"{os.path.basename(os.path.dirname(folder))} dpo ({len(buffer)} pairs)",
-                             resume_hint="Resume with --run-dir pointing at the run folder.")
+                              stage, ctx.mesh,
+                              pair_batch_fn(rows, ref, stage.batch_size, seed, margin), seed=seed,
+                              save_every=ctx.save_every,
+                              fingerprint=dict(fingerprint, buffer=records_digest(buffer), pairs=len(buffer)),
+                              desc=f"{os.path.basename(os.path.dirname(folder))} dpo ({len(buffer)} pairs)",
+                              resume_hint="Resume with --run-dir pointing at the run folder.")
     return result.model
 
 
@@ -572,12 +572,12 @@ def _rejection(method: GSHFMethod, ctx: Context, seed: int, folder: str, fingerp
                       int(ctx.mesh.shape["data"] * ctx.mesh.shape["fsdp"]))
     sampler = batching.BatchSampler(len(records), stage.batch_size, seed=seed)
     result = stages.run_stage(os.path.join(where, "train"), ctx.pi0,
-                             make_loss_fn(Method("mle"), vocab_chunk=ctx.vocab_chunk,
+                              make_loss_fn(Method("mle"), vocab_chunk=ctx.vocab_chunk,
                                           window=rollout.loss_window(rows["mask"])), stage, ctx.mesh,
-                             sampler.batch_fn(rows), seed=seed, save_every=ctx.save_every,
-                             fingerprint=dict(fingerprint, accepted=records_digest(records)),
-                             desc=f"{os.path.basename(folder)} rso ({len(records)} samples)",
-                             resume_hint="Resume with --run-dir pointing at the run folder.")
+                              sampler.batch_fn(rows), seed=seed, save_every=ctx.save_every,
+                              fingerprint=dict(fingerprint, accepted=records_digest(records)),
+                              desc=f"{os.path.basename(folder)} rso ({len(records)} samples)",
+                              resume_hint="Resume with --run-dir pointing at the run folder.")
     final = dict(measure(result.model, where), labels=float(budget * method.candidates), skipped=0.0,
                  budget=float(budget), accept_rate=float(len(records) / (budget * method.candidates)))
     return {"final": final, "rounds": {"0": final}}

@@ -139,8 +139,8 @@ def finetune(method: Method, base, stage: stages.StageConfig, mesh, encoded: Dic
     loss_fn = make_loss_fn(method, vocab_chunk=vocab_chunk, window=rollout.loss_window(encoded["mask"]),
                            policy_window=max_new_tokens if online else None)
     result = stages.run_stage(folder, base, loss_fn, stage, mesh, batch_fn,
-                             seed=seed, fingerprint=fingerprint, save_every=save_every, resumable_keys=resumable_keys,
-                             batch_needs_model=online, desc=desc, resume_hint=resume_hint)
+                              seed=seed, fingerprint=fingerprint, save_every=save_every, resumable_keys=resumable_keys,
+                              batch_needs_model=online, desc=desc, resume_hint=resume_hint)
     return result.model
 
 

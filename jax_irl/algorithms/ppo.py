@@ -390,8 +390,8 @@ def train_ppo(folder: str, model: ActorCritic, reference, cfg: PPOConfig, mesh, 
                  vocab_chunk=vocab_chunk, rows_per_score=rows_per_score, keep_rollouts=keep_rollouts)
     window = rollout.useful_window(cfg.max_new_tokens, prompts.tokens.shape[1] + cfg.max_new_tokens - 1)
     result = stages.run_stage(folder, model, ppo_loss_fn(cfg, vocab_chunk, window), stage, mesh, run.batch_fn,
-                             seed=seed,
-                             fingerprint=dict(fingerprint, ppo=dataclasses.asdict(cfg)), save_every=save_every,
-                             batch_needs_model=True, desc=desc, resume_hint=resume_hint, progress=progress,
-                             eval_fn=eval_fn, eval_every=eval_every)
+                              seed=seed,
+                              fingerprint=dict(fingerprint, ppo=dataclasses.asdict(cfg)), save_every=save_every,
+                              batch_needs_model=True, desc=desc, resume_hint=resume_hint, progress=progress,
+                              eval_fn=eval_fn, eval_every=eval_every)
     return result, run.all_stats()

@@ -124,7 +124,7 @@ def test_dpo_on_a_buffer_starts_at_log2_lowers_its_loss_and_widens_the_margin(lm
     stage = stages.StageConfig(steps=40, batch_size=4, optimizer=train.OptimizerConfig(learning_rate=1e-2))
     mesh = parallel.make_mesh(parallel.MeshConfig(1, 1, 1), jax.devices()[:1])
     stages.run_stage(str(tmp_path), pi0, gshf.dpo_loss_fn(gshf.DPOConfig(beta=0.5)), stage, mesh,
-                    gshf.pair_batch_fn(rows, ref, 4, seed=0), seed=0, fingerprint={}, save_every=100, progress=False)
+                     gshf.pair_batch_fn(rows, ref, 4, seed=0), seed=0, fingerprint={}, save_every=100, progress=False)
     with open(tmp_path / "metrics.jsonl") as f:
         log = [json.loads(line) for line in f]
     assert log[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference
