@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jax_irl import aot, rollout
-from jax_irl.algorithms import grpo, gshf, iqlearn, ppo
+from jax_irl.algorithms import grpo, gshf, iqlearn, ppo, sft
 from jax_irl.algorithms import reward_models as rm
 from jax_irl.models import lora
 from jax_irl.models.config import TransformerConfig
@@ -163,8 +163,7 @@ def steps_for(cfg, model_cfg: TransformerConfig, mesh, *, rm_model_cfg: Optional
     elif kind == "rlsf":
         prompt, _ = _split(length, cfg.ppo.max_new_tokens)
         policy = _policy(model_cfg, lora_cfg)
-        makers["sft"] = lambda: [aot.train_step("sft", policy, iqlearn.make_loss_fn(iqlearn.Method("mle"),
-                                                                                    vocab_chunk=chunk),
+        makers["sft"] = lambda: [aot.train_step("sft", policy, sft.loss_fn(vocab_chunk=chunk),
                                                 cfg.sft.optimizer, mesh, aot.lm_batch(mesh, cfg.sft.batch_size, length),
                                                 model_cfg)]
         makers["ppo"] = lambda: _ppo_steps("", cfg.ppo, model_cfg, mesh, prompt, chunk, lora_cfg)

@@ -20,7 +20,7 @@ from flax import nnx
 
 from experiments.configs._shared import ModelSize
 from jax_irl import rollout, stages, tasks, train
-from jax_irl.algorithms import iqlearn
+from jax_irl.algorithms import sft
 from jax_irl.data import arithmetic, batching
 from jax_irl.data import game24 as game24_data
 from jax_irl.data.tokenizer import TextTokenizer, train_bpe
@@ -151,7 +151,7 @@ def _base_model(cfg: BaseConfig, task, tok, train_prompts, mesh, run_dir: str, *
     fingerprint = {"task": dataclasses.asdict(task),
                    "base": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "lora"}}
     result = stages.run_stage(os.path.join(run_dir, "base"), model,
-                              iqlearn.make_loss_fn(iqlearn.Method("mle"), vocab_chunk=vocab_chunk), cfg.pretrain,
+                              sft.loss_fn(vocab_chunk=vocab_chunk), cfg.pretrain,
                               mesh, sampler.batch_fn(rows), seed=0, fingerprint=fingerprint, save_every=save_every,
                               desc="pretrain base", resume_hint=f"Resume with --run-dir {run_dir}")
     return result.model

@@ -25,7 +25,7 @@ from flax import nnx
 
 from experiments import lm_base
 from jax_irl import metrics, parallel, rollout, sampling, stages, sweep, symbolic, tasks
-from jax_irl.algorithms import grpo, iqlearn, ppo
+from jax_irl.algorithms import grpo, ppo, sft
 
 RESUMABLE = ("mesh", "distributed", "save_every", "methods", "seeds", "variants", "group_arms")
 VARIANTS = {"scalar": symbolic.RewardSpec("scalar"), "token": symbolic.RewardSpec("token")}
@@ -152,11 +152,10 @@ def run(cfg: RLSFConfig, run_dir: str, *, tool, judge: Judge, secondary: Tuple[s
     base = lm_base.base_model(cfg.base, cfg.task, tok, data.train_prompts, mesh, run_dir, save_every=cfg.save_every,
                               vocab_chunk=cfg.vocab_chunk)
     depends = {"task": cfg.task, "base": cfg.base, "sft": cfg.sft, "vocab_chunk": cfg.vocab_chunk}
-    pi_sft = iqlearn.finetune(
-        iqlearn.Method("mle"), base, cfg.sft, mesh, enc.train, os.path.join(run_dir, "sft"), seed=0,
-        fingerprint=depends, save_every=cfg.save_every, prompt_width=enc.prompt_width,
-        max_new_tokens=cfg.ppo.max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id, vocab_chunk=cfg.vocab_chunk,
-        desc="pi_sft", resume_hint=f"Resume with --run-dir {run_dir}")
+    pi_sft = sft.finetune(
+        base, cfg.sft, mesh, enc.train, os.path.join(run_dir, "sft"), seed=0, fingerprint=depends,
+        save_every=cfg.save_every, vocab_chunk=cfg.vocab_chunk, desc="pi_sft",
+        resume_hint=f"Resume with --run-dir {run_dir}")
     train_tokens, train_mask = rollout.prompt_rows(enc.train["tokens"], enc.train["prompt_lengths"], tok.pad_id,
                                                    enc.prompt_width)
     prompts = ppo.Prompts(train_tokens, train_mask, list(data.train_prompts))

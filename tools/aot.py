@@ -33,7 +33,7 @@ from flax import nnx  # noqa: E402
 from experiments import aot as experiment_steps  # noqa: E402
 from experiments import run as driver  # noqa: E402
 from jax_irl import aot, parallel, train  # noqa: E402
-from jax_irl.algorithms import iqlearn  # noqa: E402
+from jax_irl.algorithms import sft  # noqa: E402
 from jax_irl.models import presets  # noqa: E402
 from jax_irl.models.transformer import Transformer  # noqa: E402
 
@@ -66,7 +66,7 @@ def scaling(args, header: dict) -> list:
         cfg = presets.preset(args.model, dtype="bfloat16", remat=args.remat)
         model = aot.abstract_model(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
         rows = args.rows_per_chip * len(devices)
-        step = aot.train_step("sft", model, iqlearn.make_loss_fn(iqlearn.Method("mle"), vocab_chunk=16384),
+        step = aot.train_step("sft", model, sft.loss_fn(vocab_chunk=16384),
                               train.OptimizerConfig(learning_rate=1e-5), mesh,
                               aot.lm_batch(mesh, rows, args.length + 1), cfg, note=f"remat={args.remat}")
         reports.append(aot.compile_step(step, topology))

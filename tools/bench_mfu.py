@@ -33,7 +33,7 @@ import numpy as np
 from flax import nnx
 
 from jax_irl import aot, parallel, train
-from jax_irl.algorithms import iqlearn
+from jax_irl.algorithms import sft
 from jax_irl.models.config import TransformerConfig, training_flops_per_token
 from jax_irl.models.transformer import Transformer
 
@@ -66,7 +66,7 @@ def side(cfg: TransformerConfig, batch: int, length: int, steps: int, vocab_chun
     rows = {"tokens": rng.integers(0, cfg.vocab_size, (batch, length + 1)).astype(np.int32),
             "mask": np.ones((batch, length), np.float32)}
     trainer = train.Trainer(Transformer(cfg, rngs=nnx.Rngs(0)),
-                            iqlearn.make_loss_fn(iqlearn.Method("mle"), vocab_chunk=vocab_chunk),
+                            sft.loss_fn(vocab_chunk=vocab_chunk),
                             train.OptimizerConfig(learning_rate=1e-5, max_grad_norm=1.0), mesh)
     state, data = trainer.init_state(0), parallel.global_batch(rows, mesh)
     start = time.perf_counter()

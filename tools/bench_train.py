@@ -7,7 +7,7 @@ both sides. ``--size W2`` is a larger one (hidden 512, 8 layers, intermediate 13
 
 Sides (each one compiled step or one eager step):
 - jax_irl: ``train.Trainer`` with the library's own loss functions, as the experiments run them:
-  SFT (``iqlearn.make_loss_fn(Method('mle'), window=...)``: the unembedding only on the loss span), the same
+  SFT (``sft.loss_fn(window=...)``: the unembedding only on the loss span), the same
   with full logits (the path without the window, to show what it buys), the same in bf16 compute (float32
   params, optimizer state, norms, softmax and loss), IQLearn (td 0.1, gamma 0.99), DPO with
   reference log-probs precomputed (``gshf.dpo_loss_fn``), the reference log-probs' own cost per batch
@@ -118,7 +118,7 @@ def jax_side(name: str, size: str):
     from flax import nnx
 
     from jax_irl import parallel, rollout, train
-    from jax_irl.algorithms import grpo, gshf, iqlearn, ppo
+    from jax_irl.algorithms import grpo, gshf, iqlearn, ppo, sft
     from jax_irl.models import lora
     from jax_irl.models.config import TransformerConfig
     from jax_irl.models.transformer import Transformer
@@ -143,9 +143,9 @@ def jax_side(name: str, size: str):
     opt = train.OptimizerConfig(learning_rate=LR, weight_decay=0.0, max_grad_norm=CLIP)
     batch = {"tokens": tokens, "mask": mask}
     if name in ("jax_irl SFT", "jax_irl SFT bf16") + EXTRA_SIDES:
-        loss_fn = iqlearn.make_loss_fn(iqlearn.Method("mle"), window=LOSS_TOKENS)
+        loss_fn = sft.loss_fn(window=LOSS_TOKENS)
     elif name == "jax_irl SFT (full logits)":
-        loss_fn = iqlearn.make_loss_fn(iqlearn.Method("mle"))
+        loss_fn = sft.loss_fn()
     elif name == "jax_irl IQLearn":
         loss_fn = iqlearn.make_loss_fn(iqlearn.Method("iqlearn", td_weight=0.1, gamma=0.99), window=LOSS_TOKENS)
     elif name == "jax_irl DPO (ref precomputed)":

@@ -34,7 +34,7 @@ from flax import nnx
 
 from experiments import lm_base
 from jax_irl import losses, parallel, rollout, stages, sweep, tasks, train
-from jax_irl.algorithms import gshf, iqlearn, ppo
+from jax_irl.algorithms import gshf, ppo, sft
 from jax_irl.algorithms import reward_models as rm
 from jax_irl.data import arithmetic
 from jax_irl.data.tokenizer import TextTokenizer
@@ -131,10 +131,9 @@ def run(cfg: EnsemblesConfig, run_dir: str) -> dict:
     if cfg.gold_model or cfg.rm_backbone:
         depends.update(gold_model=cfg.gold_model, rm_backbone=cfg.rm_backbone)
     max_new = cfg.ppo.max_new_tokens
-    pi0 = base if cfg.skip_sft else iqlearn.finetune(
-        iqlearn.Method("mle"), base, cfg.sft, mesh, enc.train, os.path.join(run_dir, "sft"), seed=0,
-        fingerprint=depends, save_every=cfg.save_every, prompt_width=enc.prompt_width, max_new_tokens=max_new,
-        eos_id=tok.eos_id, pad_id=tok.pad_id, vocab_chunk=cfg.vocab_chunk, desc="pi0 (sft)",
+    pi0 = base if cfg.skip_sft else sft.finetune(
+        base, cfg.sft, mesh, enc.train, os.path.join(run_dir, "sft"), seed=0, fingerprint=depends,
+        save_every=cfg.save_every, vocab_chunk=cfg.vocab_chunk, desc="pi0 (sft)",
         resume_hint=f"Resume with --run-dir {run_dir}")
     max_length = cfg.base.max_length + max_new
     if cfg.gold_model:

@@ -21,7 +21,7 @@ import numpy as np
 
 from experiments import lm_base
 from jax_irl import metrics, parallel, rollout, stages, sweep, tasks, train
-from jax_irl.algorithms import gshf, iqlearn
+from jax_irl.algorithms import gshf, sft
 from jax_irl.data import arithmetic, jsonl
 from jax_irl.data.tokenizer import TextTokenizer
 from jax_irl.models import hf
@@ -97,11 +97,10 @@ def run(cfg: GSHFConfig, run_dir: str) -> dict:
     base = lm_base.base_model(cfg.base, cfg.task, tok, data.train_prompts, mesh, run_dir, save_every=cfg.save_every)
     depends = {"task": cfg.task, "base": cfg.base, "sft": None if cfg.skip_sft else cfg.sft,
                "vocab_chunk": cfg.vocab_chunk}
-    pi0 = base if cfg.skip_sft else iqlearn.finetune(
-        iqlearn.Method("mle"), base, cfg.sft, mesh, enc.train, os.path.join(run_dir, "sft"), seed=0,
-        fingerprint=depends, save_every=cfg.save_every, prompt_width=enc.prompt_width,
-        max_new_tokens=cfg.max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id, vocab_chunk=cfg.vocab_chunk,
-        desc="pi0 (sft)", resume_hint=f"Resume with --run-dir {run_dir}")
+    pi0 = base if cfg.skip_sft else sft.finetune(
+        base, cfg.sft, mesh, enc.train, os.path.join(run_dir, "sft"), seed=0, fingerprint=depends,
+        save_every=cfg.save_every, vocab_chunk=cfg.vocab_chunk, desc="pi0 (sft)",
+        resume_hint=f"Resume with --run-dir {run_dir}")
     train_tokens, train_mask = rollout.prompt_rows(enc.train["tokens"], enc.train["prompt_lengths"], tok.pad_id,
                                                    enc.prompt_width)
     ctx = gshf.Context(

@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_irl import losses, rollout, stages, train
-from jax_irl.algorithms.iqlearn import Method, make_loss_fn
+from jax_irl.algorithms import sft
 from jax_irl.data import batching, jsonl
 
 # The gold reward r*, batched: gold(prompts [P], references [P], responses [P][n]) -> rewards [P, n].
@@ -572,8 +572,7 @@ def _rejection(method: GSHFMethod, ctx: Context, seed: int, folder: str, fingerp
                       int(ctx.mesh.shape["data"] * ctx.mesh.shape["fsdp"]))
     sampler = batching.BatchSampler(len(records), stage.batch_size, seed=seed)
     result = stages.run_stage(os.path.join(where, "train"), ctx.pi0,
-                              make_loss_fn(Method("mle"), vocab_chunk=ctx.vocab_chunk,
-                                          window=rollout.loss_window(rows["mask"])), stage, ctx.mesh,
+                              sft.loss_fn(vocab_chunk=ctx.vocab_chunk, window=rollout.loss_window(rows["mask"])), stage, ctx.mesh,
                               sampler.batch_fn(rows), seed=seed, save_every=ctx.save_every,
                               fingerprint=dict(fingerprint, accepted=records_digest(records)),
                               desc=f"{os.path.basename(folder)} rso ({len(records)} samples)",

@@ -5,7 +5,8 @@ mixed into IQLearn's value term with weight ``alpha``), with ``td_weight``, ``ga
 ``alpha``, ``policy_prompts`` (prompts sampled per step) and ``chi2`` (the chi^2 term on data, or on the
 data/policy mixture as in the original IQ-Learn) as fields; for the paper's controls, ``entropy_bonus`` (MLE
 with an entropy bonus, ``losses.mle_entropy_loss``) and ``train_examples`` (train on the first n examples
-only). ``make_loss_fn`` turns it into a ``loss_fn(model, batch, rng)`` for ``train.Trainer``; ``online_batch_fn``
+only). ``make_loss_fn`` turns it into a ``loss_fn(model, batch, rng)`` for ``train.Trainer`` (kind 'mle' is
+``sft.loss_fn``, supervised fine-tuning's); ``online_batch_fn``
 adds the policy samples to the data batches; ``finetune`` runs the method as one resumable stage; ``evaluate``
 samples n responses per prompt at each temperature and reports task score, diversity (Self-BLEU, distinct-n,
 entropy) and how well the model's extracted rewards (summed implied rewards of its own samples) rank good above
@@ -23,6 +24,7 @@ import jax
 import numpy as np
 
 from jax_irl import losses, metrics, rollout, stages
+from jax_irl.algorithms import sft
 from jax_irl.data import batching
 
 KINDS = ("mle", "iqlearn", "online")
@@ -75,14 +77,11 @@ def make_loss_fn(method: Method, *, vocab_chunk: Optional[int] = None, window: O
         out = rollout.causal_lm(model, tokens, attention, vocab_chunk=vocab_chunk, mask=mask, window=width)
         return out.target_q, out.values, out.mask
 
+    if method.kind == "mle":  # supervised fine-tuning's own loss (with the entropy-bonus control)
+        return sft.loss_fn(vocab_chunk=vocab_chunk, window=window, entropy_bonus=method.entropy_bonus)
+
     def loss_fn(model, batch, rng):
-        if method.entropy_bonus:  # the entropies need the (windowed) logits, also with vocab_chunk
-            out = rollout.causal_lm(model, batch["tokens"], mask=batch["mask"], window=window, need_logits=True)
-            return losses.mle_entropy_loss_from_q(out.target_q, out.values, losses.token_entropies(out.logits),
-                                                  out.mask, entropy_bonus=method.entropy_bonus)
         target_q, values, mask = soft_q(model, batch["tokens"], batch["mask"], width=window)
-        if method.kind == "mle":
-            return losses.mle_loss_from_q(target_q, values, mask)
         if method.kind == "iqlearn":
             return losses.iqlearn_loss_from_q(target_q, values, mask, gamma=method.gamma,
                                               td_weight=method.td_weight)
@@ -123,12 +122,7 @@ def finetune(method: Method, base, stage: stages.StageConfig, mesh, encoded: Dic
     """The method as one resumable stage from ``base`` on encoded rows (tokens, mask, prompt_lengths); returns
     the fine-tuned model. Batches: ``batching.BatchSampler(seed=seed)``; online adds policy samples. With
     ``method.train_examples`` only the first that many rows are trained on (for the same number of steps)."""
-    rows = len(encoded["tokens"])
-    if method.train_examples is not None:
-        if method.train_examples > rows:
-            raise ValueError(f"method.train_examples={method.train_examples} exceeds the {rows} training examples")
-        # Per-row arrays are cut; anything else (encode_examples' scalar 'truncated' count) is kept.
-        encoded = {k: v[:method.train_examples] if np.ndim(v) and len(v) == rows else v for k, v in encoded.items()}
+    encoded = sft.first_examples(encoded, method.train_examples)
     sampler = batching.BatchSampler(len(encoded["tokens"]), stage.batch_size, seed=seed)
     online = method.kind == "online"
     if online:

@@ -1,0 +1,118 @@
+"""Supervised fine-tuning: maximum likelihood on the response tokens, the stage every recipe starts from.
+
+    model = sft.finetune(base, StageConfig(steps=800, batch_size=32), mesh, encoded, folder, seed=0,
+                         fingerprint={"task": ..., "base": ...}, save_every=100)
+    loss_fn = sft.loss_fn(vocab_chunk=16384, window=rollout.loss_window(rows["mask"]))   # for stages.run_stage
+
+It trains pi0 for GSHF and the reward-ensemble runs, pi_sft for RLSF, the built-in base models' pretraining, and
+RAFT's fine-tuning on accepted samples. The loss is the mean negative log-likelihood of the masked target
+tokens, computed from the soft-Q view of the logits (``losses.mle_loss_from_q``: log pi(a|s) = Q(s, a) - V(s)),
+so it is exactly the MLE of the inverse-RL experiment (``iqlearn.Method("mle")`` is this loss) and shares its
+vocabulary-chunked, windowed forward (``rollout.causal_lm``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional
+
+import numpy as np
+
+from jax_irl import losses, rollout, stages
+from jax_irl.data import batching
+
+
+def loss_fn(*, vocab_chunk: Optional[int] = None, window: Optional[int] = None,
+            entropy_bonus: float = 0.0) -> Callable:
+    """loss_fn(model, batch, rng) -> (loss, aux): the mean NLL of batch['tokens'][:, 1:] where batch['mask'] is 1.
+
+    .. math::  L = -\\frac{1}{\\sum_t m_t} \\sum_t m_t \\log \\pi(x_{t+1} | x_{\\le t})
+               \\; [- \\beta \\, \\bar{H}(\\pi) \\text{ with } \\beta = \\texttt{entropy\\_bonus}]
+
+    Args:
+      vocab_chunk: compute the unembedding from the hidden states in vocabulary chunks of this size, never
+        building the [B, T, V] logits (equal to float rounding).
+      window: compute the unembedding only on each row's last ``window`` target positions, the response span
+        (``rollout.loss_window(mask)``); the loss is unchanged up to float rounding.
+      entropy_bonus: beta >= 0 of an entropy bonus at the data states (``losses.mle_entropy_loss_from_q``), the
+        inverse-RL experiment's control; it needs the (windowed) logits, so ``vocab_chunk`` is not used then.
+
+    Returns:
+      A loss function for ``train.Trainer`` / ``stages.run_stage``. The batch holds tokens [B, T] (int32) and
+      mask [B, T - 1] (1 on the target tokens); aux holds the loss's own metrics (``losses.mle_loss_from_q``).
+
+    Examples:
+      >>> import numpy as np
+      >>> from flax import nnx
+      >>> from jax_irl.algorithms import sft
+      >>> from jax_irl.models.config import TransformerConfig
+      >>> from jax_irl.models.transformer import Transformer
+      >>> model = Transformer(TransformerConfig.for_family("llama", vocab_size=32, hidden_size=16,
+      ...                     num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8, intermediate_size=32,
+      ...                     max_position_embeddings=8), rngs=nnx.Rngs(0))
+      >>> batch = {"tokens": np.arange(8, dtype=np.int32)[None], "mask": np.ones((1, 7), np.float32)}
+      >>> loss, aux = sft.loss_fn()(model, batch, None)
+      >>> bool(abs(float(loss) - np.log(32)) < 0.5)   # near uniform at initialisation
+      True
+    """
+    if not entropy_bonus >= 0:
+        raise ValueError(f"entropy_bonus must be >= 0; got {entropy_bonus}")
+
+    def loss(model, batch, rng):
+        if entropy_bonus:
+            out = rollout.causal_lm(model, batch["tokens"], mask=batch["mask"], window=window, need_logits=True)
+            return losses.mle_entropy_loss_from_q(out.target_q, out.values, losses.token_entropies(out.logits),
+                                                  out.mask, entropy_bonus=entropy_bonus)
+        out = rollout.causal_lm(model, batch["tokens"], None, vocab_chunk=vocab_chunk, mask=batch["mask"],
+                                window=window)
+        return losses.mle_loss_from_q(out.target_q, out.values, out.mask)
+
+    return loss
+
+
+def first_examples(encoded: Dict[str, np.ndarray], count: Optional[int]) -> Dict[str, np.ndarray]:
+    """The first ``count`` rows of every per-row array of ``encoded`` (others, such as ``encode_examples``'
+    scalar 'truncated' count, kept); all of them with ``count`` None. Raises ValueError when ``count`` exceeds
+    the rows."""
+    if count is None:
+        return encoded
+    rows = len(encoded["tokens"])
+    if not (isinstance(count, (int, np.integer)) and count >= 1):
+        raise ValueError(f"train_examples must be None (all) or an int >= 1; got {count!r}")
+    if count > rows:
+        raise ValueError(f"train_examples={count} exceeds the {rows} training examples")
+    return {k: v[:count] if np.ndim(v) and len(v) == rows else v for k, v in encoded.items()}
+
+
+def finetune(base, stage: stages.StageConfig, mesh, encoded: Dict[str, np.ndarray], folder: str, *, seed: int,
+             fingerprint: dict, save_every: int, vocab_chunk: Optional[int] = None,
+             train_examples: Optional[int] = None, resumable_keys=(), desc: str = "sft", resume_hint: str = ""):
+    """MLE fine-tuning of ``base`` as one resumable stage in ``folder``; returns the fine-tuned model.
+
+    Args:
+      base: the model to start from (not modified; the stage trains a copy of its state).
+      stage: steps, batch size and optimizer; part of the checkpoint fingerprint.
+      mesh: the device mesh of the train step.
+      encoded: rows from ``batching.encode_examples``: tokens [N, T] and mask [N, T - 1] (1 on the responses).
+      folder: the stage's folder (checkpoints/, metrics.jsonl, tensorboard/); a run with the same fingerprint
+        resumes from its latest checkpoint.
+      seed: the batch order's seed (``batching.BatchSampler``: a batch is a pure function of seed and step).
+      fingerprint: what the stage depends on (data, base, ...), checked on resume.
+      save_every: checkpoint interval in steps.
+      vocab_chunk: as in ``loss_fn``.
+      train_examples: train on only the first that many rows (for the same number of steps).
+      resumable_keys, desc, resume_hint: as in ``stages.run_stage``.
+
+    Returns:
+      The fine-tuned model.
+    """
+    encoded = first_examples(encoded, train_examples)
+    sampler = batching.BatchSampler(len(encoded["tokens"]), stage.batch_size, seed=seed)
+    result = stages.run_stage(folder, base, loss_fn(vocab_chunk=vocab_chunk,
+                                                    window=rollout.loss_window(encoded["mask"])),
+                              stage, mesh, sampler.batch_fn({"tokens": encoded["tokens"], "mask": encoded["mask"]}),
+                              seed=seed, fingerprint=fingerprint, save_every=save_every,
+                              resumable_keys=resumable_keys, desc=desc, resume_hint=resume_hint)
+    return result.model
+
+
+__all__ = ["finetune", "first_examples", "loss_fn"]
