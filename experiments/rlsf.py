@@ -158,7 +158,7 @@ def run(cfg: RLSFConfig, run_dir: str, *, tool, judge: Judge, secondary: Tuple[s
         resume_hint=f"Resume with --run-dir {run_dir}")
     train_tokens, train_mask = rollout.prompt_rows(enc.train["tokens"], enc.train["prompt_lengths"], tok.pad_id,
                                                    enc.prompt_width)
-    prompts = ppo.Prompts(train_tokens, train_mask, list(data.train_prompts))
+    prompts = rollout.Prompts(train_tokens, train_mask, list(data.train_prompts))
     eval_key = jax.random.PRNGKey(7)
 
     def measure(policy):

@@ -354,6 +354,31 @@ def sample_and_evaluate(model, tokenizer, prompts: np.ndarray, prompt_mask: np.n
     return results
 
 
+class Prompts(NamedTuple):
+    """A prompt set as left-padded token rows (for sampling) and as text (for reward functions, records and the
+    preference oracle): what PPO, GRPO, GSHF and the reward-ensemble runs sample from."""
+
+    tokens: np.ndarray  # [P, W] left-padded prompt ids (``prompt_rows``)
+    mask: np.ndarray  # [P, W] 1 on the prompt's tokens
+    texts: Sequence[str]  # [P] the prompts as text
+    references: Optional[Sequence[str]] = None  # [P] a reference response per prompt (gold rewards), or None
+
+    def take(self, idx) -> "Prompts":
+        """The prompts at ``idx`` (an int array or sequence), in that order."""
+        idx = np.asarray(idx, np.int64)
+        return Prompts(self.tokens[idx], self.mask[idx], [self.texts[i] for i in idx],
+                       None if self.references is None else [self.references[i] for i in idx])
+
+    def check(self) -> None:
+        """Raise ValueError unless tokens and mask have one shape [P, W] and texts (and references) P entries."""
+        tokens, mask = np.asarray(self.tokens), np.asarray(self.mask)
+        sizes = [len(self.texts)] + ([] if self.references is None else [len(self.references)])
+        if tokens.ndim != 2 or mask.shape != tokens.shape or any(n != len(tokens) for n in sizes):
+            refs = "" if self.references is None else f", {len(self.references)} references"
+            raise ValueError(f"prompts: {len(tokens)} token rows of shape {tokens.shape}, {len(self.texts)} texts"
+                             f"{refs} and a mask of {mask.shape}; they must agree ([P, W], P, P)")
+
+
 def reference_log_probs(model: nnx.Module, tokens: jax.Array, attention_mask: Optional[jax.Array] = None,
                         batch_size: Optional[int] = None, vocab_chunk: Optional[int] = None) -> jax.Array:
     """Per-token log-probs of tokens[:, 1:] under a frozen (reference) model: [B, T] -> [B, T - 1] float32.

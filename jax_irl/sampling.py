@@ -4,15 +4,15 @@
 when every row has finished (EOS) or ``max_new_tokens`` is reached. Prompts are left-padded [B, P] with a mask,
 so ragged prompt lengths share one batch. Same key, same output.
 
-``best_of_n`` and ``rejection_sample`` act on rewards of candidates [B, n]: they are the practical oracles for
-the Gibbs policy pi0(a|x) exp(r(x,a)/eta) / Z(x) of KL-regularised preference learning.
+``best_of_n``, ``rejection_sample`` (one step) and ``rejection_accept`` (one step or a multi-step schedule) act on
+rewards of candidates [B, n]: they are the practical oracles for the Gibbs policy pi0(a|x) exp(r(x,a)/eta) / Z(x)
+of KL-regularised preference learning; ``best_of_n_kl`` is best-of-n's analytic KL from pi0.
 """
 
 from __future__ import annotations
 
 import functools
-import math
-from typing import NamedTuple, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -227,11 +227,16 @@ def best_of_n(rewards: jax.Array) -> jax.Array:
     return jnp.argmax(rewards, axis=-1)
 
 
-def best_of_n_kl(n: int) -> float:
-    """The usual analytic figure for KL(best-of-n || pi0): log n - (n - 1) / n. It is exact only when the n
-    samples' rewards are distinct almost surely (a continuous reward); in general it is an upper bound on the
-    true KL (Beirami et al. 2024), loose when rewards tie or the response space is small."""
-    return math.log(n) - (n - 1) / n
+def best_of_n_kl(n):
+    """The usual analytic figure for KL(best-of-n || pi0): log n - (n - 1) / n, for an int or an array of n >= 1
+    (a float, or an array of the same shape). It is exact only when the n samples' rewards are distinct almost
+    surely (a continuous reward); in general it is an upper bound on the true KL (Beirami et al. 2024), loose
+    when rewards tie or the response space is small."""
+    values = np.asarray(n, np.float64)
+    if np.any(~(values >= 1)):
+        raise ValueError(f"n must be >= 1; got {n}")
+    kl = np.log(values) - (values - 1) / values
+    return float(kl) if kl.ndim == 0 else kl
 
 
 def rejection_sample(key: jax.Array, rewards: jax.Array, eta: float) -> jax.Array:
@@ -245,6 +250,31 @@ def rejection_sample(key: jax.Array, rewards: jax.Array, eta: float) -> jax.Arra
     r = rewards.astype(jnp.float32)
     accept_prob = jnp.exp((r - jnp.max(r, -1, keepdims=True)) / eta)
     return jax.random.uniform(key, r.shape) < accept_prob
+
+
+def rejection_accept(key: jax.Array, rewards, etas: Sequence[float]) -> Tuple[np.ndarray, List[float]]:
+    """Statistical rejection sampling of candidates [B, n] drawn from pi0 towards pi0 exp(r / eta_N) / Z.
+
+    etas: (eta,) for one step, or a decreasing schedule eta_1 > ... > eta_N for the multi-step sampler (see ``gshf``). Returns the accept mask [B, n] (the best candidate of each prompt always survives) and
+    each step's acceptance rate (accepted / candidates entering the step)."""
+    etas = tuple(float(e) for e in etas)
+    if not etas or any(not e > 0 for e in etas):
+        raise ValueError(f"etas must be a non-empty sequence of values > 0; got {etas}")
+    if any(b >= a for a, b in zip(etas, etas[1:])):
+        raise ValueError(f"a multi-step schedule must decrease (eta_1 > ... > eta_N); got {etas}")
+    r = jnp.asarray(rewards, jnp.float32)
+    if r.ndim != 2:
+        raise ValueError(f"rewards must have shape [B, n]; got {r.shape}")
+    alive = jnp.ones(r.shape, bool)
+    rates, previous = [], 0.0
+    for k, eta in enumerate(etas):
+        step = 1.0 / eta - previous
+        best = jnp.max(jnp.where(alive, r, -jnp.inf), -1, keepdims=True)
+        prob = jnp.exp(jnp.minimum(step * (r - best), 0.0))
+        accept = alive & (jax.random.uniform(jax.random.fold_in(key, k), r.shape) < prob)
+        rates.append(float(jnp.sum(accept) / jnp.maximum(jnp.sum(alive), 1)))
+        alive, previous = accept, 1.0 / eta
+    return np.asarray(alive), rates
 
 
 def select_samples(output: SampleOutput, indices: jax.Array, num_samples: int) -> SampleOutput:

@@ -261,3 +261,19 @@ def test_reward_model_scores_in_batches_equal_a_direct_call():
         rollout.RewardScores("lcb")
     with pytest.raises(ValueError, match="need the rows' 'attention'"):
         rollout.score_rows(rm, rollout.RewardScores(), {"tokens": rows["tokens"]})
+
+
+def test_prompts_take_and_check():
+    tokens, mask = np.arange(12).reshape(4, 3), np.ones((4, 3), np.int32)
+    prompts = rollout.Prompts(tokens, mask, ["a", "b", "c", "d"], ["ra", "rb", "rc", "rd"])
+    picked = prompts.take([2, 0])
+    np.testing.assert_array_equal(picked.tokens, tokens[[2, 0]])
+    assert picked.texts == ["c", "a"] and picked.references == ["rc", "ra"]
+    assert rollout.Prompts(tokens, mask, list("abcd")).take(np.array([3])).references is None
+    prompts.check()
+    with pytest.raises(ValueError, match="4 token rows .* 3 texts"):
+        rollout.Prompts(tokens, mask, ["a", "b", "c"]).check()
+    with pytest.raises(ValueError, match="2 references"):
+        rollout.Prompts(tokens, mask, list("abcd"), ["x", "y"]).check()
+    with pytest.raises(ValueError, match=r"a mask of \(4, 2\)"):
+        rollout.Prompts(tokens, mask[:, :2], list("abcd")).check()

@@ -100,6 +100,8 @@ def test_best_of_n_and_rejection_sampling_reach_the_gibbs_policy():
     rewards = jnp.array([[0.1, 0.9, 0.3], [2.0, -1.0, 0.0]])
     np.testing.assert_array_equal(sampling.best_of_n(rewards), [1, 0])
     assert sampling.best_of_n_kl(1) == 0.0
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        sampling.best_of_n_kl([2, 0])
     np.testing.assert_allclose(sampling.best_of_n_kl(2), math.log(2) - 0.5)
     # pi0 over three actions with rewards r; candidates from pi0, accepted with exp((r - max r) / eta):
     # the accepted actions follow pi0 exp(r / eta) / Z (exact here: every candidate set holds the best action).

@@ -33,9 +33,10 @@ import numpy as np
 from flax import nnx
 
 from experiments import lm_base
-from jax_irl import losses, parallel, rollout, stages, sweep, tasks, train
-from jax_irl.algorithms import gshf, ppo, sft
+from jax_irl import losses, parallel, rollout, sampling, stages, sweep, tasks, train
+from jax_irl.algorithms import pairs, ppo, sft
 from jax_irl.algorithms import reward_models as rm
+from jax_irl.algorithms.pairs import OracleConfig
 from jax_irl.data import arithmetic
 from jax_irl.data.tokenizer import TextTokenizer
 from jax_irl.models import hf, lora
@@ -60,7 +61,7 @@ class EnsemblesConfig:
     # proxies' backbone; None: pi0's
     pairs: int = 600  # gold-labelled prompts (one pair each) for the proxies; 10% of them held out
     candidates: int = 4  # pi0 samples per labelled prompt: the pair is the best and the worst under the gold
-    oracle: gshf.OracleConfig = gshf.OracleConfig()  # deterministic labels (ties skipped) or Bradley-Terry
+    oracle: OracleConfig = OracleConfig()  # deterministic labels (ties skipped) or Bradley-Terry
     label_noise: Tuple[float, ...] = (0.0, 0.25)
     rm_stage: stages.StageConfig = stages.StageConfig(steps=150, batch_size=16, optimizer=train.OptimizerConfig(
         learning_rate=3e-4, schedule="cosine", warmup_steps=10, weight_decay=0.01))
@@ -137,10 +138,10 @@ def run(cfg: EnsemblesConfig, run_dir: str) -> dict:
         resume_hint=f"Resume with --run-dir {run_dir}")
     max_length = cfg.base.max_length + max_new
     if cfg.gold_model:
-        gold_fn = gshf.reward_model_gold(hf.reward_model_from_pretrained(cfg.gold_model),
+        gold_fn = rm.reward_model_gold(hf.reward_model_from_pretrained(cfg.gold_model),
                                          TextTokenizer.load(cfg.gold_model), max_length=max_length)
     else:
-        gold_fn = gshf.per_sample(arithmetic.graded_reward)
+        gold_fn = pairs.per_sample(arithmetic.graded_reward)
     if cfg.rm_backbone:  # the proxies' own backbone and tokenizer
         rm_base, rm_tok = proxy_backbone(cfg.rm_backbone, cfg.base.dtype), TextTokenizer.load(cfg.rm_backbone)
         if cfg.base.lora.enabled:
@@ -150,28 +151,28 @@ def run(cfg: EnsemblesConfig, run_dir: str) -> dict:
                 print("note: lora applies to decoders; the proxies' BERT encoder backbone trains in full")
     else:
         rm_base, rm_tok = pi0, tok
-    settings = gshf.SampleSettings(tok, max_new, gold_fn, prompts_per_batch=cfg.sample_prompts_per_batch)
+    settings = pairs.SampleSettings(tok, max_new, gold_fn, prompts_per_batch=cfg.sample_prompts_per_batch)
     train_tokens, train_mask = rollout.prompt_rows(enc.train["tokens"], enc.train["prompt_lengths"], tok.pad_id,
                                                    enc.prompt_width)
-    train_prompts = gshf.Prompts(list(data.train_prompts), list(data.train_responses), train_tokens, train_mask)
-    eval_prompts = gshf.Prompts(list(data.eval_prompts), list(data.eval_references), enc.eval_prompts,
-                                enc.eval_prompt_mask)
+    train_prompts = rollout.Prompts(train_tokens, train_mask, list(data.train_prompts), list(data.train_responses))
+    eval_prompts = rollout.Prompts(enc.eval_prompts, enc.eval_prompt_mask, list(data.eval_prompts),
+                                   list(data.eval_references))
 
     def labelled():  # pi0's samples on the first `pairs` training prompts, labelled by the gold reward
-        chosen = gshf.Prompts.take(train_prompts, np.arange(cfg.pairs))
-        texts, gold, _ = gshf.sample_texts(pi0, chosen, jax.random.PRNGKey(11), cfg.candidates, settings)
-        records, counts = gshf.make_pairs(chosen.texts, texts, gold, cfg.oracle, np.random.default_rng(0))
+        chosen = train_prompts.take(np.arange(cfg.pairs))
+        texts, gold, _ = pairs.sample_texts(pi0, chosen, jax.random.PRNGKey(11), cfg.candidates, settings)
+        records, counts = pairs.make_pairs(chosen.texts, texts, gold, cfg.oracle, np.random.default_rng(0))
         return {"records": records, "counts": counts}
 
-    pairs = stages.cached_json(os.path.join(run_dir, "data", "pairs.json"), labelled)["records"]
-    if len(pairs) < 10:
-        raise ValueError(f"only {len(pairs)} of {cfg.pairs} prompts gave a labelled pair (identical samples and gold "
+    labelled_pairs = stages.cached_json(os.path.join(run_dir, "data", "pairs.json"), labelled)["records"]
+    if len(labelled_pairs) < 10:
+        raise ValueError(f"only {len(labelled_pairs)} of {cfg.pairs} prompts gave a labelled pair (identical samples and gold "
                          f"ties are skipped): raise pairs or candidates, or label ties with oracle.temperature > 0")
-    held = max(len(pairs) // 10, 1)
-    train_pairs, test_pairs = pairs[:-held], pairs[-held:]
+    held = max(len(labelled_pairs) // 10, 1)
+    train_pairs, test_pairs = labelled_pairs[:-held], labelled_pairs[-held:]
 
     def bon_pool():  # N samples of pi0 per held-out prompt with their gold rewards
-        texts, gold, _ = gshf.sample_texts(pi0, eval_prompts, jax.random.PRNGKey(12), cfg.bon_samples, settings)
+        texts, gold, _ = pairs.sample_texts(pi0, eval_prompts, jax.random.PRNGKey(12), cfg.bon_samples, settings)
         return {"texts": texts, "gold": gold.tolist()}
 
     pool = stages.cached_json(os.path.join(run_dir, "data", "bon_pool.json"), bon_pool)
@@ -180,13 +181,13 @@ def run(cfg: EnsemblesConfig, run_dir: str) -> dict:
                       [t for ts in pool["texts"] for t in ts], max_length)
     ns = [n for n in (1, 2, 4, 8, 16, 32, 64, 128, 256) if n <= cfg.bon_samples]
     reference_of = dict(zip(train_prompts.texts, train_prompts.references))
-    ppo_prompts = ppo.Prompts(train_tokens, train_mask, list(data.train_prompts))
+    ppo_prompts = rollout.Prompts(train_tokens, train_mask, list(data.train_prompts))
 
     def run_one(name, variant, seed, folder):
         kind, noise = variant
-        records = gshf.distinct_pairs(rm_tok, rm.flip_labels(train_pairs, noise, seed=1000 + seed), max_length,
+        records = pairs.distinct_pairs(rm_tok, rm.flip_labels(train_pairs, noise, seed=1000 + seed), max_length,
                                       what="reward-model pairs")
-        rows = rm.pair_rows(gshf.preference_rows(rm_tok, records, max_length))
+        rows = rm.pair_rows(pairs.preference_rows(rm_tok, records, max_length))
         from jax_irl.data import batching
         batches = batching.BatchSampler(len(records), cfg.rm_stage.batch_size, seed=seed)
 
@@ -201,7 +202,7 @@ def run(cfg: EnsemblesConfig, run_dir: str) -> dict:
                                    fingerprint=dict(depends, kind=kind, noise=noise, pairs=len(records)),
                                    tx=rm.optimizer_for(kind, cfg.rm_stage.optimizer, cfg.rm_stage.steps),
                                    desc=f"rm {name} seed {seed}", resume_hint=f"Resume with --run-dir {run_dir}").model
-        test = rm.evaluate_pairs(trained, rm.pair_rows(gshf.preference_rows(rm_tok, test_pairs, max_length)))
+        test = rm.evaluate_pairs(trained, rm.pair_rows(pairs.preference_rows(rm_tok, test_pairs, max_length)))
         scores = rollout.score_rows(trained, rollout.RewardScores("mean"), {k: pool_rows[k] for k in
                                                                             ("tokens", "attention")},
                                     rows_per_batch=64)["rewards"].reshape(len(eval_prompts.texts), cfg.bon_samples, -1)
@@ -301,7 +302,7 @@ def _plot_gold_and_proxy(panels, path: str, *, pi0_gold: Optional[float] = None)
 
 
 def _plot_bon(bon_summary, ns, pi0_gold: float, path: str) -> None:
-    x = rm.kl_bon(ns)
+    x = sampling.best_of_n_kl(ns)
     panels = [(f"best-of-n, {how} aggregation", "KL_bon = log n - (n-1)/n", "gold reward",
                [(name, x, np.array([tree[str(n)]["gold"][0] for n in ns]),
                  np.nan_to_num(np.array([tree[str(n)]["gold"][1] for n in ns])),

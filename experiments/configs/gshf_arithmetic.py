@@ -21,7 +21,8 @@ import numpy as np
 
 from experiments import lm_base
 from jax_irl import metrics, parallel, rollout, stages, sweep, tasks, train
-from jax_irl.algorithms import gshf, sft
+from jax_irl.algorithms import gshf, pairs, sft
+from jax_irl.algorithms import reward_models as rm
 from jax_irl.data import arithmetic, jsonl
 from jax_irl.data.tokenizer import TextTokenizer
 from jax_irl.models import hf
@@ -45,7 +46,7 @@ class GSHFConfig:
     preference_file: Optional[str] = None  # a JSONL of prompt/chosen/rejected: the offline set of offline_dpo/hybrid
     optimizer: train.OptimizerConfig = train.OptimizerConfig(learning_rate=2e-4, max_grad_norm=1.0)  # DPO / RSO
     batch_pairs: int = 16
-    oracle: gshf.OracleConfig = gshf.OracleConfig()
+    oracle: pairs.OracleConfig = pairs.OracleConfig()
     variants: Dict[str, gshf.GSHFMethod] = dataclasses.field(default_factory=lambda: dict(VARIANTS))
     methods: Tuple[str, ...] = tuple(VARIANTS)
     betas: Tuple[float, ...] = (0.1, 0.3, 1.0)  # every method runs at each (its beta field is replaced)
@@ -75,14 +76,14 @@ def validate(cfg: GSHFConfig) -> None:
             dataclasses.replace(cfg.variants[name], beta=b)  # e.g. a rejection schedule that beta would cross
 
 
-def gold_fn(cfg: GSHFConfig) -> gshf.GoldFn:
+def gold_fn(cfg: GSHFConfig) -> pairs.GoldFn:
     """The oracle's gold reward: a local reward model (re-tokenizing with its own tokenizer), else the graded
     arithmetic checker."""
     if cfg.reward_model:
-        return gshf.reward_model_gold(hf.reward_model_from_pretrained(cfg.reward_model),
+        return rm.reward_model_gold(hf.reward_model_from_pretrained(cfg.reward_model),
                                       TextTokenizer.load(cfg.reward_model), aggregation=cfg.reward_aggregation,
                                       max_length=cfg.base.max_length + cfg.max_new_tokens)
-    return gshf.per_sample(arithmetic.graded_reward)
+    return pairs.per_sample(arithmetic.graded_reward)
 
 
 COLUMNS = (sweep.Column("gold", "gold reward"), sweep.Column("kl", "KL(pi ‖ pi0)"),
@@ -104,11 +105,11 @@ def run(cfg: GSHFConfig, run_dir: str) -> dict:
     train_tokens, train_mask = rollout.prompt_rows(enc.train["tokens"], enc.train["prompt_lengths"], tok.pad_id,
                                                    enc.prompt_width)
     ctx = gshf.Context(
-        pi0=pi0, train_prompts=gshf.Prompts(list(data.train_prompts), list(data.train_responses), train_tokens,
-                                            train_mask),
-        eval_prompts=gshf.Prompts(list(data.eval_prompts), list(data.eval_references), enc.eval_prompts,
-                                  enc.eval_prompt_mask),
-        settings=gshf.SampleSettings(tok, cfg.max_new_tokens, gold_fn(cfg)), oracle=cfg.oracle,
+        pi0=pi0, train_prompts=rollout.Prompts(train_tokens, train_mask, list(data.train_prompts),
+                                               list(data.train_responses)),
+        eval_prompts=rollout.Prompts(enc.eval_prompts, enc.eval_prompt_mask, list(data.eval_prompts),
+                                     list(data.eval_references)),
+        settings=pairs.SampleSettings(tok, cfg.max_new_tokens, gold_fn(cfg)), oracle=cfg.oracle,
         optimizer=cfg.optimizer, batch_pairs=cfg.batch_pairs, max_length=cfg.base.max_length,
         eval_samples=cfg.eval_samples, mesh=mesh, save_every=cfg.save_every, vocab_chunk=cfg.vocab_chunk,
         offline_records=jsonl.read_jsonl(cfg.preference_file, "preference") if cfg.preference_file else None)

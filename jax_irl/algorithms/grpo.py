@@ -234,7 +234,7 @@ def overlong(response: np.ndarray, response_mask: np.ndarray, eos_id: int, max_n
     return truncated, penalty
 
 
-def make_group_rollout(model, reference, cfg: GRPOConfig, draw_prompts: Callable[[int], ppo.Prompts],
+def make_group_rollout(model, reference, cfg: GRPOConfig, draw_prompts: Callable[[int], rollout.Prompts],
                        reward_fn: GroupRewardFn, key, *, eos_id: int, pad_id: int,
                        vocab_chunk: Optional[int] = None, rows_per_score: Optional[int] = None) -> ppo.Rollout:
     """Steps 1-4 of the module docstring: the rows an update trains on and the rollout's metrics.
@@ -393,7 +393,7 @@ class GroupRun(ppo.PPORun):
     def draw(self, i: int, model) -> ppo.Rollout:
         p_count, total = self.cfg.prompts_per_rollout, len(self.prompts.tokens)
 
-        def draw_prompts(attempt: int) -> ppo.Prompts:
+        def draw_prompts(attempt: int) -> rollout.Prompts:
             if attempt == 0:
                 return self.prompts_of(self.sampler.indices(i))
             order = np.random.default_rng([self.seed, i, attempt]).permutation(total)[:p_count]
@@ -405,7 +405,7 @@ class GroupRun(ppo.PPORun):
                                   rows_per_score=self.rows_per_score)
 
 
-def train_grpo(folder: str, model, reference, cfg: GRPOConfig, mesh, prompts: ppo.Prompts, reward_fn: GroupRewardFn,
+def train_grpo(folder: str, model, reference, cfg: GRPOConfig, mesh, prompts: rollout.Prompts, reward_fn: GroupRewardFn,
                *, seed: int, eos_id: int, pad_id: int, fingerprint: Dict, save_every: int,
                vocab_chunk: Optional[int] = None, rows_per_score: Optional[int] = None,
                keep_rollouts: Optional[int] = 4, eval_fn: Optional[Callable] = None, eval_every: Optional[int] = None,

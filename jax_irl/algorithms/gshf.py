@@ -13,7 +13,7 @@ The paper's oracles for it, as built here:
   per buffer (``reference_logps``) and the step never holds pi0. The pessimistic variant subtracts a per-pair
   margin c * (Gamma_rejected - Gamma_chosen) built from a K-head reward model's disagreement (see
   ``losses.preference``).
-- Rejection sampling (``rejection_accept``): candidates a_1..a_n ~ pi0 are accepted with probability
+- Rejection sampling (``sampling.rejection_accept``): candidates a_1..a_n ~ pi0 are accepted with probability
   exp((r_j - max_k r_k) / eta); accepted samples follow pi* as n grows. The multi-step schedule
   eta_1 > ... > eta_N = eta goes pi0 -> pi0 e^{r/eta_1} -> ... -> pi*, step k accepting the survivors of step
   k-1 with probability exp((r - max r) (1/eta_k - 1/eta_{k-1})): the exponents telescope to the one-step target
@@ -27,7 +27,7 @@ The paper's oracles for it, as built here:
   budget on pi0's own samples at once. A user's own preference file (``Context.offline_records``, read with
   ``data.jsonl.read_jsonl(path, "preference")``) replaces that offline set.
 
-The preference oracle (``OracleConfig``) labels by a gold reward r*: deterministically (higher r* wins; ties
+The preference oracle (``pairs.OracleConfig``) labels by a gold reward r*: deterministically (higher r* wins; ties
 are skipped) or by Bradley-Terry, P(a_1 > a_2) = sigmoid((r*_1 - r*_2) / temperature). Pairs are records
 {"prompt", "chosen", "rejected"} (the JSONL preference format, ``data.jsonl``), so a user's own preference
 file trains the same way. Every round is a pure function of (seed, round) and the previous round's params, and
@@ -42,164 +42,20 @@ samples under the gold reward (ties count one half).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import os
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_irl import losses, rollout, stages, train
-from jax_irl.algorithms import sft
+from jax_irl import losses, rollout, sampling, stages, train
+from jax_irl.algorithms import pairs, sft
 from jax_irl.data import batching, jsonl
-
-# The gold reward r*, batched: gold(prompts [P], references [P], responses [P][n]) -> rewards [P, n].
-GoldFn = Callable[[Sequence[str], Sequence[str], Sequence[Sequence[str]]], np.ndarray]
-
-
-def per_sample(score: Callable[[str, str], float]) -> GoldFn:
-    """A GoldFn from a per-sample score(response, reference) (a programmatic checker such as
-    ``arithmetic.graded_reward``)."""
-
-    def gold(prompts, references, responses):
-        return np.array([[score(t, ref) for t in ts] for ts, ref in zip(responses, references)], np.float64)
-
-    return gold
-
-
-def _reward_model_scores(reward_model, tokenizer, prompts, responses, scorer, max_length: int, rows_per_batch: int):
-    pairs = [(p, t) for p, ts in zip(prompts, responses) for t in ts]
-    enc = batching.encode_examples(tokenizer, [p for p, _ in pairs], [t for _, t in pairs], max_length)
-    length = enc["prompt_lengths"] + (enc["mask"] > 0).sum(1)  # prompt, response and eos
-    attention = (np.arange(enc["tokens"].shape[1])[None] < length[:, None]).astype(np.int32)
-    return rollout.score_rows(reward_model, scorer, {"tokens": enc["tokens"], "attention": attention},
-                              rows_per_batch=rows_per_batch)
-
-
-def reward_model_gold(reward_model, tokenizer, *, aggregation: str = "mean", coef: Optional[float] = None,
-                      max_length: int = 1024, rows_per_batch: int = 32) -> GoldFn:
-    """A GoldFn from a reward model (``models.heads.RewardModel``, e.g. ``hf.reward_model_from_pretrained``) and
-    its own tokenizer: prompt + response re-tokenized for the reward model, its K heads aggregated with
-    ``losses.aggregate_rewards``. This is the oracle of the paper's experiments (a trained reward model)."""
-    scorer = rollout.RewardScores(aggregation, coef)
-
-    def gold(prompts, references, responses):
-        scores = _reward_model_scores(reward_model, tokenizer, prompts, responses, scorer, max_length, rows_per_batch)
-        return np.asarray(scores["reward"], np.float64).reshape(len(prompts), -1)
-
-    return gold
-
-
-def reward_model_uncertainty(reward_model, tokenizer, *, max_length: int = 1024, rows_per_batch: int = 32) -> GoldFn:
-    """Gamma(x, a): the population standard deviation of a K-head reward model's heads on each response
-    (``losses.head_disagreement``), in the GoldFn signature; the uncertainty of pessimistic DPO's margin."""
-    scorer = rollout.RewardScores()
-
-    def uncertainty(prompts, references, responses):
-        scores = _reward_model_scores(reward_model, tokenizer, prompts, responses, scorer, max_length, rows_per_batch)
-        return np.asarray(losses.head_disagreement(jnp.asarray(scores["rewards"])), np.float64).reshape(
-            len(prompts), -1)
-
-    return uncertainty
-
-
-# --- the preference oracle -----------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class OracleConfig:
-    temperature: float = 0.0  # Bradley-Terry temperature of the labels; 0: deterministic (higher reward wins)
-    pair_rule: str = "best_worst"  # of n >= 2 candidates: best vs worst under the reward, or a random pair
-
-    def __post_init__(self):
-        if not self.temperature >= 0:
-            raise ValueError(f"oracle temperature must be >= 0; got {self.temperature}")
-        if self.pair_rule not in ("best_worst", "random"):
-            raise ValueError(f"pair_rule must be 'best_worst' or 'random'; got {self.pair_rule!r}")
-
-
-def make_pairs(prompts: Sequence[str], candidates: Sequence[Sequence[str]], rewards: np.ndarray,
-               oracle: OracleConfig, rng: np.random.Generator) -> Tuple[List[Dict[str, str]], Dict[str, int]]:
-    """One labelled pair per prompt from its candidates [P][n] and their gold rewards [P, n].
-
-    The pair is the best and the worst candidate (ties broken by position) or two random distinct ones; the
-    label is deterministic (the higher reward is chosen) or drawn from Bradley-Terry. A pair of identical
-    texts, or of equal rewards under deterministic labels, teaches nothing and is skipped: the counts say how
-    many. Returns (records, {'pairs', 'identical', 'ties'})."""
-    rewards = np.asarray(rewards, np.float64)
-    if len(prompts) != len(candidates) or rewards.shape != (len(prompts), len(candidates[0]) if candidates else 0):
-        raise ValueError(f"need one row of candidates and rewards per prompt; got {len(prompts)} prompts, "
-                         f"{len(candidates)} candidate rows, rewards {rewards.shape}")
-    if rewards.shape[1] < 2:
-        raise ValueError(f"a pair needs at least 2 candidates per prompt; got {rewards.shape[1]}")
-    if not np.isfinite(rewards).all():
-        raise ValueError("gold rewards must be finite")
-    records, counts = [], {"pairs": 0, "identical": 0, "ties": 0}
-    for prompt, texts, r in zip(prompts, candidates, rewards):
-        if oracle.pair_rule == "best_worst":
-            i, j = int(np.argmax(r)), int(np.argmin(r))
-            if i == j:
-                i, j = 0, 1
-        else:
-            i, j = (int(k) for k in rng.choice(len(texts), 2, replace=False))
-        if texts[i] == texts[j]:
-            counts["identical"] += 1
-            continue
-        if oracle.temperature == 0:
-            if r[i] == r[j]:
-                counts["ties"] += 1
-                continue
-            first_wins = r[i] > r[j]
-        else:
-            first_wins = rng.random() < 1.0 / (1.0 + math.exp(-(r[i] - r[j]) / oracle.temperature))
-        chosen, rejected = (texts[i], texts[j]) if first_wins else (texts[j], texts[i])
-        records.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
-        counts["pairs"] += 1
-    return records, counts
 
 
 # --- DPO on a buffer of pairs --------------------------------------------------------------------------------
-
-
-def preference_rows(tokenizer, records: Sequence[Dict[str, str]], max_length: int) -> Dict[str, np.ndarray]:
-    """Rows for ``dpo_loss_fn``: tokens [2N, T] with pair i's chosen response at row 2i and its rejected one at
-    2i + 1, and their target masks [2N, T-1] (response tokens and eos). Records need 'prompt', 'chosen' and
-    'rejected' strings; an empty buffer is refused."""
-    if not records:
-        raise ValueError("the preference buffer is empty: no pair to train on")
-    prompts, responses = [], []
-    for n, record in enumerate(records):
-        for field in ("prompt", "chosen", "rejected"):
-            if not isinstance(record.get(field), str):
-                raise ValueError(f"preference record {n} needs a string {field!r}; got {record.get(field)!r}")
-        prompts += [record["prompt"], record["prompt"]]
-        responses += [record["chosen"], record["rejected"]]
-    encoded = batching.encode_examples(tokenizer, prompts, responses, max_length)
-    return batching.trim_padding({"tokens": encoded["tokens"], "mask": encoded["mask"]}, tokenizer.pad_id)
-
-
-def distinct_pairs(tokenizer, records: Sequence[Dict[str, str]], max_length: int,
-                   what: str = "pairs") -> List[Dict[str, str]]:
-    """The records whose chosen and rejected responses differ once encoded as ``preference_rows`` encodes them
-    (cut to ``max_length``): a pair whose two rows are the same tokens carries no preference (its DPO or
-    Bradley-Terry gradient is rounding noise, which Adam scales up into real updates while the loss reads log 2).
-    The dropped ones are counted in a printed note; a buffer with none left is refused."""
-    if not records:
-        raise ValueError(f"the {what} buffer is empty: no pair to train on")
-    rows = preference_rows(tokenizer, records, max_length)
-    tokens, mask = rows["tokens"], rows["mask"]
-    same = np.all(tokens[0::2] == tokens[1::2], axis=1) & np.all(mask[0::2] == mask[1::2], axis=1)
-    kept = [r for r, s in zip(records, same) if not s]
-    if same.any():
-        print(f"note: {int(same.sum())} of {len(records)} {what} have the same chosen and rejected response (as "
-              f"tokens, cut to max_length={max_length}): dropped, they carry no preference")
-    if not kept:
-        raise ValueError(f"every one of the {len(records)} {what} has the same chosen and rejected response (as "
-                         f"tokens, cut to max_length={max_length}): nothing to learn a preference from")
-    return kept
 
 
 def reference_logps(pi0, rows: Dict[str, np.ndarray], *, vocab_chunk: Optional[int] = None,
@@ -262,11 +118,11 @@ def pair_batch_fn(rows: Dict[str, np.ndarray], ref_logps: np.ndarray, batch_pair
     sampler = batching.BatchSampler(num_pairs, min(batch_pairs, num_pairs), seed=seed)
 
     def batch_fn(position):
-        pairs = sampler.local_indices(position)
-        idx = np.stack([2 * pairs, 2 * pairs + 1], 1).reshape(-1)
+        chosen = sampler.local_indices(position)
+        idx = np.stack([2 * chosen, 2 * chosen + 1], 1).reshape(-1)
         batch = {"tokens": rows["tokens"][idx], "mask": rows["mask"][idx], "ref_logps": ref_logps[idx]}
         if margin is not None:
-            batch["margin"] = margin[pairs].astype(np.float32)
+            batch["margin"] = margin[chosen].astype(np.float32)
         return batch
 
     return batch_fn
@@ -284,84 +140,15 @@ def stage_for(num_items: int, batch_size: int, epochs: float, optimizer: train.O
                               optimizer=optimizer)
 
 
-def records_digest(records: Sequence[Dict[str, str]]) -> str:
-    """A short digest of a buffer (part of a stage's fingerprint: a changed buffer never resumes a stale run)."""
-    return hashlib.sha256(json.dumps(list(records), sort_keys=True).encode()).hexdigest()[:16]
+# --- measuring -----------------------------------------------------------------------------------------------
 
 
-# --- rejection sampling --------------------------------------------------------------------------------------
-
-
-def rejection_accept(key: jax.Array, rewards, etas: Sequence[float]) -> Tuple[np.ndarray, List[float]]:
-    """Statistical rejection sampling of candidates [B, n] drawn from pi0 towards pi0 exp(r / eta_N) / Z.
-
-    etas: (eta,) for one step, or a decreasing schedule eta_1 > ... > eta_N for the multi-step sampler (see the
-    module docstring). Returns the accept mask [B, n] (the best candidate of each prompt always survives) and
-    each step's acceptance rate (accepted / candidates entering the step)."""
-    etas = tuple(float(e) for e in etas)
-    if not etas or any(not e > 0 for e in etas):
-        raise ValueError(f"etas must be a non-empty sequence of values > 0; got {etas}")
-    if any(b >= a for a, b in zip(etas, etas[1:])):
-        raise ValueError(f"a multi-step schedule must decrease (eta_1 > ... > eta_N); got {etas}")
-    r = jnp.asarray(rewards, jnp.float32)
-    if r.ndim != 2:
-        raise ValueError(f"rewards must have shape [B, n]; got {r.shape}")
-    alive = jnp.ones(r.shape, bool)
-    rates, previous = [], 0.0
-    for k, eta in enumerate(etas):
-        step = 1.0 / eta - previous
-        best = jnp.max(jnp.where(alive, r, -jnp.inf), -1, keepdims=True)
-        prob = jnp.exp(jnp.minimum(step * (r - best), 0.0))
-        accept = alive & (jax.random.uniform(jax.random.fold_in(key, k), r.shape) < prob)
-        rates.append(float(jnp.sum(accept) / jnp.maximum(jnp.sum(alive), 1)))
-        alive, previous = accept, 1.0 / eta
-    return np.asarray(alive), rates
-
-
-# --- sampling and measuring ----------------------------------------------------------------------------------
-
-
-class Prompts(NamedTuple):
-    """A prompt set as text (for records and the oracle) and as left-padded token rows (for sampling)."""
-
-    texts: List[str]
-    references: List[str]
-    tokens: np.ndarray  # [P, W]
-    mask: np.ndarray  # [P, W]
-
-    def take(self, idx) -> "Prompts":
-        return Prompts([self.texts[i] for i in idx], [self.references[i] for i in idx], self.tokens[idx],
-                       self.mask[idx])
-
-
-class SampleSettings(NamedTuple):
-    tokenizer: object
-    max_new_tokens: int
-    gold: GoldFn
-    temperature: float = 1.0
-    uncertainty: Optional[GoldFn] = None  # Gamma(x, a) for pessimistic DPO (reward_model_uncertainty)
-    prompts_per_batch: Optional[int] = None  # the sampler's chunk of prompts (rollout.sample_rows); None: all at once
-
-
-def sample_texts(model, prompts: Prompts, key, n: int, s: SampleSettings):
-    """n samples per prompt: (texts [P][n], gold rewards [P, n], the rows)."""
-    rows = rollout.sample_rows(model, prompts.tokens, prompts.mask, key, max_new_tokens=s.max_new_tokens,
-                               eos_id=s.tokenizer.eos_id, pad_id=s.tokenizer.pad_id, temperature=s.temperature,
-                               num_samples=n, prompts_per_batch=s.prompts_per_batch)
-    flat = [s.tokenizer.decode(r[m > 0]) for r, m in zip(rows["response"], rows["response_mask"])]
-    texts = [flat[i * n:(i + 1) * n] for i in range(len(prompts.texts))]
-    gold = np.asarray(s.gold(prompts.texts, prompts.references, texts), np.float64)
-    if gold.shape != (len(texts), n):
-        raise ValueError(f"the gold reward returned shape {gold.shape}; expected [P, n] = {(len(texts), n)}")
-    return texts, gold, rows
-
-
-def evaluate_policy(policy, pi0, prompts: Prompts, key, s: SampleSettings, num_samples: int,
+def evaluate_policy(policy, pi0, prompts: rollout.Prompts, key, s: pairs.SampleSettings, num_samples: int,
                     pi0_gold: np.ndarray, vocab_chunk: Optional[int] = None) -> Dict[str, float]:
     """Gold reward of the policy's samples, KL(pi || pi0) on them (k1: sum_t log pi - log pi0, mean and standard
     error over samples) and the win rate against pi0's samples ``pi0_gold`` [P, num_samples] (same prompts;
     sample j against sample j, ties one half)."""
-    _, gold, rows = sample_texts(policy, prompts, key, num_samples, s)
+    _, gold, rows = pairs.sample_texts(policy, prompts, key, num_samples, s)
     # log pi of each sampled token comes with the samples (the sampler's model log-probs: temperature 1, no
     # filtering); only pi0 needs a forward pass.
     log_pi = rows["model_log_probs"].astype(np.float64).sum(-1)
@@ -424,10 +211,10 @@ class Context(NamedTuple):
     """What every method of a run shares."""
 
     pi0: object
-    train_prompts: Prompts
-    eval_prompts: Prompts
-    settings: SampleSettings
-    oracle: OracleConfig
+    train_prompts: rollout.Prompts
+    eval_prompts: rollout.Prompts
+    settings: pairs.SampleSettings
+    oracle: pairs.OracleConfig
     optimizer: train.OptimizerConfig
     batch_pairs: int
     max_length: int
@@ -438,32 +225,32 @@ class Context(NamedTuple):
     offline_records: Optional[List[Dict[str, str]]] = None  # a user's preference pairs: the offline set instead
 
 
-def _round_prompts(ctx: Context, seed: int, round_index: int, count: int) -> Prompts:
+def _round_prompts(ctx: Context, seed: int, round_index: int, count: int) -> rollout.Prompts:
     rng = np.random.default_rng((seed, round_index))
     return ctx.train_prompts.take(rng.choice(len(ctx.train_prompts.texts), count, replace=False))
 
 
-def _pairs_from(model, ctx: Context, method: GSHFMethod, prompts: Prompts, seed: int, round_index: int,
+def _pairs_from(model, ctx: Context, method: GSHFMethod, prompts: rollout.Prompts, seed: int, round_index: int,
                 online: bool):
     """One round's labelled pairs. Online: main agent (1 sample) against the enhancer (best of n, or a
     rejection-sampled one) from ``model``; offline: the oracle's pair rule over n samples of ``model``."""
     key = jax.random.fold_in(jax.random.PRNGKey(seed), round_index)
     rng = np.random.default_rng((seed, round_index, 1))
-    texts, gold, _ = sample_texts(model, prompts, jax.random.fold_in(key, 0), method.candidates, ctx.settings)
+    texts, gold, _ = pairs.sample_texts(model, prompts, jax.random.fold_in(key, 0), method.candidates, ctx.settings)
     if online:
-        main, main_gold, _ = sample_texts(model, prompts, jax.random.fold_in(key, 1), 1, ctx.settings)
+        main, main_gold, _ = pairs.sample_texts(model, prompts, jax.random.fold_in(key, 1), 1, ctx.settings)
         if method.enhancer == "best_of_n":
             pick = np.argmax(gold, 1)
         else:
-            accept, _ = rejection_accept(jax.random.fold_in(key, 2), gold, (method.beta,))
+            accept, _ = sampling.rejection_accept(jax.random.fold_in(key, 2), gold, (method.beta,))
             pick = np.array([rng.choice(np.flatnonzero(a)) for a in accept])
         texts = [[m[0], ts[j]] for m, ts, j in zip(main, texts, pick)]
         gold = np.stack([main_gold[:, 0], gold[np.arange(len(pick)), pick]], 1)
-    records, counts = make_pairs(prompts.texts, texts, gold, ctx.oracle, rng)
+    records, counts = pairs.make_pairs(prompts.texts, texts, gold, ctx.oracle, rng)
     if method.pessimism and records:
         if ctx.settings.uncertainty is None:
-            raise ValueError("pessimistic DPO needs the oracle's uncertainty (SampleSettings.uncertainty, e.g. "
-                             "reward_model_uncertainty of a K-head reward model)")
+            raise ValueError("pessimistic DPO needs the oracle's uncertainty (pairs.SampleSettings.uncertainty, e.g. "
+                             "reward_models.reward_model_uncertainty of a K-head reward model)")
         u = ctx.settings.uncertainty([r["prompt"] for r in records], [""] * len(records),
                                      [[r["chosen"], r["rejected"]] for r in records])
         for record, (u_chosen, u_rejected) in zip(records, np.asarray(u, np.float64)):
@@ -478,8 +265,8 @@ def _pair_multiple(mesh) -> int:
 
 
 def _train_dpo(init, ctx: Context, method: GSHFMethod, buffer, folder: str, seed: int, fingerprint: dict):
-    buffer = distinct_pairs(ctx.settings.tokenizer, buffer, ctx.max_length, what="preference pairs")
-    rows = preference_rows(ctx.settings.tokenizer, buffer, ctx.max_length)
+    buffer = pairs.distinct_pairs(ctx.settings.tokenizer, buffer, ctx.max_length, what="preference pairs")
+    rows = pairs.preference_rows(ctx.settings.tokenizer, buffer, ctx.max_length)
     ref = reference_logps(ctx.pi0, rows, vocab_chunk=ctx.vocab_chunk)
     stage = stage_for(len(buffer), ctx.batch_pairs, method.epochs, ctx.optimizer, _pair_multiple(ctx.mesh))
     cfg = DPOConfig(method.beta, method.loss_type, method.label_smoothing, nll_weight=method.nll_weight)
@@ -490,7 +277,7 @@ def _train_dpo(init, ctx: Context, method: GSHFMethod, buffer, folder: str, seed
                               stage, ctx.mesh,
                               pair_batch_fn(rows, ref, stage.batch_size, seed, margin), seed=seed,
                               save_every=ctx.save_every,
-                              fingerprint=dict(fingerprint, buffer=records_digest(buffer), pairs=len(buffer)),
+                              fingerprint=dict(fingerprint, buffer=pairs.records_digest(buffer), pairs=len(buffer)),
                               desc=f"{os.path.basename(os.path.dirname(folder))} dpo ({len(buffer)} pairs)",
                               resume_hint="Resume with --run-dir pointing at the run folder.")
     return result.model
@@ -503,7 +290,7 @@ def run_method(method: GSHFMethod, ctx: Context, seed: int, folder: str, fingerp
     # pi0 and every policy sample the eval prompts with the same key (common random numbers): a policy equal to
     # pi0 draws the same samples, so its win rate is exactly 1/2 and the comparison is paired.
     eval_key = jax.random.PRNGKey(20_000 + seed)
-    pi0_gold = np.asarray(stages.cached_json(os.path.join(folder, "pi0_eval_gold.json"), lambda: sample_texts(
+    pi0_gold = np.asarray(stages.cached_json(os.path.join(folder, "pi0_eval_gold.json"), lambda: pairs.sample_texts(
         ctx.pi0, ctx.eval_prompts, eval_key, ctx.eval_samples, ctx.settings)[1].tolist()))
 
     def measure(policy, where: str) -> Dict[str, float]:
@@ -557,8 +344,10 @@ def _rejection(method: GSHFMethod, ctx: Context, seed: int, folder: str, fingerp
 
     def accepted():
         key = jax.random.fold_in(jax.random.PRNGKey(seed), 0)
-        texts, gold, _ = sample_texts(ctx.pi0, prompts, jax.random.fold_in(key, 0), method.candidates, ctx.settings)
-        accept, rates = rejection_accept(jax.random.fold_in(key, 3), gold, method.rs_schedule + (method.beta,))
+        texts, gold, _ = pairs.sample_texts(ctx.pi0, prompts, jax.random.fold_in(key, 0), method.candidates,
+                                            ctx.settings)
+        accept, rates = sampling.rejection_accept(jax.random.fold_in(key, 3), gold,
+                                                  method.rs_schedule + (method.beta,))
         keep = [(p, t) for p, ts, a in zip(prompts.texts, texts, accept) for t, ok in zip(ts, a) if ok]
         return {"records": [{"prompt": p, "response": t} for p, t in keep], "rates": rates}
 
@@ -572,9 +361,10 @@ def _rejection(method: GSHFMethod, ctx: Context, seed: int, folder: str, fingerp
                       int(ctx.mesh.shape["data"] * ctx.mesh.shape["fsdp"]))
     sampler = batching.BatchSampler(len(records), stage.batch_size, seed=seed)
     result = stages.run_stage(os.path.join(where, "train"), ctx.pi0,
-                              sft.loss_fn(vocab_chunk=ctx.vocab_chunk, window=rollout.loss_window(rows["mask"])), stage, ctx.mesh,
+                              sft.loss_fn(vocab_chunk=ctx.vocab_chunk, window=rollout.loss_window(rows["mask"])),
+                              stage, ctx.mesh,
                               sampler.batch_fn(rows), seed=seed, save_every=ctx.save_every,
-                              fingerprint=dict(fingerprint, accepted=records_digest(records)),
+                              fingerprint=dict(fingerprint, accepted=pairs.records_digest(records)),
                               desc=f"{os.path.basename(folder)} rso ({len(records)} samples)",
                               resume_hint="Resume with --run-dir pointing at the run folder.")
     final = dict(measure(result.model, where), labels=float(budget * method.candidates), skipped=0.0,

@@ -217,13 +217,7 @@ class Rollout(NamedTuple):
     stats: Dict[str, float]  # rollout-level metrics (reward, kl, kl_coef, response length, reward-fn stats)
 
 
-class Prompts(NamedTuple):
-    tokens: np.ndarray  # [P, W] left-padded prompt ids
-    mask: np.ndarray  # [P, W]
-    texts: Sequence[str]  # [P] what the reward function reads
-
-
-def make_rollout(model: ActorCritic, reference, cfg: PPOConfig, prompts: Prompts, reward_fn: RewardFn, key,
+def make_rollout(model: ActorCritic, reference, cfg: PPOConfig, prompts: rollout.Prompts, reward_fn: RewardFn, key,
                  kl_coef: float, *, eos_id: int, pad_id: int, vocab_chunk: Optional[int] = None,
                  rows_per_score: Optional[int] = None) -> Rollout:
     """Steps 1-4 of the module docstring for ``prompts`` (all of them, ``cfg.samples_per_prompt`` responses
@@ -291,14 +285,12 @@ class PPORun:
     the rollout of the position's iteration and returns its minibatch. Rollout stats go to rollouts/<i>.json,
     rows to rollouts/<i>.npz (the last ``keep_rollouts`` are kept; None keeps all)."""
 
-    def __init__(self, folder: str, reference, cfg: PPOConfig, prompts: Prompts, reward_fn: RewardFn, *, seed: int,
+    def __init__(self, folder: str, reference, cfg: PPOConfig, prompts: rollout.Prompts, reward_fn: RewardFn, *, seed: int,
                  eos_id: int, pad_id: int, vocab_chunk: Optional[int] = None, rows_per_score: Optional[int] = None,
                  keep_rollouts: Optional[int] = 4):
         if len(prompts.tokens) < cfg.prompts_per_rollout:
             raise ValueError(f"{len(prompts.tokens)} prompts for prompts_per_rollout={cfg.prompts_per_rollout}")
-        if len(prompts.texts) != len(prompts.tokens) or prompts.mask.shape != prompts.tokens.shape:
-            raise ValueError(f"prompts: {len(prompts.tokens)} token rows, {len(prompts.texts)} texts and a mask of "
-                             f"shape {prompts.mask.shape} for tokens of shape {prompts.tokens.shape}")
+        prompts.check()
         self.dir = os.path.join(folder, "rollouts")
         self.reference, self.cfg, self.prompts, self.reward_fn = reference, cfg, prompts, reward_fn
         self.seed, self.eos_id, self.pad_id = seed, eos_id, pad_id
@@ -321,8 +313,8 @@ class PPORun:
             i += 1
         return out
 
-    def prompts_of(self, idx) -> Prompts:
-        return Prompts(self.prompts.tokens[idx], self.prompts.mask[idx], [self.prompts.texts[j] for j in idx])
+    def prompts_of(self, idx) -> rollout.Prompts:
+        return self.prompts.take(idx)
 
     def draw(self, i: int, model) -> Rollout:
         """The rollout of iteration i, a pure function of (seed, i) and the model (subclasses change the method)."""
@@ -376,7 +368,7 @@ class PPORun:
         return {k: v[idx] for k, v in rows.items()}
 
 
-def train_ppo(folder: str, model: ActorCritic, reference, cfg: PPOConfig, mesh, prompts: Prompts,
+def train_ppo(folder: str, model: ActorCritic, reference, cfg: PPOConfig, mesh, prompts: rollout.Prompts,
               reward_fn: RewardFn, *, seed: int, eos_id: int, pad_id: int, fingerprint: Dict, save_every: int,
               vocab_chunk: Optional[int] = None, rows_per_score: Optional[int] = None, keep_rollouts: Optional[int] = 4,
               eval_fn: Optional[Callable] = None, eval_every: Optional[int] = None, progress: bool = True,

@@ -35,7 +35,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jax_irl import losses, train
+from jax_irl import losses, rollout, train
+from jax_irl.algorithms import pairs
+from jax_irl.data import batching
 from jax_irl.models.heads import RewardModel
 
 KINDS = ("single", "multihead", "ensemble")
@@ -125,7 +127,7 @@ def optimizer_for(kind: RMKind, opt: train.OptimizerConfig, steps: int) -> Optio
 
 
 def pair_rows(rows: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    """``gshf.preference_rows``' layout (chosen at 2i, rejected at 2i + 1; tokens [2N, T], target mask
+    """``pairs.preference_rows``' layout (chosen at 2i, rejected at 2i + 1; tokens [2N, T], target mask
     [2N, T-1]) plus 'attention' [2N, T]: 1 up to each row's last counted token."""
     mask = np.asarray(rows["mask"])
     t = np.arange(mask.shape[1])
@@ -202,13 +204,46 @@ def bon_gold(proxy: np.ndarray, gold: np.ndarray, ns: Sequence[int]) -> np.ndarr
     return np.array([float((ranked @ bon_weights(proxy.shape[-1], n)).mean()) for n in ns])
 
 
-def kl_bon(n) -> np.ndarray:
-    """KL(best-of-n || base) = log n - (n - 1) / n."""
-    n = np.asarray(n, float)
-    if np.any(n < 1):
-        raise ValueError(f"n must be >= 1; got {n}")
-    return np.log(n) - (n - 1) / n
+# --- reward models as gold rewards ---------------------------------------------------------------------
+
+
+def _reward_model_scores(reward_model, tokenizer, prompts, responses, scorer, max_length: int, rows_per_batch: int):
+    flat = [(p, t) for p, ts in zip(prompts, responses) for t in ts]
+    enc = batching.encode_examples(tokenizer, [p for p, _ in flat], [t for _, t in flat], max_length)
+    length = enc["prompt_lengths"] + (enc["mask"] > 0).sum(1)  # prompt, response and eos
+    attention = (np.arange(enc["tokens"].shape[1])[None] < length[:, None]).astype(np.int32)
+    return rollout.score_rows(reward_model, scorer, {"tokens": enc["tokens"], "attention": attention},
+                              rows_per_batch=rows_per_batch)
+
+
+def reward_model_gold(reward_model, tokenizer, *, aggregation: str = "mean", coef: Optional[float] = None,
+                      max_length: int = 1024, rows_per_batch: int = 32) -> pairs.GoldFn:
+    """A GoldFn from a reward model (``models.heads.RewardModel``, e.g. ``hf.reward_model_from_pretrained``) and
+    its own tokenizer: prompt + response re-tokenized for the reward model, its K heads aggregated with
+    ``losses.aggregate_rewards``. This is the oracle of the paper's experiments (a trained reward model)."""
+    scorer = rollout.RewardScores(aggregation, coef)
+
+    def gold(prompts, references, responses):
+        scores = _reward_model_scores(reward_model, tokenizer, prompts, responses, scorer, max_length, rows_per_batch)
+        return np.asarray(scores["reward"], np.float64).reshape(len(prompts), -1)
+
+    return gold
+
+
+def reward_model_uncertainty(reward_model, tokenizer, *, max_length: int = 1024,
+                             rows_per_batch: int = 32) -> pairs.GoldFn:
+    """Gamma(x, a): the population standard deviation of a K-head reward model's heads on each response
+    (``losses.head_disagreement``), in the GoldFn signature; the uncertainty of pessimistic DPO's margin."""
+    scorer = rollout.RewardScores()
+
+    def uncertainty(prompts, references, responses):
+        scores = _reward_model_scores(reward_model, tokenizer, prompts, responses, scorer, max_length, rows_per_batch)
+        return np.asarray(losses.head_disagreement(jnp.asarray(scores["rewards"])), np.float64).reshape(
+            len(prompts), -1)
+
+    return uncertainty
 
 
 __all__ = ["EnsembleRewardModel", "KINDS", "RMKind", "bon_gold", "bon_weights", "bt_loss_fn", "build",
-           "clip_per_member", "evaluate_pairs", "flip_labels", "kl_bon", "optimizer_for", "pair_rows"]
+           "clip_per_member", "evaluate_pairs", "flip_labels", "optimizer_for", "pair_rows", "reward_model_gold",
+           "reward_model_uncertainty"]

@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from jax_irl import losses, parallel, rollout, stages, train
-from jax_irl.algorithms import grpo, ppo
+from jax_irl.algorithms import grpo
 from jax_irl.models.config import TransformerConfig
 from jax_irl.models.transformer import Transformer
 from tests.losses import reference as ref_np
@@ -41,8 +41,8 @@ def _bandit(prompts, responses, mask):
     return R[responses[:, 0]], None, {"solved": (responses[:, 0] == 3).astype(float)}
 
 
-PROMPT = ppo.Prompts(np.array([[2]], np.int32), np.array([[1]], np.int32), ["p"])
-PROMPTS3 = ppo.Prompts(np.array([[0, 2], [2, 4], [0, 6]], np.int32), np.array([[0, 1], [1, 1], [0, 1]], np.int32),
+PROMPT = rollout.Prompts(np.array([[2]], np.int32), np.array([[1]], np.int32), ["p"])
+PROMPTS3 = rollout.Prompts(np.array([[0, 2], [2, 4], [0, 6]], np.int32), np.array([[0, 1], [1, 1], [0, 1]], np.int32),
                        ["a", "b", "c"])
 
 

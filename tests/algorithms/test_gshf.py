@@ -13,8 +13,8 @@ import pytest
 from flax import nnx
 from scipy import stats
 
-from jax_irl import parallel, rollout, stages, train
-from jax_irl.algorithms import gshf
+from jax_irl import parallel, rollout, sampling, stages, train
+from jax_irl.algorithms import gshf, pairs
 from jax_irl.data import arithmetic, batching
 from jax_irl.data.tokenizer import train_bpe
 from jax_irl.models.config import TransformerConfig
@@ -26,7 +26,7 @@ R = np.array([1.0, 0.0, 0.5, 0.2])  # the likeliest item has the top reward, so 
 
 def _accepted_counts(etas, seed=0, prompts=3000, n=32):
     items = np.random.default_rng(seed).choice(4, size=(prompts, n), p=P0)
-    accept, rates = gshf.rejection_accept(jax.random.PRNGKey(seed), R[items], etas)
+    accept, rates = sampling.rejection_accept(jax.random.PRNGKey(seed), R[items], etas)
     return np.bincount(items[accept], minlength=4), rates
 
 
@@ -53,30 +53,30 @@ def test_multistep_rejection_ends_at_the_same_target_accepting_more_per_step():
     np.testing.assert_allclose(np.prod(rates), one_step, rtol=0.05)  # the exponents telescope
     for bad, match in (((), "non-empty"), ((0.5, 0.0), "values > 0"), ((0.5, 1.0), "must decrease")):
         with pytest.raises(ValueError, match=match):
-            gshf.rejection_accept(jax.random.PRNGKey(0), np.zeros((2, 3)), bad)
+            sampling.rejection_accept(jax.random.PRNGKey(0), np.zeros((2, 3)), bad)
 
 
 def test_pairs_best_against_worst_skip_identical_and_tied_and_follow_bradley_terry():
     texts = [["a", "b", "c"], ["x", "x", "x"], ["p", "q", "r"]]
     rewards = np.array([[0.2, 0.9, 0.1], [0.1, 0.5, 0.3], [0.4, 0.4, 0.4]])
-    records, counts = gshf.make_pairs(["P1", "P2", "P3"], texts, rewards, gshf.OracleConfig(), np.random.default_rng(0))
+    records, counts = pairs.make_pairs(["P1", "P2", "P3"], texts, rewards, pairs.OracleConfig(), np.random.default_rng(0))
     assert records == [{"prompt": "P1", "chosen": "b", "rejected": "c"}]
     assert counts == {"pairs": 1, "identical": 1, "ties": 1}
     # Bradley-Terry labels: P(first wins) = sigmoid(gap / temperature), checked over many draws.
-    oracle = gshf.OracleConfig(temperature=0.5, pair_rule="random")
+    oracle = pairs.OracleConfig(temperature=0.5, pair_rule="random")
     rng = np.random.default_rng(1)
-    wins = sum(gshf.make_pairs(["p"], [["u", "v"]], np.array([[0.6, 0.2]]), oracle, rng)[0][0]["chosen"] == "u"
+    wins = sum(pairs.make_pairs(["p"], [["u", "v"]], np.array([[0.6, 0.2]]), oracle, rng)[0][0]["chosen"] == "u"
                for _ in range(4000))
     p = 1 / (1 + math.exp(-0.4 / 0.5))
     assert abs(wins / 4000 - p) < 4 * math.sqrt(p * (1 - p) / 4000)
     with pytest.raises(ValueError, match="at least 2 candidates"):
-        gshf.make_pairs(["p"], [["u"]], np.array([[0.1]]), gshf.OracleConfig(), rng)
+        pairs.make_pairs(["p"], [["u"]], np.array([[0.1]]), pairs.OracleConfig(), rng)
     with pytest.raises(ValueError, match="must be finite"):
-        gshf.make_pairs(["p"], [["u", "v"]], np.array([[0.1, np.nan]]), gshf.OracleConfig(), rng)
+        pairs.make_pairs(["p"], [["u", "v"]], np.array([[0.1, np.nan]]), pairs.OracleConfig(), rng)
     with pytest.raises(ValueError, match="one row of candidates"):
-        gshf.make_pairs(["p", "q"], [["u", "v"]], np.array([[0.1, 0.2]]), gshf.OracleConfig(), rng)
+        pairs.make_pairs(["p", "q"], [["u", "v"]], np.array([[0.1, 0.2]]), pairs.OracleConfig(), rng)
     with pytest.raises(ValueError, match="temperature must be >= 0"):
-        gshf.OracleConfig(temperature=-1.0)
+        pairs.OracleConfig(temperature=-1.0)
 
 
 def test_graded_gold_reward_hand_computed():
@@ -104,20 +104,20 @@ RECORDS = [{"prompt": f"Question: what is {a} plus 2?\nAnswer:", "chosen": f" {a
 
 def test_preference_rows_interleave_pairs_and_refuse_bad_records(lm):
     tok, _ = lm
-    rows = gshf.preference_rows(tok, RECORDS, 64)
+    rows = pairs.preference_rows(tok, RECORDS, 64)
     assert rows["tokens"].shape[0] == 16 and rows["mask"].shape[1] == rows["tokens"].shape[1] - 1
     chosen = tok.decode(rows["tokens"][0, 1:][rows["mask"][0] > 0])
     rejected = tok.decode(rows["tokens"][1, 1:][rows["mask"][1] > 0])
     assert chosen.strip() == RECORDS[0]["chosen"].strip() and rejected.strip() == RECORDS[0]["rejected"].strip()
     with pytest.raises(ValueError, match="buffer is empty"):
-        gshf.preference_rows(tok, [], 64)
+        pairs.preference_rows(tok, [], 64)
     with pytest.raises(ValueError, match="record 1 needs a string 'rejected'"):
-        gshf.preference_rows(tok, [RECORDS[0], {"prompt": "p", "chosen": "c"}], 64)
+        pairs.preference_rows(tok, [RECORDS[0], {"prompt": "p", "chosen": "c"}], 64)
 
 
 def test_dpo_on_a_buffer_starts_at_log2_lowers_its_loss_and_widens_the_margin(lm, tmp_path):
     tok, pi0 = lm
-    rows = gshf.preference_rows(tok, RECORDS, 64)
+    rows = pairs.preference_rows(tok, RECORDS, 64)
     ref = gshf.reference_logps(pi0, rows, rows_per_batch=5)
     direct = rollout.score_rows(pi0, rollout.LMScores(("log_probs",)), rows)["log_probs"].sum(-1)
     np.testing.assert_allclose(ref, direct, rtol=1e-5, atol=1e-4)
@@ -135,7 +135,7 @@ def test_dpo_on_a_buffer_starts_at_log2_lowers_its_loss_and_widens_the_margin(lm
 @pytest.mark.parametrize("loss_type,nll_weight", [("sigmoid", 0.0), ("ipo", 0.0), ("sigmoid", 0.5)])
 def test_dpo_with_a_loss_window_equals_the_full_path(lm, loss_type, nll_weight):
     tok, pi0 = lm
-    rows = gshf.preference_rows(tok, RECORDS, 64)
+    rows = pairs.preference_rows(tok, RECORDS, 64)
     window = rollout.loss_window(rows["mask"])
     assert window is not None and window < rows["mask"].shape[1]
     r = np.random.default_rng(0)
@@ -158,10 +158,10 @@ def _context(lm, tmp_path):
     refs = [f"{a} + {b} = {a + b}\n#### {a + b}" for a, b in problems]
     enc = batching.encode_examples(tok, prompts, refs, 48)
     tokens, mask = rollout.prompt_rows(enc["tokens"], enc["prompt_lengths"], tok.pad_id, int(enc["prompt_lengths"].max()))
-    every = gshf.Prompts(prompts, refs, tokens, mask)
+    every = rollout.Prompts(tokens, mask, prompts, refs)
     return gshf.Context(pi0=pi0, train_prompts=every, eval_prompts=every.take(np.arange(6)),
-                        settings=gshf.SampleSettings(tok, 10, gshf.per_sample(arithmetic.graded_reward), temperature=1.0),
-                        oracle=gshf.OracleConfig(temperature=0.05), optimizer=train.OptimizerConfig(learning_rate=1e-3),
+                        settings=pairs.SampleSettings(tok, 10, pairs.per_sample(arithmetic.graded_reward), temperature=1.0),
+                        oracle=pairs.OracleConfig(temperature=0.05), optimizer=train.OptimizerConfig(learning_rate=1e-3),
                         batch_pairs=4, max_length=48, eval_samples=2,
                         mesh=parallel.make_mesh(parallel.MeshConfig(1, 1, 1), jax.devices()[:1]), save_every=100)
 
@@ -244,13 +244,14 @@ def test_method_fields_are_validated():
 
 
 def test_reward_model_gold_scores_each_response_as_one_unpadded_row(lm):
+    from jax_irl.algorithms import reward_models
     from jax_irl.models.heads import RewardModel
 
     tok, _ = lm
     cfg = TransformerConfig.for_family("llama", vocab_size=tok.vocab_size, hidden_size=16, num_layers=1,
                                        num_heads=2, num_kv_heads=2, intermediate_size=32)
-    rm = RewardModel(Transformer(cfg, rngs=nnx.Rngs(3)), num_heads=3, rngs=nnx.Rngs(4))
-    gold = gshf.reward_model_gold(rm, tok, aggregation="min", max_length=48, rows_per_batch=2)
+    model = RewardModel(Transformer(cfg, rngs=nnx.Rngs(3)), num_heads=3, rngs=nnx.Rngs(4))
+    gold = reward_models.reward_model_gold(model, tok, aggregation="min", max_length=48, rows_per_batch=2)
     prompts, responses = ["what is 2 plus 2?", "what is 3 plus 1?"], [[" 4", " 2 + 2 = 4\n#### 4", " 5"], [" 4", "", " x"]]
     got = gold(prompts, ["", ""], responses)
     assert got.shape == (2, 3)
@@ -259,7 +260,7 @@ def test_reward_model_gold_scores_each_response_as_one_unpadded_row(lm):
             row = batching.encode_examples(tok, [p], [r], 48)
             n = int(row["prompt_lengths"][0] + row["mask"].sum())
             tokens = row["tokens"][:, :n]
-            want = np.asarray(rm(tokens, np.ones_like(tokens))).min(-1)[0]
+            want = np.asarray(model(tokens, np.ones_like(tokens))).min(-1)[0]
             np.testing.assert_allclose(got[i, j], want, rtol=1e-5, atol=1e-6)
 
 
@@ -277,8 +278,8 @@ def test_pessimistic_dpo_puts_the_uncertainty_margin_into_the_loss(lm, tmp_path)
     for r in records:
         assert r["chosen_uncertainty"] == pytest.approx(len(r["chosen"]) / 10)
     batch = min(4, len(records))
-    pairs = batching.BatchSampler(len(records), batch, seed=0).indices(0)
-    want = np.mean(np.log1p(np.exp(margin[pairs])))  # -log sigmoid(-m)
+    chosen = batching.BatchSampler(len(records), batch, seed=0).indices(0)
+    want = np.mean(np.log1p(np.exp(margin[chosen])))  # -log sigmoid(-m)
     with open(tmp_path / "p" / "round_0" / "train" / "metrics.jsonl") as f:
         assert json.loads(f.readline())["loss"] == pytest.approx(want, rel=1e-5)
     without = ctx._replace(settings=ctx.settings._replace(uncertainty=None))
@@ -303,7 +304,6 @@ def test_a_users_preference_file_is_the_offline_set(lm, tmp_path):
 
 
 def test_pairs_with_the_same_chosen_and_rejected_tokens_are_dropped_and_counted(capsys):
-    from jax_irl.algorithms import gshf as g
     from jax_irl.data.tokenizer import train_bpe
 
     tok = train_bpe(["what is 2 + 2? 4", "what is 3 + 3? 6", "the answer is long " * 4], vocab_size=300)
@@ -312,10 +312,10 @@ def test_pairs_with_the_same_chosen_and_rejected_tokens_are_dropped_and_counted(
                # different texts that are the same tokens once cut to max_length
                {"prompt": "q", "chosen": " the answer is long the answer is long A",
                 "rejected": " the answer is long the answer is long B"}]
-    kept = g.distinct_pairs(tok, records, max_length=8)
+    kept = pairs.distinct_pairs(tok, records, max_length=8)
     assert kept == records[:1]
     assert "2 of 3 pairs have the same chosen and rejected response" in capsys.readouterr().out
     with pytest.raises(ValueError, match="every one of the 1 pairs has the same chosen and rejected"):
-        g.distinct_pairs(tok, records[1:2], max_length=8)
+        pairs.distinct_pairs(tok, records[1:2], max_length=8)
     with pytest.raises(ValueError, match="buffer is empty"):
-        g.distinct_pairs(tok, [], max_length=8)
+        pairs.distinct_pairs(tok, [], max_length=8)

@@ -45,8 +45,8 @@ def _token_reward(prompts, responses, mask):  # RLSF-style: each token judged on
     return np.where(mask > 0, R[responses], 0.0), {}
 
 
-PROMPT = ppo.Prompts(np.array([[2]], np.int32), np.array([[1]], np.int32), ["p"])
-PROMPTS3 = ppo.Prompts(np.array([[0, 2], [2, 4], [0, 6]], np.int32), np.array([[0, 1], [1, 1], [0, 1]], np.int32),
+PROMPT = rollout.Prompts(np.array([[2]], np.int32), np.array([[1]], np.int32), ["p"])
+PROMPTS3 = rollout.Prompts(np.array([[0, 2], [2, 4], [0, 6]], np.int32), np.array([[0, 1], [1, 1], [0, 1]], np.int32),
                        ["a", "b", "c"])
 
 

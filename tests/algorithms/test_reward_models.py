@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_irl import parallel, train
+from jax_irl import parallel, sampling, train
 from jax_irl.algorithms import reward_models as rm
 from jax_irl.models.config import TransformerConfig
 from jax_irl.models.heads import RewardModel
@@ -46,7 +46,7 @@ def test_bon_estimator_equals_the_average_over_all_n_subsets():
         assert rm.bon_gold(proxy, gold, [n])[0] == pytest.approx(np.mean(brute), abs=1e-12)
     assert rm.bon_weights(7, 3).sum() == pytest.approx(1.0)
     assert rm.bon_weights(2000, 300).sum() == pytest.approx(1.0, abs=1e-9)  # large N stays exact in logs
-    np.testing.assert_allclose(rm.kl_bon([1, 2, 4]), [0.0, math.log(2) - 0.5, math.log(4) - 0.75])
+    np.testing.assert_allclose(sampling.best_of_n_kl([1, 2, 4]), [0.0, math.log(2) - 0.5, math.log(4) - 0.75])
     with pytest.raises(ValueError, match="1 <= n <= N"):
         rm.bon_gold(proxy, gold, [8])
     with pytest.raises(ValueError, match="same shape"):
@@ -133,7 +133,7 @@ def test_a_bert_encoder_from_a_local_checkpoint_is_a_proxy_backbone(tiny_hf_llam
     """The ensembles experiment's BERT path: a local BERT folder (MiniLM) and its own tokenizer, K heads
     trained by Bradley-Terry for a few steps, scored on pairs."""
     from experiments.configs import ensembles_arithmetic as ens
-    from jax_irl.algorithms import gshf
+    from jax_irl.algorithms import pairs
     from jax_irl.data.tokenizer import TextTokenizer
     from jax_irl.models.encoder import BertEncoder
 
@@ -144,7 +144,7 @@ def test_a_bert_encoder_from_a_local_checkpoint_is_a_proxy_backbone(tiny_hf_llam
     tok = TextTokenizer.load(folder)
     records = [{"prompt": f"what is {a} plus {a}?", "chosen": f"it is {2 * a}", "rejected": f"it is {2 * a + 1}"}
                for a in range(8)]
-    rows = rm.pair_rows(gshf.preference_rows(tok, records, 32))
+    rows = rm.pair_rows(pairs.preference_rows(tok, records, 32))
     kind = rm.RMKind("multihead", heads=2)
     model = rm.build(kind, lambda r: nnx.clone(backbone), seed=0)
     opt = train.OptimizerConfig(learning_rate=1e-3)

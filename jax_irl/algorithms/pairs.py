@@ -1,0 +1,162 @@
+"""Preference pairs: gold rewards, the preference oracle that labels pairs with them, and the pair rows that
+DPO and the reward models train on. GSHF (``gshf``) and the reward-ensemble runs share them.
+
+    gold = pairs.per_sample(arithmetic.graded_reward)                # or reward_models.reward_model_gold(...)
+    texts, rewards, _ = pairs.sample_texts(pi0, prompts, key, n=4, s=pairs.SampleSettings(tok, 64, gold))
+    records, counts = pairs.make_pairs(prompts.texts, texts, rewards, pairs.OracleConfig(), rng)
+    rows = pairs.preference_rows(tok, records, max_length=256)     # chosen at row 2i, rejected at 2i + 1
+
+A gold reward is a batched function ``gold(prompts [P], references [P], responses [P][n]) -> rewards [P, n]``
+(``GoldFn``): a programmatic checker through ``per_sample``, or a reward model through
+``reward_models.reward_model_gold``. The oracle (``OracleConfig``) labels by it deterministically (the higher
+reward wins; ties skipped) or by Bradley-Terry, P(a_1 > a_2) = sigmoid((r_1 - r_2) / temperature). Pairs are
+records {"prompt", "chosen", "rejected"}, the JSONL preference format of ``data.jsonl``, so a user's own
+preference file trains the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+
+from jax_irl import rollout
+from jax_irl.data import batching
+
+# The gold reward r*, batched: gold(prompts [P], references [P], responses [P][n]) -> rewards [P, n].
+GoldFn = Callable[[Sequence[str], Sequence[str], Sequence[Sequence[str]]], np.ndarray]
+
+
+def per_sample(score: Callable[[str, str], float]) -> GoldFn:
+    """A GoldFn from a per-sample score(response, reference) (a programmatic checker such as
+    ``arithmetic.graded_reward``)."""
+
+    def gold(prompts, references, responses):
+        return np.array([[score(t, ref) for t in ts] for ts, ref in zip(responses, references)], np.float64)
+
+    return gold
+
+
+@dataclasses.dataclass(frozen=True)
+class OracleConfig:
+    temperature: float = 0.0  # Bradley-Terry temperature of the labels; 0: deterministic (higher reward wins)
+    pair_rule: str = "best_worst"  # of n >= 2 candidates: best vs worst under the reward, or a random pair
+
+    def __post_init__(self):
+        if not self.temperature >= 0:
+            raise ValueError(f"oracle temperature must be >= 0; got {self.temperature}")
+        if self.pair_rule not in ("best_worst", "random"):
+            raise ValueError(f"pair_rule must be 'best_worst' or 'random'; got {self.pair_rule!r}")
+
+
+def make_pairs(prompts: Sequence[str], candidates: Sequence[Sequence[str]], rewards: np.ndarray,
+               oracle: OracleConfig, rng: np.random.Generator) -> Tuple[List[Dict[str, str]], Dict[str, int]]:
+    """One labelled pair per prompt from its candidates [P][n] and their gold rewards [P, n].
+
+    The pair is the best and the worst candidate (ties broken by position) or two random distinct ones; the
+    label is deterministic (the higher reward is chosen) or drawn from Bradley-Terry. A pair of identical
+    texts, or of equal rewards under deterministic labels, teaches nothing and is skipped: the counts say how
+    many. Returns (records, {'pairs', 'identical', 'ties'})."""
+    rewards = np.asarray(rewards, np.float64)
+    if len(prompts) != len(candidates) or rewards.shape != (len(prompts), len(candidates[0]) if candidates else 0):
+        raise ValueError(f"need one row of candidates and rewards per prompt; got {len(prompts)} prompts, "
+                         f"{len(candidates)} candidate rows, rewards {rewards.shape}")
+    if rewards.shape[1] < 2:
+        raise ValueError(f"a pair needs at least 2 candidates per prompt; got {rewards.shape[1]}")
+    if not np.isfinite(rewards).all():
+        raise ValueError("gold rewards must be finite")
+    records, counts = [], {"pairs": 0, "identical": 0, "ties": 0}
+    for prompt, texts, r in zip(prompts, candidates, rewards):
+        if oracle.pair_rule == "best_worst":
+            i, j = int(np.argmax(r)), int(np.argmin(r))
+            if i == j:
+                i, j = 0, 1
+        else:
+            i, j = (int(k) for k in rng.choice(len(texts), 2, replace=False))
+        if texts[i] == texts[j]:
+            counts["identical"] += 1
+            continue
+        if oracle.temperature == 0:
+            if r[i] == r[j]:
+                counts["ties"] += 1
+                continue
+            first_wins = r[i] > r[j]
+        else:
+            first_wins = rng.random() < 1.0 / (1.0 + math.exp(-(r[i] - r[j]) / oracle.temperature))
+        chosen, rejected = (texts[i], texts[j]) if first_wins else (texts[j], texts[i])
+        records.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+        counts["pairs"] += 1
+    return records, counts
+
+
+def preference_rows(tokenizer, records: Sequence[Dict[str, str]], max_length: int) -> Dict[str, np.ndarray]:
+    """Rows for ``dpo_loss_fn``: tokens [2N, T] with pair i's chosen response at row 2i and its rejected one at
+    2i + 1, and their target masks [2N, T-1] (response tokens and eos). Records need 'prompt', 'chosen' and
+    'rejected' strings; an empty buffer is refused."""
+    if not records:
+        raise ValueError("the preference buffer is empty: no pair to train on")
+    prompts, responses = [], []
+    for n, record in enumerate(records):
+        for field in ("prompt", "chosen", "rejected"):
+            if not isinstance(record.get(field), str):
+                raise ValueError(f"preference record {n} needs a string {field!r}; got {record.get(field)!r}")
+        prompts += [record["prompt"], record["prompt"]]
+        responses += [record["chosen"], record["rejected"]]
+    encoded = batching.encode_examples(tokenizer, prompts, responses, max_length)
+    return batching.trim_padding({"tokens": encoded["tokens"], "mask": encoded["mask"]}, tokenizer.pad_id)
+
+
+def distinct_pairs(tokenizer, records: Sequence[Dict[str, str]], max_length: int,
+                   what: str = "pairs") -> List[Dict[str, str]]:
+    """The records whose chosen and rejected responses differ once encoded as ``preference_rows`` encodes them
+    (cut to ``max_length``): a pair whose two rows are the same tokens carries no preference (its DPO or
+    Bradley-Terry gradient is rounding noise, which Adam scales up into real updates while the loss reads log 2).
+    The dropped ones are counted in a printed note; a buffer with none left is refused."""
+    if not records:
+        raise ValueError(f"the {what} buffer is empty: no pair to train on")
+    rows = preference_rows(tokenizer, records, max_length)
+    tokens, mask = rows["tokens"], rows["mask"]
+    same = np.all(tokens[0::2] == tokens[1::2], axis=1) & np.all(mask[0::2] == mask[1::2], axis=1)
+    kept = [r for r, s in zip(records, same) if not s]
+    if same.any():
+        print(f"note: {int(same.sum())} of {len(records)} {what} have the same chosen and rejected response (as "
+              f"tokens, cut to max_length={max_length}): dropped, they carry no preference")
+    if not kept:
+        raise ValueError(f"every one of the {len(records)} {what} has the same chosen and rejected response (as "
+                         f"tokens, cut to max_length={max_length}): nothing to learn a preference from")
+    return kept
+
+
+def records_digest(records: Sequence[Dict[str, str]]) -> str:
+    """A short digest of a buffer (part of a stage's fingerprint: a changed buffer never resumes a stale run)."""
+    return hashlib.sha256(json.dumps(list(records), sort_keys=True).encode()).hexdigest()[:16]
+
+
+class SampleSettings(NamedTuple):
+    tokenizer: object
+    max_new_tokens: int
+    gold: GoldFn
+    temperature: float = 1.0
+    uncertainty: Optional[GoldFn] = None  # Gamma(x, a) for pessimistic DPO (reward_models.uncertainty_gold)
+    prompts_per_batch: Optional[int] = None  # the sampler's chunk of prompts (rollout.sample_rows); None: all at once
+
+
+def sample_texts(model, prompts: rollout.Prompts, key, n: int, s: SampleSettings):
+    """n samples per prompt: (texts [P][n], gold rewards [P, n], the rows)."""
+    rows = rollout.sample_rows(model, prompts.tokens, prompts.mask, key, max_new_tokens=s.max_new_tokens,
+                               eos_id=s.tokenizer.eos_id, pad_id=s.tokenizer.pad_id, temperature=s.temperature,
+                               num_samples=n, prompts_per_batch=s.prompts_per_batch)
+    flat = [s.tokenizer.decode(r[m > 0]) for r, m in zip(rows["response"], rows["response_mask"])]
+    texts = [flat[i * n:(i + 1) * n] for i in range(len(prompts.texts))]
+    gold = np.asarray(s.gold(prompts.texts, prompts.references, texts), np.float64)
+    if gold.shape != (len(texts), n):
+        raise ValueError(f"the gold reward returned shape {gold.shape}; expected [P, n] = {(len(texts), n)}")
+    return texts, gold, rows
+
+
+__all__ = ["GoldFn", "OracleConfig", "SampleSettings", "distinct_pairs", "make_pairs", "per_sample",
+           "preference_rows", "records_digest", "sample_texts"]
