@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from experiments import lm_base
-from jax_irl import metrics, parallel, rollout, sampling, stages, sweep, symbolic, tasks
+from jax_irl import metrics, parallel, rollout, sampling, stages, sweep, symbolic, tasks, train
 from jax_irl.algorithms import grpo, ppo, sft
 
 RESUMABLE = ("mesh", "distributed", "save_every", "methods", "seeds", "variants", "group_arms")
@@ -176,8 +176,9 @@ def run(cfg: RLSFConfig, run_dir: str, *, tool, judge: Judge, secondary: Tuple[s
                 folder, nnx.clone(pi_sft), pi_sft, spec, mesh, prompts,
                 symbolic.group_reward_fn(tool, tok, penalty=arm.penalty, workers=cfg.check_workers), seed=seed,
                 eos_id=tok.eos_id, pad_id=tok.pad_id, fingerprint=dict(depends, variant=spec, arm=arm),
-                save_every=cfg.save_every, vocab_chunk=cfg.vocab_chunk, eval_fn=lambda m, step: measure(m),
-                eval_every=cfg.eval_every * spec.steps_per_iteration, desc=f"{name} seed {seed}", resume_hint=hint)
+                save_every=cfg.save_every, vocab_chunk=cfg.vocab_chunk,
+                hooks=[train.Every(cfg.eval_every * spec.steps_per_iteration, lambda m, step: measure(m))],
+                desc=f"{name} seed {seed}", resume_hint=hint)
             final, rows_per_draw = measure(result.model), spec.rows
         else:
             model = ppo.ActorCritic(nnx.clone(pi_sft), cfg.ppo.critic, rngs=nnx.Rngs(seed))
@@ -185,9 +186,9 @@ def run(cfg: RLSFConfig, run_dir: str, *, tool, judge: Judge, secondary: Tuple[s
                 folder, model, pi_sft, cfg.ppo, mesh, prompts,
                 symbolic.reward_fn(tool, tok, spec, workers=cfg.check_workers), seed=seed, eos_id=tok.eos_id,
                 pad_id=tok.pad_id, fingerprint=dict(depends, variant=spec), save_every=cfg.save_every,
-                vocab_chunk=cfg.vocab_chunk, eval_fn=lambda m, step: measure(m.policy),
-                eval_every=cfg.eval_every * cfg.ppo.steps_per_iteration, desc=f"ppo {name} seed {seed}",
-                resume_hint=hint)
+                vocab_chunk=cfg.vocab_chunk,
+                hooks=[train.Every(cfg.eval_every * cfg.ppo.steps_per_iteration, lambda m, step: measure(m.policy))],
+                desc=f"ppo {name} seed {seed}", resume_hint=hint)
             final, rows_per_draw = measure(result.model.policy), cfg.ppo.rows
         with open(os.path.join(folder, "metrics.jsonl")) as f:
             update_speed = [json.loads(line).get("tokens_per_s", np.nan) for line in f]

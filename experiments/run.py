@@ -9,6 +9,10 @@ Overrides use dotted keys (``optimizer.learning_rate=3e-4``, ``mesh.data=2``) an
 type; a wrong key or value gets an error that lists the valid keys or the expected type. Everything a run
 writes goes into one run folder (default runs/CONFIG-TIMESTAMP): config.json, metrics.jsonl, checkpoints/ and
 the results. Pointing --run-dir at an existing run folder resumes it with its saved config.
+
+``tracker=tensorboard,wandb`` (not a config field: it changes where metrics go, not what the run computes)
+selects the trackers every training stage logs to besides metrics.jsonl (``jax_irl.tracking``; default
+``tensorboard``; ``wandb`` runs offline in each stage's folder unless WANDB_MODE says otherwise).
 """
 
 from __future__ import annotations
@@ -361,8 +365,17 @@ def main(argv=None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value")
     parser.add_argument("--run-dir", default=None)
     args = parser.parse_args(argv)
+    from jax_irl import tracking
+
+    trackers = [item.split("=", 1)[1] for item in args.overrides if item.startswith("tracker=")]
+    overrides = [item for item in args.overrides if not item.startswith("tracker=")]
     try:
-        module, cfg, run_dir, resuming = resolve(args.config, args.overrides, args.run_dir)
+        trackers = tracking.parse(trackers[-1] if trackers else "tensorboard")
+    except ValueError as err:
+        print(f"error: tracker={trackers[-1]}: {err}", file=sys.stderr)
+        return 2
+    try:
+        module, cfg, run_dir, resuming = resolve(args.config, overrides, args.run_dir)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -387,7 +400,8 @@ def main(argv=None) -> int:
     print(json.dumps(resolved, indent=2))
     finished = False
     try:
-        module.run(cfg, run_dir)
+        with tracking.use_trackers(trackers, config=resolved):
+            module.run(cfg, run_dir)
         finished = True
     finally:
         # A resumed run's config.json changes (for the resumable keys) only once the run got through: a resume

@@ -19,7 +19,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import optax
@@ -27,7 +27,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jax_irl.checkpoint import Checkpointer
-from jax_irl.train import OptimizerConfig, Trainer, TrainState, fit, resume_or_init, schedule_length
+from jax_irl.train import Every, OptimizerConfig, Trainer, TrainState, fit, resume_or_init, schedule_length
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,8 +60,8 @@ class StageResult(NamedTuple):
 def run_stage(folder: str, model: nnx.Module, loss_fn: Callable, stage: StageConfig, mesh: Mesh,
               batch_fn: Callable[..., Dict[str, Any]], *, seed: int, fingerprint: Dict[str, Any],
               save_every: int, keep: int = 2, resumable_keys: Tuple[str, ...] = (), batch_needs_model: bool = False,
-              desc: str = "train", resume_hint: str = "", progress: bool = True, eval_fn: Optional[Callable] = None,
-              eval_every: Optional[int] = None, tx: Optional[optax.GradientTransformation] = None) -> StageResult:
+              desc: str = "train", resume_hint: str = "", progress: bool = True, hooks: Sequence[Every] = (),
+              tx: Optional[optax.GradientTransformation] = None) -> StageResult:
     """Train ``model`` with ``loss_fn`` for ``stage.steps`` steps in ``folder`` (checkpoints/, metrics.jsonl,
     tensorboard/), resuming from the folder's latest checkpoint when there is one.
 
@@ -69,8 +69,9 @@ def run_stage(folder: str, model: nnx.Module, loss_fn: Callable, stage: StageCon
     the stage's own fields under 'stage', so a changed stage or dependency is refused on resume
     (``resumable_keys``, dotted paths such as 'stage.steps', may change). ``batch_fn`` and ``batch_needs_model``
     are ``fit``'s; the data position starts at 0 (a loop of stages gives each its own folder, and its batch_fn
-    may fold a round index into the keys it draws). Raises ``StagePreempted`` (a SystemExit whose message ends
-    with ``resume_hint``) when stopped by SIGTERM after saving. ``tx`` replaces the optimizer built from
+    may fold a round index into the keys it draws). ``hooks`` are ``fit``'s (``train.Every``: evaluations on a
+    schedule). Raises ``StagePreempted`` (a SystemExit whose message ends with ``resume_hint``) when stopped by
+    SIGTERM after saving. ``tx`` replaces the optimizer built from
     ``stage.optimizer`` (``Trainer``).
     """
     trainer = Trainer(model, loss_fn, stage.optimizer, mesh, total_steps=stage.steps, tx=tx)
@@ -88,7 +89,7 @@ def run_stage(folder: str, model: nnx.Module, loss_fn: Callable, stage: StageCon
                       f"from step {int(state.step)} at {float(trainer.schedule(int(state.step))):.3g}")
         state, status = fit(trainer, state, batch_fn, steps=stage.steps, start_position=position, checkpointer=ckpt,
                             log_dir=folder, batch_needs_model=batch_needs_model, desc=desc, progress=progress,
-                            eval_fn=eval_fn, eval_every=eval_every)
+                            hooks=hooks)
     if status != "done":
         raise StagePreempted(f"{desc}: stopped at step {int(state.step)} after saving. {resume_hint}".strip())
     return StageResult(trainer.model(state), state, trainer)

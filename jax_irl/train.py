@@ -12,19 +12,18 @@ Gradient accumulation splits the batch's leading axis into ``grad_accum_steps`` 
 from ``batch`` to make the result exactly the full-batch gradient.
 
 ``fit`` is the loop (batches, steps, checkpoints on schedule and on SIGTERM, the NaN stop, progress);
-``MetricsWriter`` logs (JSONL + TensorBoard). One resumable stage of an experiment (Trainer + Checkpointer +
+its records go to a ``tracking`` tracker (metrics.jsonl + TensorBoard by default) and its ``Every`` hooks
+run evaluations on a schedule. One resumable stage of an experiment (Trainer + Checkpointer +
 resume + fit) is ``stages.run_stage``, which sits on this module.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import sys
 import time
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -34,9 +33,8 @@ import tqdm
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
-from tensorboardX import SummaryWriter
 
-from jax_irl import parallel
+from jax_irl import parallel, tracking
 from jax_irl.checkpoint import PreemptionFlag, abstract_like
 from jax_irl.models import lora
 
@@ -275,57 +273,23 @@ class Trainer:
             return self._compiled(state, batch, self.rest)
 
 
-class MetricsWriter:
-    """Per-step records to ``log_dir/metrics.jsonl`` and TensorBoard (``log_dir/tensorboard``), from process 0.
+class Every(NamedTuple):
+    """A hook of ``fit``: ``fn(model, step)`` after every ``steps``-th step (step counted from 1), returning a dict
+    of floats to log with the step's record under ``prefix`` (or None to log nothing): evaluations, samples,
+    custom metrics.
 
-    Opening it for a run that restarts at step ``first_step`` drops the records of later steps (a resumed run
-    logs them again), so metrics.jsonl always holds each step once."""
+        fit(trainer, state, batch_fn, steps=1000, hooks=[Every(100, lambda model, step: {"accuracy": ...})])
+    """
 
-    def __init__(self, log_dir: str, first_step: int = 0):
-        self.path = os.path.join(log_dir, "metrics.jsonl")
-        self.active = jax.process_index() == 0
-        self.board = None
-        if self.active:
-            os.makedirs(log_dir, exist_ok=True)
-            self._truncate(first_step)
-            self.board = SummaryWriter(os.path.join(log_dir, "tensorboard"), purge_step=first_step + 1)
+    steps: int
+    fn: Callable[[nnx.Module, int], Optional[Dict[str, float]]]
+    prefix: str = "eval/"
 
-    def _truncate(self, last_step: int) -> None:
-        """Keep the records of steps <= last_step. A torn last line (a kill mid-write) is dropped with a note; a
-        damaged line elsewhere is an error naming the file and line."""
-        if not os.path.exists(self.path):
-            return
-        with open(self.path, encoding="utf-8", errors="replace") as f:
-            lines = [line for line in f if line.strip()]
-        kept = []
-        for number, line in enumerate(lines, start=1):
-            try:
-                record = json.loads(line)
-                step = int(record["step"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                if number == len(lines):
-                    print(f"note: {self.path}: dropped a torn last line (a run stopped while writing it)")
-                    continue
-                raise ValueError(f"{self.path}:{number}: not a metrics record ({line[:80]!r}); fix or remove the "
-                                 f"line to resume") from None
-            if step <= last_step:
-                kept.append(line if line.endswith("\n") else line + "\n")
-        with open(self.path + ".tmp", "w") as f:
-            f.writelines(kept)
-        os.replace(self.path + ".tmp", self.path)
-
-    def write(self, step: int, record: Dict[str, float]) -> None:
-        if not self.active:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, **record}) + "\n")
-        for key, value in record.items():
-            self.board.add_scalar(key, value, step)
-
-    def close(self) -> None:
-        if self.board is not None:
-            self.board.close()
-            self.board = None
+    def check(self) -> None:
+        if not (isinstance(self.steps, (int, np.integer)) and self.steps >= 1):
+            raise ValueError(f"a hook's steps must be an int >= 1; got {self.steps!r}")
+        if not callable(self.fn):
+            raise ValueError(f"a hook's fn must be callable fn(model, step); got {self.fn!r}")
 
 
 def resume_or_init(trainer: Trainer, checkpointer, seed: int):
@@ -339,7 +303,7 @@ def resume_or_init(trainer: Trainer, checkpointer, seed: int):
 
 def fit(trainer: Trainer, state: TrainState, batch_fn: Callable[..., Dict[str, Any]], *, steps: int,
         start_position: int = 0, checkpointer=None, log_dir: Optional[str] = None,
-        eval_fn: Optional[Callable] = None, eval_every: Optional[int] = None, progress: bool = True,
+        tracker: Optional[tracking.Tracker] = None, hooks: Sequence[Every] = (), progress: bool = True,
         tokens_key: Optional[str] = "mask", batch_needs_model: bool = False, desc: str = "train"):
     """Train until ``state.step == steps``. Returns (state, status) with status 'done' or 'preempted'.
 
@@ -347,18 +311,26 @@ def fit(trainer: Trainer, state: TrainState, batch_fn: Callable[..., Dict[str, A
     (a resumed run continues from the checkpoint's position); with ``batch_needs_model`` it is called as
     batch_fn(position, model) with the current model, for batches holding the policy's own samples (online
     methods; draw them with a key derived from the position to keep resume exact). Saves through ``checkpointer``
-    on its schedule, on SIGTERM (then returns 'preempted') and at the end. Metrics go to a ``MetricsWriter`` on
-    ``log_dir``; eval_fn(model, step) -> dict runs every ``eval_every`` steps and is logged with an 'eval/'
-    prefix. A non-finite loss stops the run with FloatingPointError before anything is saved from it. The
-    progress bar redraws at most every 30 s when stderr is not a terminal (CI logs). A trainer whose schedule
-    spans another number of steps than ``steps`` is refused.
+    on its schedule, on SIGTERM (then returns 'preempted') and at the end. Each step's record goes to
+    ``tracker``, or with ``log_dir`` to ``tracking.open_tracker(log_dir)`` (metrics.jsonl plus the trackers that
+    ``tracking.use_trackers`` selects; a tracker passed in is not closed here). ``hooks`` (``Every``) run after
+    their steps, and what they return is logged with the step under their prefix. A non-finite loss stops the
+    run with FloatingPointError before anything is saved from it. The progress bar redraws at most every 30 s
+    when stderr is not a terminal (CI logs). A trainer whose schedule spans another number of steps than
+    ``steps`` is refused.
     """
     if trainer.schedule_steps is not None and trainer.opt_config.schedule != "constant" \
             and trainer.schedule_steps != steps:
         raise ValueError(f"the trainer's {trainer.opt_config.schedule} schedule spans {trainer.schedule_steps} "
                          f"steps but fit trains to step {steps}: build the Trainer with total_steps={steps}")
+    hooks = tuple(hooks)
+    for hook in hooks:
+        if not isinstance(hook, Every):
+            raise ValueError(f"hooks must be train.Every(steps, fn); got {hook!r}")
+        hook.check()
     first = int(state.step)
-    writer = MetricsWriter(log_dir, first) if log_dir else None
+    owned = tracker is None and bool(log_dir)
+    writer = tracking.open_tracker(log_dir, first) if owned else tracker
     position = start_position
     interactive = sys.stderr.isatty()
     bar = tqdm.tqdm(total=steps, initial=first, disable=not progress, desc=desc, dynamic_ncols=interactive,
@@ -380,10 +352,12 @@ def fit(trainer: Trainer, state: TrainState, batch_fn: Callable[..., Dict[str, A
             if tokens_key and tokens_key in local:
                 tokens = float(np.sum(np.asarray(local[tokens_key]) != 0)) * jax.process_count()
                 record["tokens_per_s"] = tokens / max(elapsed, 1e-9)
-            if eval_fn is not None and eval_every and (step + 1) % eval_every == 0:
-                record.update({f"eval/{k}": float(v) for k, v in eval_fn(trainer.model(state), step + 1).items()})
+            for hook in hooks:
+                if (step + 1) % hook.steps == 0:
+                    out = hook.fn(trainer.model(state), step + 1)
+                    record.update({f"{hook.prefix}{k}": float(v) for k, v in (out or {}).items()})
             if writer is not None:
-                writer.write(step + 1, record)
+                writer.log(step + 1, record)
             bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False,
                             **({"tok/s": f"{record['tokens_per_s']:.0f}"} if "tokens_per_s" in record else {}))
             bar.update(1)  # redraws (with the postfix) on the bar's own schedule
@@ -394,7 +368,7 @@ def fit(trainer: Trainer, state: TrainState, batch_fn: Callable[..., Dict[str, A
                 status = "preempted"
                 break
     bar.close()
-    if writer is not None:
+    if owned:
         writer.close()
     if checkpointer is not None:
         if status == "done" and saved_step != int(state.step):

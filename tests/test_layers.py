@@ -2,7 +2,7 @@
 
 Layers, lowest first (a module may import its own package and anything in a lower layer):
 
-    losses, parallel, checkpoint, models.config, models.layers
+    losses, parallel, checkpoint, tracking, models.config, models.layers
     metrics, models
     data
     symbolic                      (checkers; may read data's puzzle tables)
@@ -22,7 +22,8 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 LAYERS = [
-    ("jax_irl.losses", "jax_irl.parallel", "jax_irl.checkpoint", "jax_irl.models.config", "jax_irl.models.layers"),
+    ("jax_irl.losses", "jax_irl.parallel", "jax_irl.checkpoint", "jax_irl.tracking", "jax_irl.models.config",
+     "jax_irl.models.layers"),
     ("jax_irl.metrics", "jax_irl.models"),
     ("jax_irl.data",),
     ("jax_irl.symbolic",),

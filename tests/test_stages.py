@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_irl import checkpoint, losses, parallel, stages, train
+from jax_irl import checkpoint, losses, parallel, stages, tracking, train
 from jax_irl.models.config import TransformerConfig
 from jax_irl.models.transformer import Transformer
 
@@ -101,12 +101,12 @@ def test_a_preempted_stage_resumes_to_the_uninterrupted_params(tmp_path):
 
 
 def test_metrics_writer_drops_steps_after_a_restart(tmp_path):
-    writer = train.MetricsWriter(str(tmp_path))
+    writer = tracking.MetricsWriter(str(tmp_path))
     for step in (1, 2, 3):
-        writer.write(step, {"loss": float(step)})
+        writer.log(step, {"loss": float(step)})
     writer.close()
-    again = train.MetricsWriter(str(tmp_path), first_step=2)
-    again.write(3, {"loss": 30.0})
+    again = tracking.MetricsWriter(str(tmp_path), first_step=2)
+    again.log(3, {"loss": 30.0})
     again.close()
     with open(tmp_path / "metrics.jsonl") as f:
         assert [json.loads(line) for line in f] == [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 2.0},

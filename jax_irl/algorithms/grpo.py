@@ -408,8 +408,7 @@ class GroupRun(ppo.PPORun):
 def train_grpo(folder: str, model, reference, cfg: GRPOConfig, mesh, prompts: rollout.Prompts, reward_fn: GroupRewardFn,
                *, seed: int, eos_id: int, pad_id: int, fingerprint: Dict, save_every: int,
                vocab_chunk: Optional[int] = None, rows_per_score: Optional[int] = None,
-               keep_rollouts: Optional[int] = 4, eval_fn: Optional[Callable] = None, eval_every: Optional[int] = None,
-               progress: bool = True, desc: Optional[str] = None, resume_hint: str = ""
+               keep_rollouts: Optional[int] = 4, hooks: Sequence[train.Every] = (), progress: bool = True, desc: Optional[str] = None, resume_hint: str = ""
                ) -> Tuple[stages.StageResult, list]:
     """A group method on ``model`` (a causal LM) for ``cfg.iterations`` iterations in ``folder``: checkpoints/,
     metrics.jsonl (every optimizer step: loss, policy_loss, kl, clip_fraction_low / _high, approx_kl, ratio_mean,
@@ -428,5 +427,5 @@ def train_grpo(folder: str, model, reference, cfg: GRPOConfig, mesh, prompts: ro
     result = stages.run_stage(folder, model, grpo_loss_fn(cfg, vocab_chunk, window), stage, mesh, run.batch_fn,
                               seed=seed, fingerprint=dict(fingerprint, grpo=config), save_every=save_every,
                               batch_needs_model=True, desc=desc or cfg.method, resume_hint=resume_hint,
-                              progress=progress, eval_fn=eval_fn, eval_every=eval_every)
+                              progress=progress, hooks=hooks)
     return result, run.all_stats()

@@ -371,8 +371,8 @@ class PPORun:
 def train_ppo(folder: str, model: ActorCritic, reference, cfg: PPOConfig, mesh, prompts: rollout.Prompts,
               reward_fn: RewardFn, *, seed: int, eos_id: int, pad_id: int, fingerprint: Dict, save_every: int,
               vocab_chunk: Optional[int] = None, rows_per_score: Optional[int] = None, keep_rollouts: Optional[int] = 4,
-              eval_fn: Optional[Callable] = None, eval_every: Optional[int] = None, progress: bool = True,
-              desc: str = "ppo", resume_hint: str = "") -> Tuple[stages.StageResult, list]:
+              hooks: Sequence[train.Every] = (), progress: bool = True, desc: str = "ppo",
+              resume_hint: str = "") -> Tuple[stages.StageResult, list]:
     """PPO on ``model`` (an ActorCritic) for ``cfg.iterations`` iterations in ``folder``: checkpoints/,
     metrics.jsonl (every optimizer step: loss, policy_loss, value_loss, clip_fraction, approx_kl, entropy,
     value_error, explained_variance, and the minibatch's reward and KL), rollouts/ (per iteration: the rows and
@@ -385,5 +385,5 @@ def train_ppo(folder: str, model: ActorCritic, reference, cfg: PPOConfig, mesh, 
                               seed=seed,
                               fingerprint=dict(fingerprint, ppo=dataclasses.asdict(cfg)), save_every=save_every,
                               batch_needs_model=True, desc=desc, resume_hint=resume_hint, progress=progress,
-                              eval_fn=eval_fn, eval_every=eval_every)
+                              hooks=hooks)
     return result, run.all_stats()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_irl import checkpoint, losses, parallel, train
+from jax_irl import checkpoint, losses, parallel, tracking, train
 from jax_irl.models.config import TransformerConfig
 from jax_irl.models.transformer import Transformer
 
@@ -183,13 +183,19 @@ def test_eval_hook_and_metrics_log(tmp_path):
         logits = model(np.asarray(_batch(999)["tokens"][:, :-1])).logits
         return {"mean_logit": float(np.mean(np.asarray(logits)))}
 
-    train.fit(trainer, trainer.init_state(0), _batch, steps=4, eval_fn=eval_fn, eval_every=2, log_dir=str(tmp_path),
-              progress=False)
-    assert seen == [2, 4]
+    steps = []
+    train.fit(trainer, trainer.init_state(0), _batch, steps=4, log_dir=str(tmp_path), progress=False,
+              hooks=[train.Every(2, eval_fn), train.Every(3, lambda m, step: steps.append(step), prefix="x/")])
+    assert seen == [2, 4] and steps == [3]  # a hook returning None logs nothing
     with open(tmp_path / "metrics.jsonl") as f:
         rows = [json.loads(line) for line in f]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert ["eval/mean_logit" in r for r in rows] == [False, True, False, True]
+    assert not any(k.startswith("x/") for r in rows for k in r)
+    for bad, match in ((train.Every(0, eval_fn), "steps must be an int >= 1"), (train.Every(2, 3), "callable"),
+                       (eval_fn, "hooks must be train.Every")):
+        with pytest.raises(ValueError, match=match):
+            train.fit(trainer, trainer.init_state(0), _batch, steps=1, hooks=[bad], progress=False)
     assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in rows)
 
 
@@ -287,9 +293,9 @@ def test_no_intact_checkpoint_is_an_error_never_a_fresh_start(tmp_path):
 def test_a_torn_last_metrics_line_is_dropped_and_a_damaged_one_named(tmp_path, capsys):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 2.0}\n{"step": 3, "lo')
-    train.MetricsWriter(str(tmp_path), first_step=2).close()
+    tracking.MetricsWriter(str(tmp_path), first_step=2).close()
     assert path.read_text() == '{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 2.0}\n'
     assert "dropped a torn last line" in capsys.readouterr().out
     path.write_text('{"step": 1, "loss": 1.0}\ngarbage\n{"step": 2, "loss": 2.0}\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a metrics record"):
-        train.MetricsWriter(str(tmp_path), first_step=2)
+        tracking.MetricsWriter(str(tmp_path), first_step=2)
