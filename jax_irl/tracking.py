@@ -11,11 +11,17 @@ experiments' tables read), plus the trackers selected by ``use_trackers`` (defau
 - ``tensorboard``: TensorBoard event files in ``log_dir/tensorboard`` (tensorboardX).
 - ``wandb``: a Weights & Biases run in ``log_dir/wandb``, in offline mode unless ``WANDB_MODE`` says otherwise
   (sync it later with ``wandb sync``); its id is derived from the folder, so a resumed stage continues its run.
-  Needs the ``tracking`` extra (``pip install -e .[tracking]``).
+- ``mlflow``: an MLflow run in a local file store, ``log_dir/mlruns`` (browse it with
+  ``mlflow ui --backend-store-uri log_dir/mlruns``); a resumed stage continues its run (found by the folder's tag).
+  MLflow keeps the file store in maintenance mode and refuses it unless ``MLFLOW_ALLOW_FILE_STORE`` is set: the
+  tracker sets it to true for the process when it is unset.
+
+Both need the ``tracking`` extra (``pip install -e .[tracking]``: wandb and mlflow-skinny).
 
 Only process 0 writes. A resumed run opens its trackers at the step it restarts from: metrics.jsonl and
 TensorBoard drop the records of later steps (a resumed run logs them again), so each step is logged once;
-W&B keeps the steps it had and ignores the repeated ones.
+W&B keeps the steps it had and ignores the repeated ones; MLflow keeps every value it was sent (a step logged
+before and after a restart appears twice in its history).
 """
 
 from __future__ import annotations
@@ -25,11 +31,12 @@ import contextvars
 import hashlib
 import json
 import os
+import time
 from typing import Any, Dict, Iterator, List, Optional, Protocol, Sequence
 
 import jax
 
-NAMES = ("tensorboard", "wandb")
+NAMES = ("tensorboard", "wandb", "mlflow")
 
 
 class Tracker(Protocol):
@@ -129,6 +136,65 @@ class WandbTracker:
             self.run = None
 
 
+class MlflowTracker:
+    """An MLflow run in the local file store ``log_dir/mlruns`` (experiment ``jax_irl``), from process 0.
+
+    The run carries the folder's absolute path as the tag ``jax_irl.folder``; reopening the folder (a resumed
+    stage) finds that run and logs on into it. ``config`` goes in as the run's params (flattened, dotted keys;
+    values cut to MLflow's 6000 characters)."""
+
+    TAG = "jax_irl.folder"
+
+    def __init__(self, log_dir: str, first_step: int = 0, config: Optional[Dict[str, Any]] = None):
+        self.client = self.run_id = None
+        if jax.process_index() != 0:
+            return
+        try:
+            from mlflow.tracking import MlflowClient
+        except ImportError:
+            raise ImportError("the 'mlflow' tracker needs mlflow: pip install -e '.[tracking]'") from None
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        folder = os.path.abspath(log_dir)
+        os.makedirs(folder, exist_ok=True)
+        self.client = MlflowClient(tracking_uri="file:" + os.path.join(folder, "mlruns"))
+        experiment = self.client.get_experiment_by_name("jax_irl")
+        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment("jax_irl")
+        quoted = folder.replace("'", "\\'")
+        found = self.client.search_runs([experiment_id], filter_string=f"tags.`{self.TAG}` = '{quoted}'")
+        if found:
+            self.run_id = found[0].info.run_id
+            self.client.update_run(self.run_id, status="RUNNING")
+        else:
+            run = self.client.create_run(experiment_id, run_name=os.path.basename(folder), tags={self.TAG: folder})
+            self.run_id = run.info.run_id
+            for key, value in _flatten(config or {}).items():
+                self.client.log_param(self.run_id, key, str(value)[:6000])
+
+    def log(self, step: int, record: Dict[str, float]) -> None:
+        if self.client is None:
+            return
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(key, float(value), stamp, step)
+                                                    for key, value in record.items()])
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.set_terminated(self.run_id)
+            self.client = None
+
+
+def _flatten(config: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 class Trackers:
     """Several trackers as one: ``log`` and ``close`` go to each in turn."""
 
@@ -185,8 +251,10 @@ def open_tracker(log_dir: str, first_step: int = 0) -> Tracker:
     trackers: List[Tracker] = [MetricsWriter(log_dir, first_step, tensorboard="tensorboard" in selection.names)]
     if "wandb" in selection.names:
         trackers.append(WandbTracker(log_dir, first_step, config=selection.config))
+    if "mlflow" in selection.names:
+        trackers.append(MlflowTracker(log_dir, first_step, config=selection.config))
     return trackers[0] if len(trackers) == 1 else Trackers(trackers)
 
 
-__all__ = ["MetricsWriter", "NAMES", "Tracker", "Trackers", "WandbTracker", "open_tracker", "parse", "selected",
+__all__ = ["MetricsWriter", "MlflowTracker", "NAMES", "Tracker", "Trackers", "WandbTracker", "open_tracker", "parse", "selected",
            "use_trackers"]

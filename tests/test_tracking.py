@@ -25,6 +25,21 @@ def offline_wandb(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb_cache"))
     monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb_data"))
     monkeypatch.setenv("WANDB_ERROR_REPORTING", "false")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+
+
+def _mlflow_history(log_dir):
+    """{step: {metric: value}} of the one MLflow run in log_dir/mlruns, through MLflow's own client; and the run."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri="file:" + os.path.join(os.path.abspath(log_dir), "mlruns"))
+    runs = client.search_runs([client.get_experiment_by_name("jax_irl").experiment_id])
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    rows = {}
+    for key in runs[0].data.metrics:
+        for metric in client.get_metric_history(runs[0].info.run_id, key):
+            rows.setdefault(metric.step, {}).setdefault(key, []).append(metric.value)
+    return rows, runs[0]
 
 
 def _wandb_history(log_dir):
@@ -137,7 +152,7 @@ def test_a_tracker_passed_in_gets_every_record_and_stays_open():
 
 
 def test_bad_tracker_names_are_refused():
-    for spec in ("mlflow", "", "tensorboard,tensorboard", ("wandb", "nope")):
+    for spec in ("neptune", "", "tensorboard,tensorboard", ("wandb", "nope")):
         with pytest.raises(ValueError, match="trackers must be distinct names"):
             tracking.parse(spec)
     assert tracking.parse("tensorboard, wandb") == ("tensorboard", "wandb")
@@ -154,6 +169,26 @@ def test_the_driver_selects_trackers_from_the_command_line(tmp_path, capsys):
     assert [history[r["step"]]["loss"] for r in _jsonl(folder)] == pytest.approx([r["loss"] for r in _jsonl(folder)])
     assert not os.path.exists(os.path.join(folder, "tensorboard"))
     assert "tracker" not in json.load(open(os.path.join(folder, "config.json")))  # not part of the config
-    assert run.main(["lm_tiny", "tracker=mlflow", "--run-dir", str(tmp_path / "other")]) == 2
-    assert "tracker=mlflow: trackers must be distinct names from ('tensorboard', 'wandb')" in capsys.readouterr().err
+    assert run.main(["lm_tiny", "tracker=neptune", "--run-dir", str(tmp_path / "other")]) == 2
+    assert "tracker=neptune: trackers must be distinct names from ('tensorboard', 'wandb', 'mlflow')" in \
+        capsys.readouterr().err
     assert not os.path.exists(tmp_path / "other")
+
+
+def test_fit_logs_to_mlflow_in_a_local_file_store_and_a_resume_continues_the_run(tmp_path):
+    trainer = _trainer()
+    folder = str(tmp_path / "run")
+    with tracking.use_trackers("tensorboard,mlflow", config={"lr": 1e-2, "model": {"layers": 1}}):
+        state, _ = train.fit(trainer, trainer.init_state(0), _batch, steps=2, log_dir=folder, progress=False,
+                             hooks=[train.Every(2, lambda model, step: {"twice": 2.0 * step})])
+        train.fit(trainer, state, _batch, steps=3, start_position=2, log_dir=folder, progress=False)
+    rows, run = _mlflow_history(folder)
+    jsonl = _jsonl(folder)
+    assert sorted(rows) == [1, 2, 3] == [r["step"] for r in jsonl]
+    for record in jsonl:
+        assert set(rows[record["step"]]) == set(record) - {"step"}
+        assert rows[record["step"]]["loss"] == [pytest.approx(record["loss"], rel=1e-12)]
+    assert rows[2]["eval/twice"] == [4.0]
+    assert run.data.params == {"lr": "0.01", "model.layers": "1"} and run.info.status == "FINISHED"
+    assert run.data.tags[tracking.MlflowTracker.TAG] == os.path.abspath(folder)
+    assert glob.glob(os.path.join(folder, "tensorboard", "events.out.tfevents.*"))

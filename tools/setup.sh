@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv if missing and install jax_irl into it (editable, with the test, hf, data, chem (RDKit), tpu (libtpu,
-# for ahead-of-time compilation against TPU topologies on this CPU) and tracking (wandb, offline) extras; torch CPU for
+# for ahead-of-time compilation against TPU topologies on this CPU) and tracking (wandb and mlflow, offline) extras; torch CPU for
 # the transformers parity tests). Re-installs when setup.cfg
 # or pyproject.toml change. Sourced by run.sh and test.sh; safe to run on its own.
 set -euo pipefail
