@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from experiments.configs._shared import ModelSize
-from jax_irl import rollout, stages, tasks, train
+from jax_irl import parallel, rollout, stages, tasks, train
 from jax_irl.algorithms import sft
 from jax_irl.data import arithmetic, batching
 from jax_irl.data import game24 as game24_data
@@ -155,3 +155,38 @@ def _base_model(cfg: BaseConfig, task, tok, train_prompts, mesh, run_dir: str, *
                               mesh, sampler.batch_fn(rows), seed=0, fingerprint=fingerprint, save_every=save_every,
                               desc="pretrain base", resume_hint=f"Resume with --run-dir {run_dir}")
     return result.model
+
+
+class Prepared(NamedTuple):
+    """What every LM experiment starts from (``prepare``)."""
+
+    data: tasks.TaskData
+    encoded: Encoded
+    tokenizer: TextTokenizer
+    mesh: object  # jax.sharding.Mesh
+    base: nnx.Module  # the base model (with fresh LoRA adapters when base.lora.rank > 0)
+    pi0: nnx.Module  # the base after the SFT stage (the base itself without one)
+    depends: Dict[str, object]  # what the stages after the base depend on (their checkpoint fingerprint)
+
+
+def prepare(cfg, run_dir: str, *, sft_stage: Optional[stages.StageConfig] = None, sft_desc: str = "pi0 (sft)",
+            depends: Optional[Dict[str, object]] = None, base_vocab_chunk: bool = True) -> Prepared:
+    """The set-up the LM experiments share: task -> tokenizer -> encoded rows -> mesh -> base -> pi0.
+
+    ``cfg`` is an experiment config with ``task``, ``base``, ``mesh``, ``save_every`` and ``vocab_chunk``. The base
+    is the HF checkpoint or pretrained in run_dir/base (with ``cfg.vocab_chunk`` when ``base_vocab_chunk``); with
+    ``sft_stage`` pi0 is the base fine-tuned with MLE on the task's solutions in run_dir/sft (``sft.finetune``,
+    seed 0), else the base. The returned ``depends`` (the fingerprint of the stages after the base, the SFT stage's
+    included) is the task, the base config and vocab_chunk, plus the entries of ``depends`` (the SFT stage's
+    config under 'sft', the experiment's other dependencies)."""
+    data = tasks.load(cfg.task)
+    enc = encode(cfg.base, data, tokenizer(cfg.base, data, run_dir))
+    mesh = parallel.make_mesh(cfg.mesh)
+    base = base_model(cfg.base, cfg.task, enc.tokenizer, data.train_prompts, mesh, run_dir, save_every=cfg.save_every,
+                      vocab_chunk=cfg.vocab_chunk if base_vocab_chunk else None)
+    fingerprint = {"task": cfg.task, "base": cfg.base, "vocab_chunk": cfg.vocab_chunk, **(depends or {})}
+    pi0 = base if sft_stage is None else sft.finetune(
+        base, sft_stage, mesh, enc.train, os.path.join(run_dir, "sft"), seed=0, fingerprint=fingerprint,
+        save_every=cfg.save_every, vocab_chunk=cfg.vocab_chunk, desc=sft_desc,
+        resume_hint=f"Resume with --run-dir {run_dir}")
+    return Prepared(data, enc, enc.tokenizer, mesh, base, pi0, fingerprint)

@@ -25,7 +25,7 @@ from flax import nnx
 
 from experiments import lm_base
 from jax_irl import metrics, parallel, rollout, sampling, stages, sweep, symbolic, tasks, train
-from jax_irl.algorithms import grpo, ppo, sft
+from jax_irl.algorithms import grpo, ppo
 
 RESUMABLE = ("mesh", "distributed", "save_every", "methods", "seeds", "variants", "group_arms")
 VARIANTS = {"scalar": symbolic.RewardSpec("scalar"), "token": symbolic.RewardSpec("token")}
@@ -146,16 +146,8 @@ def run(cfg: RLSFConfig, run_dir: str, *, tool, judge: Judge, secondary: Tuple[s
     """The recipe for ``cfg`` in ``run_dir``. ``secondary`` = (metric, header): the judge's second metric for
     the table and plots; ``rollout_stat``: the reward function's per-response stat plotted over iterations;
     ``what``: the held-out set, in words, for the table's note."""
-    data = tasks.load(cfg.task)
-    enc = lm_base.encode(cfg.base, data, lm_base.tokenizer(cfg.base, data, run_dir))
-    tok, mesh = enc.tokenizer, parallel.make_mesh(cfg.mesh)
-    base = lm_base.base_model(cfg.base, cfg.task, tok, data.train_prompts, mesh, run_dir, save_every=cfg.save_every,
-                              vocab_chunk=cfg.vocab_chunk)
-    depends = {"task": cfg.task, "base": cfg.base, "sft": cfg.sft, "vocab_chunk": cfg.vocab_chunk}
-    pi_sft = sft.finetune(
-        base, cfg.sft, mesh, enc.train, os.path.join(run_dir, "sft"), seed=0, fingerprint=depends,
-        save_every=cfg.save_every, vocab_chunk=cfg.vocab_chunk, desc="pi_sft",
-        resume_hint=f"Resume with --run-dir {run_dir}")
+    data, enc, tok, mesh, _, pi_sft, depends = lm_base.prepare(cfg, run_dir, sft_stage=cfg.sft, sft_desc="pi_sft",
+                                                               depends={"sft": cfg.sft})
     train_tokens, train_mask = rollout.prompt_rows(enc.train["tokens"], enc.train["prompt_lengths"], tok.pad_id,
                                                    enc.prompt_width)
     prompts = rollout.Prompts(train_tokens, train_mask, list(data.train_prompts))

@@ -34,7 +34,7 @@ from flax import nnx
 
 from experiments import lm_base
 from jax_irl import losses, parallel, rollout, sampling, stages, sweep, tasks, train
-from jax_irl.algorithms import pairs, ppo, sft
+from jax_irl.algorithms import pairs, ppo
 from jax_irl.algorithms import reward_models as rm
 from jax_irl.algorithms.pairs import OracleConfig
 from jax_irl.data import arithmetic
@@ -122,20 +122,12 @@ def _aggregate(rewards: np.ndarray, how: str, coef: Optional[float]) -> np.ndarr
 
 def run(cfg: EnsemblesConfig, run_dir: str) -> dict:
     validate(cfg)
-    data = tasks.load(cfg.task)
-    enc = lm_base.encode(cfg.base, data, lm_base.tokenizer(cfg.base, data, run_dir))
-    tok, mesh = enc.tokenizer, parallel.make_mesh(cfg.mesh)
-    base = lm_base.base_model(cfg.base, cfg.task, tok, data.train_prompts, mesh, run_dir, save_every=cfg.save_every,
-                              vocab_chunk=cfg.vocab_chunk)
-    depends = {"task": cfg.task, "base": cfg.base, "sft": None if cfg.skip_sft else cfg.sft,
-               "vocab_chunk": cfg.vocab_chunk}
+    stage = None if cfg.skip_sft else cfg.sft
+    extra = {"sft": stage}
     if cfg.gold_model or cfg.rm_backbone:
-        depends.update(gold_model=cfg.gold_model, rm_backbone=cfg.rm_backbone)
+        extra.update(gold_model=cfg.gold_model, rm_backbone=cfg.rm_backbone)
+    data, enc, tok, mesh, base, pi0, depends = lm_base.prepare(cfg, run_dir, sft_stage=stage, depends=extra)
     max_new = cfg.ppo.max_new_tokens
-    pi0 = base if cfg.skip_sft else sft.finetune(
-        base, cfg.sft, mesh, enc.train, os.path.join(run_dir, "sft"), seed=0, fingerprint=depends,
-        save_every=cfg.save_every, vocab_chunk=cfg.vocab_chunk, desc="pi0 (sft)",
-        resume_hint=f"Resume with --run-dir {run_dir}")
     max_length = cfg.base.max_length + max_new
     if cfg.gold_model:
         gold_fn = rm.reward_model_gold(hf.reward_model_from_pretrained(cfg.gold_model),

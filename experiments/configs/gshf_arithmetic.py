@@ -21,7 +21,7 @@ import numpy as np
 
 from experiments import lm_base
 from jax_irl import metrics, parallel, rollout, stages, sweep, tasks, train
-from jax_irl.algorithms import gshf, pairs, sft
+from jax_irl.algorithms import gshf, pairs
 from jax_irl.algorithms import reward_models as rm
 from jax_irl.data import arithmetic, jsonl
 from jax_irl.data.tokenizer import TextTokenizer
@@ -92,16 +92,9 @@ COLUMNS = (sweep.Column("gold", "gold reward"), sweep.Column("kl", "KL(pi ‖ pi
 
 def run(cfg: GSHFConfig, run_dir: str) -> dict:
     validate(cfg)
-    data = tasks.load(cfg.task)
-    enc = lm_base.encode(cfg.base, data, lm_base.tokenizer(cfg.base, data, run_dir))
-    tok, mesh = enc.tokenizer, parallel.make_mesh(cfg.mesh)
-    base = lm_base.base_model(cfg.base, cfg.task, tok, data.train_prompts, mesh, run_dir, save_every=cfg.save_every)
-    depends = {"task": cfg.task, "base": cfg.base, "sft": None if cfg.skip_sft else cfg.sft,
-               "vocab_chunk": cfg.vocab_chunk}
-    pi0 = base if cfg.skip_sft else sft.finetune(
-        base, cfg.sft, mesh, enc.train, os.path.join(run_dir, "sft"), seed=0, fingerprint=depends,
-        save_every=cfg.save_every, vocab_chunk=cfg.vocab_chunk, desc="pi0 (sft)",
-        resume_hint=f"Resume with --run-dir {run_dir}")
+    stage = None if cfg.skip_sft else cfg.sft
+    data, enc, tok, mesh, _, pi0, depends = lm_base.prepare(cfg, run_dir, sft_stage=stage, depends={"sft": stage},
+                                                            base_vocab_chunk=False)
     train_tokens, train_mask = rollout.prompt_rows(enc.train["tokens"], enc.train["prompt_lengths"], tok.pad_id,
                                                    enc.prompt_width)
     ctx = gshf.Context(

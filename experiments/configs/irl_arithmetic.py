@@ -146,13 +146,9 @@ def expert_reference(cfg: IRLConfig, data: tasks.TaskData) -> Optional[dict]:
 
 def run(cfg: IRLConfig, run_dir: str) -> dict:
     validate(cfg)
-    data = tasks.load(cfg.task)
-    enc = lm_base.encode(cfg.base, data, lm_base.tokenizer(cfg.base, data, run_dir))
-    mesh = parallel.make_mesh(cfg.mesh)
-    base = lm_base.base_model(cfg.base, cfg.task, enc.tokenizer, data.train_prompts, mesh, run_dir,
-                              save_every=cfg.save_every)
-    depends = {"task": cfg.task, "base": cfg.base, "finetune": cfg.finetune, "vocab_chunk": cfg.vocab_chunk}
-    ev, tok = cfg.evaluation, enc.tokenizer
+    data, enc, tok, mesh, base, _, depends = lm_base.prepare(cfg, run_dir, depends={"finetune": cfg.finetune},
+                                                             base_vocab_chunk=False)
+    ev = cfg.evaluation
     expert = expert_reference(cfg, data)
 
     def one(name, method, seed, folder):
