@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import struct
+import time
 
 import jax
 import numpy as np
@@ -42,9 +43,22 @@ def _mlflow_history(log_dir):
     return rows, runs[0]
 
 
-def _wandb_history(log_dir):
+def _wandb_history(log_dir, steps=None, wait_s=60.0):
     """The history rows of every offline run in log_dir/wandb, parsed from W&B's own transaction log (its
-    records framed in 32 KiB blocks as LevelDB's log format does, each a wandb_internal_pb2.Record)."""
+    records framed in 32 KiB blocks as LevelDB's log format does, each a wandb_internal_pb2.Record).
+
+    wandb-core writes the log in its own process and may still be flushing it when ``run.finish()`` has
+    returned (seen on a loaded machine): with ``steps``, read again until those steps are there or ``wait_s``
+    has passed."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        rows = _read_wandb_history(log_dir)
+        if steps is None or sorted(rows) == list(steps) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.5)
+
+
+def _read_wandb_history(log_dir):
     from wandb.proto import wandb_internal_pb2
 
     rows = {}
@@ -107,7 +121,7 @@ def test_fit_logs_to_wandb_offline_the_same_records_as_metrics_jsonl(tmp_path):
                   hooks=[train.Every(2, lambda model, step: {"twice": 2.0 * step})])
     assert tracking.selected() == ("tensorboard",)  # the selection ends with the block
     jsonl = _jsonl(folder)
-    history = _wandb_history(folder)
+    history = _wandb_history(folder, steps=[1, 2, 3])
     assert sorted(history) == [1, 2, 3] == [r["step"] for r in jsonl]
     for record in jsonl:
         got = history[record["step"]]
@@ -126,7 +140,7 @@ def test_a_resumed_stage_continues_its_wandb_run_and_metrics(tmp_path):
     runs = glob.glob(os.path.join(folder, "wandb", "offline-run-*"))
     assert len({r.rsplit("-", 1)[-1] for r in runs}) == 1  # one run id: the folder's
     assert [r["step"] for r in _jsonl(folder)] == [1, 2, 3, 4]
-    assert sorted(_wandb_history(folder)) == [1, 2, 3, 4]
+    assert sorted(_wandb_history(folder, steps=[1, 2, 3, 4])) == [1, 2, 3, 4]
     assert glob.glob(os.path.join(folder, "tensorboard", "events.out.tfevents.*"))
 
 
@@ -164,7 +178,7 @@ def test_the_driver_selects_trackers_from_the_command_line(tmp_path, capsys):
     folder = str(tmp_path / "run")
     assert run.main(["lm_tiny", "train.steps=3", "train.optimizer.warmup_steps=1", "tracker=wandb",
                      "--run-dir", folder]) == 0
-    history = _wandb_history(folder)
+    history = _wandb_history(folder, steps=[1, 2, 3])
     assert sorted(history) == [1, 2, 3]
     assert [history[r["step"]]["loss"] for r in _jsonl(folder)] == pytest.approx([r["loss"] for r in _jsonl(folder)])
     assert not os.path.exists(os.path.join(folder, "tensorboard"))
