@@ -15,26 +15,6 @@ METHODS = {"mle": iqlearn.Method("mle", gamma=0.9), "mle_entropy": iqlearn.Metho
            "online_mixture": iqlearn.Method("online", td_weight=0.5, gamma=0.9, alpha=0.2, chi2="mixture")}
 
 
-@pytest.fixture(scope="module")
-def setup():
-    cfg = TransformerConfig.for_family("llama", vocab_size=37, hidden_size=16, num_layers=1, num_heads=2,
-                                       num_kv_heads=1, intermediate_size=32, max_position_embeddings=32)
-    model = Transformer(cfg, rngs=nnx.Rngs(0))
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(1, 37, (3, 9)).astype(np.int32)
-    mask = np.zeros((3, 8), np.float32)
-    mask[:, 3:] = 1.0
-    mask[1, 6:] = 0.0
-    policy = rng.integers(1, 37, (2, 7)).astype(np.int32)
-    attention = np.ones((2, 7), np.int32)
-    attention[0, :2] = 0  # a left-padded prompt
-    policy_mask = np.zeros((2, 6), np.float32)
-    policy_mask[:, 3:] = 1.0
-    batch = {"tokens": tokens, "mask": mask, "policy_tokens": policy, "policy_attention": attention,
-             "policy_mask": policy_mask}
-    return model, jax.tree.map(jnp.asarray, batch)
-
-
 def reference_loss(method, model, b):
     """The same loss straight from the logits-based functions of jax_irl.losses."""
     logits = model(b["tokens"][:, :-1]).logits

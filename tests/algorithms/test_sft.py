@@ -9,21 +9,13 @@ from flax import nnx
 
 from jax_irl import parallel, stages, train
 from jax_irl.algorithms import iqlearn, sft
-from jax_irl.models.config import TransformerConfig
-from jax_irl.models.transformer import Transformer
 
 
 @pytest.fixture(scope="module")
-def setup():
-    cfg = TransformerConfig.for_family("llama", vocab_size=37, hidden_size=16, num_layers=1, num_heads=2,
-                                       num_kv_heads=1, intermediate_size=32, max_position_embeddings=32)
-    model = Transformer(cfg, rngs=nnx.Rngs(0))
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(1, 37, (3, 9)).astype(np.int32)
-    mask = np.zeros((3, 8), np.float32)
-    mask[:, 3:] = 1.0
-    mask[1, 6:] = 0.0  # a hole: a shorter response
-    return model, {"tokens": tokens, "mask": mask}
+def data(setup):
+    """The shared model and its data rows (tokens [3, 9], a response mask with a hole) as numpy."""
+    model, batch = setup
+    return model, {"tokens": np.asarray(batch["tokens"]), "mask": np.asarray(batch["mask"])}
 
 
 def _numpy_nll(model, batch):
@@ -34,14 +26,14 @@ def _numpy_nll(model, batch):
     return -float((target * batch["mask"]).sum() / batch["mask"].sum())
 
 
-def test_the_loss_is_the_mean_nll_of_the_masked_tokens(setup):
-    model, batch = setup
+def test_the_loss_is_the_mean_nll_of_the_masked_tokens(data):
+    model, batch = data
     loss, _ = sft.loss_fn()(model, batch, None)
     np.testing.assert_allclose(float(loss), _numpy_nll(model, batch), rtol=1e-5)
 
 
-def test_chunked_and_windowed_paths_and_iqlearn_mle_give_the_same_loss(setup):
-    model, batch = setup
+def test_chunked_and_windowed_paths_and_iqlearn_mle_give_the_same_loss(data):
+    model, batch = data
     full, _ = sft.loss_fn()(model, batch, None)
     for kw in (dict(vocab_chunk=8), dict(window=5), dict(vocab_chunk=16, window=6)):
         np.testing.assert_allclose(float(sft.loss_fn(**kw)(model, batch, None)[0]), float(full), rtol=1e-5,
@@ -54,8 +46,8 @@ def test_chunked_and_windowed_paths_and_iqlearn_mle_give_the_same_loss(setup):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
-def test_the_entropy_bonus_lowers_the_loss_by_beta_times_the_entropy(setup):
-    model, batch = setup
+def test_the_entropy_bonus_lowers_the_loss_by_beta_times_the_entropy(data):
+    model, batch = data
     plain, _ = sft.loss_fn()(model, batch, None)
     bonus, aux = sft.loss_fn(entropy_bonus=0.5)(model, batch, None)
     logits = np.asarray(model(batch["tokens"][:, :-1]).logits, np.float64)
@@ -79,8 +71,8 @@ def test_bad_arguments_are_named():
     assert sft.first_examples(encoded, None) is encoded
 
 
-def test_finetune_lowers_the_loss_and_a_finished_stage_is_reused(tmp_path, setup):
-    model, _ = setup
+def test_finetune_lowers_the_loss_and_a_finished_stage_is_reused(tmp_path, data):
+    model, _ = data
     rng = np.random.default_rng(1)
     encoded = {"tokens": rng.integers(3, 9, (16, 9)).astype(np.int32), "mask": np.ones((16, 8), np.float32)}
     stage = stages.StageConfig(steps=12, batch_size=8, optimizer=train.OptimizerConfig(learning_rate=3e-2))
