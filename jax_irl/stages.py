@@ -71,8 +71,7 @@ def run_stage(folder: str, model: nnx.Module, loss_fn: Callable, stage: StageCon
     are ``fit``'s; the data position starts at 0 (a loop of stages gives each its own folder, and its batch_fn
     may fold a round index into the keys it draws). ``hooks`` are ``fit``'s (``train.Every``: evaluations on a
     schedule). Raises ``StagePreempted`` (a SystemExit whose message ends with ``resume_hint``) when stopped by
-    SIGTERM after saving. ``tx`` replaces the optimizer built from
-    ``stage.optimizer`` (``Trainer``).
+    SIGTERM after saving. ``tx`` replaces the optimizer built from ``stage.optimizer`` (``Trainer``).
     """
     trainer = Trainer(model, loss_fn, stage.optimizer, mesh, total_steps=stage.steps, tx=tx)
     full = dict(fingerprint, stage=dataclasses.asdict(stage))

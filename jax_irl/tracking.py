@@ -109,8 +109,7 @@ class WandbTracker:
     The run's id is a digest of the folder's absolute path, so reopening the folder (a resumed stage) continues
     the same run (``resume='allow'``); ``config`` is the run's config (the experiment's resolved settings)."""
 
-    def __init__(self, log_dir: str, first_step: int = 0, config: Optional[Dict[str, Any]] = None,
-                 project: Optional[str] = None):
+    def __init__(self, log_dir: str, config: Optional[Dict[str, Any]] = None, project: Optional[str] = None):
         self.run = None
         if jax.process_index() != 0:
             return
@@ -124,7 +123,6 @@ class WandbTracker:
         self.run = wandb.init(dir=log_dir, id=run_id, resume="allow", mode=os.environ.get("WANDB_MODE", "offline"),
                               project=project or os.environ.get("WANDB_PROJECT", "jax_irl"),
                               name=os.path.basename(folder), config=config or {}, reinit="create_new")
-        self.first_step = first_step
 
     def log(self, step: int, record: Dict[str, float]) -> None:
         if self.run is not None:
@@ -145,7 +143,7 @@ class MlflowTracker:
 
     TAG = "jax_irl.folder"
 
-    def __init__(self, log_dir: str, first_step: int = 0, config: Optional[Dict[str, Any]] = None):
+    def __init__(self, log_dir: str, config: Optional[Dict[str, Any]] = None):
         self.client = self.run_id = None
         if jax.process_index() != 0:
             return
@@ -250,9 +248,9 @@ def open_tracker(log_dir: str, first_step: int = 0) -> Tracker:
     selection = _SELECTED.get()
     trackers: List[Tracker] = [MetricsWriter(log_dir, first_step, tensorboard="tensorboard" in selection.names)]
     if "wandb" in selection.names:
-        trackers.append(WandbTracker(log_dir, first_step, config=selection.config))
+        trackers.append(WandbTracker(log_dir, config=selection.config))
     if "mlflow" in selection.names:
-        trackers.append(MlflowTracker(log_dir, first_step, config=selection.config))
+        trackers.append(MlflowTracker(log_dir, config=selection.config))
     return trackers[0] if len(trackers) == 1 else Trackers(trackers)
 
 
