@@ -296,14 +296,24 @@ def main():
             _cap_ipc(cfg["limits"]["memory"])
             lower = _isolate_filesystem(cfg)
             _read_only_everywhere(cfg["scratch"])
+            # The reaper waits for the launcher's {"reaper": pid} to be written before it starts the program, so
+            # the parent always reads that message first (a program that ends at once used to race it).
+            go_read, go_write = os.pipe()
             reaper = os.fork()
             if reaper == 0:
                 try:
+                    os.close(go_write)
+                    if os.read(go_read, 1) != b"1":
+                        os._exit(127)  # the launcher died before reporting: nothing to run for
+                    os.close(go_read)
                     _reaper(cfg, status)
                 except BaseException as err:  # noqa: BLE001 - reported to the parent
                     _report(status, error=f"the reaper: {type(err).__name__}: {err}")
                 os._exit(127)
+            os.close(go_read)
             _report(status, reaper=reaper)
+            os.write(go_write, b"1")
+            os.close(go_write)
             os.waitpid(reaper, 0)
             if lower is not None:
                 _collect_back(cfg, lower)

@@ -227,6 +227,10 @@ class Sandbox:
                     proc.wait()
                     raise SandboxError(f"the sandbox did not start: "
                                        f"{(first or {}).get('error', 'no word from the launcher')}")
+                if "reaper" not in first:
+                    proc.kill()
+                    proc.wait()
+                    raise SandboxError(f"the sandbox's launcher sent {first} before naming its reaper")
                 reaper = first["reaper"]
                 timed_out, over_cpu = False, False
                 deadline = start + limits.wall_seconds
