@@ -4,8 +4,8 @@
 when every row has finished (EOS) or ``max_new_tokens`` is reached. Prompts are left-padded [B, P] with a mask,
 so ragged prompt lengths share one batch. Same key, same output.
 
-``best_of_n``, ``rejection_sample`` (one step) and ``rejection_accept`` (one step or a multi-step schedule) act on
-rewards of candidates [B, n]: they are the practical oracles for the Gibbs policy pi0(a|x) exp(r(x,a)/eta) / Z(x)
+``best_of_n``, ``rejection_sample`` / ``rejection_accept`` (one step) and ``multi_step_rejection`` (a schedule,
+fresh candidates each step) act on rewards of candidates [B, n]: they are the practical oracles for the Gibbs policy pi0(a|x) exp(r(x,a)/eta) / Z(x)
 of KL-regularised preference learning; ``best_of_n_kl`` is best-of-n's analytic KL from pi0.
 """
 
@@ -252,29 +252,93 @@ def rejection_sample(key: jax.Array, rewards: jax.Array, eta: float) -> jax.Arra
     return jax.random.uniform(key, r.shape) < accept_prob
 
 
-def rejection_accept(key: jax.Array, rewards, etas: Sequence[float]) -> Tuple[np.ndarray, List[float]]:
-    """Statistical rejection sampling of candidates [B, n] drawn from pi0 towards pi0 exp(r / eta_N) / Z.
+def rejection_accept(key: jax.Array, rewards, eta: float) -> Tuple[np.ndarray, float]:
+    """One step of statistical rejection sampling of candidates [B, n] drawn from pi0 towards
+    pi0 exp(r / eta) / Z: each is accepted with probability exp((r - max_k r_k) / eta), so the best of each prompt
+    always survives. Returns the accept mask [B, n] (numpy bool) and the acceptance rate.
 
-    etas: (eta,) for one step, or a decreasing schedule eta_1 > ... > eta_N for the multi-step sampler (see ``gshf``). Returns the accept mask [B, n] (the best candidate of each prompt always survives) and
-    each step's acceptance rate (accepted / candidates entering the step)."""
+    For a multi-step schedule use ``multi_step_rejection``: thinning the same candidates again with a schedule
+    eta_1 > ... > eta_N accepts each with the product of the steps' probabilities, whose exponents telescope to
+    exactly this one step, so a schedule over one pool changes nothing."""
+    if not eta > 0:
+        raise ValueError(f"eta must be > 0; got {eta}")
+    r = jnp.asarray(rewards, jnp.float32)
+    if r.ndim != 2:
+        raise ValueError(f"rewards must have shape [B, n]; got {r.shape}")
+    accept = np.asarray(rejection_sample(key, r, float(eta)))
+    return accept, float(accept.mean())
+
+
+class MultiStepRejection(NamedTuple):
+    index: np.ndarray  # [B, n] the last step's pool: indices into each prompt's C candidates from pi0
+    accept: np.ndarray  # [B, n] bool: accepted by the last step (samples of pi0 exp(r / eta_N) / Z)
+    rates: List[float]  # each step's acceptance rate: accepted / candidates entering it
+
+
+def multi_step_rejection(key: jax.Array, rewards, etas: Sequence[float], pool: int, *,
+                         bound=None) -> MultiStepRejection:
+    """Multi-step rejection sampling pi0 -> pi0 e^{r/eta_1} -> ... -> pi0 e^{r/eta_N}, each step drawing FRESH
+    candidates from the previous step's sampler.
+
+    rewards: [B, C] for C = pool ** N candidates drawn independently from pi0 per prompt (N = len(etas)), with
+    a decreasing schedule eta_1 > ... > eta_N (eta_0 = infinity). Step k splits the samples of step k - 1 into
+    disjoint groups of ``pool``, accepts each with probability
+
+        exp((r - M) (1 / eta_k - 1 / eta_{k-1})),
+
+    and, except at the last step, keeps one accepted sample per group chosen uniformly: a fresh sample of
+    pi0 exp(r / eta_k) / Z made from candidates no other sample of step k has seen. The last step's pool of
+    ``pool`` such samples per prompt is returned with its accept mask. M is ``bound`` (a scalar or [B]: an upper
+    bound of r, which makes every step exact rejection sampling, a group that accepts nothing leaving no sample)
+    or, with ``bound=None``, the highest reward in each group (statistical rejection sampling, Liu et al. 2023,
+    "Statistical Rejection Sampling Improves Preference Optimization": every group keeps its best, so the
+    target is reached as ``pool`` grows). Each step accepts more than the single step to eta_N would, which is
+    the point of the schedule (Xiong et al. 2023); a schedule that re-thinned one pool would give exactly the
+    one-step distribution.
+
+    Returns ``MultiStepRejection(index [B, pool], accept [B, pool], rates)``.
+    """
     etas = tuple(float(e) for e in etas)
     if not etas or any(not e > 0 for e in etas):
         raise ValueError(f"etas must be a non-empty sequence of values > 0; got {etas}")
     if any(b >= a for a, b in zip(etas, etas[1:])):
         raise ValueError(f"a multi-step schedule must decrease (eta_1 > ... > eta_N); got {etas}")
-    r = jnp.asarray(rewards, jnp.float32)
-    if r.ndim != 2:
-        raise ValueError(f"rewards must have shape [B, n]; got {r.shape}")
-    alive = jnp.ones(r.shape, bool)
+    if not (isinstance(pool, (int, np.integer)) and pool >= 1):
+        raise ValueError(f"pool must be an int >= 1; got {pool!r}")
+    r = np.asarray(rewards, np.float64)
+    if r.ndim != 2 or r.shape[1] != pool ** len(etas):
+        raise ValueError(f"rewards must have shape [B, pool ** steps] = [B, {pool ** len(etas)}] (pool {pool}, "
+                         f"{len(etas)} steps); got {r.shape}")
+    if not np.isfinite(r).all():
+        raise ValueError("rewards must be finite")
+    batch = r.shape[0]
+    if bound is not None:
+        bound = np.broadcast_to(np.asarray(bound, np.float64).reshape(-1, 1) if np.ndim(bound) else
+                                np.asarray(bound, np.float64), (batch, 1))
+        if np.any(r > bound):
+            raise ValueError("bound must be at least every candidate's reward (an upper bound of r)")
+    index = np.broadcast_to(np.arange(r.shape[1]), r.shape).copy()
+    valid = np.ones(r.shape, bool)
     rates, previous = [], 0.0
     for k, eta in enumerate(etas):
-        step = 1.0 / eta - previous
-        best = jnp.max(jnp.where(alive, r, -jnp.inf), -1, keepdims=True)
-        prob = jnp.exp(jnp.minimum(step * (r - best), 0.0))
-        accept = alive & (jax.random.uniform(jax.random.fold_in(key, k), r.shape) < prob)
-        rates.append(float(jnp.sum(accept) / jnp.maximum(jnp.sum(alive), 1)))
-        alive, previous = accept, 1.0 / eta
-    return np.asarray(alive), rates
+        groups = index.shape[1] // pool
+        ri = np.take_along_axis(r, index, 1).reshape(batch, groups, pool)
+        live = valid.reshape(batch, groups, pool)
+        top = (np.max(np.where(live, ri, -np.inf), -1, keepdims=True) if bound is None
+               else bound.reshape(batch, 1, 1))
+        with np.errstate(invalid="ignore"):  # a group with no live sample: -inf - -inf, masked below
+            prob = np.where(live, np.exp(np.minimum((ri - top) * (1.0 / eta - previous), 0.0)), 0.0)
+        u = np.asarray(jax.random.uniform(jax.random.fold_in(key, 2 * k), ri.shape), np.float64)
+        accept = live & (u < prob)
+        rates.append(float(accept.sum() / max(live.sum(), 1)))
+        previous = 1.0 / eta
+        if k == len(etas) - 1:
+            return MultiStepRejection(index.reshape(batch, pool), accept.reshape(batch, pool), rates)
+        tie = np.asarray(jax.random.uniform(jax.random.fold_in(key, 2 * k + 1), ri.shape), np.float64)
+        pick = np.argmax(np.where(accept, tie, -1.0), -1)  # one accepted per group, uniformly
+        index = np.take_along_axis(index.reshape(batch, groups, pool), pick[..., None], -1)[..., 0]
+        valid = accept.any(-1)
+    raise AssertionError("unreachable")
 
 
 def select_samples(output: SampleOutput, indices: jax.Array, num_samples: int) -> SampleOutput:

@@ -2,10 +2,10 @@
 
 pi0 is the IRL experiment's base (``experiments.lm_base``) fine-tuned with MLE on the task's solutions. The
 preference oracle is a graded, programmatic gold reward (``arithmetic.graded_reward``: final answer, true
-calculation steps, format). Each method variant (offline DPO, rejection sampling, online iterative DPO, hybrid)
-runs at every KL strength beta (eta) in ``betas`` and every seed; each run reports the gold reward of its
-policy's samples on held-out prompts, KL(pi || pi0) and the win rate against pi0, so every method traces a gold
-reward against KL frontier. Results: results.json, results.md (mean +- standard error over seeds), PNG plots.
+calculation steps, format). Each method variant (offline DPO, RAFT and RSO on multi-step rejection sampling,
+online iterative DPO, hybrid) runs at every KL strength beta (eta) in ``betas`` and every seed; each run reports
+the gold reward of its policy's samples on held-out prompts, KL(pi || pi0) and the win rate against pi0, so
+every method traces a gold reward against KL frontier. Results: results.json, results.md (mean +- standard error over seeds), PNG plots.
 
     python -m experiments.run gshf_arithmetic [seeds=(0,1,2)] [methods=(online,offline_dpo)] [betas=(0.1,0.5)]
         [variants.online.warm_start=true] [oracle.temperature=0.1]
@@ -29,7 +29,10 @@ from jax_irl.models import hf
 
 RESUMABLE = ("mesh", "distributed", "save_every", "methods", "seeds", "variants", "betas")
 
-VARIANTS = {"offline_dpo": gshf.GSHFMethod("offline_dpo"), "rejection": gshf.GSHFMethod("rejection"),
+# RAFT and RSO share one sampler: two steps (eta 3, then beta) over fresh pools of 4, 16 samples of pi0 a prompt;
+# 3 stays above every beta of the sweep. RSO trains DPO on pairs of the accepted samples, RAFT fine-tunes on them.
+VARIANTS = {"offline_dpo": gshf.GSHFMethod("offline_dpo"),
+            "raft": gshf.GSHFMethod("raft", rs_schedule=(3.0,)), "rso": gshf.GSHFMethod("rso", rs_schedule=(3.0,)),
             "online": gshf.GSHFMethod("online"), "hybrid": gshf.GSHFMethod("hybrid")}
 
 
@@ -73,7 +76,7 @@ def validate(cfg: GSHFConfig) -> None:
         raise ValueError("reward_aggregation 'uwo' and 'lcb' need a coefficient: use 'mean' or 'min' here")
     for name in cfg.methods:
         for b in cfg.betas:
-            dataclasses.replace(cfg.variants[name], beta=b)  # e.g. a rejection schedule that beta would cross
+            dataclasses.replace(cfg.variants[name], beta=b)  # e.g. a raft/rso schedule that beta would cross
 
 
 def gold_fn(cfg: GSHFConfig) -> pairs.GoldFn:

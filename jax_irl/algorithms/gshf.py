@@ -13,11 +13,14 @@ The paper's oracles for it, as built here:
   per buffer (``reference_logps``) and the step never holds pi0. The pessimistic variant subtracts a per-pair
   margin c * (Gamma_rejected - Gamma_chosen) built from a K-head reward model's disagreement (see
   ``losses.preference``).
-- Rejection sampling (``sampling.rejection_accept``): candidates a_1..a_n ~ pi0 are accepted with probability
-  exp((r_j - max_k r_k) / eta); accepted samples follow pi* as n grows. The multi-step schedule
-  eta_1 > ... > eta_N = eta goes pi0 -> pi0 e^{r/eta_1} -> ... -> pi*, step k accepting the survivors of step
-  k-1 with probability exp((r - max r) (1/eta_k - 1/eta_{k-1})): the exponents telescope to the one-step target
-  and each step rejects less. The RSO/RAFT baseline fine-tunes pi0 (MLE) on the accepted samples.
+- Rejection sampling (``sampling.multi_step_rejection``): candidates a_1..a_n ~ pi0 are accepted with
+  probability exp((r_j - max_k r_k) / eta); accepted samples follow pi* as n grows. The multi-step schedule
+  eta_1 > ... > eta_N = eta goes pi0 -> pi0 e^{r/eta_1} -> ... -> pi*, each step thinning FRESH samples of the
+  previous step's sampler with probability exp((r - max r) (1/eta_k - 1/eta_{k-1})), so each step rejects less
+  (n ** N candidates of pi0 per prompt). Two baselines train on the accepted samples: RAFT (kind 'raft', Dong et
+  al. 2023) fine-tunes pi0 on them with MLE; RSO (kind 'rso', Liu et al. 2023, "Statistical Rejection Sampling
+  Improves Preference Optimization") pairs them up, labels each pair with the oracle, and trains DPO (sigmoid or
+  hinge loss) against pi0 on those pairs.
 - The online iterative loop (``run_method`` with kind 'online'): T rounds; each draws m prompts, a response
   from the main agent (the current policy: exploitation) and one from the enhancer (best-of-n or rejection
   sampling from the current policy under the oracle's reward: exploration), labels the pair with the
@@ -167,21 +170,22 @@ def evaluate_policy(policy, pi0, prompts: rollout.Prompts, key, s: pairs.SampleS
 
 # --- the methods ---------------------------------------------------------------------------------------------
 
-KINDS = ("offline_dpo", "rejection", "online", "hybrid")
+KINDS = ("offline_dpo", "raft", "rso", "online", "hybrid")
+REJECTION_KINDS = ("raft", "rso")
 
 
 @dataclasses.dataclass(frozen=True)
 class GSHFMethod:
-    kind: str = "online"  # offline_dpo | rejection | online | hybrid
+    kind: str = "online"  # offline_dpo | raft | rso | online | hybrid
     beta: float = 0.1  # KL strength eta: DPO's beta, rejection sampling's final eta
     loss_type: str = "sigmoid"
     label_smoothing: float = 0.0
     rounds: int = 4  # T; the label budget of every kind is rounds * prompts_per_round pairs
     prompts_per_round: int = 32  # m
     enhancer: str = "best_of_n"  # online/hybrid exploration: best_of_n | rejection (under the oracle's reward)
-    candidates: int = 4  # n: the enhancer's samples; offline sets' candidates per prompt; rejection's too
+    candidates: int = 4  # n: the enhancer's samples; offline sets' candidates per prompt; raft/rso's pool a step
     warm_start: bool = False  # retrain each round from pi0 (False, the paper) or from the last iterate
-    rs_schedule: Tuple[float, ...] = ()  # rejection: etas above beta for the multi-step sampler (decreasing)
+    rs_schedule: Tuple[float, ...] = ()  # raft/rso: etas above beta for the multi-step sampler (decreasing)
     epochs: float = 2.0  # passes over the buffer (or the accepted set) per training stage
     nll_weight: float = 0.0  # RPO's NLL term on the chosen responses (0: plain DPO, the paper's oracle)
     pessimism: float = 0.0  # c of pessimistic DPO's margin c * (Gamma_rejected - Gamma_chosen); needs uncertainty
@@ -202,7 +206,7 @@ class GSHFMethod:
             raise ValueError(f"rs_schedule must decrease and stay above beta={self.beta}; got {self.rs_schedule}")
         if not self.epochs > 0:
             raise ValueError(f"epochs must be > 0; got {self.epochs}")
-        if self.pessimism < 0 or (self.pessimism and self.kind == "rejection"):
+        if self.pessimism < 0 or (self.pessimism and self.kind == "raft"):
             raise ValueError(f"pessimism must be >= 0, and applies to the DPO kinds; got {self.pessimism} with "
                              f"{self.kind!r}")
 
@@ -242,11 +246,17 @@ def _pairs_from(model, ctx: Context, method: GSHFMethod, prompts: rollout.Prompt
         if method.enhancer == "best_of_n":
             pick = np.argmax(gold, 1)
         else:
-            accept, _ = sampling.rejection_accept(jax.random.fold_in(key, 2), gold, (method.beta,))
+            accept, _ = sampling.rejection_accept(jax.random.fold_in(key, 2), gold, method.beta)
             pick = np.array([rng.choice(np.flatnonzero(a)) for a in accept])
         texts = [[m[0], ts[j]] for m, ts, j in zip(main, texts, pick)]
         gold = np.stack([main_gold[:, 0], gold[np.arange(len(pick)), pick]], 1)
     records, counts = pairs.make_pairs(prompts.texts, texts, gold, ctx.oracle, rng)
+    _add_uncertainty(ctx, method, records)
+    return {"records": records, "counts": counts}
+
+
+def _add_uncertainty(ctx: Context, method: GSHFMethod, records: List[Dict[str, str]]) -> None:
+    """Pessimistic DPO: each record gets the oracle's uncertainty of its chosen and rejected response."""
     if method.pessimism and records:
         if ctx.settings.uncertainty is None:
             raise ValueError("pessimistic DPO needs the oracle's uncertainty (pairs.SampleSettings.uncertainty, e.g. "
@@ -255,7 +265,6 @@ def _pairs_from(model, ctx: Context, method: GSHFMethod, prompts: rollout.Prompt
                                      [[r["chosen"], r["rejected"]] for r in records])
         for record, (u_chosen, u_rejected) in zip(records, np.asarray(u, np.float64)):
             record.update(chosen_uncertainty=float(u_chosen), rejected_uncertainty=float(u_rejected))
-    return {"records": records, "counts": counts}
 
 
 def _pair_multiple(mesh) -> int:
@@ -300,7 +309,7 @@ def run_method(method: GSHFMethod, ctx: Context, seed: int, folder: str, fingerp
 
     budget = method.rounds * method.prompts_per_round
     base_fp = dict(fingerprint, method=method, seed=seed)
-    if method.kind == "rejection":
+    if method.kind in REJECTION_KINDS:
         return _rejection(method, ctx, seed, folder, base_fp, budget, measure)
     offline_rounds = {"offline_dpo": method.rounds, "hybrid": method.rounds // 2, "online": 0}[method.kind]
     buffer, rounds, skipped = [], {}, 0
@@ -337,36 +346,69 @@ def run_method(method: GSHFMethod, ctx: Context, seed: int, folder: str, fingerp
 
 
 def _rejection(method: GSHFMethod, ctx: Context, seed: int, folder: str, fingerprint: dict, budget: int, measure):
-    """RSO/RAFT baseline: n samples of pi0 per prompt for the label budget's prompts, rejection-sampled towards
-    pi0 exp(r*/beta) (multi-step with rs_schedule), then MLE fine-tuning of pi0 on the accepted samples."""
+    """The rejection-sampling baselines: n ** N samples of pi0 per prompt for the label budget's prompts
+    (N = len(rs_schedule) + 1 steps), rejection-sampled towards pi0 exp(r*/beta) with fresh candidates each step;
+    then RAFT fine-tunes pi0 (MLE) on the accepted samples, or RSO trains DPO on pairs of them."""
     where = os.path.join(folder, "round_0")
     prompts = _round_prompts(ctx, seed, 0, budget)
+    etas = method.rs_schedule + (method.beta,)
+    drawn = method.candidates ** len(etas)
 
     def accepted():
         key = jax.random.fold_in(jax.random.PRNGKey(seed), 0)
-        texts, gold, _ = pairs.sample_texts(ctx.pi0, prompts, jax.random.fold_in(key, 0), method.candidates,
-                                            ctx.settings)
-        accept, rates = sampling.rejection_accept(jax.random.fold_in(key, 3), gold,
-                                                  method.rs_schedule + (method.beta,))
-        keep = [(p, t) for p, ts, a in zip(prompts.texts, texts, accept) for t, ok in zip(ts, a) if ok]
-        return {"records": [{"prompt": p, "response": t} for p, t in keep], "rates": rates}
+        texts, gold, _ = pairs.sample_texts(ctx.pi0, prompts, jax.random.fold_in(key, 0), drawn, ctx.settings)
+        out = sampling.multi_step_rejection(jax.random.fold_in(key, 3), gold, etas, method.candidates)
+        keep = [[(texts[p][j], float(gold[p, j])) for j, ok in zip(index, accept) if ok]
+                for p, (index, accept) in enumerate(zip(out.index, out.accept))]
+        return {"prompts": list(prompts.texts), "accepted": keep, "rates": out.rates}
 
     made = stages.cached_json(os.path.join(where, "accepted.json"), accepted)
-    records = made["records"]
-    tok = ctx.settings.tokenizer
-    encoded = batching.encode_examples(tok, [r["prompt"] for r in records], [r["response"] for r in records],
-                                       ctx.max_length)
-    rows = batching.trim_padding({"tokens": encoded["tokens"], "mask": encoded["mask"]}, tok.pad_id)
-    stage = stage_for(len(records), 2 * ctx.batch_pairs, method.epochs, ctx.optimizer,
-                      int(ctx.mesh.shape["data"] * ctx.mesh.shape["fsdp"]))
-    sampler = batching.BatchSampler(len(records), stage.batch_size, seed=seed)
-    result = stages.run_stage(os.path.join(where, "train"), ctx.pi0,
-                              sft.loss_fn(vocab_chunk=ctx.vocab_chunk, window=rollout.loss_window(rows["mask"])),
-                              stage, ctx.mesh,
-                              sampler.batch_fn(rows), seed=seed, save_every=ctx.save_every,
-                              fingerprint=dict(fingerprint, accepted=pairs.records_digest(records)),
-                              desc=f"{os.path.basename(folder)} rso ({len(records)} samples)",
-                              resume_hint="Resume with --run-dir pointing at the run folder.")
-    final = dict(measure(result.model, where), labels=float(budget * method.candidates), skipped=0.0,
-                 budget=float(budget), accept_rate=float(len(records) / (budget * method.candidates)))
+    total = sum(len(a) for a in made["accepted"])
+    fingerprint = dict(fingerprint, accepted=pairs.records_digest(made["accepted"]))
+    if method.kind == "rso":
+        made_pairs = stages.cached_json(os.path.join(where, "pairs.json"), lambda: _rso_pairs(
+            ctx, method, made, np.random.default_rng((seed, 0, 2))))
+        policy = _train_dpo(ctx.pi0, ctx, method, made_pairs["records"], os.path.join(where, "train"), seed,
+                            fingerprint)
+        extra = {"pairs": float(len(made_pairs["records"])),
+                 "skipped": float(made_pairs["counts"]["identical"] + made_pairs["counts"]["ties"])}
+    else:
+        records = [{"prompt": p, "response": t} for p, kept in zip(made["prompts"], made["accepted"])
+                   for t, _ in kept]
+        tok = ctx.settings.tokenizer
+        encoded = batching.encode_examples(tok, [r["prompt"] for r in records], [r["response"] for r in records],
+                                           ctx.max_length)
+        rows = batching.trim_padding({"tokens": encoded["tokens"], "mask": encoded["mask"]}, tok.pad_id)
+        stage = stage_for(len(records), 2 * ctx.batch_pairs, method.epochs, ctx.optimizer,
+                          int(ctx.mesh.shape["data"] * ctx.mesh.shape["fsdp"]))
+        sampler = batching.BatchSampler(len(records), stage.batch_size, seed=seed)
+        policy = stages.run_stage(os.path.join(where, "train"), ctx.pi0,
+                                  sft.loss_fn(vocab_chunk=ctx.vocab_chunk, window=rollout.loss_window(rows["mask"])),
+                                  stage, ctx.mesh, sampler.batch_fn(rows), seed=seed, save_every=ctx.save_every,
+                                  fingerprint=fingerprint,
+                                  desc=f"{os.path.basename(folder)} raft ({len(records)} samples)",
+                                  resume_hint="Resume with --run-dir pointing at the run folder.").model
+        extra = {"skipped": 0.0}
+    final = dict(measure(policy, where), labels=float(budget * drawn), budget=float(budget),
+                 accept_rate=float(total / (budget * method.candidates)), **extra)
+    for k, rate in enumerate(made["rates"]):
+        final[f"accept_rate_step{k + 1}"] = float(rate)
     return {"final": final, "rounds": {"0": final}}
+
+
+def _rso_pairs(ctx: Context, method: GSHFMethod, made: dict, rng: np.random.Generator) -> dict:
+    """RSO's pairs: each prompt's accepted samples in a random order, taken two at a time (disjoint pairs),
+    labelled by the oracle. A prompt with one accepted sample gives none."""
+    prompts, candidates, gold = [], [], []
+    for prompt, kept in zip(made["prompts"], made["accepted"]):
+        order = rng.permutation(len(kept))
+        for a, b in zip(order[0::2], order[1::2]):
+            prompts.append(prompt)
+            candidates.append([kept[a][0], kept[b][0]])
+            gold.append([kept[a][1], kept[b][1]])
+    if not prompts:
+        raise ValueError(f"RSO: no prompt kept two samples after rejection sampling at beta={method.beta} (pool "
+                         f"{method.candidates}): raise candidates or beta to have pairs to train on")
+    records, counts = pairs.make_pairs(prompts, candidates, np.asarray(gold), ctx.oracle, rng)
+    _add_uncertainty(ctx, method, records)
+    return {"records": records, "counts": counts}

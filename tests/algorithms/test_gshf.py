@@ -24,10 +24,10 @@ P0 = np.array([0.4, 0.3, 0.2, 0.1])
 R = np.array([1.0, 0.0, 0.5, 0.2])  # the likeliest item has the top reward, so 32 candidates nearly always hold it
 
 
-def _accepted_counts(etas, seed=0, prompts=3000, n=32):
+def _accepted_counts(eta, seed=0, prompts=3000, n=32):
     items = np.random.default_rng(seed).choice(4, size=(prompts, n), p=P0)
-    accept, rates = sampling.rejection_accept(jax.random.PRNGKey(seed), R[items], etas)
-    return np.bincount(items[accept], minlength=4), rates
+    accept, rate = sampling.rejection_accept(jax.random.PRNGKey(seed), R[items], eta)
+    return np.bincount(items[accept], minlength=4), rate
 
 
 def _gibbs(eta):
@@ -36,24 +36,64 @@ def _gibbs(eta):
 
 
 def test_rejection_sampling_accepts_the_gibbs_distribution():
-    counts, (rate,) = _accepted_counts((0.5,))
+    counts, rate = _accepted_counts(0.5)
     assert stats.chisquare(counts, _gibbs(0.5) * counts.sum()).pvalue > 1e-3
     # The test has power: the same counts reject a neighbouring target and pi0 itself.
     assert stats.chisquare(counts, _gibbs(0.7) * counts.sum()).pvalue < 1e-6
     assert stats.chisquare(counts, P0 * counts.sum()).pvalue < 1e-6
     # The acceptance rate is E_pi0[exp((r - r_max) / eta)].
     np.testing.assert_allclose(rate, (P0 * np.exp((R - 1.0) / 0.5)).sum(), rtol=0.03)
+    with pytest.raises(ValueError, match="eta must be > 0"):
+        sampling.rejection_accept(jax.random.PRNGKey(0), np.zeros((2, 3)), 0.0)
 
 
-def test_multistep_rejection_ends_at_the_same_target_accepting_more_per_step():
-    counts, rates = _accepted_counts((2.0, 1.0, 0.5), seed=1)
+ETAS = (2.0, 1.0, 0.5)
+
+
+def _multi_step(bound, seed=1, prompts=20000, pool=4):
+    items = np.random.default_rng(seed).choice(4, size=(prompts, pool ** len(ETAS)), p=P0)
+    out = sampling.multi_step_rejection(jax.random.PRNGKey(seed), R[items], ETAS, pool, bound=bound)
+    return np.take_along_axis(items, out.index, 1), out
+
+
+def test_multistep_rejection_with_fresh_candidates_is_exact_on_a_discrete_case():
+    # With the true bound of r every step is exact rejection sampling from the previous step's sampler, so the
+    # last step's accepted samples follow pi0 exp(r / eta_N) / Z exactly, and step k accepts the samples of step
+    # k - 1 at the rate E_{pi_{k-1}}[exp((r - max r) (1/eta_k - 1/eta_{k-1}))].
+    final, out = _multi_step(bound=1.0)
+    counts = np.bincount(final[out.accept], minlength=4)
     assert stats.chisquare(counts, _gibbs(0.5) * counts.sum()).pvalue > 1e-3
-    _, (one_step,) = _accepted_counts((0.5,), seed=1)
-    assert len(rates) == 3 and min(rates) > one_step
-    np.testing.assert_allclose(np.prod(rates), one_step, rtol=0.05)  # the exponents telescope
-    for bad, match in (((), "non-empty"), ((0.5, 0.0), "values > 0"), ((0.5, 1.0), "must decrease")):
+    assert stats.chisquare(counts, _gibbs(0.7) * counts.sum()).pvalue < 1e-6
+    previous, inv = P0, 0.0
+    for rate, eta in zip(out.rates, ETAS):
+        expected = float((previous * np.exp((R - 1.0) * (1.0 / eta - inv))).sum())
+        np.testing.assert_allclose(rate, expected, rtol=0.03)
+        previous, inv = _gibbs(eta), 1.0 / eta
+    one_step = float((P0 * np.exp((R - 1.0) / 0.5)).sum())
+    assert min(out.rates) > one_step  # each step accepts more than the one step to eta_N
+    # Every index points into its own prompt's candidates, distinct within the last pool (disjoint groups).
+    assert out.index.shape == (20000, 4) and all(len(set(row)) == 4 for row in out.index[:100])
+
+
+def test_statistical_multistep_rejection_keeps_each_groups_best_and_nears_the_target():
+    final, out = _multi_step(bound=None, prompts=6000, pool=6)
+    assert out.accept.any(1).all()  # the best of every pool always survives
+    freq = np.bincount(final[out.accept], minlength=4) / out.accept.sum()
+    assert 0.5 * np.abs(freq - _gibbs(0.5)).sum() < 0.01  # total variation to the target (measured 0.003)
+    # One statistical step over a pool of the same size stays further from it (measured 0.03): its max-based bound
+    # is too low for few candidates, which the fresh intermediate samplers' larger draw corrects.
+    items = np.random.default_rng(0).choice(4, size=(6000, 6), p=P0)
+    accept, _ = sampling.rejection_accept(jax.random.PRNGKey(0), R[items], 0.5)
+    one_step = np.bincount(items[accept], minlength=4) / accept.sum()
+    assert 0.5 * np.abs(one_step - _gibbs(0.5)).sum() > 0.02
+    for kwargs, match in ((dict(etas=()), "non-empty"), (dict(etas=(0.5, 0.0)), "values > 0"),
+                          (dict(etas=(0.5, 1.0)), "must decrease"), (dict(pool=0), "pool must be"),
+                          (dict(rewards=np.zeros((2, 5))), r"\[B, 4\]"), (dict(bound=-1.0), "upper bound"),
+                          (dict(rewards=np.full((2, 4), np.nan)), "finite")):
+        args = dict(rewards=np.zeros((2, 4)), etas=(1.0, 0.5), pool=2, bound=None) | kwargs
         with pytest.raises(ValueError, match=match):
-            sampling.rejection_accept(jax.random.PRNGKey(0), np.zeros((2, 3)), bad)
+            sampling.multi_step_rejection(jax.random.PRNGKey(0), args.pop("rewards"), args.pop("etas"),
+                                          args.pop("pool"), **args)
 
 
 def test_pairs_best_against_worst_skip_identical_and_tied_and_follow_bradley_terry():
@@ -199,6 +239,42 @@ def test_online_loop_bookkeeping_reference_and_restarts(lm, tmp_path):
     assert set(warm["rounds"]) == {"0", "1"}
 
 
+def test_raft_and_rso_train_on_the_accepted_samples_of_fresh_multistep_rejection(lm, tmp_path):
+    ctx = _context(lm, tmp_path)
+    common = dict(beta=0.5, rounds=1, prompts_per_round=6, candidates=3, rs_schedule=(2.0,))
+    rso = gshf.run_method(gshf.GSHFMethod("rso", **common), ctx, seed=0, folder=str(tmp_path / "rso"),
+                          fingerprint={})
+    with open(tmp_path / "rso" / "round_0" / "accepted.json") as f:
+        made = json.load(f)
+    # 3 ** 2 = 9 samples of pi0 a prompt go in (the labels: gold rewards read); the last step's pool is 3 fresh
+    # samples of the eta = 2 sampler, whose best always survives.
+    assert rso["final"]["labels"] == 6 * 9 and len(made["rates"]) == 2
+    assert all(1 <= len(kept) <= 3 for kept in made["accepted"])
+    with open(tmp_path / "rso" / "round_0" / "pairs.json") as f:
+        pairs_made = json.load(f)
+    # RSO's pairs are disjoint pairs of one prompt's accepted samples, the higher gold reward chosen.
+    by_prompt = {p: {t: g for t, g in kept} for p, kept in zip(made["prompts"], made["accepted"])}
+    assert pairs_made["counts"]["pairs"] == len(pairs_made["records"]) == rso["final"]["pairs"]
+    assert (pairs_made["counts"]["pairs"] + pairs_made["counts"]["identical"] + pairs_made["counts"]["ties"]
+            == sum(len(kept) // 2 for kept in made["accepted"]))
+    for r in pairs_made["records"]:
+        assert by_prompt[r["prompt"]][r["chosen"]] >= by_prompt[r["prompt"]][r["rejected"]]
+    with open(tmp_path / "rso" / "round_0" / "train" / "metrics.jsonl") as f:
+        assert json.loads(f.readline())["loss"] == pytest.approx(math.log(2), abs=1e-5)  # DPO from pi0
+    raft = gshf.run_method(gshf.GSHFMethod("raft", **common), ctx, seed=0, folder=str(tmp_path / "raft"),
+                           fingerprint={})
+    with open(tmp_path / "raft" / "round_0" / "accepted.json") as f:
+        assert json.load(f) == made  # the same sampler, seed and prompts: the same accepted samples
+    accepted = sum(len(kept) for kept in made["accepted"])
+    assert raft["final"]["accept_rate"] == pytest.approx(accepted / (6 * 3))
+    with open(tmp_path / "raft" / "round_0" / "train" / "metrics.jsonl") as f:
+        assert "chosen_logps" not in json.loads(f.readline())  # RAFT fine-tunes (MLE), no pairs
+    # A pool where no prompt keeps two samples leaves RSO nothing to pair: a clear error, nothing trained.
+    lonely = dict(made, accepted=[kept[:1] for kept in made["accepted"]])
+    with pytest.raises(ValueError, match="no prompt kept two samples"):
+        gshf._rso_pairs(ctx, gshf.GSHFMethod("rso", **common), lonely, np.random.default_rng(0))
+
+
 def test_a_loop_killed_mid_round_resumes_to_the_same_result(lm, tmp_path, monkeypatch):
     ctx = _context(lm, tmp_path)
     method = gshf.GSHFMethod("hybrid", beta=0.5, rounds=2, prompts_per_round=6, candidates=3)
@@ -237,7 +313,7 @@ def test_method_fields_are_validated():
     for bad, match in ((dict(kind="ppo"), "kind must be one of"), (dict(beta=0.0), "beta must be > 0"),
                        (dict(candidates=1), "candidates >= 2"), (dict(kind="hybrid", rounds=1), "hybrid needs"),
                        (dict(rs_schedule=(0.05,), beta=0.1), "rs_schedule"), (dict(loss_type="kto"), "loss_type"),
-                       (dict(epochs=0.0), "epochs"), (dict(kind="rejection", pessimism=1.0), "applies to the DPO"),
+                       (dict(epochs=0.0), "epochs"), (dict(kind="raft", pessimism=1.0), "applies to the DPO"),
                        (dict(nll_weight=-1.0), "nll_weight")):
         with pytest.raises(ValueError, match=match):
             gshf.GSHFMethod(**bad)

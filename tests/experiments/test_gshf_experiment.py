@@ -9,12 +9,12 @@ import pytest
 from experiments import run
 
 VARIANT = ["rounds=2", "prompts_per_round=8", "candidates=2"]
-TINY = ["methods=(offline_dpo,rejection,online,hybrid)", "betas=(0.1,1)", "seeds=(0)", "base.pretrain.steps=6",
+TINY = ["methods=(offline_dpo,raft,rso,online,hybrid)", "betas=(0.1,1)", "seeds=(0)", "base.pretrain.steps=6",
         "base.pretrain.optimizer.warmup_steps=1", "sft.steps=4", "sft.optimizer.warmup_steps=1", "sft.batch_size=8",
         "task.train_examples=64", "task.eval_examples=4", "base.vocab_size=300", "base.model.hidden_size=32",
         "base.model.intermediate_size=64", "base.calculation_rows=16", "max_new_tokens=8", "eval_samples=2",
         "batch_pairs=4", "oracle.temperature=0.1", "save_every=2"] + [
-    f"variants.{m}.{v}" for m in ("offline_dpo", "rejection", "online", "hybrid") for v in VARIANT]
+    f"variants.{m}.{v}" for m in ("offline_dpo", "raft", "rso", "online", "hybrid") for v in VARIANT]
 
 
 def test_config_checks_name_what_is_wrong():
@@ -26,7 +26,7 @@ def test_config_checks_name_what_is_wrong():
     with pytest.raises(run.ConfigError, match="enhancer must be"):
         run.apply_overrides(mod.config(), ["variants.online.enhancer=greedy"])
     with pytest.raises(ValueError, match="rs_schedule must decrease and stay above beta=1"):
-        mod.validate(run.apply_overrides(mod.config(), ["variants.rejection.rs_schedule=(0.5)", "betas=(0.1,1)"]))
+        mod.validate(run.apply_overrides(mod.config(), ["variants.raft.rs_schedule=(0.5)", "betas=(0.1,1)"]))
 
 
 @pytest.mark.slow
@@ -34,10 +34,10 @@ def test_gshf_experiment_end_to_end_and_reuse(tmp_path, capsys):
     folder = str(tmp_path / "gshf")
     assert run.main(["gshf_arithmetic", *TINY, "--run-dir", folder]) == 0
     out = capsys.readouterr().out
-    assert "| online@0.1 |" in out and "| rejection@1 |" in out
+    assert "| online@0.1 |" in out and "| raft@1 |" in out and "| rso@1 |" in out
     with open(os.path.join(folder, "results.json")) as f:
         results = json.load(f)
-    assert set(results["summary"]) == {f"{m}@{b}" for m in ("offline_dpo", "rejection", "online", "hybrid")
+    assert set(results["summary"]) == {f"{m}@{b}" for m in ("offline_dpo", "raft", "rso", "online", "hybrid")
                                        for b in ("0.1", "1")}
     for name, vals in results["summary"].items():
         assert 0.0 <= vals["gold"][0] <= 1.0 and 0.0 <= vals["win_rate"][0] <= 1.0, name
@@ -47,7 +47,7 @@ def test_gshf_experiment_end_to_end_and_reuse(tmp_path, capsys):
     for png in ("gold_vs_kl.png", "gold_per_round.png"):
         assert os.path.getsize(os.path.join(folder, png)) > 10_000
     with open(os.path.join(folder, "results.md")) as f:
-        assert f.read().count("\n| ") == 8
+        assert f.read().count("\n| ") == 10
     # Resuming a finished sweep reuses every run as it is.
     assert run.main(["gshf_arithmetic", "--run-dir", folder]) == 0
     with open(os.path.join(folder, "results.json")) as f:
