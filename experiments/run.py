@@ -250,7 +250,7 @@ RANGES = {
         "heads", "hidden_size", "intermediate_size", "iterations", "keep", "kl_horizon", "max_length",
         "max_new_tokens", "max_number", "max_operand", "max_positions", "minibatches", "num_heads", "num_kv_heads",
         "num_layers", "num_processes", "num_samples", "overlong_buffer", "pairs", "prompts_per_batch",
-        "prompts_per_rollout", "prompts_per_round", "rounds", "rows_per_score", "samples_per_prompt", "save_every",
+        "prompts", "prompts_per_rollout", "prompts_per_round", "rounds", "rows_per_score", "samples_per_prompt", "save_every",
         "sample_prompts_per_batch",
         "total_steps", "train_examples", "train_problems", "vocab_chunk", "vocab_size")},
     **{name: _AT_LEAST_0 for name in (

@@ -177,23 +177,11 @@ def run(cfg: EnsemblesConfig, run_dir: str) -> dict:
 
     def run_one(name, variant, seed, folder):
         kind, noise = variant
-        records = pairs.distinct_pairs(rm_tok, rm.flip_labels(train_pairs, noise, seed=1000 + seed), max_length,
-                                      what="reward-model pairs")
-        rows = rm.pair_rows(pairs.preference_rows(rm_tok, records, max_length))
-        from jax_irl.data import batching
-        batches = batching.BatchSampler(len(records), cfg.rm_stage.batch_size, seed=seed)
-
-        def batch_fn(position):
-            idx = batches.indices(position)
-            rows_idx = np.stack([2 * idx, 2 * idx + 1], 1).reshape(-1)
-            return {k: rows[k][rows_idx] for k in ("tokens", "attention")}
-
         model = rm.build(kind, lambda r: nnx.clone(rm_base), seed=seed)
-        trained = stages.run_stage(os.path.join(folder, "rm"), model, rm.bt_loss_fn(kind), cfg.rm_stage, mesh,
-                                   batch_fn, seed=seed, save_every=cfg.save_every,
-                                   fingerprint=dict(depends, kind=kind, noise=noise, pairs=len(records)),
-                                   tx=rm.optimizer_for(kind, cfg.rm_stage.optimizer, cfg.rm_stage.steps),
-                                   desc=f"rm {name} seed {seed}", resume_hint=f"Resume with --run-dir {run_dir}").model
+        trained = rm.fit_pairs(os.path.join(folder, "rm"), model, kind, rm.flip_labels(train_pairs, noise,
+                               seed=1000 + seed), rm_tok, cfg.rm_stage, mesh, max_length=max_length, seed=seed,
+                               save_every=cfg.save_every, fingerprint=dict(depends, noise=noise),
+                               desc=f"rm {name} seed {seed}")
         test = rm.evaluate_pairs(trained, rm.pair_rows(pairs.preference_rows(rm_tok, test_pairs, max_length)))
         scores = rollout.score_rows(trained, rollout.RewardScores("mean"), {k: pool_rows[k] for k in
                                                                             ("tokens", "attention")},

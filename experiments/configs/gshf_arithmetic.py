@@ -17,7 +17,9 @@ import dataclasses
 import os
 from typing import Dict, Optional, Tuple
 
+import jax
 import numpy as np
+from flax import nnx
 
 from experiments import lm_base
 from jax_irl import metrics, parallel, rollout, stages, sweep, tasks, train
@@ -33,7 +35,25 @@ RESUMABLE = ("mesh", "distributed", "save_every", "methods", "seeds", "variants"
 # 3 stays above every beta of the sweep. RSO trains DPO on pairs of the accepted samples, RAFT fine-tunes on them.
 VARIANTS = {"offline_dpo": gshf.GSHFMethod("offline_dpo"),
             "raft": gshf.GSHFMethod("raft", rs_schedule=(3.0,)), "rso": gshf.GSHFMethod("rso", rs_schedule=(3.0,)),
-            "online": gshf.GSHFMethod("online"), "hybrid": gshf.GSHFMethod("hybrid")}
+            "online": gshf.GSHFMethod("online"), "hybrid": gshf.GSHFMethod("hybrid"),
+            # Xiong et al.'s offline pessimism: offline DPO with the margin c (Gamma_rejected - Gamma_chosen), Gamma a
+            # K-head reward model's disagreement (``UncertaintyRM``); c = 1 against heads' stds of about 0.1-1.
+            "pessimistic_dpo": gshf.GSHFMethod("offline_dpo", pessimism=1.0)}
+
+
+@dataclasses.dataclass(frozen=True)
+class UncertaintyRM:
+    """Pessimistic DPO's uncertainty Gamma(x, a): the heads' standard deviation of a K-head reward model on pi0's
+    backbone, trained by Bradley-Terry on gold-labelled pairs of pi0's samples (best against worst of
+    ``candidates``) for the last ``prompts`` training prompts. Built only when a selected variant sets
+    pessimism > 0; a local K-head reward-model folder (``model``) replaces it."""
+
+    heads: int = 4
+    prompts: int = 256
+    candidates: int = 4
+    stage: stages.StageConfig = stages.StageConfig(steps=100, batch_size=16, optimizer=train.OptimizerConfig(
+        learning_rate=3e-4, schedule="cosine", warmup_steps=10, weight_decay=0.01))
+    model: Optional[str] = None  # a local HF reward-model folder with K heads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +70,7 @@ class GSHFConfig:
     optimizer: train.OptimizerConfig = train.OptimizerConfig(learning_rate=2e-4, max_grad_norm=1.0)  # DPO / RSO
     batch_pairs: int = 16
     oracle: pairs.OracleConfig = pairs.OracleConfig()
+    uncertainty: UncertaintyRM = UncertaintyRM()
     variants: Dict[str, gshf.GSHFMethod] = dataclasses.field(default_factory=lambda: dict(VARIANTS))
     methods: Tuple[str, ...] = tuple(VARIANTS)
     betas: Tuple[float, ...] = (0.1, 0.3, 1.0)  # every method runs at each (its beta field is replaced)
@@ -74,6 +95,12 @@ def validate(cfg: GSHFConfig) -> None:
         raise ValueError("seeds must name a seed; eval_samples and batch_pairs must be >= 1")
     if cfg.reward_aggregation in ("uwo", "lcb"):
         raise ValueError("reward_aggregation 'uwo' and 'lcb' need a coefficient: use 'mean' or 'min' here")
+    if cfg.uncertainty.heads < 2 or cfg.uncertainty.prompts < 10 or cfg.uncertainty.candidates < 2:
+        raise ValueError(f"uncertainty needs heads >= 2 (a disagreement), prompts >= 10 and candidates >= 2; got "
+                         f"{cfg.uncertainty.heads}, {cfg.uncertainty.prompts}, {cfg.uncertainty.candidates}")
+    if cfg.uncertainty.prompts > cfg.task.train_examples:
+        raise ValueError(f"uncertainty.prompts={cfg.uncertainty.prompts} needs as many training prompts; "
+                         f"task.train_examples={cfg.task.train_examples}")
     for name in cfg.methods:
         for b in cfg.betas:
             dataclasses.replace(cfg.variants[name], beta=b)  # e.g. a raft/rso schedule that beta would cross
@@ -89,6 +116,32 @@ def gold_fn(cfg: GSHFConfig) -> pairs.GoldFn:
     return pairs.per_sample(arithmetic.graded_reward)
 
 
+def uncertainty_fn(cfg: GSHFConfig, run_dir: str, pi0, tok, prompts: rollout.Prompts,
+                   settings: pairs.SampleSettings, mesh, depends: dict) -> pairs.GoldFn:
+    """Gamma(x, a) for pessimistic DPO: ``cfg.uncertainty.model``'s heads, or a K-head reward model trained on
+    gold-labelled pairs of pi0's samples (cached in run_dir/uncertainty/)."""
+    u = cfg.uncertainty
+    max_length = cfg.base.max_length + cfg.max_new_tokens
+    if u.model:
+        return rm.reward_model_uncertainty(hf.reward_model_from_pretrained(u.model), TextTokenizer.load(u.model),
+                                           max_length=max_length)
+    folder = os.path.join(run_dir, "uncertainty")
+
+    def labelled():
+        chosen = prompts.take(np.arange(len(prompts.texts) - u.prompts, len(prompts.texts)))
+        texts, gold, _ = pairs.sample_texts(pi0, chosen, jax.random.PRNGKey(13), u.candidates, settings)
+        records, counts = pairs.make_pairs(chosen.texts, texts, gold, cfg.oracle, np.random.default_rng(13))
+        return {"records": records, "counts": counts}
+
+    records = stages.cached_json(os.path.join(folder, "pairs.json"), labelled)["records"]
+    kind = rm.RMKind("multihead", heads=u.heads)
+    model = rm.fit_pairs(os.path.join(folder, "rm"), rm.build(kind, lambda r: nnx.clone(pi0), seed=0), kind, records,
+                         tok, u.stage, mesh, max_length=max_length, seed=0, save_every=cfg.save_every,
+                         fingerprint=dict(depends, uncertainty=u, oracle=cfg.oracle),
+                         desc=f"uncertainty rm ({u.heads} heads, {len(records)} pairs)")
+    return rm.reward_model_uncertainty(model, tok, max_length=max_length)
+
+
 COLUMNS = (sweep.Column("gold", "gold reward"), sweep.Column("kl", "KL(pi ‖ pi0)"),
            sweep.Column("win_rate", "win rate vs pi0"), sweep.Column("labels", "labels", 0))
 
@@ -100,18 +153,24 @@ def run(cfg: GSHFConfig, run_dir: str) -> dict:
                                                             base_vocab_chunk=False)
     train_tokens, train_mask = rollout.prompt_rows(enc.train["tokens"], enc.train["prompt_lengths"], tok.pad_id,
                                                    enc.prompt_width)
+    settings = pairs.SampleSettings(tok, cfg.max_new_tokens, gold_fn(cfg))
+    train_prompts = rollout.Prompts(train_tokens, train_mask, list(data.train_prompts), list(data.train_responses))
+    if any(cfg.variants[m].pessimism for m in cfg.methods):
+        settings = settings._replace(uncertainty=uncertainty_fn(cfg, run_dir, pi0, tok, train_prompts, settings, mesh,
+                                                                depends))
     ctx = gshf.Context(
-        pi0=pi0, train_prompts=rollout.Prompts(train_tokens, train_mask, list(data.train_prompts),
-                                               list(data.train_responses)),
+        pi0=pi0, train_prompts=train_prompts,
         eval_prompts=rollout.Prompts(enc.eval_prompts, enc.eval_prompt_mask, list(data.eval_prompts),
                                      list(data.eval_references)),
-        settings=pairs.SampleSettings(tok, cfg.max_new_tokens, gold_fn(cfg)), oracle=cfg.oracle,
+        settings=settings, oracle=cfg.oracle,
         optimizer=cfg.optimizer, batch_pairs=cfg.batch_pairs, max_length=cfg.base.max_length,
         eval_samples=cfg.eval_samples, mesh=mesh, save_every=cfg.save_every, vocab_chunk=cfg.vocab_chunk,
         offline_records=jsonl.read_jsonl(cfg.preference_file, "preference") if cfg.preference_file else None)
     variants = {f"{m}@{b:g}": dataclasses.replace(cfg.variants[m], beta=b) for m in cfg.methods for b in cfg.betas}
     per_run = sweep.run_sweep(run_dir, variants, cfg.seeds,
-                              lambda name, method, seed, folder: gshf.run_method(method, ctx, seed, folder, depends),
+                              lambda name, method, seed, folder: gshf.run_method(
+                                  method, ctx, seed, folder,
+                                  dict(depends, uncertainty=cfg.uncertainty) if method.pessimism else depends),
                               fingerprint=dict(depends, oracle=cfg.oracle, optimizer=cfg.optimizer,
                                                preference_file=cfg.preference_file,
                                                reward_model=cfg.reward_model, reward_aggregation=cfg.reward_aggregation,

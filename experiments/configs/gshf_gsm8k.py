@@ -2,8 +2,8 @@
 checkpoints, prompts from TFDS GSM8K (or a JSONL file), bf16 compute, an FSDP mesh, vocabulary-chunked
 log-probs.
 
-The same methods, sweep and outputs as ``gshf_arithmetic`` (offline DPO, rejection sampling, online iterative
-DPO, hybrid; three betas; three seeds; gold reward against KL). pi0 is the checkpoint itself (``skip_sft``: an
+The same methods, sweep and outputs as ``gshf_arithmetic`` (offline DPO, RAFT and RSO on multi-step rejection
+sampling, online iterative DPO, hybrid; pessimistic DPO with ``uncertainty.model``; three betas; three seeds; gold reward against KL). pi0 is the checkpoint itself (``skip_sft``: an
 instruction-tuned model), and the gold reward is a sequence-classification reward model (its own tokenizer),
 as in the paper's experiments; without ``reward_model`` the graded math checker serves (GSM8K's references end
 in '#### <answer>' as the built-in task's do).
@@ -34,6 +34,8 @@ def config() -> GSHFConfig:
         # T = 3 rounds of m = 2048 prompts (the authors' recipe labels about 20k prompts per iteration at 7B)
         variants={name: dataclasses.replace(m, rounds=3, prompts_per_round=2048, candidates=8, epochs=1.0)
                   for name, m in VARIANTS.items()},
+        # pessimistic_dpo needs a K-head reward model's disagreement: add it with uncertainty.model=/path/to/rm
+        methods=tuple(m for m in VARIANTS if m != "pessimistic_dpo"),
         betas=(0.05, 0.1, 0.5),
         max_new_tokens=256,
         eval_samples=4,

@@ -88,7 +88,9 @@ class DPOConfig:
 
 def dpo_loss_fn(cfg: DPOConfig, vocab_chunk: Optional[int] = None, window: Optional[int] = None):
     """loss_fn(model, batch, rng) for ``train.Trainer``: batch tokens [2B, T] (chosen, rejected interleaved),
-    mask [2B, T-1], ref_logps [2B] and, for pessimistic DPO, margin [B]. IPO uses length-averaged log-probs.
+    mask [2B, T-1], ref_logps [2B] and, for pessimistic DPO, margin [2B] (each pair's margin on both of its rows,
+    so every field shards over the batch axes alike; the loss reads the chosen rows'). IPO uses length-averaged
+    log-probs.
     With ``nll_weight`` (RPO) the loss adds nll_weight * mean over pairs of the chosen response's per-token NLL,
     which keeps DPO from lowering the chosen responses' likelihood along with the rejected ones'. ``window``
     (``rollout.loss_window`` of the rows' masks) computes the unembedding on the responses' span only."""
@@ -105,7 +107,7 @@ def dpo_loss_fn(cfg: DPOConfig, vocab_chunk: Optional[int] = None, window: Optio
             logp_used = logp
         loss, aux = losses.dpo_loss(logp_used[0::2], logp_used[1::2], ref[0::2], ref[1::2], beta=cfg.beta,
                                     loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing,
-                                    margin=batch.get("margin"))
+                                    margin=batch["margin"][0::2] if "margin" in batch else None)
         nll = jnp.mean(-logp[0::2] / count[0::2])
         aux = dict(aux, chosen_nll=nll, chosen_logps=jnp.mean(logp[0::2]), rejected_logps=jnp.mean(logp[1::2]))
         return (loss + cfg.nll_weight * nll if cfg.nll_weight else loss), aux
@@ -125,7 +127,7 @@ def pair_batch_fn(rows: Dict[str, np.ndarray], ref_logps: np.ndarray, batch_pair
         idx = np.stack([2 * chosen, 2 * chosen + 1], 1).reshape(-1)
         batch = {"tokens": rows["tokens"][idx], "mask": rows["mask"][idx], "ref_logps": ref_logps[idx]}
         if margin is not None:
-            batch["margin"] = margin[chosen].astype(np.float32)
+            batch["margin"] = np.repeat(margin[chosen], 2).astype(np.float32)  # [2B]: on both rows of a pair
         return batch
 
     return batch_fn

@@ -35,7 +35,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jax_irl import losses, rollout, train
+from jax_irl import losses, rollout, stages, train
 from jax_irl.algorithms import pairs
 from jax_irl.data import batching
 from jax_irl.models.heads import RewardModel
@@ -156,6 +156,28 @@ def bt_loss_fn(kind: RMKind):
     return loss_fn
 
 
+def fit_pairs(folder: str, model: nnx.Module, kind: RMKind, records: Sequence[Dict[str, str]], tokenizer,
+              stage: stages.StageConfig, mesh, *, max_length: int, seed: int, save_every: int,
+              fingerprint: Dict[str, object], desc: str = "reward model") -> nnx.Module:
+    """Train a reward model of ``kind`` by Bradley-Terry (``bt_loss_fn``) on preference records (prompt, chosen,
+    rejected) in ``folder``, resuming there; pairs whose two responses encode to the same tokens are dropped
+    (``pairs.distinct_pairs``). Batches of ``stage.batch_size`` pairs are a pure function of (seed, position).
+    Returns the trained model."""
+    records = pairs.distinct_pairs(tokenizer, records, max_length, what="reward-model pairs")
+    rows = pair_rows(pairs.preference_rows(tokenizer, records, max_length))
+    batches = batching.BatchSampler(len(records), min(stage.batch_size, len(records)), seed=seed)
+
+    def batch_fn(position):
+        idx = batches.indices(position)
+        rows_idx = np.stack([2 * idx, 2 * idx + 1], 1).reshape(-1)
+        return {k: rows[k][rows_idx] for k in ("tokens", "attention")}
+
+    return stages.run_stage(folder, model, bt_loss_fn(kind), stage, mesh, batch_fn, seed=seed, save_every=save_every,
+                            fingerprint=dict(fingerprint, kind=kind, pairs=len(records)),
+                            tx=optimizer_for(kind, stage.optimizer, stage.steps), desc=desc,
+                            resume_hint="Resume with --run-dir pointing at the run folder.").model
+
+
 def evaluate_pairs(model, rows: Dict[str, np.ndarray], rows_per_batch: int = 64) -> Dict[str, object]:
     """Per-head accuracy on held-out pairs ('accuracy' [K] list), and the accuracy of the mean and min
     aggregates, and the heads' mean disagreement on the pairs' margins."""
@@ -245,5 +267,5 @@ def reward_model_uncertainty(reward_model, tokenizer, *, max_length: int = 1024,
 
 
 __all__ = ["EnsembleRewardModel", "KINDS", "RMKind", "bon_gold", "bon_weights", "bt_loss_fn", "build",
-           "clip_per_member", "evaluate_pairs", "flip_labels", "optimizer_for", "pair_rows", "reward_model_gold",
+           "clip_per_member", "evaluate_pairs", "fit_pairs", "flip_labels", "optimizer_for", "pair_rows", "reward_model_gold",
            "reward_model_uncertainty"]

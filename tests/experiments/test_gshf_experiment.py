@@ -9,12 +9,13 @@ import pytest
 from experiments import run
 
 VARIANT = ["rounds=2", "prompts_per_round=8", "candidates=2"]
-TINY = ["methods=(offline_dpo,raft,rso,online,hybrid)", "betas=(0.1,1)", "seeds=(0)", "base.pretrain.steps=6",
+TINY = ["methods=(offline_dpo,raft,rso,online,hybrid,pessimistic_dpo)", "betas=(0.1,1)", "seeds=(0)", "base.pretrain.steps=6",
         "base.pretrain.optimizer.warmup_steps=1", "sft.steps=4", "sft.optimizer.warmup_steps=1", "sft.batch_size=8",
         "task.train_examples=64", "task.eval_examples=4", "base.vocab_size=300", "base.model.hidden_size=32",
         "base.model.intermediate_size=64", "base.calculation_rows=16", "max_new_tokens=8", "eval_samples=2",
-        "batch_pairs=4", "oracle.temperature=0.1", "save_every=2"] + [
-    f"variants.{m}.{v}" for m in ("offline_dpo", "raft", "rso", "online", "hybrid") for v in VARIANT]
+        "batch_pairs=4", "oracle.temperature=0.1", "save_every=2", "uncertainty.prompts=16", "uncertainty.heads=2",
+        "uncertainty.stage.steps=3", "uncertainty.stage.optimizer.warmup_steps=1"] + [
+    f"variants.{m}.{v}" for m in ("offline_dpo", "raft", "rso", "online", "hybrid", "pessimistic_dpo") for v in VARIANT]
 
 
 def test_config_checks_name_what_is_wrong():
@@ -27,6 +28,10 @@ def test_config_checks_name_what_is_wrong():
         run.apply_overrides(mod.config(), ["variants.online.enhancer=greedy"])
     with pytest.raises(ValueError, match="rs_schedule must decrease and stay above beta=1"):
         mod.validate(run.apply_overrides(mod.config(), ["variants.raft.rs_schedule=(0.5)", "betas=(0.1,1)"]))
+    with pytest.raises(ValueError, match="uncertainty needs heads >= 2"):
+        mod.validate(run.apply_overrides(mod.config(), ["uncertainty.heads=1"]))
+    with pytest.raises(ValueError, match="uncertainty.prompts=5000 needs as many training prompts"):
+        mod.validate(run.apply_overrides(mod.config(), ["uncertainty.prompts=5000"]))
 
 
 @pytest.mark.slow
@@ -37,7 +42,7 @@ def test_gshf_experiment_end_to_end_and_reuse(tmp_path, capsys):
     assert "| online@0.1 |" in out and "| raft@1 |" in out and "| rso@1 |" in out
     with open(os.path.join(folder, "results.json")) as f:
         results = json.load(f)
-    assert set(results["summary"]) == {f"{m}@{b}" for m in ("offline_dpo", "raft", "rso", "online", "hybrid")
+    assert set(results["summary"]) == {f"{m}@{b}" for m in ("offline_dpo", "raft", "rso", "online", "hybrid", "pessimistic_dpo")
                                        for b in ("0.1", "1")}
     for name, vals in results["summary"].items():
         assert 0.0 <= vals["gold"][0] <= 1.0 and 0.0 <= vals["win_rate"][0] <= 1.0, name
@@ -47,7 +52,13 @@ def test_gshf_experiment_end_to_end_and_reuse(tmp_path, capsys):
     for png in ("gold_vs_kl.png", "gold_per_round.png"):
         assert os.path.getsize(os.path.join(folder, png)) > 10_000
     with open(os.path.join(folder, "results.md")) as f:
-        assert f.read().count("\n| ") == 10
+        assert f.read().count("\n| ") == 12
+    # Pessimistic DPO's pairs carry the 2-head reward model's disagreement, trained once for the run.
+    with open(os.path.join(folder, "runs", "pessimistic_dpo@0.1-seed0", "round_0", "pairs.json")) as f:
+        records = json.load(f)["records"]
+    assert records and all(r["chosen_uncertainty"] >= 0 and r["rejected_uncertainty"] >= 0 for r in records)
+    assert len({r["chosen_uncertainty"] for r in records}) > 1
+    assert os.path.isdir(os.path.join(folder, "uncertainty", "rm", "checkpoints"))
     # Resuming a finished sweep reuses every run as it is.
     assert run.main(["gshf_arithmetic", "--run-dir", folder]) == 0
     with open(os.path.join(folder, "results.json")) as f:
