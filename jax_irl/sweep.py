@@ -25,7 +25,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -141,6 +141,20 @@ def summarise(per_run: Dict[str, Dict[int, dict]]) -> Dict[str, dict]:
     """variant -> (the results' nested keys) -> [mean, standard error] over seeds. NaN seeds are left out of a
     leaf; a leaf with one finite seed has a NaN standard error, and one with none is [NaN, NaN]."""
     return {name: _summarise_tree(list(seeds.values())) for name, seeds in per_run.items()}
+
+
+def frontier_at(points: Sequence[Tuple[float, float]], at: float, origin: Tuple[float, float]) -> float:
+    """The y of the frontier through ``origin`` and ``points`` (x, y) at x = ``at``: points sorted by x, joined
+    by straight lines; NaN beyond the largest x (no extrapolation) or before the origin's. Used to read a
+    method's gold reward at a matched KL from its runs at several KL strengths (origin: the reference policy at
+    KL 0), so methods that spend different KLs are compared at the same one."""
+    pts = sorted([tuple(map(float, origin))] + [tuple(map(float, p)) for p in points])
+    xs, ys = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+    if not np.isfinite(xs).all() or not np.isfinite(ys).all():
+        return math.nan
+    if at < xs[0] or at > xs[-1]:
+        return math.nan
+    return float(np.interp(at, xs, ys))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import os
 
 import numpy as np
@@ -110,3 +111,15 @@ def test_cached_json_refuses_an_edited_or_damaged_file_naming_it(tmp_path):
     with open(path, "w") as f:
         f.write(original)
     assert stages.cached_json(path, make) == {"pairs": [1, 2, 3]} and len(calls) == 1
+
+
+def test_frontier_at_interpolates_through_the_origin_and_never_extrapolates():
+    points = [(2.0, 0.4), (0.5, 0.7), (1.0, 0.5)]  # unsorted on purpose
+    origin = (0.0, 0.6)
+    # By hand: between (0, 0.6) and (0.5, 0.7) at 0.25 -> 0.65; between (1, 0.5) and (2, 0.4) at 1.5 -> 0.45.
+    assert sweep.frontier_at(points, 0.25, origin) == pytest.approx(0.65)
+    assert sweep.frontier_at(points, 1.5, origin) == pytest.approx(0.45)
+    assert sweep.frontier_at(points, 1.0, origin) == pytest.approx(0.5)
+    assert math.isnan(sweep.frontier_at(points, 2.5, origin))  # beyond the largest KL
+    assert math.isnan(sweep.frontier_at(points, -0.1, origin))
+    assert math.isnan(sweep.frontier_at([(1.0, float("nan"))], 0.5, origin))

@@ -74,6 +74,9 @@ class GSHFConfig:
     variants: Dict[str, gshf.GSHFMethod] = dataclasses.field(default_factory=lambda: dict(VARIANTS))
     methods: Tuple[str, ...] = tuple(VARIANTS)
     betas: Tuple[float, ...] = (0.1, 0.3, 1.0)  # every method runs at each (its beta field is replaced)
+    # Methods spend different KLs at one beta: each is also read off its gold-KL frontier (its betas' points and
+    # pi0 at KL 0, joined by lines) at these KLs, with seed-paired gaps to offline DPO.
+    matched_kl: Tuple[float, ...] = (0.25, 0.5, 1.0)
     seeds: Tuple[int, ...] = (0, 1, 2)
     max_new_tokens: int = 48
     eval_samples: int = 4  # per held-out prompt
@@ -95,6 +98,8 @@ def validate(cfg: GSHFConfig) -> None:
         raise ValueError("seeds must name a seed; eval_samples and batch_pairs must be >= 1")
     if cfg.reward_aggregation in ("uwo", "lcb"):
         raise ValueError("reward_aggregation 'uwo' and 'lcb' need a coefficient: use 'mean' or 'min' here")
+    if any(not k > 0 for k in cfg.matched_kl):
+        raise ValueError(f"matched_kl must list KLs > 0; got {cfg.matched_kl}")
     if cfg.uncertainty.heads < 2 or cfg.uncertainty.prompts < 10 or cfg.uncertainty.candidates < 2:
         raise ValueError(f"uncertainty needs heads >= 2 (a disagreement), prompts >= 10 and candidates >= 2; got "
                          f"{cfg.uncertainty.heads}, {cfg.uncertainty.prompts}, {cfg.uncertainty.candidates}")
@@ -142,6 +147,27 @@ def uncertainty_fn(cfg: GSHFConfig, run_dir: str, pi0, tok, prompts: rollout.Pro
     return rm.reward_model_uncertainty(model, tok, max_length=max_length)
 
 
+def matched(finals: Dict[str, Dict[int, dict]], cfg: GSHFConfig) -> Tuple[Dict[str, Dict[int, dict]], list]:
+    """Each method's gold at the matched KLs (``sweep.frontier_at`` over its betas, pi0 at KL 0), per seed, and
+    its seed-paired gap to offline DPO there; with the table's columns."""
+    out, columns = {}, []
+    for k in cfg.matched_kl:
+        columns.append(sweep.Column(f"gold_at_{k:g}", f"gold at KL {k:g}"))
+    if "offline_dpo" in cfg.methods:
+        columns += [sweep.Column(f"gap_at_{k:g}", f"− offline DPO at KL {k:g}") for k in cfg.matched_kl]
+    for m in cfg.methods:
+        out[m] = {}
+        for s in cfg.seeds:
+            points = [(finals[f"{m}@{b:g}"][s]["kl"], finals[f"{m}@{b:g}"][s]["gold"]) for b in cfg.betas]
+            out[m][s] = {f"gold_at_{k:g}": sweep.frontier_at(points, k, (0.0, finals[f"{m}@{cfg.betas[0]:g}"][s][
+                "pi0_gold"])) for k in cfg.matched_kl}
+    for m in cfg.methods if "offline_dpo" in cfg.methods else ():
+        for s in cfg.seeds:
+            out[m][s].update({f"gap_at_{k:g}": out[m][s][f"gold_at_{k:g}"] - out["offline_dpo"][s][f"gold_at_{k:g}"]
+                              for k in cfg.matched_kl})
+    return out, columns
+
+
 COLUMNS = (sweep.Column("gold", "gold reward"), sweep.Column("kl", "KL(pi ‖ pi0)"),
            sweep.Column("win_rate", "win rate vs pi0"), sweep.Column("labels", "labels", 0))
 
@@ -182,15 +208,23 @@ def run(cfg: GSHFConfig, run_dir: str) -> dict:
     pi0_gold = [r["pi0_gold"] for r in next(iter(finals.values())).values()]  # one value per seed
     reference = sweep.cell(float(np.mean(pi0_gold)), metrics.standard_error(pi0_gold), 3)
     gold_kind = "the reward model's" if cfg.reward_model else "graded, in [0, 1]"
+    at_kl, at_columns = matched(finals, cfg)
+    at_summary = sweep.summarise(at_kl)
+    appendix = "Along the gold-KL frontier:\n\n" + sweep.markdown_table(
+        at_summary, at_columns, num_seeds=len(cfg.seeds), note="Each method's gold reward at a matched KL, read off "
+        "the line through pi0 (KL 0) and its runs at each beta; blank (nan) beyond its largest KL. The gaps to "
+        "offline DPO are paired by seed.")
     summary = sweep.report(run_dir, finals, COLUMNS, variant_label="method@beta",
                            note=f"Gold reward ({gold_kind}) and win rate on held-out prompts; pi0's own gold reward "
                                 f"there is {reference}. KL is the mean summed log-ratio of the policy's own samples.",
+                           appendix=appendix, matched_kl={"summary": at_summary, "per_run": at_kl},
                            rounds={"summary": rounds, "per_run": {
                                n: {str(s): r["rounds"] for s, r in per_run[n].items()} for n in online}})
     sweep.plot_frontier(summary, x=COLUMNS[1], y=COLUMNS[0], series=lambda n: n.split("@")[0],
                         path=os.path.join(run_dir, "gold_vs_kl.png"), title="gold reward against KL from pi0",
                         reference=(0.0, float(np.mean(pi0_gold)), "pi0"))
     if rounds:
-        sweep.plot_over_groups(rounds, ys=(COLUMNS[0], COLUMNS[1]), x_label="round",
+        sweep.plot_over_groups(rounds, ys=(COLUMNS[0], COLUMNS[1], sweep.Column("length", "response length")),
+                               x_label="round",
                                path=os.path.join(run_dir, "gold_per_round.png"))
     return summary

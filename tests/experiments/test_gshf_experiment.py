@@ -52,7 +52,14 @@ def test_gshf_experiment_end_to_end_and_reuse(tmp_path, capsys):
     for png in ("gold_vs_kl.png", "gold_per_round.png"):
         assert os.path.getsize(os.path.join(folder, png)) > 10_000
     with open(os.path.join(folder, "results.md")) as f:
-        assert f.read().count("\n| ") == 12
+        text = f.read()
+    # 12 method@beta rows, then the matched-KL table: its header and one row per method.
+    assert text.count("\n| ") == 12 + 1 + 6 and "| gold at KL 0.25 |" in text
+    at = results["matched_kl"]["summary"]
+    assert set(at) == {"offline_dpo", "raft", "rso", "online", "hybrid", "pessimistic_dpo"}
+    for seed, vals in results["matched_kl"]["per_run"]["offline_dpo"].items():
+        for k in ("0.25", "0.5", "1"):  # offline DPO's gap to itself: 0 wherever its frontier reaches the KL
+            assert vals[f"gap_at_{k}"] == 0.0 or math.isnan(vals[f"gold_at_{k}"]), (seed, k, vals)
     # Pessimistic DPO's pairs carry the 2-head reward model's disagreement, trained once for the run.
     with open(os.path.join(folder, "runs", "pessimistic_dpo@0.1-seed0", "round_0", "pairs.json")) as f:
         records = json.load(f)["records"]
