@@ -6,8 +6,10 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_
 os.environ["JAX_PLATFORMS"] = "cpu"
 # libtpu (the tpu extra, for the ahead-of-time tests) takes a lock file per machine; test workers each load it.
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-# The driver turns on JAX's persistent compilation cache (in the run folder by default); in tests, one folder
-# per worker process, removed at exit, so that runs the tests start in-process and in subprocesses share it.
+# JAX's persistent compilation cache, on for every test (the driver turns it on for runs too): a program that
+# another test already compiled, with the same shapes and shardings, is loaded instead of compiled again. One
+# folder per test worker (JAX writes entries without a lock; the xdist controller's variable reaches every
+# worker, so each takes a subfolder of its own), removed at exit; runs that a test starts in subprocesses share it.
 import atexit  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
@@ -15,6 +17,10 @@ import tempfile  # noqa: E402
 if "JAX_IRL_COMPILATION_CACHE" not in os.environ:
     os.environ["JAX_IRL_COMPILATION_CACHE"] = tempfile.mkdtemp(prefix="jax_irl_xla_")
     atexit.register(shutil.rmtree, os.environ["JAX_IRL_COMPILATION_CACHE"], ignore_errors=True)
+if os.environ.get("PYTEST_XDIST_WORKER") and not os.environ.get("JAX_IRL_CACHE_WORKER"):
+    os.environ["JAX_IRL_CACHE_WORKER"] = os.environ["PYTEST_XDIST_WORKER"]
+    os.environ["JAX_IRL_COMPILATION_CACHE"] = os.path.join(os.environ["JAX_IRL_COMPILATION_CACHE"],
+                                                           os.environ["PYTEST_XDIST_WORKER"])
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -24,6 +30,10 @@ settings.register_profile(
     "jax_irl", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
 )
 settings.load_profile("jax_irl")
+
+from jax_irl import parallel as _parallel  # noqa: E402
+
+_parallel.enable_compilation_cache(os.environ["JAX_IRL_COMPILATION_CACHE"])
 
 assert jax.device_count() == 8, "tests expect 8 fake CPU devices; jax was imported before conftest set XLA_FLAGS"
 

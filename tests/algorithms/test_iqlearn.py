@@ -40,7 +40,7 @@ def test_loss_fn_matches_the_losses_and_the_chunked_path_matches_it(setup, name)
     np.testing.assert_allclose(float(chunked(model, batch, None)[0]), want, rtol=1e-5)
 
     def grads(fn):
-        return nnx.grad(lambda m: fn(m, batch, None)[0])(model)
+        return nnx.jit(nnx.grad(lambda m: fn(m, batch, None)[0]))(model)
 
     for g_full, g_chunk in zip(jax.tree.leaves(grads(full)), jax.tree.leaves(grads(chunked))):
         np.testing.assert_allclose(np.asarray(g_chunk), np.asarray(g_full), rtol=1e-4, atol=1e-6)
@@ -176,12 +176,12 @@ def test_the_loss_window_changes_no_loss_or_gradient(setup, name):
     method = METHODS[name]
     want = float(reference_loss(method, model, batch))
     full = iqlearn.make_loss_fn(method)
-    g_want = nnx.grad(lambda m: full(m, batch, None)[0])(model)
+    g_want = nnx.jit(nnx.grad(lambda m: full(m, batch, None)[0]))(model)
     for fn in (iqlearn.make_loss_fn(method, window=6, policy_window=3),
                iqlearn.make_loss_fn(method, window=7, policy_window=6),  # past the rows' end
                iqlearn.make_loss_fn(method, vocab_chunk=10, window=6, policy_window=3)):
         np.testing.assert_allclose(float(fn(model, batch, None)[0]), want, rtol=2e-5)
-        g = nnx.grad(lambda m: fn(m, batch, None)[0])(model)
+        g = nnx.jit(nnx.grad(lambda m, fn=fn: fn(m, batch, None)[0]))(model)
         for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_want)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
     # A window too narrow for a row drops its last counted targets: the loss changes (so the test above can fail).

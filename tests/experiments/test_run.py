@@ -206,4 +206,7 @@ def test_compilation_cache_setting(monkeypatch, tmp_path):
         folder = parallel.enable_compilation_cache(str(tmp_path / "default"))
         assert folder.startswith(str(tmp_path / "c")) and folder.endswith("-p0") and os.path.isdir(folder)
     finally:
+        from jax.experimental.compilation_cache import compilation_cache
+
         jax.config.update("jax_compilation_cache_dir", before)
+        compilation_cache.reset_cache()  # the worker's own cache folder again, for the tests after this one

@@ -97,7 +97,8 @@ def test_xla_attention_and_query_blocks_equal_the_full_score_matrix_values_and_g
         fused = _same_params(ref, _model("einsum", family, num_kv_heads=kv, attention_block=3))
     ids, mask = _rows()
     real = np.asarray(mask).astype(bool)
-    a, b = ref(ids, attention_mask=mask).logits, fused(ids, attention_mask=mask).logits
+    forward = nnx.jit(lambda m: m(ids, attention_mask=mask).logits)
+    a, b = forward(ref), forward(fused)
     assert np.all(np.isfinite(np.asarray(b)))  # padded query rows too
     np.testing.assert_allclose(np.asarray(b)[real], np.asarray(a)[real], rtol=1e-5, atol=1e-5)
 
@@ -111,7 +112,8 @@ def test_xla_attention_and_query_blocks_equal_the_full_score_matrix_values_and_g
         logits = model(ids[:, :-1], attention_mask=mask[:, :-1]).logits
         return losses.mle_loss(logits, ids[:, 1:], target_mask)[0]
 
-    ga, gb = nnx.grad(loss)(ref), nnx.grad(loss)(fused)
+    grad = nnx.jit(nnx.grad(loss))
+    ga, gb = grad(ref), grad(fused)
     flat_a, flat_b = jax.tree.leaves(nnx.state(ga)), jax.tree.leaves(nnx.state(gb))
     assert len(flat_a) == len(flat_b) > 0
     for x, y in zip(flat_a, flat_b):
@@ -210,7 +212,8 @@ def test_a_window_equals_those_positions_of_the_full_forward_values_and_gradient
         out = m(ids, attention_mask=mask, window=(start, width) if windowed else None).logits
         return jnp.sum((out if windowed else take_rows(out, rows)) * weights)
 
-    g_full, g_win = nnx.grad(lambda m: loss(m, False))(model), nnx.grad(lambda m: loss(m, True))(model)
+    g_full = nnx.jit(nnx.grad(lambda m: loss(m, False)))(model)
+    g_win = nnx.jit(nnx.grad(lambda m: loss(m, True)))(model)
     for a, b in zip(jax.tree.leaves(nnx.state(g_win)), jax.tree.leaves(nnx.state(g_full))):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=5e-6)  # gradients of order 1-10
     if (family, kv) != ("llama", 2):
