@@ -6,7 +6,8 @@ is ignored). The certificate's spans name, in the response's characters:
 - a line that is not a step ('a op b = c') in step mode, or an expression that does not parse;
 - a number a step uses that is not available at that point (not given, or already used);
 - a false step (its line): 'a op b' is not c, or a division by zero;
-- a wrong final value: the last step (or the expression) when what is left is not exactly 24;
+- a wrong final value: the last step's result (its 'c'; the expression in expression mode) when what is left is
+  not exactly 24, so a true last step that merely does not reach 24 has only its result blamed;
 - an expression that does not use each given number exactly once.
 """
 
@@ -61,7 +62,7 @@ class Game24Tool:
                 continue
             steps += 1
             before = len(spans)
-            last = (start, end)
+            last = (start + m.start(4), start + m.end(4))  # the step's result: the value it leaves
             parsed = [_number(m.group(k)) for k in (1, 3, 4)]
             if any(isinstance(x, str) for x in parsed):
                 spans.append(Span(start, end, next(x for x in parsed if isinstance(x, str))))

@@ -24,14 +24,16 @@ def test_correct_steps_and_expressions_have_no_spans():
 
 
 def test_wrong_steps_name_the_exact_characters():
-    # A false step: its line, and the wrong final value on the last line.
+    # A false step: its line, and the wrong final value: the last step's result alone (the step itself is true).
     assert _spans("4 * 6 = 25\n25 * 1 = 25\n25 * 1 = 25") == [
-        (0, 10, "4 * 6 is 24, not 25"), (23, 34, "the steps end with [25], not 24")]
+        (0, 10, "4 * 6 is 24, not 25"), (32, 34, "the steps end with [25], not 24")]
+    # Every step true but 24 not reached: no step is blamed, only the value the steps end with.
+    assert _spans("4 + 6 = 10\n10 + 1 = 11\n11 * 1 = 11") == [(32, 34, "the steps end with [11], not 24")]
     # A number that is not available: its own characters (7 is not given; the second 6 was used up).
     assert _spans("4 * 7 = 28\n28 - 6 = 22\n22 + 1 = 23") == [
-        (4, 5, "7 is not available (left: [6, 1, 1])"), (23, 34, "the steps end with [1, 23], not 24")]
+        (4, 5, "7 is not available (left: [6, 1, 1])"), (32, 34, "the steps end with [1, 23], not 24")]
     assert _spans("4 * 6 = 24\n6 * 1 = 6") == [
-        (11, 12, "6 is not available (left: [1, 1, 24])"), (11, 20, "the steps end with [1, 24, 6], not 24")]
+        (11, 12, "6 is not available (left: [1, 1, 24])"), (19, 20, "the steps end with [1, 24, 6], not 24")]
     # A line that is not a step, in step mode.
     assert _spans("4 * 6 = 24\nso the answer is 24\n1 * 1 = 1\n24 * 1 = 24") == [
         (11, 30, "not a step of the form 'a op b = c': 'so the answer is 24'")]
