@@ -190,7 +190,8 @@ def run(cfg: EnsemblesConfig, run_dir: str) -> dict:
         for how, coef in AGGREGATIONS:
             proxy = _aggregate(scores, how, coef)
             bon[how] = {"gold": rm.bon_gold(proxy, pool_gold, ns).tolist(),
-                        "proxy": rm.bon_gold(proxy, proxy, ns).tolist()}
+                        "proxy": rm.bon_gold(proxy, proxy, ns).tolist(),
+                        "kl": rm.bon_kl(proxy, pool["texts"], ns).tolist()}  # measured: pi0 repeats itself
 
         def reward_fn(prompts, response_ids, response_mask):
             texts = [tok.decode(r[m > 0]) for r, m in zip(response_ids, response_mask)]
@@ -210,13 +211,15 @@ def run(cfg: EnsemblesConfig, run_dir: str) -> dict:
                                      save_every=cfg.save_every, vocab_chunk=cfg.vocab_chunk,
                                      desc=f"ppo {name} kl {coef:g} seed {seed}",
                                      resume_hint=f"Resume with --run-dir {run_dir}")
-            runs[f"{coef:g}"] = {str(s["iteration"]): {k: s[k] for k in ("gold", "proxy", "kl", "kl_k2", "kl_k3")}
+            runs[f"{coef:g}"] = {str(s["iteration"]): {k: s.get(k, float("nan")) for k in ("gold", "proxy", "kl", "kl_k2", "kl_k3",
+                                                                                 "kl_seq_k2")}
                                  for s in stats}
         final = {"pair_accuracy": test["mean_accuracy"], "min_pair_accuracy": test["min_accuracy"],
                  "disagreement": test["disagreement"]}
         for how, curve in bon.items():
             final[f"bon_{how}_gold_max_n"] = curve["gold"][-1]
             final[f"bon_{how}_gold_peak"] = max(curve["gold"])
+            final[f"bon_{how}_kl_max_n"] = curve["kl"][-1]
         for coef, curve in runs.items():
             last = curve[str(cfg.ppo.iterations - 1)]
             final[f"ppo{coef}_gold"], final[f"ppo{coef}_proxy"], final[f"ppo{coef}_kl"] = (
@@ -231,12 +234,14 @@ def run(cfg: EnsemblesConfig, run_dir: str) -> dict:
     finals = {n: {s: r["final"] for s, r in seeds.items()} for n, seeds in per_run.items()}
     columns = [sweep.Column("pair_accuracy", "held-out pair acc."), sweep.Column("disagreement", "heads' std")]
     columns += [sweep.Column(f"bon_{how}_gold_max_n", f"BoN-{ns[-1]} gold ({how})") for how, _ in AGGREGATIONS]
+    columns += [sweep.Column("bon_mean_kl_max_n", f"BoN-{ns[-1]} KL, measured (KL_bon {sampling.best_of_n_kl(ns[-1]):.2f})")]
     for coef in cfg.ppo_kl:
         columns += [sweep.Column(f"ppo{coef:g}_gold", f"PPO β={coef:g} gold"),
                     sweep.Column(f"ppo{coef:g}_kl", f"PPO β={coef:g} KL")]
     pi0_gold = float(pool_gold.mean())
-    bon_summary = {how: sweep.summarise({n: {s: {str(k): {"gold": g, "proxy": p} for k, g, p in
-                                                 zip(ns, r["bon"][how]["gold"], r["bon"][how]["proxy"])}
+    bon_summary = {how: sweep.summarise({n: {s: {str(k): {"gold": g, "proxy": p, "kl": q} for k, g, p, q in
+                                                 zip(ns, r["bon"][how]["gold"], r["bon"][how]["proxy"],
+                                                     r["bon"][how].get("kl", [float("nan")] * len(ns)))}
                                              for s, r in seeds.items()} for n, seeds in per_run.items()})
                    for how, _ in AGGREGATIONS}
     ppo_summary = {f"{coef:g}": sweep.summarise({n: {s: r["ppo"][f"{coef:g}"] for s, r in seeds.items()}
@@ -294,9 +299,9 @@ def _plot_bon(bon_summary, ns, pi0_gold: float, path: str) -> None:
 def _plot_ppo(ppo_summary, path: str) -> None:
     def curve(name, tree):
         its = sorted(tree, key=int)
-        return (name, [tree[i]["kl_k2"][0] for i in its], [tree[i]["gold"][0] for i in its], None,
+        return (name, [tree[i]["kl_seq_k2"][0] for i in its], [tree[i]["gold"][0] for i in its], None,
                 [tree[i]["proxy"][0] for i in its])
-    panels = [(f"PPO against the proxy's UWO, KL coefficient {coef}", "KL(pi || pi0), k2 estimate per response",
+    panels = [(f"PPO against the proxy's UWO, KL coefficient {coef}", "KL(pi || pi0): 0.5 (response log-ratio)^2 (Coste et al.)",
                "gold reward of the rollouts", [curve(name, tree) for name, tree in summary.items()])
               for coef, summary in ppo_summary.items()]
     _plot_gold_and_proxy(panels, path)

@@ -336,6 +336,7 @@ def make_group_rollout(model, reference, cfg: GRPOConfig, draw_prompts: Callable
            "truncated_share": float(truncated.mean()), "response_length": float(lengths.mean()),
            "overlong_penalised_share": float((penalised < 0).mean()), "overlong_penalty_mean": float(penalised.mean()),
            "kl": float(seq_kl["k1"].mean()), "kl_k2": float(seq_kl["k2"].mean()), "kl_k3": float(seq_kl["k3"].mean()),
+           "kl_seq_k2": float((0.5 * seq_kl["k1"] ** 2).mean()),
            "sampler_logprob_gap_max": float(gap.max()) if gap.size else 0.0,
            "sampler_logprob_gap_mean": float(gap.mean()) if gap.size else 0.0,
            "rollout_tokens_per_s": float(lengths.sum() / max(sampled - start - reward_seconds, 1e-9)),

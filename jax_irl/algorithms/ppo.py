@@ -259,7 +259,9 @@ def make_rollout(model: ActorCritic, reference, cfg: PPOConfig, prompts: rollout
                  reward=token_rewards.sum(-1).astype(np.float32), kl=kl_k1.astype(np.float32))
     gap = np.abs(rows["model_log_probs"] - np.asarray(own["log_probs"]))[m > 0]
     stats = {"reward": float(token_rewards.sum(-1).mean()), "kl": float(kl_k1.mean()), "kl_k2": float(kl_k2.mean()), "kl_k3": float(kl_k3.mean()),
-             "kl_coef": float(kl_coef), "response_length": float(lengths.mean()),
+             # Coste et al.'s KL axis: k2 of the whole response's log-ratio, 0.5 (sum_t d_t)^2, not a sum of
+             # per-token k2
+             "kl_seq_k2": float((0.5 * kl_k1 ** 2).mean()), "kl_coef": float(kl_coef), "response_length": float(lengths.mean()),
              "sampler_logprob_gap": float(gap.max()) if gap.size else 0.0,
              "rollout_tokens_per_s": float(lengths.sum() / max(sampled - start, 1e-9)),
              "reward_seconds": float(rewarded - sampled), "score_seconds": float(done - rewarded)}

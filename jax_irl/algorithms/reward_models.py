@@ -226,6 +226,36 @@ def bon_gold(proxy: np.ndarray, gold: np.ndarray, ns: Sequence[int]) -> np.ndarr
     return np.array([float((ranked @ bon_weights(proxy.shape[-1], n)).mean()) for n in ns])
 
 
+def bon_kl(proxy: np.ndarray, texts: Sequence[Sequence[str]], ns: Sequence[int]) -> np.ndarray:
+    """The measured KL of the best-of-n distribution from the sampling policy, for each n in ``ns``, averaged over
+    prompts: proxy [P, N] scores of N samples per prompt, texts [P][N] the samples themselves.
+
+    Over a prompt's pool, the sampling policy is the empirical distribution p(y) = count(y) / N, and best-of-n
+    (a uniformly random n-subset, its proxy-best kept; ties keep the samples' order as in ``bon_gold``) picks the
+    sample of rank i with probability C(i - 1, n - 1) / C(N, n), so q(y) sums those over y's copies and
+    KL = sum_y q(y) log(q(y) / p(y)). With distinct samples it tends to the analytic log n - (n - 1) / n
+    (``sampling.best_of_n_kl``) as N grows; where the policy repeats itself it is smaller, since best-of-n then
+    often picks a response the policy already favours."""
+    proxy = np.atleast_2d(np.asarray(proxy, float))
+    if len(texts) != proxy.shape[0] or any(len(row) != proxy.shape[1] for row in texts):
+        raise ValueError(f"texts must be [P][N] like proxy {proxy.shape}")
+    if not np.all(np.isfinite(proxy)):
+        raise ValueError("proxy scores must be finite")
+    out = []
+    for n in ns:
+        weights = bon_weights(proxy.shape[1], n)
+        total = 0.0
+        for scores, row in zip(proxy, texts):
+            q: Dict[str, float] = {}
+            count: Dict[str, int] = {}
+            for rank, j in enumerate(np.argsort(scores, kind="stable")):
+                q[row[j]] = q.get(row[j], 0.0) + float(weights[rank])
+                count[row[j]] = count.get(row[j], 0) + 1
+            total += sum(w * math.log(w * len(row) / count[y]) for y, w in q.items() if w > 0)
+        out.append(total / proxy.shape[0])
+    return np.array(out)
+
+
 # --- reward models as gold rewards ---------------------------------------------------------------------
 
 
@@ -266,6 +296,6 @@ def reward_model_uncertainty(reward_model, tokenizer, *, max_length: int = 1024,
     return uncertainty
 
 
-__all__ = ["EnsembleRewardModel", "KINDS", "RMKind", "bon_gold", "bon_weights", "bt_loss_fn", "build",
+__all__ = ["EnsembleRewardModel", "KINDS", "RMKind", "bon_gold", "bon_kl", "bon_weights", "bt_loss_fn", "build",
            "clip_per_member", "evaluate_pairs", "fit_pairs", "flip_labels", "optimizer_for", "pair_rows", "reward_model_gold",
            "reward_model_uncertainty"]

@@ -151,6 +151,10 @@ def test_rollout_advantages_and_losses_match_float64_references():
     np.testing.assert_allclose(rows["returns"], np.where(on, ret, 0.0), atol=2e-4)
     np.testing.assert_allclose(rows["reward"], grid.sum(-1), atol=1e-6)
     np.testing.assert_allclose(rows["kl"], (d * mask).sum(-1), atol=2e-4)
+    seq = (d * mask).sum(-1)  # the logged KLs: per-response sums of token k1/k2, and k2 of the response's log-ratio
+    np.testing.assert_allclose(made.stats["kl"], seq.mean(), atol=2e-4)
+    np.testing.assert_allclose(made.stats["kl_k2"], (0.5 * d ** 2 * mask).sum(-1).mean(), rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(made.stats["kl_seq_k2"], (0.5 * seq ** 2).mean(), rtol=1e-3, atol=1e-5)
     # The trainer's loss on a perturbed policy against the float64 reference losses on the same batch.
     batch = {k: jnp.asarray(v) for k, v in rows.items()}
     moved = nnx.clone(model)

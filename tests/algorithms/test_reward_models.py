@@ -55,6 +55,36 @@ def test_bon_estimator_equals_the_average_over_all_n_subsets():
         rm.bon_gold(np.array([1.0, np.nan]), np.array([0.0, 1.0]), [1])
 
 
+def test_measured_bon_kl_by_hand_brute_force_and_its_analytic_limit():
+    # By hand: pool [a, a, b], proxy [1, 1, 2], n = 2. Of the 3 pairs, {0, 1} keeps a and the two with b keep b:
+    # q = (a 1/3, b 2/3) against p = (a 2/3, b 1/3): KL = 1/3 log(1/2) + 2/3 log 2 = log(2) / 3.
+    assert rm.bon_kl(np.array([[1.0, 1.0, 2.0]]), [["a", "a", "b"]], [2])[0] == pytest.approx(math.log(2) / 3)
+    assert rm.bon_kl(np.array([[1.0, 1.0, 2.0]]), [["a", "a", "b"]], [1])[0] == pytest.approx(0.0, abs=1e-12)
+    # Brute force over every n-subset of a pool with repeats and ties.
+    r = np.random.default_rng(3)
+    texts = [list("abcabdaa"), list("xyzxyzxy")]
+    proxy = np.array([[{"a": 0.1, "b": 0.7, "c": 0.3, "d": 0.9}[t] for t in texts[0]],
+                      r.normal(size=8)])
+    for n in (2, 3, 5):
+        want = []
+        for p, row in zip(proxy, texts):
+            order = np.argsort(p, kind="stable")
+            rank = np.empty(8, int)
+            rank[order] = np.arange(8)
+            picks = [row[max(s, key=lambda i: rank[i])] for s in itertools.combinations(range(8), n)]
+            want.append(sum(picks.count(y) / len(picks) * math.log(picks.count(y) / len(picks) / (row.count(y) / 8))
+                            for y in set(picks)))
+        assert rm.bon_kl(proxy, texts, [n])[0] == pytest.approx(np.mean(want), abs=1e-12)
+    # Distinct samples: near the analytic log n - (n - 1) / n for N >> n; repeats make it smaller.
+    big = r.normal(size=(2, 2000))
+    distinct = [[str(i) for i in range(2000)]] * 2
+    np.testing.assert_allclose(rm.bon_kl(big, distinct, [4, 16]), sampling.best_of_n_kl([4, 16]), atol=0.02)
+    repeated = [[str(i % 50) for i in range(2000)]] * 2
+    assert rm.bon_kl(big, repeated, [16])[0] < sampling.best_of_n_kl(16) - 0.1
+    with pytest.raises(ValueError, match="texts must be"):
+        rm.bon_kl(proxy, texts[:1], [2])
+
+
 def test_the_vmapped_ensemble_step_equals_k_separate_single_steps():
     kind = rm.RMKind("ensemble", heads=3)
     ens = rm.build(kind, lambda r: Transformer(CFG, rngs=r), seed=0)

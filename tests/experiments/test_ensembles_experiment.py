@@ -1,6 +1,7 @@
 """The reward-ensembles experiment end to end at tiny size, and its config checks."""
 
 import json
+import math
 import os
 import signal
 
@@ -48,6 +49,10 @@ def test_ensembles_experiment_end_to_end_reuse_and_exact_resume(tmp_path, capsys
     for how in ("mean", "min", "uwo", "lcb"):
         for tree in results["bon"][how].values():
             assert tree["1"]["gold"][0] == pytest.approx(pool, abs=1e-9)
+            assert tree["1"]["kl"][0] == pytest.approx(0.0, abs=1e-12)  # best-of-1 is pi0
+            assert 0.0 <= tree["4"]["kl"][0] <= math.log(4) + 1e-9  # best of all 4: at most log N
+    for name in results["summary"]:  # the PPO axis: k2 of each response's log-ratio, >= 0.5 (its mean)^2
+        assert all(it["kl_seq_k2"][0] >= 0.5 * it["kl"][0] ** 2 - 1e-6 for it in results["ppo"]["0.1"][name].values())
     for png in ("bon_gold_vs_kl.png", "ppo_gold_vs_kl.png"):
         assert os.path.getsize(os.path.join(folder, png)) > 10_000
     assert run.main(["ensembles_arithmetic", "--run-dir", folder]) == 0
