@@ -180,8 +180,8 @@ def test_every_paper_config_has_its_steps_and_a_small_one_compiles_and_fits():
         "gshf_gsm8k": {"dpo", "reference_score", "prefill", "decode"},
         "rlsf_spoc": {"sft", "ppo_update", "rollout_score", "reference_score", "rollout_prefill", "rollout_decode",
                       "grpo_update"},
-        "ensembles_alpaca": {"rm_single", "rm_multihead", "rm_ensemble", "ppo_update", "rollout_score",
-                             "reference_score", "rollout_prefill", "rollout_decode", "bon_prefill", "bon_decode"},
+        "ensembles_alpaca": {"rm_single", "rm_multihead", "rm_multihead_frozen", "rm_ensemble", "ppo_update",
+                             "rollout_score", "reference_score", "rollout_prefill", "rollout_decode", "bon_prefill", "bon_decode"},
     }
     for name, names in expected.items():
         cfg = driver.load_config_module(name).config()

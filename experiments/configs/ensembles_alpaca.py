@@ -28,8 +28,9 @@ def config() -> EnsemblesConfig:
         rm_stage=stages.StageConfig(steps=2000, batch_size=64, optimizer=train.OptimizerConfig(
             learning_rate=1e-5, schedule="cosine", warmup_steps=100, weight_decay=0.0)),
         variants={"single": rm.RMKind(), "multihead": rm.RMKind("multihead", heads=4),
-                  "ensemble": rm.RMKind("ensemble", heads=4)},
-        methods=("single", "multihead", "ensemble"),
+                  "multihead_frozen": rm.RMKind("multihead", heads=4, freeze_encoder=True),
+                  "ensemble": rm.RMKind("ensemble", heads=4, bootstrap="poisson")},
+        methods=("single", "multihead", "multihead_frozen", "ensemble"),
         bon_samples=256, sample_prompts_per_batch=16,  # 16 x 256 rows in the sampler at once, not 500 x 256
         ppo=ppo.PPOConfig(iterations=300, prompts_per_rollout=64, samples_per_prompt=4, max_new_tokens=256, epochs=2,
                           minibatches=4, optimizer=train.OptimizerConfig(learning_rate=1e-6, max_grad_norm=1.0)),

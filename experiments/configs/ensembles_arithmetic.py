@@ -43,8 +43,15 @@ from jax_irl.models import hf, lora
 from jax_irl.models.transformer import Transformer
 
 RESUMABLE = ("mesh", "distributed", "save_every", "methods", "seeds", "variants", "label_noise", "ppo_kl")
+# multihead_frozen is the paper's set-up (Ahmed et al.: K heads on a frozen pretrained encoder); multihead trains
+# the encoder under its heads. The ensemble's members each see their own Poisson bootstrap of every batch (an
+# online bootstrap: their own resample of the data, not only their own initialisation).
 VARIANTS = {"single": rm.RMKind(), "multihead": rm.RMKind("multihead", heads=3),
-            "ensemble": rm.RMKind("ensemble", heads=3)}
+            "multihead_frozen": rm.RMKind("multihead", heads=3, freeze_encoder=True),
+            "ensemble": rm.RMKind("ensemble", heads=3, bootstrap="poisson")}
+# The head-count ablation, declared (methods=(heads1,heads2,heads4,heads8) runs it): K heads on one encoder.
+HEADS = {f"heads{k}": rm.RMKind("multihead", heads=k) for k in (1, 2, 4, 8)}
+DEFAULT_METHODS = tuple(VARIANTS)
 AGGREGATIONS = (("mean", None), ("min", None), ("uwo", 0.5), ("lcb", 1.0))
 
 
@@ -65,8 +72,8 @@ class EnsemblesConfig:
     label_noise: Tuple[float, ...] = (0.0, 0.25)
     rm_stage: stages.StageConfig = stages.StageConfig(steps=150, batch_size=16, optimizer=train.OptimizerConfig(
         learning_rate=3e-4, schedule="cosine", warmup_steps=10, weight_decay=0.01))
-    variants: Dict[str, rm.RMKind] = dataclasses.field(default_factory=lambda: dict(VARIANTS))
-    methods: Tuple[str, ...] = tuple(VARIANTS)
+    variants: Dict[str, rm.RMKind] = dataclasses.field(default_factory=lambda: dict(VARIANTS, **HEADS))
+    methods: Tuple[str, ...] = DEFAULT_METHODS
     bon_samples: int = 256  # N per held-out prompt (n runs over the powers of 2 up to it)
     sample_prompts_per_batch: Optional[int] = None  # pi0's samples drawn this many prompts at a time; None: all
     ppo: ppo.PPOConfig = ppo.PPOConfig(iterations=12, prompts_per_rollout=16, samples_per_prompt=4,
