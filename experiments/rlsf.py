@@ -29,6 +29,11 @@ from jax_irl.algorithms import grpo, ppo
 
 RESUMABLE = ("mesh", "distributed", "save_every", "methods", "seeds", "variants", "group_arms")
 VARIANTS = {"scalar": symbolic.RewardSpec("scalar"), "token": symbolic.RewardSpec("token")}
+# Declared, run by name: the token arm on the scalar arm's scale (each response's token rewards sum to its mean
+# token reward, in [-0.2, 0]), and the paper's rule as stated (0 on blamed tokens, 1 elsewhere, no outcome bonus),
+# also length-normalised so that a long response is not paid for its length.
+MORE_VARIANTS = {"token_mean": symbolic.RewardSpec("token", normalise="mean"),
+                 "paper": symbolic.RewardSpec("token", low=0.0, high=1.0, bonus=0.0, normalise="mean")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +71,8 @@ class RLSFConfig:
     sft: stages.StageConfig
     ppo: ppo.PPOConfig
     grpo: grpo.GRPOConfig = grpo.GRPOConfig()  # the group arms' shared settings (each arm sets method, credit)
-    variants: Dict[str, symbolic.RewardSpec] = dataclasses.field(default_factory=lambda: dict(VARIANTS))
+    variants: Dict[str, symbolic.RewardSpec] = dataclasses.field(default_factory=lambda: dict(VARIANTS,
+                                                                                               **MORE_VARIANTS))
     group_arms: Dict[str, GroupArm] = dataclasses.field(default_factory=lambda: dict(GROUP_ARMS))
     methods: Tuple[str, ...] = tuple(VARIANTS)
     seeds: Tuple[int, ...] = (0, 1, 2)

@@ -116,12 +116,19 @@ class RewardSpec:
     output is correct. (low, high, bonus) = (0, 1, 0) is the paper's rule as stated; the default (-0.2, 0, 1)
     is the scalar reward plus a penalty on each token inside a wrong span, so a correct output earns what the
     scalar reward pays and the two kinds differ only in where a wrong output's blame lands.
-    kind 'scalar': ``bonus`` if the output is correct, else 0, one number per response (on its last token)."""
+    kind 'scalar': ``bonus`` if the output is correct, else 0, one number per response (on its last token).
+
+    normalise (token kind): 'none' gives every token its (low or high) value, so a response's summed token reward
+    grows with its length (with the default, a wrong response of 30 tokens, 15 of them blamed, sums to -3 against
+    the scalar kind's 0); 'mean' divides each response's token rewards by its token count, so their sum is the
+    response's mean token reward, in [low, high] whatever its length: the token and scalar kinds then pay on one
+    scale (the outcome ``bonus`` is not divided), and a fixed KL coefficient weighs the same in both."""
 
     kind: str = "token"
     low: float = -0.2
     high: float = 0.0
     bonus: float = 1.0
+    normalise: str = "none"  # 'none' | 'mean' (token kind): see above
 
     def __post_init__(self):
         if self.kind not in ("token", "scalar"):
@@ -130,6 +137,8 @@ class RewardSpec:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and np.isfinite(value)):
                 raise ValueError(f"RewardSpec.{name} must be a finite number; got {value!r}")
+        if self.normalise not in ("none", "mean"):
+            raise ValueError(f"RewardSpec.normalise must be 'none' or 'mean'; got {self.normalise!r}")
 
 
 def reward_fn(tool: Tool, tokenizer, spec: RewardSpec = RewardSpec(), *, workers: Optional[int] = None):
@@ -147,6 +156,8 @@ def reward_fn(tool: Tool, tokenizer, spec: RewardSpec = RewardSpec(), *, workers
         for b, (ids, cert, offs) in enumerate(zip(kept, certificates, offsets)):
             if ids:
                 rewards[b, :len(ids)] = token_rewards(cert, offs, low=spec.low, high=spec.high)
+                if spec.normalise == "mean":
+                    rewards[b, :len(ids)] /= len(ids)
                 rewards[b, len(ids) - 1] += spec.bonus * cert.correct
         return rewards, stats
 

@@ -143,6 +143,13 @@ def test_reward_fn_token_and_scalar_kinds_from_certificates():
     paper, _ = symbolic.reward_fn(TOOL, tok, symbolic.RewardSpec("token", low=0.0, high=1.0, bonus=0.0))(
         prompts, ids, mask)
     assert paper[0, :len(good) + 1].tolist() == [1.0] * (len(good) + 1) and paper[1, len(bad)] == 0.0
+    # Mean-normalised: each response's token rewards divided by its token count (the outcome bonus is not), so
+    # a wrong response's token part sums to its mean token reward, the blamed share of its tokens times -0.2.
+    mean, _ = symbolic.reward_fn(TOOL, tok, symbolic.RewardSpec("token", normalise="mean"))(prompts, ids, mask)
+    np.testing.assert_allclose(mean[1, :len(bad) + 1], np.array(want) / (len(bad) + 1), rtol=1e-6)
+    assert -0.2 <= mean[1].sum() < 0 and mean[0].sum() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="RewardSpec.normalise"):
+        symbolic.RewardSpec(normalise="sum")
     with pytest.raises(ValueError, match="RewardSpec.kind"):
         symbolic.RewardSpec("dense")
     with pytest.raises(ValueError, match="RewardSpec.low"):
