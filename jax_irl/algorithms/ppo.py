@@ -282,6 +282,14 @@ def next_kl_coef(cfg: PPOConfig, coef: float, observed_kl: float) -> float:
     return coef * (1.0 + error * cfg.rows / cfg.kl_horizon)
 
 
+def kl_coef_reach(cfg: PPOConfig) -> float:
+    """The most the adaptive controller can move the KL coefficient over the whole run, as a factor: each
+    iteration multiplies it by at most 1 + 0.2 rows / kl_horizon (1 when the coefficient is fixed)."""
+    if cfg.kl_target is None:
+        return 1.0
+    return (1.0 + 0.2 * cfg.rows / cfg.kl_horizon) ** cfg.iterations
+
+
 class PPORun:
     """The batches of a PPO run in ``folder``: ``batch_fn(position, model)`` for ``train.fit`` draws (or reloads)
     the rollout of the position's iteration and returns its minibatch. Rollout stats go to rollouts/<i>.json,
@@ -380,6 +388,11 @@ def train_ppo(folder: str, model: ActorCritic, reference, cfg: PPOConfig, mesh, 
     value_error, explained_variance, and the minibatch's reward and KL), rollouts/ (per iteration: the rows and
     the rollout's stats). Resumes exactly (module docstring). Returns (StageResult, per-iteration stats)."""
     stage = stages.StageConfig(steps=cfg.steps, batch_size=cfg.rows // cfg.minibatches, optimizer=cfg.optimizer)
+    if cfg.kl_target is not None and kl_coef_reach(cfg) < 2.0:
+        print(f"note: the adaptive KL coefficient can move at most {kl_coef_reach(cfg):.2f}x over {cfg.iterations} "
+              f"iterations of {cfg.rows} responses at kl_horizon={cfg.kl_horizon}, so kl_target={cfg.kl_target:g} "
+              f"barely acts; a kl_horizon of about {max(1, int(0.2 * cfg.rows * cfg.iterations / 2.3))} lets it move "
+              f"10x")
     run = PPORun(folder, reference, cfg, prompts, reward_fn, seed=seed, eos_id=eos_id, pad_id=pad_id,
                  vocab_chunk=vocab_chunk, rows_per_score=rows_per_score, keep_rollouts=keep_rollouts)
     window = rollout.useful_window(cfg.max_new_tokens, prompts.tokens.shape[1] + cfg.max_new_tokens - 1)

@@ -275,6 +275,15 @@ def test_adaptive_kl_coefficient_by_hand():
     assert ppo.next_kl_coef(cfg, 0.1, 2.0) == pytest.approx(0.1 * (1 + 0.2 * 64 / 100))
     assert ppo.next_kl_coef(cfg, 0.1, 0.9) == pytest.approx(0.1 * (1 - 0.1 * 64 / 100))
     assert ppo.next_kl_coef(ppo.PPOConfig(), 0.1, 5.0) == 0.1  # fixed without a target
+    # Its reach over a run: 150 iterations of 64 responses at the default horizon of 10,000 samples move the
+    # coefficient by at most 1.00128 ** 150 = 1.211x; and each step at the clip does reach that factor.
+    slow = ppo.PPOConfig(prompts_per_rollout=16, samples_per_prompt=4, iterations=150, kl_target=1.0)
+    assert ppo.kl_coef_reach(slow) == pytest.approx(1.00128 ** 150) and ppo.kl_coef_reach(slow) < 1.22
+    coef = 0.1
+    for _ in range(150):
+        coef = ppo.next_kl_coef(slow, coef, 10.0)
+    assert coef / 0.1 == pytest.approx(ppo.kl_coef_reach(slow))
+    assert ppo.kl_coef_reach(ppo.PPOConfig()) == 1.0
 
 
 def test_bad_configs_and_rewards_are_refused_by_name(tmp_path):
