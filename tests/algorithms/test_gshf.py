@@ -182,11 +182,11 @@ def test_dpo_with_a_loss_window_equals_the_full_path(lm, loss_type, nll_weight):
     batch = jax.tree.map(jnp.asarray, dict(rows, ref_logps=r.normal(-20, 2, 16).astype(np.float32)))
     cfg = gshf.DPOConfig(beta=0.5, loss_type=loss_type, nll_weight=nll_weight)
     full, windowed = gshf.dpo_loss_fn(cfg), gshf.dpo_loss_fn(cfg, window=window)
-    (want, aux_want), (got, aux) = full(pi0, batch, None), windowed(pi0, batch, None)
+    (want, aux_want), (got, aux) = nnx.jit(full)(pi0, batch, None), nnx.jit(windowed)(pi0, batch, None)
     np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
     np.testing.assert_allclose(float(aux["chosen_logps"]), float(aux_want["chosen_logps"]), rtol=1e-5)
-    g_want = nnx.grad(lambda m: full(m, batch, None)[0])(pi0)
-    g = nnx.grad(lambda m: windowed(m, batch, None)[0])(pi0)
+    g_want = nnx.jit(nnx.grad(lambda m: full(m, batch, None)[0]))(pi0)
+    g = nnx.jit(nnx.grad(lambda m: windowed(m, batch, None)[0]))(pi0)
     for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_want)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
