@@ -212,7 +212,7 @@ def run(cfg: GSHFConfig, run_dir: str) -> dict:
     at_summary = sweep.summarise(at_kl)
     appendix = "Along the gold-KL frontier:\n\n" + sweep.markdown_table(
         at_summary, at_columns, num_seeds=len(cfg.seeds), note="Each method's gold reward at a matched KL, read off "
-        "the line through pi0 (KL 0) and its runs at each beta; blank (nan) beyond its largest KL. The gaps to "
+        "the line through pi0 (KL 0) and its runs at each beta; nan beyond its largest KL. The gaps to "
         "offline DPO are paired by seed.")
     summary = sweep.report(run_dir, finals, COLUMNS, variant_label="method@beta",
                            note=f"Gold reward ({gold_kind}) and win rate on held-out prompts; pi0's own gold reward "
