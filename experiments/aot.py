@@ -155,11 +155,16 @@ def steps_for(cfg, model_cfg: TransformerConfig, mesh, *, rm_model_cfg: Optional
         makers["reference_score"] = lambda: [aot.score_step("reference_score", policy, _lm_scorer(chunk), mesh,
                                                             aot.lm_batch(mesh, 64, length), model_cfg,
                                                             note="pi0 log-probs of the buffer, 64 rows a batch")]
-        method = max(cfg.variants.values(), key=lambda m: m.prompts_per_round * m.candidates)
-        rows = method.prompts_per_round * method.candidates
+        def at_once(m):  # (prompts, samples a prompt) in one sampler call: raft/rso sample the whole budget
+            prompts = m.rounds * m.prompts_per_round if m.kind in gshf.REJECTION_KINDS else m.prompts_per_round
+            return min(prompts, cfg.sample_prompts_per_batch or prompts), gshf.drawn_per_prompt(m)
+
+        method = max((cfg.variants[m] for m in cfg.methods), key=lambda m: at_once(m)[0] * at_once(m)[1])
+        prompts_at_once, per_prompt = at_once(method)
+        rows = prompts_at_once * per_prompt
         makers["sampler"] = lambda: aot.sampler_steps(policy, mesh, rows, prompt, new, model_cfg,
-                                                      note=f"a round: {method.prompts_per_round} prompts x "
-                                                           f"{method.candidates} candidates at once")
+                                                      note=f"{method.kind}: {prompts_at_once} prompts x "
+                                                           f"{per_prompt} samples at once")
     elif kind == "rlsf":
         prompt, _ = _split(length, cfg.ppo.max_new_tokens)
         policy = _policy(model_cfg, lora_cfg)

@@ -187,6 +187,8 @@ def test_every_paper_config_has_its_steps_and_a_small_one_compiles_and_fits():
         cfg = driver.load_config_module(name).config()
         steps = experiment_steps.steps_for(cfg, cfg_tiny, mesh)
         assert {s.name for s in steps} == names, name
+        if name == "gshf_gsm8k":  # RAFT/RSO's 8 ** 2 samples a prompt, 256 prompts at a time
+            assert {s.name: s.batch for s in steps}["prefill"] == cfg.sample_prompts_per_batch * 64
         if name == "ensembles_alpaca":  # the best-of-n pool is sampled 16 prompts x 256 at a time
             assert {s.name: s.batch for s in steps}["bon_prefill"] == cfg.sample_prompts_per_batch * cfg.bon_samples
     # rlsf_spoc at a small size: every step compiles and fits, with the config's own shapes

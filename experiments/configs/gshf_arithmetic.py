@@ -78,6 +78,7 @@ class GSHFConfig:
     # pi0 at KL 0, joined by lines) at these KLs, with seed-paired gaps to offline DPO.
     matched_kl: Tuple[float, ...] = (0.25, 0.5, 1.0)
     seeds: Tuple[int, ...] = (0, 1, 2)
+    sample_prompts_per_batch: Optional[int] = None  # the sampler takes this many prompts at a time; None: all
     max_new_tokens: int = 48
     eval_samples: int = 4  # per held-out prompt
     vocab_chunk: Optional[int] = None
@@ -179,7 +180,7 @@ def run(cfg: GSHFConfig, run_dir: str) -> dict:
                                                             base_vocab_chunk=False)
     train_tokens, train_mask = rollout.prompt_rows(enc.train["tokens"], enc.train["prompt_lengths"], tok.pad_id,
                                                    enc.prompt_width)
-    settings = pairs.SampleSettings(tok, cfg.max_new_tokens, gold_fn(cfg))
+    settings = pairs.SampleSettings(tok, cfg.max_new_tokens, gold_fn(cfg), prompts_per_batch=cfg.sample_prompts_per_batch)
     train_prompts = rollout.Prompts(train_tokens, train_mask, list(data.train_prompts), list(data.train_responses))
     if any(cfg.variants[m].pessimism for m in cfg.methods):
         settings = settings._replace(uncertainty=uncertainty_fn(cfg, run_dir, pi0, tok, train_prompts, settings, mesh,

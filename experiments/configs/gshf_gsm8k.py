@@ -37,6 +37,9 @@ def config() -> GSHFConfig:
         # pessimistic_dpo needs a K-head reward model's disagreement: add it with uncertainty.model=/path/to/rm
         methods=tuple(m for m in VARIANTS if m != "pessimistic_dpo"),
         betas=(0.05, 0.1, 0.5),
+        # RAFT and RSO draw 8 ** 2 = 64 samples a prompt: 256 prompts at a time keep the sampler at 16,384 rows,
+        # the size of an online round's 2,048 x 8 that the AOT checker compiled (80 of 95 GiB a chip at 8B)
+        sample_prompts_per_batch=256,
         max_new_tokens=256,
         eval_samples=4,
         vocab_chunk=16384,

@@ -231,6 +231,14 @@ class Context(NamedTuple):
     offline_records: Optional[List[Dict[str, str]]] = None  # a user's preference pairs: the offline set instead
 
 
+def drawn_per_prompt(method: GSHFMethod) -> int:
+    """Samples per prompt that one of ``method``'s sampler calls draws: the raft/rso sampler's candidates ** steps
+    (fresh pools at every step), else the candidates (the online main agent's one sample is a call of its own)."""
+    if method.kind in REJECTION_KINDS:
+        return method.candidates ** (len(method.rs_schedule) + 1)
+    return method.candidates
+
+
 def _round_prompts(ctx: Context, seed: int, round_index: int, count: int) -> rollout.Prompts:
     rng = np.random.default_rng((seed, round_index))
     return ctx.train_prompts.take(rng.choice(len(ctx.train_prompts.texts), count, replace=False))
@@ -354,7 +362,7 @@ def _rejection(method: GSHFMethod, ctx: Context, seed: int, folder: str, fingerp
     where = os.path.join(folder, "round_0")
     prompts = _round_prompts(ctx, seed, 0, budget)
     etas = method.rs_schedule + (method.beta,)
-    drawn = method.candidates ** len(etas)
+    drawn = drawn_per_prompt(method)
 
     def accepted():
         key = jax.random.fold_in(jax.random.PRNGKey(seed), 0)
