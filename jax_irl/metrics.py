@@ -113,6 +113,36 @@ def chrf(predictions: Sequence[str], references: Sequence[str]) -> float:
     return float(sacrebleu.corpus_chrf(list(predictions), [list(references)]).score)
 
 
+def expert_match(samples_per_prompt: Sequence[Sequence[str]], support_per_prompt: Sequence[Sequence[str]]
+                 ) -> Dict[str, float]:
+    """How close a model's samples come to an expert that writes each prompt's ``support`` texts uniformly at
+    random (the built-in arithmetic expert: ``data.arithmetic.solution_variants``), the distribution imitation
+    learning is after. Texts are compared stripped. Per prompt, with p the samples' empirical distribution and
+    q uniform over the support S:
+
+        tv = 1/2 (sum_{v in S} |p(v) - 1/|S|| + p(outside S)),  coverage = |S seen| / |S|,  valid = p(S),
+
+    each averaged over prompts. With k samples a prompt even the expert's own samples have tv > 0 and coverage
+    < 1 (draw them for the reference level). Returns {'tv', 'coverage', 'valid'}."""
+    if len(samples_per_prompt) != len(support_per_prompt) or not samples_per_prompt:
+        raise ValueError(f"need one support per prompt (> 0 prompts); got {len(samples_per_prompt)} sample lists "
+                         f"and {len(support_per_prompt)} supports")
+    tv, coverage, valid = [], [], []
+    for samples, support in zip(samples_per_prompt, support_per_prompt):
+        support = list(dict.fromkeys(t.strip() for t in support))
+        if not samples or not support:
+            raise ValueError("every prompt needs at least one sample and one support text")
+        counts: Dict[str, int] = {}
+        for t in samples:
+            counts[t.strip()] = counts.get(t.strip(), 0) + 1
+        n, q = len(samples), 1.0 / len(support)
+        inside = sum(counts.get(v, 0) for v in support) / n
+        tv.append(0.5 * (sum(abs(counts.get(v, 0) / n - q) for v in support) + (1.0 - inside)))
+        coverage.append(sum(v in counts for v in support) / len(support))
+        valid.append(inside)
+    return {"tv": float(np.mean(tv)), "coverage": float(np.mean(coverage)), "valid": float(np.mean(valid))}
+
+
 def self_bleu(samples_per_prompt: Sequence[Sequence[str]]) -> float:
     """Mean over prompts of the mean over samples of BLEU(sample_i, the prompt's other samples), x100.
 
@@ -242,6 +272,6 @@ def pair_ranking_accuracy(reward_good: Sequence[float], reward_bad: Sequence[flo
     return float(np.mean((g > b) + 0.5 * (g == b)))
 
 
-__all__ = ["extract_answer", "answers_match", "exact_match", "rouge", "bleu", "chrf", "self_bleu", "distinct_n",
+__all__ = ["extract_answer", "answers_match", "exact_match", "rouge", "bleu", "chrf", "expert_match", "self_bleu", "distinct_n",
            "token_entropy", "spearman", "standard_error", "matched_accuracy", "matched_gap", "correlation_split",
            "pair_ranking_accuracy"]

@@ -122,3 +122,20 @@ def test_runaway_answers_are_wrong_not_errors():
     assert metrics.answers_match("#### 1" + "0" * 40, "#### 1" + "0" * 40)  # long but fine: exact
     assert metrics.extract_answer(f"#### {big}") is None
     assert data_arithmetic.graded_reward(f"{big} + 1 = 2\n#### {big}", "#### 3") == pytest.approx(0.1)
+
+
+def test_expert_match_by_hand():
+    # Support {A, B, C}, q = 1/3 each. Samples [A, A, B, X]: p = (1/2, 1/4, 0) on the support and 1/4 outside.
+    # tv = 1/2 (|1/2 - 1/3| + |1/4 - 1/3| + 1/3 + 1/4) = 1/2 (1/6 + 1/12 + 1/3 + 1/4) = 5/12; coverage 2/3;
+    # valid 3/4. A second prompt that matches its one-text support exactly: tv 0, coverage 1, valid 1.
+    got = metrics.expert_match([[" A", "A", "B ", "X"], ["Z", "Z"]], [["A", "B", "C"], ["Z"]])
+    assert got["tv"] == pytest.approx((5 / 12 + 0.0) / 2)
+    assert got["coverage"] == pytest.approx((2 / 3 + 1.0) / 2)
+    assert got["valid"] == pytest.approx((3 / 4 + 1.0) / 2)
+    # Samples spread evenly over the support are a perfect match; all outside it, the farthest possible.
+    assert metrics.expert_match([["A", "B", "C"]], [["A", "B", "C"]]) == {"tv": 0.0, "coverage": 1.0, "valid": 1.0}
+    assert metrics.expert_match([["X", "Y"]], [["A", "B"]])["tv"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="one support per prompt"):
+        metrics.expert_match([["A"]], [])
+    with pytest.raises(ValueError, match="at least one sample and one support"):
+        metrics.expert_match([[]], [["A"]])

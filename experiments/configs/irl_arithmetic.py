@@ -139,7 +139,12 @@ def expert_reference(cfg: IRLConfig, data: tasks.TaskData) -> Optional[dict]:
     n = cfg.evaluation.num_samples
     samples = (arithmetic.expert_samples(test_set, n, seed=2) if cfg.task.diverse_solutions
                else [[p["answer"]] * n for p in test_set])
-    return {"self_bleu": metrics.self_bleu(samples),
+    # The expert's distribution over each problem's solution texts: uniform over its variants (diverse), or its
+    # one canonical text; the expert's own n samples give the finite-sample level of the match metrics.
+    support = ([arithmetic.solution_variants(p) for p in test_set] if cfg.task.diverse_solutions
+               else [[p["answer"]] for p in test_set])
+    return {"self_bleu": metrics.self_bleu(samples), "support": support,
+            "own_match": metrics.expert_match(samples, support),
             "pairs": (list(data.eval_prompts), [" " + p["answer"] for p in test_set],
                       [" " + arithmetic.wrong_solution(p, seed=i) for i, p in enumerate(test_set)])}
 
@@ -161,7 +166,7 @@ def run(cfg: IRLConfig, run_dir: str) -> dict:
             model, tok, enc.eval_prompts, enc.eval_prompt_mask, data.eval_references, jax.random.PRNGKey(10_000 + seed),
             temperatures=ev.temperatures, num_samples=ev.num_samples, max_new_tokens=ev.max_new_tokens,
             gamma=method.gamma, correct_fn=tasks.get(cfg.task.name).score, prompts_per_batch=ev.prompts_per_batch,
-            rows_per_score=ev.rows_per_score)}
+            rows_per_score=ev.rows_per_score, expert_support=None if expert is None else expert["support"])}
         if expert is not None:
             result["reward_pair_accuracy"] = reward_pair_accuracy(
                 model, tok, *expert["pairs"], gamma=method.gamma, max_length=cfg.base.max_length,
@@ -175,6 +180,9 @@ def run(cfg: IRLConfig, run_dir: str) -> dict:
     pairs = {m: sweep.mean_se(v) for m, v in pairs.items()}
     metric = tasks.get(cfg.task.name).metric
     cols = (dataclasses.replace(COLUMNS[0], header=metric),) + COLUMNS[1:]
+    if expert is not None and all("expert_tv" in temps[t] for seeds in by_temperature.values()
+                                  for temps in seeds.values() for t in temps):  # (results made before it lack it)
+        cols += (sweep.Column("expert_tv", "TV to the expert"), sweep.Column("expert_coverage", "expert coverage"))
     # Each method against the first method trained on the same data (all of it, or its train_examples): the
     # small-data variants against the small-data MLE, the rest against MLE.
     matched = {}
@@ -186,9 +194,13 @@ def run(cfg: IRLConfig, run_dir: str) -> dict:
     expert_bleu = None if expert is None else expert["self_bleu"]
     summary = sweep.report(run_dir, by_temperature, cols, group_label="temperature", matched_diversity=matched,
                            reward_pair_accuracy=pairs, expert_self_bleu=expert_bleu,
+                           expert_own_match=None if expert is None else expert["own_match"],
                            note=f"{metric.capitalize()} and diversity are over all samples; Self-BLEU: lower is more "
                                 f"diverse." + ("" if expert_bleu is None else
-                                               f" The expert's own Self-BLEU: {expert_bleu:.1f}."),
+                                               f" The expert's own Self-BLEU: {expert_bleu:.1f}; its own "
+                                               f"{ev.num_samples} samples a problem are at TV "
+                                               f"{expert['own_match']['tv']:.3f} and coverage "
+                                               f"{expert['own_match']['coverage']:.3f} from its distribution."),
                            over_groups=((cols[0], cols[1], cols[4]), "sampling temperature",
                                         "metrics_vs_temperature.png"),
                            appendix=method_table(cfg.methods, matched, pairs, metric=metric))

@@ -141,11 +141,15 @@ def finetune(method: Method, base, stage: stages.StageConfig, mesh, encoded: Dic
 def evaluate(model, tokenizer, prompts: np.ndarray, prompt_mask: np.ndarray, references: Sequence[str], key, *,
              temperatures: Sequence[float], num_samples: int, max_new_tokens: int, gamma: float,
              correct_fn: Callable[[str, str], float] = metrics.answers_match, prompts_per_batch: Optional[int] = None,
-             rows_per_score: Optional[int] = None) -> Dict[str, Dict[str, float]]:
+             rows_per_score: Optional[int] = None,
+             expert_support: Optional[Sequence[Sequence[str]]] = None) -> Dict[str, Dict[str, float]]:
     """Per temperature: accuracy (the mean task score over all samples), Self-BLEU, distinct-1/2, entropy (mean
     over generated tokens), mean extracted reward, and the Spearman correlation between each sample's extracted
     reward (summed implied rewards at ``gamma``) and its task score. Sampling and scoring are
-    ``rollout.sample_and_evaluate``'s (``prompts_per_batch`` / ``rows_per_score`` for large sets)."""
+    ``rollout.sample_and_evaluate``'s (``prompts_per_batch`` / ``rows_per_score`` for large sets). With
+    ``expert_support`` (per prompt, the texts an expert writes uniformly at random), also the distance of the
+    samples' distribution from the expert's (``metrics.expert_match``: 'expert_tv', 'expert_coverage',
+    'expert_valid')."""
     scorer = rollout.LMScores(("implied_rewards", "entropy"), gamma=gamma, per_row=True)
     evaluated = rollout.sample_and_evaluate(model, tokenizer, prompts, prompt_mask, references, key,
                                             temperatures=temperatures, num_samples=num_samples,
@@ -169,6 +173,9 @@ def evaluate(model, tokenizer, prompts: np.ndarray, prompt_mask: np.ndarray, ref
             "reward_across": split["across"],  # Pearson of prompt means: does it tell easy prompts from hard?
             "mean_reward": float(np.mean(rewards)),
         }
+        if expert_support is not None:
+            match = metrics.expert_match(grouped, expert_support)
+            results[temperature].update({f"expert_{k}": v for k, v in match.items()})
     return results
 
 

@@ -107,12 +107,20 @@ def test_irl_experiment_end_to_end_and_resume(tmp_path, capsys):
     assert set(results["reward_pair_accuracy"]) == set(results["summary"])
     assert all(v[0] in (0.0, 0.25, 0.5, 0.75, 1.0) for v in results["reward_pair_accuracy"].values())
     assert 0.0 < results["expert_self_bleu"] <= 100.0
+    # Distance from the expert's distribution over each problem's solution texts, and the expert's own level.
+    for temps in results["summary"].values():
+        for vals in temps.values():
+            assert 0.0 <= vals["expert_tv"][0] <= 1.0 and 0.0 <= vals["expert_coverage"][0] <= 1.0
+            assert 0.0 <= vals["expert_valid"][0] <= 1.0
+    own = results["expert_own_match"]
+    assert own["valid"] == 1.0 and 0.0 <= own["tv"] < 1.0 and 0.0 < own["coverage"] <= 1.0
     assert os.path.getsize(os.path.join(folder, "accuracy_vs_diversity.png")) > 10_000
     assert os.path.getsize(os.path.join(folder, "metrics_vs_temperature.png")) > 10_000
     with open(os.path.join(folder, "results.md")) as f:
         text = f.read()
     assert text.count("\n| ") == 12 + 5
     assert "| method | against | matched Self-BLEU | accuracy there | gap | reward pair accuracy |" in text
+    assert "| TV to the expert | expert coverage |" in text
     assert "| mle+entropy | mle | " in text
     # The online run trained on its own samples: its logged value gaps are there.
     with open(os.path.join(folder, "runs", "online_0.1-seed0", "metrics.jsonl")) as f:
