@@ -5,8 +5,9 @@ when every row has finished (EOS) or ``max_new_tokens`` is reached. Prompts are 
 so ragged prompt lengths share one batch. Same key, same output.
 
 ``best_of_n``, ``rejection_sample`` / ``rejection_accept`` (one step) and ``multi_step_rejection`` (a schedule,
-fresh candidates each step) act on rewards of candidates [B, n]: they are the practical oracles for the Gibbs policy pi0(a|x) exp(r(x,a)/eta) / Z(x)
-of KL-regularised preference learning; ``best_of_n_kl`` is best-of-n's analytic KL from pi0.
+fresh candidates each step) act on rewards of candidates [B, n]: they are the practical oracles for the Gibbs
+policy pi0(a|x) exp(r(x,a)/eta) / Z(x) of KL-regularised preference learning; ``best_of_n_kl`` is best-of-n's
+analytic KL from pi0.
 """
 
 from __future__ import annotations
@@ -313,8 +314,7 @@ def multi_step_rejection(key: jax.Array, rewards, etas: Sequence[float], pool: i
         raise ValueError("rewards must be finite")
     batch = r.shape[0]
     if bound is not None:
-        bound = np.broadcast_to(np.asarray(bound, np.float64).reshape(-1, 1) if np.ndim(bound) else
-                                np.asarray(bound, np.float64), (batch, 1))
+        bound = np.broadcast_to(np.asarray(bound, np.float64).reshape(-1, 1), (batch, 1))
         if np.any(r > bound):
             raise ValueError("bound must be at least every candidate's reward (an upper bound of r)")
     index = np.broadcast_to(np.arange(r.shape[1]), r.shape).copy()
@@ -333,12 +333,12 @@ def multi_step_rejection(key: jax.Array, rewards, etas: Sequence[float], pool: i
         rates.append(float(accept.sum() / max(live.sum(), 1)))
         previous = 1.0 / eta
         if k == len(etas) - 1:
-            return MultiStepRejection(index.reshape(batch, pool), accept.reshape(batch, pool), rates)
+            break
         tie = np.asarray(jax.random.uniform(jax.random.fold_in(key, 2 * k + 1), ri.shape), np.float64)
         pick = np.argmax(np.where(accept, tie, -1.0), -1)  # one accepted per group, uniformly
         index = np.take_along_axis(index.reshape(batch, groups, pool), pick[..., None], -1)[..., 0]
         valid = accept.any(-1)
-    raise AssertionError("unreachable")
+    return MultiStepRejection(index.reshape(batch, pool), accept.reshape(batch, pool), rates)
 
 
 def select_samples(output: SampleOutput, indices: jax.Array, num_samples: int) -> SampleOutput:

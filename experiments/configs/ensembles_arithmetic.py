@@ -157,13 +157,10 @@ def run(cfg: EnsemblesConfig, run_dir: str) -> dict:
     eval_prompts = rollout.Prompts(enc.eval_prompts, enc.eval_prompt_mask, list(data.eval_prompts),
                                    list(data.eval_references))
 
-    def labelled():  # pi0's samples on the first `pairs` training prompts, labelled by the gold reward
-        chosen = train_prompts.take(np.arange(cfg.pairs))
-        texts, gold, _ = pairs.sample_texts(pi0, chosen, jax.random.PRNGKey(11), cfg.candidates, settings)
-        records, counts = pairs.make_pairs(chosen.texts, texts, gold, cfg.oracle, np.random.default_rng(0))
-        return {"records": records, "counts": counts}
-
-    labelled_pairs = stages.cached_json(os.path.join(run_dir, "data", "pairs.json"), labelled)["records"]
+    # pi0's samples on the first `pairs` training prompts, labelled by the gold reward
+    labelled_pairs = stages.cached_json(os.path.join(run_dir, "data", "pairs.json"), lambda: pairs.label_samples(
+        pi0, train_prompts.take(np.arange(cfg.pairs)), jax.random.PRNGKey(11), cfg.candidates, settings, cfg.oracle,
+        np.random.default_rng(0)))["records"]
     if len(labelled_pairs) < 10:
         raise ValueError(f"only {len(labelled_pairs)} of {cfg.pairs} prompts gave a labelled pair (identical samples and gold "
                          f"ties are skipped): raise pairs or candidates, or label ties with oracle.temperature > 0")

@@ -5,7 +5,8 @@ preference oracle is a graded, programmatic gold reward (``arithmetic.graded_rew
 calculation steps, format). Each method variant (offline DPO, RAFT and RSO on multi-step rejection sampling,
 online iterative DPO, hybrid) runs at every KL strength beta (eta) in ``betas`` and every seed; each run reports
 the gold reward of its policy's samples on held-out prompts, KL(pi || pi0) and the win rate against pi0, so
-every method traces a gold reward against KL frontier. Results: results.json, results.md (mean +- standard error over seeds), PNG plots.
+every method traces a gold reward against KL frontier. Results: results.json, results.md (mean +- standard
+error over seeds), PNG plots.
 
     python -m experiments.run gshf_arithmetic [seeds=(0,1,2)] [methods=(online,offline_dpo)] [betas=(0.1,0.5)]
         [variants.online.warm_start=true] [oracle.temperature=0.1]
@@ -133,13 +134,9 @@ def uncertainty_fn(cfg: GSHFConfig, run_dir: str, pi0, tok, prompts: rollout.Pro
                                            max_length=max_length)
     folder = os.path.join(run_dir, "uncertainty")
 
-    def labelled():
-        chosen = prompts.take(np.arange(len(prompts.texts) - u.prompts, len(prompts.texts)))
-        texts, gold, _ = pairs.sample_texts(pi0, chosen, jax.random.PRNGKey(13), u.candidates, settings)
-        records, counts = pairs.make_pairs(chosen.texts, texts, gold, cfg.oracle, np.random.default_rng(13))
-        return {"records": records, "counts": counts}
-
-    records = stages.cached_json(os.path.join(folder, "pairs.json"), labelled)["records"]
+    chosen = prompts.take(np.arange(len(prompts.texts) - u.prompts, len(prompts.texts)))
+    records = stages.cached_json(os.path.join(folder, "pairs.json"), lambda: pairs.label_samples(
+        pi0, chosen, jax.random.PRNGKey(13), u.candidates, settings, cfg.oracle, np.random.default_rng(13)))["records"]
     kind = rm.RMKind("multihead", heads=u.heads)
     model = rm.fit_pairs(os.path.join(folder, "rm"), rm.build(kind, lambda r: nnx.clone(pi0), seed=0), kind, records,
                          tok, u.stage, mesh, max_length=max_length, seed=0, save_every=cfg.save_every,

@@ -158,5 +158,14 @@ def sample_texts(model, prompts: rollout.Prompts, key, n: int, s: SampleSettings
     return texts, gold, rows
 
 
-__all__ = ["GoldFn", "OracleConfig", "SampleSettings", "distinct_pairs", "make_pairs", "per_sample",
+def label_samples(model, prompts: rollout.Prompts, key, n: int, s: SampleSettings, oracle: OracleConfig,
+                  rng: np.random.Generator) -> Dict[str, object]:
+    """n samples of ``model`` per prompt, paired and labelled by the oracle (``make_pairs``): an offline set of
+    preference pairs, {'records', 'counts'} (JSON-ready, for ``stages.cached_json``)."""
+    texts, gold, _ = sample_texts(model, prompts, key, n, s)
+    records, counts = make_pairs(prompts.texts, texts, gold, oracle, rng)
+    return {"records": records, "counts": counts}
+
+
+__all__ = ["GoldFn", "OracleConfig", "SampleSettings", "distinct_pairs", "label_samples", "make_pairs", "per_sample",
            "preference_rows", "records_digest", "sample_texts"]

@@ -241,17 +241,19 @@ def bon_kl(proxy: np.ndarray, texts: Sequence[Sequence[str]], ns: Sequence[int])
         raise ValueError(f"texts must be [P][N] like proxy {proxy.shape}")
     if not np.all(np.isfinite(proxy)):
         raise ValueError("proxy scores must be finite")
+    # Per prompt, once: each rank's distinct response (as an id) and each response's share of the pool.
+    ranked, shares = [], []
+    for scores, row in zip(proxy, texts):
+        ids = {t: i for i, t in enumerate(dict.fromkeys(row))}
+        ranked.append(np.array([ids[row[j]] for j in np.argsort(scores, kind="stable")]))
+        shares.append(np.bincount(ranked[-1], minlength=len(ids)) / len(row))
     out = []
     for n in ns:
         weights = bon_weights(proxy.shape[1], n)
         total = 0.0
-        for scores, row in zip(proxy, texts):
-            q: Dict[str, float] = {}
-            count: Dict[str, int] = {}
-            for rank, j in enumerate(np.argsort(scores, kind="stable")):
-                q[row[j]] = q.get(row[j], 0.0) + float(weights[rank])
-                count[row[j]] = count.get(row[j], 0) + 1
-            total += sum(w * math.log(w * len(row) / count[y]) for y, w in q.items() if w > 0)
+        for order, p in zip(ranked, shares):
+            q = np.bincount(order, weights=weights, minlength=len(p))
+            total += float(np.sum(np.where(q > 0, q * np.log(np.where(q > 0, q, 1.0) / p), 0.0)))
         out.append(total / proxy.shape[0])
     return np.array(out)
 
