@@ -112,7 +112,7 @@ def steps_for(cfg, model_cfg: TransformerConfig, mesh, *, rm_model_cfg: Optional
     kind = _kind(cfg)
     base = cfg.base
     model_cfg = dataclasses.replace(model_cfg, dtype=base.dtype, remat=getattr(base, "remat", model_cfg.remat))
-    chunk = cfg.vocab_chunk
+    chunk = cfg.settings.vocab_chunk
     lora_cfg = getattr(base, "lora", None)
     keep = only or (lambda name: True)
     makers: Dict[str, Callable[[], List[aot.Step]]] = {}

@@ -18,8 +18,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from experiments.configs._shared import ModelSize
-from jax_irl import parallel, rollout, stages, tasks, train
+from jax_irl import rollout, sampling, stages, tasks, train
 from jax_irl.algorithms import sft
 from jax_irl.data import arithmetic, batching
 from jax_irl.data import game24 as game24_data
@@ -27,6 +26,21 @@ from jax_irl.data.tokenizer import TextTokenizer, train_bpe
 from jax_irl.models import lora as lora_lib
 from jax_irl.models.config import ATTENTION, REMAT, TransformerConfig
 from jax_irl.models.transformer import Transformer
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSize:
+    """The size of a Llama-style decoder built from scratch."""
+
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 128
+
+
+# The run settings a resumed run may change (``stages.RunSettings.RESUMABLE``), as config keys.
+SETTINGS_RESUMABLE = tuple(f"settings.{k}" for k in stages.RunSettings.RESUMABLE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,11 +134,12 @@ def pretraining_rows(cfg: BaseConfig, task: tasks.TaskConfig, tok, train_prompts
     return batching.trim_padding({"tokens": tokens, "mask": mask}, tok.pad_id)
 
 
-def base_model(cfg: BaseConfig, task: tasks.TaskConfig, tok: TextTokenizer, train_prompts, mesh, run_dir: str, *,
-               save_every: int, vocab_chunk: Optional[int] = None) -> nnx.Module:
-    """The HF checkpoint, or a model pretrained with MLE on ``pretraining_rows`` in run_dir/base (resumable);
-    with LoRA adapters (``cfg.lora``, fresh: the model equals the base) when its rank is above 0."""
-    model = _base_model(cfg, task, tok, train_prompts, mesh, run_dir, save_every=save_every, vocab_chunk=vocab_chunk)
+def base_model(cfg: BaseConfig, task: tasks.TaskConfig, tok: TextTokenizer, train_prompts,
+               run: stages.Run) -> nnx.Module:
+    """The HF checkpoint, or a model pretrained with MLE on ``pretraining_rows`` in ``run``'s folder/base
+    (resumable; with ``run.settings``, seed 0); with LoRA adapters (``cfg.lora``, fresh: the model equals the base)
+    when its rank is above 0."""
+    model = _base_model(cfg, task, tok, train_prompts, run)
     if cfg.lora.enabled:
         model = lora_lib.apply(model, cfg.lora, seed=0)
         counts = lora_lib.count(model)
@@ -133,8 +148,7 @@ def base_model(cfg: BaseConfig, task: tasks.TaskConfig, tok: TextTokenizer, trai
     return model
 
 
-def _base_model(cfg: BaseConfig, task, tok, train_prompts, mesh, run_dir: str, *, save_every: int,
-                vocab_chunk: Optional[int]) -> nnx.Module:
+def _base_model(cfg: BaseConfig, task, tok, train_prompts, run: stages.Run) -> nnx.Module:
     if cfg.hf_checkpoint:
         from jax_irl.models import hf  # needs the hf extra (safetensors) only on this path
 
@@ -148,13 +162,10 @@ def _base_model(cfg: BaseConfig, task, tok, train_prompts, mesh, run_dir: str, *
     rows = pretraining_rows(cfg, task, tok, train_prompts)
     sampler = batching.BatchSampler(len(rows["tokens"]), cfg.pretrain.batch_size, seed=1000)
     # The pretraining does not depend on the LoRA settings of the stages after it.
-    fingerprint = {"task": dataclasses.asdict(task),
-                   "base": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "lora"}}
-    result = stages.run_stage(os.path.join(run_dir, "base"), model,
-                              sft.loss_fn(vocab_chunk=vocab_chunk), cfg.pretrain,
-                              mesh, sampler.batch_fn(rows), seed=0, fingerprint=fingerprint, save_every=save_every,
-                              desc="pretrain base", resume_hint=f"Resume with --run-dir {run_dir}")
-    return result.model
+    base = run.sub("base", desc="pretrain base", seed=0, depends={
+        "task": dataclasses.asdict(task), "base": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "lora"}})
+    return base.stage(model, sft.loss_fn(vocab_chunk=run.settings.vocab_chunk), cfg.pretrain,
+                      sampler.batch_fn(rows)).model
 
 
 class Prepared(NamedTuple):
@@ -163,30 +174,35 @@ class Prepared(NamedTuple):
     data: tasks.TaskData
     encoded: Encoded
     tokenizer: TextTokenizer
-    mesh: object  # jax.sharding.Mesh
+    run: stages.Run  # the experiment's run: its folder, settings, mesh; fingerprint: what the stages after the
+    # base depend on (the task, the base config, vocab_chunk, the SFT stage and the experiment's entries)
     base: nnx.Module  # the base model (with fresh LoRA adapters when base.lora.rank > 0)
     pi0: nnx.Module  # the base after the SFT stage (the base itself without one)
-    depends: Dict[str, object]  # what the stages after the base depend on (their checkpoint fingerprint)
+    spec: sampling.SamplingSpec  # the tokenizer's eos and pad ids, prompts padded to the encoded prompt width
+
+    @property
+    def mesh(self):
+        return self.run.mesh
 
 
 def prepare(cfg, run_dir: str, *, sft_stage: Optional[stages.StageConfig] = None, sft_desc: str = "pi0 (sft)",
             depends: Optional[Dict[str, object]] = None, base_vocab_chunk: bool = True) -> Prepared:
-    """The set-up the LM experiments share: task -> tokenizer -> encoded rows -> mesh -> base -> pi0.
+    """The set-up the LM experiments share: task -> tokenizer -> encoded rows -> run (mesh) -> base -> pi0.
 
-    ``cfg`` is an experiment config with ``task``, ``base``, ``mesh``, ``save_every`` and ``vocab_chunk``. The base
-    is the HF checkpoint or pretrained in run_dir/base (with ``cfg.vocab_chunk`` when ``base_vocab_chunk``); with
-    ``sft_stage`` pi0 is the base fine-tuned with MLE on the task's solutions in run_dir/sft (``sft.finetune``,
-    seed 0), else the base. The returned ``depends`` (the fingerprint of the stages after the base, the SFT stage's
-    included) is the task, the base config and vocab_chunk, plus the entries of ``depends`` (the SFT stage's
-    config under 'sft', the experiment's other dependencies)."""
+    ``cfg`` is an experiment config with ``task``, ``base`` and ``settings`` (``stages.RunSettings``). The base is
+    the HF checkpoint or pretrained in run_dir/base (with ``settings.vocab_chunk`` when ``base_vocab_chunk``);
+    with ``sft_stage`` pi0 is the base fine-tuned with MLE on the task's solutions in run_dir/sft
+    (``sft.finetune``, seed 0), else the base. The returned run's fingerprint (that of the stages after the base,
+    the SFT stage's included) is the task, the base config and vocab_chunk, plus the entries of ``depends`` (the
+    SFT stage's config under 'sft', the experiment's other dependencies)."""
     data = tasks.load(cfg.task)
     enc = encode(cfg.base, data, tokenizer(cfg.base, data, run_dir))
-    mesh = parallel.make_mesh(cfg.mesh)
-    base = base_model(cfg.base, cfg.task, enc.tokenizer, data.train_prompts, mesh, run_dir, save_every=cfg.save_every,
-                      vocab_chunk=cfg.vocab_chunk if base_vocab_chunk else None)
-    fingerprint = {"task": cfg.task, "base": cfg.base, "vocab_chunk": cfg.vocab_chunk, **(depends or {})}
-    pi0 = base if sft_stage is None else sft.finetune(
-        base, sft_stage, mesh, enc.train, os.path.join(run_dir, "sft"), seed=0, fingerprint=fingerprint,
-        save_every=cfg.save_every, vocab_chunk=cfg.vocab_chunk, desc=sft_desc,
-        resume_hint=f"Resume with --run-dir {run_dir}")
-    return Prepared(data, enc, enc.tokenizer, mesh, base, pi0, fingerprint)
+    settings = cfg.settings
+    root = stages.Run.start(run_dir, settings if base_vocab_chunk else dataclasses.replace(settings, vocab_chunk=None))
+    base = base_model(cfg.base, cfg.task, enc.tokenizer, data.train_prompts, root)
+    run = dataclasses.replace(root, settings=settings).sub(depends={
+        "task": cfg.task, "base": cfg.base, "vocab_chunk": settings.vocab_chunk, **(depends or {})})
+    pi0 = base if sft_stage is None else sft.finetune(run.sub("sft", desc=sft_desc, seed=0), base, sft_stage,
+                                                      enc.train)
+    spec = sampling.SamplingSpec.of(enc.tokenizer, prompt_width=enc.prompt_width)
+    return Prepared(data, enc, enc.tokenizer, run, base, pi0, spec)

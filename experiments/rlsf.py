@@ -24,10 +24,11 @@ import numpy as np
 from flax import nnx
 
 from experiments import lm_base
-from jax_irl import metrics, parallel, rollout, sampling, stages, sweep, symbolic, tasks, train
+from experiments.lm_base import SETTINGS_RESUMABLE
+from jax_irl import metrics, rollout, sampling, stages, sweep, symbolic, tasks, train
 from jax_irl.algorithms import grpo, ppo
 
-RESUMABLE = ("mesh", "distributed", "save_every", "methods", "seeds", "variants", "group_arms")
+RESUMABLE = SETTINGS_RESUMABLE + ("methods", "seeds", "variants", "group_arms")
 VARIANTS = {"scalar": symbolic.RewardSpec("scalar"), "token": symbolic.RewardSpec("token")}
 # Declared, run by name: the token arm on the scalar arm's scale (each response's token rewards sum to its mean
 # token reward, in [-0.2, 0]), and the paper's rule as stated (0 on blamed tokens, 1 elsewhere, no outcome bonus),
@@ -79,10 +80,7 @@ class RLSFConfig:
     eval_every: int = 8  # PPO iterations between evaluations on the held-out prompts
     eval_samples: int = 2  # sampled responses per held-out prompt (temperature 1), besides the greedy one
     check_workers: Optional[int] = None  # parallel tool checks (sandboxed programs); None: the CPU count
-    vocab_chunk: Optional[int] = None
-    mesh: parallel.MeshConfig = parallel.MeshConfig()
-    distributed: parallel.DistributedConfig = parallel.DistributedConfig()
-    save_every: int = 100
+    settings: stages.RunSettings = stages.RunSettings()
 
 
 def arms(cfg: RLSFConfig) -> Dict[str, object]:
@@ -152,8 +150,8 @@ def run(cfg: RLSFConfig, run_dir: str, *, tool, judge: Judge, secondary: Tuple[s
     """The recipe for ``cfg`` in ``run_dir``. ``secondary`` = (metric, header): the judge's second metric for
     the table and plots; ``rollout_stat``: the reward function's per-response stat plotted over iterations;
     ``what``: the held-out set, in words, for the table's note."""
-    data, enc, tok, mesh, _, pi_sft, depends = lm_base.prepare(cfg, run_dir, sft_stage=cfg.sft, sft_desc="pi_sft",
-                                                               depends={"sft": cfg.sft})
+    prep = lm_base.prepare(cfg, run_dir, sft_stage=cfg.sft, sft_desc="pi_sft", depends={"sft": cfg.sft})
+    data, enc, tok, pi_sft, root = prep.data, prep.encoded, prep.tokenizer, prep.pi0, prep.run
     train_tokens, train_mask = rollout.prompt_rows(enc.train["tokens"], enc.train["prompt_lengths"], tok.pad_id,
                                                    enc.prompt_width)
     prompts = rollout.Prompts(train_tokens, train_mask, list(data.train_prompts))
@@ -162,31 +160,27 @@ def run(cfg: RLSFConfig, run_dir: str, *, tool, judge: Judge, secondary: Tuple[s
     def measure(policy):
         return evaluate(policy, pi_sft, tok, enc.eval_prompts, enc.eval_prompt_mask, data.eval_prompts, eval_key,
                         tool=tool, judge=judge, samples=cfg.eval_samples, max_new_tokens=cfg.ppo.max_new_tokens,
-                        vocab_chunk=cfg.vocab_chunk, workers=cfg.check_workers)
+                        vocab_chunk=cfg.settings.vocab_chunk, workers=cfg.check_workers)
 
     sft_eval = stages.cached_json(os.path.join(run_dir, "sft", "eval.json"), lambda: measure(pi_sft))
 
     def run_one(name, spec, seed, folder):
-        hint = f"Resume with --run-dir {run_dir}"
+        where = os.path.relpath(folder, run_dir)
         if isinstance(spec, grpo.GRPOConfig):
             arm = cfg.group_arms[name]
+            run = root.sub(where, desc=f"{name} seed {seed}", seed=seed, depends={"variant": spec, "arm": arm})
             result, stats = grpo.train_grpo(
-                folder, nnx.clone(pi_sft), pi_sft, spec, mesh, prompts,
-                symbolic.group_reward_fn(tool, tok, penalty=arm.penalty, workers=cfg.check_workers), seed=seed,
-                eos_id=tok.eos_id, pad_id=tok.pad_id, fingerprint=dict(depends, variant=spec, arm=arm),
-                save_every=cfg.save_every, vocab_chunk=cfg.vocab_chunk,
-                hooks=[train.Every(cfg.eval_every * spec.steps_per_iteration, lambda m, step: measure(m))],
-                desc=f"{name} seed {seed}", resume_hint=hint)
+                run, nnx.clone(pi_sft), pi_sft, spec, prompts,
+                symbolic.group_reward_fn(tool, tok, penalty=arm.penalty, workers=cfg.check_workers), prep.spec,
+                hooks=[train.Every(cfg.eval_every * spec.steps_per_iteration, lambda m, step: measure(m))])
             final, rows_per_draw = measure(result.model), spec.rows
         else:
             model = ppo.ActorCritic(nnx.clone(pi_sft), cfg.ppo.critic, rngs=nnx.Rngs(seed))
+            run = root.sub(where, desc=f"ppo {name} seed {seed}", seed=seed, depends={"variant": spec})
             result, stats = ppo.train_ppo(
-                folder, model, pi_sft, cfg.ppo, mesh, prompts,
-                symbolic.reward_fn(tool, tok, spec, workers=cfg.check_workers), seed=seed, eos_id=tok.eos_id,
-                pad_id=tok.pad_id, fingerprint=dict(depends, variant=spec), save_every=cfg.save_every,
-                vocab_chunk=cfg.vocab_chunk,
-                hooks=[train.Every(cfg.eval_every * cfg.ppo.steps_per_iteration, lambda m, step: measure(m.policy))],
-                desc=f"ppo {name} seed {seed}", resume_hint=hint)
+                run, model, pi_sft, cfg.ppo, prompts, symbolic.reward_fn(tool, tok, spec, workers=cfg.check_workers),
+                prep.spec,
+                hooks=[train.Every(cfg.eval_every * cfg.ppo.steps_per_iteration, lambda m, step: measure(m.policy))])
             final, rows_per_draw = measure(result.model.policy), cfg.ppo.rows
         with open(os.path.join(folder, "metrics.jsonl")) as f:
             update_speed = [json.loads(line).get("tokens_per_s", np.nan) for line in f]
@@ -203,7 +197,7 @@ def run(cfg: RLSFConfig, run_dir: str, *, tool, judge: Judge, secondary: Tuple[s
     variants = {name: (group_config(cfg, every[name]) if name in cfg.group_arms else every[name])
                 for name in cfg.methods}
     per_run = sweep.run_sweep(run_dir, variants, cfg.seeds, run_one,
-                              fingerprint=dict(depends, ppo=cfg.ppo, eval_every=cfg.eval_every,
+                              fingerprint=dict(root.fingerprint, ppo=cfg.ppo, eval_every=cfg.eval_every,
                                                eval_samples=cfg.eval_samples))
     finals = {name: {s: r["final"] for s, r in seeds.items()} for name, seeds in per_run.items()}
     finals["sft"] = {0: dict(sft_eval, train_reward=float("nan"), train_success=float("nan"),

@@ -4,8 +4,10 @@ CONFIG is a module in experiments/configs (e.g. ``lm_tiny``) or a path to a .py 
 ``config()`` returning a frozen dataclass (fields may be dataclasses too), ``run(cfg, run_dir)`` doing the work,
 and optionally ``RESUMABLE``, the keys a resumed run may change (such as the number of steps), and
 ``validate(cfg)``, which raises ValueError for a config that cannot run (reported before anything is written).
+How a run executes (mesh, multi-host set-up, checkpoint interval, vocabulary chunking) is every config's field
+``settings`` (``stages.RunSettings``): ``settings.mesh.fsdp=4``, ``settings.save_every=50``.
 
-Overrides use dotted keys (``optimizer.learning_rate=3e-4``, ``mesh.data=2``) and are parsed by the field's
+Overrides use dotted keys (``optimizer.learning_rate=3e-4``, ``settings.mesh.data=2``) and are parsed by the field's
 type; a wrong key or value gets an error that lists the valid keys or the expected type. Everything a run
 writes goes into one run folder (default runs/CONFIG-TIMESTAMP): config.json, metrics.jsonl, checkpoints/ and
 the results. Pointing --run-dir at an existing run folder resumes it with its saved config.
@@ -224,8 +226,24 @@ def _check_finite(cfg, path: List[str], key: str, value) -> None:
                 raise ConfigError(f"{key}={v}: expected a finite number")
 
 
+# Run settings that configs held as top-level fields before they moved into ``settings`` (a config.json of such
+# a run is read with them moved).
+_SETTINGS_FIELDS = ("mesh", "distributed", "save_every", "keep", "vocab_chunk")
+
+
+def _moved_settings(saved: Dict[str, Any]) -> Dict[str, Any]:
+    if "settings" in saved or not any(k in saved for k in _SETTINGS_FIELDS):
+        return saved
+    out = {k: v for k, v in saved.items() if k not in _SETTINGS_FIELDS}
+    out["settings"] = {k: saved[k] for k in _SETTINGS_FIELDS if k in saved}
+    return out
+
+
 def to_overrides(saved: Dict[str, Any], prefix: str = "") -> List[str]:
-    """A saved config.json back as key=value overrides."""
+    """A saved config.json back as key=value overrides (run settings saved at the top level, as configs once held
+    them, are read under ``settings``)."""
+    if not prefix:
+        saved = _moved_settings(saved)
     out = []
     for key, value in saved.items():
         if isinstance(value, dict):
@@ -383,7 +401,8 @@ def main(argv=None) -> int:
 
     # Multi-host: the config's `distributed` fields, else JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
     # JAX_PROCESS_ID; a no-op for one process. It must run before any JAX computation.
-    parallel.initialize_distributed(getattr(cfg, "distributed", parallel.DistributedConfig()))
+    settings = getattr(cfg, "settings", None)
+    parallel.initialize_distributed(settings.distributed if settings is not None else parallel.DistributedConfig())
     import jax
 
     if jax.process_count() > 1 and args.run_dir is None:

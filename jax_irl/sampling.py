@@ -23,6 +23,29 @@ from flax import nnx
 from jax_irl import parallel
 
 
+class SamplingSpec(NamedTuple):
+    """How a method draws responses: the tokenizer's end and pad ids, the response length, the temperature, and
+    the width prompts are left-padded to (None: the widest prompt). Methods whose config holds its own length
+    and temperature (PPO, GRPO) read only the ids from it and refuse a spec whose length disagrees."""
+
+    eos_id: int
+    pad_id: int
+    max_new_tokens: Optional[int] = None
+    temperature: float = 1.0
+    prompt_width: Optional[int] = None
+
+    @classmethod
+    def of(cls, tokenizer, **fields) -> "SamplingSpec":
+        """The spec of ``tokenizer`` (its ``eos_id`` and ``pad_id``) with ``fields``."""
+        return cls(int(tokenizer.eos_id), int(tokenizer.pad_id), **fields)
+
+    def check_length(self, max_new_tokens: int, what: str) -> None:
+        """Raise ValueError when this spec sets a response length other than ``what``'s ``max_new_tokens``."""
+        if self.max_new_tokens is not None and self.max_new_tokens != max_new_tokens:
+            raise ValueError(f"the sampling spec's max_new_tokens={self.max_new_tokens} disagrees with "
+                             f"{what}.max_new_tokens={max_new_tokens}; leave the spec's unset")
+
+
 class SampleOutput(NamedTuple):
     tokens: jax.Array  # [B * n, max_new_tokens] generated ids, pad_id after the end
     log_probs: jax.Array  # [B * n, max_new_tokens] log-prob of each token under the sampling distribution

@@ -292,6 +292,19 @@ class Every(NamedTuple):
             raise ValueError(f"a hook's fn must be callable fn(model, step); got {self.fn!r}")
 
 
+class ModelBatches:
+    """A batch function whose batches depend on the current model: ``fit`` calls it as fn(position, model)
+    (online methods: the policy's own samples, drawn with a key derived from the position)."""
+
+    def __init__(self, fn: Callable[[int, nnx.Module], Dict[str, Any]]):
+        if not callable(fn):
+            raise ValueError(f"ModelBatches needs a callable fn(position, model); got {fn!r}")
+        self.fn = fn
+
+    def __call__(self, position: int, model) -> Dict[str, Any]:
+        return self.fn(position, model)
+
+
 def resume_or_init(trainer: Trainer, checkpointer, seed: int):
     """(state, start position): the latest complete checkpoint's state on this trainer's mesh, or a fresh one."""
     state = trainer.init_state(seed)
@@ -304,11 +317,11 @@ def resume_or_init(trainer: Trainer, checkpointer, seed: int):
 def fit(trainer: Trainer, state: TrainState, batch_fn: Callable[..., Dict[str, Any]], *, steps: int,
         start_position: int = 0, checkpointer=None, log_dir: Optional[str] = None,
         tracker: Optional[tracking.Tracker] = None, hooks: Sequence[Every] = (), progress: bool = True,
-        tokens_key: Optional[str] = "mask", batch_needs_model: bool = False, desc: str = "train"):
+        tokens_key: Optional[str] = "mask", desc: str = "train"):
     """Train until ``state.step == steps``. Returns (state, status) with status 'done' or 'preempted'.
 
     batch_fn(position) -> this process's local batch (a dict of numpy arrays) for data position ``position``
-    (a resumed run continues from the checkpoint's position); with ``batch_needs_model`` it is called as
+    (a resumed run continues from the checkpoint's position); a ``ModelBatches`` is called as
     batch_fn(position, model) with the current model, for batches holding the policy's own samples (online
     methods; draw them with a key derived from the position to keep resume exact). Saves through ``checkpointer``
     on its schedule, on SIGTERM (then returns 'preempted') and at the end. Each step's record goes to
@@ -339,7 +352,8 @@ def fit(trainer: Trainer, state: TrainState, batch_fn: Callable[..., Dict[str, A
     saved_step = first if checkpointer is not None and checkpointer.latest_step() == first else None
     with PreemptionFlag() as preempt:
         for step in range(first, steps):
-            local = batch_fn(position, trainer.model(state)) if batch_needs_model else batch_fn(position)
+            local = batch_fn(position, trainer.model(state)) if isinstance(batch_fn, ModelBatches) \
+                else batch_fn(position)
             batch = parallel.global_batch(local, trainer.mesh)
             start = time.perf_counter()
             state, metrics = trainer.step(state, batch)

@@ -194,7 +194,7 @@ def test_every_paper_config_has_its_steps_and_a_small_one_compiles_and_fits():
     # rlsf_spoc at a small size: every step compiles and fits, with the config's own shapes
     cfg = driver.apply_overrides(driver.load_config_module("rlsf_spoc").config(), [
         "base.max_length=64", "sft.batch_size=8", "ppo.prompts_per_rollout=4", "ppo.samples_per_prompt=2",
-        "ppo.max_new_tokens=16", "ppo.minibatches=2", "vocab_chunk=128", "grpo.prompts_per_rollout=2",
+        "ppo.max_new_tokens=16", "ppo.minibatches=2", "settings.vocab_chunk=128", "grpo.prompts_per_rollout=2",
         "grpo.group_size=4", "grpo.max_new_tokens=16", "grpo.minibatches=2"])
     steps = experiment_steps.steps_for(cfg, cfg_tiny, mesh)
     by_name = {s.name: s for s in steps}
@@ -226,7 +226,7 @@ def test_every_paper_config_has_its_steps_and_a_small_one_compiles_and_fits():
 def test_the_checker_command_writes_its_table_and_json(tmp_path):
     out = tmp_path / "aot.json"
     cmd = [sys.executable, os.path.join(ROOT, "tools", "aot.py"), "gshf_gsm8k", "--topology", "v5e:2x2", "--model",
-           "tiny", "--steps", "dpo", "--out", str(out), "batch_pairs=4", "base.max_length=64", "vocab_chunk=256"]
+           "tiny", "--steps", "dpo", "--out", str(out), "batch_pairs=4", "base.max_length=64", "settings.vocab_chunk=256"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "| dpo | v5e:2x2 | fsdp4 | 8 x 64 |" in done.stdout

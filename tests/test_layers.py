@@ -11,7 +11,10 @@ Layers, lowest first (a module may import its own package and anything in a lowe
     stages                        (resumable stages and cached results, on train)
     algorithms, sweep
     tasks, aot                    (a task = data + metric + tool)
-    experiments                   (the driver and configs; nothing in jax_irl imports it)
+    experiments.lm_base           (the set-up every LM experiment shares: task -> tokenizer -> run -> base -> pi0)
+    experiments.recipes           (each paper's config dataclass, run, tables and plots)
+    experiments.configs, .aot     (declarations over the recipes; the AOT catalogue of their steps)
+    experiments                   (the driver; nothing in jax_irl imports it)
 """
 
 import ast
@@ -32,6 +35,9 @@ LAYERS = [
     ("jax_irl.stages",),
     ("jax_irl.algorithms", "jax_irl.sweep"),
     ("jax_irl.tasks", "jax_irl.aot"),
+    ("experiments.lm_base",),
+    ("experiments.recipes", "experiments.rlsf"),
+    ("experiments.configs", "experiments.aot"),
     ("experiments",),
 ]
 
@@ -131,3 +137,14 @@ def test_the_checker_sees_a_known_upward_import(tmp_path):
     assert deps == {"jax_irl.tasks", "jax_irl.data.batching"}
     assert _layer("jax_irl.tasks")[0] > _layer("jax_irl.algorithms.fake")[0]
     assert _layer("jax_irl.data.batching")[0] < _layer("jax_irl.algorithms.fake")[0]
+
+
+def test_configs_declare_and_recipes_run():
+    """No config module defines ``run`` (it takes its recipe's), and none grows into a recipe."""
+    import re
+
+    moved = ("irl_arithmetic", "irl_gsm8k")  # the configs whose recipe lives in experiments/recipes
+    for name in moved:
+        text = (ROOT / "experiments" / "configs" / f"{name}.py").read_text()
+        assert not re.search(r"^def run\b", text, re.M), name
+        assert len(text.splitlines()) <= 90, (name, len(text.splitlines()))

@@ -1,5 +1,6 @@
 """Stages: the schedule-length rule, run_stage's resume (exact after a preemption) and fingerprint, the writer."""
 
+import dataclasses
 import json
 import math
 import os
@@ -69,9 +70,9 @@ STAGE = stages.StageConfig(steps=6, batch_size=8, optimizer=COSINE)
 
 def _stage(folder, batch_fn=_batch, stage=STAGE):
     mesh = parallel.make_mesh(parallel.MeshConfig(2, 1, 1), jax.devices()[:2])
-    return stages.run_stage(str(folder), _model(), _loss_fn, stage, mesh, batch_fn, seed=3,
-                            fingerprint={"data": "random"}, save_every=100, desc="test", progress=False,
-                            resume_hint="Resume with the same call.")
+    run = stages.Run(str(folder), mesh, fingerprint={"data": "random"}, seed=3, desc="test", progress=False,
+                     resume_hint="Resume with the same call.")
+    return stages.run_stage(run, _model(), _loss_fn, stage, batch_fn)
 
 
 def test_a_preempted_stage_resumes_to_the_uninterrupted_params(tmp_path):
@@ -112,3 +113,53 @@ def test_metrics_writer_drops_steps_after_a_restart(tmp_path):
         assert [json.loads(line) for line in f] == [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 2.0},
                                                     {"step": 3, "loss": 30.0}]
     assert any(p.startswith("events.out.tfevents") for p in os.listdir(tmp_path / "tensorboard"))
+
+
+def test_run_settings_refuse_what_no_run_could_use():
+    for bad, match in ((dict(save_every=0), "save_every must be an int >= 1"), (dict(keep=0), "keep must be"),
+                       (dict(vocab_chunk=0), "vocab_chunk must be None or an int >= 1"),
+                       (dict(rows_per_score=-4), "rows_per_score"), (dict(keep_rollouts=True), "keep_rollouts"),
+                       (dict(save_every=2.5), "save_every")):
+        with pytest.raises(ValueError, match=match):
+            stages.RunSettings(**bad)
+    assert set(stages.RunSettings.RESUMABLE) < {f.name for f in dataclasses.fields(stages.RunSettings)}
+    assert "vocab_chunk" not in stages.RunSettings.RESUMABLE  # it changes float results: part of the fingerprint
+
+
+def test_a_sub_run_adds_to_its_fingerprint_and_a_changed_dependency_is_refused(tmp_path):
+    mesh = parallel.make_mesh(parallel.MeshConfig(1, 1, 1), jax.devices()[:1])
+    root = stages.Run(str(tmp_path), mesh, stages.RunSettings(save_every=2, keep=1), fingerprint={"data": 1}, seed=5,
+                      progress=False)
+    part = root.sub("a/b", depends={"method": "x"}, desc="part")
+    assert part.folder == os.path.join(str(tmp_path), "a", "b") and part.seed == 5 and part.desc == "part"
+    assert part.fingerprint == {"data": 1, "method": "x"} and root.fingerprint == {"data": 1}  # the parent unchanged
+    assert root.sub(seed=7).folder == root.folder and root.sub(seed=7).seed == 7
+    stage = stages.StageConfig(steps=4, batch_size=8, optimizer=train.OptimizerConfig(learning_rate=1e-2))
+    part.stage(_model(), _loss_fn, stage, _batch)
+    with checkpoint.Checkpointer(os.path.join(part.folder, "checkpoints"), save_every=2,
+                                 fingerprint=dict(part.fingerprint, stage=dataclasses.asdict(stage))) as ckpt:
+        saved = ckpt.check_fingerprint(4)["fingerprint"]
+        assert ckpt.all_steps() == [4]  # keep=1
+    assert saved["method"] == "x" and saved["data"] == 1 and saved["stage"]["steps"] == 4
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="method"):
+        root.sub("a/b", depends={"method": "y"}).stage(_model(), _loss_fn, stage, _batch)
+    # cached: made once in the run's folder, then reused
+    calls = []
+    assert part.cached("x.json", lambda: calls.append(1) or {"v": 1}) == {"v": 1}
+    assert part.cached("x.json", lambda: calls.append(1) or {"v": 2}) == {"v": 1} and calls == [1]
+    assert os.path.exists(os.path.join(part.folder, "x.json"))
+
+
+def test_model_batches_get_the_current_model(tmp_path):
+    mesh = parallel.make_mesh(parallel.MeshConfig(1, 1, 1), jax.devices()[:1])
+    seen = []
+
+    def batch_fn(position, model):
+        seen.append(float(np.asarray(model.embed[...]).sum()))
+        return _batch(position)
+
+    stage = stages.StageConfig(steps=3, batch_size=8, optimizer=train.OptimizerConfig(learning_rate=1e-2))
+    stages.Run(str(tmp_path), mesh, progress=False).stage(_model(), _loss_fn, stage, train.ModelBatches(batch_fn))
+    assert len(seen) == 3 and len(set(seen)) == 3  # each step's batch saw that step's (updated) model
+    with pytest.raises(ValueError, match="ModelBatches needs a callable"):
+        train.ModelBatches(3)

@@ -112,7 +112,7 @@ def main(argv=None) -> int:
         except (driver.ConfigError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        mesh_cfg = parse_mesh(args.mesh) if args.mesh else cfg.mesh
+        mesh_cfg = parse_mesh(args.mesh) if args.mesh else cfg.settings.mesh
         devices = aot.topology_devices(args.topology)
         try:
             mesh = parallel.make_mesh(mesh_cfg, devices)

@@ -35,7 +35,7 @@ def config() -> EnsemblesConfig:
         ppo=ppo.PPOConfig(iterations=300, prompts_per_rollout=64, samples_per_prompt=4, max_new_tokens=256, epochs=2,
                           minibatches=4, optimizer=train.OptimizerConfig(learning_rate=1e-6, max_grad_norm=1.0)),
         ppo_kl=(0.0, 0.01), ppo_uwo=0.1,
-        vocab_chunk=16384, mesh=parallel.MeshConfig(data=1, fsdp=-1), save_every=200)
+        settings=stages.RunSettings(mesh=parallel.MeshConfig(data=1, fsdp=-1), save_every=200, vocab_chunk=16384))
 
 
 def validate(cfg: EnsemblesConfig) -> None:

@@ -33,7 +33,8 @@ import numpy as np
 from flax import nnx
 
 from experiments import lm_base
-from jax_irl import losses, parallel, rollout, sampling, stages, sweep, tasks, train
+from experiments.lm_base import SETTINGS_RESUMABLE
+from jax_irl import losses, rollout, sampling, stages, sweep, tasks, train
 from jax_irl.algorithms import pairs, ppo
 from jax_irl.algorithms import reward_models as rm
 from jax_irl.algorithms.pairs import OracleConfig
@@ -42,7 +43,7 @@ from jax_irl.data.tokenizer import TextTokenizer
 from jax_irl.models import hf, lora
 from jax_irl.models.transformer import Transformer
 
-RESUMABLE = ("mesh", "distributed", "save_every", "methods", "seeds", "variants", "label_noise", "ppo_kl")
+RESUMABLE = SETTINGS_RESUMABLE + ("methods", "seeds", "variants", "label_noise", "ppo_kl")
 # multihead_frozen is the paper's set-up (Ahmed et al.: K heads on a frozen pretrained encoder); multihead trains
 # the encoder under its heads. The ensemble's members each see their own Poisson bootstrap of every batch (an
 # online bootstrap: their own resample of the data, not only their own initialisation).
@@ -82,10 +83,7 @@ class EnsemblesConfig:
     ppo_kl: Tuple[float, ...] = (0.0, 0.05)  # PPO runs at each KL coefficient (its kl_coef is replaced)
     ppo_uwo: float = 0.1  # the PPO reward: the proxy's UWO aggregate with this lambda
     seeds: Tuple[int, ...] = (0, 1, 2)
-    vocab_chunk: Optional[int] = None
-    mesh: parallel.MeshConfig = parallel.MeshConfig()
-    distributed: parallel.DistributedConfig = parallel.DistributedConfig()
-    save_every: int = 100
+    settings: stages.RunSettings = stages.RunSettings()
 
 
 def config() -> EnsemblesConfig:
@@ -133,7 +131,8 @@ def run(cfg: EnsemblesConfig, run_dir: str) -> dict:
     extra = {"sft": stage}
     if cfg.gold_model or cfg.rm_backbone:
         extra.update(gold_model=cfg.gold_model, rm_backbone=cfg.rm_backbone)
-    data, enc, tok, mesh, base, pi0, depends = lm_base.prepare(cfg, run_dir, sft_stage=stage, depends=extra)
+    prep = lm_base.prepare(cfg, run_dir, sft_stage=stage, depends=extra)
+    data, enc, tok, pi0, depends = prep.data, prep.encoded, prep.tokenizer, prep.pi0, prep.run.fingerprint
     max_new = cfg.ppo.max_new_tokens
     max_length = cfg.base.max_length + max_new
     if cfg.gold_model:
@@ -181,11 +180,11 @@ def run(cfg: EnsemblesConfig, run_dir: str) -> dict:
 
     def run_one(name, variant, seed, folder):
         kind, noise = variant
+        run = prep.run.sub(os.path.relpath(folder, run_dir), seed=seed)
         model = rm.build(kind, lambda r: nnx.clone(rm_base), seed=seed)
-        trained = rm.fit_pairs(os.path.join(folder, "rm"), model, kind, rm.flip_labels(train_pairs, noise,
-                               seed=1000 + seed), rm_tok, cfg.rm_stage, mesh, max_length=max_length, seed=seed,
-                               save_every=cfg.save_every, fingerprint=dict(depends, noise=noise),
-                               desc=f"rm {name} seed {seed}")
+        trained = rm.fit_pairs(run.sub("rm", desc=f"rm {name} seed {seed}", depends={"noise": noise}), model, kind,
+                               rm.flip_labels(train_pairs, noise, seed=1000 + seed), rm_tok, cfg.rm_stage,
+                               max_length=max_length)
         test = rm.evaluate_pairs(trained, rm.pair_rows(pairs.preference_rows(rm_tok, test_pairs, max_length)))
         scores = rollout.score_rows(trained, rollout.RewardScores("mean"), {k: pool_rows[k] for k in
                                                                             ("tokens", "attention")},
@@ -208,13 +207,10 @@ def run(cfg: EnsemblesConfig, run_dir: str) -> dict:
         runs = {}
         for coef in cfg.ppo_kl:
             settings_ppo = dataclasses.replace(cfg.ppo, kl_coef=coef)
-            _, stats = ppo.train_ppo(os.path.join(folder, f"ppo_kl{coef:g}"), ppo.ActorCritic(nnx.clone(pi0),
-                                     rngs=nnx.Rngs(seed)), pi0, settings_ppo, mesh, ppo_prompts, reward_fn,
-                                     seed=seed, eos_id=tok.eos_id, pad_id=tok.pad_id,
-                                     fingerprint=dict(depends, kind=kind, noise=noise, kl=coef),
-                                     save_every=cfg.save_every, vocab_chunk=cfg.vocab_chunk,
-                                     desc=f"ppo {name} kl {coef:g} seed {seed}",
-                                     resume_hint=f"Resume with --run-dir {run_dir}")
+            ppo_run = run.sub(f"ppo_kl{coef:g}", desc=f"ppo {name} kl {coef:g} seed {seed}",
+                              depends={"kind": kind, "noise": noise, "kl": coef})
+            _, stats = ppo.train_ppo(ppo_run, ppo.ActorCritic(nnx.clone(pi0), rngs=nnx.Rngs(seed)), pi0, settings_ppo,
+                                     ppo_prompts, reward_fn, prep.spec)
             runs[f"{coef:g}"] = {str(s["iteration"]): {k: s.get(k, float("nan")) for k in ("gold", "proxy", "kl", "kl_k2", "kl_k3",
                                                                                  "kl_seq_k2")}
                                  for s in stats}

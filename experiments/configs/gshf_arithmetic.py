@@ -23,14 +23,15 @@ import numpy as np
 from flax import nnx
 
 from experiments import lm_base
-from jax_irl import metrics, parallel, rollout, stages, sweep, tasks, train
+from experiments.lm_base import SETTINGS_RESUMABLE
+from jax_irl import metrics, rollout, stages, sweep, tasks, train
 from jax_irl.algorithms import gshf, pairs
 from jax_irl.algorithms import reward_models as rm
 from jax_irl.data import arithmetic, jsonl
 from jax_irl.data.tokenizer import TextTokenizer
 from jax_irl.models import hf
 
-RESUMABLE = ("mesh", "distributed", "save_every", "methods", "seeds", "variants", "betas")
+RESUMABLE = SETTINGS_RESUMABLE + ("methods", "seeds", "variants", "betas")
 
 # RAFT and RSO share one sampler: two steps (eta 3, then beta) over fresh pools of 4, 16 samples of pi0 a prompt;
 # 3 stays above every beta of the sweep. RSO trains DPO on pairs of the accepted samples, RAFT fine-tunes on them.
@@ -82,10 +83,7 @@ class GSHFConfig:
     sample_prompts_per_batch: Optional[int] = None  # the sampler takes this many prompts at a time; None: all
     max_new_tokens: int = 48
     eval_samples: int = 4  # per held-out prompt
-    vocab_chunk: Optional[int] = None
-    mesh: parallel.MeshConfig = parallel.MeshConfig()
-    distributed: parallel.DistributedConfig = parallel.DistributedConfig()
-    save_every: int = 100
+    settings: stages.RunSettings = stages.RunSettings()
 
 
 def config() -> GSHFConfig:
@@ -123,25 +121,25 @@ def gold_fn(cfg: GSHFConfig) -> pairs.GoldFn:
     return pairs.per_sample(arithmetic.graded_reward)
 
 
-def uncertainty_fn(cfg: GSHFConfig, run_dir: str, pi0, tok, prompts: rollout.Prompts,
-                   settings: pairs.SampleSettings, mesh, depends: dict) -> pairs.GoldFn:
+def uncertainty_fn(cfg: GSHFConfig, run: stages.Run, pi0, tok, prompts: rollout.Prompts,
+                   settings: pairs.SampleSettings) -> pairs.GoldFn:
     """Gamma(x, a) for pessimistic DPO: ``cfg.uncertainty.model``'s heads, or a K-head reward model trained on
-    gold-labelled pairs of pi0's samples (cached in run_dir/uncertainty/)."""
+    gold-labelled pairs of pi0's samples (cached in the run's folder/uncertainty/)."""
     u = cfg.uncertainty
     max_length = cfg.base.max_length + cfg.max_new_tokens
     if u.model:
         return rm.reward_model_uncertainty(hf.reward_model_from_pretrained(u.model), TextTokenizer.load(u.model),
                                            max_length=max_length)
-    folder = os.path.join(run_dir, "uncertainty")
+    folder = run.path("uncertainty")
 
     chosen = prompts.take(np.arange(len(prompts.texts) - u.prompts, len(prompts.texts)))
     records = stages.cached_json(os.path.join(folder, "pairs.json"), lambda: pairs.label_samples(
         pi0, chosen, jax.random.PRNGKey(13), u.candidates, settings, cfg.oracle, np.random.default_rng(13)))["records"]
     kind = rm.RMKind("multihead", heads=u.heads)
-    model = rm.fit_pairs(os.path.join(folder, "rm"), rm.build(kind, lambda r: nnx.clone(pi0), seed=0), kind, records,
-                         tok, u.stage, mesh, max_length=max_length, seed=0, save_every=cfg.save_every,
-                         fingerprint=dict(depends, uncertainty=u, oracle=cfg.oracle),
-                         desc=f"uncertainty rm ({u.heads} heads, {len(records)} pairs)")
+    rm_run = run.sub("uncertainty/rm", desc=f"uncertainty rm ({u.heads} heads, {len(records)} pairs)", seed=0,
+                     depends={"uncertainty": u, "oracle": cfg.oracle})
+    model = rm.fit_pairs(rm_run, rm.build(kind, lambda r: nnx.clone(pi0), seed=0), kind, records, tok, u.stage,
+                         max_length=max_length)
     return rm.reward_model_uncertainty(model, tok, max_length=max_length)
 
 
@@ -173,28 +171,27 @@ COLUMNS = (sweep.Column("gold", "gold reward"), sweep.Column("kl", "KL(pi ‖ pi
 def run(cfg: GSHFConfig, run_dir: str) -> dict:
     validate(cfg)
     stage = None if cfg.skip_sft else cfg.sft
-    data, enc, tok, mesh, _, pi0, depends = lm_base.prepare(cfg, run_dir, sft_stage=stage, depends={"sft": stage},
-                                                            base_vocab_chunk=False)
+    prep = lm_base.prepare(cfg, run_dir, sft_stage=stage, depends={"sft": stage}, base_vocab_chunk=False)
+    data, enc, tok, pi0, depends = prep.data, prep.encoded, prep.tokenizer, prep.pi0, prep.run.fingerprint
     train_tokens, train_mask = rollout.prompt_rows(enc.train["tokens"], enc.train["prompt_lengths"], tok.pad_id,
                                                    enc.prompt_width)
     settings = pairs.SampleSettings(tok, cfg.max_new_tokens, gold_fn(cfg), prompts_per_batch=cfg.sample_prompts_per_batch)
     train_prompts = rollout.Prompts(train_tokens, train_mask, list(data.train_prompts), list(data.train_responses))
     if any(cfg.variants[m].pessimism for m in cfg.methods):
-        settings = settings._replace(uncertainty=uncertainty_fn(cfg, run_dir, pi0, tok, train_prompts, settings, mesh,
-                                                                depends))
+        settings = settings._replace(uncertainty=uncertainty_fn(cfg, prep.run, pi0, tok, train_prompts, settings))
     ctx = gshf.Context(
         pi0=pi0, train_prompts=train_prompts,
         eval_prompts=rollout.Prompts(enc.eval_prompts, enc.eval_prompt_mask, list(data.eval_prompts),
                                      list(data.eval_references)),
         settings=settings, oracle=cfg.oracle,
         optimizer=cfg.optimizer, batch_pairs=cfg.batch_pairs, max_length=cfg.base.max_length,
-        eval_samples=cfg.eval_samples, mesh=mesh, save_every=cfg.save_every, vocab_chunk=cfg.vocab_chunk,
+        eval_samples=cfg.eval_samples,
         offline_records=jsonl.read_jsonl(cfg.preference_file, "preference") if cfg.preference_file else None)
     variants = {f"{m}@{b:g}": dataclasses.replace(cfg.variants[m], beta=b) for m in cfg.methods for b in cfg.betas}
     per_run = sweep.run_sweep(run_dir, variants, cfg.seeds,
-                              lambda name, method, seed, folder: gshf.run_method(
-                                  method, ctx, seed, folder,
-                                  dict(depends, uncertainty=cfg.uncertainty) if method.pessimism else depends),
+                              lambda name, method, seed, folder: gshf.run_method(method, ctx, prep.run.sub(
+                                  os.path.relpath(folder, run_dir), seed=seed,
+                                  depends={"uncertainty": cfg.uncertainty} if method.pessimism else None)),
                               fingerprint=dict(depends, oracle=cfg.oracle, optimizer=cfg.optimizer,
                                                preference_file=cfg.preference_file,
                                                reward_model=cfg.reward_model, reward_aggregation=cfg.reward_aggregation,

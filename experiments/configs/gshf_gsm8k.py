@@ -21,7 +21,7 @@ import dataclasses
 from experiments import lm_base
 from experiments.configs import gshf_arithmetic
 from experiments.configs.gshf_arithmetic import RESUMABLE, VARIANTS, GSHFConfig, run  # noqa: F401
-from jax_irl import parallel, tasks, train
+from jax_irl import parallel, stages, tasks, train
 
 
 def config() -> GSHFConfig:
@@ -42,9 +42,7 @@ def config() -> GSHFConfig:
         sample_prompts_per_batch=256,
         max_new_tokens=256,
         eval_samples=4,
-        vocab_chunk=16384,
-        mesh=parallel.MeshConfig(data=1, fsdp=-1),
-        save_every=200,
+        settings=stages.RunSettings(mesh=parallel.MeshConfig(data=1, fsdp=-1), save_every=200, vocab_chunk=16384),
     )
 
 

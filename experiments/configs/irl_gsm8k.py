@@ -21,9 +21,10 @@ from __future__ import annotations
 import dataclasses
 
 from experiments import lm_base
-from experiments.configs import irl_arithmetic
-from experiments.configs.irl_arithmetic import (DEFAULT_METHODS, RESUMABLE, SMALL_DATA,  # noqa: F401
-                                                 VARIANTS, EvalConfig, IRLConfig, run, small_data_variants)
+from experiments.configs.irl_arithmetic import DEFAULT_METHODS, RESUMABLE, SMALL_DATA, VARIANTS  # noqa: F401
+from experiments.configs.irl_arithmetic import small_data_variants
+from experiments.recipes import irl
+from experiments.recipes.irl import EvalConfig, IRLConfig, run  # noqa: F401  (the driver's entry point)
 from jax_irl import parallel, stages, tasks, train
 
 SMALL = 1000  # the small-data ablation at this scale: 1000 of the 7473 training problems
@@ -46,13 +47,11 @@ def config() -> IRLConfig:
         evaluation=EvalConfig(num_samples=4, max_new_tokens=256, prompts_per_batch=128, rows_per_score=32),
         variants=variants(),
         methods=tuple(m.replace(f"@{SMALL_DATA}", f"@{SMALL}") for m in DEFAULT_METHODS),
-        vocab_chunk=16384,
-        mesh=parallel.MeshConfig(data=1, fsdp=-1),
-        save_every=250,
+        settings=stages.RunSettings(mesh=parallel.MeshConfig(data=1, fsdp=-1), save_every=250, vocab_chunk=16384),
     )
 
 
 def validate(cfg: IRLConfig) -> None:
     """Called by the driver before the run starts."""
     lm_base.require_checkpoint(cfg.base, "irl_gsm8k")
-    irl_arithmetic.validate(cfg)
+    irl.validate(cfg)

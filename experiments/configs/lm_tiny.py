@@ -1,7 +1,7 @@
 """A tiny Llama-style model trained with offline IQLearn on built-in addition problems, on a device mesh,
 with Orbax checkpoints; evaluated by greedy exact match. Runs in about a minute on 2 CPU cores.
 
-    python -m experiments.run lm_tiny train.steps=300 td_weight=0.1 mesh.data=-1
+    python -m experiments.run lm_tiny train.steps=300 td_weight=0.1 settings.mesh.data=-1
 
 A resumed run may train longer (``train.steps``); its learning-rate schedule then spans the new step count.
 """
@@ -17,13 +17,13 @@ import numpy as np
 from flax import nnx
 
 from experiments.configs import _addition as addition
-from experiments.configs._shared import ModelSize
-from jax_irl import parallel, sampling, stages, train
+from experiments.lm_base import SETTINGS_RESUMABLE, ModelSize
+from jax_irl import sampling, stages, train
 from jax_irl.algorithms.iqlearn import Method, make_loss_fn
 from jax_irl.models.config import TransformerConfig
 from jax_irl.models.transformer import Transformer
 
-RESUMABLE = ("train.steps", "save_every", "keep", "mesh", "distributed")
+RESUMABLE = ("train.steps",) + SETTINGS_RESUMABLE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,12 +32,9 @@ class LMTinyConfig:
     train: stages.StageConfig = stages.StageConfig(
         steps=300, batch_size=64, optimizer=train.OptimizerConfig(learning_rate=3e-3, schedule="cosine",
                                                                  warmup_steps=20, weight_decay=0.01))
-    mesh: parallel.MeshConfig = parallel.MeshConfig()
-    distributed: parallel.DistributedConfig = parallel.DistributedConfig()
+    settings: stages.RunSettings = stages.RunSettings()
     td_weight: float = 0.1
     gamma: float = 1.0
-    save_every: int = 100
-    keep: int = 2
     seed: int = 0
     max_operand: int = 50
     train_problems: int = 4000
@@ -66,7 +63,10 @@ def run(cfg: LMTinyConfig, run_dir: str) -> dict:
 
     model_cfg = TransformerConfig.for_family("llama", vocab_size=addition.VOCAB, max_position_embeddings=64,
                                              **dataclasses.asdict(cfg.model))
-    mesh = parallel.make_mesh(cfg.mesh)
+    depends = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("train", "settings")}
+    run = stages.Run.start(run_dir, cfg.settings, fingerprint=depends, seed=cfg.seed, resumable_keys=("stage.steps",),
+                           desc="lm_tiny", resume_hint=f"Run the same command with --run-dir {run_dir} to resume.")
+    mesh = run.mesh
 
     def batch_fn(position):
         # The global batch at a data position is a pure function of (seed, position): exact resume.
@@ -74,13 +74,8 @@ def run(cfg: LMTinyConfig, run_dir: str) -> dict:
         mine = np.array_split(pick, jax.process_count())[jax.process_index()]
         return {"tokens": rows[mine], "mask": mask[mine]}
 
-    depends = {k: v for k, v in dataclasses.asdict(cfg).items()
-               if k not in ("train", "mesh", "distributed", "save_every", "keep")}
-    result = stages.run_stage(run_dir, Transformer(model_cfg, rngs=nnx.Rngs(cfg.seed)),
-                              make_loss_fn(Method("iqlearn", td_weight=cfg.td_weight, gamma=cfg.gamma)), cfg.train,
-                              mesh, batch_fn, seed=cfg.seed, fingerprint=depends, save_every=cfg.save_every,
-                              keep=cfg.keep, resumable_keys=("stage.steps",), desc="lm_tiny",
-                              resume_hint=f"Run the same command with --run-dir {run_dir} to resume.")
+    result = run.stage(Transformer(model_cfg, rngs=nnx.Rngs(cfg.seed)),
+                       make_loss_fn(Method("iqlearn", td_weight=cfg.td_weight, gamma=cfg.gamma)), cfg.train, batch_fn)
     state = result.state
     accuracy = exact_match(result.model, test_rows, test_pl, test_answers)
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:

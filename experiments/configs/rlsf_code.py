@@ -19,7 +19,7 @@ punish ordinary programs (under Game of 24's default buffer, DAPO collapsed that
 from __future__ import annotations
 
 from experiments import lm_base, rlsf
-from experiments.configs._shared import ModelSize
+from experiments.lm_base import ModelSize
 from experiments.rlsf import RLSFConfig
 from jax_irl import stages, tasks, train
 from jax_irl.algorithms import grpo, ppo

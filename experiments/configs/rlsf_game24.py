@@ -20,7 +20,7 @@ on its blamed tokens, Dr. GRPO, DAPO, each with and without token credit; ``rlsf
 from __future__ import annotations
 
 from experiments import lm_base, rlsf
-from experiments.configs._shared import ModelSize
+from experiments.lm_base import ModelSize
 from experiments.rlsf import RLSFConfig
 from jax_irl import stages, tasks, train
 from jax_irl.algorithms import grpo, ppo

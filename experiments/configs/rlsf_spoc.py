@@ -35,8 +35,8 @@ def config() -> RLSFConfig:
         grpo=grpo.GRPOConfig(iterations=200, prompts_per_rollout=32, group_size=8, max_new_tokens=512, epochs=2,
                              minibatches=4, optimizer=train.OptimizerConfig(learning_rate=1e-6, max_grad_norm=1.0)),
         methods=("scalar", "token", "grpo", "grpo_token"),
-        eval_every=20, eval_samples=4, check_workers=None, vocab_chunk=16384,
-        mesh=parallel.MeshConfig(data=1, fsdp=-1), save_every=100)
+        eval_every=20, eval_samples=4, check_workers=None,
+        settings=stages.RunSettings(mesh=parallel.MeshConfig(data=1, fsdp=-1), save_every=100, vocab_chunk=16384))
 
 
 def validate(cfg: RLSFConfig) -> None:

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_irl import losses, rollout, stages, train
+from jax_irl import losses, rollout, sampling, stages, train
 from jax_irl.algorithms import ppo
 
 # reward_fn(prompt texts [N], response ids [N, R], response mask [N, R]) ->
@@ -406,27 +406,23 @@ class GroupRun(ppo.PPORun):
                                   rows_per_score=self.rows_per_score)
 
 
-def train_grpo(folder: str, model, reference, cfg: GRPOConfig, mesh, prompts: rollout.Prompts, reward_fn: GroupRewardFn,
-               *, seed: int, eos_id: int, pad_id: int, fingerprint: Dict, save_every: int,
-               vocab_chunk: Optional[int] = None, rows_per_score: Optional[int] = None,
-               keep_rollouts: Optional[int] = 4, hooks: Sequence[train.Every] = (), progress: bool = True, desc: Optional[str] = None, resume_hint: str = ""
-               ) -> Tuple[stages.StageResult, list]:
-    """A group method on ``model`` (a causal LM) for ``cfg.iterations`` iterations in ``folder``: checkpoints/,
+def train_grpo(run: stages.Run, model, reference, cfg: GRPOConfig, prompts: rollout.Prompts,
+               reward_fn: GroupRewardFn, tokens: sampling.SamplingSpec, *,
+               hooks: Sequence[train.Every] = ()) -> Tuple[stages.StageResult, list]:
+    """A group method on ``model`` (a causal LM) for ``cfg.iterations`` iterations in ``run.folder``: checkpoints/,
     metrics.jsonl (every optimizer step: loss, policy_loss, kl, clip_fraction_low / _high, approx_kl, ratio_mean,
     entropy, reward), rollouts/ (per iteration: the rows and the stats: reward, reward_std_in_group,
     degenerate_share, truncated_share, response_length, kl, sampler_logprob_gap_max / _mean, and the reward
-    function's stats). ``reference`` may be None when the KL coefficient is 0. Resumes exactly (``ppo``'s module
-    docstring). Returns (StageResult, per-iteration stats)."""
+    function's stats). ``reference`` may be None when the KL coefficient is 0. Rollouts are drawn with
+    ``run.seed`` and ``tokens``' eos and pad ids; the fingerprint is ``run.fingerprint`` plus ``cfg`` under
+    'grpo'. Resumes exactly (``ppo``'s module docstring). Returns (StageResult, per-iteration stats)."""
     stage = stages.StageConfig(steps=cfg.steps, batch_size=cfg.rows // cfg.minibatches, optimizer=cfg.optimizer)
-    run = GroupRun(folder, reference, cfg, prompts, reward_fn, seed=seed, eos_id=eos_id, pad_id=pad_id,
-                   vocab_chunk=vocab_chunk, rows_per_score=rows_per_score, keep_rollouts=keep_rollouts)
+    batches = GroupRun(run, reference, cfg, prompts, reward_fn, tokens)
     if cfg.settings["kl_coef"] > 0 and reference is None:
         raise ValueError(f"GRPOConfig(method={cfg.method!r}) has kl_coef = {cfg.settings['kl_coef']:g}: pass a "
                          f"reference model, or set kl_coef=0")
     window = rollout.useful_window(cfg.max_new_tokens, prompts.tokens.shape[1] + cfg.max_new_tokens - 1)
     config = dict(dataclasses.asdict(cfg), settings=cfg.settings)
-    result = stages.run_stage(folder, model, grpo_loss_fn(cfg, vocab_chunk, window), stage, mesh, run.batch_fn,
-                              seed=seed, fingerprint=dict(fingerprint, grpo=config), save_every=save_every,
-                              batch_needs_model=True, desc=desc or cfg.method, resume_hint=resume_hint,
-                              progress=progress, hooks=hooks)
-    return result, run.all_stats()
+    result = run.sub(depends={"grpo": config}).stage(model, grpo_loss_fn(cfg, run.settings.vocab_chunk, window), stage,
+                                        train.ModelBatches(batches.batch_fn), hooks=hooks)
+    return result, batches.all_stats()

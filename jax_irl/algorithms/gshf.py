@@ -225,9 +225,6 @@ class Context(NamedTuple):
     batch_pairs: int
     max_length: int
     eval_samples: int
-    mesh: object
-    save_every: int
-    vocab_chunk: Optional[int] = None
     offline_records: Optional[List[Dict[str, str]]] = None  # a user's preference pairs: the offline set instead
 
 
@@ -283,29 +280,30 @@ def _pair_multiple(mesh) -> int:
     return rows // math.gcd(rows, 2)
 
 
-def _train_dpo(init, ctx: Context, method: GSHFMethod, buffer, folder: str, seed: int, fingerprint: dict):
+def _train_dpo(init, ctx: Context, method: GSHFMethod, buffer, run: stages.Run):
+    """DPO from ``init`` on the pair buffer as a stage of ``run`` (its fingerprint gains the buffer's digest)."""
+    vocab_chunk = run.settings.vocab_chunk
     buffer = pairs.distinct_pairs(ctx.settings.tokenizer, buffer, ctx.max_length, what="preference pairs")
     rows = pairs.preference_rows(ctx.settings.tokenizer, buffer, ctx.max_length)
-    ref = reference_logps(ctx.pi0, rows, vocab_chunk=ctx.vocab_chunk)
-    stage = stage_for(len(buffer), ctx.batch_pairs, method.epochs, ctx.optimizer, _pair_multiple(ctx.mesh))
+    ref = reference_logps(ctx.pi0, rows, vocab_chunk=vocab_chunk)
+    stage = stage_for(len(buffer), ctx.batch_pairs, method.epochs, ctx.optimizer, _pair_multiple(run.mesh))
     cfg = DPOConfig(method.beta, method.loss_type, method.label_smoothing, nll_weight=method.nll_weight)
     margin = None
     if method.pessimism:  # c * (Gamma_rejected - Gamma_chosen): see losses.preference on the sign
         margin = method.pessimism * np.array([r["rejected_uncertainty"] - r["chosen_uncertainty"] for r in buffer])
-    result = stages.run_stage(folder, init, dpo_loss_fn(cfg, ctx.vocab_chunk, rollout.loss_window(rows["mask"])),
-                              stage, ctx.mesh,
-                              pair_batch_fn(rows, ref, stage.batch_size, seed, margin), seed=seed,
-                              save_every=ctx.save_every,
-                              fingerprint=dict(fingerprint, buffer=pairs.records_digest(buffer), pairs=len(buffer)),
-                              desc=f"{os.path.basename(os.path.dirname(folder))} dpo ({len(buffer)} pairs)",
-                              resume_hint="Resume with --run-dir pointing at the run folder.")
+    run = run.sub(desc=f"{os.path.basename(os.path.dirname(run.folder))} dpo ({len(buffer)} pairs)",
+                  depends={"buffer": pairs.records_digest(buffer), "pairs": len(buffer)})
+    result = run.stage(init, dpo_loss_fn(cfg, vocab_chunk, rollout.loss_window(rows["mask"])), stage,
+                       pair_batch_fn(rows, ref, stage.batch_size, run.seed, margin))
     return result.model
 
 
-def run_method(method: GSHFMethod, ctx: Context, seed: int, folder: str, fingerprint: dict) -> dict:
-    """One (method, seed) run in ``folder``: {'final': metrics of the last policy, 'rounds': {round: metrics}
-    (online kinds), 'labels': pairs labelled, 'skipped': pairs skipped}. Every round's pairs, training and
-    evaluation are kept in folder/round_<t>/ and reused on resume."""
+def run_method(method: GSHFMethod, ctx: Context, run: stages.Run) -> dict:
+    """One (method, seed) run in ``run.folder`` with ``run.seed``: {'final': metrics of the last policy,
+    'rounds': {round: metrics} (online kinds), 'labels': pairs labelled, 'skipped': pairs skipped}. Every round's
+    pairs, training and evaluation are kept in folder/round_<t>/ and reused on resume; the stages' fingerprint is
+    ``run.fingerprint`` with the method, the seed and the round."""
+    seed, folder = run.seed, run.folder
     # pi0 and every policy sample the eval prompts with the same key (common random numbers): a policy equal to
     # pi0 draws the same samples, so its win rate is exactly 1/2 and the comparison is paired.
     eval_key = jax.random.PRNGKey(20_000 + seed)
@@ -315,12 +313,12 @@ def run_method(method: GSHFMethod, ctx: Context, seed: int, folder: str, fingerp
     def measure(policy, where: str) -> Dict[str, float]:
         return stages.cached_json(os.path.join(where, "eval.json"), lambda: evaluate_policy(
             policy, ctx.pi0, ctx.eval_prompts, eval_key, ctx.settings, ctx.eval_samples,
-            pi0_gold, ctx.vocab_chunk))
+            pi0_gold, run.settings.vocab_chunk))
 
     budget = method.rounds * method.prompts_per_round
-    base_fp = dict(fingerprint, method=method, seed=seed)
+    run = run.sub(depends={"method": method, "seed": seed})
     if method.kind in REJECTION_KINDS:
-        return _rejection(method, ctx, seed, folder, base_fp, budget, measure)
+        return _rejection(method, ctx, run, budget, measure)
     offline_rounds = {"offline_dpo": method.rounds, "hybrid": method.rounds // 2, "online": 0}[method.kind]
     buffer, rounds, skipped = [], {}, 0
     policy = ctx.pi0
@@ -335,8 +333,7 @@ def run_method(method: GSHFMethod, ctx: Context, seed: int, folder: str, fingerp
                 0, online=False))
         buffer += made["records"]
         skipped += made["counts"]["identical"] + made["counts"]["ties"]
-        policy = _train_dpo(ctx.pi0, ctx, method, buffer, os.path.join(where, "train"), seed,
-                            dict(base_fp, round=0))
+        policy = _train_dpo(ctx.pi0, ctx, method, buffer, run.sub("round_0/train", depends={"round": 0}))
         rounds["0"] = measure(policy, where)
     for t in range(1 if offline_rounds else 0, method.rounds - offline_rounds + (1 if offline_rounds else 0)):
         where = os.path.join(folder, f"round_{t}")
@@ -346,7 +343,7 @@ def run_method(method: GSHFMethod, ctx: Context, seed: int, folder: str, fingerp
         buffer += made["records"]
         skipped += made["counts"]["identical"] + made["counts"]["ties"]
         init = policy if method.warm_start else ctx.pi0
-        policy = _train_dpo(init, ctx, method, buffer, os.path.join(where, "train"), seed, dict(base_fp, round=t))
+        policy = _train_dpo(init, ctx, method, buffer, run.sub(f"round_{t}/train", depends={"round": t}))
         rounds[str(t)] = measure(policy, where)
     final = dict(rounds[max(rounds, key=int)], labels=float(len(buffer)), skipped=float(skipped),
                  budget=float(budget))
@@ -355,11 +352,11 @@ def run_method(method: GSHFMethod, ctx: Context, seed: int, folder: str, fingerp
     return {"final": final, "rounds": rounds}
 
 
-def _rejection(method: GSHFMethod, ctx: Context, seed: int, folder: str, fingerprint: dict, budget: int, measure):
+def _rejection(method: GSHFMethod, ctx: Context, run: stages.Run, budget: int, measure):
     """The rejection-sampling baselines: n ** N samples of pi0 per prompt for the label budget's prompts
     (N = len(rs_schedule) + 1 steps), rejection-sampled towards pi0 exp(r*/beta) with fresh candidates each step;
     then RAFT fine-tunes pi0 (MLE) on the accepted samples, or RSO trains DPO on pairs of them."""
-    where = os.path.join(folder, "round_0")
+    seed, where = run.seed, run.path("round_0")
     prompts = _round_prompts(ctx, seed, 0, budget)
     etas = method.rs_schedule + (method.beta,)
     drawn = drawn_per_prompt(method)
@@ -374,12 +371,11 @@ def _rejection(method: GSHFMethod, ctx: Context, seed: int, folder: str, fingerp
 
     made = stages.cached_json(os.path.join(where, "accepted.json"), accepted)
     total = sum(len(a) for a in made["accepted"])
-    fingerprint = dict(fingerprint, accepted=pairs.records_digest(made["accepted"]))
+    train_run = run.sub("round_0/train", depends={"accepted": pairs.records_digest(made["accepted"])})
     if method.kind == "rso":
         made_pairs = stages.cached_json(os.path.join(where, "pairs.json"), lambda: _rso_pairs(
             ctx, method, made, np.random.default_rng((seed, 0, 2))))
-        policy = _train_dpo(ctx.pi0, ctx, method, made_pairs["records"], os.path.join(where, "train"), seed,
-                            fingerprint)
+        policy = _train_dpo(ctx.pi0, ctx, method, made_pairs["records"], train_run)
         extra = {"pairs": float(len(made_pairs["records"])),
                  "skipped": float(made_pairs["counts"]["identical"] + made_pairs["counts"]["ties"])}
     else:
@@ -390,14 +386,11 @@ def _rejection(method: GSHFMethod, ctx: Context, seed: int, folder: str, fingerp
                                            ctx.max_length)
         rows = batching.trim_padding({"tokens": encoded["tokens"], "mask": encoded["mask"]}, tok.pad_id)
         stage = stage_for(len(records), 2 * ctx.batch_pairs, method.epochs, ctx.optimizer,
-                          int(ctx.mesh.shape["data"] * ctx.mesh.shape["fsdp"]))
+                          int(run.mesh.shape["data"] * run.mesh.shape["fsdp"]))
         sampler = batching.BatchSampler(len(records), stage.batch_size, seed=seed)
-        policy = stages.run_stage(os.path.join(where, "train"), ctx.pi0,
-                                  sft.loss_fn(vocab_chunk=ctx.vocab_chunk, window=rollout.loss_window(rows["mask"])),
-                                  stage, ctx.mesh, sampler.batch_fn(rows), seed=seed, save_every=ctx.save_every,
-                                  fingerprint=fingerprint,
-                                  desc=f"{os.path.basename(folder)} raft ({len(records)} samples)",
-                                  resume_hint="Resume with --run-dir pointing at the run folder.").model
+        loss = sft.loss_fn(vocab_chunk=run.settings.vocab_chunk, window=rollout.loss_window(rows["mask"]))
+        policy = train_run.sub(desc=f"{os.path.basename(run.folder)} raft ({len(records)} samples)").stage(
+            ctx.pi0, loss, stage, sampler.batch_fn(rows)).model
         extra = {"skipped": 0.0}
     final = dict(measure(policy, where), labels=float(budget * drawn), budget=float(budget),
                  accept_rate=float(total / (budget * method.candidates)), **extra)

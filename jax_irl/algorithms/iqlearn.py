@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import jax
 import numpy as np
 
-from jax_irl import losses, metrics, rollout, stages
+from jax_irl import losses, metrics, rollout, sampling, stages, train
 from jax_irl.algorithms import sft
 from jax_irl.data import batching
 
@@ -115,27 +115,29 @@ def online_batch_fn(method: Method, sampler: batching.BatchSampler, encoded: Dic
     return batch_fn
 
 
-def finetune(method: Method, base, stage: stages.StageConfig, mesh, encoded: Dict[str, np.ndarray], folder: str, *,
-             seed: int, fingerprint: dict, save_every: int, prompt_width: int, max_new_tokens: int, eos_id: int,
-             pad_id: int, vocab_chunk: Optional[int] = None, resumable_keys=(), desc: str = "finetune",
-             resume_hint: str = ""):
-    """The method as one resumable stage from ``base`` on encoded rows (tokens, mask, prompt_lengths); returns
-    the fine-tuned model. Batches: ``batching.BatchSampler(seed=seed)``; online adds policy samples. With
-    ``method.train_examples`` only the first that many rows are trained on (for the same number of steps)."""
+def finetune(run: stages.Run, method: Method, base, stage: stages.StageConfig, encoded: Dict[str, np.ndarray],
+             spec: Optional[sampling.SamplingSpec] = None):
+    """The method as one resumable stage from ``base`` on encoded rows (tokens, mask, prompt_lengths) in
+    ``run`` (``stages.run_stage``); returns the fine-tuned model. Batches: ``batching.BatchSampler`` with
+    ``run.seed``; online adds policy samples drawn by ``spec`` (eos and pad ids, ``max_new_tokens``, and the
+    ``prompt_width`` prompts are padded to), which only online methods need. With ``method.train_examples`` only
+    the first that many rows are trained on (for the same number of steps)."""
     encoded = sft.first_examples(encoded, method.train_examples)
-    sampler = batching.BatchSampler(len(encoded["tokens"]), stage.batch_size, seed=seed)
+    sampler = batching.BatchSampler(len(encoded["tokens"]), stage.batch_size, seed=run.seed)
     online = method.kind == "online"
     if online:
-        batch_fn = online_batch_fn(method, sampler, encoded, seed=seed, prompt_width=prompt_width,
-                                   max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id)
+        if spec is None or spec.max_new_tokens is None or spec.prompt_width is None:
+            raise ValueError(f"online IQLearn samples from the policy: pass a sampling spec with max_new_tokens and "
+                             f"prompt_width; got {spec!r}")
+        batch_fn = train.ModelBatches(online_batch_fn(method, sampler, encoded, seed=run.seed,
+                                                      prompt_width=spec.prompt_width,
+                                                      max_new_tokens=spec.max_new_tokens, eos_id=spec.eos_id,
+                                                      pad_id=spec.pad_id))
     else:
         batch_fn = sampler.batch_fn({"tokens": encoded["tokens"], "mask": encoded["mask"]})
-    loss_fn = make_loss_fn(method, vocab_chunk=vocab_chunk, window=rollout.loss_window(encoded["mask"]),
-                           policy_window=max_new_tokens if online else None)
-    result = stages.run_stage(folder, base, loss_fn, stage, mesh, batch_fn,
-                              seed=seed, fingerprint=fingerprint, save_every=save_every, resumable_keys=resumable_keys,
-                              batch_needs_model=online, desc=desc, resume_hint=resume_hint)
-    return result.model
+    loss_fn = make_loss_fn(method, vocab_chunk=run.settings.vocab_chunk, window=rollout.loss_window(encoded["mask"]),
+                           policy_window=spec.max_new_tokens if online else None)
+    return run.stage(base, loss_fn, stage, batch_fn).model
 
 
 def evaluate(model, tokenizer, prompts: np.ndarray, prompt_mask: np.ndarray, references: Sequence[str], key, *,

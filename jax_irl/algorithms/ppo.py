@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jax_irl import losses, rollout, stages, train
+from jax_irl import losses, rollout, sampling, stages, train
 from jax_irl.losses._common import masked_whiten
 from jax_irl.models.heads import ValueHead
 
@@ -295,18 +295,20 @@ class PPORun:
     the rollout of the position's iteration and returns its minibatch. Rollout stats go to rollouts/<i>.json,
     rows to rollouts/<i>.npz (the last ``keep_rollouts`` are kept; None keeps all)."""
 
-    def __init__(self, folder: str, reference, cfg: PPOConfig, prompts: rollout.Prompts, reward_fn: RewardFn, *, seed: int,
-                 eos_id: int, pad_id: int, vocab_chunk: Optional[int] = None, rows_per_score: Optional[int] = None,
-                 keep_rollouts: Optional[int] = 4):
+    def __init__(self, run: stages.Run, reference, cfg: PPOConfig, prompts: rollout.Prompts, reward_fn: RewardFn,
+                 tokens: sampling.SamplingSpec):
         if len(prompts.tokens) < cfg.prompts_per_rollout:
             raise ValueError(f"{len(prompts.tokens)} prompts for prompts_per_rollout={cfg.prompts_per_rollout}")
         prompts.check()
-        self.dir = os.path.join(folder, "rollouts")
+        tokens.check_length(cfg.max_new_tokens, type(cfg).__name__)
+        self.dir = run.path("rollouts")
         self.reference, self.cfg, self.prompts, self.reward_fn = reference, cfg, prompts, reward_fn
-        self.seed, self.eos_id, self.pad_id = seed, eos_id, pad_id
-        self.vocab_chunk, self.rows_per_score, self.keep = vocab_chunk, rows_per_score, keep_rollouts
+        self.seed, self.eos_id, self.pad_id = run.seed, tokens.eos_id, tokens.pad_id
+        settings = run.settings
+        self.vocab_chunk, self.rows_per_score, self.keep = (settings.vocab_chunk, settings.rows_per_score,
+                                                            settings.keep_rollouts)
         from jax_irl.data.batching import BatchSampler
-        self.sampler = BatchSampler(len(prompts.tokens), cfg.prompts_per_rollout, seed=seed)
+        self.sampler = BatchSampler(len(prompts.tokens), cfg.prompts_per_rollout, seed=run.seed)
         self._cache: Dict[int, Dict[str, np.ndarray]] = {}
 
     def _paths(self, i: int) -> Tuple[str, str]:
@@ -378,27 +380,25 @@ class PPORun:
         return {k: v[idx] for k, v in rows.items()}
 
 
-def train_ppo(folder: str, model: ActorCritic, reference, cfg: PPOConfig, mesh, prompts: rollout.Prompts,
-              reward_fn: RewardFn, *, seed: int, eos_id: int, pad_id: int, fingerprint: Dict, save_every: int,
-              vocab_chunk: Optional[int] = None, rows_per_score: Optional[int] = None, keep_rollouts: Optional[int] = 4,
-              hooks: Sequence[train.Every] = (), progress: bool = True, desc: str = "ppo",
-              resume_hint: str = "") -> Tuple[stages.StageResult, list]:
-    """PPO on ``model`` (an ActorCritic) for ``cfg.iterations`` iterations in ``folder``: checkpoints/,
+def train_ppo(run: stages.Run, model: ActorCritic, reference, cfg: PPOConfig, prompts: rollout.Prompts,
+              reward_fn: RewardFn, tokens: sampling.SamplingSpec, *,
+              hooks: Sequence[train.Every] = ()) -> Tuple[stages.StageResult, list]:
+    """PPO on ``model`` (an ActorCritic) for ``cfg.iterations`` iterations in ``run.folder``: checkpoints/,
     metrics.jsonl (every optimizer step: loss, policy_loss, value_loss, clip_fraction, approx_kl, entropy,
     value_error, explained_variance, and the minibatch's reward and KL), rollouts/ (per iteration: the rows and
-    the rollout's stats). Resumes exactly (module docstring). Returns (StageResult, per-iteration stats)."""
+    the rollout's stats; the last ``run.settings.keep_rollouts`` iterations keep their rows). Rollouts are drawn
+    with ``run.seed``, ``tokens``' eos and pad ids and ``cfg``'s length and temperature; the fingerprint is
+    ``run.fingerprint`` plus ``cfg`` under 'ppo'. ``hooks`` run on the optimizer steps' schedule (``train.Every``).
+    Resumes exactly (module docstring). Returns (StageResult, per-iteration stats)."""
     stage = stages.StageConfig(steps=cfg.steps, batch_size=cfg.rows // cfg.minibatches, optimizer=cfg.optimizer)
     if cfg.kl_target is not None and kl_coef_reach(cfg) < 2.0:
         print(f"note: the adaptive KL coefficient can move at most {kl_coef_reach(cfg):.2f}x over {cfg.iterations} "
               f"iterations of {cfg.rows} responses at kl_horizon={cfg.kl_horizon}, so kl_target={cfg.kl_target:g} "
               f"barely acts; a kl_horizon of about {max(1, int(0.2 * cfg.rows * cfg.iterations / 2.3))} lets it move "
               f"10x")
-    run = PPORun(folder, reference, cfg, prompts, reward_fn, seed=seed, eos_id=eos_id, pad_id=pad_id,
-                 vocab_chunk=vocab_chunk, rows_per_score=rows_per_score, keep_rollouts=keep_rollouts)
+    batches = PPORun(run, reference, cfg, prompts, reward_fn, tokens)
     window = rollout.useful_window(cfg.max_new_tokens, prompts.tokens.shape[1] + cfg.max_new_tokens - 1)
-    result = stages.run_stage(folder, model, ppo_loss_fn(cfg, vocab_chunk, window), stage, mesh, run.batch_fn,
-                              seed=seed,
-                              fingerprint=dict(fingerprint, ppo=dataclasses.asdict(cfg)), save_every=save_every,
-                              batch_needs_model=True, desc=desc, resume_hint=resume_hint, progress=progress,
-                              hooks=hooks)
-    return result, run.all_stats()
+    result = run.sub(depends={"ppo": dataclasses.asdict(cfg)}).stage(
+        model, ppo_loss_fn(cfg, run.settings.vocab_chunk, window), stage, train.ModelBatches(batches.batch_fn),
+        hooks=hooks)
+    return result, batches.all_stats()

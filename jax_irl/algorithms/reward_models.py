@@ -156,26 +156,24 @@ def bt_loss_fn(kind: RMKind):
     return loss_fn
 
 
-def fit_pairs(folder: str, model: nnx.Module, kind: RMKind, records: Sequence[Dict[str, str]], tokenizer,
-              stage: stages.StageConfig, mesh, *, max_length: int, seed: int, save_every: int,
-              fingerprint: Dict[str, object], desc: str = "reward model") -> nnx.Module:
+def fit_pairs(run: stages.Run, model: nnx.Module, kind: RMKind, records: Sequence[Dict[str, str]], tokenizer,
+              stage: stages.StageConfig, *, max_length: int) -> nnx.Module:
     """Train a reward model of ``kind`` by Bradley-Terry (``bt_loss_fn``) on preference records (prompt, chosen,
-    rejected) in ``folder``, resuming there; pairs whose two responses encode to the same tokens are dropped
-    (``pairs.distinct_pairs``). Batches of ``stage.batch_size`` pairs are a pure function of (seed, position).
-    Returns the trained model."""
+    rejected) as a stage of ``run`` (``stages.run_stage``; its fingerprint gains the kind and the pair count),
+    resuming there; pairs whose two responses encode to the same tokens are dropped (``pairs.distinct_pairs``).
+    Batches of ``stage.batch_size`` pairs are a pure function of (run.seed, position). Returns the trained
+    model."""
     records = pairs.distinct_pairs(tokenizer, records, max_length, what="reward-model pairs")
     rows = pair_rows(pairs.preference_rows(tokenizer, records, max_length))
-    batches = batching.BatchSampler(len(records), min(stage.batch_size, len(records)), seed=seed)
+    batches = batching.BatchSampler(len(records), min(stage.batch_size, len(records)), seed=run.seed)
 
     def batch_fn(position):
         idx = batches.indices(position)
         rows_idx = np.stack([2 * idx, 2 * idx + 1], 1).reshape(-1)
         return {k: rows[k][rows_idx] for k in ("tokens", "attention")}
 
-    return stages.run_stage(folder, model, bt_loss_fn(kind), stage, mesh, batch_fn, seed=seed, save_every=save_every,
-                            fingerprint=dict(fingerprint, kind=kind, pairs=len(records)),
-                            tx=optimizer_for(kind, stage.optimizer, stage.steps), desc=desc,
-                            resume_hint="Resume with --run-dir pointing at the run folder.").model
+    return run.sub(depends={"kind": kind, "pairs": len(records)}).stage(
+        model, bt_loss_fn(kind), stage, batch_fn, tx=optimizer_for(kind, stage.optimizer, stage.steps)).model
 
 
 def evaluate_pairs(model, rows: Dict[str, np.ndarray], rows_per_batch: int = 64) -> Dict[str, object]:

@@ -1,7 +1,7 @@
 """Supervised fine-tuning: maximum likelihood on the response tokens, the stage every recipe starts from.
 
-    model = sft.finetune(base, StageConfig(steps=800, batch_size=32), mesh, encoded, folder, seed=0,
-                         fingerprint={"task": ..., "base": ...}, save_every=100)
+    run = stages.Run.start(folder, stages.RunSettings(save_every=100), fingerprint={"task": ..., "base": ...})
+    model = sft.finetune(run, base, StageConfig(steps=800, batch_size=32), encoded)
     loss_fn = sft.loss_fn(vocab_chunk=16384, window=rollout.loss_window(rows["mask"]))   # for stages.run_stage
 
 It trains pi0 for GSHF and the reward-ensemble runs, pi_sft for RLSF, the built-in base models' pretraining, and
@@ -83,35 +83,27 @@ def first_examples(encoded: Dict[str, np.ndarray], count: Optional[int]) -> Dict
     return {k: v[:count] if np.ndim(v) and len(v) == rows else v for k, v in encoded.items()}
 
 
-def finetune(base, stage: stages.StageConfig, mesh, encoded: Dict[str, np.ndarray], folder: str, *, seed: int,
-             fingerprint: dict, save_every: int, vocab_chunk: Optional[int] = None,
-             train_examples: Optional[int] = None, resumable_keys=(), desc: str = "sft", resume_hint: str = ""):
-    """MLE fine-tuning of ``base`` as one resumable stage in ``folder``; returns the fine-tuned model.
+def finetune(run: stages.Run, base, stage: stages.StageConfig, encoded: Dict[str, np.ndarray], *,
+             train_examples: Optional[int] = None):
+    """MLE fine-tuning of ``base`` as one resumable stage in ``run.folder``; returns the fine-tuned model.
 
     Args:
+      run: the stage's run: its folder (checkpoints/, metrics.jsonl, tensorboard/; a run with the same
+        fingerprint resumes from its latest checkpoint), mesh, settings (checkpoint interval, ``vocab_chunk`` as
+        in ``loss_fn``), fingerprint (what the stage depends on: data, base, ...; checked on resume) and seed
+        (the batch order's: ``batching.BatchSampler``, a batch is a pure function of seed and step).
       base: the model to start from (not modified; the stage trains a copy of its state).
       stage: steps, batch size and optimizer; part of the checkpoint fingerprint.
-      mesh: the device mesh of the train step.
       encoded: rows from ``batching.encode_examples``: tokens [N, T] and mask [N, T - 1] (1 on the responses).
-      folder: the stage's folder (checkpoints/, metrics.jsonl, tensorboard/); a run with the same fingerprint
-        resumes from its latest checkpoint.
-      seed: the batch order's seed (``batching.BatchSampler``: a batch is a pure function of seed and step).
-      fingerprint: what the stage depends on (data, base, ...), checked on resume.
-      save_every: checkpoint interval in steps.
-      vocab_chunk: as in ``loss_fn``.
       train_examples: train on only the first that many rows (for the same number of steps).
-      resumable_keys, desc, resume_hint: as in ``stages.run_stage``.
 
     Returns:
       The fine-tuned model.
     """
     encoded = first_examples(encoded, train_examples)
-    sampler = batching.BatchSampler(len(encoded["tokens"]), stage.batch_size, seed=seed)
-    result = stages.run_stage(folder, base, loss_fn(vocab_chunk=vocab_chunk,
-                                                    window=rollout.loss_window(encoded["mask"])),
-                              stage, mesh, sampler.batch_fn({"tokens": encoded["tokens"], "mask": encoded["mask"]}),
-                              seed=seed, fingerprint=fingerprint, save_every=save_every,
-                              resumable_keys=resumable_keys, desc=desc, resume_hint=resume_hint)
+    sampler = batching.BatchSampler(len(encoded["tokens"]), stage.batch_size, seed=run.seed)
+    loss = loss_fn(vocab_chunk=run.settings.vocab_chunk, window=rollout.loss_window(encoded["mask"]))
+    result = run.stage(base, loss, stage, sampler.batch_fn({"tokens": encoded["tokens"], "mask": encoded["mask"]}))
     return result.model
 
 

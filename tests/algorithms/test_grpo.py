@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_irl import losses, parallel, rollout, stages, train
+from jax_irl import losses, parallel, rollout, sampling, stages, train
 from jax_irl.algorithms import grpo
 from jax_irl.models.config import TransformerConfig
 from jax_irl.models.transformer import Transformer
@@ -49,8 +49,9 @@ PROMPTS3 = rollout.Prompts(np.array([[0, 2], [2, 4], [0, 6]], np.int32), np.arra
 def _run(folder, cfg, reward_fn, prompts=PROMPT, reference=True, seed=0):
     policy = _policy()
     ref = nnx.clone(policy) if reference else None
-    return grpo.train_grpo(str(folder), policy, ref, cfg, _mesh(), prompts, reward_fn, seed=seed, eos_id=EOS,
-                           pad_id=PAD, fingerprint={"test": 1}, save_every=1000, progress=False)
+    run = stages.Run(str(folder), _mesh(), stages.RunSettings(save_every=1000), fingerprint={"test": 1}, seed=seed,
+                     progress=False)
+    return grpo.train_grpo(run, policy, ref, cfg, prompts, reward_fn, sampling.SamplingSpec(EOS, PAD))
 
 
 def _bandit_cfg(method, **kw):

@@ -163,8 +163,8 @@ def test_dpo_on_a_buffer_starts_at_log2_lowers_its_loss_and_widens_the_margin(lm
     np.testing.assert_allclose(ref, direct, rtol=1e-5, atol=1e-4)
     stage = stages.StageConfig(steps=40, batch_size=4, optimizer=train.OptimizerConfig(learning_rate=1e-2))
     mesh = parallel.make_mesh(parallel.MeshConfig(1, 1, 1), jax.devices()[:1])
-    stages.run_stage(str(tmp_path), pi0, gshf.dpo_loss_fn(gshf.DPOConfig(beta=0.5)), stage, mesh,
-                     gshf.pair_batch_fn(rows, ref, 4, seed=0), seed=0, fingerprint={}, save_every=100, progress=False)
+    stages.run_stage(stages.Run(str(tmp_path), mesh, progress=False), pi0, gshf.dpo_loss_fn(gshf.DPOConfig(beta=0.5)),
+                     stage, gshf.pair_batch_fn(rows, ref, 4, seed=0))
     with open(tmp_path / "metrics.jsonl") as f:
         log = [json.loads(line) for line in f]
     assert log[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference
@@ -202,8 +202,13 @@ def _context(lm, tmp_path):
     return gshf.Context(pi0=pi0, train_prompts=every, eval_prompts=every.take(np.arange(6)),
                         settings=pairs.SampleSettings(tok, 10, pairs.per_sample(arithmetic.graded_reward), temperature=1.0),
                         oracle=pairs.OracleConfig(temperature=0.05), optimizer=train.OptimizerConfig(learning_rate=1e-3),
-                        batch_pairs=4, max_length=48, eval_samples=2,
-                        mesh=parallel.make_mesh(parallel.MeshConfig(1, 1, 1), jax.devices()[:1]), save_every=100)
+                        batch_pairs=4, max_length=48, eval_samples=2)
+
+
+def _run(folder, seed: int) -> stages.Run:
+    """A (method, seed) run in ``folder`` on one device."""
+    return stages.Run(str(folder), parallel.make_mesh(parallel.MeshConfig(1, 1, 1), jax.devices()[:1]), seed=seed,
+                      progress=False)
 
 
 def _params(model):
@@ -214,7 +219,7 @@ def test_online_loop_bookkeeping_reference_and_restarts(lm, tmp_path):
     ctx = _context(lm, tmp_path)
     before = _params(ctx.pi0)
     method = gshf.GSHFMethod("online", beta=0.5, rounds=3, prompts_per_round=6, candidates=3)
-    out = gshf.run_method(method, ctx, seed=0, folder=str(tmp_path / "cold"), fingerprint={})
+    out = gshf.run_method(method, ctx, _run(tmp_path / "cold", 0))
     jax.tree.map(np.testing.assert_array_equal, before, _params(ctx.pi0))  # pi0 (the reference) never changes
     sizes = []
     for t in range(3):
@@ -232,8 +237,7 @@ def test_online_loop_bookkeeping_reference_and_restarts(lm, tmp_path):
     for key in ("gold", "kl", "win_rate"):
         assert np.isfinite(out["final"][key])
     warm = gshf.run_method(gshf.GSHFMethod("online", beta=0.5, rounds=2, prompts_per_round=6, candidates=3,
-                                           warm_start=True), ctx, seed=0, folder=str(tmp_path / "warm"),
-                           fingerprint={})
+                                           warm_start=True), ctx, _run(tmp_path / "warm", 0))
     with open(tmp_path / "warm" / "round_1" / "train" / "metrics.jsonl") as f:
         assert abs(json.loads(f.readline())["loss"] - math.log(2)) > 1e-3  # warm start: from the last iterate
     assert set(warm["rounds"]) == {"0", "1"}
@@ -242,8 +246,7 @@ def test_online_loop_bookkeeping_reference_and_restarts(lm, tmp_path):
 def test_raft_and_rso_train_on_the_accepted_samples_of_fresh_multistep_rejection(lm, tmp_path):
     ctx = _context(lm, tmp_path)
     common = dict(beta=0.5, rounds=1, prompts_per_round=6, candidates=3, rs_schedule=(2.0,))
-    rso = gshf.run_method(gshf.GSHFMethod("rso", **common), ctx, seed=0, folder=str(tmp_path / "rso"),
-                          fingerprint={})
+    rso = gshf.run_method(gshf.GSHFMethod("rso", **common), ctx, _run(tmp_path / "rso", 0))
     with open(tmp_path / "rso" / "round_0" / "accepted.json") as f:
         made = json.load(f)
     # 3 ** 2 = 9 samples of pi0 a prompt go in (the labels: gold rewards read); the last step's pool is 3 fresh
@@ -261,8 +264,7 @@ def test_raft_and_rso_train_on_the_accepted_samples_of_fresh_multistep_rejection
         assert by_prompt[r["prompt"]][r["chosen"]] >= by_prompt[r["prompt"]][r["rejected"]]
     with open(tmp_path / "rso" / "round_0" / "train" / "metrics.jsonl") as f:
         assert json.loads(f.readline())["loss"] == pytest.approx(math.log(2), abs=1e-5)  # DPO from pi0
-    raft = gshf.run_method(gshf.GSHFMethod("raft", **common), ctx, seed=0, folder=str(tmp_path / "raft"),
-                           fingerprint={})
+    raft = gshf.run_method(gshf.GSHFMethod("raft", **common), ctx, _run(tmp_path / "raft", 0))
     with open(tmp_path / "raft" / "round_0" / "accepted.json") as f:
         assert json.load(f) == made  # the same sampler, seed and prompts: the same accepted samples
     accepted = sum(len(kept) for kept in made["accepted"])
@@ -278,7 +280,7 @@ def test_raft_and_rso_train_on_the_accepted_samples_of_fresh_multistep_rejection
 def test_a_loop_killed_mid_round_resumes_to_the_same_result(lm, tmp_path, monkeypatch):
     ctx = _context(lm, tmp_path)
     method = gshf.GSHFMethod("hybrid", beta=0.5, rounds=2, prompts_per_round=6, candidates=3)
-    straight = gshf.run_method(method, ctx, seed=1, folder=str(tmp_path / "a"), fingerprint={})
+    straight = gshf.run_method(method, ctx, _run(tmp_path / "a", 1))
     original = gshf.pair_batch_fn
     state = {"calls": 0}
 
@@ -296,9 +298,9 @@ def test_a_loop_killed_mid_round_resumes_to_the_same_result(lm, tmp_path, monkey
 
     monkeypatch.setattr(gshf, "pair_batch_fn", preempting)
     with pytest.raises(stages.StagePreempted):
-        gshf.run_method(method, ctx, seed=1, folder=str(tmp_path / "b"), fingerprint={})
+        gshf.run_method(method, ctx, _run(tmp_path / "b", 1))
     assert state.get("sent")
-    resumed = gshf.run_method(method, ctx, seed=1, folder=str(tmp_path / "b"), fingerprint={})
+    resumed = gshf.run_method(method, ctx, _run(tmp_path / "b", 1))
     assert resumed == straight
 
     def final_checksums(folder):  # the checksums every checkpoint records of its params and optimizer state
@@ -347,7 +349,7 @@ def test_pessimistic_dpo_puts_the_uncertainty_margin_into_the_loss(lm, tmp_path)
     ctx = ctx._replace(settings=ctx.settings._replace(
         uncertainty=lambda prompts, refs, responses: np.array([[len(t) / 10 for t in ts] for ts in responses])))
     method = gshf.GSHFMethod("online", beta=0.5, rounds=1, prompts_per_round=6, candidates=3, pessimism=2.0)
-    gshf.run_method(method, ctx, seed=0, folder=str(tmp_path / "p"), fingerprint={})
+    gshf.run_method(method, ctx, _run(tmp_path / "p", 0))
     with open(tmp_path / "p" / "round_0" / "pairs.json") as f:
         records = json.load(f)["records"]
     margin = np.array([2.0 * (len(r["rejected"]) - len(r["chosen"])) / 10 for r in records])
@@ -360,7 +362,7 @@ def test_pessimistic_dpo_puts_the_uncertainty_margin_into_the_loss(lm, tmp_path)
         assert json.loads(f.readline())["loss"] == pytest.approx(want, rel=1e-5)
     without = ctx._replace(settings=ctx.settings._replace(uncertainty=None))
     with pytest.raises(ValueError, match="pessimistic DPO needs the oracle's uncertainty"):
-        gshf.run_method(method, without, seed=0, folder=str(tmp_path / "q"), fingerprint={})
+        gshf.run_method(method, without, _run(tmp_path / "q", 0))
 
 
 def test_a_users_preference_file_is_the_offline_set(lm, tmp_path):
@@ -369,8 +371,7 @@ def test_a_users_preference_file_is_the_offline_set(lm, tmp_path):
     path = tmp_path / "prefs.jsonl"
     jsonl.write_jsonl(str(path), RECORDS)
     ctx = _context(lm, tmp_path)._replace(offline_records=jsonl.read_jsonl(str(path), "preference"))
-    out = gshf.run_method(gshf.GSHFMethod("offline_dpo", beta=0.5, rounds=1, prompts_per_round=4), ctx, seed=0,
-                          folder=str(tmp_path / "u"), fingerprint={})
+    out = gshf.run_method(gshf.GSHFMethod("offline_dpo", beta=0.5, rounds=1, prompts_per_round=4), ctx, _run(tmp_path / "u", 0))
     assert out["final"]["labels"] == len(RECORDS)
     with open(tmp_path / "u" / "buffer.jsonl") as f:
         assert [json.loads(line) for line in f] == RECORDS

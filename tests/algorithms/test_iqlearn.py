@@ -1,10 +1,12 @@
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from jax_irl import losses, rollout, stages
+from jax_irl import losses, rollout, sampling, stages, train
 from jax_irl.algorithms import iqlearn
 from jax_irl.models.config import TransformerConfig
 from jax_irl.models.transformer import Transformer
@@ -209,18 +211,26 @@ def test_the_small_data_ablation_trains_on_the_first_rows_only(tmp_path, setup):
                "prompt_lengths": np.full(40, 3), "truncated": np.int32(0)}  # as encode_examples returns them
     encoded["mask"][:, :2] = 0.0
     stage = stages.StageConfig(steps=3, batch_size=8, optimizer=train.OptimizerConfig(learning_rate=1e-2))
-    mesh = parallel.make_mesh(parallel.MeshConfig())
-    kw = dict(seed=0, fingerprint={}, save_every=10, prompt_width=3, max_new_tokens=2, eos_id=0, pad_id=0)
-    small = iqlearn.finetune(iqlearn.Method("mle", train_examples=16), model, stage, mesh, encoded,
-                             str(tmp_path / "a"), **kw)
+    root = stages.Run.start(str(tmp_path), stages.RunSettings(save_every=10), progress=False)
+    small = iqlearn.finetune(root.sub("a"), iqlearn.Method("mle", train_examples=16), model, stage, encoded)
     first_rows = {k: v[:16] if np.ndim(v) else v for k, v in encoded.items()}
-    first = iqlearn.finetune(iqlearn.Method("mle"), model, stage, mesh, first_rows,
-                             str(tmp_path / "b"), **kw)
-    whole = iqlearn.finetune(iqlearn.Method("mle"), model, stage, mesh, encoded, str(tmp_path / "c"), **kw)
+    first = iqlearn.finetune(root.sub("b"), iqlearn.Method("mle"), model, stage, first_rows)
+    whole = iqlearn.finetune(root.sub("c"), iqlearn.Method("mle"), model, stage, encoded)
     leaves = lambda m: jax.tree.leaves(nnx.state(m, nnx.Param))  # noqa: E731
     for a, b in zip(leaves(small), leaves(first)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(leaves(small), leaves(whole)))
     with pytest.raises(ValueError, match="train_examples=41 exceeds the 40 training examples"):
-        iqlearn.finetune(iqlearn.Method("mle", train_examples=41), model, stage, mesh, encoded, str(tmp_path / "d"),
-                         **kw)
+        iqlearn.finetune(root.sub("d"), iqlearn.Method("mle", train_examples=41), model, stage, encoded)
+
+
+def test_online_finetune_without_a_sampling_spec_is_refused(tmp_path, setup):
+    model, _ = setup
+    encoded = {"tokens": np.zeros((8, 6), np.int32), "mask": np.ones((8, 5), np.float32),
+               "prompt_lengths": np.full(8, 2)}
+    stage = stages.StageConfig(steps=2, batch_size=4, optimizer=train.OptimizerConfig(learning_rate=1e-2))
+    run = stages.Run.start(str(tmp_path), stages.RunSettings(), progress=False)
+    for spec in (None, sampling.SamplingSpec(0, 0), sampling.SamplingSpec(0, 0, max_new_tokens=2)):
+        with pytest.raises(ValueError, match="online IQLearn samples from the policy: pass a sampling spec"):
+            iqlearn.finetune(run, iqlearn.Method("online", td_weight=0.1), model, stage, encoded, spec)
+    assert not os.path.exists(tmp_path / "checkpoints")

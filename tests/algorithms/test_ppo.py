@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_irl import losses, parallel, rollout, stages, train
+from jax_irl import losses, parallel, rollout, sampling, stages, train
 from jax_irl.algorithms import ppo
 from jax_irl.models.config import TransformerConfig
 from jax_irl.models.transformer import Transformer
@@ -54,8 +54,9 @@ def _run(folder, cfg, reward_fn, prompts=PROMPT, critic="shared", seed=0):
     policy = _policy()
     reference = nnx.clone(policy)
     model = ppo.ActorCritic(policy, critic, rngs=nnx.Rngs(1))
-    return ppo.train_ppo(str(folder), model, reference, cfg, _mesh(), prompts, reward_fn, seed=seed, eos_id=EOS,
-                         pad_id=PAD, fingerprint={"test": 1}, save_every=1000, progress=False)
+    run = stages.Run(str(folder), _mesh(), stages.RunSettings(save_every=1000), fingerprint={"test": 1}, seed=seed,
+                     progress=False)
+    return ppo.train_ppo(run, model, reference, cfg, prompts, reward_fn, sampling.SamplingSpec(EOS, PAD))
 
 
 @pytest.mark.slow
@@ -311,3 +312,14 @@ def test_bad_configs_and_rewards_are_refused_by_name(tmp_path):
                 prompts_per_rollout=3, samples_per_prompt=2, max_new_tokens=2), PROMPTS3,
                 lambda p, r, m: (np.zeros(len(p)), {"bad": np.zeros(2)}), jax.random.PRNGKey(0), 0.1, eos_id=EOS,
                 pad_id=PAD)
+
+
+def test_a_sampling_spec_whose_length_disagrees_with_the_config_is_refused(tmp_path):
+    cfg = ppo.PPOConfig(iterations=1, prompts_per_rollout=1, samples_per_prompt=2, max_new_tokens=3, minibatches=1)
+    run = stages.Run(str(tmp_path), _mesh(), progress=False)
+    model = ppo.ActorCritic(_policy(), rngs=nnx.Rngs(1))
+    with pytest.raises(ValueError, match="max_new_tokens=5 disagrees with PPOConfig.max_new_tokens=3"):
+        ppo.train_ppo(run, model, _policy(), cfg, PROMPT, _bandit_reward, sampling.SamplingSpec(EOS, PAD, 5))
+    assert not os.path.exists(tmp_path / "checkpoints")  # refused before anything was written
+    spec = sampling.SamplingSpec.of(type("Tok", (), {"eos_id": 7, "pad_id": 0})(), max_new_tokens=3)
+    assert spec == sampling.SamplingSpec(7, 0, 3) and spec.temperature == 1.0 and spec.prompt_width is None

@@ -76,13 +76,12 @@ def test_finetune_lowers_the_loss_and_a_finished_stage_is_reused(tmp_path, data)
     rng = np.random.default_rng(1)
     encoded = {"tokens": rng.integers(3, 9, (16, 9)).astype(np.int32), "mask": np.ones((16, 8), np.float32)}
     stage = stages.StageConfig(steps=12, batch_size=8, optimizer=train.OptimizerConfig(learning_rate=3e-2))
-    mesh = parallel.make_mesh(parallel.MeshConfig())
-    kw = dict(seed=0, fingerprint={"data": "random"}, save_every=100)
+    run = stages.Run.start(str(tmp_path), stages.RunSettings(), fingerprint={"data": "random"}, progress=False)
     before = float(sft.loss_fn()(model, encoded, None)[0])
-    tuned = sft.finetune(model, stage, mesh, encoded, str(tmp_path), **kw)
+    tuned = sft.finetune(run, model, stage, encoded)
     after = float(sft.loss_fn()(tuned, encoded, None)[0])
     assert after < before - 0.3, (before, after)  # the tokens come from 6 of 37 ids: a quick gain
-    again = sft.finetune(model, stage, mesh, encoded, str(tmp_path), **kw)  # resumes at the last step: no training
+    again = sft.finetune(run, model, stage, encoded)  # resumes at the last step: no training
     for a, b in zip(jax.tree.leaves(nnx.state(tuned, nnx.Param)), jax.tree.leaves(nnx.state(again, nnx.Param))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 

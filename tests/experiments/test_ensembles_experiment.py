@@ -17,7 +17,7 @@ TINY = ["seeds=(0)", "methods=(single,ensemble)", "label_noise=(0)", "base.pretr
         "base.model.intermediate_size=64", "base.calculation_rows=16", "pairs=24", "candidates=3", "oracle.temperature=0.1",
         "rm_stage.steps=3", "rm_stage.batch_size=4", "rm_stage.optimizer.warmup_steps=1", "bon_samples=4",
         "ppo.iterations=2", "ppo.prompts_per_rollout=8", "ppo.samples_per_prompt=2", "ppo.max_new_tokens=8",
-        "ppo_kl=(0.1)", "save_every=2"]
+        "ppo_kl=(0.1)", "settings.save_every=2"]
 
 
 def test_config_checks_name_what_is_wrong():
@@ -87,4 +87,4 @@ def test_the_paper_scale_config_asks_for_its_checkpoints_and_data():
         mod.validate(run.apply_overrides(cfg, ["base.hf_checkpoint=/models/p"]))
     with pytest.raises(ValueError, match="task.data_dir"):
         mod.validate(run.apply_overrides(cfg, ["base.hf_checkpoint=/models/p", "gold_model=/g", "rm_backbone=/r"]))
-    assert cfg.base.dtype == "bfloat16" and cfg.mesh.fsdp == -1 and cfg.variants["multihead"].heads == 4
+    assert cfg.base.dtype == "bfloat16" and cfg.settings.mesh.fsdp == -1 and cfg.variants["multihead"].heads == 4

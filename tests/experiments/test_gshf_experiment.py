@@ -16,7 +16,7 @@ TINY = [f"methods=({','.join(METHODS)})", "betas=(0.1,1)", "seeds=(0)", "base.pr
         "base.pretrain.optimizer.warmup_steps=1", "sft.steps=4", "sft.optimizer.warmup_steps=1", "sft.batch_size=8",
         "task.train_examples=64", "task.eval_examples=4", "base.vocab_size=300", "base.model.hidden_size=32",
         "base.model.intermediate_size=64", "base.calculation_rows=16", "max_new_tokens=8", "eval_samples=2",
-        "batch_pairs=4", "oracle.temperature=0.1", "save_every=2", "uncertainty.prompts=16", "uncertainty.heads=2",
+        "batch_pairs=4", "oracle.temperature=0.1", "settings.save_every=2", "uncertainty.prompts=16", "uncertainty.heads=2",
         "uncertainty.stage.steps=3", "uncertainty.stage.optimizer.warmup_steps=1"] + [
     f"variants.{m}.{v}" for m in METHODS for v in VARIANT]
 

@@ -8,13 +8,13 @@ import pytest
 from flax import nnx
 
 from experiments import run
-from jax_irl import checkpoint, parallel, sweep
+from jax_irl import checkpoint, parallel, stages, sweep
 from jax_irl.algorithms import iqlearn
 
 TINY = ["methods=(mle,mle+entropy,iqlearn:0.1,online:0.1)", "seeds=(0)", "base.pretrain.steps=6", "finetune.steps=4",
         "finetune.optimizer.warmup_steps=1", "base.pretrain.optimizer.warmup_steps=1", "task.train_examples=64",
         "task.eval_examples=4", "finetune.batch_size=8", "evaluation.num_samples=2", "evaluation.max_new_tokens=8",
-        "base.vocab_size=300", "base.model.hidden_size=32", "base.model.intermediate_size=64", "save_every=2",
+        "base.vocab_size=300", "base.model.hidden_size=32", "base.model.intermediate_size=64", "settings.save_every=2",
         "base.calculation_rows=16", "evaluation.temperatures=(0,0.5,1)"]
 
 
@@ -50,16 +50,16 @@ def test_base_fingerprint_depends_on_the_base_and_task_only(tmp_path):
     cfg = run.apply_overrides(mod.config(), TINY)
     data = tasks.load(cfg.task)
     tok = lm_base.tokenizer(cfg.base, data, str(tmp_path))
-    mesh = parallel.make_mesh(parallel.MeshConfig())
-    first = lm_base.base_model(cfg.base, cfg.task, tok, data.train_prompts, mesh, str(tmp_path), save_every=3)
+    base_run = stages.Run.start(str(tmp_path), stages.RunSettings(save_every=3))
+    first = lm_base.base_model(cfg.base, cfg.task, tok, data.train_prompts, base_run)
     tuned = run.apply_overrides(cfg, ["finetune.steps=7", "finetune.optimizer.learning_rate=1e-5",
                                       "evaluation.temperatures=(0.7)", "variants.mle.gamma=0.5"])
-    again = lm_base.base_model(tuned.base, tuned.task, tok, data.train_prompts, mesh, str(tmp_path), save_every=3)
+    again = lm_base.base_model(tuned.base, tuned.task, tok, data.train_prompts, base_run)
     jax.tree.map(np.testing.assert_array_equal, nnx.state(first, nnx.Param), nnx.state(again, nnx.Param))
     for change in ("base.pretrain.steps=5", "base.calculation_rows=3", "task.max_number=9"):
         other = run.apply_overrides(cfg, [change])
         with pytest.raises(checkpoint.CheckpointMismatchError):
-            lm_base.base_model(other.base, other.task, tok, data.train_prompts, mesh, str(tmp_path), save_every=3)
+            lm_base.base_model(other.base, other.task, tok, data.train_prompts, base_run)
 
 
 def test_pretraining_rows_are_questions_and_calculations_never_solutions():

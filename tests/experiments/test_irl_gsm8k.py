@@ -24,7 +24,7 @@ def test_gsm8k_config_runs_on_a_local_checkpoint_and_mock_data(tmp_path, capsys,
             "finetune.optimizer.warmup_steps=1", "task.train_examples=16", "task.eval_examples=3",
             "finetune.batch_size=8", "evaluation.num_samples=2", "evaluation.max_new_tokens=4",
             "variants.online:0.1.policy_prompts=8", "base.max_length=48", "evaluation.prompts_per_batch=2",
-            "evaluation.rows_per_score=3", "vocab_chunk=8192", "save_every=2", "evaluation.temperatures=(0,1)"]
+            "evaluation.rows_per_score=3", "settings.vocab_chunk=8192", "settings.save_every=2", "evaluation.temperatures=(0,1)"]
     with tfds.testing.mock_data(num_examples=16):
         assert run.main(["irl_gsm8k", *tiny, "--run-dir", folder]) == 0
     assert "| online:0.1 | 1 |" in capsys.readouterr().out

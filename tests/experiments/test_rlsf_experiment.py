@@ -15,7 +15,7 @@ TINY = ["seeds=(0)", "base.pretrain.steps=6", "base.pretrain.optimizer.warmup_st
         "base.vocab_size=300", "base.model.hidden_size=32", "base.model.intermediate_size=64",
         "base.calculation_rows=16", "ppo.iterations=2", "ppo.prompts_per_rollout=8", "ppo.samples_per_prompt=2",
         "ppo.max_new_tokens=8", "grpo.iterations=2", "grpo.prompts_per_rollout=8", "grpo.group_size=2",
-        "grpo.max_new_tokens=8", "eval_every=1", "eval_samples=2", "save_every=2",
+        "grpo.max_new_tokens=8", "eval_every=1", "eval_samples=2", "settings.save_every=2",
         "methods=(scalar,token,grpo_blame,dapo_token)"]
 
 

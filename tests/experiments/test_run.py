@@ -10,12 +10,13 @@ from experiments.configs import lm_tiny
 
 
 def test_overrides_parse_by_type_and_nest():
-    cfg = run.apply_overrides(lm_tiny.config(), ["train.steps=70", "train.optimizer.learning_rate=3e-4", "mesh.data=-1",
+    cfg = run.apply_overrides(lm_tiny.config(), ["train.steps=70", "train.optimizer.learning_rate=3e-4", "settings.mesh.data=-1",
                                                  "train.optimizer.max_grad_norm=none", "td_weight=0",
-                                                 "distributed.coordinator_address=10.0.0.1:1234",
-                                                 "distributed.num_processes=4"])
-    assert cfg.distributed.coordinator_address == "10.0.0.1:1234" and cfg.distributed.num_processes == 4
-    assert cfg.train.steps == 70 and cfg.train.optimizer.learning_rate == 3e-4 and cfg.mesh.data == -1
+                                                 "settings.distributed.coordinator_address=10.0.0.1:1234",
+                                                 "settings.distributed.num_processes=4"])
+    assert cfg.settings.distributed.coordinator_address == "10.0.0.1:1234"
+    assert cfg.settings.distributed.num_processes == 4
+    assert cfg.train.steps == 70 and cfg.train.optimizer.learning_rate == 3e-4 and cfg.settings.mesh.data == -1
     assert cfg.train.optimizer.max_grad_norm is None and cfg.td_weight == 0.0
     assert isinstance(cfg.td_weight, float)
     # A saved config.json turns back into the same config.
@@ -23,6 +24,10 @@ def test_overrides_parse_by_type_and_nest():
 
     saved = json.loads(json.dumps(dataclasses.asdict(cfg)))
     assert run.apply_overrides(lm_tiny.config(), run.to_overrides(saved)) == cfg
+    # A config.json saved when the run settings were top-level fields reads with them under settings.
+    legacy = {k: v for k, v in saved.items() if k != "settings"}
+    legacy.update({k: saved["settings"][k] for k in ("mesh", "distributed", "save_every", "keep")})
+    assert run.apply_overrides(lm_tiny.config(), run.to_overrides(legacy)) == cfg
 
 
 def test_bad_keys_and_values_name_what_is_valid():
@@ -99,7 +104,7 @@ def test_optimizer_settings_out_of_range_are_refused_by_name():
 @pytest.mark.slow
 def test_driver_runs_resumes_and_refuses_config_changes(tmp_path, capsys):
     folder = str(tmp_path / "run")
-    assert run.main(["lm_tiny", "train.steps=20", "save_every=10", "train.optimizer.warmup_steps=4",
+    assert run.main(["lm_tiny", "train.steps=20", "settings.save_every=10", "train.optimizer.warmup_steps=4",
                      "--run-dir", folder]) == 0
     with open(tmp_path / "run" / "results.json") as f:
         assert json.load(f)["steps"] == 20
@@ -128,7 +133,8 @@ def test_driver_runs_resumes_and_refuses_config_changes(tmp_path, capsys):
     # Changing what the run is (not just how long) is refused with the allowed keys named.
     before = {p: (tmp_path / "run" / p).read_text() for p in ("config.json", "run.json")}
     assert run.main(["lm_tiny", "td_weight=0.5", "--run-dir", folder]) == 2
-    assert ("only ['distributed', 'keep', 'mesh', 'save_every', 'train.steps'] may change when resuming, not "
+    assert ("only ['settings.distributed', 'settings.keep', 'settings.keep_rollouts', 'settings.mesh', "
+            "'settings.rows_per_score', 'settings.save_every', 'train.steps'] may change when resuming, not "
             "['td_weight']") in capsys.readouterr().err
     # Repeating the command with a value that equals the saved one is a resume, not a change.
     assert run.main(["lm_tiny", "td_weight=0.1", "train.steps=30", "--run-dir", folder]) == 0
@@ -140,7 +146,7 @@ def test_driver_runs_resumes_and_refuses_config_changes(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     assert run.main(["lm_tiny", "--run-dir", str(tmp_path / "afile")]) == 2
     assert "is a file, not a run folder" in capsys.readouterr().err
-    for bad in ("save_every=0", "keep=0", "train.optimizer.learning_rate=-1"):
+    for bad in ("settings.save_every=0", "settings.keep=0", "train.optimizer.learning_rate=-1"):
         assert run.main(["lm_tiny", bad, "--run-dir", str(tmp_path / "new")]) == 2
         assert not (tmp_path / "new").exists()
 
@@ -154,15 +160,15 @@ def test_driver_on_two_processes_matches_one_process(tmp_path):
     from tests.processes import ROOT as root, free_port, wait_all
 
     port = free_port()
-    args = ["train.steps=6", "train.optimizer.warmup_steps=2", "save_every=3", "train_problems=500",
+    args = ["train.steps=6", "train.optimizer.warmup_steps=2", "settings.save_every=3", "train_problems=500",
             "eval_problems=20"]
     base = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu")
     procs = []
     for i in range(2):
         env = dict(base, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                    JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))
-        procs.append(subprocess.Popen([sys.executable, "-m", "experiments.run", "lm_tiny", *args, "mesh.data=2",
-                                       "mesh.fsdp=2", "mesh.tensor=2", "--run-dir", str(tmp_path / "multi")],
+        procs.append(subprocess.Popen([sys.executable, "-m", "experiments.run", "lm_tiny", *args, "settings.mesh.data=2",
+                                       "settings.mesh.fsdp=2", "settings.mesh.tensor=2", "--run-dir", str(tmp_path / "multi")],
                                       cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     wait_all(procs)
     env = dict(base, XLA_FLAGS="--xla_force_host_platform_device_count=1")

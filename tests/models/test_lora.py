@@ -214,9 +214,9 @@ def test_adapter_only_checkpoints_resume_exactly(tmp_path):
     def run(folder, steps):
         model = lora.apply(Transformer(cfg, rngs=nnx.Rngs(0)), lora.LoraConfig(rank=2, targets=("attn", "mlp")))
         stage = stages.StageConfig(steps=steps, batch_size=8, optimizer=train.OptimizerConfig(learning_rate=1e-2))
-        return model, stages.run_stage(str(folder), model, _mle, stage, mesh, batch_fn, seed=0,
-                                       fingerprint={"test": "lora"}, save_every=2, resumable_keys=("stage.steps",),
-                                       progress=False)
+        run = stages.Run(str(folder), mesh, stages.RunSettings(save_every=2), fingerprint={"test": "lora"},
+                         resumable_keys=("stage.steps",), progress=False)
+        return model, stages.run_stage(run, model, _mle, stage, batch_fn)
 
     model, straight = run(tmp_path / "a", 4)
     run(tmp_path / "b", 2)
