@@ -12,8 +12,9 @@ noise, then best-of-n up to n = 256 and PPO against the proxy's UWO at two KL co
 from __future__ import annotations
 
 from experiments import lm_base
-from experiments.configs import ensembles_arithmetic
-from experiments.configs.ensembles_arithmetic import RESUMABLE, EnsemblesConfig, run  # noqa: F401
+from experiments.configs.ensembles_arithmetic import RESUMABLE  # noqa: F401
+from experiments.recipes import ensembles
+from experiments.recipes.ensembles import EnsemblesConfig, run  # noqa: F401  (the driver's entry points)
 from jax_irl import parallel, stages, tasks, train
 from jax_irl.algorithms import ppo
 from jax_irl.algorithms import reward_models as rm
@@ -46,4 +47,4 @@ def validate(cfg: EnsemblesConfig) -> None:
                              f"the proxies' backbone are checkpoints at paper scale)")
     if not cfg.task.data_dir:
         raise ValueError("ensembles_alpaca reads its prompts from a JSONL file: pass task.data_dir=/path/to.jsonl")
-    ensembles_arithmetic.validate(cfg)
+    ensembles.validate(cfg)

@@ -19,8 +19,9 @@ from __future__ import annotations
 import dataclasses
 
 from experiments import lm_base
-from experiments.configs import gshf_arithmetic
-from experiments.configs.gshf_arithmetic import RESUMABLE, VARIANTS, GSHFConfig, run  # noqa: F401
+from experiments.configs.gshf_arithmetic import RESUMABLE, VARIANTS  # noqa: F401
+from experiments.recipes import gshf
+from experiments.recipes.gshf import GSHFConfig, run  # noqa: F401  (the driver's entry points)
 from jax_irl import parallel, stages, tasks, train
 
 
@@ -48,4 +49,4 @@ def config() -> GSHFConfig:
 
 def validate(cfg: GSHFConfig) -> None:
     lm_base.require_checkpoint(cfg.base, "gshf_gsm8k")
-    gshf_arithmetic.validate(cfg)
+    gshf.validate(cfg)

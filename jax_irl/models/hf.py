@@ -503,3 +503,11 @@ def encoder_from_pretrained(path: str, *, dtype: str = "float32", allow_non_fini
     model = nnx.eval_shape(lambda: BertEncoder(cfg, rngs=nnx.Rngs(0)))
     _assign(model, _encoder_weight_map(model), tensors, path, "bert", ignored=("embeddings.position_ids",))
     return model
+
+
+def backbone_from_pretrained(path: str, *, dtype: str = "float32"):
+    """A local Hugging Face folder as a reward model's backbone: a BERT encoder when its config's model_type is
+    'bert' (``encoder_from_pretrained``), else a decoder of any family ``from_pretrained`` reads."""
+    if _read_config(path).get("model_type") == "bert":
+        return encoder_from_pretrained(path, dtype=dtype)
+    return from_pretrained(path, dtype=dtype)

@@ -162,15 +162,15 @@ def test_every_kind_scores_pairs_and_bad_kinds_are_refused():
 def test_a_bert_encoder_from_a_local_checkpoint_is_a_proxy_backbone(tiny_hf_llama):
     """The ensembles experiment's BERT path: a local BERT folder (MiniLM) and its own tokenizer, K heads
     trained by Bradley-Terry for a few steps, scored on pairs."""
-    from experiments.configs import ensembles_arithmetic as ens
     from jax_irl.algorithms import pairs
+    from jax_irl.models import hf
     from jax_irl.data.tokenizer import TextTokenizer
     from jax_irl.models.encoder import BertEncoder
 
     folder = tiny_hf_llama[1]
-    backbone = ens.proxy_backbone(folder, "float32")
+    backbone = hf.backbone_from_pretrained(folder)
     assert isinstance(backbone, BertEncoder)
-    assert isinstance(ens.proxy_backbone(str(tiny_hf_llama[0]), "float32"), Transformer)
+    assert isinstance(hf.backbone_from_pretrained(str(tiny_hf_llama[0])), Transformer)
     tok = TextTokenizer.load(folder)
     records = [{"prompt": f"what is {a} plus {a}?", "chosen": f"it is {2 * a}", "rejected": f"it is {2 * a + 1}"}
                for a in range(8)]
