@@ -3,6 +3,7 @@ scored against its reference.
 
     data = tasks.load(TaskConfig(name="arithmetic"))   # TaskData(train_prompts, train_responses, ...)
     tasks.get("gsm8k").score("... #### 42", "#### 42")  # 1.0
+    tool = tasks.tool(TaskConfig(name="game24"))        # the symbolic tool that certifies a sample
 
 Built in: 'arithmetic' (GSM8K-format word problems made here, exact match), the TFDS tasks 'gsm8k' (exact
 match), 'game24' (every solvable Game of 24 puzzle, solved or not), 'pseudocode' (built-in
@@ -16,7 +17,7 @@ that score Game of 24 and programs); nothing below it imports it.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Dict, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 from jax_irl import metrics
 from jax_irl.data import arithmetic, jsonl, tfds_sources
@@ -53,6 +54,9 @@ class Task:
     load: Callable[[TaskConfig], TaskData]
     score: Callable[[str, str], float]  # a sample's score against its reference, in [0, 1]
     metric: str  # the score's name, for tables
+    # The symbolic tool that checks a sample against the prompt and certifies it (blamed spans), for RL from
+    # symbolic feedback: built from the task's config, since it holds the tests of every prompt. None: no tool.
+    tool: Optional[Callable[[TaskConfig], Any]] = None
 
 
 def arithmetic_problems(cfg: TaskConfig):
@@ -169,6 +173,34 @@ def cpp_passes(text: str, reference: str) -> float:
     return float(CppTool(lambda prompt: tests).check("", text).correct)
 
 
+def _game24_tool(cfg: TaskConfig):
+    from jax_irl.symbolic.game24 import Game24Tool
+
+    return Game24Tool()
+
+
+def _pseudocode_tool(cfg: TaskConfig):
+    """The Python tool with the tests of every built-in program (train and held-out), by prompt."""
+    from jax_irl.data import pseudocode
+    from jax_irl.symbolic.programs import PythonTool, TestCase
+
+    programs = pseudocode.make_programs(seed=0, n=cfg.train_examples + cfg.eval_examples)
+    return PythonTool({pseudocode.prompt(p): [TestCase(f"test {k + 1}", stdin, out)
+                                              for k, (stdin, out) in enumerate(p["tests"])] for p in programs})
+
+
+def _spoc_tool(cfg: TaskConfig):
+    """The g++ tool (in the sandbox) with the tests of every record of the JSONL file, by prompt."""
+    from jax_irl.symbolic import sandbox
+    from jax_irl.symbolic.programs import CppTool, TestCase
+
+    if not cfg.data_dir:
+        raise ValueError("task 'spoc' reads the JSONL file named by data_dir; pass task.data_dir=/path/to/spoc.jsonl")
+    records = jsonl.read_program_records(cfg.data_dir)
+    return CppTool({r["prompt"]: [TestCase(f"test {k + 1}", stdin, out) for k, (stdin, out) in enumerate(r["tests"])]
+                    for r in records}, sandbox=sandbox.Sandbox(CppTool.run_limits))
+
+
 def exact_match(text: str, reference: str) -> float:
     return float(metrics.answers_match(text, reference))
 
@@ -198,6 +230,15 @@ def get(name: str) -> Task:
     return REGISTRY[name]
 
 
+def tool(cfg: TaskConfig):
+    """The task's symbolic tool (``Task.tool``) for ``cfg``; a task without one is refused, naming those with one."""
+    task = get(cfg.name)
+    if task.tool is None:
+        raise ValueError(f"task {cfg.name!r} has no symbolic tool; tasks with one: "
+                         f"{sorted(n for n, t in REGISTRY.items() if t.tool is not None)}")
+    return task.tool(cfg)
+
+
 def load(cfg: TaskConfig) -> TaskData:
     """The task's train prompts/responses and eval prompts/references; an empty split is refused."""
     data = get(cfg.name).load(cfg)
@@ -213,6 +254,6 @@ register(Task("xsum", _tfds, rouge1, "ROUGE-1"))
 register(Task("tldr", _tfds, rouge1, "ROUGE-1"))
 register(Task("wmt_de_en", _tfds, sentence_bleu, "BLEU"))
 register(Task("jsonl", _jsonl, rouge1, "ROUGE-1"))
-register(Task("game24", _game24, game24_solved, "success"))
-register(Task("pseudocode", _pseudocode, program_passes, "pass rate"))
-register(Task("spoc", _spoc, cpp_passes, "pass rate"))
+register(Task("game24", _game24, game24_solved, "success", tool=_game24_tool))
+register(Task("pseudocode", _pseudocode, program_passes, "pass rate", tool=_pseudocode_tool))
+register(Task("spoc", _spoc, cpp_passes, "pass rate", tool=_spoc_tool))

@@ -2,7 +2,7 @@
 Python (``data.pseudocode``, SPoC-like: one line of pseudo-code per line of code, stdin/stdout tests). SFT, then
 PPO with a scalar reward (1 if the program passes every test) against PPO with the Python tool's token-level
 rewards (the same, plus -0.2 on the tokens of a syntax error's line, a crash's traceback line, or the whole
-program when a test fails), at the same steps and samples (the recipe: ``experiments.rlsf``). Every program
+program when a test fails), at the same steps and samples (the recipe: ``experiments.recipes.rlsf``). Every program
 the model writes runs in the sandbox (``symbolic.sandbox``). Measured on 100 held-out specifications: the pass
 rate (greedy and sampled), the compile rate, KL(pi || pi_sft).
 
@@ -18,13 +18,12 @@ punish ordinary programs (under Game of 24's default buffer, DAPO collapsed that
 
 from __future__ import annotations
 
-from experiments import lm_base, rlsf
+from experiments import lm_base
 from experiments.lm_base import ModelSize
-from experiments.rlsf import RLSFConfig
+from experiments.recipes import rlsf
+from experiments.recipes.rlsf import RLSFConfig, run, validate  # noqa: F401  (the driver's entry points)
 from jax_irl import stages, tasks, train
 from jax_irl.algorithms import grpo, ppo
-from jax_irl.data import pseudocode
-from jax_irl.symbolic.programs import PythonTool, TestCase
 
 RESUMABLE = rlsf.RESUMABLE
 
@@ -45,21 +44,3 @@ def config() -> RLSFConfig:
                              minibatches=2, overlong_buffer=4, optimizer=train.OptimizerConfig(learning_rate=3e-5)),
         methods=("scalar", "token", "grpo", "grpo_token"),
         eval_every=8, eval_samples=1)
-
-
-def validate(cfg: RLSFConfig) -> None:
-    rlsf.validate(cfg, "pseudocode")
-
-
-def tool_for(cfg: RLSFConfig) -> PythonTool:
-    """The Python tool with the tests of every program (train and held-out), by prompt."""
-    programs = pseudocode.make_programs(seed=0, n=cfg.task.train_examples + cfg.task.eval_examples)
-    tests = {pseudocode.prompt(p): [TestCase(f"test {k + 1}", stdin, out) for k, (stdin, out) in enumerate(p["tests"])]
-             for p in programs}
-    return PythonTool(tests)
-
-
-def run(cfg: RLSFConfig, run_dir: str) -> dict:
-    validate(cfg)
-    return rlsf.run(cfg, run_dir, tool=tool_for(cfg), judge=rlsf.program_judge, secondary=("compiles", "compiles"),
-                    rollout_stat="wrong_token_fraction", what="pseudo-code specifications")

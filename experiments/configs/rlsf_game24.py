@@ -1,6 +1,6 @@
 """Reinforcement learning from symbolic feedback (Jha et al. 2024) on the Game of 24, CPU-sized: SFT, then PPO
 with a scalar reward against PPO with the Game of 24 tool's token-level rewards, at the same steps and samples
-(the recipe: ``experiments.rlsf``).
+(the recipe: ``experiments.recipes.rlsf``).
 
 pi_sft is the base (BPE + pretraining on the puzzles' prompts and unrelated single calculations) fine-tuned with
 MLE on solver-written step solutions ('12 + 9 = 21' ...) of the training puzzles. 'scalar' pays 1 on the last
@@ -19,12 +19,12 @@ on its blamed tokens, Dr. GRPO, DAPO, each with and without token credit; ``rlsf
 
 from __future__ import annotations
 
-from experiments import lm_base, rlsf
+from experiments import lm_base
 from experiments.lm_base import ModelSize
-from experiments.rlsf import RLSFConfig
+from experiments.recipes import rlsf
+from experiments.recipes.rlsf import RLSFConfig, run, validate  # noqa: F401  (the driver's entry points)
 from jax_irl import stages, tasks, train
 from jax_irl.algorithms import grpo, ppo
-from jax_irl.symbolic.game24 import Game24Tool
 
 RESUMABLE = rlsf.RESUMABLE
 
@@ -48,13 +48,3 @@ def config() -> RLSFConfig:
         # every arm but 'grpo_blame' (one override away), to stay within 20 minutes on 2 cores
         methods=tuple(rlsf.VARIANTS) + tuple(a for a in rlsf.GROUP_ARMS if a != "grpo_blame"),
         eval_every=25, eval_samples=2)
-
-
-def validate(cfg: RLSFConfig) -> None:
-    rlsf.validate(cfg, "game24")
-
-
-def run(cfg: RLSFConfig, run_dir: str) -> dict:
-    validate(cfg)
-    return rlsf.run(cfg, run_dir, tool=Game24Tool(), judge=rlsf.steps_judge, secondary=("true_steps", "true steps"),
-                    rollout_stat="true_step_fraction", what="puzzles")

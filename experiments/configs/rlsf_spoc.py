@@ -1,7 +1,7 @@
 """RLSF at paper scale (Jha et al. 2024's pseudo-code-to-C++ task): a local Hugging Face checkpoint, SPoC-style
 JSONL data ({"prompt": pseudo-code, "response": C++ code, "tests": [[stdin, expected], ...]}), the g++ tool in
 the sandbox, bf16 compute, an FSDP mesh, vocabulary-chunked log-probs. The same recipe and outputs as
-``rlsf_code`` (``experiments.rlsf``): SFT on the file's solutions, then PPO with the scalar pass/fail reward
+``rlsf_code`` (``experiments.recipes.rlsf``): SFT on the file's solutions, then PPO with the scalar pass/fail reward
 against PPO with g++'s token-level rewards, three seeds.
 
 GRPO with scalar and token-level credit (32 programs x 8 samples per iteration, PPO's 256) runs beside PPO.
@@ -11,14 +11,11 @@ GRPO with scalar and token-level credit (32 programs x 8 samples per iteration, 
 
 from __future__ import annotations
 
-
-from experiments import lm_base, rlsf
-from experiments.rlsf import RLSFConfig
+from experiments import lm_base
+from experiments.recipes import rlsf
+from experiments.recipes.rlsf import RLSFConfig, run  # noqa: F401  (the driver's entry points)
 from jax_irl import parallel, stages, tasks, train
 from jax_irl.algorithms import grpo, ppo
-from jax_irl.data import jsonl
-from jax_irl.symbolic import sandbox
-from jax_irl.symbolic.programs import CppTool, TestCase
 
 RESUMABLE = rlsf.RESUMABLE
 
@@ -43,17 +40,4 @@ def validate(cfg: RLSFConfig) -> None:
     lm_base.require_checkpoint(cfg.base, "rlsf_spoc")
     if not cfg.task.data_dir:
         raise ValueError("rlsf_spoc reads SPoC-style records: pass task.data_dir=/path/to/spoc.jsonl")
-    rlsf.validate(cfg, "spoc")
-
-
-def tool_for(cfg: RLSFConfig) -> CppTool:
-    records = jsonl.read_program_records(cfg.task.data_dir)
-    tests = {r["prompt"]: [TestCase(f"test {k + 1}", stdin, out) for k, (stdin, out) in enumerate(r["tests"])]
-             for r in records}
-    return CppTool(tests, sandbox=sandbox.Sandbox(CppTool.run_limits))
-
-
-def run(cfg: RLSFConfig, run_dir: str) -> dict:
-    validate(cfg)
-    return rlsf.run(cfg, run_dir, tool=tool_for(cfg), judge=rlsf.program_judge, secondary=("compiles", "compiles"),
-                    rollout_stat="wrong_token_fraction", what="SPoC programs")
+    rlsf.validate(cfg)

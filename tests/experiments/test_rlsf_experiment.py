@@ -36,8 +36,11 @@ def test_config_checks_name_what_is_wrong():
     mod = run.load_config_module("rlsf_game24")
     with pytest.raises(ValueError, match=r"unknown: \['dpo'\]"):
         mod.validate(run.apply_overrides(mod.config(), ["methods=(token,dpo)"]))
-    with pytest.raises(ValueError, match="task.name must be 'game24'"):
+    with pytest.raises(ValueError, match=r"symbolic tool wired in rlsf.TASKS \['game24', 'pseudocode', 'spoc'\]; "
+                                         r"task.name is 'arithmetic'"):
         mod.validate(run.apply_overrides(mod.config(), ["task.name=arithmetic"]))
+    with pytest.raises(ValueError, match=r"task 'arithmetic' has no symbolic tool; tasks with one: \['game24'"):
+        tasks.tool(tasks.TaskConfig(name="arithmetic"))
     with pytest.raises(run.ConfigError, match="RewardSpec.kind"):
         run.apply_overrides(mod.config(), ["variants.token.kind=dense"])
     with pytest.raises(run.ConfigError, match="PPOConfig.epochs"):
@@ -119,6 +122,9 @@ def test_spoc_records_and_the_paper_scale_config_checks(tmp_path):
     assert records[0]["tests"] == [["3\n", "3"], ["4\n", "4"]] and len(records) == 4
     data = tasks.load(tasks.TaskConfig(name="spoc", data_dir=str(path), train_examples=10, eval_examples=1))
     assert data.train_prompts == ["p0", "p1", "p2"] and json.loads(data.eval_references[0]) == records[3]["tests"]
+    tool = tasks.tool(tasks.TaskConfig(name="spoc", data_dir=str(path), train_examples=10, eval_examples=1))
+    assert [(t.name, t.stdin, t.expected) for t in tool.tests["p3"]] == [("test 1", "3\n", "3"), ("test 2", "4\n", "4")]
+    assert tool.check("p3", good["response"]).correct and not tool.check("p3", "int main(){}").correct
     for bad, match in (({"prompt": "p", "response": "r", "tests": []}, "non-empty list"),
                        ({"prompt": "p", "response": "r", "tests": [["x"]]}, "test 0 must be"),
                        ({"prompt": 3, "response": "r", "tests": [["a", "b"]]}, "'prompt' must be a string")):

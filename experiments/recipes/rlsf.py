@@ -5,19 +5,22 @@ responses per iteration (not a config).
 
 pi_sft is the shared base (``experiments.lm_base``) fine-tuned with MLE on the task's reference solutions. Each
 reward variant (``symbolic.RewardSpec``) runs PPO (``algorithms.ppo``) from pi_sft, with pi_sft as the KL
-reference, for every seed. A config module supplies the tool (which checks train and held-out prompts alike)
-and a ``Judge``: certificates -> per-sample metrics, 'success' first. Measured on the held-out prompts every
+reference, for every seed. The task supplies the tool (``tasks.tool``: it checks train and held-out prompts
+alike); ``TASKS`` wires each task to a ``Judge`` (certificates -> per-sample metrics, 'success' first) and to what
+the table and plots show besides success (add an entry to run a task of your own). Measured on the held-out prompts every
 ``eval_every`` iterations and at the end: each metric for the greedy response and for ``eval_samples`` samples
 at temperature 1, and KL(pi || pi_sft) as the mean over the policy's own samples of sum_t (log pi - log pi_sft).
-Results: results.json, results.md (mean +- standard error over seeds), PNG plots against PPO steps.
+Results: results.json, results.md (mean +- standard error over seeds), PNG plots against PPO steps. The configs
+(``experiments/configs/rlsf_*.py``) declare the task, the sizes and the arms that run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -97,16 +100,17 @@ def group_config(cfg: RLSFConfig, arm: GroupArm) -> grpo.GRPOConfig:
     return dataclasses.replace(cfg.grpo, method=arm.method, credit=arm.credit)
 
 
-def validate(cfg: RLSFConfig, task_name: str) -> None:
+def validate(cfg: RLSFConfig) -> None:
+    """Checks across fields, made by the driver before anything is written."""
+    if cfg.task.name not in TASKS:
+        raise ValueError(f"RLSF runs on a task with a symbolic tool wired in rlsf.TASKS {sorted(TASKS)}; task.name is "
+                         f"{cfg.task.name!r}")
     sweep.check_selection(cfg.methods, arms(cfg))
     for name in cfg.methods:
         if name in cfg.group_arms:
             group_config(cfg, cfg.group_arms[name])  # the preset with the shared settings must be valid
     if not cfg.seeds or cfg.eval_samples < 1 or cfg.eval_every < 1:
         raise ValueError("seeds must name a seed; eval_samples and eval_every must be >= 1")
-    if cfg.task.name != task_name:
-        raise ValueError(f"this experiment checks answers with its own tool; task.name must be {task_name!r}, got "
-                         f"{cfg.task.name!r}")
 
 
 def evaluate(policy, reference, tok, prompts: np.ndarray, mask: np.ndarray, prompt_texts: Sequence[str], key, *,
@@ -145,96 +149,6 @@ def _curve(folder: str) -> Dict[str, Dict[str, float]]:
     return curve
 
 
-def run(cfg: RLSFConfig, run_dir: str, *, tool, judge: Judge, secondary: Tuple[str, str], rollout_stat: str,
-        what: str) -> dict:
-    """The recipe for ``cfg`` in ``run_dir``. ``secondary`` = (metric, header): the judge's second metric for
-    the table and plots; ``rollout_stat``: the reward function's per-response stat plotted over iterations;
-    ``what``: the held-out set, in words, for the table's note."""
-    prep = lm_base.prepare(cfg, run_dir, sft_stage=cfg.sft, sft_desc="pi_sft", depends={"sft": cfg.sft})
-    data, enc, tok, pi_sft, root = prep.data, prep.encoded, prep.tokenizer, prep.pi0, prep.run
-    train_tokens, train_mask = rollout.prompt_rows(enc.train["tokens"], enc.train["prompt_lengths"], tok.pad_id,
-                                                   enc.prompt_width)
-    prompts = rollout.Prompts(train_tokens, train_mask, list(data.train_prompts))
-    eval_key = jax.random.PRNGKey(7)
-
-    def measure(policy):
-        return evaluate(policy, pi_sft, tok, enc.eval_prompts, enc.eval_prompt_mask, data.eval_prompts, eval_key,
-                        tool=tool, judge=judge, samples=cfg.eval_samples, max_new_tokens=cfg.ppo.max_new_tokens,
-                        vocab_chunk=cfg.settings.vocab_chunk, workers=cfg.check_workers)
-
-    sft_eval = stages.cached_json(os.path.join(run_dir, "sft", "eval.json"), lambda: measure(pi_sft))
-
-    def run_one(name, spec, seed, folder):
-        where = os.path.relpath(folder, run_dir)
-        if isinstance(spec, grpo.GRPOConfig):
-            arm = cfg.group_arms[name]
-            run = root.sub(where, desc=f"{name} seed {seed}", seed=seed, depends={"variant": spec, "arm": arm})
-            result, stats = grpo.train_grpo(
-                run, nnx.clone(pi_sft), pi_sft, spec, prompts,
-                symbolic.group_reward_fn(tool, tok, penalty=arm.penalty, workers=cfg.check_workers), prep.spec,
-                hooks=[train.Every(cfg.eval_every * spec.steps_per_iteration, lambda m, step: measure(m))])
-            final, rows_per_draw = measure(result.model), spec.rows
-        else:
-            model = ppo.ActorCritic(nnx.clone(pi_sft), cfg.ppo.critic, rngs=nnx.Rngs(seed))
-            run = root.sub(where, desc=f"ppo {name} seed {seed}", seed=seed, depends={"variant": spec})
-            result, stats = ppo.train_ppo(
-                run, model, pi_sft, cfg.ppo, prompts, symbolic.reward_fn(tool, tok, spec, workers=cfg.check_workers),
-                prep.spec,
-                hooks=[train.Every(cfg.eval_every * cfg.ppo.steps_per_iteration, lambda m, step: measure(m.policy))])
-            final, rows_per_draw = measure(result.model.policy), cfg.ppo.rows
-        with open(os.path.join(folder, "metrics.jsonl")) as f:
-            update_speed = [json.loads(line).get("tokens_per_s", np.nan) for line in f]
-        last = stats[-4:]
-        final.update(train_reward=float(np.mean([s["reward"] for s in last])),
-                     train_success=float(np.mean([s.get("correct_drawn", s["correct"]) for s in last])),
-                     responses=float(sum(s.get("draws", 1) * rows_per_draw for s in stats)),
-                     rollout_tokens_per_s=float(np.median([s["rollout_tokens_per_s"] for s in stats])),
-                     update_tokens_per_s=float(np.nanmedian(update_speed)))
-        iterations = {str(s["iteration"]): {k: v for k, v in s.items() if k != "iteration"} for s in stats}
-        return {"final": final, "curve": dict(_curve(folder), **{"0": sft_eval}), "rollouts": iterations}
-
-    every = arms(cfg)
-    variants = {name: (group_config(cfg, every[name]) if name in cfg.group_arms else every[name])
-                for name in cfg.methods}
-    per_run = sweep.run_sweep(run_dir, variants, cfg.seeds, run_one,
-                              fingerprint=dict(root.fingerprint, ppo=cfg.ppo, eval_every=cfg.eval_every,
-                                               eval_samples=cfg.eval_samples))
-    finals = {name: {s: r["final"] for s, r in seeds.items()} for name, seeds in per_run.items()}
-    finals["sft"] = {0: dict(sft_eval, train_reward=float("nan"), train_success=float("nan"),
-                             responses=float("nan"), rollout_tokens_per_s=float("nan"),
-                             update_tokens_per_s=float("nan"))}
-    metric, header = secondary
-    columns = (sweep.Column("success", "success (greedy)"), sweep.Column("sampled_success", "success (T=1)"),
-               sweep.Column(metric, f"{header} (greedy)"), sweep.Column("kl", "KL(pi ‖ pi_sft)"),
-               sweep.Column("train_success", "train success (last 4 rollouts)"),
-               sweep.Column("responses", "responses sampled", 0),
-               sweep.Column("rollout_tokens_per_s", "rollout tok/s", 0),
-               sweep.Column("update_tokens_per_s", "update tok/s", 0))
-    curves = sweep.summarise({n: {s: r["curve"] for s, r in seeds.items()} for n, seeds in per_run.items()})
-    rollouts = sweep.summarise({n: {s: r["rollouts"] for s, r in seeds.items()} for n, seeds in per_run.items()})
-    summary = sweep.report(
-        run_dir, finals, columns, variant_label="arm",
-        note=f"Held-out: {len(data.eval_prompts)} {what}; greedy metrics, and success over {cfg.eval_samples} "
-             f"samples per prompt at temperature 1. KL is the mean summed log-ratio of the policy's own samples "
-             f"against pi_sft. 'sft' is pi_sft itself (one model, no seeds). Train success: the solved fraction of "
-             f"the last 4 rollouts. PPO arms are named by their reward (scalar, token); the others by their group method, "
-             f"with '_token' for the certificate's token-level credit added to the group advantage and '_blame' for "
-             f"a failed response's advantage moved onto its blamed tokens. Responses sampled: over the whole run "
-             f"(DAPO's dynamic sampling draws more).",
-        curves=curves, rollouts=rollouts)
-    sweep.plot_over_groups(curves, ys=(sweep.Column("success", "held-out success (greedy)"),
-                                       sweep.Column("sampled_success", "held-out success (T=1)"),
-                                       sweep.Column("kl", "KL(pi ‖ pi_sft)")),
-                           x_label="optimizer step", path=os.path.join(run_dir, "success_kl_vs_steps.png"))
-    # A tool's own stat appears only once some certificate carries it (e.g. a Game of 24 answer in step form).
-    stat_everywhere = all(rollout_stat in it for tree in rollouts.values() for it in tree.values())
-    ys = [sweep.Column("correct", "train rollouts solved"), sweep.Column("kl", "rollout KL")]
-    if stat_everywhere:
-        ys.insert(1, sweep.Column(rollout_stat, rollout_stat.replace("_", " ")))
-    sweep.plot_over_groups(rollouts, ys=ys, x_label="iteration", path=os.path.join(run_dir, "rollouts.png"))
-    return summary
-
-
 def program_judge(certificates) -> Dict[str, np.ndarray]:
     """Program tools: 'success' (passes every test) and 'compiles' (a program that compiles: not empty or
     malformed, no syntax or compiler error)."""
@@ -249,4 +163,152 @@ def steps_judge(certificates) -> Dict[str, np.ndarray]:
             "true_steps": np.array([float(dict(c.details).get("true_step_fraction", 0.0)) for c in certificates])}
 
 
-__all__: List[str] = ["GROUP_ARMS", "GroupArm", "Judge", "RLSFConfig", "arms", "evaluate", "group_config", "program_judge", "run", "steps_judge", "validate"]
+
+@dataclasses.dataclass(frozen=True)
+class TaskReport:
+    """How RLSF reads a task's certificates: ``judge`` turns them into per-sample metrics ('success' first);
+    ``secondary`` = (metric, header): the judge's second metric for the table and plots; ``rollout_stat``: the
+    reward function's per-response stat plotted over iterations; ``what``: the held-out set in words."""
+
+    judge: Judge
+    secondary: Tuple[str, str]
+    rollout_stat: str
+    what: str
+
+
+# The tasks RLSF runs on, by ``TaskConfig.name`` (each has a tool: ``tasks.tool``).
+TASKS: Dict[str, TaskReport] = {
+    "game24": TaskReport(steps_judge, ("true_steps", "true steps"), "true_step_fraction", "puzzles"),
+    "pseudocode": TaskReport(program_judge, ("compiles", "compiles"), "wrong_token_fraction",
+                             "pseudo-code specifications"),
+    "spoc": TaskReport(program_judge, ("compiles", "compiles"), "wrong_token_fraction", "SPoC programs"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Measure:
+    """``evaluate`` on the held-out prompts against pi_sft, with one key: called on a policy, and as a
+    ``train.Every`` hook on a trainer's model (``on_policy``) or an actor-critic (``on_actor_critic``)."""
+
+    cfg: RLSFConfig
+    prep: lm_base.Prepared
+    tool: object
+    judge: Judge
+    key: jax.Array
+
+    def __call__(self, policy) -> Dict[str, float]:
+        enc, data = self.prep.encoded, self.prep.data
+        return evaluate(policy, self.prep.pi0, self.prep.tokenizer, enc.eval_prompts, enc.eval_prompt_mask,
+                        data.eval_prompts, self.key, tool=self.tool, judge=self.judge, samples=self.cfg.eval_samples,
+                        max_new_tokens=self.cfg.ppo.max_new_tokens, vocab_chunk=self.cfg.settings.vocab_chunk,
+                        workers=self.cfg.check_workers)
+
+    def on_policy(self, model, step: int) -> Dict[str, float]:
+        return self(model)
+
+    def on_actor_critic(self, model, step: int) -> Dict[str, float]:
+        return self(model.policy)
+
+
+@dataclasses.dataclass(frozen=True)
+class ArmRunner:
+    """``sweep.run_sweep``'s run_one: one arm (a PPO reward spec, or a group arm's ``grpo.GRPOConfig``) and seed from
+    pi_sft, evaluated every ``eval_every`` iterations and at the end."""
+
+    cfg: RLSFConfig
+    prep: lm_base.Prepared
+    run_dir: str
+    tool: object
+    measure: Measure
+    sft_eval: Dict[str, float]
+    prompts: rollout.Prompts
+
+    def __call__(self, name: str, spec, seed: int, folder: str) -> dict:
+        cfg, prep, pi_sft = self.cfg, self.prep, self.prep.pi0
+        where, tok = os.path.relpath(folder, self.run_dir), prep.tokenizer
+        if isinstance(spec, grpo.GRPOConfig):
+            arm = cfg.group_arms[name]
+            run = prep.run.sub(where, desc=f"{name} seed {seed}", seed=seed, depends={"variant": spec, "arm": arm})
+            result, stats = grpo.train_grpo(
+                run, nnx.clone(pi_sft), pi_sft, spec, self.prompts,
+                symbolic.group_reward_fn(self.tool, tok, penalty=arm.penalty, workers=cfg.check_workers), prep.spec,
+                hooks=[train.Every(cfg.eval_every * spec.steps_per_iteration, self.measure.on_policy)])
+            final, rows_per_draw = self.measure(result.model), spec.rows
+        else:
+            model = ppo.ActorCritic(nnx.clone(pi_sft), cfg.ppo.critic, rngs=nnx.Rngs(seed))
+            run = prep.run.sub(where, desc=f"ppo {name} seed {seed}", seed=seed, depends={"variant": spec})
+            result, stats = ppo.train_ppo(
+                run, model, pi_sft, cfg.ppo, self.prompts,
+                symbolic.reward_fn(self.tool, tok, spec, workers=cfg.check_workers), prep.spec,
+                hooks=[train.Every(cfg.eval_every * cfg.ppo.steps_per_iteration, self.measure.on_actor_critic)])
+            final, rows_per_draw = self.measure(result.model.policy), cfg.ppo.rows
+        with open(os.path.join(folder, "metrics.jsonl")) as f:
+            update_speed = [json.loads(line).get("tokens_per_s", np.nan) for line in f]
+        last = stats[-4:]
+        final.update(train_reward=float(np.mean([s["reward"] for s in last])),
+                     train_success=float(np.mean([s.get("correct_drawn", s["correct"]) for s in last])),
+                     responses=float(sum(s.get("draws", 1) * rows_per_draw for s in stats)),
+                     rollout_tokens_per_s=float(np.median([s["rollout_tokens_per_s"] for s in stats])),
+                     update_tokens_per_s=float(np.nanmedian(update_speed)))
+        iterations = {str(s["iteration"]): {k: v for k, v in s.items() if k != "iteration"} for s in stats}
+        return {"final": final, "curve": dict(_curve(folder), **{"0": self.sft_eval}), "rollouts": iterations}
+
+
+def report(cfg: RLSFConfig, run_dir: str, per_run: Dict[str, Dict[int, dict]], sft_eval: Dict[str, float],
+           how: TaskReport, held_out: int) -> dict:
+    """results.json, results.md (every arm and pi_sft itself) and the plots against steps and iterations."""
+    finals = {name: {s: r["final"] for s, r in seeds.items()} for name, seeds in per_run.items()}
+    finals["sft"] = {0: dict(sft_eval, train_reward=float("nan"), train_success=float("nan"),
+                             responses=float("nan"), rollout_tokens_per_s=float("nan"),
+                             update_tokens_per_s=float("nan"))}
+    metric, header = how.secondary
+    columns = (sweep.Column("success", "success (greedy)"), sweep.Column("sampled_success", "success (T=1)"),
+               sweep.Column(metric, f"{header} (greedy)"), sweep.Column("kl", "KL(pi ‖ pi_sft)"),
+               sweep.Column("train_success", "train success (last 4 rollouts)"),
+               sweep.Column("responses", "responses sampled", 0),
+               sweep.Column("rollout_tokens_per_s", "rollout tok/s", 0),
+               sweep.Column("update_tokens_per_s", "update tok/s", 0))
+    curves = sweep.summarise({n: {s: r["curve"] for s, r in seeds.items()} for n, seeds in per_run.items()})
+    rollouts = sweep.summarise({n: {s: r["rollouts"] for s, r in seeds.items()} for n, seeds in per_run.items()})
+    summary = sweep.report(
+        run_dir, finals, columns, variant_label="arm",
+        note=f"Held-out: {held_out} {how.what}; greedy metrics, and success over {cfg.eval_samples} "
+             f"samples per prompt at temperature 1. KL is the mean summed log-ratio of the policy's own samples "
+             f"against pi_sft. 'sft' is pi_sft itself (one model, no seeds). Train success: the solved fraction of "
+             f"the last 4 rollouts. PPO arms are named by their reward (scalar, token); the others by their group method, "
+             f"with '_token' for the certificate's token-level credit added to the group advantage and '_blame' for "
+             f"a failed response's advantage moved onto its blamed tokens. Responses sampled: over the whole run "
+             f"(DAPO's dynamic sampling draws more).",
+        curves=curves, rollouts=rollouts)
+    sweep.plot_over_groups(curves, ys=(sweep.Column("success", "held-out success (greedy)"),
+                                       sweep.Column("sampled_success", "held-out success (T=1)"),
+                                       sweep.Column("kl", "KL(pi ‖ pi_sft)")),
+                           x_label="optimizer step", path=os.path.join(run_dir, "success_kl_vs_steps.png"))
+    # A tool's own stat appears only once some certificate carries it (e.g. a Game of 24 answer in step form).
+    stat_everywhere = all(how.rollout_stat in it for tree in rollouts.values() for it in tree.values())
+    ys = [sweep.Column("correct", "train rollouts solved"), sweep.Column("kl", "rollout KL")]
+    if stat_everywhere:
+        ys.insert(1, sweep.Column(how.rollout_stat, how.rollout_stat.replace("_", " ")))
+    sweep.plot_over_groups(rollouts, ys=ys, x_label="iteration", path=os.path.join(run_dir, "rollouts.png"))
+    return summary
+
+
+def run(cfg: RLSFConfig, run_dir: str) -> dict:
+    """The recipe for ``cfg`` in ``run_dir``: pi_sft, its own evaluation, every arm and seed, the report."""
+    validate(cfg)
+    how, tool = TASKS[cfg.task.name], tasks.tool(cfg.task)
+    prep = lm_base.prepare(cfg, run_dir, sft_stage=cfg.sft, sft_desc="pi_sft", depends={"sft": cfg.sft})
+    enc, tok = prep.encoded, prep.tokenizer
+    train_tokens, train_mask = rollout.prompt_rows(enc.train["tokens"], enc.train["prompt_lengths"], tok.pad_id,
+                                                   enc.prompt_width)
+    measure = Measure(cfg, prep, tool, how.judge, jax.random.PRNGKey(7))
+    sft_eval = stages.cached_json(os.path.join(run_dir, "sft", "eval.json"), functools.partial(measure, prep.pi0))
+    every = arms(cfg)
+    variants = {name: (group_config(cfg, every[name]) if name in cfg.group_arms else every[name])
+                for name in cfg.methods}
+    runner = ArmRunner(cfg, prep, run_dir, tool, measure, sft_eval,
+                       rollout.Prompts(train_tokens, train_mask, list(prep.data.train_prompts)))
+    per_run = sweep.run_sweep(run_dir, variants, cfg.seeds, runner,
+                              fingerprint=dict(prep.run.fingerprint, ppo=cfg.ppo, eval_every=cfg.eval_every,
+                                               eval_samples=cfg.eval_samples))
+    return report(cfg, run_dir, per_run, sft_eval, how, len(prep.data.eval_prompts))
