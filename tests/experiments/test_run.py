@@ -186,7 +186,7 @@ def test_driver_on_two_processes_matches_one_process(tmp_path):
 
 
 def test_addition_problems_mask_exactly_the_answer_and_eos():
-    from experiments.configs import _addition as addition
+    from experiments.recipes import addition
 
     rows, prompt_len, answers = addition.make_problems(np.random.default_rng(0), 5, 50)
     mask = addition.response_mask(rows, prompt_len)

@@ -1,4 +1,4 @@
-"""Character-level "a+b=c" problems for lm_tiny (shared pieces, not a config: the driver skips '_' files)."""
+"""Character-level "a+b=c" problems: the data of the lm_tiny recipe."""
 
 from __future__ import annotations
 
