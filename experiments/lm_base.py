@@ -160,7 +160,7 @@ def _base_model(cfg: BaseConfig, task, tok, train_prompts, run: stages.Run) -> n
                                              **dataclasses.asdict(cfg.model))
     model = Transformer(model_cfg, rngs=nnx.Rngs(0))
     rows = pretraining_rows(cfg, task, tok, train_prompts)
-    sampler = batching.BatchSampler(len(rows["tokens"]), cfg.pretrain.batch_size, seed=1000)
+    sampler = batching.IndexSampler(len(rows["tokens"]), cfg.pretrain.batch_size, seed=1000)
     # The pretraining does not depend on the LoRA settings of the stages after it.
     base = run.sub("base", desc="pretrain base", seed=0, depends={
         "task": dataclasses.asdict(task), "base": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "lora"}})

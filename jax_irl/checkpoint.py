@@ -25,6 +25,7 @@ import signal
 import time
 from typing import Any, Dict, Optional, Tuple
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -145,8 +146,10 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(save_interval_steps=save_every, max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save)
         # Handlers named up front, so that a new process can read a checkpoint's metadata before restoring it.
+        # "data": a Grain iterator's state (``batching.Batches.iterator``), in checkpoints of runs that read one.
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
-            "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+            "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler(),
+            "data": grain.checkpoint.CheckpointHandler()})
 
     def latest_step(self) -> Optional[int]:
         """The newest complete checkpoint's step, or None."""
@@ -155,8 +158,11 @@ class Checkpointer:
     def all_steps(self):
         return list(self.manager.all_steps())
 
-    def save(self, step: int, state, data_position: Any = None, force: bool = False) -> bool:
+    def save(self, step: int, state, data_position: Any = None, force: bool = False,
+             data_iterator: Any = None) -> bool:
         """Start saving (asynchronously) if ``step`` is a save step or ``force``. Returns whether it saved.
+        ``data_iterator``: a Grain iterator whose state (taken now, before it moves on) is saved as the "data"
+        item through Grain's Orbax handler, for ``restore_data``.
 
         A state holding NaN or inf anywhere (params, optimizer state) is never saved: FloatingPointError names
         the leaves, and the folder keeps its last checkpoint."""
@@ -172,8 +178,22 @@ class Checkpointer:
                    "(there is no earlier checkpoint)"))
         record = {"fingerprint": self.fingerprint, "data_position": data_position, "step": int(step),
                   "checksums": checksums}
-        return self.manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                                    meta=ocp.args.JsonSave(record)), force=True)
+        items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(record))
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(_IteratorState(data_iterator.get_state()))
+        return self.manager.save(int(step), args=ocp.args.Composite(**items), force=True)
+
+    def has_data(self, step: int) -> bool:
+        """Whether checkpoint ``step`` holds a data iterator's state."""
+        return os.path.isdir(os.path.join(self.directory, str(int(step)), "data"))
+
+    def restore_data(self, step: int, iterator) -> Any:
+        """Set ``iterator`` (a Grain ``DatasetIterator``) to the state saved with checkpoint ``step``; returns it.
+        A checkpoint without one is refused, naming the step."""
+        if not self.has_data(step):
+            raise FileNotFoundError(f"checkpoint {self.directory} step {step} holds no data iterator state")
+        return self.manager.restore(int(step), args=ocp.args.Composite(
+            data=grain.checkpoint.CheckpointRestore(iterator))).data
 
     def check_fingerprint(self, step: int) -> dict:
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
@@ -284,6 +304,17 @@ class Checkpointer:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+class _IteratorState:
+    """A Grain iterator's state taken at save time, in the form Grain's Orbax handler writes (bytes of JSON):
+    an asynchronous save then records the position it was asked to, not where the iterator has moved since."""
+
+    def __init__(self, state: Dict[str, Any]):
+        self.state = json.dumps(state, indent=4).encode()
+
+    def get_state(self) -> bytes:
+        return self.state
 
 
 class PreemptionFlag:

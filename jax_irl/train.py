@@ -35,6 +35,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jax_irl import parallel, tracking
+from jax_irl.data import batching
 from jax_irl.checkpoint import PreemptionFlag, abstract_like
 from jax_irl.models import lora
 
@@ -317,7 +318,7 @@ def resume_or_init(trainer: Trainer, checkpointer, seed: int):
 def fit(trainer: Trainer, state: TrainState, batch_fn: Callable[..., Dict[str, Any]], *, steps: int,
         start_position: int = 0, checkpointer=None, log_dir: Optional[str] = None,
         tracker: Optional[tracking.Tracker] = None, hooks: Sequence[Every] = (), progress: bool = True,
-        tokens_key: Optional[str] = "mask", desc: str = "train"):
+        tokens_key: Optional[str] = "mask", desc: str = "train", prefetch: int = 2):
     """Train until ``state.step == steps``. Returns (state, status) with status 'done' or 'preempted'.
 
     batch_fn(position) -> this process's local batch (a dict of numpy arrays) for data position ``position``
@@ -331,6 +332,11 @@ def fit(trainer: Trainer, state: TrainState, batch_fn: Callable[..., Dict[str, A
     run with FloatingPointError before anything is saved from it. The progress bar redraws at most every 30 s
     when stderr is not a terminal (CI logs). A trainer whose schedule spans another number of steps than
     ``steps`` is refused.
+
+    A ``batching.Batches`` is read through its Grain iterator, which builds the next ``prefetch`` batches on a host
+    thread while the device computes (0: each batch built when it is needed); the iterator's state is saved with
+    each checkpoint and checked against the checkpoint's data position on resume. Batches that depend on the model
+    (``ModelBatches``) are built at their step, from the model of that step.
     """
     if trainer.schedule_steps is not None and trainer.opt_config.schedule != "constant" \
             and trainer.schedule_steps != steps:
@@ -345,6 +351,15 @@ def fit(trainer: Trainer, state: TrainState, batch_fn: Callable[..., Dict[str, A
     owned = tracker is None and bool(log_dir)
     writer = tracking.open_tracker(log_dir, first) if owned else tracker
     position = start_position
+    if not (isinstance(prefetch, (int, np.integer)) and prefetch >= 0):
+        raise ValueError(f"prefetch must be an int >= 0; got {prefetch!r}")
+    iterator = batch_fn.iterator(position, prefetch) if isinstance(batch_fn, batching.Batches) and prefetch else None
+    if iterator is not None and checkpointer is not None and checkpointer.latest_step() == first \
+            and checkpointer.has_data(first):
+        saved = checkpointer.restore_data(first, iterator).get_state()
+        if saved.get("next_index") != position:
+            raise ValueError(f"checkpoint {checkpointer.directory} step {first}: its data iterator is at position "
+                             f"{saved.get('next_index')} but its record says {position}; the checkpoint is damaged")
     interactive = sys.stderr.isatty()
     bar = tqdm.tqdm(total=steps, initial=first, disable=not progress, desc=desc, dynamic_ncols=interactive,
                     mininterval=0.1 if interactive else 30.0)
@@ -352,8 +367,12 @@ def fit(trainer: Trainer, state: TrainState, batch_fn: Callable[..., Dict[str, A
     saved_step = first if checkpointer is not None and checkpointer.latest_step() == first else None
     with PreemptionFlag() as preempt:
         for step in range(first, steps):
-            local = batch_fn(position, trainer.model(state)) if isinstance(batch_fn, ModelBatches) \
-                else batch_fn(position)
+            if iterator is not None:
+                local = next(iterator)
+            elif isinstance(batch_fn, ModelBatches):
+                local = batch_fn(position, trainer.model(state))
+            else:
+                local = batch_fn(position)
             batch = parallel.global_batch(local, trainer.mesh)
             start = time.perf_counter()
             state, metrics = trainer.step(state, batch)
@@ -376,7 +395,7 @@ def fit(trainer: Trainer, state: TrainState, batch_fn: Callable[..., Dict[str, A
                             **({"tok/s": f"{record['tokens_per_s']:.0f}"} if "tokens_per_s" in record else {}))
             bar.update(1)  # redraws (with the postfix) on the bar's own schedule
             if checkpointer is not None and checkpointer.save(step + 1, state, data_position=position,
-                                                              force=preempt.requested):
+                                                              force=preempt.requested, data_iterator=iterator):
                 saved_step = step + 1
             if preempt.requested:
                 status = "preempted"
@@ -386,6 +405,8 @@ def fit(trainer: Trainer, state: TrainState, batch_fn: Callable[..., Dict[str, A
         writer.close()
     if checkpointer is not None:
         if status == "done" and saved_step != int(state.step):
-            checkpointer.save(int(state.step), state, data_position=position, force=True)
+            checkpointer.save(int(state.step), state, data_position=position, force=True, data_iterator=iterator)
         checkpointer.wait()
+    if iterator is not None:
+        iterator.close()
     return state, status

@@ -25,7 +25,7 @@ def test_bf16_training_follows_the_float32_loss_curve():
     loss_fn = iqlearn.make_loss_fn(iqlearn.Method("mle"), window=rollout.loss_window(rows["mask"]))
     curves = {}
     for dtype, seed in (("float32", 0), ("bfloat16", 0), ("float32", 1)):
-        sampler = batching.BatchSampler(len(rows["tokens"]), 32, seed=seed)
+        sampler = batching.IndexSampler(len(rows["tokens"]), 32, seed=seed)
         cfg = TransformerConfig.for_family("llama", vocab_size=tok.vocab_size, hidden_size=64, num_layers=2,
                                            num_heads=4, num_kv_heads=2, intermediate_size=128,
                                            max_position_embeddings=128, dtype=dtype)

@@ -56,7 +56,7 @@ def main(argv=None):
                                        **size)
     mesh = parallel.make_mesh(parallel.MeshConfig(1, 1, 1), jax.devices()[:1])
     opt = train.OptimizerConfig(learning_rate=1e-4)
-    sampler = batching.BatchSampler(len(encoded["tokens"]), batch, seed=0)
+    sampler = batching.IndexSampler(len(encoded["tokens"]), batch, seed=0)
     width = int(encoded["prompt_lengths"].max())
     runs = {}
     for name, method in METHODS.items():

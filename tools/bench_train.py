@@ -32,6 +32,14 @@ as the allocator holds them. The allocator in use is named in the header (glibc'
 tcmalloc is preloaded). Prints one markdown table. Run it on a quiet machine.
 
     .venv/bin/python tools/bench_train.py [--size W1|W2] [--steps 10] [--mem-steps 3] [--no-memory]
+
+``--input`` measures the input pipeline instead: ``train.fit`` on the jax_irl SFT step reading a
+``batching.Batches`` (a Grain pipeline over a pre-encoded corpus of --corpus-rows rows, 16 a batch) without
+prefetch and with 2 batches prefetched on a host thread, interleaved in rounds of --fit-steps steps; it prints
+the host time to build one batch (the Grain map: gather this process's rows), the wall time per step of each
+side, and the difference, which is the host time that prefetch hides.
+
+    .venv/bin/python tools/bench_train.py --input [--size W1] [--steps 10] [--fit-steps 5] [--corpus-rows 4096]
 """
 
 from __future__ import annotations
@@ -351,6 +359,62 @@ def memory_child(name: str, size: str, steps: int) -> None:
     print(json.dumps({"peak": _status("VmHWM") - base}))
 
 
+def input_pipeline(size: str, rounds: int, fit_steps: int, corpus_rows: int) -> None:
+    """The host time per step that prefetch hides: fit without and with prefetch, interleaved."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from jax_irl import parallel, train
+    from jax_irl.algorithms import sft
+    from jax_irl.data import batching
+    from jax_irl.models.config import TransformerConfig
+    from jax_irl.models.transformer import Transformer
+
+    r = np.random.default_rng(0)
+    tokens = r.integers(1, VOCAB, (corpus_rows, LENGTH)).astype(np.int32)
+    mask = np.zeros((corpus_rows, LENGTH - 1), np.float32)
+    mask[:, LENGTH - 1 - LOSS_TOKENS:] = 1.0
+    batches = batching.IndexSampler(corpus_rows, ROWS, seed=0).batch_fn({"tokens": tokens, "mask": mask})
+    cfg = TransformerConfig.for_family("llama", vocab_size=VOCAB, max_position_embeddings=LENGTH, **SIZES[size])
+    mesh = parallel.make_mesh(parallel.MeshConfig(1, 1, 1), jax.devices()[:1])
+    trainer = train.Trainer(Transformer(cfg, rngs=nnx.Rngs(0)), sft.loss_fn(window=LOSS_TOKENS),
+                            train.OptimizerConfig(learning_rate=LR, weight_decay=0.0, max_grad_norm=CLIP), mesh)
+    sides = {"no prefetch": 0, "prefetch 2": 2}
+    state = {name: trainer.init_state(0) for name in sides}
+    position = {name: 0 for name in sides}
+
+    def run(name):
+        start = time.perf_counter()
+        state[name], _ = train.fit(trainer, state[name], batches, steps=int(state[name].step) + fit_steps,
+                                   start_position=position[name], prefetch=sides[name], progress=False)
+        jax.block_until_ready(state[name].params)
+        position[name] += fit_steps
+        return (time.perf_counter() - start) / fit_steps
+
+    for name in sides:  # compile and warm up
+        run(name)
+    per_step = {name: [] for name in sides}
+    for k in range(rounds):
+        for name in list(sides)[k % 2:] + list(sides)[:k % 2]:
+            per_step[name].append(run(name))
+    build = []
+    for p in range(200):
+        start = time.perf_counter()
+        batches(p)
+        build.append(time.perf_counter() - start)
+    print(f"{size}: jax_irl SFT step, {ROWS} rows x {LENGTH} tokens, from a Grain pipeline over {corpus_rows} "
+          f"encoded rows; {os.cpu_count()} CPU cores, jax {jax.__version__} ({jax.devices()[0].platform}); "
+          f"{rounds} interleaved rounds of {fit_steps} fit steps per side.")
+    print(f"Host time to build one batch (Grain map, median of 200): {1e3 * statistics.median(build):.3f} ms.\n")
+    print("| side | wall per step (median) | range |\n|---|---|---|")
+    for name in sides:
+        t = per_step[name]
+        print(f"| {name} | {1e3 * statistics.median(t):.1f} ms | {1e3 * min(t):.1f}-{1e3 * max(t):.1f} ms |")
+    hidden = statistics.median(per_step["no prefetch"]) - statistics.median(per_step["prefetch 2"])
+    print(f"\nHidden by prefetch: {1e3 * hidden:.2f} ms per step (median difference).")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=sorted(SIZES), default="W1")
@@ -361,7 +425,15 @@ def main(argv=None):
     default = SIDES + (TRL_SIDES if importlib.util.find_spec("trl") else ())
     p.add_argument("--sides", default=",".join(default), help="comma-separated subset of: " + ", ".join(known))
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--input", action="store_true", help="measure the input pipeline's prefetch instead")
+    p.add_argument("--fit-steps", type=int, default=5, help="--input: fit steps per round and side")
+    p.add_argument("--corpus-rows", type=int, default=4096, help="--input: rows of the encoded corpus")
     args = p.parse_args(argv)
+    if args.input:
+        if args.fit_steps < 1 or args.corpus_rows < ROWS or args.steps < 1:
+            p.error(f"--fit-steps and --steps must be >= 1 and --corpus-rows >= {ROWS}")
+        input_pipeline(args.size, args.steps, args.fit_steps, args.corpus_rows)
+        return
     if args.steps < 1 or args.mem_steps < 1:
         p.error("--steps and --mem-steps must be >= 1")
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]

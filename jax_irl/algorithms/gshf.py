@@ -116,21 +116,15 @@ def dpo_loss_fn(cfg: DPOConfig, vocab_chunk: Optional[int] = None, window: Optio
 
 
 def pair_batch_fn(rows: Dict[str, np.ndarray], ref_logps: np.ndarray, batch_pairs: int, seed: int,
-                  margin: Optional[np.ndarray] = None):
+                  margin: Optional[np.ndarray] = None) -> batching.Batches:
     """batch_fn(position) for ``train.fit``: ``batch_pairs`` pairs (2 * batch_pairs rows, pairs kept together),
-    a pure function of (seed, position) through ``batching.BatchSampler`` over the pairs."""
+    a pure function of (seed, position) through ``batching.IndexSampler`` over the pairs; ``margin`` [pairs]
+    goes onto both rows of its pair."""
     num_pairs = len(rows["tokens"]) // 2
-    sampler = batching.BatchSampler(num_pairs, min(batch_pairs, num_pairs), seed=seed)
-
-    def batch_fn(position):
-        chosen = sampler.local_indices(position)
-        idx = np.stack([2 * chosen, 2 * chosen + 1], 1).reshape(-1)
-        batch = {"tokens": rows["tokens"][idx], "mask": rows["mask"][idx], "ref_logps": ref_logps[idx]}
-        if margin is not None:
-            batch["margin"] = np.repeat(margin[chosen], 2).astype(np.float32)  # [2B]: on both rows of a pair
-        return batch
-
-    return batch_fn
+    sampler = batching.IndexSampler(num_pairs, min(batch_pairs, num_pairs), seed=seed)
+    per_pair = {} if margin is None else {"margin": np.asarray(margin, np.float32)}
+    return batching.Batches(sampler, {"tokens": rows["tokens"], "mask": rows["mask"], "ref_logps": ref_logps},
+                            rows_per_example=2, per_example=per_pair)
 
 
 def stage_for(num_items: int, batch_size: int, epochs: float, optimizer: train.OptimizerConfig,
@@ -387,7 +381,7 @@ def _rejection(method: GSHFMethod, ctx: Context, run: stages.Run, budget: int, m
         rows = batching.trim_padding({"tokens": encoded["tokens"], "mask": encoded["mask"]}, tok.pad_id)
         stage = stage_for(len(records), 2 * ctx.batch_pairs, method.epochs, ctx.optimizer,
                           int(run.mesh.shape["data"] * run.mesh.shape["fsdp"]))
-        sampler = batching.BatchSampler(len(records), stage.batch_size, seed=seed)
+        sampler = batching.IndexSampler(len(records), stage.batch_size, seed=seed)
         loss = sft.loss_fn(vocab_chunk=run.settings.vocab_chunk, window=rollout.loss_window(rows["mask"]))
         policy = train_run.sub(desc=f"{os.path.basename(run.folder)} raft ({len(records)} samples)").stage(
             ctx.pi0, loss, stage, sampler.batch_fn(rows)).model

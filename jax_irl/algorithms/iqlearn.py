@@ -94,7 +94,7 @@ def make_loss_fn(method: Method, *, vocab_chunk: Optional[int] = None, window: O
     return loss_fn
 
 
-def online_batch_fn(method: Method, sampler: batching.BatchSampler, encoded: Dict[str, np.ndarray], *, seed: int,
+def online_batch_fn(method: Method, sampler: batching.IndexSampler, encoded: Dict[str, np.ndarray], *, seed: int,
                     prompt_width: int, max_new_tokens: int, eos_id: int, pad_id: int) -> Callable:
     """batch_fn(position, model) for ``train.fit``: the data batch at ``position`` plus responses sampled from
     the current model for the first ``method.policy_prompts`` of its prompts, drawn with
@@ -118,12 +118,12 @@ def online_batch_fn(method: Method, sampler: batching.BatchSampler, encoded: Dic
 def finetune(run: stages.Run, method: Method, base, stage: stages.StageConfig, encoded: Dict[str, np.ndarray],
              spec: Optional[sampling.SamplingSpec] = None):
     """The method as one resumable stage from ``base`` on encoded rows (tokens, mask, prompt_lengths) in
-    ``run`` (``stages.run_stage``); returns the fine-tuned model. Batches: ``batching.BatchSampler`` with
+    ``run`` (``stages.run_stage``); returns the fine-tuned model. Batches: ``batching.IndexSampler`` with
     ``run.seed``; online adds policy samples drawn by ``spec`` (eos and pad ids, ``max_new_tokens``, and the
     ``prompt_width`` prompts are padded to), which only online methods need. With ``method.train_examples`` only
     the first that many rows are trained on (for the same number of steps)."""
     encoded = sft.first_examples(encoded, method.train_examples)
-    sampler = batching.BatchSampler(len(encoded["tokens"]), stage.batch_size, seed=run.seed)
+    sampler = batching.IndexSampler(len(encoded["tokens"]), stage.batch_size, seed=run.seed)
     online = method.kind == "online"
     if online:
         if spec is None or spec.max_new_tokens is None or spec.prompt_width is None:

@@ -307,8 +307,8 @@ class PPORun:
         settings = run.settings
         self.vocab_chunk, self.rows_per_score, self.keep = (settings.vocab_chunk, settings.rows_per_score,
                                                             settings.keep_rollouts)
-        from jax_irl.data.batching import BatchSampler
-        self.sampler = BatchSampler(len(prompts.tokens), cfg.prompts_per_rollout, seed=run.seed)
+        from jax_irl.data.batching import IndexSampler
+        self.sampler = IndexSampler(len(prompts.tokens), cfg.prompts_per_rollout, seed=run.seed)
         self._cache: Dict[int, Dict[str, np.ndarray]] = {}
 
     def _paths(self, i: int) -> Tuple[str, str]:

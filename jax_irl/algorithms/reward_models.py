@@ -165,13 +165,8 @@ def fit_pairs(run: stages.Run, model: nnx.Module, kind: RMKind, records: Sequenc
     model."""
     records = pairs.distinct_pairs(tokenizer, records, max_length, what="reward-model pairs")
     rows = pair_rows(pairs.preference_rows(tokenizer, records, max_length))
-    batches = batching.BatchSampler(len(records), min(stage.batch_size, len(records)), seed=run.seed)
-
-    def batch_fn(position):
-        idx = batches.indices(position)
-        rows_idx = np.stack([2 * idx, 2 * idx + 1], 1).reshape(-1)
-        return {k: rows[k][rows_idx] for k in ("tokens", "attention")}
-
+    sampler = batching.IndexSampler(len(records), min(stage.batch_size, len(records)), seed=run.seed)
+    batch_fn = batching.Batches(sampler, {k: rows[k] for k in ("tokens", "attention")}, rows_per_example=2)
     return run.sub(depends={"kind": kind, "pairs": len(records)}).stage(
         model, bt_loss_fn(kind), stage, batch_fn, tx=optimizer_for(kind, stage.optimizer, stage.steps)).model
 

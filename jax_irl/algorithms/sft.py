@@ -91,7 +91,7 @@ def finetune(run: stages.Run, base, stage: stages.StageConfig, encoded: Dict[str
       run: the stage's run: its folder (checkpoints/, metrics.jsonl, tensorboard/; a run with the same
         fingerprint resumes from its latest checkpoint), mesh, settings (checkpoint interval, ``vocab_chunk`` as
         in ``loss_fn``), fingerprint (what the stage depends on: data, base, ...; checked on resume) and seed
-        (the batch order's: ``batching.BatchSampler``, a batch is a pure function of seed and step).
+        (the batch order's: ``batching.IndexSampler``, a batch is a pure function of seed and step).
       base: the model to start from (not modified; the stage trains a copy of its state).
       stage: steps, batch size and optimizer; part of the checkpoint fingerprint.
       encoded: rows from ``batching.encode_examples``: tokens [N, T] and mask [N, T - 1] (1 on the responses).
@@ -101,7 +101,7 @@ def finetune(run: stages.Run, base, stage: stages.StageConfig, encoded: Dict[str
       The fine-tuned model.
     """
     encoded = first_examples(encoded, train_examples)
-    sampler = batching.BatchSampler(len(encoded["tokens"]), stage.batch_size, seed=run.seed)
+    sampler = batching.IndexSampler(len(encoded["tokens"]), stage.batch_size, seed=run.seed)
     loss = loss_fn(vocab_chunk=run.settings.vocab_chunk, window=rollout.loss_window(encoded["mask"]))
     result = run.stage(base, loss, stage, sampler.batch_fn({"tokens": encoded["tokens"], "mask": encoded["mask"]}))
     return result.model

@@ -356,7 +356,7 @@ def test_pessimistic_dpo_puts_the_uncertainty_margin_into_the_loss(lm, tmp_path)
     for r in records:
         assert r["chosen_uncertainty"] == pytest.approx(len(r["chosen"]) / 10)
     batch = min(4, len(records))
-    chosen = batching.BatchSampler(len(records), batch, seed=0).indices(0)
+    chosen = batching.IndexSampler(len(records), batch, seed=0).indices(0)
     want = np.mean(np.log1p(np.exp(margin[chosen])))  # -log sigmoid(-m)
     with open(tmp_path / "p" / "round_0" / "train" / "metrics.jsonl") as f:
         assert json.loads(f.readline())["loss"] == pytest.approx(want, rel=1e-5)

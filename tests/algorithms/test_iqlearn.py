@@ -76,7 +76,7 @@ def test_online_batches_are_a_pure_function_of_the_position(setup):
     rng = np.random.default_rng(1)
     tokens = rng.integers(3, 37, (8, 10)).astype(np.int32)
     encoded = {"tokens": tokens, "mask": np.ones((8, 9), np.float32), "prompt_lengths": np.full(8, 4)}
-    sampler = batching.BatchSampler(8, 4, seed=0)
+    sampler = batching.IndexSampler(8, 4, seed=0)
     fn = iqlearn.online_batch_fn(iqlearn.Method("online", td_weight=0.1, policy_prompts=2), sampler, encoded, seed=5,
                                  prompt_width=4, max_new_tokens=3, eos_id=0, pad_id=0)
     a, b, c = fn(3, model), fn(3, model), fn(4, model)

@@ -187,18 +187,50 @@ def test_encode_examples_masks_exactly_the_response_and_eos(bpe):
     assert (enc["tokens"][:, longest:] == tok.pad_id).all() and enc["mask"][:, longest - 1:].sum() == 0
 
 
-def test_batch_sampler_is_a_pure_function_of_position_and_covers_each_epoch():
-    sampler = batching.BatchSampler(num_examples=10, batch_size=3, seed=7)
-    assert sampler.steps_per_epoch == 3
-    epoch0 = np.concatenate([sampler.indices(p) for p in range(3)])
-    assert len(set(epoch0)) == 9  # no repeats within an epoch; one example dropped
-    epoch1 = np.concatenate([sampler.indices(p) for p in range(3, 6)])
-    assert not np.array_equal(epoch0, epoch1)  # reshuffled each epoch
-    np.testing.assert_array_equal(batching.BatchSampler(10, 3, 7).indices(4), sampler.indices(4))  # resume
+def test_index_sampler_is_a_pure_function_of_position_and_covers_each_epoch():
+    sampler = batching.IndexSampler(num_examples=10, batch_size=3, seed=7)
+    stream = np.concatenate([sampler.indices(p) for p in range(10)])  # 30 indices: three epochs
+    epochs = stream.reshape(3, 10)
+    for epoch in epochs:  # every example once per epoch, none dropped (batches run across epochs)
+        assert sorted(epoch.tolist()) == list(range(10))
+    assert not np.array_equal(epochs[0], epochs[1])  # reshuffled each epoch
+    np.testing.assert_array_equal(batching.IndexSampler(10, 3, 7).indices(4), sampler.indices(4))  # resume
+    # Grain shuffles epoch e with seed + e; the hashed seed keeps seed 8's first epoch unlike seed 7's second.
+    nearby = np.concatenate([batching.IndexSampler(10, 10, 8).indices(0)])
+    assert not np.array_equal(nearby, epochs[1]) and not np.array_equal(nearby, epochs[0])
     fn = sampler.batch_fn({"x": np.arange(10) * 10})
     np.testing.assert_array_equal(fn(2)["x"], sampler.indices(2) * 10)
     with pytest.raises(ValueError, match="at least one full batch"):
-        batching.BatchSampler(2, 3, 0)
+        batching.IndexSampler(2, 3, 0)
+    with pytest.raises(ValueError, match="seed must be >= 0"):
+        batching.IndexSampler(10, 3, -1)
+    with pytest.raises(ValueError, match="batch_size must be an int"):
+        batching.IndexSampler(10, 2.5, 0)
+    with pytest.raises(ValueError, match="position must be >= 0"):
+        sampler.indices(-1)
+
+
+def test_batches_keep_pairs_together_and_the_iterator_prefetches_the_same_batches():
+    sampler = batching.IndexSampler(num_examples=5, batch_size=2, seed=3)
+    rows = np.arange(10) * 10  # example i owns rows 2i and 2i + 1
+    batches = batching.Batches(sampler, {"x": rows}, rows_per_example=2, per_example={"m": np.arange(5) + 0.5})
+    for position in range(6):
+        idx = sampler.indices(position)
+        got = batches(position)
+        np.testing.assert_array_equal(got["x"], np.stack([20 * idx, 20 * idx + 10], 1).reshape(-1))
+        np.testing.assert_array_equal(got["m"], np.repeat(idx + 0.5, 2))
+    for prefetch in (0, 2):
+        it = batches.iterator(4, prefetch=prefetch)
+        for position in range(4, 9):
+            np.testing.assert_array_equal(next(it)["x"], batches(position)["x"])
+        assert it.get_state() == {"next_index": 9}
+        it.close()
+    with pytest.raises(ValueError, match=r"every array needs 10 rows \(5 examples x 2\); got \{'x': 9\}"):
+        batching.Batches(sampler, {"x": rows[:9]}, rows_per_example=2)
+    with pytest.raises(ValueError, match="per_example array needs the sampler's 5 rows"):
+        batching.Batches(sampler, {"x": rows}, rows_per_example=2, per_example={"m": np.arange(4)})
+    with pytest.raises(ValueError, match="rows_per_example must be an int >= 1"):
+        batching.Batches(sampler, {"x": rows}, rows_per_example=0)
 
 
 def test_jsonl_task_splits_a_local_file_and_names_what_is_wrong(tmp_path):

@@ -13,6 +13,7 @@ parser.add_argument("--sleep", type=float, default=0.0, help="seconds per step, 
 parser.add_argument("--devices", type=int, default=8)
 parser.add_argument("--mesh", default="2,2,2")
 parser.add_argument("--hidden", type=int, default=32)
+parser.add_argument("--grain", action="store_true", help="read the batches through batching.Batches (prefetched)")
 args = parser.parse_args()
 os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
 os.environ["JAX_PLATFORMS"] = "cpu"
@@ -22,6 +23,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from jax_irl import checkpoint, losses, parallel, train  # noqa: E402
+from jax_irl.data import batching  # noqa: E402
 from jax_irl.models.config import TransformerConfig  # noqa: E402
 from jax_irl.models.transformer import Transformer  # noqa: E402
 
@@ -51,13 +53,17 @@ state, position = train.resume_or_init(trainer, ckpt, seed=0)
 print(f"start {int(state.step)}", flush=True)
 
 
-def slow_batches(position):
+def pause(model, step):  # leaves time for a kill between steps
     time.sleep(args.sleep)
-    return batch_fn(position)
 
 
-state, status = train.fit(trainer, state, slow_batches, steps=args.steps, start_position=position, checkpointer=ckpt,
-                          log_dir=args.dir, progress=False)
+if args.grain:  # 40 fixed rows, 16 a batch, from a Grain pipeline that prefetches 2 batches
+    rows = np.random.default_rng(0).integers(0, 64, (40, 10)).astype(np.int32)
+    batches = batching.IndexSampler(40, 16, seed=5).batch_fn({"tokens": rows, "mask": np.ones((40, 9), np.float32)})
+else:
+    batches = batch_fn
+state, status = train.fit(trainer, state, batches, steps=args.steps, start_position=position, checkpointer=ckpt,
+                          log_dir=args.dir, progress=False, hooks=[train.Every(1, pause)] if args.sleep else ())
 ckpt.close()
 print(f"status {status} step {int(state.step)}", flush=True)
 if status == "done":

@@ -87,6 +87,33 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run_bitwise(uninterrupted,
 
 
 @pytest.mark.slow
+def test_a_grain_pipeline_saves_its_position_and_resumes_bitwise_after_sigkill(tmp_path):
+    """Batches read through a prefetching Grain iterator: each checkpoint holds the iterator's state (its next
+    position, which equals the step here: one batch a step), and a killed run resumes to the uninterrupted one."""
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    _run(whole, "--grain")
+    proc = _run(killed, "--grain", "--sleep", "0.4", wait=False)
+    _wait_for_checkpoint(killed, proc, 4)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    for step in _complete_steps(killed):
+        with open(killed / "checkpoints" / str(step) / "data" / "process_0-of-1.json") as f:
+            assert json.load(f) == {"next_index": step}
+    # a data state that disagrees with the checkpoint's record is refused, naming both positions
+    last = max(_complete_steps(killed))
+    path = killed / "checkpoints" / str(last) / "data" / "process_0-of-1.json"
+    good = path.read_text()
+    path.write_text(json.dumps({"next_index": last + 3}))
+    done = subprocess.run([sys.executable, WORKER, "--dir", str(killed), "--grain"], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=ROOT), timeout=600)
+    assert done.returncode != 0 and f"its data iterator is at position {last + 3} but its record says {last}" in \
+        done.stderr
+    path.write_text(good)
+    assert "start 0" not in _run(killed, "--grain")
+    _assert_same_run(whole, killed)
+
+
+@pytest.mark.slow
 def test_sigterm_saves_at_the_next_step_and_stops(uninterrupted, tmp_path):
     proc = _run(tmp_path, "--sleep", "0.4", wait=False)
     _wait_for_checkpoint(tmp_path, proc, 2)
