@@ -381,15 +381,14 @@ def input_pipeline(size: str, rounds: int, fit_steps: int, corpus_rows: int) -> 
     trainer = train.Trainer(Transformer(cfg, rngs=nnx.Rngs(0)), sft.loss_fn(window=LOSS_TOKENS),
                             train.OptimizerConfig(learning_rate=LR, weight_decay=0.0, max_grad_norm=CLIP), mesh)
     sides = {"no prefetch": 0, "prefetch 2": 2}
-    state = {name: trainer.init_state(0) for name in sides}
-    position = {name: 0 for name in sides}
+    box = {"state": trainer.init_state(0), "position": 0}  # one training run; the sides take turns continuing it
 
     def run(name):
         start = time.perf_counter()
-        state[name], _ = train.fit(trainer, state[name], batches, steps=int(state[name].step) + fit_steps,
-                                   start_position=position[name], prefetch=sides[name], progress=False)
-        jax.block_until_ready(state[name].params)
-        position[name] += fit_steps
+        box["state"], _ = train.fit(trainer, box["state"], batches, steps=int(box["state"].step) + fit_steps,
+                                    start_position=box["position"], prefetch=sides[name], progress=False)
+        jax.block_until_ready(box["state"].params)
+        box["position"] += fit_steps
         return (time.perf_counter() - start) / fit_steps
 
     for name in sides:  # compile and warm up
