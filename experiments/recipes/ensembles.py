@@ -79,14 +79,6 @@ def validate(cfg: EnsemblesConfig) -> None:
                          f"{cfg.task.train_examples}")
 
 
-def _rows(tok, prompts: Sequence[str], responses: Sequence[str], max_length: int) -> Dict[str, np.ndarray]:
-    """Prompt + response rows with attention, for scoring by a reward model."""
-    from jax_irl.data import batching
-
-    enc = batching.encode_examples(tok, list(prompts), list(responses), max_length)
-    return rm.pair_rows(batching.trim_padding({"tokens": enc["tokens"], "mask": enc["mask"]}, tok.pad_id))
-
-
 def _aggregate(rewards: np.ndarray, how: str, coef: Optional[float]) -> np.ndarray:
     return np.asarray(losses.aggregate_rewards(jax.numpy.asarray(rewards), how, coef=coef))
 
@@ -171,7 +163,7 @@ def shared(cfg: EnsemblesConfig, run_dir: str, prep: lm_base.Prepared) -> Shared
     train_pairs, test_pairs = labelled_pairs(cfg, run_dir, pi0, train_prompts, settings)
     pool = stages.cached_json(os.path.join(run_dir, "data", "bon_pool.json"), functools.partial(
         draw_bon_pool, pi0, eval_prompts, cfg.bon_samples, settings))
-    pool_rows = _rows(rm_tok, [p for p in eval_prompts.texts for _ in range(cfg.bon_samples)],
+    pool_rows = rm.text_rows(rm_tok, [p for p in eval_prompts.texts for _ in range(cfg.bon_samples)],
                       [t for ts in pool["texts"] for t in ts], max_length)
     return Shared(cfg=cfg, prep=prep, run_dir=run_dir, gold_fn=gold_fn, rm_base=rm_base, rm_tok=rm_tok,
                   train_pairs=train_pairs, test_pairs=test_pairs, pool=pool, pool_rows=pool_rows,
@@ -221,7 +213,7 @@ class ProxyReward:
     def __call__(self, prompts: Sequence[str], response_ids: np.ndarray, response_mask: np.ndarray):
         tok, sh = self.sh.prep.tokenizer, self.sh
         texts = [tok.decode(r[m > 0]) for r, m in zip(response_ids, response_mask)]
-        rows = _rows(sh.rm_tok, prompts, texts, sh.max_length)
+        rows = rm.text_rows(sh.rm_tok, prompts, texts, sh.max_length)
         scored = rollout.score_rows(self.proxy, rollout.RewardScores("uwo", self.uwo),
                                     {k: rows[k] for k in ("tokens", "attention")}, rows_per_batch=64)["reward"]
         gold = np.asarray(sh.gold_fn(list(prompts), [sh.references[p] for p in prompts], [[t] for t in texts]))[:, 0]

@@ -136,6 +136,13 @@ def pair_rows(rows: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     return dict(rows, attention=attention)
 
 
+def text_rows(tokenizer, prompts: Sequence[str], responses: Sequence[str], max_length: int) -> Dict[str, np.ndarray]:
+    """Prompt + response rows with 'attention' (``pair_rows``), trimmed of all-padding columns, for scoring texts
+    by a reward model (``rollout.RewardScores``)."""
+    enc = batching.encode_examples(tokenizer, list(prompts), list(responses), max_length)
+    return pair_rows(batching.trim_padding({"tokens": enc["tokens"], "mask": enc["mask"]}, tokenizer.pad_id))
+
+
 def bt_loss_fn(kind: RMKind):
     """loss_fn(model, batch, rng) for ``train.Trainer``: batch rows alternate chosen / rejected (pair_rows);
     the sum over heads of the heads' Bradley-Terry losses, with bootstrap weights when configured. Logs the
@@ -156,19 +163,48 @@ def bt_loss_fn(kind: RMKind):
     return loss_fn
 
 
+def classify_loss_fn(kind: RMKind):
+    """loss_fn(model, batch, rng) for ``train.Trainer``: GAIL's discriminator (``losses.discriminator_loss``) on
+    rows that alternate data / policy (pair_rows: 'chosen' the data's response, 'rejected' the policy's), each
+    head a classifier of its own, their losses summed. Logs the heads' mean data and policy accuracies."""
+
+    def loss_fn(model, batch, rng):
+        del rng
+        logits = model(batch["tokens"], batch["attention"])  # [2B, K]
+        total, data_acc, policy_acc = 0.0, 0.0, 0.0
+        for k in range(logits.shape[1]):
+            loss, aux = losses.discriminator_loss(logits[0::2, k], logits[1::2, k])
+            total, data_acc, policy_acc = total + loss, data_acc + aux["data_accuracy"], policy_acc + aux[
+                "policy_accuracy"]
+        heads = logits.shape[1]
+        return total, {"data_accuracy": data_acc / heads, "policy_accuracy": policy_acc / heads}
+
+    return loss_fn
+
+
+OBJECTIVES = ("bradley_terry", "classify")
+
+
 def fit_pairs(run: stages.Run, model: nnx.Module, kind: RMKind, records: Sequence[Dict[str, str]], tokenizer,
-              stage: stages.StageConfig, *, max_length: int) -> nnx.Module:
-    """Train a reward model of ``kind`` by Bradley-Terry (``bt_loss_fn``) on preference records (prompt, chosen,
-    rejected) as a stage of ``run`` (``stages.run_stage``; its fingerprint gains the kind and the pair count),
-    resuming there; pairs whose two responses encode to the same tokens are dropped (``pairs.distinct_pairs``).
-    Batches of ``stage.batch_size`` pairs are a pure function of (run.seed, position). Returns the trained
-    model."""
+              stage: stages.StageConfig, *, max_length: int, objective: str = "bradley_terry") -> nnx.Module:
+    """Train a reward model of ``kind`` on preference records (prompt, chosen, rejected) as a stage of ``run``
+    (``stages.run_stage``; its fingerprint gains the kind and the pair count), resuming there, by Bradley-Terry
+    (``bt_loss_fn``) or, with ``objective='classify'``, as GAIL's discriminator between the chosen (data) and
+    rejected (policy) responses (``classify_loss_fn``); pairs whose two responses encode to the same tokens are
+    dropped (``pairs.distinct_pairs``). Batches of ``stage.batch_size`` pairs are a pure function of (run.seed,
+    position). Returns the trained model."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}; got {objective!r}")
     records = pairs.distinct_pairs(tokenizer, records, max_length, what="reward-model pairs")
     rows = pair_rows(pairs.preference_rows(tokenizer, records, max_length))
     sampler = batching.IndexSampler(len(records), min(stage.batch_size, len(records)), seed=run.seed)
     batch_fn = batching.Batches(sampler, {k: rows[k] for k in ("tokens", "attention")}, rows_per_example=2)
-    return run.sub(depends={"kind": kind, "pairs": len(records)}).stage(
-        model, bt_loss_fn(kind), stage, batch_fn, tx=optimizer_for(kind, stage.optimizer, stage.steps)).model
+    loss_fn = bt_loss_fn(kind) if objective == "bradley_terry" else classify_loss_fn(kind)
+    depends = {"kind": kind, "pairs": len(records)}
+    if objective != "bradley_terry":  # (a Bradley-Terry fit keeps the fingerprint it always had)
+        depends["objective"] = objective
+    return run.sub(depends=depends).stage(model, loss_fn, stage, batch_fn,
+                                          tx=optimizer_for(kind, stage.optimizer, stage.steps)).model
 
 
 def evaluate_pairs(model, rows: Dict[str, np.ndarray], rows_per_batch: int = 64) -> Dict[str, object]:

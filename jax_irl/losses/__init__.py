@@ -19,6 +19,9 @@ from jax_irl.losses.group import (
 )
 from jax_irl.losses.imitation import (
     CHI2_SUPPORTS,
+    DISCRIMINATOR_REWARDS,
+    discriminator_loss,
+    discriminator_reward,
     iqlearn_loss,
     iqlearn_loss_from_q,
     iqlearn_online_loss,
@@ -53,6 +56,9 @@ from jax_irl.losses.soft_q import (
 
 __all__ = [
     "CHI2_SUPPORTS",
+    "DISCRIMINATOR_REWARDS",
+    "discriminator_loss",
+    "discriminator_reward",
     "AGGREGATIONS",
     "CREDITS",
     "DPO_LOSS_TYPES",

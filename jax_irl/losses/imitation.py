@@ -13,6 +13,10 @@ Every loss comes in two forms: one on logits [B, T, V], and a ``*_from_q`` form 
 (Q(s_t, a_t), V(s_t)) of [B, T] arrays that ``soft_q.soft_q_stats`` or ``soft_q.chunked_soft_q_stats`` return.
 The loss depends on the logits only through that pair, so both forms give the same value and gradients.
 
+Adversarial imitation (GAIL, Ho & Ermon 2016) trains a discriminator D = sigmoid(logit) between the data's and
+the policy's (prompt, response) pairs (``discriminator_loss``) and pays the policy a reward read off its logit
+(``discriminator_reward``).
+
 Reduction: a token mean, sum over counted tokens / ``normalizer`` (default: the number of counted tokens).
 Pass ``normalizer`` = the global token count to sum losses over gradient-accumulation micro-batches or over
 shard_map shards (psum the per-shard losses) and get exactly the full-batch loss.
@@ -24,8 +28,10 @@ from typing import Optional
 
 import jax.numpy as jnp
 
-from jax_irl.losses._common import (Array, check_mask, check_rank, check_same_shape, check_scalar, masked_mean,
-                                    masked_sum, upcast)
+import jax
+
+from jax_irl.losses._common import (Array, check_float, check_mask, check_rank, check_same_shape, check_scalar,
+                                    masked_mean, masked_sum, upcast)
 from jax_irl.losses.soft_q import (finite_where_masked, implied_rewards_from_q, next_state_values, soft_q_stats,
                                    soft_values, token_entropies)
 
@@ -276,3 +282,86 @@ def iqlearn_online_loss(
         q, v, mask, pv, policy_mask, alpha=alpha, gamma=gamma, td_weight=td_weight, temperature=temperature,
         terminal=terminal, policy_terminal=policy_terminal, normalizer=normalizer,
         policy_normalizer=policy_normalizer, chi2=chi2, policy_target_q=pq)
+
+
+DISCRIMINATOR_REWARDS = ("logit", "gail", "log_d")
+
+
+def discriminator_loss(data_logits: Array, policy_logits: Array):
+    """GAIL's discriminator loss: binary cross-entropy with the data's pairs labelled 1 and the policy's 0.
+
+    With D(x, y) = sigmoid(logit(x, y)) the probability that a (prompt, response) pair is the data's,
+
+        L = -mean_b log D(data_b) - mean_b log(1 - D(policy_b))
+          = mean_b softplus(-logit_data_b) + mean_b softplus(logit_policy_b).
+
+    At the optimum D = p_data / (p_data + p_policy), so logit = log p_data - log p_policy (Goodfellow et al.
+    2014): the reward ``discriminator_reward(..., "logit")`` is then the log density ratio.
+
+    Args:
+      data_logits: [B] the discriminator's logits on the data's pairs.
+      policy_logits: [B'] its logits on the policy's pairs (B' may differ from B).
+
+    Returns:
+      (loss [], aux) with 'data_loss' and 'policy_loss' (the two means), 'data_accuracy' (share of data
+      logits > 0), 'policy_accuracy' (share of policy logits < 0) and 'data_d' / 'policy_d' (mean D on each).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> loss, aux = discriminator_loss(jnp.array([0.0]), jnp.array([0.0]))
+      >>> round(float(loss), 4)  # 2 log 2: a discriminator that cannot tell them apart
+      1.3863
+
+    References:
+      Ho & Ermon, "Generative Adversarial Imitation Learning", NeurIPS 2016.
+    """
+    check_rank("data_logits", data_logits, 1, "[B]")
+    check_rank("policy_logits", policy_logits, 1, "[B']")
+    check_float("data_logits", data_logits)
+    check_float("policy_logits", policy_logits)
+    if data_logits.shape[0] == 0 or policy_logits.shape[0] == 0:
+        raise ValueError(f"data_logits and policy_logits must each hold at least one pair; got shapes "
+                         f"{tuple(data_logits.shape)} and {tuple(policy_logits.shape)}")
+    data, policy = upcast(data_logits), upcast(policy_logits)
+    data_loss = jnp.mean(jax.nn.softplus(-data))
+    policy_loss = jnp.mean(jax.nn.softplus(policy))
+    aux = {"data_loss": data_loss, "policy_loss": policy_loss,
+           "data_accuracy": jnp.mean((data > 0).astype(data.dtype)),
+           "policy_accuracy": jnp.mean((policy < 0).astype(policy.dtype)),
+           "data_d": jnp.mean(jax.nn.sigmoid(data)), "policy_d": jnp.mean(jax.nn.sigmoid(policy))}
+    return data_loss + policy_loss, aux
+
+
+def discriminator_reward(logits: Array, kind: str = "logit") -> Array:
+    """The policy's reward from the discriminator's logits (D = sigmoid(logit)), elementwise.
+
+    - 'logit': log D - log(1 - D) = logit, the log density ratio log p_data / p_policy at the discriminator's
+      optimum; with a KL penalty beta * KL(pi || pi_ref) its maximiser is pi proportional to
+      pi_ref * (p_data / p_policy)^(1/beta) (the form of AIRL and of f-divergence imitation);
+    - 'gail': -log(1 - D) = softplus(logit), Ho & Ermon's reward (always > 0: it pays length in episodic tasks);
+    - 'log_d': log D = -softplus(-logit) (always < 0).
+
+    Args:
+      logits: any shape, floating point.
+      kind: one of ``DISCRIMINATOR_REWARDS``.
+
+    Returns:
+      The rewards, the logits' shape, in their accumulation dtype.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> [round(float(r), 4) for r in discriminator_reward(jnp.array([0.0, 2.0]), "gail")]
+      [0.6931, 2.1269]
+
+    References:
+      Ho & Ermon 2016; Fu et al., "Learning Robust Rewards with Adversarial Inverse Reinforcement Learning", 2018.
+    """
+    check_float("logits", logits)
+    x = upcast(logits)
+    if kind == "logit":
+        return x
+    if kind == "gail":
+        return jax.nn.softplus(x)
+    if kind == "log_d":
+        return -jax.nn.softplus(-x)
+    raise ValueError(f"kind must be one of {DISCRIMINATOR_REWARDS}; got {kind!r}")

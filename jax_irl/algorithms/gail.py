@@ -1,0 +1,185 @@
+"""Adversarial imitation (GAIL; Ho & Ermon 2016) for language models, the third family of Wulfmeier et al.'s
+comparison beside MLE and IQLearn.
+
+A discriminator D(x, y) = sigmoid(logit(x, y)) tells the data's (prompt, response) pairs from the policy's; the
+policy is trained on a reward read off its logit (``losses.discriminator_reward``) with the critic-free group
+floor (``grpo.train_grpo``: G responses a prompt, group-relative advantages, so a per-prompt offset of the
+discriminator cancels). Each run:
+
+1. **starts from MLE**: the base fine-tuned on the data (``sft.finetune``), which is also the KL reference;
+2. then for ``rounds`` rounds: (a) the current policy answers ``disc_prompts`` training prompts once each; each
+   answer is paired with the data's response to the same prompt (``pairs`` records: chosen = data, rejected =
+   policy; cached in the round's folder); (b) the discriminator, a reward model on a copy of the MLE model's
+   backbone with one head, trains on those pairs (with ``replay``, on every round's pairs so far) by binary
+   cross-entropy (``reward_models.fit_pairs(objective='classify')``), continuing from the previous round's;
+   (c) the policy runs ``policy.iterations`` GRPO iterations on the discriminator's reward, with the KL to the
+   MLE model (``policy.kl_coef``) and an entropy bonus (``policy.entropy_coef``) as stabilisers; (d) with
+   ``mle_steps`` > 0, that many MLE steps on the data follow (the MLE term on the data, alternated).
+
+Every stage is a sub-run with its own checkpoints, so a killed run resumes where it stopped, and every sample
+is drawn with a key derived from (seed, round).
+
+References:
+  Ho & Ermon, "Generative Adversarial Imitation Learning", NeurIPS 2016.
+  Wulfmeier et al., "Imitating Language via Scalable Inverse Reinforcement Learning", 2024.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Dict, List, NamedTuple, Optional, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+
+from jax_irl import losses, rollout, sampling, stages, train
+from jax_irl.algorithms import grpo, pairs, sft
+from jax_irl.algorithms import reward_models as rm
+
+DISCRIMINATOR = rm.RMKind()  # one head: a classifier
+
+
+@dataclasses.dataclass(frozen=True)
+class GAILConfig:
+    """One GAIL variant. ``policy`` is the group method of each round's policy update (its ``iterations`` per
+    round); ``gamma`` is used only to extract implied rewards in evaluation, as for the other families."""
+
+    rounds: int = 3
+    policy: grpo.GRPOConfig = grpo.GRPOConfig(
+        method="grpo", iterations=4, prompts_per_rollout=8, group_size=4, max_new_tokens=48, kl_coef=0.05,
+        entropy_coef=0.0, optimizer=train.OptimizerConfig(learning_rate=1e-4, max_grad_norm=1.0))
+    reward: str = "logit"  # losses.DISCRIMINATOR_REWARDS
+    disc_prompts: int = 64  # training prompts a round: one policy answer each, against the data's response
+    disc_stage: stages.StageConfig = stages.StageConfig(steps=20, batch_size=16, optimizer=train.OptimizerConfig(
+        learning_rate=3e-4, schedule="cosine", warmup_steps=2, weight_decay=0.01))
+    replay: bool = True  # the discriminator trains on every round's pairs so far, not only this round's
+    mle_steps: int = 0  # MLE steps on the data after each round's policy update (0: none)
+    mle_batch: int = 32
+    gamma: float = 0.9
+    train_examples: Optional[int] = None  # train on only the first n training examples
+
+    def __post_init__(self):
+        for name in ("rounds", "disc_prompts", "mle_batch"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"GAILConfig.{name} must be an int >= 1; got {value!r}")
+        if not (isinstance(self.mle_steps, int) and self.mle_steps >= 0):
+            raise ValueError(f"GAILConfig.mle_steps must be an int >= 0; got {self.mle_steps!r}")
+        if self.reward not in losses.DISCRIMINATOR_REWARDS:
+            raise ValueError(f"GAILConfig.reward must be one of {losses.DISCRIMINATOR_REWARDS}; got {self.reward!r}")
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"GAILConfig.gamma must be in (0, 1]; got {self.gamma!r}")
+        if self.train_examples is not None and self.train_examples < 1:
+            raise ValueError(f"GAILConfig.train_examples must be None (all) or >= 1; got {self.train_examples!r}")
+
+
+class Texts(NamedTuple):
+    """The data as text, row for row with the encoded rows: prompts and their responses."""
+
+    prompts: Sequence[str]
+    responses: Sequence[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class DiscriminatorReward:
+    """``grpo.train_grpo``'s reward function: each response's reward from the discriminator's logit on (prompt,
+    response) (``losses.discriminator_reward``), with the logit and D as stats."""
+
+    discriminator: nnx.Module
+    tokenizer: object
+    kind: str
+    max_length: int
+
+    def __call__(self, prompts: Sequence[str], response_ids: np.ndarray, response_mask: np.ndarray):
+        texts = [self.tokenizer.decode(r[m > 0]) for r, m in zip(response_ids, response_mask)]
+        rows = rm.text_rows(self.tokenizer, prompts, texts, self.max_length)
+        logits = rollout.score_rows(self.discriminator, rollout.RewardScores("mean"),
+                                    {k: rows[k] for k in ("tokens", "attention")}, rows_per_batch=64)["reward"]
+        logits = np.asarray(logits, np.float64)
+        reward = np.asarray(losses.discriminator_reward(jax.numpy.asarray(logits), self.kind), np.float64)
+        return reward, {"disc_logit": logits, "disc_d": 1.0 / (1.0 + np.exp(-logits))}
+
+
+def draw_pairs(policy, prompts: rollout.Prompts, texts: Texts, count: int, key, spec: sampling.SamplingSpec,
+               tokenizer) -> dict:
+    """The policy's answer to ``count`` training prompts (drawn with ``key``), each paired with the data's
+    response: {"records": [{"prompt", "chosen": data, "rejected": policy}], "identical": how many answers were
+    the data's response itself}."""
+    order = np.asarray(jax.random.permutation(jax.random.fold_in(key, 0), len(prompts.tokens)))[:count]
+    chosen = prompts.take(order)
+    rows = rollout.sample_rows(policy, chosen.tokens, chosen.mask, jax.random.fold_in(key, 1),
+                               max_new_tokens=spec.max_new_tokens, eos_id=spec.eos_id, pad_id=spec.pad_id)
+    answers = [tokenizer.decode(r[m > 0]) for r, m in zip(rows["response"], rows["response_mask"])]
+    records = [{"prompt": texts.prompts[i], "chosen": texts.responses[i], "rejected": a}
+               for i, a in zip(order.tolist(), answers)]
+    return {"records": records, "identical": sum(r["chosen"].strip() == r["rejected"].strip() for r in records)}
+
+
+class GAILResult(NamedTuple):
+    model: nnx.Module  # the final policy
+    rounds: List[Dict[str, float]]  # per round: the discriminator's pairs, its accuracy, the policy's reward
+
+
+def finetune(run: stages.Run, cfg: GAILConfig, base: nnx.Module, stage: stages.StageConfig,
+             encoded: Dict[str, np.ndarray], texts: Texts, tokenizer, spec: sampling.SamplingSpec) -> GAILResult:
+    """GAIL from ``base`` on the encoded rows (tokens, mask, prompt_lengths) and their ``texts``, in ``run``: the
+    MLE stage ``stage`` first, then ``cfg.rounds`` rounds (module docstring). ``spec``: the tokenizer's eos and
+    pad ids, the width prompts are padded to and ``max_new_tokens`` (of the discriminator's policy samples).
+    Returns the final policy and per-round stats."""
+    if spec.max_new_tokens is None or spec.prompt_width is None:
+        raise ValueError(f"GAIL samples from the policy: pass a sampling spec with max_new_tokens and prompt_width; "
+                         f"got {spec!r}")
+    if len(texts.prompts) != len(encoded["tokens"]) or len(texts.responses) != len(encoded["tokens"]):
+        raise ValueError(f"texts must hold one prompt and response per encoded row ({len(encoded['tokens'])}); got "
+                         f"{len(texts.prompts)} prompts and {len(texts.responses)} responses")
+    spec.check_length(cfg.policy.max_new_tokens, "GAILConfig.policy")
+    encoded = sft.first_examples(encoded, cfg.train_examples)
+    n = len(encoded["tokens"])
+    texts = Texts(list(texts.prompts)[:n], list(texts.responses)[:n])
+    if cfg.disc_prompts > n or cfg.policy.prompts_per_rollout > n:
+        raise ValueError(f"GAILConfig.disc_prompts ({cfg.disc_prompts}) and policy.prompts_per_rollout "
+                         f"({cfg.policy.prompts_per_rollout}) need as many training examples; there are {n}")
+    policy = sft.finetune(run.sub("mle", desc=f"{run.desc} mle"), base, stage, encoded)
+    reference = nnx.clone(policy)
+    tokens, mask = rollout.prompt_rows(encoded["tokens"], encoded["prompt_lengths"], spec.pad_id, spec.prompt_width)
+    prompts = rollout.Prompts(tokens, mask, list(texts.prompts))
+    max_length = spec.prompt_width + 2 * spec.max_new_tokens + 2  # (bos, eos; the data's responses may run longer)
+    discriminator = rm.build(DISCRIMINATOR, functools.partial(_copy_of, reference), seed=run.seed)
+    buffer, rounds = [], []
+    for r in range(cfg.rounds):
+        here = run.sub(f"round_{r}")
+        drawn = here.cached("disc_pairs.json", functools.partial(
+            draw_pairs, policy, prompts, texts, cfg.disc_prompts,
+            jax.random.fold_in(jax.random.PRNGKey(run.seed), 1000 + r), spec, tokenizer))
+        buffer = buffer + drawn["records"] if cfg.replay else drawn["records"]
+        if any(x["chosen"].strip() != x["rejected"].strip() for x in buffer):
+            discriminator = rm.fit_pairs(here.sub("disc", desc=f"{run.desc} round {r} discriminator"),
+                                         discriminator, DISCRIMINATOR, buffer, tokenizer, cfg.disc_stage,
+                                         max_length=max_length, objective="classify")
+        # else every answer was the data's own: nothing to tell apart, the discriminator stays as it was
+        held = rm.pair_rows(pairs.preference_rows(tokenizer, drawn["records"], max_length))
+        logits = rollout.score_rows(discriminator, rollout.RewardScores("mean"),
+                                    {k: held[k] for k in ("tokens", "attention")}, rows_per_batch=64)["reward"]
+        result, stats = grpo.train_grpo(
+            here.sub("policy", desc=f"{run.desc} round {r} policy"), policy, reference, cfg.policy, prompts,
+            DiscriminatorReward(discriminator, tokenizer, cfg.reward, max_length), spec)
+        policy = result.model
+        if cfg.mle_steps:
+            mle = stages.StageConfig(steps=cfg.mle_steps, batch_size=min(cfg.mle_batch, n), optimizer=stage.optimizer)
+            policy = sft.finetune(here.sub("mle", desc=f"{run.desc} round {r} mle"), policy, mle, encoded)
+        rounds.append({"pairs": float(len(buffer)), "identical": float(drawn["identical"]),
+                       "disc_data_accuracy": float(np.mean(logits[0::2] > 0)),
+                       "disc_policy_accuracy": float(np.mean(logits[1::2] < 0)),
+                       "policy_reward": float(np.mean([s["reward"] for s in stats])),
+                       "policy_kl": float(np.mean([s["kl"] for s in stats]))})
+    return GAILResult(policy, rounds)
+
+
+def _copy_of(model: nnx.Module, rngs: nnx.Rngs) -> nnx.Module:
+    del rngs
+    return nnx.clone(model)
+
+
+__all__ = ["DISCRIMINATOR", "DiscriminatorReward", "GAILConfig", "GAILResult", "Texts", "draw_pairs", "finetune"]
