@@ -133,13 +133,34 @@ def parse_value(text: str, tp, key: str):
     raise ConfigError(f"{key}: fields of type {_type_name(tp)} cannot be set from the command line")
 
 
+def _variant_split(cfg, field: str, vtype, key: str):
+    """(name, leaf path) of ``key`` under the named-variants field ``field``, or None. A variant's name may hold
+    dots ('iqlearn:0.1') and its leaf may be nested ('gail.policy.iterations'): an existing variant's name wins
+    (the longest that fits), else the longest name whose remainder starts with a field of ``vtype``."""
+    if not key.startswith(field + "."):
+        return None
+    rest = key[len(field) + 1:]
+    current = cfg
+    for part in field.split("."):
+        current = getattr(current, part)
+    known = [n for n in current if rest.startswith(n + ".")]
+    if known:
+        name = max(known, key=len)
+        return name, rest[len(name) + 1:].split(".")
+    fields = {f.name for f in dataclasses.fields(vtype)}
+    parts = rest.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        if parts[i] in fields:
+            return ".".join(parts[:i]), parts[i:]
+    return None
+
+
 def _split_key(cfg, key: str) -> List[str]:
     """The path of a dotted key; a variant's name (which may hold dots, as in 'iqlearn:0.1') is one element."""
-    for field, _ in sorted(variant_fields(cfg).items(), key=lambda kv: -len(kv[0])):
-        if key.startswith(field + "."):
-            name, _, leaf = key[len(field) + 1:].rpartition(".")
-            if name:
-                return field.split(".") + [name] + leaf.split(".")
+    for field, vtype in sorted(variant_fields(cfg).items(), key=lambda kv: -len(kv[0])):
+        found = _variant_split(cfg, field, vtype, key)
+        if found:
+            return field.split(".") + [found[0]] + found[1]
     return key.split(".")
 
 
@@ -155,14 +176,14 @@ def _set(cfg, path: List[str], value):
 def _add_variant(cfg, key: str):
     """cfg with a new default variant when ``key`` names a leaf of an unknown variant (``methods.mine.kind``)."""
     for field, vtype in sorted(variant_fields(cfg).items(), key=lambda kv: -len(kv[0])):
-        if key.startswith(field + "."):
-            name, _, leaf = key[len(field) + 1:].rpartition(".")
-            if name and leaf in {f.name for f in dataclasses.fields(vtype)}:
-                current = cfg
-                for part in field.split("."):
-                    current = getattr(current, part)
-                if name not in current:
-                    return _set(cfg, field.split("."), {**current, name: vtype()})
+        found = _variant_split(cfg, field, vtype, key)
+        if found:
+            name, _ = found
+            current = cfg
+            for part in field.split("."):
+                current = getattr(current, part)
+            if name not in current:
+                return _set(cfg, field.split("."), {**current, name: vtype()})
     return None
 
 

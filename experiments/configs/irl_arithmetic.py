@@ -24,9 +24,12 @@ from typing import Dict
 
 from experiments.lm_base import SETTINGS_RESUMABLE
 from experiments.recipes.irl import EvalConfig, IRLConfig, run, validate  # noqa: F401  (the driver's entry points)
+from jax_irl import train
+from jax_irl.algorithms import grpo
+from jax_irl.algorithms.gail import GAILConfig
 from jax_irl.algorithms.iqlearn import Method
 
-RESUMABLE = SETTINGS_RESUMABLE + ("methods", "seeds", "variants")
+RESUMABLE = SETTINGS_RESUMABLE + ("methods", "seeds", "variants", "adversarial")
 
 # gamma = 0.9 for every variant. At gamma = 1 a response's value term telescopes to V(s_0), so online IQLearn's
 # policy samples would enter the loss only through their token counts, and a response's extracted reward would be
@@ -61,10 +64,16 @@ def small_data_variants(n: int) -> Dict[str, Method]:
 
 
 VARIANTS.update(small_data_variants(SMALL_DATA))
+# The adversarial family, from the MLE start (the same 300 steps as 'mle'): 3 rounds of 64 policy answers against
+# the data's for a one-head discriminator (20 steps), then 4 GRPO iterations of 8 prompts x 4 answers (2 epochs of
+# 2 minibatches: 16 policy steps a round) on its logit, with the KL to the MLE start at 0.05.
+ADVERSARIAL = {"gail": GAILConfig(gamma=GAMMA, policy=grpo.GRPOConfig(
+    method="grpo", iterations=4, prompts_per_rollout=8, group_size=4, max_new_tokens=48, epochs=2, minibatches=2,
+    kl_coef=0.05, optimizer=train.OptimizerConfig(learning_rate=1e-4, max_grad_norm=1.0)))}
 # What the CPU default runs (iqlearn:1, known to fail at this scale, and online-mix are declared, not run).
 DEFAULT_METHODS = ("mle", "mle+entropy", "iqlearn:0.01", "iqlearn:0.1", "iqlearn:0.1@gamma1", "online:0.1",
-                   f"mle@{SMALL_DATA}", f"iqlearn:0.1@{SMALL_DATA}")
+                   "gail", f"mle@{SMALL_DATA}", f"iqlearn:0.1@{SMALL_DATA}")
 
 
 def config() -> IRLConfig:
-    return IRLConfig(variants=dict(VARIANTS), methods=DEFAULT_METHODS)
+    return IRLConfig(variants=dict(VARIANTS), adversarial=dict(ADVERSARIAL), methods=DEFAULT_METHODS)

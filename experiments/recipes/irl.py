@@ -19,6 +19,7 @@ import numpy as np
 
 from experiments import lm_base
 from jax_irl import metrics, stages, sweep, tasks, train
+from jax_irl.algorithms import gail
 from jax_irl.algorithms.iqlearn import Method, evaluate, finetune, reward_pair_accuracy
 from jax_irl.data import arithmetic
 
@@ -44,20 +45,32 @@ class IRLConfig:
                                                                  warmup_steps=20, weight_decay=0.01))
     evaluation: EvalConfig = EvalConfig()
     variants: Dict[str, Method] = dataclasses.field(default_factory=dict)  # by name (a config declares them)
+    # The adversarial family (GAIL), by name beside the variants: ``gail.GAILConfig``, its MLE start being
+    # ``finetune``.
+    adversarial: Dict[str, gail.GAILConfig] = dataclasses.field(default_factory=dict)
     methods: Tuple[str, ...] = ()  # the variants that run, in table order (the first is the reference)
     seeds: Tuple[int, ...] = (0, 1, 2)
     settings: stages.RunSettings = stages.RunSettings()
+
+
+def arms(cfg: IRLConfig) -> Dict[str, object]:
+    """Every method by name: the variants (``iqlearn.Method``) and the adversarial ones (``gail.GAILConfig``)."""
+    both = set(cfg.variants) & set(cfg.adversarial)
+    if both:
+        raise ValueError(f"variants and adversarial must not share names; both have {sorted(both)}")
+    return {**cfg.variants, **cfg.adversarial}
 
 
 def validate(cfg: IRLConfig) -> None:
     """Checks across fields, made by the driver before anything is written."""
     if not cfg.methods:
         raise ValueError("methods must name at least one variant")
-    sweep.check_selection(cfg.methods, cfg.variants)
+    every = arms(cfg)
+    sweep.check_selection(cfg.methods, every)
     if not cfg.seeds or cfg.evaluation.num_samples < 2:
         raise ValueError("seeds must name at least one seed and evaluation.num_samples must be >= 2")
     for name in cfg.methods:
-        n = cfg.variants[name].train_examples
+        n = every[name].train_examples
         if n is not None and n > cfg.task.train_examples:
             raise ValueError(f"variant {name!r} trains on {n} examples but task.train_examples is "
                              f"{cfg.task.train_examples}")
@@ -67,6 +80,16 @@ def validate(cfg: IRLConfig) -> None:
     if not cfg.base.hf_checkpoint and cfg.base.max_length + cfg.evaluation.max_new_tokens > cfg.base.max_positions:
         raise ValueError(f"base.max_length + evaluation.max_new_tokens exceeds base.max_positions "
                          f"({cfg.base.max_positions})")
+    for name in cfg.methods:
+        if name in cfg.adversarial:
+            adv = cfg.adversarial[name]
+            if adv.policy.max_new_tokens != cfg.evaluation.max_new_tokens:
+                raise ValueError(f"adversarial.{name}.policy.max_new_tokens ({adv.policy.max_new_tokens}) must equal "
+                                 f"evaluation.max_new_tokens ({cfg.evaluation.max_new_tokens})")
+            n = min(adv.train_examples or cfg.task.train_examples, cfg.task.train_examples)
+            if adv.disc_prompts > n or adv.policy.prompts_per_rollout > n:
+                raise ValueError(f"adversarial.{name} samples {adv.disc_prompts} prompts a round for its "
+                                 f"discriminator and {adv.policy.prompts_per_rollout} a rollout; it trains on {n}")
 
 
 COLUMNS = (sweep.Column("accuracy", "accuracy"), sweep.Column("self_bleu", "Self-BLEU", 1),
@@ -105,9 +128,15 @@ def run(cfg: IRLConfig, run_dir: str) -> dict:
     def one(name, method, seed, folder):
         run = prep.run.sub(os.path.relpath(folder, run_dir), desc=f"{name} seed {seed}", seed=seed,
                            depends={"method": method, "seed": seed})
-        model = finetune(run, method, base, cfg.finetune, enc.train,
-                         prep.spec._replace(max_new_tokens=ev.max_new_tokens))
-        result = {"temperatures": evaluate(
+        spec = prep.spec._replace(max_new_tokens=ev.max_new_tokens)
+        extra = {}
+        if isinstance(method, gail.GAILConfig):
+            made = gail.finetune(run, method, base, cfg.finetune, enc.train,
+                                 gail.Texts(data.train_prompts, data.train_responses), tok, spec)
+            model, extra = made.model, {"gail_rounds": made.rounds}
+        else:
+            model = finetune(run, method, base, cfg.finetune, enc.train, spec)
+        result = {**extra, "temperatures": evaluate(
             model, tok, enc.eval_prompts, enc.eval_prompt_mask, data.eval_references, jax.random.PRNGKey(10_000 + seed),
             temperatures=ev.temperatures, num_samples=ev.num_samples, max_new_tokens=ev.max_new_tokens,
             gamma=method.gamma, correct_fn=tasks.get(cfg.task.name).score, prompts_per_batch=ev.prompts_per_batch,
@@ -118,7 +147,8 @@ def run(cfg: IRLConfig, run_dir: str) -> dict:
                 rows_per_score=ev.rows_per_score)
         return result
 
-    per_run = sweep.run_sweep(run_dir, {m: cfg.variants[m] for m in cfg.methods}, cfg.seeds, one,
+    every = arms(cfg)
+    per_run = sweep.run_sweep(run_dir, {m: every[m] for m in cfg.methods}, cfg.seeds, one,
                               fingerprint=dict(prep.run.fingerprint, evaluation=ev))
     by_temperature = {m: {s: r["temperatures"] for s, r in seeds.items()} for m, seeds in per_run.items()}
     pairs = {m: [r.get("reward_pair_accuracy", float("nan")) for r in seeds.values()] for m, seeds in per_run.items()}
@@ -132,7 +162,7 @@ def run(cfg: IRLConfig, run_dir: str) -> dict:
     # small-data variants against the small-data MLE, the rest against MLE.
     matched = {}
     for name in cfg.methods:
-        same_data = [m for m in cfg.methods if cfg.variants[m].train_examples == cfg.variants[name].train_examples]
+        same_data = [m for m in cfg.methods if every[m].train_examples == every[name].train_examples]
         if name != same_data[0]:
             found = matched_diversity({m: by_temperature[m] for m in (same_data[0], name)}, reference=same_data[0])
             matched.update({k: dict(v, reference=same_data[0]) for k, v in found.items()})

@@ -36,6 +36,22 @@ def test_methods_are_typed_variants_overridable_and_addable_from_the_command_lin
         run.apply_overrides(mod.config(), ["variants.mle.tdweight=1"])
     with pytest.raises(ValueError, match=r"unknown: \['dpo'\]"):
         mod.validate(run.apply_overrides(mod.config(), ["methods=(mle,dpo)"]))
+    # The adversarial family: nested fields of a variant, a new one, and the checks across fields.
+    cfg = run.apply_overrides(mod.config(), ["adversarial.gail.policy.iterations=2", "adversarial.gail.rounds=1",
+                                             "adversarial.g2.reward=gail", "adversarial.g2.policy.kl_coef=0.1",
+                                             "methods=(mle,gail,g2)"])
+    assert cfg.adversarial["gail"].policy.iterations == 2 and cfg.adversarial["gail"].rounds == 1
+    assert cfg.adversarial["g2"].reward == "gail" and cfg.adversarial["g2"].policy.kl_coef == 0.1
+    mod.validate(cfg)
+    saved = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    assert run.apply_overrides(mod.config(), run.to_overrides(saved)) == cfg
+    with pytest.raises(run.ConfigError, match="GRPOConfig.group_size must be an int >= 2"):
+        run.apply_overrides(mod.config(), ["adversarial.gail.policy.group_size=1"])
+    with pytest.raises(ValueError, match=r"adversarial.gail.policy.max_new_tokens \(48\) must equal "
+                                         r"evaluation.max_new_tokens \(32\)"):
+        mod.validate(run.apply_overrides(mod.config(), ["evaluation.max_new_tokens=32"]))
+    with pytest.raises(ValueError, match="adversarial.gail samples 64 prompts a round"):
+        mod.validate(run.apply_overrides(mod.config(), ["task.train_examples=40", "methods=(mle,gail)"]))
     # The small-data ablation needs that many training problems; refused before anything runs.
     with pytest.raises(ValueError, match=r"variant 'mle@250' trains on 250 examples but task.train_examples is 100"):
         mod.validate(run.apply_overrides(mod.config(), ["task.train_examples=100"]))
@@ -136,3 +152,27 @@ def test_irl_experiment_end_to_end_and_resume(tmp_path, capsys):
     with pytest.raises(sweep.StaleResultError, match="variant.gamma: finished run has 0.9, now 0.5"):
         run.main(["irl_arithmetic", "variants.mle.gamma=0.5", "--run-dir", folder])
     assert open(os.path.join(folder, "config.json")).read() == saved  # a refused resume leaves the folder as it was
+
+
+@pytest.mark.slow
+def test_gail_runs_as_the_third_family_end_to_end(tmp_path):
+    folder = str(tmp_path / "gail")
+    tiny = [t for t in TINY if not t.startswith("methods=")] + [
+        "methods=(mle,gail)", "adversarial.gail.rounds=2", "adversarial.gail.disc_prompts=8",
+        "adversarial.gail.disc_stage.steps=2", "adversarial.gail.disc_stage.batch_size=4",
+        "adversarial.gail.disc_stage.optimizer.warmup_steps=1", "adversarial.gail.policy.iterations=1",
+        "adversarial.gail.policy.prompts_per_rollout=4", "adversarial.gail.policy.group_size=2",
+        "adversarial.gail.policy.max_new_tokens=8", "adversarial.gail.policy.epochs=1",
+        "adversarial.gail.policy.minibatches=1", "adversarial.gail.mle_steps=2", "adversarial.gail.mle_batch=8"]
+    assert run.main(["irl_arithmetic", *tiny, "--run-dir", folder]) == 0
+    with open(os.path.join(folder, "results.json")) as f:
+        results = json.load(f)
+    assert set(results["summary"]) == {"mle", "gail"} and results["matched_diversity"]["gail"]["reference"] == "mle"
+    with open(os.path.join(folder, "runs", "gail-seed0", sweep.RESULT_FILE)) as f:
+        rounds = json.load(f)["result"]["gail_rounds"]
+    assert [r["pairs"] for r in rounds] == [8.0, 16.0]  # the discriminator's buffer grows (replay)
+    for r in rounds:
+        assert 0.0 <= r["disc_data_accuracy"] <= 1.0 and 0.0 <= r["disc_policy_accuracy"] <= 1.0
+        assert np.isfinite(r["policy_reward"]) and np.isfinite(r["policy_kl"])
+    for part in ("mle", "round_0/disc", "round_0/policy", "round_0/mle", "round_1/policy"):
+        assert os.path.isdir(os.path.join(folder, "runs", "gail-seed0", part, "checkpoints")), part
