@@ -144,6 +144,20 @@ def steps_for(cfg, model_cfg: TransformerConfig, mesh, *, rm_model_cfg: Optional
                                                                     attention=True), model_cfg)]
         makers["eval_sampler"] = lambda: aot.sampler_steps(policy, mesh, rows, prompt, new, model_cfg, prefix="eval_",
                                                            note=f"{rows // ev.num_samples} prompts x {ev.num_samples}")
+        adversarial = [cfg.adversarial[m] for m in cfg.methods if m in getattr(cfg, "adversarial", {})]
+        if adversarial:  # GAIL: the discriminator's step, the policy's group update and its rollout sampler
+            adv = adversarial[0]
+            db = adv.disc_stage.batch_size
+            disc = aot.abstract_model(lambda: rm.build(rm.RMKind(), lambda r: _decoder(model_cfg, lora_cfg, r), 0))
+            makers["gail_disc"] = lambda: [aot.train_step(
+                "gail_disc", disc, rm.classify_loss_fn(rm.RMKind()), adv.disc_stage.optimizer, mesh,
+                aot.lm_batch(mesh, 2 * db, length, attention=True), model_cfg,
+                note=f"GAIL discriminator, {db} (data, policy) pairs", lm_head=False)]
+            makers["gail_update"] = lambda: [_grpo_update("gail_update", adv.policy, model_cfg, mesh, prompt, chunk,
+                                                          lora_cfg)]
+            makers["gail_rollout_sampler"] = lambda: aot.sampler_steps(
+                policy, mesh, adv.policy.rows, prompt, adv.policy.max_new_tokens, model_cfg, prefix="gail_rollout_",
+                note=f"{adv.policy.prompts_per_rollout} prompts x {adv.policy.group_size}")
     elif kind == "gshf":
         prompt, new = _split(length, cfg.max_new_tokens)
         policy = _policy(model_cfg, lora_cfg)

@@ -176,7 +176,8 @@ def test_every_paper_config_has_its_steps_and_a_small_one_compiles_and_fits():
     mesh = parallel.make_mesh(parallel.MeshConfig(data=1, fsdp=4), V5E)
     cfg_tiny = presets.preset("tiny")
     expected = {
-        "irl_gsm8k": {"iqlearn", "iqlearn_online", "eval_score", "eval_prefill", "eval_decode"},
+        "irl_gsm8k": {"iqlearn", "iqlearn_online", "eval_score", "eval_prefill", "eval_decode", "gail_disc",
+                      "gail_update", "gail_rollout_prefill", "gail_rollout_decode"},
         "gshf_gsm8k": {"dpo", "reference_score", "prefill", "decode"},
         "rlsf_spoc": {"sft", "ppo_update", "rollout_score", "reference_score", "rollout_prefill", "rollout_decode",
                       "grpo_update"},
