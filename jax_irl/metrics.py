@@ -239,6 +239,24 @@ def matched_gap(frontiers_a: Sequence[Tuple[Sequence[float], Sequence[float]]],
     return float(np.mean(a) - np.mean(b)), se
 
 
+def matched_paired_gap(frontiers_a: Sequence[Tuple[Sequence[float], Sequence[float]]],
+                       frontiers_b: Sequence[Tuple[Sequence[float], Sequence[float]]],
+                       target: float) -> Tuple[float, float]:
+    """(mean, standard error) over seeds of accuracy_a(seed) - accuracy_b(seed) at ``target``, the two lists
+    holding one frontier per seed in the same seed order: for runs that share a seed's randomness (the base, the
+    batch order, the evaluation's keys), pairing removes what the seeds share from the gap's standard error.
+    Seeds where either frontier misses ``target`` are left out; NaN when none remains (the error needs two)."""
+    if len(frontiers_a) != len(frontiers_b):
+        raise ValueError(f"paired frontiers need one per seed on both sides; got {len(frontiers_a)} and "
+                         f"{len(frontiers_b)}")
+    gaps = [matched_accuracy(da, aa, target) - matched_accuracy(db, ab, target)
+            for (da, aa), (db, ab) in zip(frontiers_a, frontiers_b)]
+    gaps = [g for g in gaps if math.isfinite(g)]
+    if not gaps:
+        return math.nan, math.nan
+    return float(np.mean(gaps)), standard_error(gaps) if len(gaps) > 1 else math.nan
+
+
 def correlation_split(rewards: Sequence[float], scores: Sequence[float], groups: Sequence[int]) -> Dict[str, float]:
     """A reward-metric correlation split into its within-group and across-group parts (groups: the prompt of
     each sample). 'within': Pearson correlation of the samples' deviations from their prompt's means (does the

@@ -85,6 +85,15 @@ def test_matched_accuracy_and_gap_hand_computed():
     assert gap == pytest.approx(0.5 - 0.25)
     assert se == pytest.approx(math.sqrt(np.var([0.4, 0.6], ddof=1) / 2 + np.var([0.3, 0.2], ddof=1) / 2))
     assert all(math.isnan(x) for x in metrics.matched_gap(a, [([0.0, 10.0], [0.3, 0.2])], 20.0))
+    # paired by seed: per-seed gaps 0.1 and 0.3 at the target -> 0.2 +- 0.1 (by hand: std 0.1414 / sqrt 2)
+    pa = [([10.0, 30.0], [0.6, 0.4]), ([10.0, 30.0], [0.8, 0.6])]
+    pb = [([10.0, 30.0], [0.5, 0.3]), ([10.0, 30.0], [0.5, 0.3])]
+    gap, se = metrics.matched_paired_gap(pa, pb, 20.0)
+    assert gap == pytest.approx(0.2) and se == pytest.approx(0.1)
+    assert metrics.matched_paired_gap(pa[:1], pb[:1], 20.0)[1] != metrics.matched_paired_gap(pa[:1], pb[:1], 20.0)[1]
+    assert all(math.isnan(x) for x in metrics.matched_paired_gap(pa, pb, 40.0))  # beyond every frontier
+    with pytest.raises(ValueError, match="one per seed on both sides; got 2 and 1"):
+        metrics.matched_paired_gap(pa, pb[:1], 20.0)
     with pytest.raises(ValueError, match="two or more"):
         metrics.matched_accuracy([1.0], [0.5], 1.0)
     with pytest.raises(ValueError, match="finite"):

@@ -58,6 +58,7 @@ def config() -> IRLConfig:
                                    max_new_tokens=256, epochs=1, minibatches=4, kl_coef=0.05,
                                    optimizer=train.OptimizerConfig(learning_rate=1e-6, max_grad_norm=1.0)))},
         methods=tuple(m.replace(f"@{SMALL_DATA}", f"@{SMALL}") for m in DEFAULT_METHODS),
+        control="mle+entropy",
         settings=stages.RunSettings(mesh=parallel.MeshConfig(data=1, fsdp=-1), save_every=250, vocab_chunk=16384),
     )
 

@@ -49,6 +49,9 @@ class IRLConfig:
     # ``finetune``.
     adversarial: Dict[str, gail.GAILConfig] = dataclasses.field(default_factory=dict)
     methods: Tuple[str, ...] = ()  # the variants that run, in table order (the first is the reference)
+    # The entropy-bonus control: when it runs, every method trained on the same data is also compared with it at
+    # matched token entropy (does a method do more than flatten the policy?); None: no such table.
+    control: Optional[str] = None
     seeds: Tuple[int, ...] = (0, 1, 2)
     settings: stages.RunSettings = stages.RunSettings()
 
@@ -67,6 +70,8 @@ def validate(cfg: IRLConfig) -> None:
         raise ValueError("methods must name at least one variant")
     every = arms(cfg)
     sweep.check_selection(cfg.methods, every)
+    if cfg.control is not None and cfg.control not in every:
+        raise ValueError(f"control {cfg.control!r} must name a variant; known: {sorted(every)}")
     if not cfg.seeds or cfg.evaluation.num_samples < 2:
         raise ValueError("seeds must name at least one seed and evaluation.num_samples must be >= 2")
     for name in cfg.methods:
@@ -166,8 +171,18 @@ def run(cfg: IRLConfig, run_dir: str) -> dict:
         if name != same_data[0]:
             found = matched_diversity({m: by_temperature[m] for m in (same_data[0], name)}, reference=same_data[0])
             matched.update({k: dict(v, reference=same_data[0]) for k, v in found.items()})
+    at_entropy = {}
+    if cfg.control in cfg.methods:  # (a selection without the control has no such table)
+        same = [m for m in cfg.methods if every[m].train_examples == every[cfg.control].train_examples]
+        at_entropy = matched_diversity({m: by_temperature[m] for m in same}, reference=cfg.control, axis="entropy",
+                                       paired=True)
+    appendix = method_table(cfg.methods, matched, pairs, metric=metric)
+    if at_entropy:
+        appendix += "\n\nAt matched token entropy, against the entropy-bonus control:\n\n" + entropy_table(
+            at_entropy, cfg.control, metric)
     expert_bleu = None if expert is None else expert["self_bleu"]
     summary = sweep.report(run_dir, by_temperature, cols, group_label="temperature", matched_diversity=matched,
+                           matched_entropy=at_entropy,
                            reward_pair_accuracy=pairs, expert_self_bleu=expert_bleu,
                            expert_own_match=None if expert is None else expert["own_match"],
                            note=f"{metric.capitalize()} and diversity are over all samples; Self-BLEU: lower is more "
@@ -178,7 +193,7 @@ def run(cfg: IRLConfig, run_dir: str) -> dict:
                                                f"{expert['own_match']['coverage']:.3f} from its distribution."),
                            over_groups=((cols[0], cols[1], cols[4]), "sampling temperature",
                                         "metrics_vs_temperature.png"),
-                           appendix=method_table(cfg.methods, matched, pairs, metric=metric))
+                           appendix=appendix)
     # The frontier: one line per method through its temperatures (greedy at Self-BLEU 100).
     sweep.plot_frontier({f"{name}@{t}": tree for name, temps in summary.items() for t, tree in temps.items()},
                         x=dataclasses.replace(COLUMNS[1], header="Self-BLEU (lower = more diverse)"), y=cols[0],
@@ -188,15 +203,18 @@ def run(cfg: IRLConfig, run_dir: str) -> dict:
     return summary
 
 
-def matched_diversity(per_run: Dict[str, Dict[int, dict]], reference: str) -> Dict[str, dict]:
+def matched_diversity(per_run: Dict[str, Dict[int, dict]], reference: str, axis: str = "self_bleu",
+                      paired: bool = False) -> Dict[str, dict]:
     """Each method against ``reference`` at matched diversity, the paper's question: along each seed's frontier
-    (Self-BLEU, accuracy over the evaluation temperatures), the accuracy at a common Self-BLEU, interpolated.
-    The target is the middle of the Self-BLEU range that both methods' seed-mean frontiers cover. Returns
-    {method: {'self_bleu', 'accuracy' (mean, se), 'gap' (mean, se) against the reference}} for the methods
-    whose frontiers overlap the reference's (two or more temperatures needed)."""
+    (``axis``: Self-BLEU by default, or token entropy; against accuracy, over the evaluation temperatures), the
+    accuracy at a common value of ``axis``, interpolated. The target is the middle of the range that both
+    methods' seed-mean frontiers cover. Returns {method: {axis: the target, 'accuracy' (mean, se), 'gap' (mean,
+    se) against the reference}} for the methods whose frontiers overlap the reference's (two or more
+    temperatures needed). With ``paired`` the gap is the mean of per-seed gaps (``metrics.matched_paired_gap``:
+    the runs of one seed share the base, the batch order and the evaluation's keys)."""
     if reference not in per_run or len(next(iter(per_run[reference].values()))) < 2:
         return {}
-    frontiers = {name: [([r[t]["self_bleu"] for t in r], [r[t]["accuracy"] for t in r]) for r in seeds.values()]
+    frontiers = {name: [([r[t][axis] for t in r], [r[t]["accuracy"] for t in r]) for r in seeds.values()]
                  for name, seeds in per_run.items()}
     spans = {}
     for name, fronts in frontiers.items():
@@ -210,9 +228,23 @@ def matched_diversity(per_run: Dict[str, Dict[int, dict]], reference: str) -> Di
         target = 0.5 * (low + high)
         own = [metrics.matched_accuracy(d, a, target) for d, a in frontiers[name]]
         own = [x for x in own if np.isfinite(x)]
-        out[name] = {"self_bleu": target, "accuracy": [float(np.mean(own)), metrics.standard_error(own)],
-                     "gap": list(metrics.matched_gap(frontiers[name], frontiers[reference], target))}
+        gap = (metrics.matched_paired_gap if paired else metrics.matched_gap)(frontiers[name], frontiers[reference],
+                                                                              target)
+        out[name] = {axis: target, "accuracy": [float(np.mean(own)), metrics.standard_error(own)], "gap": list(gap)}
     return out
+
+
+def entropy_table(matched: Dict[str, dict], control: str, metric: str) -> str:
+    """Each method against the entropy-bonus control at matched token entropy (seed-paired gaps)."""
+    lines = [f"| method | against | matched entropy | {metric} there | gap (paired by seed) |", "|---|---|---|---|---|"]
+    for name, m in matched.items():
+        lines.append(f"| {name} | {control} | {m['entropy']:.3f} | {sweep.cell(*m['accuracy'], 3)} | "
+                     f"{sweep.cell(*m['gap'], 3)} |")
+    return "\n".join(lines) + (
+        f"\n\nThe entropy-bonus control ({control}) flattens MLE's policy; read at the same token entropy along each "
+        f"seed's frontier (entropy against {metric} over the temperatures), a method's gap to it is what it does "
+        f"beyond flattening. Gaps are the mean of per-seed gaps (the runs of a seed share its base, batch order "
+        f"and evaluation keys) ± their standard error.")
 
 
 def method_table(methods: Sequence[str], matched: Dict[str, dict], pairs: Dict[str, list], metric: str) -> str:

@@ -36,6 +36,8 @@ def test_methods_are_typed_variants_overridable_and_addable_from_the_command_lin
         run.apply_overrides(mod.config(), ["variants.mle.tdweight=1"])
     with pytest.raises(ValueError, match=r"unknown: \['dpo'\]"):
         mod.validate(run.apply_overrides(mod.config(), ["methods=(mle,dpo)"]))
+    with pytest.raises(ValueError, match=r"control 'mle\+flat' must name a variant"):
+        mod.validate(run.apply_overrides(mod.config(), ["control=mle+flat"]))
     # The adversarial family: nested fields of a variant, a new one, and the checks across fields.
     cfg = run.apply_overrides(mod.config(), ["adversarial.gail.policy.iterations=2", "adversarial.gail.rounds=1",
                                              "adversarial.g2.reward=gail", "adversarial.g2.policy.kl_coef=0.1",
@@ -134,7 +136,12 @@ def test_irl_experiment_end_to_end_and_resume(tmp_path, capsys):
     assert os.path.getsize(os.path.join(folder, "metrics_vs_temperature.png")) > 10_000
     with open(os.path.join(folder, "results.md")) as f:
         text = f.read()
-    assert text.count("\n| ") == 12 + 5
+    assert text.count("\n| ") == 12 + 5 + 4
+    # ... and against the entropy-bonus control at matched token entropy, gaps paired by seed
+    assert "| method | against | matched entropy | accuracy there | gap (paired by seed) |" in text
+    assert set(results["matched_entropy"]) == {"mle", "iqlearn:0.1", "online:0.1"}
+    for m in results["matched_entropy"].values():
+        assert m["entropy"] > 0 and 0.0 <= m["accuracy"][0] <= 1.0 and -1.0 <= m["gap"][0] <= 1.0
     assert "| method | against | matched Self-BLEU | accuracy there | gap | reward pair accuracy |" in text
     assert "| TV to the expert | expert coverage |" in text
     assert "| mle+entropy | mle | " in text
