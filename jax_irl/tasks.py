@@ -32,6 +32,7 @@ class TaskConfig:
     max_number: int = 12  # operand cap of the built-in arithmetic task (its difficulty)
     diverse_solutions: bool = False  # arithmetic: each training solution drawn from its valid variants (step and
     # operand order, ``arithmetic.solution_variants``) instead of the one canonical text; references stay canonical
+    fresh_chains: bool = False  # arithmetic: no held-out problem repeats a training problem's calculation chain
 
     def __post_init__(self):
         if self.name not in REGISTRY:
@@ -66,7 +67,7 @@ def arithmetic_problems(cfg: TaskConfig):
     if cfg.name != "arithmetic":
         raise ValueError(f"arithmetic_problems needs task 'arithmetic'; got {cfg.name!r}")
     train_set, test_set = arithmetic.make_splits(seed=0, num_train=cfg.train_examples, num_test=cfg.eval_examples,
-                                                 max_number=cfg.max_number)
+                                                 max_number=cfg.max_number, fresh_chains=cfg.fresh_chains)
     if cfg.diverse_solutions:
         train_set = arithmetic.diversify(train_set, seed=1)
     return train_set, test_set

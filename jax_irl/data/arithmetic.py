@@ -126,27 +126,43 @@ def expert_samples(problems: List[Problem], num_samples: int, seed: int) -> List
     return [[r.choice(variants) for _ in range(num_samples)] for variants in map(solution_variants, problems)]
 
 
-def make_splits(seed: int = 0, num_train: int = 2000, num_test: int = 200,
-                max_number: int = 60) -> Tuple[List[Problem], List[Problem]]:
+def calculation_chain(problem: Problem) -> Tuple[str, ...]:
+    """The problem's calculations in order ('3 + 9', '12 * 2', ...): what is left of it with the names and the
+    story taken away. Two problems with one chain differ only in their wording."""
+    return tuple(str(expr) for expr, _ in problem["steps"])
+
+
+def make_splits(seed: int = 0, num_train: int = 2000, num_test: int = 200, max_number: int = 60,
+                fresh_chains: bool = False) -> Tuple[List[Problem], List[Problem]]:
     """(train, test) problem lists, deterministic in seed, with no question in both splits. max_number caps
-    every operand (difficulty: small numbers make the arithmetic learnable by tiny models)."""
+    every operand (difficulty: small numbers make the arithmetic learnable by tiny models). With ``fresh_chains``
+    no test problem repeats a training problem's calculation chain (``calculation_chain``) under other names:
+    such problems are skipped and more are drawn (the training problems are the same either way)."""
     if num_train < 0 or num_test < 0:
         raise ValueError("split sizes must be >= 0")
     if max_number < 2:
         raise ValueError(f"max_number must be >= 2; got {max_number}")
     r = random.Random(seed)
     seen = set()
-    problems: List[Problem] = []
+    train: List[Problem] = []
+    test: List[Problem] = []
+    chains = set()
     attempts = 0
-    while len(problems) < num_train + num_test:
+    while len(train) + len(test) < num_train + num_test:
         attempts += 1
         if attempts > 50 * (num_train + num_test) + 1000:
-            raise ValueError(f"could not make {num_train + num_test} distinct problems; ask for fewer")
+            raise ValueError(f"could not make {num_train + num_test} distinct problems"
+                             f"{' with fresh test chains' if fresh_chains else ''}; ask for fewer")
         p = _make(r, max_number)
-        if p["question"] not in seen:
-            seen.add(p["question"])
-            problems.append(p)
-    return problems[:num_train], problems[num_train:]
+        if p["question"] in seen:
+            continue
+        seen.add(p["question"])
+        if len(train) < num_train:
+            train.append(p)
+            chains.add(calculation_chain(p))
+        elif not (fresh_chains and calculation_chain(p) in chains):
+            test.append(p)
+    return train, test
 
 
 def wrong_solution(problem: Problem, seed: int) -> str:

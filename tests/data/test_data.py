@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from jax_irl import metrics
+from jax_irl import metrics, tasks
 from jax_irl.data import arithmetic, batching, game24, jsonl, tokenizer
 
 
@@ -52,6 +52,22 @@ def _true_line(line: str) -> bool:
     expr, value = line.split("=")
     a, op, b = expr.split()
     return {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b), "/": int(a) / int(b)}[op] == int(value)
+
+
+def test_fresh_chains_keep_the_training_set_and_drop_held_out_repeats_of_its_chains():
+    train, test = arithmetic.make_splits(seed=0, num_train=2000, num_test=48, max_number=12)
+    chains = {arithmetic.calculation_chain(p) for p in train}
+    shared = [p for p in test if arithmetic.calculation_chain(p) in chains]
+    assert len(shared) == 15  # 31% of the default held-out set repeats a training chain under other names
+    fresh_train, fresh = arithmetic.make_splits(seed=0, num_train=2000, num_test=48, max_number=12, fresh_chains=True)
+    assert fresh_train == train and len(fresh) == 48
+    assert not any(arithmetic.calculation_chain(p) in chains for p in fresh)
+    assert not {p["question"] for p in fresh} & {p["question"] for p in train}
+    kept = [p for p in test if p not in shared]  # the problems that had no shared chain stay, in order
+    assert fresh[:len(kept)] == kept
+    assert arithmetic.calculation_chain({"steps": [("3 + 9", 12), ("12 * 2", 24)]}) == ("3 + 9", "12 * 2")
+    data = tasks.load(tasks.TaskConfig(train_examples=2000, eval_examples=48, max_number=12, fresh_chains=True))
+    assert data.eval_references == [p["answer"] for p in fresh]
 
 
 def test_wrong_solutions_have_one_false_line_and_a_wrong_answer():
