@@ -97,6 +97,21 @@ def check_selection(selected: Sequence[str], variants: Mapping[str, Any], field:
         raise ValueError(f"{field} must name variants; unknown: {missing}; variants: {sorted(variants)}")
 
 
+def merge_families(**families: Mapping[str, Any]) -> Dict[str, Any]:
+    """One name -> variant mapping from a config's families of variants (its fields by keyword, such as
+    variants=..., group_arms=...), which a selection (``methods``) names alike; a name in two families is
+    refused, naming both fields."""
+    merged: Dict[str, Any] = {}
+    owner: Dict[str, str] = {}
+    for field, variants in families.items():
+        shared = sorted(set(variants) & set(merged))
+        if shared:
+            raise ValueError(f"{owner[shared[0]]} and {field} must not share names; both have {shared}")
+        merged.update(variants)
+        owner.update({name: field for name in variants})
+    return merged
+
+
 def run_sweep(run_dir: str, variants: Mapping[str, Any], seeds: Sequence[int],
               run_one: Callable[[str, Any, int, str], dict], *,
               fingerprint: Optional[Dict[str, Any]] = None) -> Dict[str, Dict[int, dict]]:

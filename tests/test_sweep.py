@@ -123,3 +123,10 @@ def test_frontier_at_interpolates_through_the_origin_and_never_extrapolates():
     assert math.isnan(sweep.frontier_at(points, 2.5, origin))  # beyond the largest KL
     assert math.isnan(sweep.frontier_at(points, -0.1, origin))
     assert math.isnan(sweep.frontier_at([(1.0, float("nan"))], 0.5, origin))
+
+
+def test_families_of_variants_merge_and_a_shared_name_is_refused_naming_both_fields():
+    merged = sweep.merge_families(variants={"a": 1, "b": 2}, group_arms={"c": 3})
+    assert merged == {"a": 1, "b": 2, "c": 3} and list(merged) == ["a", "b", "c"]
+    with pytest.raises(ValueError, match=r"variants and adversarial must not share names; both have \['b'\]"):
+        sweep.merge_families(variants={"a": 1, "b": 2}, adversarial={"b": 5})

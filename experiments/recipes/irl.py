@@ -58,10 +58,7 @@ class IRLConfig:
 
 def arms(cfg: IRLConfig) -> Dict[str, object]:
     """Every method by name: the variants (``iqlearn.Method``) and the adversarial ones (``gail.GAILConfig``)."""
-    both = set(cfg.variants) & set(cfg.adversarial)
-    if both:
-        raise ValueError(f"variants and adversarial must not share names; both have {sorted(both)}")
-    return {**cfg.variants, **cfg.adversarial}
+    return sweep.merge_families(variants=cfg.variants, adversarial=cfg.adversarial)
 
 
 def validate(cfg: IRLConfig) -> None:

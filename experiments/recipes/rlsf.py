@@ -88,10 +88,7 @@ class RLSFConfig:
 
 def arms(cfg: RLSFConfig) -> Dict[str, object]:
     """Every arm by name: the PPO reward variants (``symbolic.RewardSpec``) and the group arms (``GroupArm``)."""
-    both = set(cfg.variants) & set(cfg.group_arms)
-    if both:
-        raise ValueError(f"variants and group_arms must not share names; both have {sorted(both)}")
-    return {**cfg.variants, **cfg.group_arms}
+    return sweep.merge_families(variants=cfg.variants, group_arms=cfg.group_arms)
 
 
 def group_config(cfg: RLSFConfig, arm: GroupArm) -> grpo.GRPOConfig:
