@@ -365,41 +365,46 @@ def fit(trainer: Trainer, state: TrainState, batch_fn: Callable[..., Dict[str, A
                     mininterval=0.1 if interactive else 30.0)
     status = "done"
     saved_step = first if checkpointer is not None and checkpointer.latest_step() == first else None
-    with PreemptionFlag() as preempt:
-        for step in range(first, steps):
-            if iterator is not None:
-                local = next(iterator)
-            elif isinstance(batch_fn, ModelBatches):
-                local = batch_fn(position, trainer.model(state))
-            else:
-                local = batch_fn(position)
-            batch = parallel.global_batch(local, trainer.mesh)
-            start = time.perf_counter()
-            state, metrics = trainer.step(state, batch)
-            record = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            elapsed = time.perf_counter() - start
-            if not math.isfinite(record["loss"]):
-                raise FloatingPointError(f"loss is {record['loss']} at step {step + 1}; stopping before saving it "
-                                         f"(the last checkpoint is intact)")
-            position += 1
-            if tokens_key and tokens_key in local:
-                tokens = float(np.sum(np.asarray(local[tokens_key]) != 0)) * jax.process_count()
-                record["tokens_per_s"] = tokens / max(elapsed, 1e-9)
-            for hook in hooks:
-                if (step + 1) % hook.steps == 0:
-                    out = hook.fn(trainer.model(state), step + 1)
-                    record.update({f"{hook.prefix}{k}": float(v) for k, v in (out or {}).items()})
-            if writer is not None:
-                writer.log(step + 1, record)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False,
-                            **({"tok/s": f"{record['tokens_per_s']:.0f}"} if "tokens_per_s" in record else {}))
-            bar.update(1)  # redraws (with the postfix) on the bar's own schedule
-            if checkpointer is not None and checkpointer.save(step + 1, state, data_position=position,
-                                                              force=preempt.requested, data_iterator=iterator):
-                saved_step = step + 1
-            if preempt.requested:
-                status = "preempted"
-                break
+    try:
+        with PreemptionFlag() as preempt:
+            for step in range(first, steps):
+                if iterator is not None:
+                    local = next(iterator)
+                elif isinstance(batch_fn, ModelBatches):
+                    local = batch_fn(position, trainer.model(state))
+                else:
+                    local = batch_fn(position)
+                batch = parallel.global_batch(local, trainer.mesh)
+                start = time.perf_counter()
+                state, metrics = trainer.step(state, batch)
+                record = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                elapsed = time.perf_counter() - start
+                if not math.isfinite(record["loss"]):
+                    raise FloatingPointError(f"loss is {record['loss']} at step {step + 1}; stopping before saving it "
+                                             f"(the last checkpoint is intact)")
+                position += 1
+                if tokens_key and tokens_key in local:
+                    tokens = float(np.sum(np.asarray(local[tokens_key]) != 0)) * jax.process_count()
+                    record["tokens_per_s"] = tokens / max(elapsed, 1e-9)
+                for hook in hooks:
+                    if (step + 1) % hook.steps == 0:
+                        out = hook.fn(trainer.model(state), step + 1)
+                        record.update({f"{hook.prefix}{k}": float(v) for k, v in (out or {}).items()})
+                if writer is not None:
+                    writer.log(step + 1, record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False,
+                                **({"tok/s": f"{record['tokens_per_s']:.0f}"} if "tokens_per_s" in record else {}))
+                bar.update(1)  # redraws (with the postfix) on the bar's own schedule
+                if checkpointer is not None and checkpointer.save(step + 1, state, data_position=position,
+                                                                  force=preempt.requested, data_iterator=iterator):
+                    saved_step = step + 1
+                if preempt.requested:
+                    status = "preempted"
+                    break
+    except BaseException:
+        if iterator is not None:  # the prefetching thread stops with the loop
+            iterator.close()
+        raise
     bar.close()
     if owned:
         writer.close()
