@@ -119,7 +119,10 @@ def draw_pairs(policy, prompts: rollout.Prompts, texts: Texts, count: int, key, 
 
 class GAILResult(NamedTuple):
     model: nnx.Module  # the final policy
-    rounds: List[Dict[str, float]]  # per round: the discriminator's pairs, its accuracy, the policy's reward
+    # per round: 'pairs' (the discriminator's buffer), 'identical' (answers that were the data's own),
+    # 'disc_data_accuracy' / 'disc_policy_accuracy' (on this round's pairs, which it has just trained on), and
+    # the mean 'policy_reward' and 'policy_kl' of the round's GRPO rollouts
+    rounds: List[Dict[str, float]]
 
 
 def finetune(run: stages.Run, cfg: GAILConfig, base: nnx.Module, stage: stages.StageConfig,
