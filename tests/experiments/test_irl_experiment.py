@@ -15,7 +15,7 @@ TINY = ["methods=(mle,mle+entropy,iqlearn:0.1,online:0.1)", "seeds=(0)", "base.p
         "finetune.optimizer.warmup_steps=1", "base.pretrain.optimizer.warmup_steps=1", "task.train_examples=64",
         "task.eval_examples=4", "finetune.batch_size=8", "evaluation.num_samples=2", "evaluation.max_new_tokens=8",
         "base.vocab_size=300", "base.model.hidden_size=32", "base.model.intermediate_size=64", "settings.save_every=2",
-        "base.calculation_rows=16", "evaluation.temperatures=(0,0.5,1)"]
+        "base.calculation_rows=16", "evaluation.temperatures=(0,0.5,1)", "control=mle+entropy"]
 
 
 def test_methods_are_typed_variants_overridable_and_addable_from_the_command_line():
