@@ -16,6 +16,12 @@ TINY = ["methods=(mle,mle+entropy,iqlearn:0.1,online:0.1)", "seeds=(0)", "base.p
         "task.eval_examples=4", "finetune.batch_size=8", "evaluation.num_samples=2", "evaluation.max_new_tokens=8",
         "base.vocab_size=300", "base.model.hidden_size=32", "base.model.intermediate_size=64", "settings.save_every=2",
         "base.calculation_rows=16", "evaluation.temperatures=(0,0.5,1)", "control=mle+entropy"]
+GAIL = ["adversarial.gail.rounds=2", "adversarial.gail.disc_prompts=8", "adversarial.gail.disc_stage.steps=2",
+        "adversarial.gail.disc_stage.batch_size=4", "adversarial.gail.disc_stage.optimizer.warmup_steps=1",
+        "adversarial.gail.policy.iterations=1", "adversarial.gail.policy.prompts_per_rollout=4",
+        "adversarial.gail.policy.group_size=2", "adversarial.gail.policy.max_new_tokens=8",
+        "adversarial.gail.policy.epochs=1", "adversarial.gail.policy.minibatches=1", "adversarial.gail.mle_steps=2",
+        "adversarial.gail.mle_batch=8"]
 
 
 def test_methods_are_typed_variants_overridable_and_addable_from_the_command_line():
@@ -102,13 +108,15 @@ def test_pretraining_rows_are_questions_and_calculations_never_solutions():
 
 @pytest.mark.slow
 def test_irl_experiment_end_to_end_and_resume(tmp_path, capsys):
+    """The sweep with GAIL as the third family beside MLE, the control and IQLearn, then a resume."""
     folder = str(tmp_path / "irl")
-    assert run.main(["irl_arithmetic", *TINY, "--run-dir", folder]) == 0
+    tiny = [t for t in TINY if not t.startswith("methods=")] + ["methods=(mle,mle+entropy,iqlearn:0.1,online:0.1,gail)"]
+    assert run.main(["irl_arithmetic", *tiny, *GAIL, "--run-dir", folder]) == 0
     out = capsys.readouterr().out
-    assert "| mle | 0.5 |" in out and "| online:0.1 | 1 |" in out
+    assert "| mle | 0.5 |" in out and "| online:0.1 | 1 |" in out and "| gail | 1 |" in out
     with open(os.path.join(folder, "results.json")) as f:
         results = json.load(f)
-    assert set(results["summary"]) == {"mle", "mle+entropy", "iqlearn:0.1", "online:0.1"}
+    assert set(results["summary"]) == {"mle", "mle+entropy", "iqlearn:0.1", "online:0.1", "gail"}
     for method, temps in results["summary"].items():
         assert set(temps) == {"0", "0.5", "1"}
         for vals in temps.values():
@@ -117,7 +125,7 @@ def test_irl_experiment_end_to_end_and_resume(tmp_path, capsys):
         assert temps["0"]["self_bleu"][0] == pytest.approx(100.0)  # greedy: a prompt's samples are identical
     # Accuracy at matched diversity against MLE, read off the frontiers (one seed here: no standard error).
     matched = results["matched_diversity"]
-    assert set(matched) == {"mle+entropy", "iqlearn:0.1", "online:0.1"}
+    assert set(matched) == {"mle+entropy", "iqlearn:0.1", "online:0.1", "gail"}
     for m in matched.values():
         assert 0.0 <= m["self_bleu"] <= 100.0 and 0.0 <= m["accuracy"][0] <= 1.0 and -1.0 <= m["gap"][0] <= 1.0
         assert m["reference"] == "mle"
@@ -136,10 +144,12 @@ def test_irl_experiment_end_to_end_and_resume(tmp_path, capsys):
     assert os.path.getsize(os.path.join(folder, "metrics_vs_temperature.png")) > 10_000
     with open(os.path.join(folder, "results.md")) as f:
         text = f.read()
-    assert text.count("\n| ") == 12 + 5 + 4
+    entropy_rows = len(results["matched_entropy"])
+    assert text.count("\n| ") == 15 + 6 + (1 + entropy_rows if entropy_rows else 0)
     # ... and against the entropy-bonus control at matched token entropy, gaps paired by seed
     assert "| method | against | matched entropy | accuracy there | gap (paired by seed) |" in text
-    assert set(results["matched_entropy"]) == {"mle", "iqlearn:0.1", "online:0.1"}
+    assert {"mle", "iqlearn:0.1", "online:0.1"} <= set(results["matched_entropy"]) <= {
+        "mle", "iqlearn:0.1", "online:0.1", "gail"}
     for m in results["matched_entropy"].values():
         assert m["entropy"] > 0 and 0.0 <= m["accuracy"][0] <= 1.0 and -1.0 <= m["gap"][0] <= 1.0
     assert "| method | against | matched Self-BLEU | accuracy there | gap | reward pair accuracy |" in text
@@ -148,9 +158,18 @@ def test_irl_experiment_end_to_end_and_resume(tmp_path, capsys):
     # The online run trained on its own samples: its logged value gaps are there.
     with open(os.path.join(folder, "runs", "online_0.1-seed0", "metrics.jsonl")) as f:
         assert all("policy_value_gap" in json.loads(line) for line in f)
+    # GAIL: its discriminator's buffer grows by replay, and every stage left checkpoints
+    with open(os.path.join(folder, "runs", "gail-seed0", sweep.RESULT_FILE)) as f:
+        rounds = json.load(f)["result"]["gail_rounds"]
+    assert [r["pairs"] for r in rounds] == [8.0, 16.0]
+    for r in rounds:
+        assert 0.0 <= r["disc_data_accuracy"] <= 1.0 and 0.0 <= r["disc_policy_accuracy"] <= 1.0
+        assert np.isfinite(r["policy_reward"]) and np.isfinite(r["policy_kl"])
+    for part in ("mle", "round_0/disc", "round_0/policy", "round_0/mle", "round_1/policy"):
+        assert os.path.isdir(os.path.join(folder, "runs", "gail-seed0", part, "checkpoints")), part
     # Resume with one more seed: finished runs are reused as they are, the new seed runs.
     before = results["per_run"]["mle"]["0"]
-    assert run.main(["irl_arithmetic", "seeds=(0,1)", "--run-dir", folder]) == 0
+    assert run.main(["irl_arithmetic", "seeds=(0,1)", "methods=(mle,mle+entropy)", "--run-dir", folder]) == 0
     with open(os.path.join(folder, "results.json")) as f:
         again = json.load(f)
     assert again["per_run"]["mle"]["0"] == before and set(again["per_run"]["mle"]) == {"0", "1"}
@@ -159,27 +178,3 @@ def test_irl_experiment_end_to_end_and_resume(tmp_path, capsys):
     with pytest.raises(sweep.StaleResultError, match="variant.gamma: finished run has 0.9, now 0.5"):
         run.main(["irl_arithmetic", "variants.mle.gamma=0.5", "--run-dir", folder])
     assert open(os.path.join(folder, "config.json")).read() == saved  # a refused resume leaves the folder as it was
-
-
-@pytest.mark.slow
-def test_gail_runs_as_the_third_family_end_to_end(tmp_path):
-    folder = str(tmp_path / "gail")
-    tiny = [t for t in TINY if not t.startswith("methods=")] + [
-        "methods=(mle,gail)", "adversarial.gail.rounds=2", "adversarial.gail.disc_prompts=8",
-        "adversarial.gail.disc_stage.steps=2", "adversarial.gail.disc_stage.batch_size=4",
-        "adversarial.gail.disc_stage.optimizer.warmup_steps=1", "adversarial.gail.policy.iterations=1",
-        "adversarial.gail.policy.prompts_per_rollout=4", "adversarial.gail.policy.group_size=2",
-        "adversarial.gail.policy.max_new_tokens=8", "adversarial.gail.policy.epochs=1",
-        "adversarial.gail.policy.minibatches=1", "adversarial.gail.mle_steps=2", "adversarial.gail.mle_batch=8"]
-    assert run.main(["irl_arithmetic", *tiny, "--run-dir", folder]) == 0
-    with open(os.path.join(folder, "results.json")) as f:
-        results = json.load(f)
-    assert set(results["summary"]) == {"mle", "gail"} and results["matched_diversity"]["gail"]["reference"] == "mle"
-    with open(os.path.join(folder, "runs", "gail-seed0", sweep.RESULT_FILE)) as f:
-        rounds = json.load(f)["result"]["gail_rounds"]
-    assert [r["pairs"] for r in rounds] == [8.0, 16.0]  # the discriminator's buffer grows (replay)
-    for r in rounds:
-        assert 0.0 <= r["disc_data_accuracy"] <= 1.0 and 0.0 <= r["disc_policy_accuracy"] <= 1.0
-        assert np.isfinite(r["policy_reward"]) and np.isfinite(r["policy_kl"])
-    for part in ("mle", "round_0/disc", "round_0/policy", "round_0/mle", "round_1/policy"):
-        assert os.path.isdir(os.path.join(folder, "runs", "gail-seed0", part, "checkpoints")), part
