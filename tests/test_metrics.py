@@ -90,7 +90,8 @@ def test_matched_accuracy_and_gap_hand_computed():
     pb = [([10.0, 30.0], [0.5, 0.3]), ([10.0, 30.0], [0.5, 0.3])]
     gap, se = metrics.matched_paired_gap(pa, pb, 20.0)
     assert gap == pytest.approx(0.2) and se == pytest.approx(0.1)
-    assert metrics.matched_paired_gap(pa[:1], pb[:1], 20.0)[1] != metrics.matched_paired_gap(pa[:1], pb[:1], 20.0)[1]
+    one_seed = metrics.matched_paired_gap(pa[:1], pb[:1], 20.0)
+    assert one_seed[0] == pytest.approx(0.1) and math.isnan(one_seed[1])  # one seed: no standard error
     assert all(math.isnan(x) for x in metrics.matched_paired_gap(pa, pb, 40.0))  # beyond every frontier
     with pytest.raises(ValueError, match="one per seed on both sides; got 2 and 1"):
         metrics.matched_paired_gap(pa, pb[:1], 20.0)

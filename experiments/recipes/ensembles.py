@@ -172,14 +172,10 @@ def shared(cfg: EnsemblesConfig, run_dir: str, prep: lm_base.Prepared) -> Shared
                   references=dict(zip(train_prompts.texts, train_prompts.references)))
 
 
-def _copy_of(model: nnx.Module, rngs: nnx.Rngs) -> nnx.Module:
-    del rngs  # every member starts from the same backbone; the heads differ
-    return nnx.clone(model)
-
 
 def fit_proxy(sh: Shared, name: str, kind: rm.RMKind, noise: float, seed: int, run: stages.Run) -> nnx.Module:
     """A proxy of ``kind`` trained by Bradley-Terry on the training pairs with a fraction ``noise`` swapped."""
-    model = rm.build(kind, functools.partial(_copy_of, sh.rm_base), seed=seed)
+    model = rm.build(kind, functools.partial(rm.copy_of, sh.rm_base), seed=seed)
     return rm.fit_pairs(run.sub("rm", desc=f"rm {name} seed {seed}", depends={"noise": noise}), model, kind,
                         rm.flip_labels(sh.train_pairs, noise, seed=1000 + seed), sh.rm_tok, sh.cfg.rm_stage,
                         max_length=sh.max_length)

@@ -149,7 +149,7 @@ def finetune(run: stages.Run, cfg: GAILConfig, base: nnx.Module, stage: stages.S
     tokens, mask = rollout.prompt_rows(encoded["tokens"], encoded["prompt_lengths"], spec.pad_id, spec.prompt_width)
     prompts = rollout.Prompts(tokens, mask, list(texts.prompts))
     max_length = spec.prompt_width + 2 * spec.max_new_tokens + 2  # (bos, eos; the data's responses may run longer)
-    discriminator = rm.build(DISCRIMINATOR, functools.partial(_copy_of, reference), seed=run.seed)
+    discriminator = rm.build(DISCRIMINATOR, functools.partial(rm.copy_of, reference), seed=run.seed)
     buffer, rounds = [], []
     for r in range(cfg.rounds):
         here = run.sub(f"round_{r}")
@@ -179,10 +179,6 @@ def finetune(run: stages.Run, cfg: GAILConfig, base: nnx.Module, stage: stages.S
                        "policy_kl": float(np.mean([s["kl"] for s in stats]))})
     return GAILResult(policy, rounds)
 
-
-def _copy_of(model: nnx.Module, rngs: nnx.Rngs) -> nnx.Module:
-    del rngs
-    return nnx.clone(model)
 
 
 __all__ = ["DISCRIMINATOR", "DiscriminatorReward", "GAILConfig", "GAILResult", "Texts", "draw_pairs", "finetune"]

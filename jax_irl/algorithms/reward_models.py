@@ -143,6 +143,13 @@ def text_rows(tokenizer, prompts: Sequence[str], responses: Sequence[str], max_l
     return pair_rows(batching.trim_padding({"tokens": enc["tokens"], "mask": enc["mask"]}, tokenizer.pad_id))
 
 
+def copy_of(model: nnx.Module, rngs: nnx.Rngs) -> nnx.Module:
+    """``build``'s make_backbone that starts every member from a copy of ``model`` (use
+    ``functools.partial(copy_of, model)``): the members share the backbone's weights, their heads differ."""
+    del rngs
+    return nnx.clone(model)
+
+
 def bt_loss_fn(kind: RMKind):
     """loss_fn(model, batch, rng) for ``train.Trainer``: batch rows alternate chosen / rejected (pair_rows);
     the sum over heads of the heads' Bradley-Terry losses, with bootstrap weights when configured. Logs the
