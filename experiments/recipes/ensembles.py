@@ -172,7 +172,6 @@ def shared(cfg: EnsemblesConfig, run_dir: str, prep: lm_base.Prepared) -> Shared
                   references=dict(zip(train_prompts.texts, train_prompts.references)))
 
 
-
 def fit_proxy(sh: Shared, name: str, kind: rm.RMKind, noise: float, seed: int, run: stages.Run) -> nnx.Module:
     """A proxy of ``kind`` trained by Bradley-Terry on the training pairs with a fraction ``noise`` swapped."""
     model = rm.build(kind, functools.partial(rm.copy_of, sh.rm_base), seed=seed)
