@@ -3,8 +3,8 @@
 The W1 SFT step (tools/bench_train.py) spends most of its time in a handful of matmul shapes; this times each
 shape alone on both sides: one warm-up call each, then --repeats rounds in which both sides run once in turn
 (interleaved, the order alternating), the median. GFLOP/s counts 2 m k n. It is the measurement behind the
-README's statement of what keeps the jax_irl step from the benchmark's 0.8x PyTorch on CPU: the same
-work, a slower matmul library. Run it on a quiet machine.
+performance page's statement (docs/performance.md) of what keeps the jax_irl step from the benchmark's 0.8x
+PyTorch on CPU: the same work, a slower matmul library. Run it on a quiet machine.
 
     .venv/bin/python tools/bench_matmul.py [--repeats 15]
 """

@@ -55,7 +55,7 @@ class OracleConfig:
 
 def make_pairs(prompts: Sequence[str], candidates: Sequence[Sequence[str]], rewards: np.ndarray,
                oracle: OracleConfig, rng: np.random.Generator) -> Tuple[List[Dict[str, str]], Dict[str, int]]:
-    """One labelled pair per prompt from its candidates [P][n] and their gold rewards [P, n].
+    """One labelled pair per prompt from its candidates ``[P][n]`` and their gold rewards [P, n].
 
     The pair is the best and the worst candidate (ties broken by position) or two random distinct ones; the
     label is deterministic (the higher reward is chosen) or drawn from Bradley-Terry. A pair of identical
@@ -146,7 +146,7 @@ class SampleSettings(NamedTuple):
 
 
 def sample_texts(model, prompts: rollout.Prompts, key, n: int, s: SampleSettings):
-    """n samples per prompt: (texts [P][n], gold rewards [P, n], the rows)."""
+    """n samples per prompt: (texts ``[P][n]``, gold rewards [P, n], the rows)."""
     rows = rollout.sample_rows(model, prompts.tokens, prompts.mask, key, max_new_tokens=s.max_new_tokens,
                                eos_id=s.tokenizer.eos_id, pad_id=s.tokenizer.pad_id, temperature=s.temperature,
                                num_samples=n, prompts_per_batch=s.prompts_per_batch)

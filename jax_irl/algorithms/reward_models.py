@@ -264,7 +264,7 @@ def bon_gold(proxy: np.ndarray, gold: np.ndarray, ns: Sequence[int]) -> np.ndarr
 
 def bon_kl(proxy: np.ndarray, texts: Sequence[Sequence[str]], ns: Sequence[int]) -> np.ndarray:
     """The measured KL of the best-of-n distribution from the sampling policy, for each n in ``ns``, averaged over
-    prompts: proxy [P, N] scores of N samples per prompt, texts [P][N] the samples themselves.
+    prompts: proxy [P, N] scores of N samples per prompt, texts ``[P][N]`` the samples themselves.
 
     Over a prompt's pool, the sampling policy is the empirical distribution p(y) = count(y) / N, and best-of-n
     (a uniformly random n-subset, its proxy-best kept; ties keep the samples' order as in ``bon_gold``) picks the

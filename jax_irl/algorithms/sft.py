@@ -23,7 +23,8 @@ from jax_irl.data import batching
 
 def loss_fn(*, vocab_chunk: Optional[int] = None, window: Optional[int] = None,
             entropy_bonus: float = 0.0) -> Callable:
-    """loss_fn(model, batch, rng) -> (loss, aux): the mean NLL of batch['tokens'][:, 1:] where batch['mask'] is 1.
+    """loss_fn(model, batch, rng) -> (loss, aux): the mean NLL of ``batch['tokens'][:, 1:]`` where
+    ``batch['mask']`` is 1.
 
     .. math::  L = -\\frac{1}{\\sum_t m_t} \\sum_t m_t \\log \\pi(x_{t+1} | x_{\\le t})
                \\; [- \\beta \\, \\bar{H}(\\pi) \\text{ with } \\beta = \\texttt{entropy\\_bonus}]

@@ -20,11 +20,25 @@ BATCH_MESH_AXES = ("data", "fsdp")
 
 
 def constrain_rows(x: Array) -> Array:
-    """x with its leading (row) axis pinned to the batch axes of the mesh being traced under (``jax.set_mesh``),
-    the other axes replicated: the activations of a data-parallel / FSDP step stay split by rows, and XLA gathers
-    the (smaller) weights for a matmul instead of splitting its contraction over the weights' sharded axis and
-    computing every row's partial sums on every device. Outside a mesh, or when the rows do not divide over
-    those axes, x is returned as it is. A layout hint only: values and gradients are unchanged."""
+    r"""Pin an array's leading (row) axis to the batch axes of the mesh being traced under.
+
+    Under ``jax.set_mesh``, the activations of a data-parallel / FSDP step stay split by rows, and XLA gathers the
+    (smaller) weights for a matmul instead of splitting its contraction over the weights' sharded axis. A layout
+    hint only: values and gradients are unchanged.
+
+    Args:
+        x: any array whose leading axis is rows.
+
+    Returns:
+        x, with a sharding constraint when a mesh is set and its rows divide over the batch axes; otherwise x
+        as it is.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import losses
+        >>> losses.constrain_rows(jnp.ones((2, 3))).shape  # outside a mesh: unchanged
+        (2, 3)
+    """
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or jnp.ndim(x) == 0:
         return x
@@ -134,14 +148,47 @@ def gather_target(values: Array, targets: Array) -> Array:
 
 
 def masked_sum(x: Array, mask: Array, axis=None) -> Array:
-    """sum(x * mask) that ignores whatever x holds where mask == 0 (inf or NaN included), in value and gradient."""
+    r"""sum(x * mask), ignoring whatever x holds where mask == 0 (inf or NaN included), in value and gradient.
+
+    Args:
+        x: float array.
+        mask: broadcastable to x; its values weight the entries.
+        axis: the axes to sum over (None: all).
+
+    Returns:
+        The sum over ``axis``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import losses
+        >>> float(losses.masked_sum(jnp.array([1.0, jnp.nan, 2.0]), jnp.array([1, 0, 1])))
+        3.0
+    """
     m = jnp.asarray(mask)
     x = jnp.where(m != 0, x, jnp.zeros((), x.dtype))
     return jnp.sum(x * m.astype(x.dtype), axis=axis)
 
 
 def masked_mean(x: Array, mask: Array, axis=None, normalizer: Optional[Array] = None) -> Array:
-    """sum(x * mask) / sum(mask), or / normalizer when given; 0 (not NaN) when nothing is counted."""
+    r"""sum(x * mask) / sum(mask), or / normalizer when given; 0 (not NaN) when nothing is counted.
+
+    Args:
+        x: float array.
+        mask: broadcastable to x; its values weight the entries.
+        axis: the axes to reduce (None: all).
+        normalizer: optional count to divide by instead of ``sum(mask)`` (a global token count).
+
+    Returns:
+        The mean over ``axis``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import losses
+        >>> float(losses.masked_mean(jnp.array([1.0, 5.0, 3.0]), jnp.array([1, 0, 1])))
+        2.0
+        >>> float(losses.masked_mean(jnp.ones(3), jnp.zeros(3)))
+        0.0
+    """
     total = masked_sum(x, mask, axis=axis)
     if normalizer is None:
         normalizer = jnp.sum(jnp.asarray(mask).astype(total.dtype), axis=axis)
@@ -150,10 +197,22 @@ def masked_mean(x: Array, mask: Array, axis=None, normalizer: Optional[Array] = 
 
 
 def masked_whiten(x: Array, mask: Array, shift_mean: bool = True, eps: float = 1e-8) -> Array:
-    """(x - mean) / std over the counted entries (population statistics); 0 where mask == 0.
+    r"""Whiten over the counted entries: (x - mean) / std with population statistics; 0 where mask == 0.
 
-    x, mask: [B, T]. With shift_mean=False the mean is added back (scale only), as PPO implementations do for
-    rewards.
+    Args:
+        x: ``[B, T]`` float.
+        mask: ``[B, T]``, nonzero on counted entries.
+        shift_mean: False adds the mean back (scale only), as PPO implementations do for rewards.
+        eps: added to the variance.
+
+    Returns:
+        ``[B, T]`` float32.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import losses
+        >>> losses.masked_whiten(jnp.array([[1.0, 3.0, 100.0]]), jnp.array([[1, 1, 0]]))
+        Array([[-1.,  1.,  0.]], dtype=float32)
     """
     x = upcast(x)
     mean = masked_mean(x, mask)

@@ -103,8 +103,25 @@ def group_advantages(rewards: Array, method: str = "grpo", *, eps: float = 1e-6)
 
 
 def degenerate_groups(rewards: Array) -> Array:
-    """``[P, G] -> [P]`` bool: True where every response of a group has the same reward (zero advantage under every
-    group method; DAPO's dynamic sampling drops these groups)."""
+    """The degenerate groups: those whose responses all have the same reward.
+
+    Every group method gives them zero advantage; DAPO's dynamic sampling drops them.
+
+    Args:
+        rewards: ``[P, G]`` rewards, G responses to each of P prompts.
+
+    Returns:
+        ``[P]`` bool, True where every response of the group has the same reward.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import losses
+        >>> losses.degenerate_groups(jnp.array([[1.0, 1.0], [0.0, 1.0]]))
+        Array([ True, False], dtype=bool)
+
+    References:
+        Yu et al. 2025, "DAPO: An Open-Source LLM Reinforcement Learning System at Scale".
+    """
     check_rank("rewards", rewards, 2, "[P, G]")
     r = jnp.asarray(rewards)
     return jnp.all(r == r[:, :1], axis=1)
@@ -125,12 +142,23 @@ def reinforce_pp_advantages(token_rewards: Array, logp: Array, ref_logp: Array, 
     Args:
         token_rewards: ``[B, T]`` per-token rewards (a scalar reward sits on the last counted token:
             ``place_sequence_reward``).
-        logp, ref_logp: ``[B, T]`` log-probs of the sampled tokens under the sampling policy and the reference.
+        logp: ``[B, T]`` log-probs of the sampled tokens under the sampling policy.
+        ref_logp: ``[B, T]`` the same tokens' log-probs under the reference.
         mask: ``[B, T]`` 1 on counted (response) tokens.
-        kl_coef: beta >= 0. estimator: 'k1' | 'k2' | 'k3' (``kl_penalty``). gamma: discount in [0, 1].
+        kl_coef: beta >= 0.
+        estimator: 'k1' | 'k2' | 'k3' (``kl_penalty``).
+        gamma: discount in [0, 1].
 
     Returns:
         ``[B, T]`` advantages, 0 off the mask.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import losses
+        >>> r = jnp.array([[0.0, 1.0], [0.0, 0.0]])  # returns-to-go [1, 1] and [0, 0]: whitened to +-1
+        >>> losses.reinforce_pp_advantages(r, jnp.zeros((2, 2)), jnp.zeros((2, 2)), jnp.ones((2, 2)), kl_coef=0.1)
+        Array([[ 1.,  1.],
+               [-1., -1.]], dtype=float32)
 
     References:
         Hu 2025, "REINFORCE++".
@@ -231,9 +259,11 @@ def group_policy_loss(logp: Array, old_logp: Array, advantages: Array, mask: Arr
         old_logp: ``[B, T]`` under the policy that sampled them (constants).
         advantages: ``[B, T]`` token advantages (constants; ``token_advantages`` broadcasts one per response).
         mask: ``[B, T]`` 1 on counted tokens.
-        clip_low: :math:`\epsilon_l` >= 0. clip_high: :math:`\epsilon_h` >= clip_low (default clip_low; DAPO's
-            clip-higher uses 0.28 against 0.2; GSPO's published values are 3e-4 / 4e-4).
-        aggregation: one of ``AGGREGATIONS``. ratio: 'token' | 'sequence'.
+        clip_low: :math:`\epsilon_l` >= 0.
+        clip_high: :math:`\epsilon_h` >= clip_low (default clip_low; DAPO's clip-higher uses 0.28 against 0.2;
+            GSPO's published values are 3e-4 / 4e-4).
+        aggregation: one of ``AGGREGATIONS``.
+        ratio: 'token' | 'sequence'.
         max_tokens: L for 'seq_mean_token_sum_norm' (default T, the generation budget on the grid).
         ref_logp: ``[B, T]`` reference log-probs, needed when kl_coef > 0 (GRPO's KL term in the loss, k3).
         kl_coef: beta >= 0.
@@ -241,10 +271,10 @@ def group_policy_loss(logp: Array, old_logp: Array, advantages: Array, mask: Arr
             B * L), for a loss computed on shards and summed (``shard_map`` + psum); default: this batch's.
 
     Returns:
-        (loss [], aux) with scalars 'policy_loss' (without the KL term), 'kl' (mean k3 to the reference over
+        ``(loss, aux)``: loss ``[]``; aux scalars 'policy_loss' (without the KL term), 'kl' (mean k3 to the reference over
         counted tokens, 0 without ref_logp), 'clip_fraction_low' / 'clip_fraction_high' (share of counted tokens
         whose gradient the lower / upper clip removes: A < 0 and rho < 1 - el, or A > 0 and rho > 1 + eh),
-        'clip_fraction' (their sum), 'approx_kl' (k3 of old vs new), 'ratio_mean'; and 'losses' [B, T].
+        'clip_fraction' (their sum), 'approx_kl' (k3 of old vs new), 'ratio_mean'; and 'losses' ``[B, T]``.
 
     Examples:
         >>> import jax.numpy as jnp

@@ -42,10 +42,28 @@ def _num_tokens(mask: Array) -> Array:
 
 def mle_loss_from_q(target_q: Array, values: Array, mask: Array, *, temperature: float = 1.0,
                     normalizer: Optional[Array] = None):
-    """Token-mean negative log-likelihood from (Q(s_t, a_t), V(s_t)).
+    r"""Token-mean negative log-likelihood from (Q(s_t, a_t), V(s_t)).
 
-    target_q, values, mask: [B, T]. nll_t = (V(s_t) - Q(s_t, a_t)) / temperature.
-    Returns (loss [], aux) with aux['nll'] [B, T] (0 where mask == 0) and aux['num_tokens'] [].
+        nll_t = (V(s_t) - Q(s_t, a_t)) / tau,   L = sum_t m_t nll_t / sum_t m_t
+
+    Args:
+        target_q: ``[B, T]`` Q(s_t, a_t) (``soft_q_stats`` or ``chunked_soft_q_stats``).
+        values: ``[B, T]`` V(s_t).
+        mask: ``[B, T]``, nonzero on counted tokens (its value weights them; negative weights are refused).
+        temperature: tau > 0.
+        normalizer: optional scalar token count to divide by instead of ``sum(mask)`` (the global count, so that
+            micro-batches or shards add up to the full-batch loss).
+
+    Returns:
+        ``(loss, aux)``: loss ``[]``; aux ``nll`` ``[B, T]`` (0 off the mask) and ``num_tokens`` ``[]``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import losses
+        >>> q, v = jnp.array([[0.0, 1.0]]), jnp.array([[1.0, 1.0]])
+        >>> loss, aux = losses.mle_loss_from_q(q, v, jnp.array([[1, 1]]))
+        >>> float(loss)  # (1 + 0) / 2
+        0.5
     """
     check_same_shape({"target_q": target_q, "values": values, "mask": mask}, "[B, T]")
     check_rank("mask", mask, 2, "[B, T]")
@@ -60,12 +78,26 @@ def mle_loss_from_q(target_q: Array, values: Array, mask: Array, *, temperature:
 
 
 def mle_loss(logits: Array, targets: Array, mask: Array, *, normalizer: Optional[Array] = None):
-    """Maximum-likelihood (cross-entropy) loss, averaged over counted tokens.
+    r"""Maximum-likelihood (cross-entropy) loss, averaged over counted tokens.
 
-    logits: [B, T, V] (any float dtype; reduced in float32); targets: [B, T] integer ids (ids at mask == 0
-    positions may be anything, e.g. -100); mask: [B, T], nonzero on tokens that count (its value weights them).
-    loss = sum_t mask_t * -log softmax(logits_t)[targets_t] / sum_t mask_t.
-    Returns (loss [], aux) with aux['nll'] [B, T] and aux['num_tokens'] [].
+        L = sum_t m_t * -log softmax(logits_t)[targets_t] / sum_t m_t
+
+    Args:
+        logits: ``[B, T, V]`` float, any dtype (reduced in float32); ``logits[b, t]`` predicts ``targets[b, t]``.
+        targets: ``[B, T]`` integer ids; ids where mask == 0 may be anything (such as -100).
+        mask: ``[B, T]``, nonzero on tokens that count (its value weights them).
+        normalizer: optional scalar token count to divide by instead of ``sum(mask)`` (the global count, so that
+            micro-batches or shards add up to the full-batch loss).
+
+    Returns:
+        ``(loss, aux)``: loss ``[]`` (0 for a fully masked batch); aux ``nll`` ``[B, T]`` and ``num_tokens`` ``[]``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import losses
+        >>> loss, aux = losses.mle_loss(jnp.zeros((1, 3, 4)), jnp.array([[2, 1, -100]]), jnp.array([[1, 1, 0]]))
+        >>> round(float(loss), 4)  # uniform over 4 tokens: log 4
+        1.3863
     """
     check_rank("mask", mask, 2, "[B, T]")
     q, v = soft_q_stats(logits, targets, 1.0, mask)
@@ -74,13 +106,40 @@ def mle_loss(logits: Array, targets: Array, mask: Array, *, normalizer: Optional
 
 def mle_entropy_loss_from_q(target_q: Array, values: Array, entropies: Array, mask: Array, *, entropy_bonus: float,
                             temperature: float = 1.0, normalizer: Optional[Array] = None):
-    """MLE with an entropy bonus (the confidence penalty of Pereyra et al. 2017): the control for IQLearn's TD
-    term in Wulfmeier et al. 2024 (does the TD term do more than flatten the policy?).
-        L = sum_t mask_t * ( -log pi(a_t|s_t) - entropy_bonus * H(pi(.|s_t)) ) / sum_t mask_t,
-    with H(pi(.|s)) = -sum_a pi(a|s) log pi(a|s) at the data states (``soft_q.token_entropies``).
-    entropy_bonus = 0 is exactly ``mle_loss_from_q``. target_q, values, entropies, mask: [B, T].
-    Returns (loss [], aux): the MLE aux plus 'entropy' [B, T] (0 where mask == 0), and the scalars 'nll_loss'
-    and 'mean_entropy'.
+    r"""MLE with an entropy bonus from soft-Q statistics and per-token entropies.
+
+    The confidence penalty of Pereyra et al. 2017, used as the control for IQLearn's TD term (does the TD term do
+    more than flatten the policy?):
+
+        L = sum_t m_t ( -log pi(a_t | s_t) - entropy_bonus * H(pi(. | s_t)) ) / sum_t m_t
+
+    with H the entropy at the data states (``token_entropies``). entropy_bonus = 0 is exactly
+    ``mle_loss_from_q``.
+
+    Args:
+        target_q: ``[B, T]`` Q(s_t, a_t).
+        values: ``[B, T]`` V(s_t).
+        entropies: ``[B, T]`` H(pi(. | s_t)).
+        mask: ``[B, T]``, nonzero on counted tokens.
+        entropy_bonus: the bonus's weight (0 is MLE).
+        temperature: tau > 0.
+        normalizer: optional scalar token count to divide by instead of ``sum(mask)`` (the global count, so that
+            micro-batches or shards add up to the full-batch loss).
+
+    Returns:
+        ``(loss, aux)``: the MLE aux plus ``entropy`` ``[B, T]`` (0 off the mask) and the scalars ``nll_loss`` and
+        ``mean_entropy``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import losses
+        >>> q, v, h, m = jnp.zeros((1, 2)), jnp.ones((1, 2)), jnp.full((1, 2), 2.0), jnp.ones((1, 2))
+        >>> loss, aux = losses.mle_entropy_loss_from_q(q, v, h, m, entropy_bonus=0.1)
+        >>> round(float(loss), 4)  # 1 - 0.1 * 2
+        0.8
+
+    References:
+        Pereyra et al. 2017, "Regularizing Neural Networks by Penalizing Confident Output Distributions".
     """
     check_same_shape({"target_q": target_q, "entropies": entropies}, "[B, T]")
     check_scalar("entropy_bonus", entropy_bonus, low=0.0)
@@ -94,8 +153,28 @@ def mle_entropy_loss_from_q(target_q: Array, values: Array, entropies: Array, ma
 
 def mle_entropy_loss(logits: Array, targets: Array, mask: Array, *, entropy_bonus: float, temperature: float = 1.0,
                      normalizer: Optional[Array] = None):
-    """MLE with an entropy bonus on logits [B, T, V]: token mean of -log pi(a_t|s_t) - entropy_bonus *
-    H(pi(.|s_t)), pi = softmax(logits / temperature). See ``mle_entropy_loss_from_q``."""
+    r"""MLE with an entropy bonus on full logits (see ``mle_entropy_loss_from_q`` for the formula).
+
+    Args:
+        logits: ``[B, T, V]`` float; pi = softmax(logits / temperature).
+        targets: ``[B, T]`` integer ids.
+        mask: ``[B, T]``, nonzero on counted tokens.
+        entropy_bonus: the bonus's weight (0 is MLE).
+        temperature: tau > 0.
+        normalizer: optional scalar token count to divide by instead of ``sum(mask)`` (the global count, so that
+            micro-batches or shards add up to the full-batch loss).
+
+    Returns:
+        ``(loss, aux)`` as ``mle_entropy_loss_from_q``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import losses
+        >>> loss, aux = losses.mle_entropy_loss(jnp.zeros((1, 2, 4)), jnp.array([[0, 1]]), jnp.ones((1, 2)),
+        ...                                     entropy_bonus=1.0)
+        >>> float(loss)  # uniform: nll log 4 minus entropy log 4
+        0.0
+    """
     check_rank("mask", mask, 2, "[B, T]")
     q, v = soft_q_stats(logits, targets, temperature, mask)
     return mle_entropy_loss_from_q(q, v, token_entropies(logits, temperature), mask, entropy_bonus=entropy_bonus,
@@ -113,12 +192,40 @@ def iqlearn_loss_from_q(
     terminal: Optional[Array] = None,
     normalizer: Optional[Array] = None,
 ):
-    """Offline IQLearn (chi^2) from (Q(s_t, a_t), V(s_t)): token-mean of -log pi + td_weight * r^2.
+    r"""Offline IQLearn (chi^2) from (Q(s_t, a_t), V(s_t)).
 
-    target_q, values, mask: [B, T]; terminal: optional [B, T] bool, True at t when s_{t+1} is terminal (default:
-    the last counted position of each row). Returns (loss [], aux) with per-token 'nll', 'implied_rewards',
-    'td_penalty' (r^2) of shape [B, T] (0 where mask == 0), per-row 'sequence_rewards' [B] (sum of r_t), and the
-    scalars 'nll_loss', 'td_loss', 'num_tokens'.
+        r_t = Q(s_t, a_t) - gamma V(s_{t+1}),   L = sum_t m_t ( -log pi(a_t | s_t) + td_weight * r_t^2 ) / sum_t m_t
+
+    Args:
+        target_q: ``[B, T]`` Q(s_t, a_t).
+        values: ``[B, T]`` V(s_t).
+        mask: ``[B, T]``, nonzero on counted (response) tokens.
+        gamma: discount in [0, 1].
+        td_weight: lambda >= 0, the weight of the TD (chi^2) term; 0 is MLE.
+        temperature: tau > 0.
+        terminal: optional ``[B, T]`` bool, True at t when s_{t+1} is terminal (default: the last counted
+            position of each row).
+        normalizer: optional scalar token count to divide by instead of ``sum(mask)`` (the global count, so that
+            micro-batches or shards add up to the full-batch loss).
+
+    Returns:
+        ``(loss, aux)``: aux holds per-token ``nll``, ``implied_rewards`` and ``td_penalty`` (r^2) ``[B, T]`` (0
+        off the mask), per-row ``sequence_rewards`` ``[B]`` (the sum of r_t), and the scalars ``nll_loss``,
+        ``td_loss`` and ``num_tokens``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import losses
+        >>> q, v, m = jnp.array([[1.0, 2.0]]), jnp.array([[3.0, 4.0]]), jnp.ones((1, 2))
+        >>> loss, aux = losses.iqlearn_loss_from_q(q, v, m, gamma=1.0, td_weight=0.5)
+        >>> aux["implied_rewards"]  # [1 - 4, 2 - 0]
+        Array([[-3.,  2.]], dtype=float32)
+        >>> float(loss)  # nll (2 + 2) / 2 plus 0.5 * (9 + 4) / 2
+        5.25
+
+    References:
+        Garg et al. 2021, "IQ-Learn: Inverse soft-Q Learning for Imitation"; Wulfmeier et al. 2024, "Imitating
+        Language via Scalable Inverse Reinforcement Learning".
     """
     check_scalar("td_weight", td_weight, low=0.0)
     mle, aux = mle_loss_from_q(target_q, values, mask, temperature=temperature, normalizer=normalizer)
@@ -147,13 +254,42 @@ def iqlearn_loss(
     terminal: Optional[Array] = None,
     normalizer: Optional[Array] = None,
 ):
-    """Offline IQLearn with chi^2 regularisation on expert (data) responses.
+    r"""Offline IQLearn with chi^2 regularisation on expert (data) responses: MLE plus a TD regulariser.
 
-    logits: [B, T, V]; targets: [B, T] integer ids; mask: [B, T] (response tokens that count).
-    loss = sum_t mask_t * (-log pi(a_t|s_t) + td_weight * r_t^2) / sum_t mask_t with
-    r_t = Q(s_t, a_t) - gamma * V(s_{t+1}), Q = logits, V = temperature * logsumexp(logits / temperature),
-    log pi = (Q - V) / temperature, and V(s_{t+1}) = 0 at the end of each response.
-    td_weight = 0 returns exactly ``mle_loss`` (for temperature 1). See ``iqlearn_loss_from_q`` for aux.
+        Q = logits,  V = tau logsumexp(Q / tau),  log pi = (Q - V) / tau,
+        r_t = Q(s_t, a_t) - gamma V(s_{t+1}),  V(s_{t+1}) = 0 at the end of each response,
+        L = sum_t m_t ( -log pi(a_t | s_t) + td_weight * r_t^2 ) / sum_t m_t
+
+    td_weight = 0 is exactly ``mle_loss`` (at temperature 1). The squared term pins the per-state offset of the
+    logits that the softmax ignores, which makes the extracted rewards meaningful.
+
+    Args:
+        logits: ``[B, T, V]`` float; ``logits[b, t]`` predicts ``targets[b, t]``.
+        targets: ``[B, T]`` integer ids.
+        mask: ``[B, T]``, nonzero on the response tokens that count.
+        gamma: discount in [0, 1]; at 1 a response's summed reward telescopes to log pi(y | x) + V(s_0).
+        td_weight: lambda >= 0.
+        temperature: tau > 0.
+        terminal: optional ``[B, T]`` bool terminal flags (packed rows).
+        normalizer: optional scalar token count to divide by instead of ``sum(mask)`` (the global count, so that
+            micro-batches or shards add up to the full-batch loss).
+
+    Returns:
+        ``(loss, aux)`` as ``iqlearn_loss_from_q``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import losses
+        >>> logits = jnp.log(jnp.array([[[0.5, 0.5], [0.9, 0.1]]]))
+        >>> targets, mask = jnp.array([[0, 0]]), jnp.ones((1, 2))
+        >>> mle, _ = losses.mle_loss(logits, targets, mask)
+        >>> iq, aux = losses.iqlearn_loss(logits, targets, mask, gamma=1.0, td_weight=0.0)
+        >>> bool(iq == mle)
+        True
+
+    References:
+        Garg et al. 2021, "IQ-Learn"; Wulfmeier et al. 2024, "Imitating Language via Scalable Inverse
+        Reinforcement Learning".
     """
     check_rank("mask", mask, 2, "[B, T]")
     q, v = soft_q_stats(logits, targets, temperature, mask)
@@ -163,7 +299,25 @@ def iqlearn_loss(
 
 def value_gap(values: Array, mask: Array, gamma: float, terminal: Optional[Array] = None,
               normalizer: Optional[Array] = None) -> Array:
-    """Token mean of V(s_t) - gamma * V(s_{t+1}) over counted states (the IQLearn value term). values: [B, T]."""
+    r"""The IQLearn value term: the token mean of V(s_t) - gamma V(s_{t+1}) over counted states.
+
+    Args:
+        values: ``[B, T]`` V(s_t).
+        mask: ``[B, T]``, nonzero on counted tokens.
+        gamma: discount in [0, 1].
+        terminal: optional ``[B, T]`` bool terminal flags.
+        normalizer: optional scalar token count to divide by instead of ``sum(mask)`` (the global count, so that
+            micro-batches or shards add up to the full-batch loss).
+
+    Returns:
+        ``[]`` float.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import losses
+        >>> float(losses.value_gap(jnp.array([[3.0, 1.0]]), jnp.ones((1, 2)), gamma=1.0))  # ((3 - 1) + 1) / 2
+        1.5
+    """
     gap = values - gamma * next_state_values(values, mask, terminal)
     return masked_mean(gap, mask, normalizer=normalizer)
 
@@ -189,29 +343,55 @@ def iqlearn_online_loss_from_q(
     chi2: str = "data",
     policy_target_q: Optional[Array] = None,
 ):
-    """Online IQLearn from soft-Q statistics of data states and of the policy's own samples.
+    r"""Online IQLearn from soft-Q statistics of data states and of the policy's own samples.
 
-    target_q, values, mask: [B, T] on data (expert) responses; policy_values, policy_mask: [B', T'] on responses
-    sampled from the current policy (any B', T'). IQLearn's value term E[V(s) - gamma V(s')] is taken over the
-    mixture (1 - alpha) * data states + alpha * policy states; the reward term stays on data, and the chi^2 term
-    on data (``chi2='data'``) or, as in the original IQ-Learn (Garg et al. 2021), on the same mixture
-    (``chi2='mixture'``, which needs ``policy_target_q``, Q of the sampled tokens):
+    IQLearn's value term E[V(s) - gamma V(s')] is taken over the mixture (1 - alpha) data states + alpha policy
+    states; the reward term stays on data, and the chi^2 term on data (``chi2='data'``) or, as in the original
+    IQ-Learn, on the same mixture (``chi2='mixture'``, which needs ``policy_target_q``):
 
         L = ( -E_data[r] + (1-alpha) E_data[V(s) - gamma V(s')] + alpha E_policy[V(s) - gamma V(s')] ) / tau
             + td_weight * E_chi2[r^2]
           = L_offline + alpha / tau * ( E_policy[V(s) - gamma V(s')] - E_data[V(s) - gamma V(s')] )
             [ + td_weight * alpha * ( E_policy[r^2] - E_data[r^2] )   with chi2='mixture' ]
 
-    (on data, -r + V(s) - gamma V(s') = V(s) - Q(s, a) = -tau log pi; on policy samples r = Q(s, a) - gamma V(s')
-    of the sampled token a). alpha = 0 is exactly the offline loss; the paper mixes in policy samples with
-    alpha = 0.1. Gradients flow into policy_values (and policy_target_q): pushing V down on the policy's own
-    states is the contrastive signal.
+    alpha = 0 is exactly the offline loss; the paper mixes in policy samples with alpha = 0.1. Gradients flow
+    into ``policy_values`` (and ``policy_target_q``): pushing V down on the policy's own states is the
+    contrastive signal. At gamma = 1 a sample's value term telescopes to V(s_0), so with chi2='data' its content
+    drops out; gamma < 1 keeps (1 - gamma) V(s_t) of every state.
 
-    What the policy samples can reach: at gamma = 1 their value term telescopes, per response, to V(s_0) of the
-    prompt state (over the token count), so with chi2='data' a sample's content (every state after the first)
-    drops out of loss and gradient; gamma < 1 keeps (1 - gamma) V(s_t) of every state, and chi2='mixture' adds
-    each sampled token's r^2. Returns (loss [], aux): the offline aux plus scalars 'data_value_gap',
-    'policy_value_gap', 'offline_loss' and, with chi2='mixture', 'policy_td_loss'.
+    Args:
+        target_q: ``[B, T]`` Q(s_t, a_t) on data (expert) responses.
+        values: ``[B, T]`` V(s_t) on data responses.
+        mask: ``[B, T]``, nonzero on counted data tokens.
+        policy_values: ``[B', T']`` V on responses sampled from the current policy (any B', T').
+        policy_mask: ``[B', T']``, nonzero on counted sampled tokens.
+        alpha: the policy states' weight in the mixture, in [0, 1].
+        gamma: discount in [0, 1].
+        td_weight: lambda >= 0.
+        temperature: tau > 0.
+        terminal: optional ``[B, T]`` bool terminal flags of the data rows.
+        policy_terminal: optional ``[B', T']`` bool terminal flags of the policy rows.
+        normalizer: optional global token count of the data rows.
+        policy_normalizer: optional global token count of the policy rows.
+        chi2: 'data' or 'mixture'.
+        policy_target_q: ``[B', T']`` Q of the sampled tokens; required by chi2='mixture'.
+
+    Returns:
+        ``(loss, aux)``: the offline aux plus the scalars ``data_value_gap``, ``policy_value_gap``,
+        ``offline_loss`` and, with chi2='mixture', ``policy_td_loss``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import losses
+        >>> q, v, m = jnp.zeros((1, 2)), jnp.ones((1, 2)), jnp.ones((1, 2))
+        >>> offline, _ = losses.iqlearn_loss_from_q(q, v, m, gamma=1.0, td_weight=0.1)
+        >>> online, aux = losses.iqlearn_online_loss_from_q(q, v, m, 3 * v, m, alpha=0.0, gamma=1.0, td_weight=0.1)
+        >>> bool(online == offline)  # alpha = 0 is the offline loss
+        True
+
+    References:
+        Garg et al. 2021, "IQ-Learn: Inverse soft-Q Learning for Imitation"; Wulfmeier et al. 2024, "Imitating
+        Language via Scalable Inverse Reinforcement Learning".
     """
     check_rank("policy_values", policy_values, 2, "[B', T']")
     check_same_shape({"policy_values": policy_values, "policy_mask": policy_mask}, "[B', T']")
@@ -256,12 +436,45 @@ def iqlearn_online_loss(
     chi2: str = "data",
     policy_targets: Optional[Array] = None,
 ):
-    """Online IQLearn: offline IQLearn on data plus the value term on the policy's own samples, weight alpha.
+    r"""Online IQLearn on full logits: offline IQLearn on data plus the value term on the policy's own samples.
 
-    logits: [B, T, V], targets, mask: [B, T] on data responses; policy_logits: [B', T', V] the model's logits on
-    its own sampled responses (only their soft values are used), policy_mask: [B', T'] on the sampled response
-    tokens; policy_targets: [B', T'] the sampled ids (needed by chi2='mixture', which puts the chi^2 term on the
-    mixture of data and policy states). See ``iqlearn_online_loss_from_q`` for the formula and aux.
+    See ``iqlearn_online_loss_from_q`` for the formula.
+
+    Args:
+        logits: ``[B, T, V]`` on data responses.
+        targets: ``[B, T]`` integer ids of the data.
+        mask: ``[B, T]``, nonzero on counted data tokens.
+        policy_logits: ``[B', T', V]``, the model's logits on its own sampled responses (only their soft values
+            are used unless chi2='mixture').
+        policy_mask: ``[B', T']``, nonzero on the sampled response tokens.
+        alpha: the policy states' weight in [0, 1] (the paper: 0.1).
+        gamma: discount in [0, 1].
+        td_weight: lambda >= 0.
+        temperature: tau > 0.
+        terminal: optional ``[B, T]`` bool terminal flags of the data rows.
+        policy_terminal: optional ``[B', T']`` bool terminal flags of the policy rows.
+        normalizer: optional global token count of the data rows.
+        policy_normalizer: optional global token count of the policy rows.
+        chi2: 'data' or 'mixture' (the chi^2 term on the data/policy mixture).
+        policy_targets: ``[B', T']`` the sampled ids; required by chi2='mixture'.
+
+    Returns:
+        ``(loss, aux)`` as ``iqlearn_online_loss_from_q``.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from jax_irl import losses
+        >>> logits = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 5))
+        >>> targets, mask = jnp.array([[1, 2, 3], [0, 4, 4]]), jnp.ones((2, 3))
+        >>> policy_logits = jax.random.normal(jax.random.PRNGKey(1), (4, 2, 5))
+        >>> loss, aux = losses.iqlearn_online_loss(logits, targets, mask, policy_logits, jnp.ones((4, 2)),
+        ...                                        alpha=0.1, gamma=0.9, td_weight=0.1)
+        >>> bool(jnp.isclose(loss, aux["offline_loss"] + 0.1 * (aux["policy_value_gap"] - aux["data_value_gap"])))
+        True
+
+    References:
+        Garg et al. 2021, "IQ-Learn"; Wulfmeier et al. 2024, "Imitating Language via Scalable Inverse
+        Reinforcement Learning".
     """
     check_rank("mask", mask, 2, "[B, T]")
     check_rank("policy_logits", policy_logits, 3, "[B', T', V]")
@@ -288,7 +501,7 @@ DISCRIMINATOR_REWARDS = ("logit", "gail", "log_d")
 
 
 def discriminator_loss(data_logits: Array, policy_logits: Array):
-    """GAIL's discriminator loss: binary cross-entropy with the data's pairs labelled 1 and the policy's 0.
+    r"""GAIL's discriminator loss: binary cross-entropy with the data's pairs labelled 1 and the policy's 0.
 
     With D(x, y) = sigmoid(logit(x, y)) the probability that a (prompt, response) pair is the data's,
 
@@ -299,21 +512,23 @@ def discriminator_loss(data_logits: Array, policy_logits: Array):
     2014): the reward ``discriminator_reward(..., "logit")`` is then the log density ratio.
 
     Args:
-      data_logits: [B] the discriminator's logits on the data's pairs.
-      policy_logits: [B'] its logits on the policy's pairs (B' may differ from B).
+        data_logits: ``[B]`` the discriminator's logits on the data's pairs.
+        policy_logits: ``[B']`` its logits on the policy's pairs (B' may differ from B).
 
     Returns:
-      (loss [], aux) with 'data_loss' and 'policy_loss' (the two means), 'data_accuracy' (share of data
-      logits > 0), 'policy_accuracy' (share of policy logits < 0) and 'data_d' / 'policy_d' (mean D on each).
+        ``(loss, aux)``: loss ``[]``; aux ``data_loss`` and ``policy_loss`` (the two means), ``data_accuracy``
+        (share of data logits > 0), ``policy_accuracy`` (share of policy logits < 0) and ``data_d`` /
+        ``policy_d`` (mean D on each).
 
     Examples:
-      >>> import jax.numpy as jnp
-      >>> loss, aux = discriminator_loss(jnp.array([0.0]), jnp.array([0.0]))
-      >>> round(float(loss), 4)  # 2 log 2: a discriminator that cannot tell them apart
-      1.3863
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import losses
+        >>> loss, aux = losses.discriminator_loss(jnp.array([0.0]), jnp.array([0.0]))
+        >>> round(float(loss), 4)  # 2 log 2: a discriminator that cannot tell them apart
+        1.3863
 
     References:
-      Ho & Ermon, "Generative Adversarial Imitation Learning", NeurIPS 2016.
+        Ho and Ermon 2016, "Generative Adversarial Imitation Learning".
     """
     check_rank("data_logits", data_logits, 1, "[B]")
     check_rank("policy_logits", policy_logits, 1, "[B']")
@@ -333,28 +548,31 @@ def discriminator_loss(data_logits: Array, policy_logits: Array):
 
 
 def discriminator_reward(logits: Array, kind: str = "logit") -> Array:
-    """The policy's reward from the discriminator's logits (D = sigmoid(logit)), elementwise.
+    r"""The policy's reward from the discriminator's logits (D = sigmoid(logit)), elementwise.
 
-    - 'logit': log D - log(1 - D) = logit, the log density ratio log p_data / p_policy at the discriminator's
-      optimum; with a KL penalty beta * KL(pi || pi_ref) its maximiser is pi proportional to
-      pi_ref * (p_data / p_policy)^(1/beta) (the form of AIRL and of f-divergence imitation);
-    - 'gail': -log(1 - D) = softplus(logit), Ho & Ermon's reward (always > 0: it pays length in episodic tasks);
-    - 'log_d': log D = -softplus(-logit) (always < 0).
+        logit: log D - log(1 - D) = logit   (the log density ratio log p_data / p_policy at the optimum)
+        gail:  -log(1 - D) = softplus(logit)   (Ho and Ermon's reward; always > 0, so it pays length)
+        log_d: log D = -softplus(-logit)   (always < 0)
+
+    With a KL penalty beta KL(pi || pi_ref), the 'logit' reward's maximiser is pi proportional to
+    pi_ref (p_data / p_policy)^(1 / beta), the form of AIRL and of f-divergence imitation.
 
     Args:
-      logits: any shape, floating point.
-      kind: one of ``DISCRIMINATOR_REWARDS``.
+        logits: any shape, floating point.
+        kind: one of ``DISCRIMINATOR_REWARDS`` ('logit', 'gail', 'log_d').
 
     Returns:
-      The rewards, the logits' shape, in their accumulation dtype.
+        The rewards, the logits' shape, in their accumulation dtype.
 
     Examples:
-      >>> import jax.numpy as jnp
-      >>> [round(float(r), 4) for r in discriminator_reward(jnp.array([0.0, 2.0]), "gail")]
-      [0.6931, 2.1269]
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import losses
+        >>> [round(float(r), 4) for r in losses.discriminator_reward(jnp.array([0.0, 2.0]), "gail")]
+        [0.6931, 2.1269]
 
     References:
-      Ho & Ermon 2016; Fu et al., "Learning Robust Rewards with Adversarial Inverse Reinforcement Learning", 2018.
+        Ho and Ermon 2016; Fu et al. 2018, "Learning Robust Rewards with Adversarial Inverse Reinforcement
+        Learning".
     """
     check_float("logits", logits)
     x = upcast(logits)

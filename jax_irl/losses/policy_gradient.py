@@ -31,9 +31,31 @@ KL_ESTIMATORS = ("k1", "k2", "k3")
 
 
 def kl_penalty(logp: Array, ref_logp: Array, estimator: str = "k1") -> Array:
-    """Per-token estimate of KL(pi || pi_ref) from log-probs of tokens sampled from pi. No reduction.
+    r"""Per-token estimate of KL(pi || pi_ref) from the log-probs of tokens sampled from pi.
 
-    logp, ref_logp: same shape (usually [B, T]). estimator: 'k1' | 'k2' | 'k3' (module docstring).
+    With d = logp - ref_logp (Schulman's estimators):
+
+        k1 = d,   k2 = d^2 / 2,   k3 = exp(-d) - 1 + d   (k3 is unbiased and never negative)
+
+    Args:
+        logp: log-probs of the sampled tokens under pi, any shape (usually ``[B, T]``).
+        ref_logp: the same tokens' log-probs under pi_ref, the same shape.
+        estimator: 'k1' | 'k2' | 'k3'.
+
+    Returns:
+        The per-token estimate, the inputs' shape, float32; no reduction.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import losses
+        >>> d = jnp.array([0.5, -0.5])
+        >>> losses.kl_penalty(d, jnp.zeros(2), "k2")
+        Array([0.125, 0.125], dtype=float32)
+        >>> bool(jnp.all(losses.kl_penalty(d, jnp.zeros(2), "k3") >= 0))
+        True
+
+    References:
+        Schulman 2020, "Approximating KL Divergence" (blog note).
     """
     if estimator not in KL_ESTIMATORS:
         raise ValueError(f"estimator must be one of {KL_ESTIMATORS}; got {estimator!r}")
@@ -49,9 +71,21 @@ def kl_penalty(logp: Array, ref_logp: Array, estimator: str = "k1") -> Array:
 
 
 def place_sequence_reward(scores: Array, mask: Array) -> Array:
-    """Put one scalar reward per sequence on its last counted token: [B], [B, T] -> [B, T] (0 elsewhere).
+    r"""Put one scalar reward per sequence on its last counted token (0 elsewhere).
 
-    A row with no counted token gets no reward.
+    Args:
+        scores: ``[B]`` one reward per sequence.
+        mask: ``[B, T]``, nonzero on the response tokens.
+
+    Returns:
+        ``[B, T]`` float32; a row with no counted token gets no reward.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import losses
+        >>> losses.place_sequence_reward(jnp.array([2.0, 3.0]), jnp.array([[1, 1, 0], [0, 0, 0]]))
+        Array([[0., 2., 0.],
+               [0., 0., 0.]], dtype=float32)
     """
     check_rank("scores", scores, 1, "[B]")
     check_rank("mask", mask, 2, "[B, T]")
@@ -63,7 +97,26 @@ def place_sequence_reward(scores: Array, mask: Array) -> Array:
 
 def kl_shaped_rewards(token_rewards: Array, logp: Array, ref_logp: Array, mask: Array, *, kl_coef: float,
                       estimator: str = "k1") -> Array:
-    """r_t - kl_coef * KL_t on counted tokens, 0 elsewhere. All inputs [B, T]; returns [B, T]."""
+    r"""Rewards shaped by the KL to the reference: r_t - kl_coef * KL_t on counted tokens, 0 elsewhere.
+
+    Args:
+        token_rewards: ``[B, T]`` per-token rewards (``place_sequence_reward`` for a scalar).
+        logp: ``[B, T]`` the sampled tokens' log-probs under the sampling policy.
+        ref_logp: ``[B, T]`` under the reference.
+        mask: ``[B, T]``, nonzero on counted tokens.
+        kl_coef: beta >= 0.
+        estimator: 'k1' | 'k2' | 'k3' (``kl_penalty``).
+
+    Returns:
+        ``[B, T]`` float32.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import losses
+        >>> losses.kl_shaped_rewards(jnp.array([[0.0, 1.0]]), jnp.array([[-1.0, -1.0]]), jnp.array([[-2.0, -1.0]]),
+        ...                          jnp.ones((1, 2)), kl_coef=0.1)
+        Array([[-0.1,  1. ]], dtype=float32)
+    """
     check_same_shape({"token_rewards": token_rewards, "logp": logp, "ref_logp": ref_logp, "mask": mask}, "[B, T]")
     check_rank("mask", mask, 2, "[B, T]")
     check_scalar("kl_coef", kl_coef, low=0.0)
@@ -73,15 +126,36 @@ def kl_shaped_rewards(token_rewards: Array, logp: Array, ref_logp: Array, mask: 
 
 def gae(rewards: Array, values: Array, mask: Array, gamma: float, lam: float,
         final_values: Optional[Array] = None):
-    """Generalised advantage estimation over the counted (response) tokens, by a reverse lax.scan.
+    r"""Generalised advantage estimation over the counted (response) tokens, by a reverse ``lax.scan``.
 
-    rewards, values, mask: [B, T]. For each counted position t, with t' the next counted position of the row:
-        delta_t = r_t + gamma * V(t') - V(t),   A_t = delta_t + gamma * lam * A(t'),
+    For each counted position t, with t' the next counted position of the row:
+
+        delta_t = r_t + gamma V(t') - V(t),   A_t = delta_t + gamma lam A(t')
+
     and after the last counted position V = final_values (default 0: the response ended) and A = 0. Uncounted
-    positions (prompt, padding, tool output between turns) are skipped, and get A = 0 and return 0.
-    final_values: optional [B], the bootstrap value of a truncated response.
-    Returns (advantages [B, T], returns [B, T]) with returns = advantages + values on counted positions.
-    Wrap the inputs in stop_gradient for PPO (advantages are targets, not differentiated).
+    positions (prompt, padding, tool output between turns) are skipped and get A = 0 and return 0. Wrap the
+    inputs in ``stop_gradient`` for PPO (advantages are targets).
+
+    Args:
+        rewards: ``[B, T]`` per-token rewards.
+        values: ``[B, T]`` value estimates.
+        mask: ``[B, T]``, nonzero on counted tokens.
+        gamma: discount in [0, 1].
+        lam: GAE's lambda in [0, 1].
+        final_values: optional ``[B]``, the bootstrap value of a truncated response.
+
+    Returns:
+        ``(advantages, returns)``, both ``[B, T]``, with returns = advantages + values on counted positions.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import losses
+        >>> adv, ret = losses.gae(jnp.array([[0.0, 1.0]]), jnp.zeros((1, 2)), jnp.ones((1, 2)), gamma=1.0, lam=1.0)
+        >>> adv  # the final reward reaches every earlier token
+        Array([[1., 1.]], dtype=float32)
+
+    References:
+        Schulman et al. 2016, "High-Dimensional Continuous Control Using Generalized Advantage Estimation".
     """
     check_same_shape({"rewards": rewards, "values": values, "mask": mask}, "[B, T]")
     check_rank("rewards", rewards, 2, "[B, T]")
@@ -118,13 +192,34 @@ def gae(rewards: Array, values: Array, mask: Array, gamma: float, lam: float,
 
 def ppo_policy_loss(logp: Array, old_logp: Array, advantages: Array, mask: Array, *, clip_eps: float = 0.2,
                     clip_eps_high: Optional[float] = None, normalizer: Optional[Array] = None):
-    """PPO's clipped surrogate, token mean over counted tokens.
+    r"""PPO's clipped surrogate, token mean over counted tokens.
 
-    logp: [B, T] log-probs of the sampled tokens under the current policy; old_logp: [B, T] under the policy
-    that sampled them; advantages: [B, T] (treated as constants); mask: [B, T].
-        ratio = exp(logp - old_logp);  l_t = max(-A_t * ratio, -A_t * clip(ratio, 1 - eps, 1 + eps_high))
-    clip_eps_high defaults to clip_eps (set it higher for DAPO's asymmetric "clip-higher").
-    Returns (loss [], aux) with scalars 'clip_fraction', 'approx_kl' (k3 of old vs new) and 'ratio_mean'.
+        ratio_t = exp(logp_t - old_logp_t),
+        l_t = max(-A_t ratio_t, -A_t clip(ratio_t, 1 - eps, 1 + eps_high))
+
+    Args:
+        logp: ``[B, T]`` the sampled tokens' log-probs under the current policy.
+        old_logp: ``[B, T]`` under the policy that sampled them (a constant).
+        advantages: ``[B, T]`` (a constant).
+        mask: ``[B, T]``, nonzero on counted tokens.
+        clip_eps: eps > 0, the lower clip.
+        clip_eps_high: the upper clip; defaults to clip_eps (set it higher for DAPO's clip-higher).
+        normalizer: optional global token count to divide by.
+
+    Returns:
+        ``(loss, aux)``: aux per-token ``losses`` ``[B, T]`` and the scalars ``clip_fraction``, ``approx_kl`` (k3
+        of old against new) and ``ratio_mean``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import losses
+        >>> logp = jnp.log(jnp.array([[1.5, 1.0]]))  # ratios 1.5 and 1
+        >>> loss, aux = losses.ppo_policy_loss(logp, jnp.zeros((1, 2)), jnp.ones((1, 2)), jnp.ones((1, 2)))
+        >>> round(float(loss), 4), float(aux["clip_fraction"])  # (-1.2 - 1) / 2: the first ratio clipped at 1.2
+        (-1.1, 0.5)
+
+    References:
+        Schulman et al. 2017, "Proximal Policy Optimization Algorithms"; Yu et al. 2025 (DAPO, clip-higher).
     """
     check_same_shape({"logp": logp, "old_logp": old_logp, "advantages": advantages, "mask": mask}, "[B, T]")
     check_rank("logp", logp, 2, "[B, T]")
@@ -152,10 +247,30 @@ def ppo_policy_loss(logp: Array, old_logp: Array, advantages: Array, mask: Array
 
 def ppo_value_loss(values: Array, old_values: Array, returns: Array, mask: Array, *, clip_eps: float = 0.2,
                    normalizer: Optional[Array] = None):
-    """PPO's clipped value loss: token mean of 0.5 * max((V - R)^2, (clip(V, V_old - eps, V_old + eps) - R)^2).
+    r"""PPO's clipped value loss.
 
-    values: [B, T] current value predictions; old_values: [B, T] at sampling time; returns: [B, T] targets
-    (from ``gae``); mask: [B, T]. Returns (loss [], aux) with 'clip_fraction' and 'explained_variance'.
+        L = mean_t 0.5 max((V_t - R_t)^2, (clip(V_t, V_old_t - eps, V_old_t + eps) - R_t)^2)
+
+    Args:
+        values: ``[B, T]`` current value predictions.
+        old_values: ``[B, T]`` at sampling time.
+        returns: ``[B, T]`` targets (from ``gae``).
+        mask: ``[B, T]``, nonzero on counted tokens.
+        clip_eps: eps > 0.
+        normalizer: optional global token count to divide by.
+
+    Returns:
+        ``(loss, aux)``: aux scalars ``clip_fraction`` and ``explained_variance``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import losses
+        >>> loss, aux = losses.ppo_value_loss(jnp.array([[1.0]]), jnp.zeros((1, 1)), jnp.array([[1.0]]), jnp.ones((1, 1)))
+        >>> round(float(loss), 4)  # the clipped value 0.2 is 0.8 from the return: 0.5 * 0.64
+        0.32
+
+    References:
+        Schulman et al. 2017, "Proximal Policy Optimization Algorithms".
     """
     check_same_shape({"values": values, "old_values": old_values, "returns": returns, "mask": mask}, "[B, T]")
     check_rank("values", values, 2, "[B, T]")

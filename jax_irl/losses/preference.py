@@ -39,10 +39,26 @@ DPO_LOSS_TYPES = ("sigmoid", "robust", "ipo", "hinge")
 
 def sequence_log_probs(logits: Array, targets: Array, mask: Array, *, average: bool = False,
                        temperature: float = 1.0) -> Array:
-    """log pi(response | prompt) = sum_t mask_t * log pi(a_t|s_t) per row, or the mean over counted tokens.
+    r"""Sequence log-probabilities log pi(response | prompt): the sum (or mean) of the counted tokens' log-probs.
 
-    logits: [B, T, V]; targets, mask: [B, T]. Returns [B] float32. average=True divides by the number of
-    counted tokens (IPO's convention); an empty row gives 0.
+        log pi(y | x) = sum_t m_t log pi(a_t | s_t)       (average=True: divided by sum_t m_t)
+
+    Args:
+        logits: ``[B, T, V]`` float.
+        targets: ``[B, T]`` integer ids.
+        mask: ``[B, T]``, nonzero on the response tokens.
+        average: divide by the number of counted tokens (IPO's convention); an empty row gives 0.
+        temperature: tau > 0.
+
+    Returns:
+        ``[B]`` float32.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import losses
+        >>> logits = jnp.zeros((1, 3, 4))  # uniform over 4 tokens
+        >>> losses.sequence_log_probs(logits, jnp.array([[0, 1, 2]]), jnp.array([[0, 1, 1]]))  # 2 log 1/4
+        Array([-2.7725887], dtype=float32)
     """
     check_rank("mask", mask, 2, "[B, T]")
     q, v = soft_q_stats(logits, targets, temperature, mask)
@@ -56,14 +72,34 @@ def sequence_log_probs(logits: Array, targets: Array, mask: Array, *, average: b
 
 def bradley_terry_loss(chosen: Array, rejected: Array, margin: Optional[Array] = None,
                        weights: Optional[Array] = None):
-    """Bradley-Terry reward-model loss -log sigmoid(r_chosen - r_rejected - margin), per head.
+    r"""Bradley-Terry reward-model loss, per head: -log sigmoid(r_chosen - r_rejected - margin).
 
-    chosen, rejected: [B] rewards, or [B, K] for a K-head ensemble (each head gets its own loss); margin:
-    optional [B] (e.g. Llama-2's preference-strength margin), broadcast over heads; weights: optional [B] or
-    [B, K] per-pair (per-head) weights, such as bootstrap counts from ``ensemble.bootstrap_weights``.
-    loss = mean over heads of (sum_b w_b * l_b / sum_b w_b). Returns (loss [], aux) with 'losses' (per pair,
-    the rewards' shape), 'per_head_loss' [K] (or []), 'accuracy' (per head: fraction with r_c > r_r) and
-    'reward_margin' (per head mean of r_c - r_r).
+        L = mean_k ( sum_b w_bk l_bk / sum_b w_bk ),   l_bk = -log sigmoid(r_c[b, k] - r_r[b, k] - m_b)
+
+    Args:
+        chosen: ``[B]`` rewards of the chosen responses, or ``[B, K]`` for a K-head ensemble (each head gets its
+            own loss).
+        rejected: the rejected responses' rewards, the same shape.
+        margin: optional ``[B]`` margin (such as Llama 2's preference-strength margin), broadcast over heads.
+        weights: optional ``[B]`` or ``[B, K]`` per-pair (per-head) weights, such as bootstrap counts from
+            ``bootstrap_weights``.
+
+    Returns:
+        ``(loss, aux)``: loss ``[]``; aux ``losses`` (per pair, the rewards' shape), ``per_head_loss`` ``[K]``
+        (or ``[]``), ``accuracy`` (per head, the weighted share with r_c > r_r) and ``reward_margin`` (per head,
+        the weighted mean of r_c - r_r).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import losses
+        >>> loss, aux = losses.bradley_terry_loss(jnp.array([1.0, 0.0]), jnp.array([0.0, 0.0]))
+        >>> round(float(loss), 4)  # (-log sigmoid(1) - log sigmoid(0)) / 2
+        0.5032
+        >>> float(aux["accuracy"])
+        0.5
+
+    References:
+        Bradley and Terry 1952; Ouyang et al. 2022 (reward models for RLHF).
     """
     check_same_shape({"chosen": chosen, "rejected": rejected}, "[B] or [B, K]")
     if jnp.ndim(chosen) not in (1, 2):
@@ -111,15 +147,49 @@ def dpo_loss(
     label_smoothing: float = 0.0,
     margin: Optional[Array] = None,
 ):
-    """Direct preference optimisation and its variants, averaged over pairs.
+    r"""Direct preference optimisation and its variants, averaged over pairs.
 
-    All four inputs: [B] sequence log-probs (``sequence_log_probs``; length-averaged for 'ipo'); margin: optional
-    [B] per-pair margin m, in the units of h (see the module docstring for pessimistic DPO's choice).
-    h = beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)) - m; per-pair losses as in the
-    module docstring. Returns (loss [], aux) with per-pair 'losses' [B], the implied rewards
-    'chosen_rewards' = beta * (policy_chosen - ref_chosen) and 'rejected_rewards' [B], and scalars
-    'reward_accuracy' (fraction with chosen_rewards > rejected_rewards) and 'reward_margin'.
-    With policy == reference the sigmoid loss is log 2 per pair.
+    With h = beta ((pi_c - ref_c) - (pi_r - ref_r)) - m (sequence log-probs, m an optional per-pair margin):
+
+        sigmoid: -(1 - eps) log sigmoid(h) - eps log sigmoid(-h)                  (eps: label smoothing, cDPO)
+        robust:  (-(1 - eps) log sigmoid(h) + eps log sigmoid(-h)) / (1 - 2 eps)
+        ipo:     (h / beta - 1 / (2 beta))^2                                       (length-averaged log-probs)
+        hinge:   max(0, 1 - h)                                                     (SLiC / RSO)
+
+    Pessimistic DPO passes m = c (Gamma(x, a_rejected) - Gamma(x, a_chosen)) with Gamma a reward uncertainty
+    (``head_disagreement``): an uncertain chosen response needs less implied reward. Reference log-probs are
+    plain arrays, so they can be precomputed once and the reference model dropped.
+
+    Args:
+        policy_chosen_logps: ``[B]`` sequence log-probs of the chosen responses under the policy
+            (``sequence_log_probs``; length-averaged for 'ipo').
+        policy_rejected_logps: ``[B]`` the rejected responses' log-probs under the policy.
+        ref_chosen_logps: ``[B]`` the chosen responses' log-probs under the reference.
+        ref_rejected_logps: ``[B]`` the rejected responses' log-probs under the reference.
+        beta: the KL strength, > 0.
+        loss_type: 'sigmoid' | 'robust' | 'ipo' | 'hinge'.
+        label_smoothing: eps in [0, 0.5), for 'sigmoid' and 'robust'.
+        margin: optional ``[B]`` per-pair margin m, in the units of h.
+
+    Returns:
+        ``(loss, aux)``: loss ``[]``; aux per-pair ``losses`` ``[B]``, the implied rewards ``chosen_rewards`` =
+        beta (pi_c - ref_c) and ``rejected_rewards`` ``[B]``, and the scalars ``reward_accuracy`` and
+        ``reward_margin``. An empty batch raises.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import losses
+        >>> logp = jnp.array([-3.0, -5.0])
+        >>> loss, aux = losses.dpo_loss(logp[:1], logp[1:], logp[:1], logp[1:], beta=0.1)
+        >>> round(float(loss), 4)  # policy == reference: log 2
+        0.6931
+        >>> loss, _ = losses.dpo_loss(logp[:1] + 1, logp[1:], logp[:1], logp[1:], beta=1.0, loss_type="hinge")
+        >>> float(loss)  # h = 1: the hinge is satisfied
+        0.0
+
+    References:
+        Rafailov et al. 2023, "Direct Preference Optimization"; Azar et al. 2023 (IPO); Liu et al. 2023 (RSO);
+        Xiong et al. 2024, "Iterative Preference Learning from Human Feedback" (pessimism).
     """
     if loss_type not in DPO_LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {DPO_LOSS_TYPES}; got {loss_type!r}")

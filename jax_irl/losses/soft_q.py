@@ -44,10 +44,27 @@ def _check_temperature(temperature) -> None:
 
 
 def soft_values(logits: Array, temperature: float = 1.0) -> Array:
-    """V(s) = tau * logsumexp(logits / tau) over the last axis.
+    r"""Soft state values V(s) = tau * logsumexp(logits / tau) over the vocabulary.
 
-    logits: [..., V] (usually [B, T, V]). Returns [...] in float32 (float64 for float64 input).
-    Entries of -inf are allowed (a banned token); a row that is all -inf gives -inf.
+    Reading the logits as a soft Q-function, the soft value is
+
+        V(s_t) = tau * log sum_a exp(Q(s_t, a) / tau).
+
+    Args:
+        logits: ``[..., V]`` float (usually ``[B, T, V]``); entries of -inf are banned tokens.
+        temperature: tau > 0.
+
+    Returns:
+        ``[...]`` float32 (float64 for float64 input). A row that is all -inf gives -inf.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import losses
+        >>> float(losses.soft_values(jnp.zeros((4,))))  # log 4
+        1.3862943649291992
+
+    References:
+        Haarnoja et al. 2017, "Reinforcement Learning with Deep Energy-Based Policies" (soft Q-learning).
     """
     check_float("logits", logits)
     _check_temperature(temperature)
@@ -66,11 +83,27 @@ def finite_where_masked(logits: Array, mask: Array) -> Array:
 
 
 def soft_q_stats(logits: Array, targets: Array, temperature: float = 1.0, mask: Optional[Array] = None) -> Tuple[Array, Array]:
-    """(Q(s_t, a_t), V(s_t)) from full logits.
+    r"""The pair (Q(s_t, a_t), V(s_t)) from full logits: all the imitation losses need of the logits.
 
-    logits: [B, T, V]; targets: [B, T] integer ids; mask: optional [B, T], only used to allow out-of-range ids
-    (such as -100 padding) on positions that do not count. Returns two [B, T] float32 arrays. An id outside
-    [0, V) gives a ValueError when the inputs are concrete, and NaN in Q under jit.
+        Q(s_t, a_t) = logits[b, t, targets[b, t]],   V(s_t) = tau * logsumexp(logits[b, t] / tau)
+
+    Args:
+        logits: ``[B, T, V]`` float; ``logits[b, t]`` predicts ``targets[b, t]`` (the caller shifts).
+        targets: ``[B, T]`` integer ids.
+        temperature: tau > 0.
+        mask: optional ``[B, T]``; where it is 0, ids outside ``[0, V)`` (such as -100) and non-finite logits
+            are allowed and cannot leak NaN into values or gradients.
+
+    Returns:
+        ``(target_q, values)``, two ``[B, T]`` float32 arrays. An id outside ``[0, V)`` on a counted position
+        raises ValueError when the inputs are concrete and gives NaN in ``target_q`` under jit.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import losses
+        >>> q, v = losses.soft_q_stats(jnp.log(jnp.array([[[0.5, 0.25, 0.25]]])), jnp.array([[0]]))
+        >>> print(round(float(q[0, 0] - v[0, 0]), 4))  # log pi(a|s) = log 0.5
+        -0.6931
     """
     check_rank("logits", logits, 3, "[B, T, V]")
     check_rank("targets", targets, 2, "[B, T]")
@@ -88,18 +121,43 @@ def soft_q_stats(logits: Array, targets: Array, temperature: float = 1.0, mask: 
 
 
 def token_log_probs(logits: Array, targets: Array, temperature: float = 1.0) -> Array:
-    """log pi(a_t | s_t) = log_softmax(logits[b, t] / tau)[targets[b, t]].
+    r"""Per-token log-probabilities log pi(a_t | s_t) = log_softmax(logits[b, t] / tau)[targets[b, t]].
 
-    logits: [B, T, V]; targets: [B, T] integer ids. Returns [B, T] float32. No reduction.
+    Args:
+        logits: ``[B, T, V]`` float.
+        targets: ``[B, T]`` integer ids.
+        temperature: tau > 0.
+
+    Returns:
+        ``[B, T]`` float32, no reduction.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import losses
+        >>> losses.token_log_probs(jnp.zeros((1, 2, 4)), jnp.array([[0, 3]]))  # uniform over 4: log 1/4
+        Array([[-1.3862944, -1.3862944]], dtype=float32)
     """
     q, v = soft_q_stats(logits, targets, temperature)
     return (q - v) / temperature
 
 
 def token_entropies(logits: Array, temperature: float = 1.0) -> Array:
-    """Entropy of the policy pi = softmax(logits / tau) at each position: -sum_a pi(a|s_t) log pi(a|s_t).
+    r"""Entropy of pi = softmax(logits / tau) at each position.
 
-    logits: [..., V]. Returns [...] float32. Entries of -inf (banned tokens) contribute nothing. No reduction.
+        H(s_t) = -sum_a pi(a | s_t) log pi(a | s_t)
+
+    Args:
+        logits: ``[..., V]`` float; entries of -inf (banned tokens) contribute nothing.
+        temperature: tau > 0.
+
+    Returns:
+        ``[...]`` float32, no reduction.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import losses
+        >>> losses.token_entropies(jnp.array([[0.0, 0.0, -jnp.inf], [0.0, 0.0, 0.0]]))  # log 2 (one banned), log 3
+        Array([0.6931472, 1.0986123], dtype=float32)
     """
     check_float("logits", logits)
     _check_temperature(temperature)
@@ -109,15 +167,41 @@ def token_entropies(logits: Array, temperature: float = 1.0) -> Array:
 
 
 def terminal_mask(mask: Array) -> Array:
-    """The default terminal flags: [B, T] bool, True at the last counted position of each row."""
+    r"""The default terminal flags: True at the last counted position of each row.
+
+    Args:
+        mask: ``[B, T]``, nonzero on counted tokens.
+
+    Returns:
+        ``[B, T]`` bool; a row with no counted token is all False.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import losses
+        >>> losses.terminal_mask(jnp.array([[1, 1, 0], [0, 1, 1]]))
+        Array([[False,  True, False],
+               [False, False,  True]], dtype=bool)
+    """
     return last_true_index_mask(mask)
 
 
 def next_state_values(values: Array, mask: Array, terminal: Optional[Array] = None) -> Array:
-    """V(s_{t+1}) aligned with position t: values shifted left by one, 0 where s_{t+1} is terminal.
+    r"""V(s_{t+1}) aligned with position t: the values shifted left by one, 0 where s_{t+1} is terminal.
 
-    values, mask: [B, T]. terminal: optional [B, T] bool, True at t when s_{t+1} is terminal (for packed rows
-    holding several responses); default: the last counted position of each row. The last column always gets 0.
+    Args:
+        values: ``[B, T]`` soft values V(s_t).
+        mask: ``[B, T]``, nonzero on counted tokens.
+        terminal: optional ``[B, T]`` bool, True at t when s_{t+1} is terminal (packed rows holding several
+            responses); by default the last counted position of each row. The last column always gets 0.
+
+    Returns:
+        ``[B, T]`` in the values' dtype.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import losses
+        >>> losses.next_state_values(jnp.array([[1.0, 2.0, 3.0]]), jnp.array([[1, 1, 0]]))
+        Array([[2., 0., 0.]], dtype=float32)
     """
     check_rank("values", values, 2, "[B, T]")
     if terminal is None:
@@ -135,9 +219,29 @@ def implied_rewards_from_q(
     gamma: float = 1.0,
     terminal: Optional[Array] = None,
 ) -> Array:
-    """r_t = Q(s_t, a_t) - gamma * V(s_{t+1}); 0 where mask == 0.
+    r"""Implied per-token rewards from (Q(s_t, a_t), V(s_t)): the inverse soft Bellman operator.
 
-    target_q, values, mask: [B, T] (from ``soft_q_stats`` or ``chunked_soft_q_stats``). Returns [B, T].
+        r_t = Q(s_t, a_t) - gamma * V(s_{t+1}),   V(s_{t+1}) = 0 where s_{t+1} is terminal
+
+    Args:
+        target_q: ``[B, T]`` Q(s_t, a_t) (from ``soft_q_stats`` or ``chunked_soft_q_stats``).
+        values: ``[B, T]`` V(s_t).
+        mask: ``[B, T]``, nonzero on counted tokens.
+        gamma: discount in [0, 1].
+        terminal: optional ``[B, T]`` bool terminal flags (``next_state_values``).
+
+    Returns:
+        ``[B, T]``, 0 where mask == 0.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import losses
+        >>> q, v, m = jnp.array([[1.0, 2.0]]), jnp.array([[3.0, 4.0]]), jnp.ones((1, 2))
+        >>> losses.implied_rewards_from_q(q, v, m, gamma=0.5)  # [1 - 0.5 * 4, 2 - 0]
+        Array([[-1.,  2.]], dtype=float32)
+
+    References:
+        Garg et al. 2021, "IQ-Learn: Inverse soft-Q Learning for Imitation".
     """
     check_same_shape({"target_q": target_q, "values": values, "mask": mask}, "[B, T]")
     check_mask("mask", mask)
@@ -154,11 +258,34 @@ def implied_rewards(
     temperature: float = 1.0,
     terminal: Optional[Array] = None,
 ) -> Array:
-    """Per-token rewards implied by the policy read as a soft Q-function (inverse soft Bellman operator).
+    r"""Per-token rewards implied by the policy read as a soft Q-function (inverse soft Bellman operator).
 
-    r_t = Q(s_t, a_t) - gamma * V(s_{t+1}), V(s_{t+1}) = 0 at the last counted position of each row (or where
-    ``terminal`` says). logits: [B, T, V]; targets, mask: [B, T]. Returns [B, T] float32, 0 where mask == 0.
-    Summing r_t over a response gives the model's estimate of the response's return.
+        r_t = Q(s_t, a_t) - gamma * V(s_{t+1}),   V(s_{t+1}) = 0 at the last counted position of each row
+
+    Summed over a response, r_t is the model's estimate of the response's return; at gamma = 1 the sum telescopes
+    to log pi(y | x) + V(s_0).
+
+    Args:
+        logits: ``[B, T, V]`` float, read as Q(s_t, .).
+        targets: ``[B, T]`` integer ids.
+        mask: ``[B, T]``, nonzero on counted (response) tokens.
+        gamma: discount in [0, 1].
+        temperature: tau > 0.
+        terminal: optional ``[B, T]`` bool terminal flags (``next_state_values``).
+
+    Returns:
+        ``[B, T]`` float32, 0 where mask == 0.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import losses
+        >>> logits = jnp.zeros((1, 2, 4))  # Q = 0 everywhere, V = log 4
+        >>> losses.implied_rewards(logits, jnp.array([[1, 2]]), jnp.ones((1, 2)))  # [0 - log 4, 0 - 0]
+        Array([[-1.3862944,  0.       ]], dtype=float32)
+
+    References:
+        Garg et al. 2021, "IQ-Learn"; Wulfmeier et al. 2024, "Imitating Language via Scalable Inverse
+        Reinforcement Learning".
     """
     check_rank("mask", mask, 2, "[B, T]")
     q, v = soft_q_stats(logits, targets, temperature, mask)
@@ -174,15 +301,34 @@ def chunked_soft_q_stats(
     chunk_size: int = 8192,
     bias: Optional[Array] = None,
 ) -> Tuple[Array, Array]:
-    """(Q(s_t, a_t), V(s_t)) from hidden states, without building the [B, T, V] logits.
+    r"""(Q(s_t, a_t), V(s_t)) from hidden states, without building the ``[B, T, V]`` logits.
 
     Q(s_t, .) = hidden[b, t] @ unembedding (+ bias). The vocabulary is processed in chunks of ``chunk_size``
-    columns with a running (online) logsumexp inside a lax.scan whose body is rematerialised, so the forward
-    and the backward pass hold [B*T, chunk_size] logits at a time instead of [B*T, V].
+    columns with a running (online) logsumexp inside a rematerialised ``lax.scan``, so the forward and the backward
+    pass hold ``[B*T, chunk_size]`` logits at a time instead of ``[B*T, V]``. Matmuls accumulate in float32.
 
-    hidden: [B, T, D]; unembedding: [D, V] (pass ``embedding.T`` for tied embeddings); targets: [B, T] integer
-    ids; bias: optional [V]. Returns two [B, T] float32 arrays equal (to float rounding) to
-    ``soft_q_stats(hidden @ unembedding + bias, targets, temperature)``. Matmuls accumulate in float32.
+    Args:
+        hidden: ``[B, T, D]`` final hidden states.
+        unembedding: ``[D, V]`` (pass ``embedding.T`` for tied embeddings).
+        targets: ``[B, T]`` integer ids; an id outside ``[0, V)`` gives NaN in ``target_q``.
+        temperature: tau > 0.
+        chunk_size: vocabulary columns per chunk, a positive int.
+        bias: optional ``[V]`` output bias.
+
+    Returns:
+        ``(target_q, values)``, two ``[B, T]`` float32 arrays equal (to float rounding) to
+        ``soft_q_stats(hidden @ unembedding + bias, targets, temperature)``.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from jax_irl import losses
+        >>> h = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 8))
+        >>> w = jax.random.normal(jax.random.PRNGKey(1), (8, 10))
+        >>> t = jnp.array([[1, 9, 4]])
+        >>> q, v = losses.chunked_soft_q_stats(h, w, t, chunk_size=4)
+        >>> q_full, v_full = losses.soft_q_stats(h @ w, t)
+        >>> bool(jnp.allclose(q, q_full, atol=1e-5) and jnp.allclose(v, v_full, atol=1e-5))
+        True
     """
     check_rank("hidden", hidden, 3, "[B, T, D]")
     check_rank("unembedding", unembedding, 2, "[D, V]")

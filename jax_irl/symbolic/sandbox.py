@@ -21,8 +21,8 @@ Where namespaces are refused, the run falls back to limits, a new session and a 
 
 After every run the parent kills anything still running under the run's uid and counts it (``strays_killed``).
 ``run_many`` runs a batch in parallel: each run is its own process, started from a thread pool (the threads
-only wait). What a sandbox cannot stop is stated in the README (kernel exploits: the seccomp filter covers
-socket families and io_uring only).
+only wait). What a sandbox cannot stop is stated in docs/guides/symbolic.md (kernel exploits: the seccomp filter
+covers socket families and io_uring only).
 """
 
 from __future__ import annotations

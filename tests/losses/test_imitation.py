@@ -362,11 +362,3 @@ def test_discriminator_losses_name_what_is_wrong():
     with pytest.raises(ValueError, match=r"kind must be one of \('logit', 'gail', 'log_d'\); got 'airl'"):
         L.discriminator_reward(jnp.zeros(2), "airl")
 
-
-def test_imitation_docstring_examples_run():
-    import doctest
-
-    from jax_irl.losses import imitation
-
-    failed, attempted = doctest.testmod(imitation, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert attempted >= 4 and failed == 0
