@@ -43,7 +43,8 @@ class EnsemblesConfig:
     gold_model: Optional[str] = None  # a local HF reward-model folder as the gold; None: the graded arithmetic reward
     rm_backbone: Optional[str] = None  # a local HF folder (a causal LM, or a BERT encoder) with its tokenizer for the
     # proxies' backbone; None: pi0's
-    pairs: int = 600  # gold-labelled prompts (one pair each) for the proxies; 10% of them held out
+    pairs: int = 600  # gold-labelled prompts (one pair each) for the proxies; ``held_out`` of the pairs held out
+    held_out: float = 0.1  # the share of the labelled pairs held out to measure the proxies' pair accuracy
     candidates: int = 4  # pi0 samples per labelled prompt: the pair is the best and the worst under the gold
     oracle: OracleConfig = OracleConfig()  # deterministic labels (ties skipped) or Bradley-Terry
     label_noise: Tuple[float, ...] = (0.0, 0.25)
@@ -74,6 +75,8 @@ def validate(cfg: EnsemblesConfig) -> None:
         raise ValueError(f"label_noise must list fractions in [0, 0.5); got {cfg.label_noise}")
     if any(not x >= 0 for x in cfg.ppo_kl):
         raise ValueError(f"ppo_kl must list coefficients >= 0; got {cfg.ppo_kl}")
+    if not 0.0 < cfg.held_out < 1.0:
+        raise ValueError(f"held_out must be a share of the labelled pairs in (0, 1); got {cfg.held_out}")
     if cfg.pairs > cfg.task.train_examples:
         raise ValueError(f"pairs={cfg.pairs} needs as many training prompts; task.train_examples="
                          f"{cfg.task.train_examples}")
@@ -108,14 +111,14 @@ def proxy_base(cfg: EnsemblesConfig, pi0: nnx.Module, tok: TextTokenizer) -> Tup
 def labelled_pairs(cfg: EnsemblesConfig, run_dir: str, pi0: nnx.Module, train_prompts: rollout.Prompts,
                    settings: pairs.SampleSettings) -> Tuple[list, list]:
     """pi0's samples on the first ``pairs`` training prompts, labelled by the gold (cached in data/pairs.json),
-    split into the proxies' training pairs and the last 10% held out."""
+    split into the proxies' training pairs and the last ``held_out`` share held out."""
     records = stages.cached_json(os.path.join(run_dir, "data", "pairs.json"), functools.partial(
         pairs.label_samples, pi0, train_prompts.take(np.arange(cfg.pairs)), jax.random.PRNGKey(11), cfg.candidates,
         settings, cfg.oracle, np.random.default_rng(0)))["records"]
     if len(records) < 10:
         raise ValueError(f"only {len(records)} of {cfg.pairs} prompts gave a labelled pair (identical samples and gold "
                          f"ties are skipped): raise pairs or candidates, or label ties with oracle.temperature > 0")
-    held = max(len(records) // 10, 1)
+    held = max(int(round(len(records) * cfg.held_out)), 1)
     return records[:-held], records[-held:]
 
 
@@ -293,10 +296,12 @@ def report(sh: Shared, per_run: Dict[str, Dict[int, dict]]) -> dict:
     gold_words = f"the reward model {cfg.gold_model}" if cfg.gold_model else "the graded arithmetic reward in [0, 1]"
     summary = sweep.report(sh.run_dir, finals, columns(cfg, ns), variant_label="reward model@label noise",
                            note=f"Gold: {gold_words}; pi0's own mean gold on the held-out "
-                                f"prompts is {pi0_gold:.3f}. Best-of-n from {cfg.bon_samples} samples per prompt "
+                                f"prompts is {pi0_gold:.3f}. Pair accuracy on {len(sh.test_pairs)} held-out pairs "
+                                f"(the proxies train on {len(sh.train_pairs)}). Best-of-n from {cfg.bon_samples} samples per prompt "
                                 f"(unbiased estimator); PPO against the proxy's UWO (lambda {cfg.ppo_uwo}), its last "
                                 f"rollout's gold reward and KL (k1).",
-                           bon=bon_summary, ppo=ppo_summary, ns=ns, pi0_gold=pi0_gold)
+                           bon=bon_summary, ppo=ppo_summary, ns=ns, pi0_gold=pi0_gold,
+                           held_out_pairs=len(sh.test_pairs), train_pairs=len(sh.train_pairs))
     _plot_bon(bon_summary, ns, pi0_gold, os.path.join(sh.run_dir, "bon_gold_vs_kl.png"))
     _plot_ppo(ppo_summary, os.path.join(sh.run_dir, "ppo_gold_vs_kl.png"))
     return summary

@@ -28,6 +28,8 @@ def test_config_checks_name_what_is_wrong():
         mod.validate(run.apply_overrides(mod.config(), ["label_noise=(0.7)"]))
     with pytest.raises(ValueError, match="ppo_kl"):
         mod.validate(run.apply_overrides(mod.config(), ["ppo_kl=(-1)"]))
+    with pytest.raises(ValueError, match=r"held_out must be a share of the labelled pairs in \(0, 1\); got 1.0"):
+        mod.validate(run.apply_overrides(mod.config(), ["held_out=1.0"]))
     with pytest.raises(run.ConfigError, match="freeze_encoder"):
         run.apply_overrides(mod.config(), ["variants.ensemble.freeze_encoder=true"])
 
@@ -41,6 +43,10 @@ def test_ensembles_experiment_end_to_end_reuse_and_exact_resume(tmp_path, capsys
         results = json.load(f)
     assert set(results["summary"]) == {"single@0", "ensemble@0"}  # multihead: tests/algorithms/test_reward_models
     assert results["ns"] == [1, 2, 4]
+    with open(os.path.join(folder, "data", "pairs.json")) as f:
+        labelled = len(json.load(f)["records"])
+    assert results["held_out_pairs"] == max(round(labelled * 0.15), 1)  # the config's share
+    assert results["train_pairs"] + results["held_out_pairs"] == labelled
     for name, vals in results["summary"].items():
         assert 0.0 <= vals["pair_accuracy"][0] <= 1.0 and 0.0 <= vals["bon_mean_gold_max_n"][0] <= 1.0
         assert set(results["ppo"]["0.1"][name]) == {"0", "1"}
