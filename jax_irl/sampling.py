@@ -55,8 +55,22 @@ class SampleOutput(NamedTuple):
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0, width: Optional[int] = None):
-    """Ragged token lists -> (tokens [B, P] left-padded, mask [B, P]) as numpy arrays. P is the longest prompt,
-    or ``width`` (fixed shapes avoid recompiling for every batch)."""
+    r"""Left-pad ragged prompts into one batch, the layout ``generate`` reads.
+
+    Args:
+        prompts: token id lists, each with at least one token.
+        pad_id: the id written before each shorter prompt.
+        width: the padded width P; None: the longest prompt. A fixed width avoids recompiling for every batch.
+
+    Returns:
+        ``(tokens, mask)``: numpy int32 arrays ``[B, P]``, the mask 1 on prompt tokens.
+
+    Examples:
+        >>> from jax_irl import sampling
+        >>> tokens, mask = sampling.left_pad([[5, 6, 7], [8]], pad_id=0)
+        >>> tokens.tolist(), mask.tolist()
+        ([[5, 6, 7], [0, 0, 8]], [[1, 1, 1], [0, 0, 1]])
+    """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
     longest = max(len(p) for p in prompts)
@@ -73,7 +87,29 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0, width: Optional[
 
 def filter_logits(logits: jax.Array, *, temperature: float = 1.0, top_k: Optional[int] = None,
                   top_p: Optional[float] = None) -> jax.Array:
-    """The sampling distribution's logits: / temperature, then top-k, then top-p (nucleus); removed -> -inf."""
+    r"""The sampling distribution's logits: divided by the temperature, then top-k, then top-p (nucleus).
+
+    Removed tokens get -inf; top-p keeps the most likely tokens whose preceding mass is below ``top_p`` (the most
+    likely token always stays).
+
+    Args:
+        logits: ``[B, V]`` float.
+        temperature: > 0.
+        top_k: keep the k most likely tokens; None keeps all.
+        top_p: keep the smallest set of most likely tokens whose mass reaches top_p; None or 1 keeps all.
+
+    Returns:
+        ``[B, V]`` float32 logits of the sampling distribution.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import sampling
+        >>> sampling.filter_logits(jnp.log(jnp.array([[0.5, 0.3, 0.2]])), top_p=0.7)  # 0.5 + 0.3 reach 0.7
+        Array([[-0.6931472, -1.2039728,       -inf]], dtype=float32)
+
+    References:
+        Holtzman et al. 2020, "The Curious Case of Neural Text Degeneration" (nucleus sampling).
+    """
     x = logits.astype(jnp.float32) / temperature
     if top_k is not None and top_k < x.shape[-1]:
         kth = jax.lax.top_k(x, top_k)[0][..., -1:]
@@ -134,11 +170,44 @@ def _check_args(prompt_tokens, prompt_mask, max_new_tokens, temperature, top_k, 
 def generate(model, prompt_tokens, prompt_mask, key, *, max_new_tokens: int, temperature: float = 1.0,
              top_k: Optional[int] = None, top_p: Optional[float] = None, greedy: bool = False,
              eos_ids: Optional[Sequence[int]] = None, pad_id: int = 0, num_samples: int = 1) -> SampleOutput:
-    """Sample continuations of left-padded prompts from a jax_irl Transformer.
+    r"""Sample continuations of left-padded prompts from a jax_irl ``Transformer``, with a KV cache.
 
-    prompt_tokens, prompt_mask: [B, P] (``left_pad`` builds them); key: a PRNG key. Each prompt gets
-    ``num_samples`` continuations, as rows b * num_samples + j. eos_ids defaults to the model config's. Greedy
-    decoding takes the argmax (its sampling log-probs are 0). Compiles once per shape and option set.
+    The prompts are prefilled once; then one token per step is decoded inside a ``lax.while_loop`` that stops when
+    every row has ended (EOS) or ``max_new_tokens`` is reached. Compiles once per shape and option set; the same
+    key gives the same output. Runs under the model's mesh when its params are sharded.
+
+    Args:
+        model: a ``models.transformer.Transformer``.
+        prompt_tokens: ``[B, P]`` left-padded ids (``left_pad``).
+        prompt_mask: ``[B, P]``, 1 on prompt tokens.
+        key: a PRNG key.
+        max_new_tokens: the response budget N, a positive int.
+        temperature: > 0.
+        top_k: optional top-k filter.
+        top_p: optional nucleus filter in (0, 1].
+        greedy: take the argmax (its sampling log-probs are 0).
+        eos_ids: the ids that end a response; default the model config's.
+        pad_id: written after a response's end.
+        num_samples: continuations per prompt; rows b * num_samples + j.
+
+    Returns:
+        ``SampleOutput``: ``tokens``, ``log_probs`` (under the sampling distribution), ``model_log_probs`` (under
+        the model at temperature 1, unfiltered) and ``mask`` (1 on generated tokens, EOS included), each
+        ``[B * n, N]``, and ``lengths`` ``[B * n]``.
+
+    Examples:
+        >>> import jax
+        >>> from flax import nnx
+        >>> from jax_irl import sampling
+        >>> from jax_irl.models.config import TransformerConfig
+        >>> from jax_irl.models.transformer import Transformer
+        >>> cfg = TransformerConfig.for_family("llama", vocab_size=32, hidden_size=16, intermediate_size=32,
+        ...                                    num_layers=1, num_heads=2, num_kv_heads=1)
+        >>> tokens, mask = sampling.left_pad([[1, 2, 3], [4]])
+        >>> out = sampling.generate(Transformer(cfg, rngs=nnx.Rngs(0)), tokens, mask, jax.random.PRNGKey(0),
+        ...                         max_new_tokens=5, num_samples=2)
+        >>> out.tokens.shape, out.lengths.shape
+        ((4, 5), (4,))
     """
     prompt_tokens, prompt_mask = jnp.asarray(prompt_tokens), jnp.asarray(prompt_mask)
     _check_args(prompt_tokens, prompt_mask, max_new_tokens, temperature, top_k, top_p, num_samples)
@@ -154,9 +223,23 @@ def generate(model, prompt_tokens, prompt_mask, key, *, max_new_tokens: int, tem
 
 
 def first_argmax(x: jax.Array) -> jax.Array:
-    """argmax over the last axis (the first index of the maximum, as ``jnp.argmax``) as two plain reductions, a
-    max and a min over the indices that reach it, which XLA:CPU vectorises (its argmax is a variadic reduce, 5x
-    slower on a [8, 8192] row of logits). int32."""
+    r"""The index of the first maximum over the last axis, as ``jnp.argmax``, by two plain reductions.
+
+    A max, then a min over the indices that reach it: XLA:CPU vectorises these, while its argmax is a variadic
+    reduce, five times slower on a ``[8, 8192]`` row of logits.
+
+    Args:
+        x: ``[..., V]``.
+
+    Returns:
+        ``[...]`` int32, equal to ``jnp.argmax(x, -1)`` (ties to the first index).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import sampling
+        >>> sampling.first_argmax(jnp.array([[1.0, 3.0, 3.0], [2.0, 0.0, 1.0]]))
+        Array([1, 0], dtype=int32)
+    """
     iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
     top = jnp.max(x, -1, keepdims=True)
     return jnp.min(jnp.where(x == top, iota, x.shape[-1]), -1).astype(jnp.int32)
@@ -244,18 +327,51 @@ def _generate(graphdef, state, prompt_tokens, prompt_mask, key, *, max_new, temp
 
 
 def best_of_n(rewards: jax.Array) -> jax.Array:
-    """Index of the highest-reward candidate per prompt: rewards [B, n] -> [B]. Its KL from pi0 is at most
-    log n - (n - 1) / n (``best_of_n_kl``)."""
+    r"""The index of the highest-reward candidate of each prompt.
+
+    Its KL from pi0 is at most log n - (n - 1) / n (``best_of_n_kl``).
+
+    Args:
+        rewards: ``[B, n]`` rewards of n candidates per prompt.
+
+    Returns:
+        ``[B]`` indices in [0, n).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import sampling
+        >>> sampling.best_of_n(jnp.array([[0.1, 0.9, 0.3], [2.0, 1.0, 0.0]]))
+        Array([1, 0], dtype=int32)
+
+    References:
+        Nakano et al. 2021 (WebGPT); Stiennon et al. 2020.
+    """
     if rewards.ndim != 2:
         raise ValueError(f"rewards must have shape [B, n]; got {rewards.shape}")
     return jnp.argmax(rewards, axis=-1)
 
 
 def best_of_n_kl(n):
-    """The usual analytic figure for KL(best-of-n || pi0): log n - (n - 1) / n, for an int or an array of n >= 1
-    (a float, or an array of the same shape). It is exact only when the n samples' rewards are distinct almost
-    surely (a continuous reward); in general it is an upper bound on the true KL (Beirami et al. 2024), loose
-    when rewards tie or the response space is small."""
+    r"""The usual analytic figure for KL(best-of-n || pi0): log n - (n - 1) / n.
+
+    It is exact only when the n samples' rewards are distinct almost surely (a continuous reward); in general it
+    is an upper bound on the true KL, loose when rewards tie or the response space is small
+    (``reward_models.bon_kl`` measures it over a pool).
+
+    Args:
+        n: an int >= 1, or an array of them.
+
+    Returns:
+        A float, or an array of n's shape.
+
+    Examples:
+        >>> from jax_irl import sampling
+        >>> sampling.best_of_n_kl(1), round(sampling.best_of_n_kl(4), 4)
+        (0.0, 0.6363)
+
+    References:
+        Beirami et al. 2024, "Theoretical guarantees on the best-of-n alignment policy".
+    """
     values = np.asarray(n, np.float64)
     if np.any(~(values >= 1)):
         raise ValueError(f"n must be >= 1; got {n}")
@@ -264,9 +380,28 @@ def best_of_n_kl(n):
 
 
 def rejection_sample(key: jax.Array, rewards: jax.Array, eta: float) -> jax.Array:
-    """Statistical rejection sampling towards pi0 exp(r / eta): candidates [B, n] drawn from pi0 are accepted
-    independently with probability exp((r_j - max_k r_k) / eta). Returns an accept mask [B, n] (bool); the best
-    candidate of each prompt is always accepted."""
+    r"""Statistical rejection sampling towards pi0 exp(r / eta): an accept mask over candidates drawn from pi0.
+
+    Each candidate is accepted independently with probability exp((r_j - max_k r_k) / eta), so the best of each
+    prompt is always accepted.
+
+    Args:
+        key: a PRNG key.
+        rewards: ``[B, n]`` rewards of n candidates per prompt.
+        eta: the KL strength, > 0.
+
+    Returns:
+        ``[B, n]`` bool accept mask.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from jax_irl import sampling
+        >>> sampling.rejection_sample(jax.random.PRNGKey(0), jnp.array([[0.0, -100.0, 1.0]]), eta=0.5)
+        Array([[False, False,  True]], dtype=bool)
+
+    References:
+        Liu et al. 2023, "Statistical Rejection Sampling Improves Preference Optimization".
+    """
     if rewards.ndim != 2:
         raise ValueError(f"rewards must have shape [B, n]; got {rewards.shape}")
     if not eta > 0:
@@ -277,13 +412,31 @@ def rejection_sample(key: jax.Array, rewards: jax.Array, eta: float) -> jax.Arra
 
 
 def rejection_accept(key: jax.Array, rewards, eta: float) -> Tuple[np.ndarray, float]:
-    """One step of statistical rejection sampling of candidates [B, n] drawn from pi0 towards
-    pi0 exp(r / eta) / Z: each is accepted with probability exp((r - max_k r_k) / eta), so the best of each prompt
-    always survives. Returns the accept mask [B, n] (numpy bool) and the acceptance rate.
+    r"""One step of statistical rejection sampling of candidates drawn from pi0 towards pi0 exp(r / eta) / Z.
 
-    For a multi-step schedule use ``multi_step_rejection``: thinning the same candidates again with a schedule
-    eta_1 > ... > eta_N accepts each with the product of the steps' probabilities, whose exponents telescope to
-    exactly this one step, so a schedule over one pool changes nothing."""
+    Each candidate is accepted with probability exp((r - max_k r_k) / eta), so the best of each prompt always
+    survives. For a schedule use ``multi_step_rejection``: thinning the same candidates again with eta_1 > ... >
+    eta_N accepts each with the product of the steps' probabilities, whose exponents telescope to exactly this one
+    step.
+
+    Args:
+        key: a PRNG key.
+        rewards: ``[B, n]`` rewards (array-like).
+        eta: the KL strength, > 0.
+
+    Returns:
+        ``(accept, rate)``: the ``[B, n]`` numpy bool accept mask and the acceptance rate.
+
+    Examples:
+        >>> import jax
+        >>> from jax_irl import sampling
+        >>> accept, rate = sampling.rejection_accept(jax.random.PRNGKey(0), [[0.0, 0.0]], eta=1.0)
+        >>> accept.tolist(), rate  # equal rewards: every candidate is the best
+        ([[True, True]], 1.0)
+
+    References:
+        Liu et al. 2023, "Statistical Rejection Sampling Improves Preference Optimization".
+    """
     if not eta > 0:
         raise ValueError(f"eta must be > 0; got {eta}")
     r = jnp.asarray(rewards, jnp.float32)
@@ -301,26 +454,43 @@ class MultiStepRejection(NamedTuple):
 
 def multi_step_rejection(key: jax.Array, rewards, etas: Sequence[float], pool: int, *,
                          bound=None) -> MultiStepRejection:
-    """Multi-step rejection sampling pi0 -> pi0 e^{r/eta_1} -> ... -> pi0 e^{r/eta_N}, each step drawing FRESH
-    candidates from the previous step's sampler.
+    r"""Multi-step rejection sampling pi0 -> pi0 e^{r/eta_1} -> ... -> pi0 e^{r/eta_N} over fresh candidates.
 
-    rewards: [B, C] for C = pool ** N candidates drawn independently from pi0 per prompt (N = len(etas)), with
-    a decreasing schedule eta_1 > ... > eta_N (eta_0 = infinity). Step k splits the samples of step k - 1 into
-    disjoint groups of ``pool``, accepts each with probability
+    With a decreasing schedule eta_1 > ... > eta_N (eta_0 = infinity), step k splits the samples of step k - 1
+    into disjoint groups of ``pool`` and accepts each with probability
 
-        exp((r - M) (1 / eta_k - 1 / eta_{k-1})),
+        exp((r - M) (1 / eta_k - 1 / eta_{k-1}))
 
     and, except at the last step, keeps one accepted sample per group chosen uniformly: a fresh sample of
-    pi0 exp(r / eta_k) / Z made from candidates no other sample of step k has seen. The last step's pool of
-    ``pool`` such samples per prompt is returned with its accept mask. M is ``bound`` (a scalar or [B]: an upper
-    bound of r, which makes every step exact rejection sampling, a group that accepts nothing leaving no sample)
-    or, with ``bound=None``, the highest reward in each group (statistical rejection sampling, Liu et al. 2023,
-    "Statistical Rejection Sampling Improves Preference Optimization": every group keeps its best, so the
-    target is reached as ``pool`` grows). Each step accepts more than the single step to eta_N would, which is
-    the point of the schedule (Xiong et al. 2023); a schedule that re-thinned one pool would give exactly the
-    one-step distribution.
+    pi0 exp(r / eta_k) / Z made from candidates no other sample of step k has seen. M is ``bound`` (an upper bound
+    of r: every step is then exact rejection sampling, and a group that accepts nothing leaves no sample) or, with
+    ``bound=None``, the highest reward in each group (statistical rejection sampling: every group keeps its best,
+    and the target is reached as ``pool`` grows). Each step accepts more than the single step to eta_N would; a
+    schedule that re-thinned one pool would give exactly the one-step distribution.
 
-    Returns ``MultiStepRejection(index [B, pool], accept [B, pool], rates)``.
+    Args:
+        key: a PRNG key.
+        rewards: ``[B, C]`` rewards of C = pool ** N candidates drawn independently from pi0 per prompt
+            (N = len(etas)); finite.
+        etas: the decreasing schedule eta_1 > ... > eta_N, each > 0.
+        pool: the group size, an int >= 1.
+        bound: optional upper bound of the rewards, a scalar or ``[B]``.
+
+    Returns:
+        ``MultiStepRejection(index, accept, rates)``: the last step's pool as indices ``[B, pool]`` into each
+        prompt's C candidates, its accept mask ``[B, pool]``, and each step's acceptance rate.
+
+    Examples:
+        >>> import jax, numpy as np
+        >>> from jax_irl import sampling
+        >>> rewards = np.random.default_rng(0).normal(size=(2, 16))
+        >>> out = sampling.multi_step_rejection(jax.random.PRNGKey(0), rewards, etas=(3.0, 1.0), pool=4)
+        >>> out.index.shape, out.accept.shape, len(out.rates)
+        ((2, 4), (2, 4), 2)
+
+    References:
+        Xiong et al. 2023, "Gibbs Sampling from Human Feedback"; Liu et al. 2023, "Statistical Rejection Sampling
+        Improves Preference Optimization".
     """
     etas = tuple(float(e) for e in etas)
     if not etas or any(not e > 0 for e in etas):
@@ -365,14 +535,45 @@ def multi_step_rejection(key: jax.Array, rewards, etas: Sequence[float], pool: i
 
 
 def select_samples(output: SampleOutput, indices: jax.Array, num_samples: int) -> SampleOutput:
-    """Pick one sample per prompt from ``generate``'s output: indices [B] in [0, num_samples) -> rows [B]."""
+    r"""Pick one sample per prompt from ``generate``'s output.
+
+    Args:
+        output: a ``SampleOutput`` of B * num_samples rows.
+        indices: ``[B]`` in [0, num_samples), the sample to keep per prompt.
+        num_samples: n, the samples per prompt in ``output``.
+
+    Returns:
+        A ``SampleOutput`` of B rows.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import sampling
+        >>> out = sampling.SampleOutput(*(jnp.arange(4)[:, None] for _ in range(5)))  # rows 0..3: 2 prompts x 2
+        >>> sampling.select_samples(out, jnp.array([1, 0]), num_samples=2).tokens[:, 0]
+        Array([1, 2], dtype=int32)
+    """
     rows = jnp.arange(indices.shape[0]) * num_samples + indices
     return SampleOutput(*(x[rows] for x in output))
 
 
 def best_of_n_samples(output: SampleOutput, score_fn, num_samples: int):
-    """Score every sample with ``score_fn(output) -> [B * n]`` and keep the best per prompt.
+    r"""Score every sample and keep the best of each prompt.
 
-    Returns (the selected SampleOutput with B rows, the scores [B, n])."""
+    Args:
+        output: a ``SampleOutput`` of B * num_samples rows.
+        score_fn: ``score_fn(output) -> [B * n]`` scores.
+        num_samples: n, the samples per prompt.
+
+    Returns:
+        ``(selected, scores)``: the selected ``SampleOutput`` with B rows, and the scores ``[B, n]``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import sampling
+        >>> out = sampling.SampleOutput(*(jnp.arange(4)[:, None] for _ in range(5)))
+        >>> best, scores = sampling.best_of_n_samples(out, lambda o: -o.tokens[:, 0], num_samples=2)
+        >>> best.tokens[:, 0], scores.shape
+        (Array([0, 2], dtype=int32), (2, 2))
+    """
     scores = jnp.asarray(score_fn(output)).reshape(-1, num_samples)
     return select_samples(output, best_of_n(scores), num_samples), scores

@@ -1,4 +1,4 @@
-"""Every public function of jax_irl.losses documents itself in one layout, and its examples run.
+"""Every public function of jax_irl.losses and jax_irl.sampling documents itself in one layout, and its examples run.
 
 The layout is optax's: a summary line, the math, ``Args:`` naming every parameter of the signature (with shapes),
 ``Returns:``, ``Examples:`` run here as doctests, and ``References:`` where a paper defines the quantity.
@@ -11,10 +11,15 @@ import re
 
 import pytest
 
-from jax_irl import losses
+from jax_irl import losses, sampling
 
-MODULES = ["soft_q", "imitation", "preference", "ensemble", "policy_gradient", "group", "_common"]
-FUNCTIONS = sorted(n for n in losses.__all__ if inspect.isfunction(getattr(losses, n)))
+# The modules whose examples run as doctests.
+MODULES = [f"jax_irl.losses.{m}" for m in ("soft_q", "imitation", "preference", "ensemble", "policy_gradient",
+                                           "group", "_common")] + ["jax_irl.sampling"]
+# The public functions held to the layout: jax_irl.losses' __all__, and the functions jax_irl.sampling defines.
+FUNCTIONS = sorted([f"losses.{n}" for n in losses.__all__ if inspect.isfunction(getattr(losses, n))] +
+                   [f"sampling.{n}" for n, v in vars(sampling).items() if inspect.isfunction(v) and
+                    not n.startswith("_") and v.__module__ == "jax_irl.sampling"])
 
 
 def _sections(doc):
@@ -23,13 +28,13 @@ def _sections(doc):
     return {name: text for name, text in zip(parts[1::2], parts[2::2])}
 
 
-def test_every_public_loss_function_is_checked():
-    assert len(FUNCTIONS) >= 35 and "dpo_loss" in FUNCTIONS and "gae" in FUNCTIONS
+def test_every_public_function_is_checked():
+    assert len(FUNCTIONS) >= 45 and {"losses.dpo_loss", "losses.gae", "sampling.generate"} <= set(FUNCTIONS)
 
 
 @pytest.mark.parametrize("name", FUNCTIONS)
 def test_docstring_layout(name):
-    fn = getattr(losses, name)
+    fn = getattr({"losses": losses, "sampling": sampling}[name.split(".")[0]], name.split(".")[1])
     doc = inspect.getdoc(fn)
     assert doc and doc.split("\n")[0].strip(), f"{name} has no summary line"
     sections = _sections(doc)
@@ -46,6 +51,6 @@ def test_docstring_layout(name):
 
 @pytest.mark.parametrize("module", MODULES)
 def test_docstring_examples_run(module):
-    mod = importlib.import_module(f"jax_irl.losses.{module}")
+    mod = importlib.import_module(module)
     failed, attempted = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert attempted >= 3 and failed == 0

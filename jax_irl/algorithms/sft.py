@@ -26,8 +26,10 @@ def loss_fn(*, vocab_chunk: Optional[int] = None, window: Optional[int] = None,
     """loss_fn(model, batch, rng) -> (loss, aux): the mean NLL of ``batch['tokens'][:, 1:]`` where
     ``batch['mask']`` is 1.
 
-    .. math::  L = -\\frac{1}{\\sum_t m_t} \\sum_t m_t \\log \\pi(x_{t+1} | x_{\\le t})
-               \\; [- \\beta \\, \\bar{H}(\\pi) \\text{ with } \\beta = \\texttt{entropy\\_bonus}]
+    $$
+    L = -\\frac{1}{\\sum_t m_t} \\sum_t m_t \\log \\pi(x_{t+1} | x_{\\le t})
+    \\; [- \\beta \\, \\bar{H}(\\pi) \\text{ with } \\beta = \\texttt{entropy\\_bonus}]
+    $$
 
     Args:
       vocab_chunk: compute the unembedding from the hidden states in vocabulary chunks of this size, never

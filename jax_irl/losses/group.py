@@ -57,12 +57,13 @@ CREDITS = ("sequence", "add", "blame")
 def group_advantages(rewards: Array, method: str = "grpo", *, eps: float = 1e-6) -> Array:
     r"""One advantage per response from the rewards of its group, ``[P, G] -> [P, G]``.
 
-    With :math:`\bar r` the group mean and :math:`s` its sample standard deviation (ddof 1):
+    With $\bar r$ the group mean and $s$ its sample standard deviation (ddof 1):
 
-    .. math::
-        \text{grpo: } A_i = \frac{r_i - \bar r}{s + \epsilon} \qquad
-        \text{dr\_grpo: } A_i = r_i - \bar r \qquad
-        \text{rloo: } A_i = r_i - \frac{1}{G - 1}\sum_{j \ne i} r_j = \frac{G}{G - 1}(r_i - \bar r)
+    $$
+    \text{grpo: } A_i = \frac{r_i - \bar r}{s + \epsilon} \qquad
+    \text{dr\_grpo: } A_i = r_i - \bar r \qquad
+    \text{rloo: } A_i = r_i - \frac{1}{G - 1}\sum_{j \ne i} r_j = \frac{G}{G - 1}(r_i - \bar r)
+    $$
 
     Args:
         rewards: ``[P, G]`` float, one scalar reward per response, G responses to each of P prompts.
@@ -132,11 +133,12 @@ def reinforce_pp_advantages(token_rewards: Array, logp: Array, ref_logp: Array, 
     r"""REINFORCE++'s critic-free token advantages: the return-to-go of the KL-shaped reward, whitened over the
     batch's counted tokens.
 
-    .. math::
-        \tilde r_t = r_t - \beta\,\mathrm{KL}_t, \qquad G_t = \sum_{s \ge t} \gamma^{s - t} \tilde r_s, \qquad
-        A_t = (G_t - \mu) / \sigma
+    $$
+    \tilde r_t = r_t - \beta\,\mathrm{KL}_t, \qquad G_t = \sum_{s \ge t} \gamma^{s - t} \tilde r_s, \qquad
+    A_t = (G_t - \mu) / \sigma
+    $$
 
-    with :math:`\mu, \sigma` the mean and standard deviation of :math:`G` over every counted token of the batch,
+    with $\mu, \sigma$ the mean and standard deviation of $G$ over every counted token of the batch,
     and the sum over the row's counted tokens only (``gae`` with V = 0 and lambda = 1).
 
     Args:
@@ -172,16 +174,16 @@ def token_advantages(advantages: Array, mask: Array, token_terms: Optional[Array
                      credit: str = "sequence") -> Array:
     r"""A response's advantage on its tokens, optionally with token-level credit from a verifier's certificate.
 
-    With :math:`A_i` the response's (group) advantage, :math:`p_{i,t}` the certificate's per-token term (<= 0 on
+    With $A_i$ the response's (group) advantage, $p_{i,t}$ the certificate's per-token term (<= 0 on
     the tokens of a span the tool blames, 0 elsewhere, in reward units; ``symbolic.group_reward_fn``) and
-    :math:`b_{i,t} = [p_{i,t} < 0]`:
+    $b_{i,t} = [p_{i,t} < 0]$:
 
-    - 'sequence': :math:`A_{i,t} = A_i` on every counted token (GRPO as published; ``token_terms`` unused).
-    - 'add': :math:`A_{i,t} = A_i + p_{i,t}`: blamed tokens are pushed down by the penalty on top of the group
+    - 'sequence': $A_{i,t} = A_i$ on every counted token (GRPO as published; ``token_terms`` unused).
+    - 'add': $A_{i,t} = A_i + p_{i,t}$: blamed tokens are pushed down by the penalty on top of the group
       advantage; a correct response (no blame) is unchanged.
-    - 'blame': a response with :math:`A_i < 0` and at least one blamed token carries its whole negative advantage
-      on the blamed tokens, :math:`A_{i,t} = A_i \, n_i / k_i \, b_{i,t}` (:math:`n_i` counted tokens,
-      :math:`k_i` blamed ones), so the sum over the response's tokens is the same as under 'sequence' and the
+    - 'blame': a response with $A_i < 0$ and at least one blamed token carries its whole negative advantage
+      on the blamed tokens, $A_{i,t} = A_i \, n_i / k_i \, b_{i,t}$ ($n_i$ counted tokens,
+      $k_i$ blamed ones), so the sum over the response's tokens is the same as under 'sequence' and the
       tokens the tool found no fault with get 0. Other responses are as under 'sequence'.
 
     The sign convention is the reward's: a larger advantage raises the token's log-prob.
@@ -236,22 +238,23 @@ def group_policy_loss(logp: Array, old_logp: Array, advantages: Array, mask: Arr
                       kl_coef: float = 0.0, normalizer: Optional[Array] = None):
     r"""The clipped policy loss of the GRPO family, with the token aggregation and the importance ratio as choices.
 
-    Per counted token, with :math:`\rho` the importance ratio and :math:`A_{i,t}` the (constant) advantage:
+    Per counted token, with $\rho$ the importance ratio and $A_{i,t}$ the (constant) advantage:
 
-    .. math::
-        \ell_{i,t} = \max\big(-A_{i,t}\,\rho_{i,t},\; -A_{i,t}\,\mathrm{clip}(\rho_{i,t}, 1 - \epsilon_l,
-        1 + \epsilon_h)\big) + \beta\,\mathrm{k3}(\log\pi_\theta, \log\pi_{ref})_{i,t}
+    $$
+    \ell_{i,t} = \max\big(-A_{i,t}\,\rho_{i,t},\; -A_{i,t}\,\mathrm{clip}(\rho_{i,t}, 1 - \epsilon_l,
+    1 + \epsilon_h)\big) + \beta\,\mathrm{k3}(\log\pi_\theta, \log\pi_{ref})_{i,t}
+    $$
 
-    ratio 'token': :math:`\rho_{i,t} = \pi_\theta(y_t) / \pi_{old}(y_t)` (GRPO, DAPO). ratio 'sequence' (GSPO):
-    :math:`\rho_{i,t} = \mathrm{sg}[s_i]\,\pi_\theta(y_t) / \mathrm{sg}[\pi_\theta(y_t)]` with
-    :math:`s_i = \exp(\frac{1}{|y_i|}\sum_t \log\frac{\pi_\theta(y_t)}{\pi_{old}(y_t)})`, the geometric mean of
+    ratio 'token': $\rho_{i,t} = \pi_\theta(y_t) / \pi_{old}(y_t)$ (GRPO, DAPO). ratio 'sequence' (GSPO):
+    $\rho_{i,t} = \mathrm{sg}[s_i]\,\pi_\theta(y_t) / \mathrm{sg}[\pi_\theta(y_t)]$ with
+    $s_i = \exp(\frac{1}{|y_i|}\sum_t \log\frac{\pi_\theta(y_t)}{\pi_{old}(y_t)})$, the geometric mean of
     the token ratios: every token of a response is clipped together, by its sequence's ratio (GSPO-token; with
     one advantage per response and 'seq_mean_token_mean' it is GSPO exactly, value and gradient).
 
-    aggregation, with :math:`m` the mask and B the rows:
-    'token_mean' :math:`\sum_{i,t} m\ell / \sum_{i,t} m` (DAPO); 'seq_mean_token_mean'
-    :math:`\frac{1}{B'}\sum_i \sum_t m\ell / \sum_t m` over the B' rows with a counted token (GRPO, GSPO);
-    'seq_mean_token_sum_norm' :math:`\sum_{i,t} m\ell / (B \cdot L)` with the constant L = ``max_tokens``
+    aggregation, with $m$ the mask and B the rows:
+    'token_mean' $\sum_{i,t} m\ell / \sum_{i,t} m$ (DAPO); 'seq_mean_token_mean'
+    $\frac{1}{B'}\sum_i \sum_t m\ell / \sum_t m$ over the B' rows with a counted token (GRPO, GSPO);
+    'seq_mean_token_sum_norm' $\sum_{i,t} m\ell / (B \cdot L)$ with the constant L = ``max_tokens``
     (Dr. GRPO: no length normalisation per response).
 
     Args:
@@ -259,8 +262,8 @@ def group_policy_loss(logp: Array, old_logp: Array, advantages: Array, mask: Arr
         old_logp: ``[B, T]`` under the policy that sampled them (constants).
         advantages: ``[B, T]`` token advantages (constants; ``token_advantages`` broadcasts one per response).
         mask: ``[B, T]`` 1 on counted tokens.
-        clip_low: :math:`\epsilon_l` >= 0.
-        clip_high: :math:`\epsilon_h` >= clip_low (default clip_low; DAPO's clip-higher uses 0.28 against 0.2;
+        clip_low: $\epsilon_l$ >= 0.
+        clip_high: $\epsilon_h$ >= clip_low (default clip_low; DAPO's clip-higher uses 0.28 against 0.2;
             GSPO's published values are 3e-4 / 4e-4).
         aggregation: one of ``AGGREGATIONS``.
         ratio: 'token' | 'sequence'.
