@@ -38,6 +38,13 @@ _parallel.enable_compilation_cache(os.environ["JAX_IRL_COMPILATION_CACHE"])
 assert jax.device_count() == 8, "tests expect 8 fake CPU devices; jax was imported before conftest set XLA_FLAGS"
 
 
+def pytest_collection_modifyitems(config, items):
+    """The slow end-to-end tests first (in their collected order): with the workers stealing work from each other
+    (``--dist worksteal`` in tools/test.sh) the long tests then start early and the short ones fill the gaps, instead
+    of one long test running alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture
 def tiny_hf_llama(tmp_path):
     """(folder, minilm folder): a 1-layer Llama saved by transformers with MiniLM's WordPiece tokenizer beside it,

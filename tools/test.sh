@@ -6,4 +6,4 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$root/tools/setup.sh"
 cd "$root"
 workers="${PYTEST_WORKERS:-$(nproc)}"
-exec .venv/bin/python -m pytest -n "$workers" -p no:cacheprovider "$@" tests
+exec .venv/bin/python -m pytest -n "$workers" --dist worksteal -p no:cacheprovider "$@" tests

@@ -16,6 +16,8 @@ shapes = st.tuples(st.integers(1, 4), st.integers(1, 6), st.integers(2, 9))
 # One compiled program per random shape instead of one compilation per eager primitive per shape.
 iqlearn = jax.jit(L.iqlearn_loss)
 mle = jax.jit(L.mle_loss)
+sequence_log_probs = jax.jit(L.sequence_log_probs)
+token_log_probs = jax.jit(L.token_log_probs)
 seeds = st.integers(0, 2**31 - 1)
 
 
@@ -42,10 +44,9 @@ def test_state_offset_leaves_mle_unchanged_but_moves_td(shape, seed, c):
     b, t = np.argwhere(mask != 0)[0]
     shifted = logits.copy()
     shifted[b, t] += np.float32(c)
-    np.testing.assert_allclose(L.mle_loss(shifted, targets, mask)[0], L.mle_loss(logits, targets, mask)[0],
-                               rtol=1e-5, atol=1e-5)
-    r0 = L.iqlearn_loss(logits, targets, mask, gamma=1.0, td_weight=1.0)[1]["implied_rewards"]
-    r1 = L.iqlearn_loss(shifted, targets, mask, gamma=1.0, td_weight=1.0)[1]["implied_rewards"]
+    np.testing.assert_allclose(mle(shifted, targets, mask)[0], mle(logits, targets, mask)[0], rtol=1e-5, atol=1e-5)
+    r0 = iqlearn(logits, targets, mask, gamma=1.0, td_weight=1.0)[1]["implied_rewards"]
+    r1 = iqlearn(shifted, targets, mask, gamma=1.0, td_weight=1.0)[1]["implied_rewards"]
     # Q(s_t, a_t) moves by c, and so does V(s_t), which is the next-state value of t-1 when t-1 is counted.
     np.testing.assert_allclose(r1[b, t] - r0[b, t], c, rtol=1e-3, atol=1e-3)
     if t > 0 and mask[b, t - 1] != 0:
@@ -90,9 +91,9 @@ def test_gae_matches_reference_and_ignores_uncounted_rewards(b, t, seed, gamma, 
 @given(shapes, seeds)
 def test_sequence_log_probs_never_positive_and_sum_tokenwise(shape, seed):
     logits, targets, mask = _tokens(shape, seed)
-    seq = np.asarray(L.sequence_log_probs(logits, targets, mask))
+    seq = np.asarray(sequence_log_probs(logits, targets, mask))
     assert np.all(seq <= 1e-6)
-    tok = np.asarray(L.token_log_probs(logits, np.maximum(targets, 0)))
+    tok = np.asarray(token_log_probs(logits, np.maximum(targets, 0)))
     np.testing.assert_allclose(seq, (tok * mask).sum(-1), rtol=1e-5, atol=1e-5)
     assert jnp.isfinite(jnp.asarray(seq)).all()
 
