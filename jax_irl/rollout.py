@@ -47,10 +47,26 @@ class LMOutputs(NamedTuple):
 
 
 def loss_window(mask, multiple: int = 8, min_saving: float = 0.1) -> Optional[int]:
-    """The window width ``causal_lm`` needs for rows with this target mask (numpy [N, T-1]): the longest span
-    from a row's first to its last counted target, rounded up to ``multiple`` (fewer distinct compiled shapes).
-    None (no window) where it would save less than ``min_saving`` of the T - 1 positions. Compute it over a whole
-    dataset once; every batch drawn from the dataset then fits."""
+    r"""The window width ``causal_lm`` needs for rows with this target mask.
+
+    The longest span from a row's first to its last counted target, rounded up to ``multiple`` (fewer distinct
+    compiled shapes). Compute it over a whole dataset once: every batch drawn from it then fits.
+
+    Args:
+        mask: ``[N, T-1]`` target mask (numpy), nonzero on counted targets.
+        multiple: round the width up to a multiple of this (>= 1).
+        min_saving: return None where the window would save less than this share of the T - 1 positions.
+
+    Returns:
+        The width W, or None (no window: the full path is as cheap).
+
+    Examples:
+        >>> import numpy as np
+        >>> from jax_irl import rollout
+        >>> mask = np.zeros((2, 64)); mask[0, 40:50] = 1; mask[1, 30:35] = 1
+        >>> rollout.loss_window(mask)  # the longest span, 10, rounded up to 16
+        16
+    """
     m = np.asarray(mask) > 0
     if m.ndim != 2 or m.shape[1] == 0:
         raise ValueError(f"mask must have shape [N, T-1] with T > 1; got {m.shape}")
@@ -63,37 +79,93 @@ def loss_window(mask, multiple: int = 8, min_saving: float = 0.1) -> Optional[in
 
 
 def useful_window(width: int, targets: int, min_saving: float = 0.1) -> Optional[int]:
-    """``width`` as a window over rows of ``targets`` target positions, or None where it would save less than
-    ``min_saving`` of them (the full path is then as cheap)."""
+    r"""A window width, or None where it would save less than ``min_saving`` of the target positions.
+
+    Args:
+        width: the window's width W.
+        targets: the rows' target positions, T - 1.
+        min_saving: the least share of positions a window must save.
+
+    Returns:
+        ``width``, or None.
+
+    Examples:
+        >>> from jax_irl import rollout
+        >>> rollout.useful_window(16, 64), rollout.useful_window(60, 64)
+        (16, None)
+    """
     return width if width <= (1.0 - min_saving) * targets else None
 
 
 def take_window(x: jax.Array, start: jax.Array, width: int) -> jax.Array:
-    """x [N, T, ...] -> [N, width, ...]: row n's positions start[n] .. start[n] + width - 1 (positions past T - 1
-    repeat the last one; ``causal_lm`` masks them out). The same positions as the model's ``window``."""
+    r"""Each row's window of positions: row n's positions start[n] .. start[n] + width - 1.
+
+    The same positions as the model's ``window``; positions past T - 1 repeat the last one (``causal_lm`` masks
+    them out).
+
+    Args:
+        x: ``[N, T, ...]``.
+        start: ``[N]`` int, each row's first position.
+        width: W.
+
+    Returns:
+        ``[N, W, ...]``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import rollout
+        >>> rollout.take_window(jnp.arange(10).reshape(2, 5), jnp.array([1, 3]), 3)
+        Array([[1, 2, 3],
+               [8, 9, 9]], dtype=int32)
+    """
     return take_rows(x, window_rows(start, width, x.shape[1]))
 
 
 def causal_lm(model, tokens: jax.Array, attention: Optional[jax.Array] = None, *, vocab_chunk: Optional[int] = None,
               temperature: float = 1.0, need_logits: bool = False, mask: Optional[jax.Array] = None,
               window: Optional[int] = None) -> LMOutputs:
-    """The causal-LM forward of rows: inputs tokens[:, :-1] (attention[:, :-1]), targets tokens[:, 1:].
+    r"""The causal-LM forward of rows: inputs ``tokens[:, :-1]``, targets ``tokens[:, 1:]``; every loss and scorer
+    goes through it.
 
-    tokens: [N, T] ids; attention: optional [N, T]. With ``vocab_chunk`` (and not ``need_logits``) the pair
-    (Q, V) comes from the hidden states and ``model.unembedding()`` in chunks of that many vocabulary columns;
-    otherwise from the full logits. Returns ``LMOutputs`` with [N, T-1] arrays.
+    With ``vocab_chunk`` (and not ``need_logits``) the pair (Q, V) comes from the hidden states and
+    ``model.unembedding()`` in chunks of that many vocabulary columns, never building ``[N, T-1, V]`` logits. With
+    ``window`` (a static width W, e.g. ``loss_window`` of the dataset's masks) and the target ``mask``, the last
+    transformer block after its keys and values, the unembedding, the softmax statistics and their gradients run
+    only on each row's W target positions from its first counted one (start[n] = the first t with mask[n, t] > 0).
+    Every quantity at a counted position equals the unwindowed one, and so does any loss over counted positions
+    and their successors (IQLearn's V(s_{t+1})). W must cover each row's span (``loss_window`` does).
 
-    With ``window`` (a static width W, e.g. ``loss_window`` of the dataset's masks) and the target ``mask``
-    [N, T-1], the unembedding, the softmax statistics and their gradients are computed only on each row's W
-    target positions from its first counted one (start[n] = the first t with mask[n, t] > 0): target_q, values,
-    logits and mask come back as [N, W] (``out.mask``; ``out.start`` for ``take_window`` of other per-token
-    arrays). The largest array of a step, [N, T-1, V], shrinks to [N, W, V], e.g. to the response of a prompt +
-    response row, and so does the last transformer block after its keys and values (``Transformer``'s window:
-    nothing after it reads other positions); hidden comes back as [N, W, D]. The earlier blocks run on every token
-    (attention needs them). Every quantity at a counted position equals the unwindowed one, and so does any loss
-    over counted positions and their successors (IQLearn's V(s_{t+1})): position j of the window is position
-    start + j of the row. Counted targets past start + W - 1 would be dropped, so W must cover each row's span
-    (``loss_window`` does)."""
+    Args:
+        model: a ``models.transformer.Transformer``.
+        tokens: ``[N, T]`` ids.
+        attention: optional ``[N, T]`` attention mask (1 on real tokens).
+        vocab_chunk: vocabulary columns per chunk of the chunked soft-Q statistics; None: full logits.
+        temperature: tau > 0 of Q and V.
+        need_logits: build the logits even with ``vocab_chunk`` (an entropy needs them).
+        mask: ``[N, T-1]`` target mask; required with ``window``.
+        window: the static window width W, or None.
+
+    Returns:
+        ``LMOutputs(target_q, values, logits, hidden, mask, start)``: ``[N, T-1]`` arrays (``[N, W]`` with a
+        window, whose ``mask`` and ``start`` line them up with the rows), logits ``[N, T-1 or W, V]`` or None,
+        hidden ``[N, T-1 or W, D]``.
+
+    Examples:
+        >>> import jax, numpy as np
+        >>> from flax import nnx
+        >>> from jax_irl import rollout
+        >>> from jax_irl.models.config import TransformerConfig
+        >>> from jax_irl.models.transformer import Transformer
+        >>> cfg = TransformerConfig.for_family("llama", vocab_size=32, hidden_size=16, intermediate_size=32,
+        ...                                    num_layers=1, num_heads=2, num_kv_heads=1)
+        >>> model = Transformer(cfg, rngs=nnx.Rngs(0))
+        >>> tokens = np.random.default_rng(0).integers(0, 32, (2, 12))
+        >>> mask = np.zeros((2, 11), np.float32); mask[:, 6:] = 1
+        >>> full = rollout.causal_lm(model, tokens)
+        >>> windowed = rollout.causal_lm(model, tokens, mask=mask, window=5)
+        >>> windowed.target_q.shape, bool(np.allclose(windowed.values, full.values[:, 6:], atol=1e-5))
+        ((2, 5), True)
+    """
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     attn = None if attention is None else attention[:, :-1]
     if window is not None:
@@ -125,8 +197,24 @@ def causal_lm(model, tokens: jax.Array, attention: Optional[jax.Array] = None, *
 
 
 def prompt_rows(tokens: np.ndarray, prompt_lengths: np.ndarray, pad_id: int, width: int):
-    """Left-padded prompts [B, width] and their mask from right-padded example rows whose first
-    ``prompt_lengths[b]`` tokens are the prompt."""
+    r"""Left-padded prompts for sampling, from right-padded example rows whose first tokens are the prompt.
+
+    Args:
+        tokens: ``[B, T]`` example rows (prompt, then response, then padding).
+        prompt_lengths: ``[B]`` each row's prompt length.
+        pad_id: the padding id.
+        width: the padded width W of the prompts.
+
+    Returns:
+        ``(prompts, mask)``, numpy ``[B, W]`` (``sampling.left_pad``).
+
+    Examples:
+        >>> import numpy as np
+        >>> from jax_irl import rollout
+        >>> prompts, mask = rollout.prompt_rows(np.array([[5, 6, 7, 8], [9, 10, 11, 0]]), np.array([2, 1]), 0, 3)
+        >>> prompts.tolist()
+        [[0, 5, 6], [0, 0, 9]]
+    """
     if len(tokens) != len(prompt_lengths):
         raise ValueError(f"tokens has {len(tokens)} rows but prompt_lengths has {len(prompt_lengths)}")
     return sampling.left_pad([list(row[:n]) for row, n in zip(tokens, prompt_lengths)], pad_id=pad_id, width=width)
@@ -136,17 +224,48 @@ def sample_rows(model, prompts: np.ndarray, prompt_mask: np.ndarray, key, *, max
                 pad_id: int, temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
                 num_samples: int = 1, greedy: bool = False,
                 prompts_per_batch: Optional[int] = None) -> Dict[str, np.ndarray]:
-    """Responses sampled from the model as rows (numpy), n per prompt as rows b * n + j:
+    r"""Responses sampled from the model, as training rows: n per prompt, rows b * n + j.
 
-    tokens [B*n, P+N], attention [B*n, P+N], mask [B*n, P+N-1] (the response's targets);
-    sample_log_probs / model_log_probs [B*n, P+N-1]: each response token's log-prob under the sampling
-    distribution (temperature, top-k/p) and under the model, on the target grid (0 elsewhere);
-    response [B*n, N] and response_mask [B*n, N] (for decoding); prompt_index [B*n].
+    Greedy decoding is deterministic, so its n rows per prompt are one decoded row repeated. ``prompts_per_batch``
+    samples the prompts in chunks of that many, chunk c with key ``fold_in(key, c)``, so the sampler's KV cache
+    holds prompts_per_batch x n rows, not all of them.
 
-    Greedy decoding is deterministic, so its n rows per prompt are one decoded row repeated (not n decoded).
-    ``prompts_per_batch`` samples the prompts in chunks of that many (their n samples each at once), chunk c with
-    key ``fold_in(key, c)``, so the sampler's KV cache holds prompts_per_batch x n rows, not all of them (a
-    best-of-n pool of 500 prompts x 256 does not fit a pod slice at once); None samples every prompt at once."""
+    Args:
+        model: a ``models.transformer.Transformer``.
+        prompts: ``[B, P]`` left-padded prompt ids.
+        prompt_mask: ``[B, P]``.
+        key: a PRNG key.
+        max_new_tokens: the response budget N.
+        eos_id: the id that ends a response.
+        pad_id: the padding id.
+        temperature: > 0.
+        top_k: optional top-k filter.
+        top_p: optional nucleus filter.
+        num_samples: n, responses per prompt.
+        greedy: argmax decoding.
+        prompts_per_batch: the sampler's chunk of prompts; None: all at once.
+
+    Returns:
+        A dict of numpy arrays: ``tokens`` and ``attention`` ``[B*n, P+N]``; ``mask`` ``[B*n, P+N-1]`` (the
+        response's targets); ``sample_log_probs`` and ``model_log_probs`` ``[B*n, P+N-1]`` (each response token's
+        log-prob under the sampling distribution and under the model, on the target grid, 0 elsewhere);
+        ``response`` and ``response_mask`` ``[B*n, N]``; ``prompt_index`` ``[B*n]``.
+
+    Examples:
+        >>> import jax, numpy as np
+        >>> from flax import nnx
+        >>> from jax_irl import rollout
+        >>> from jax_irl.models.config import TransformerConfig
+        >>> from jax_irl.models.transformer import Transformer
+        >>> cfg = TransformerConfig.for_family("llama", vocab_size=32, hidden_size=16, intermediate_size=32,
+        ...                                    num_layers=1, num_heads=2, num_kv_heads=1)
+        >>> model = Transformer(cfg, rngs=nnx.Rngs(0))
+        >>> prompts, mask = np.array([[0, 1, 2], [3, 4, 5]]), np.ones((2, 3), np.int32)
+        >>> rows = rollout.sample_rows(model, prompts, mask, jax.random.PRNGKey(0), max_new_tokens=4, eos_id=31,
+        ...                            pad_id=0, num_samples=3)
+        >>> rows["tokens"].shape, rows["mask"].shape, rows["prompt_index"].tolist()
+        ((6, 7), (6, 6), [0, 0, 0, 1, 1, 1])
+    """
     if prompts_per_batch is not None:
         if not (isinstance(prompts_per_batch, int) and prompts_per_batch >= 1):
             raise ValueError(f"prompts_per_batch must be an int >= 1 or None; got {prompts_per_batch!r}")
@@ -270,18 +389,58 @@ def _score_batch(scorer, graphdef, state, batch):
 
 
 def pad_rows(x: np.ndarray, multiple: int) -> np.ndarray:
-    """x with copies of its last row appended up to a multiple of ``multiple`` rows (one compiled shape)."""
+    r"""Rows padded with copies of the last row up to a multiple of ``multiple`` (one compiled shape).
+
+    Args:
+        x: ``[N, ...]``.
+        multiple: the row multiple.
+
+    Returns:
+        ``[ceil(N / multiple) * multiple, ...]``.
+
+    Examples:
+        >>> import numpy as np
+        >>> from jax_irl import rollout
+        >>> rollout.pad_rows(np.array([1, 2, 3]), 2).tolist()
+        [1, 2, 3, 3]
+    """
     extra = -len(x) % multiple
     return np.concatenate([x, np.repeat(x[-1:], extra, 0)]) if extra else x
 
 
 def score_rows(model, scorer: Callable, rows: Dict[str, np.ndarray], *,
                rows_per_batch: Optional[int] = None) -> Dict[str, np.ndarray]:
-    """scorer(model, batch) over ``rows`` (a dict of arrays with a common leading axis N) in batches of
-    ``rows_per_batch`` rows (all at once by default), the last batch padded with copies of the last row so that
-    every batch has one shape and the scorer compiles once. Returns the scorer's arrays, concatenated, [N, ...]
-    (numpy). ``scorer`` must be hashable and compare by value (a frozen dataclass such as ``LMScores``, or a
-    module-level function): it is a static argument of the compiled function."""
+    r"""Run a scorer over rows in padded batches of one compiled shape: the one door for every per-row quantity.
+
+    The last batch is padded with copies of the last row, so the scorer compiles once; runs under the model's
+    mesh when its params are sharded.
+
+    Args:
+        model: the model the scorer reads (a causal LM for ``LMScores``, a reward model for ``RewardScores``).
+        scorer: ``scorer(model, batch) -> {name: [n, ...]}``, hashable and compared by value (a frozen dataclass
+            such as ``LMScores``, or a module-level function): a static argument of the compiled function.
+        rows: a dict of arrays with one common, non-zero leading axis N.
+        rows_per_batch: rows per batch; None: all at once.
+
+    Returns:
+        The scorer's arrays concatenated over the batches, ``[N, ...]`` (numpy).
+
+    Examples:
+        >>> import jax, numpy as np
+        >>> from flax import nnx
+        >>> from jax_irl import rollout
+        >>> from jax_irl.models.config import TransformerConfig
+        >>> from jax_irl.models.transformer import Transformer
+        >>> cfg = TransformerConfig.for_family("llama", vocab_size=32, hidden_size=16, intermediate_size=32,
+        ...                                    num_layers=1, num_heads=2, num_kv_heads=1)
+        >>> model = Transformer(cfg, rngs=nnx.Rngs(0))
+        >>> tokens = np.random.default_rng(0).integers(0, 32, (5, 8))
+        >>> mask = np.ones((5, 7), np.float32)
+        >>> scores = rollout.score_rows(model, rollout.LMScores(("log_probs",), per_row=True),
+        ...                             {"tokens": tokens, "mask": mask}, rows_per_batch=2)
+        >>> scores["log_probs"].shape, scores["num_tokens"].tolist()
+        ((5,), [7.0, 7.0, 7.0, 7.0, 7.0])
+    """
     if not rows:
         raise ValueError("rows is empty: pass at least 'tokens'")
     sizes = {k: len(v) for k, v in rows.items()}
@@ -318,14 +477,51 @@ def sample_and_evaluate(model, tokenizer, prompts: np.ndarray, prompt_mask: np.n
                         score_fn: Callable[[str, object], float], scorer: Optional[LMScores] = None,
                         prompts_per_batch: Optional[int] = None,
                         rows_per_score: Optional[int] = None) -> Dict[str, Evaluated]:
-    """For each temperature (key "0.5", "1", ...; 0 is greedy decoding, key "0", its num_samples rows identical):
-    ``num_samples`` responses per prompt, decoded with
-    ``tokenizer`` (eos_id, pad_id, decode), scored by ``score_fn(text, reference)`` and by ``scorer`` (an
-    ``LMScores`` with per_row=True; default: summed log-probs).
+    r"""Sample responses at several temperatures, decode them, and score them with a task's metric and an ``LMScores``.
 
-    Prompts are sampled ``prompts_per_batch`` at a time (all at once by default; the last batch padded with
-    copies, whose rows are dropped), batch i of temperature k drawing with fold_in(split(key)_k, i); the
-    samples are scored ``rows_per_score`` rows at a time (default: one prompt batch's rows)."""
+    For each temperature (key "0.5", "1", ...; 0 is greedy, its rows identical), ``num_samples`` responses per
+    prompt. Prompts are sampled ``prompts_per_batch`` at a time (the last batch padded with copies, whose rows are
+    dropped), batch i of temperature k drawing with fold_in(split(key)_k, i); the samples are scored
+    ``rows_per_score`` rows at a time.
+
+    Args:
+        model: a ``models.transformer.Transformer``.
+        tokenizer: with ``eos_id``, ``pad_id`` and ``decode``.
+        prompts: ``[B, P]`` left-padded prompt ids.
+        prompt_mask: ``[B, P]``.
+        references: B references, one per prompt, for ``score_fn``.
+        key: a PRNG key.
+        temperatures: the temperatures (0: greedy).
+        num_samples: n, responses per prompt.
+        max_new_tokens: the response budget.
+        score_fn: ``score_fn(text, reference) -> float``, the task's metric.
+        scorer: an ``LMScores`` with ``per_row=True``; default: the summed log-probs.
+        prompts_per_batch: prompts sampled at a time; None: all.
+        rows_per_score: rows scored at a time; None: one prompt batch's rows.
+
+    Returns:
+        ``{temperature key: Evaluated(texts, scores, row_scores, rows)}``, rows b * n + j.
+
+    Examples:
+        >>> import jax, numpy as np
+        >>> from flax import nnx
+        >>> from jax_irl import rollout
+        >>> from jax_irl.models.config import TransformerConfig
+        >>> from jax_irl.models.transformer import Transformer
+        >>> cfg = TransformerConfig.for_family("llama", vocab_size=32, hidden_size=16, intermediate_size=32,
+        ...                                    num_layers=1, num_heads=2, num_kv_heads=1)
+        >>> model = Transformer(cfg, rngs=nnx.Rngs(0))
+        >>> class Tok:
+        ...     eos_id, pad_id = 31, 0
+        ...     def decode(self, ids):
+        ...         return " ".join(map(str, ids))
+        >>> prompts, mask = np.array([[1, 2], [3, 4]]), np.ones((2, 2), np.int32)
+        >>> out = rollout.sample_and_evaluate(model, Tok(), prompts, mask, ["a", "b"], jax.random.PRNGKey(0),
+        ...                                   temperatures=(0, 1.0), num_samples=2, max_new_tokens=3,
+        ...                                   score_fn=lambda text, ref: float(len(text) > 0))
+        >>> sorted(out), len(out["1"].texts), out["0"].texts[0] == out["0"].texts[1]
+        (['0', '1'], 4, True)
+    """
     if len(prompts) != len(references) or not len(prompts):
         raise ValueError(f"need one reference per prompt and at least one prompt; got {len(prompts)} prompts and "
                          f"{len(references)} references")
@@ -381,12 +577,36 @@ class Prompts(NamedTuple):
 
 def reference_log_probs(model: nnx.Module, tokens: jax.Array, attention_mask: Optional[jax.Array] = None,
                         batch_size: Optional[int] = None, vocab_chunk: Optional[int] = None) -> jax.Array:
-    """Per-token log-probs of tokens[:, 1:] under a frozen (reference) model: [B, T] -> [B, T - 1] float32.
+    r"""Per-token log-probs of ``tokens[:, 1:]`` under a frozen (reference) model, computed once outside the step.
 
-    Computed once, outside the train step, so the step needs no second model in memory: put the result in the
-    batch (e.g. summed with ``losses.sequence_log_probs``'s mask for DPO's ref_*_logps). Runs in padded chunks
-    of ``batch_size`` rows (one compiled shape) through ``score_rows``, from hidden states in vocabulary
-    chunks with ``vocab_chunk``.
+    The train step then needs no second model in memory: put the result in the batch (e.g. summed over the
+    response for DPO's reference log-probs). Runs through ``score_rows`` in padded chunks of one compiled shape.
+
+    Args:
+        model: the frozen reference, a ``models.transformer.Transformer``.
+        tokens: ``[B, T]`` ids.
+        attention_mask: optional ``[B, T]``.
+        batch_size: rows per chunk; None: all at once.
+        vocab_chunk: vocabulary columns per chunk (from hidden states, no full logits); None: full logits.
+
+    Returns:
+        ``[B, T-1]`` float32.
+
+    Examples:
+        >>> import jax, numpy as np
+        >>> from flax import nnx
+        >>> from jax_irl import rollout
+        >>> from jax_irl.models.config import TransformerConfig
+        >>> from jax_irl.models.transformer import Transformer
+        >>> cfg = TransformerConfig.for_family("llama", vocab_size=32, hidden_size=16, intermediate_size=32,
+        ...                                    num_layers=1, num_heads=2, num_kv_heads=1)
+        >>> model = Transformer(cfg, rngs=nnx.Rngs(0))
+        >>> from jax_irl import losses
+        >>> tokens = np.random.default_rng(0).integers(0, 32, (3, 6))
+        >>> ref = rollout.reference_log_probs(model, tokens, batch_size=2)
+        >>> direct = losses.token_log_probs(model(tokens[:, :-1]).logits, tokens[:, 1:])
+        >>> ref.shape, bool(np.allclose(ref, direct, atol=1e-5))
+        ((3, 5), True)
     """
     rows = {"tokens": np.asarray(tokens)}
     if attention_mask is not None:

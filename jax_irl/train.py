@@ -84,7 +84,24 @@ class OptimizerConfig:
 
 
 def schedule_length(cfg: OptimizerConfig, steps: Optional[int]) -> Optional[int]:
-    """The number of steps the schedule spans for a stage of ``steps`` steps; refuses a mismatch."""
+    r"""The number of steps a stage's learning-rate schedule spans.
+
+    Args:
+        cfg: the ``OptimizerConfig``.
+        steps: the stage's steps, or None (a constant schedule built without a length).
+
+    Returns:
+        ``cfg.total_steps`` when set (it must equal ``steps``), else ``steps``.
+
+    Raises:
+        ValueError: when ``total_steps`` differs from the stage's steps (optax would hold the final learning rate
+            after it), or the warmup is longer than the schedule.
+
+    Examples:
+        >>> from jax_irl import train
+        >>> train.schedule_length(train.OptimizerConfig(schedule="cosine", warmup_steps=10), 100)
+        100
+    """
     if cfg.total_steps is not None and steps is not None and cfg.total_steps != steps:
         raise ValueError(f"optimizer.total_steps={cfg.total_steps} but the stage trains {steps} steps: the "
                          f"{cfg.schedule} schedule would end elsewhere than the last step (after total_steps optax "
@@ -97,8 +114,25 @@ def schedule_length(cfg: OptimizerConfig, steps: Optional[int]) -> Optional[int]
 
 
 def learning_rate_schedule(cfg: OptimizerConfig, total_steps: Optional[int] = None) -> optax.Schedule:
-    """The learning rate as a function of the step: linear warmup, then constant, cosine or linear decay to 0
-    at step ``total_steps`` (the stage's steps, or ``cfg.total_steps``)."""
+    r"""The learning rate as a function of the step: linear warmup, then constant, cosine or linear decay.
+
+    The decay reaches 0 at the schedule's last step (``schedule_length``), so the last step of a stage trains at
+    the schedule's end, never past it.
+
+    Args:
+        cfg: the ``OptimizerConfig`` (learning_rate, schedule, warmup_steps).
+        total_steps: the stage's steps; required by 'cosine' and 'linear'.
+
+    Returns:
+        An ``optax.Schedule``.
+
+    Examples:
+        >>> from jax_irl import train
+        >>> lr = train.learning_rate_schedule(train.OptimizerConfig(learning_rate=1.0, schedule="linear",
+        ...                                                         warmup_steps=2), total_steps=6)
+        >>> [round(float(lr(s)), 2) for s in range(7)]
+        [0.0, 0.5, 1.0, 0.75, 0.5, 0.25, 0.0]
+    """
     length = schedule_length(cfg, total_steps)
     if cfg.schedule != "constant" and length is None:
         raise ValueError(f"a {cfg.schedule} schedule needs the stage's step count: pass total_steps")
@@ -116,6 +150,24 @@ def learning_rate_schedule(cfg: OptimizerConfig, total_steps: Optional[int] = No
 
 
 def make_optimizer(cfg: OptimizerConfig, total_steps: Optional[int] = None) -> optax.GradientTransformation:
+    r"""The optax transformation of an ``OptimizerConfig``: gradient clipping by global norm, then AdamW, Adam or SGD
+    on ``learning_rate_schedule``.
+
+    Args:
+        cfg: the ``OptimizerConfig``.
+        total_steps: the stage's steps (for a decaying schedule).
+
+    Returns:
+        An ``optax.GradientTransformation``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jax_irl import train
+        >>> tx = train.make_optimizer(train.OptimizerConfig(name="sgd", learning_rate=0.1, max_grad_norm=1.0))
+        >>> updates, _ = tx.update({"w": jnp.array([30.0, 40.0])}, tx.init({"w": jnp.zeros(2)}))
+        >>> updates["w"]  # clipped to norm 1, then -0.1 times it
+        Array([-0.06, -0.08], dtype=float32)
+    """
     lr = learning_rate_schedule(cfg, total_steps)
     if cfg.name == "adamw":
         opt = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
@@ -128,9 +180,32 @@ def make_optimizer(cfg: OptimizerConfig, total_steps: Optional[int] = None) -> o
 
 
 def optimizer_shardings(tx: optax.GradientTransformation, params, param_shardings, mesh: Mesh):
-    """NamedShardings for ``tx.init(params)``'s state: every subtree laid out like the params (Adam's moments,
-    ...) takes the params' shardings; any other leaf whose shape belongs to params of a single sharding takes
-    that sharding; the rest (counts, scalars) is replicated. ``params``: arrays or ShapeDtypeStructs."""
+    r"""Shardings for ``tx.init(params)``'s state, laid out like the params.
+
+    Every subtree shaped like the params (Adam's moments, ...) takes the params' shardings; any other leaf whose
+    shape belongs to params of a single sharding takes that sharding; the rest (counts, scalars) is replicated. So
+    the optimizer state is sharded like the params by construction, whatever layout XLA would give ``tx.init``'s
+    zeros.
+
+    Args:
+        tx: the optax transformation.
+        params: the trained params (arrays or ``jax.ShapeDtypeStruct``s).
+        param_shardings: their ``NamedSharding``s, the same tree.
+        mesh: the mesh.
+
+    Returns:
+        A tree of ``NamedSharding``s shaped like ``tx.init(params)``.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, optax
+        >>> from jax.sharding import NamedSharding, PartitionSpec as P
+        >>> from jax_irl import parallel, train
+        >>> mesh = parallel.make_mesh(parallel.MeshConfig(data=1, fsdp=2), jax.devices()[:2])
+        >>> params = {"w": jnp.zeros((4, 2))}
+        >>> sh = train.optimizer_shardings(optax.adam(1e-3), params, {"w": NamedSharding(mesh, P("fsdp"))}, mesh)
+        >>> sh[0].mu["w"].spec, sh[0].count.spec
+        (P('fsdp',), P())
+    """
     abstract = jax.eval_shape(tx.init, params)
     params_def = jax.tree.structure(params)
     replicated = NamedSharding(mesh, P())
@@ -168,9 +243,42 @@ def _split_micro(batch, k: int):
 
 def make_train_step(graphdef, loss_fn: Callable, tx: optax.GradientTransformation, grad_accum_steps: int = 1,
                     schedule: Optional[optax.Schedule] = None):
-    """The pure step (state, batch, rest) -> (state, metrics). ``rest`` is the model's state outside the trained
-    params (constant: a LoRA model's frozen base, non-Param variables), an argument rather than a constant folded
-    into the executable."""
+    r"""The pure train step ``(state, batch, rest) -> (state, metrics)`` for any loss function.
+
+    The step merges the graph with the trained params and ``rest`` (the model's state outside them: a LoRA model's
+    frozen base, non-Param variables, passed as an argument rather than folded into the executable as a constant),
+    differentiates ``loss_fn``, accumulates gradients over micro-batches, and applies ``tx``. ``Trainer`` compiles it
+    with shardings and donated state.
+
+    Args:
+        graphdef: the model's ``nnx.GraphDef``.
+        loss_fn: ``loss_fn(model, batch, rng) -> (loss, aux)``; aux's scalars become metrics.
+        tx: the optax transformation.
+        grad_accum_steps: micro-batches per step (the batch's rows must divide by it).
+        schedule: the learning-rate schedule, logged as ``lr``.
+
+    Returns:
+        The step function.
+
+    Examples:
+        >>> import jax
+        >>> import numpy as np
+        >>> from flax import nnx
+        >>> from jax_irl import losses, parallel, train
+        >>> from jax_irl.models.config import TransformerConfig
+        >>> from jax_irl.models.transformer import Transformer
+        >>> cfg = TransformerConfig.for_family("llama", vocab_size=32, hidden_size=16, intermediate_size=32,
+        ...                                    num_layers=1, num_heads=2, num_kv_heads=1)
+        >>> def loss_fn(model, batch, rng):
+        ...     logits = model(batch["tokens"][:, :-1]).logits
+        ...     return losses.mle_loss(logits, batch["tokens"][:, 1:], np.ones((4, 7), np.float32))
+        >>> mesh = parallel.make_mesh(parallel.MeshConfig(), jax.devices()[:1])
+        >>> from jax_irl import train
+        >>> graphdef, params, rest = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
+        >>> step = train.make_train_step(graphdef, loss_fn, train.make_optimizer(train.OptimizerConfig()))
+        >>> callable(step)
+        True
+    """
 
     def loss_of_params(params, batch, rng, rest):
         model = nnx.merge(graphdef, params, rest)
@@ -307,7 +415,34 @@ class ModelBatches:
 
 
 def resume_or_init(trainer: Trainer, checkpointer, seed: int):
-    """(state, start position): the latest complete checkpoint's state on this trainer's mesh, or a fresh one."""
+    r"""The state to train from: the latest complete checkpoint's, restored onto this trainer's mesh, or a fresh one.
+
+    Args:
+        trainer: the ``Trainer``.
+        checkpointer: a ``checkpoint.Checkpointer``, or None.
+        seed: the seed of a fresh state.
+
+    Returns:
+        ``(state, start_position)``: the position is the checkpoint's data position (0 for a fresh state).
+
+    Examples:
+        >>> import jax
+        >>> import numpy as np
+        >>> from flax import nnx
+        >>> from jax_irl import losses, parallel, train
+        >>> from jax_irl.models.config import TransformerConfig
+        >>> from jax_irl.models.transformer import Transformer
+        >>> cfg = TransformerConfig.for_family("llama", vocab_size=32, hidden_size=16, intermediate_size=32,
+        ...                                    num_layers=1, num_heads=2, num_kv_heads=1)
+        >>> def loss_fn(model, batch, rng):
+        ...     logits = model(batch["tokens"][:, :-1]).logits
+        ...     return losses.mle_loss(logits, batch["tokens"][:, 1:], np.ones((4, 7), np.float32))
+        >>> mesh = parallel.make_mesh(parallel.MeshConfig(), jax.devices()[:1])
+        >>> trainer = train.Trainer(Transformer(cfg, rngs=nnx.Rngs(0)), loss_fn, train.OptimizerConfig(), mesh)
+        >>> state, position = train.resume_or_init(trainer, None, seed=0)
+        >>> int(state.step), position
+        (0, 0)
+    """
     state = trainer.init_state(seed)
     if checkpointer is None or checkpointer.latest_step() is None:
         return state, 0
@@ -319,24 +454,53 @@ def fit(trainer: Trainer, state: TrainState, batch_fn: Callable[..., Dict[str, A
         start_position: int = 0, checkpointer=None, log_dir: Optional[str] = None,
         tracker: Optional[tracking.Tracker] = None, hooks: Sequence[Every] = (), progress: bool = True,
         tokens_key: Optional[str] = "mask", desc: str = "train", prefetch: int = 2):
-    """Train until ``state.step == steps``. Returns (state, status) with status 'done' or 'preempted'.
+    r"""Train until ``state.step == steps``: the loop, with checkpoints, hooks, trackers and a progress bar.
 
-    batch_fn(position) -> this process's local batch (a dict of numpy arrays) for data position ``position``
-    (a resumed run continues from the checkpoint's position); a ``ModelBatches`` is called as
-    batch_fn(position, model) with the current model, for batches holding the policy's own samples (online
-    methods; draw them with a key derived from the position to keep resume exact). Saves through ``checkpointer``
-    on its schedule, on SIGTERM (then returns 'preempted') and at the end. Each step's record goes to
-    ``tracker``, or with ``log_dir`` to ``tracking.open_tracker(log_dir)`` (metrics.jsonl plus the trackers that
-    ``tracking.use_trackers`` selects; a tracker passed in is not closed here). ``hooks`` (``Every``) run after
-    their steps, and what they return is logged with the step under their prefix. A non-finite loss stops the
-    run with FloatingPointError before anything is saved from it. The progress bar redraws at most every 30 s
-    when stderr is not a terminal (CI logs). A trainer whose schedule spans another number of steps than
-    ``steps`` is refused.
+    ``batch_fn(position)`` returns this process's local batch (a dict of numpy arrays) for a data position; a
+    resumed run continues from the checkpoint's position. A ``batching.Batches`` is read through its Grain iterator,
+    which builds the next ``prefetch`` batches on a host thread while the device computes; the iterator's state is
+    saved with each checkpoint and checked against the checkpoint's data position on resume. A ``ModelBatches`` is
+    called as ``batch_fn(position, model)`` at its step, for batches holding the policy's own samples. Saves on the
+    checkpointer's schedule, on SIGTERM (then returns 'preempted') and at the end. A non-finite loss stops the run
+    with ``FloatingPointError`` before anything is saved from it.
 
-    A ``batching.Batches`` is read through its Grain iterator, which builds the next ``prefetch`` batches on a host
-    thread while the device computes (0: each batch built when it is needed); the iterator's state is saved with
-    each checkpoint and checked against the checkpoint's data position on resume. Batches that depend on the model
-    (``ModelBatches``) are built at their step, from the model of that step.
+    Args:
+        trainer: the ``Trainer``; its schedule must span ``steps``.
+        state: the ``TrainState`` to start from (``resume_or_init``).
+        batch_fn: the batches, as above.
+        steps: the step to train to.
+        start_position: the data position of the first batch.
+        checkpointer: an optional ``checkpoint.Checkpointer``.
+        log_dir: with no ``tracker``, metrics go to ``tracking.open_tracker(log_dir)`` (metrics.jsonl plus the
+            selected trackers).
+        tracker: a tracker (``log(step, record)``, ``close()``); not closed here.
+        hooks: ``Every(steps, fn)`` hooks, run after their steps; what they return is logged under their prefix.
+        progress: show a progress bar (redrawn at most every 30 s when stderr is not a terminal).
+        tokens_key: the batch key whose sum counts tokens for tokens/s (None: not logged).
+        desc: the progress bar's label.
+        prefetch: batches a ``batching.Batches`` builds ahead (0: each when it is needed).
+
+    Returns:
+        ``(state, status)``, status 'done' or 'preempted'.
+
+    Examples:
+        >>> import jax
+        >>> import numpy as np
+        >>> from flax import nnx
+        >>> from jax_irl import losses, parallel, train
+        >>> from jax_irl.models.config import TransformerConfig
+        >>> from jax_irl.models.transformer import Transformer
+        >>> cfg = TransformerConfig.for_family("llama", vocab_size=32, hidden_size=16, intermediate_size=32,
+        ...                                    num_layers=1, num_heads=2, num_kv_heads=1)
+        >>> def loss_fn(model, batch, rng):
+        ...     logits = model(batch["tokens"][:, :-1]).logits
+        ...     return losses.mle_loss(logits, batch["tokens"][:, 1:], np.ones((4, 7), np.float32))
+        >>> mesh = parallel.make_mesh(parallel.MeshConfig(), jax.devices()[:1])
+        >>> trainer = train.Trainer(Transformer(cfg, rngs=nnx.Rngs(0)), loss_fn, train.OptimizerConfig(), mesh)
+        >>> batch_fn = lambda position: {"tokens": np.random.default_rng(position).integers(0, 32, (4, 8))}
+        >>> state, status = train.fit(trainer, trainer.init_state(0), batch_fn, steps=3, progress=False)
+        >>> int(state.step), status
+        (3, 'done')
     """
     if trainer.schedule_steps is not None and trainer.opt_config.schedule != "constant" \
             and trainer.schedule_steps != steps:

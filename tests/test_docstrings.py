@@ -1,4 +1,5 @@
-"""Every public function of jax_irl.losses and jax_irl.sampling documents itself in one layout, and its examples run.
+"""Every public function of jax_irl.losses, sampling, rollout and train documents itself in one layout, and its
+examples run.
 
 The layout is optax's: a summary line, the math, ``Args:`` naming every parameter of the signature (with shapes),
 ``Returns:``, ``Examples:`` run here as doctests, and ``References:`` where a paper defines the quantity.
@@ -11,15 +12,18 @@ import re
 
 import pytest
 
-from jax_irl import losses, sampling
+from jax_irl import losses, rollout, sampling, train
 
 # The modules whose examples run as doctests.
 MODULES = [f"jax_irl.losses.{m}" for m in ("soft_q", "imitation", "preference", "ensemble", "policy_gradient",
-                                           "group", "_common")] + ["jax_irl.sampling"]
-# The public functions held to the layout: jax_irl.losses' __all__, and the functions jax_irl.sampling defines.
+                                           "group", "_common")] + ["jax_irl.sampling", "jax_irl.rollout",
+                                                                   "jax_irl.train"]
+MODULE_OF = {"losses": losses, "sampling": sampling, "rollout": rollout, "train": train}
+# The public functions held to the layout: jax_irl.losses' __all__, and the functions the others define.
 FUNCTIONS = sorted([f"losses.{n}" for n in losses.__all__ if inspect.isfunction(getattr(losses, n))] +
-                   [f"sampling.{n}" for n, v in vars(sampling).items() if inspect.isfunction(v) and
-                    not n.startswith("_") and v.__module__ == "jax_irl.sampling"])
+                   [f"{name}.{n}" for name in ("sampling", "rollout", "train")
+                    for n, v in vars(MODULE_OF[name]).items() if inspect.isfunction(v) and not n.startswith("_")
+                    and v.__module__ == f"jax_irl.{name}"])
 
 
 def _sections(doc):
@@ -29,12 +33,13 @@ def _sections(doc):
 
 
 def test_every_public_function_is_checked():
-    assert len(FUNCTIONS) >= 45 and {"losses.dpo_loss", "losses.gae", "sampling.generate"} <= set(FUNCTIONS)
+    assert len(FUNCTIONS) >= 60 and {"losses.dpo_loss", "sampling.generate", "rollout.score_rows",
+                                     "train.fit"} <= set(FUNCTIONS)
 
 
 @pytest.mark.parametrize("name", FUNCTIONS)
 def test_docstring_layout(name):
-    fn = getattr({"losses": losses, "sampling": sampling}[name.split(".")[0]], name.split(".")[1])
+    fn = getattr(MODULE_OF[name.split(".")[0]], name.split(".")[1])
     doc = inspect.getdoc(fn)
     assert doc and doc.split("\n")[0].strip(), f"{name} has no summary line"
     sections = _sections(doc)
