@@ -1,5 +1,5 @@
-"""Every public function of jax_irl.losses, sampling, rollout and train documents itself in one layout, and its
-examples run.
+"""Every public function of jax_irl.losses, sampling, rollout, train and symbolic documents itself in one layout,
+and its examples run.
 
 The layout is optax's: a summary line, the math, ``Args:`` naming every parameter of the signature (with shapes),
 ``Returns:``, ``Examples:`` run here as doctests, and ``References:`` where a paper defines the quantity.
@@ -12,15 +12,17 @@ import re
 
 import pytest
 
-from jax_irl import losses, rollout, sampling, train
+from jax_irl import losses, rollout, sampling, symbolic, train
 
 # The modules whose examples run as doctests.
 MODULES = [f"jax_irl.losses.{m}" for m in ("soft_q", "imitation", "preference", "ensemble", "policy_gradient",
                                            "group", "_common")] + ["jax_irl.sampling", "jax_irl.rollout",
-                                                                   "jax_irl.train"]
-MODULE_OF = {"losses": losses, "sampling": sampling, "rollout": rollout, "train": train}
-# The public functions held to the layout: jax_irl.losses' __all__, and the functions the others define.
-FUNCTIONS = sorted([f"losses.{n}" for n in losses.__all__ if inspect.isfunction(getattr(losses, n))] +
+                                                                   "jax_irl.train", "jax_irl.symbolic"]
+MODULE_OF = {"losses": losses, "sampling": sampling, "rollout": rollout, "train": train, "symbolic": symbolic}
+# The public functions held to the layout: those of jax_irl.losses' and jax_irl.symbolic's __all__, and the
+# functions the others define.
+FUNCTIONS = sorted([f"{name}.{n}" for name in ("losses", "symbolic") for n in MODULE_OF[name].__all__
+                    if inspect.isfunction(getattr(MODULE_OF[name], n))] +
                    [f"{name}.{n}" for name in ("sampling", "rollout", "train")
                     for n, v in vars(MODULE_OF[name]).items() if inspect.isfunction(v) and not n.startswith("_")
                     and v.__module__ == f"jax_irl.{name}"])
@@ -34,7 +36,7 @@ def _sections(doc):
 
 def test_every_public_function_is_checked():
     assert len(FUNCTIONS) >= 60 and {"losses.dpo_loss", "sampling.generate", "rollout.score_rows",
-                                     "train.fit"} <= set(FUNCTIONS)
+                                     "train.fit", "symbolic.token_rewards"} <= set(FUNCTIONS)
 
 
 @pytest.mark.parametrize("name", FUNCTIONS)

@@ -54,9 +54,27 @@ class Tool(Protocol):
 
 
 def token_offsets(tokenizer, ids: Sequence[int]) -> List[Tuple[int, int]]:
-    """Character span [start, end) of each token in ``tokenizer.decode(ids)``, by incremental decoding: token
-    k covers the characters that decoding ids[:k + 1] adds to ids[:k]. Special tokens (dropped by decode) get
-    an empty span. Exact for the very ids a sampler produced, unlike re-tokenizing the decoded text."""
+    r"""The character span [start, end) of each token in ``tokenizer.decode(ids)``, by incremental decoding.
+
+    Token k covers the characters that decoding ``ids[:k + 1]`` adds to ``ids[:k]``; special tokens (dropped by
+    decode) get an empty span. Exact for the very ids a sampler produced, unlike re-tokenizing the decoded text.
+
+    Args:
+        tokenizer: anything with ``decode(ids) -> str``.
+        ids: the token ids.
+
+    Returns:
+        One ``(start, end)`` per id.
+
+    Examples:
+        >>> from jax_irl import symbolic
+        >>> class CharTokenizer:  # one character per id
+        ...     eos_id, pad_id = 0, 0
+        ...     def decode(self, ids):
+        ...         return "".join(chr(i) for i in ids if i)
+        >>> symbolic.token_offsets(CharTokenizer(), [104, 105, 0])  # "h", "i", then a dropped special token
+        [(0, 1), (1, 2), (2, 2)]
+    """
     spans, previous = [], 0
     for k in range(len(ids)):
         length = len(tokenizer.decode(list(ids[:k + 1])))
@@ -66,16 +84,52 @@ def token_offsets(tokenizer, ids: Sequence[int]) -> List[Tuple[int, int]]:
 
 
 def blamed_tokens(certificate: Certificate, offsets: Sequence[Tuple[int, int]]) -> np.ndarray:
-    """[n] bool: True where the token's characters overlap a span the certificate names as wrong (a token with an
-    empty span, e.g. a special token, never does)."""
+    r"""The tokens a certificate blames: those whose characters overlap a span it names as wrong.
+
+    Args:
+        certificate: the tool's ``Certificate``.
+        offsets: ``[n]`` character spans of the tokens (``token_offsets``); a token with an empty span (a special
+            token) is never blamed.
+
+    Returns:
+        ``[n]`` bool.
+
+    Examples:
+        >>> from jax_irl.symbolic import Certificate, Span, blamed_tokens
+        >>> cert = Certificate(False, (Span(2, 4, "a false step"),))
+        >>> blamed_tokens(cert, [(0, 2), (2, 3), (3, 5), (5, 5)]).tolist()
+        [False, True, True, False]
+    """
     return np.array([any(start < span.end and span.start < end for span in certificate.spans)
                      for start, end in offsets], bool).reshape(len(offsets))
 
 
 def token_rewards(certificate: Certificate, offsets: Sequence[Tuple[int, int]], *, low: float = 0.0,
                   high: float = 1.0) -> np.ndarray:
-    """One reward per token [n]: low where the token's characters overlap a wrong span, else high; the last
-    token is high only if the whole output is correct. (low, high) = (0, 1) is the paper's; (-1, 1) centres."""
+    r"""One reward per token from a certificate: the paper's rule.
+
+        r_k = low if token k overlaps a wrong span, else high;  the last token: high only if the output is correct
+
+    (low, high) = (0, 1) is the paper's; (-1, 1) centres the rewards.
+
+    Args:
+        certificate: the tool's ``Certificate``.
+        offsets: ``[n]`` character spans of the tokens (``token_offsets``).
+        low: the reward of a blamed token.
+        high: the reward of any other token.
+
+    Returns:
+        ``[n]`` float32 (empty for no tokens).
+
+    Examples:
+        >>> from jax_irl.symbolic import Certificate, Span, token_rewards
+        >>> cert = Certificate(False, (Span(2, 3, "a digit"),))
+        >>> token_rewards(cert, [(0, 2), (2, 3), (3, 4)]).tolist()
+        [1.0, 0.0, 0.0]
+
+    References:
+        Jha et al. 2024, "RLSF: Reinforcement Learning via Symbolic Feedback".
+    """
     n = len(offsets)
     if n == 0:
         return np.zeros(0, np.float32)
@@ -87,9 +141,38 @@ def token_rewards(certificate: Certificate, offsets: Sequence[Tuple[int, int]], 
 def batch_token_rewards(tool: Tool, prompts: Sequence[str], response_ids: np.ndarray, response_mask: np.ndarray,
                         tokenizer, *, low: float = 0.0, high: float = 1.0
                         ) -> Tuple[np.ndarray, List[Certificate]]:
-    """Token rewards [B, N] for sampled responses (``sampling.generate``'s tokens and mask, EOS included in the
-    mask): each response is decoded from its own ids, checked, and its certificate spread over its tokens;
-    positions after the end get 0. Returns (rewards, certificates)."""
+    r"""Token rewards for a batch of sampled responses, aligned with ``sampling.generate``'s tokens.
+
+    Each response is decoded from its own ids, checked, and its certificate spread over its tokens
+    (``token_rewards``); positions after its end get 0.
+
+    Args:
+        tool: a symbolic tool (``check(prompt, response) -> Certificate``).
+        prompts: ``[B]`` prompt texts.
+        response_ids: ``[B, N]`` sampled ids.
+        response_mask: ``[B, N]``, 1 on generated tokens (EOS included).
+        tokenizer: with ``decode``.
+        low: the reward of a blamed token.
+        high: the reward of any other token.
+
+    Returns:
+        ``(rewards, certificates)``: ``[B, N]`` float32 and the B certificates.
+
+    Examples:
+        >>> from jax_irl import symbolic
+        >>> from jax_irl.symbolic.arithmetic import ArithmeticTool
+        >>> tool = ArithmeticTool({"What is 1+2?": "1+2=<<1+2=3>>3\\n#### 3"})  # prompt -> reference solution
+        >>> class CharTokenizer:  # one character per id
+        ...     eos_id, pad_id = 0, 0
+        ...     def decode(self, ids):
+        ...         return "".join(chr(i) for i in ids if i)
+        >>> text = "1+2=<<1+2=4>>4\n#### 4"
+        >>> ids = [[ord(c) for c in text]]
+        >>> rewards, certs = symbolic.batch_token_rewards(tool, ["What is 1+2?"], ids, [[1] * len(text)],
+        ...                                               CharTokenizer())
+        >>> certs[0].correct, rewards.shape, float(rewards[0, 0])
+        (False, (1, 21), 1.0)
+    """
     response_ids, response_mask = np.asarray(response_ids), np.asarray(response_mask)
     if response_ids.shape != response_mask.shape or response_ids.ndim != 2:
         raise ValueError(f"response_ids and response_mask must both be [B, N]; got {response_ids.shape} and "
@@ -142,10 +225,35 @@ class RewardSpec:
 
 
 def reward_fn(tool: Tool, tokenizer, spec: RewardSpec = RewardSpec(), *, workers: Optional[int] = None):
-    """A PPO reward function (``algorithms.ppo.RewardFn``) from a tool: decodes each response from its ids,
-    checks it (in parallel with the tool's ``check_many`` when it has one), and returns (rewards, stats):
-    [N, R] token rewards or [N] scalars by ``spec``; stats per response: 'correct', 'wrong_token_fraction', and
-    every numeric detail of the certificates (e.g. the Game of 24's 'true_step_fraction'; 0 where absent)."""
+    r"""A PPO reward function from a tool (``algorithms.ppo.RewardFn``).
+
+    It decodes each response from its ids, checks it (in parallel with the tool's ``check_many`` when it has one),
+    and returns token rewards or scalars as ``spec`` says.
+
+    Args:
+        tool: a symbolic tool.
+        tokenizer: with ``decode``.
+        spec: a ``RewardSpec``: 'token' (per-token rewards plus the outcome bonus) or 'scalar'.
+        workers: parallel checks for tools with ``check_many``.
+
+    Returns:
+        ``fn(prompts, response_ids, response_mask) -> (rewards, stats)``: rewards ``[N, R]`` or ``[N]``; stats per
+        response: 'correct', 'wrong_token_fraction' and every numeric detail of the certificates (0 where absent).
+
+    Examples:
+        >>> from jax_irl import symbolic
+        >>> from jax_irl.symbolic.arithmetic import ArithmeticTool
+        >>> tool = ArithmeticTool({"What is 1+2?": "1+2=<<1+2=3>>3\\n#### 3"})  # prompt -> reference solution
+        >>> class CharTokenizer:  # one character per id
+        ...     eos_id, pad_id = 0, 0
+        ...     def decode(self, ids):
+        ...         return "".join(chr(i) for i in ids if i)
+        >>> fn = symbolic.reward_fn(tool, CharTokenizer(), symbolic.RewardSpec("scalar"))
+        >>> text = "#### 3"
+        >>> rewards, stats = fn(["What is 1+2?"], [[ord(c) for c in text]], [[1] * len(text)])
+        >>> rewards.tolist(), stats["correct"].tolist()
+        ([1.0], [1.0])
+    """
 
     def fn(prompts: Sequence[str], response_ids: np.ndarray, response_mask: np.ndarray):
         kept, certificates, offsets, stats = _judge(tool, tokenizer, prompts, response_ids, response_mask, workers)
@@ -166,11 +274,37 @@ def reward_fn(tool: Tool, tokenizer, spec: RewardSpec = RewardSpec(), *, workers
 
 def group_reward_fn(tool: Tool, tokenizer, *, penalty: float = -0.2, bonus: float = 1.0,
                     workers: Optional[int] = None):
-    """A reward function for the critic-free group methods (``algorithms.grpo.GroupRewardFn``): each response's
-    outcome ``bonus * correct`` [N], and the certificate's per-token terms [N, R]: ``penalty`` (< 0) on every token
-    that overlaps a span the tool blames, 0 elsewhere (no blame for a wrong output whose certificate names no
-    span). ``losses.token_advantages`` turns them into token-level credit ('add' or 'blame'). Stats as
-    ``reward_fn``'s."""
+    r"""A reward function for the critic-free group methods (``algorithms.grpo.GroupRewardFn``).
+
+    Each response gets its outcome ``bonus * correct`` and the certificate's per-token terms: ``penalty`` (< 0) on
+    every token that overlaps a span the tool blames, 0 elsewhere. ``losses.token_advantages`` turns them into
+    token-level credit ('add' or 'blame').
+
+    Args:
+        tool: a symbolic tool.
+        tokenizer: with ``decode``.
+        penalty: the term on a blamed token, a finite number < 0.
+        bonus: the outcome of a correct response, > 0.
+        workers: parallel checks for tools with ``check_many``.
+
+    Returns:
+        ``fn(prompts, response_ids, response_mask) -> (outcomes [N], terms [N, R], stats)``, stats as
+        ``reward_fn``'s.
+
+    Examples:
+        >>> from jax_irl import symbolic
+        >>> from jax_irl.symbolic.arithmetic import ArithmeticTool
+        >>> tool = ArithmeticTool({"What is 1+2?": "1+2=<<1+2=3>>3\\n#### 3"})  # prompt -> reference solution
+        >>> class CharTokenizer:  # one character per id
+        ...     eos_id, pad_id = 0, 0
+        ...     def decode(self, ids):
+        ...         return "".join(chr(i) for i in ids if i)
+        >>> fn = symbolic.group_reward_fn(tool, CharTokenizer())
+        >>> text = "1+2=<<1+2=4>>4\n#### 4"
+        >>> outcomes, terms, stats = fn(["What is 1+2?"], [[ord(c) for c in text]], [[1] * len(text)])
+        >>> outcomes.tolist(), round(float(terms.min()), 4)
+        ([0.0], -0.2)
+    """
     if not (isinstance(penalty, (int, float)) and np.isfinite(penalty) and penalty < 0):
         raise ValueError(f"group_reward_fn's penalty must be a finite number < 0 (it marks the blamed tokens); "
                          f"got {penalty!r}")
@@ -216,8 +350,31 @@ def _judge(tool: Tool, tokenizer, prompts: Sequence[str], response_ids, response
 
 
 def safe_check(tool: Tool, prompt: str, response: str) -> Certificate:
-    """tool.check, with any exception turned into a wrong-output certificate that names it (a tool's bug or an
-    input it cannot handle must not stop a training run)."""
+    r"""``tool.check``, with any exception turned into a wrong-output certificate that names it.
+
+    A tool's bug, or an input it cannot handle, must not stop a training run.
+
+    Args:
+        tool: a symbolic tool.
+        prompt: the prompt text.
+        response: the response text.
+
+    Returns:
+        The tool's ``Certificate``, or a wrong one whose span covers the response and names the exception.
+
+    Raises:
+        TypeError: when the tool returns something other than a ``Certificate``.
+
+    Examples:
+        >>> from jax_irl import symbolic
+        >>> class Broken:
+        ...     name = "broken"
+        ...     def check(self, prompt, response):
+        ...         raise RuntimeError("boom")
+        >>> cert = symbolic.safe_check(Broken(), "", "abc")
+        >>> cert.correct, cert.spans[0].message
+        (False, 'the broken tool failed: RuntimeError: boom')
+    """
     try:
         certificate = tool.check(prompt, response)
     except Exception as err:  # noqa: BLE001 - the certificate records it
@@ -230,8 +387,27 @@ def safe_check(tool: Tool, prompt: str, response: str) -> Certificate:
 
 def check_all(tool: Tool, prompts: Sequence[str], responses: Sequence[str], *,
               workers: Optional[int] = None) -> List[Certificate]:
-    """Certificates of every (prompt, response): the tool's own parallel ``check_many`` when it has one (the
-    sandboxed program tools), else ``safe_check`` one by one."""
+    r"""Certificates of every (prompt, response) pair.
+
+    The tool's own parallel ``check_many`` when it has one (the sandboxed program tools), else ``safe_check`` one by
+    one.
+
+    Args:
+        tool: a symbolic tool.
+        prompts: the prompt texts.
+        responses: the response texts, one per prompt.
+        workers: parallel checks for tools with ``check_many``.
+
+    Returns:
+        One ``Certificate`` per pair.
+
+    Examples:
+        >>> from jax_irl import symbolic
+        >>> from jax_irl.symbolic.arithmetic import ArithmeticTool
+        >>> tool = ArithmeticTool({"What is 1+2?": "1+2=<<1+2=3>>3\\n#### 3"})  # prompt -> reference solution
+        >>> [c.correct for c in symbolic.check_all(tool, ["What is 1+2?"] * 2, ["#### 3", "#### 4"])]
+        [True, False]
+    """
     if hasattr(tool, "check_many"):
         return list(tool.check_many(list(prompts), list(responses), workers=workers))
     return [safe_check(tool, p, t) for p, t in zip(prompts, responses)]
