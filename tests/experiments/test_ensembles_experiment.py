@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import signal
 
 import pytest
@@ -76,6 +77,8 @@ def test_ensembles_experiment_end_to_end_reuse_and_exact_resume(tmp_path, capsys
 
     monkeypatch.setattr(ppo.PPORun, "minibatch_indices", preempting)
     split = str(tmp_path / "split")
+    for part in ("tokenizer", "base", "sft", "data"):  # the shared stages, as a resumed run finds them
+        shutil.copytree(os.path.join(folder, part), os.path.join(split, part))
     with pytest.raises(stages.StagePreempted):
         run.main(["ensembles_arithmetic", *TINY, "--run-dir", split])
     assert sent and not os.path.exists(os.path.join(split, "results.json"))
