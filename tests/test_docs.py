@@ -67,7 +67,7 @@ def test_api_reference_covers_every_public_name(site):
 
 
 def test_method_pages_have_a_table_a_plot_and_a_reading():
-    for page in ("iqlearn", "gshf", "rlsf", "ensembles"):
+    for page in ("iqlearn", "gshf", "ppo", "grpo", "rlsf", "ensembles"):
         text = (DOCS / "methods" / f"{page}.md").read_text()
         assert re.search(r"^\|.*\|\n\|[-| ]+\|$", text, re.M), f"{page}: no results table"
         plots = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", text)
