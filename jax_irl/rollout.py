@@ -154,10 +154,9 @@ def causal_lm(model, tokens: jax.Array, attention: Optional[jax.Array] = None, *
         >>> import jax, numpy as np
         >>> from flax import nnx
         >>> from jax_irl import rollout
-        >>> from jax_irl.models.config import TransformerConfig
+        >>> from jax_irl.models import presets
         >>> from jax_irl.models.transformer import Transformer
-        >>> cfg = TransformerConfig.for_family("llama", vocab_size=32, hidden_size=16, intermediate_size=32,
-        ...                                    num_layers=1, num_heads=2, num_kv_heads=1)
+        >>> cfg = presets.preset("tiny")  # a 2-layer Llama, 64 wide
         >>> model = Transformer(cfg, rngs=nnx.Rngs(0))
         >>> tokens = np.random.default_rng(0).integers(0, 32, (2, 12))
         >>> mask = np.zeros((2, 11), np.float32); mask[:, 6:] = 1
@@ -255,10 +254,9 @@ def sample_rows(model, prompts: np.ndarray, prompt_mask: np.ndarray, key, *, max
         >>> import jax, numpy as np
         >>> from flax import nnx
         >>> from jax_irl import rollout
-        >>> from jax_irl.models.config import TransformerConfig
+        >>> from jax_irl.models import presets
         >>> from jax_irl.models.transformer import Transformer
-        >>> cfg = TransformerConfig.for_family("llama", vocab_size=32, hidden_size=16, intermediate_size=32,
-        ...                                    num_layers=1, num_heads=2, num_kv_heads=1)
+        >>> cfg = presets.preset("tiny")  # a 2-layer Llama, 64 wide
         >>> model = Transformer(cfg, rngs=nnx.Rngs(0))
         >>> prompts, mask = np.array([[0, 1, 2], [3, 4, 5]]), np.ones((2, 3), np.int32)
         >>> rows = rollout.sample_rows(model, prompts, mask, jax.random.PRNGKey(0), max_new_tokens=4, eos_id=31,
@@ -429,10 +427,9 @@ def score_rows(model, scorer: Callable, rows: Dict[str, np.ndarray], *,
         >>> import jax, numpy as np
         >>> from flax import nnx
         >>> from jax_irl import rollout
-        >>> from jax_irl.models.config import TransformerConfig
+        >>> from jax_irl.models import presets
         >>> from jax_irl.models.transformer import Transformer
-        >>> cfg = TransformerConfig.for_family("llama", vocab_size=32, hidden_size=16, intermediate_size=32,
-        ...                                    num_layers=1, num_heads=2, num_kv_heads=1)
+        >>> cfg = presets.preset("tiny")  # a 2-layer Llama, 64 wide
         >>> model = Transformer(cfg, rngs=nnx.Rngs(0))
         >>> tokens = np.random.default_rng(0).integers(0, 32, (5, 8))
         >>> mask = np.ones((5, 7), np.float32)
@@ -506,10 +503,9 @@ def sample_and_evaluate(model, tokenizer, prompts: np.ndarray, prompt_mask: np.n
         >>> import jax, numpy as np
         >>> from flax import nnx
         >>> from jax_irl import rollout
-        >>> from jax_irl.models.config import TransformerConfig
+        >>> from jax_irl.models import presets
         >>> from jax_irl.models.transformer import Transformer
-        >>> cfg = TransformerConfig.for_family("llama", vocab_size=32, hidden_size=16, intermediate_size=32,
-        ...                                    num_layers=1, num_heads=2, num_kv_heads=1)
+        >>> cfg = presets.preset("tiny")  # a 2-layer Llama, 64 wide
         >>> model = Transformer(cfg, rngs=nnx.Rngs(0))
         >>> class Tok:
         ...     eos_id, pad_id = 31, 0
@@ -596,10 +592,9 @@ def reference_log_probs(model: nnx.Module, tokens: jax.Array, attention_mask: Op
         >>> import jax, numpy as np
         >>> from flax import nnx
         >>> from jax_irl import rollout
-        >>> from jax_irl.models.config import TransformerConfig
+        >>> from jax_irl.models import presets
         >>> from jax_irl.models.transformer import Transformer
-        >>> cfg = TransformerConfig.for_family("llama", vocab_size=32, hidden_size=16, intermediate_size=32,
-        ...                                    num_layers=1, num_heads=2, num_kv_heads=1)
+        >>> cfg = presets.preset("tiny")  # a 2-layer Llama, 64 wide
         >>> model = Transformer(cfg, rngs=nnx.Rngs(0))
         >>> from jax_irl import losses
         >>> tokens = np.random.default_rng(0).integers(0, 32, (3, 6))

@@ -199,10 +199,9 @@ def generate(model, prompt_tokens, prompt_mask, key, *, max_new_tokens: int, tem
         >>> import jax
         >>> from flax import nnx
         >>> from jax_irl import sampling
-        >>> from jax_irl.models.config import TransformerConfig
+        >>> from jax_irl.models import presets
         >>> from jax_irl.models.transformer import Transformer
-        >>> cfg = TransformerConfig.for_family("llama", vocab_size=32, hidden_size=16, intermediate_size=32,
-        ...                                    num_layers=1, num_heads=2, num_kv_heads=1)
+        >>> cfg = presets.preset("tiny")  # a 2-layer Llama, 64 wide
         >>> tokens, mask = sampling.left_pad([[1, 2, 3], [4]])
         >>> out = sampling.generate(Transformer(cfg, rngs=nnx.Rngs(0)), tokens, mask, jax.random.PRNGKey(0),
         ...                         max_new_tokens=5, num_samples=2)

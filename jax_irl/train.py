@@ -265,10 +265,9 @@ def make_train_step(graphdef, loss_fn: Callable, tx: optax.GradientTransformatio
         >>> import numpy as np
         >>> from flax import nnx
         >>> from jax_irl import losses, parallel, train
-        >>> from jax_irl.models.config import TransformerConfig
+        >>> from jax_irl.models import presets
         >>> from jax_irl.models.transformer import Transformer
-        >>> cfg = TransformerConfig.for_family("llama", vocab_size=32, hidden_size=16, intermediate_size=32,
-        ...                                    num_layers=1, num_heads=2, num_kv_heads=1)
+        >>> cfg = presets.preset("tiny")  # a 2-layer Llama, 64 wide
         >>> def loss_fn(model, batch, rng):
         ...     logits = model(batch["tokens"][:, :-1]).logits
         ...     return losses.mle_loss(logits, batch["tokens"][:, 1:], np.ones((4, 7), np.float32))
@@ -430,10 +429,9 @@ def resume_or_init(trainer: Trainer, checkpointer, seed: int):
         >>> import numpy as np
         >>> from flax import nnx
         >>> from jax_irl import losses, parallel, train
-        >>> from jax_irl.models.config import TransformerConfig
+        >>> from jax_irl.models import presets
         >>> from jax_irl.models.transformer import Transformer
-        >>> cfg = TransformerConfig.for_family("llama", vocab_size=32, hidden_size=16, intermediate_size=32,
-        ...                                    num_layers=1, num_heads=2, num_kv_heads=1)
+        >>> cfg = presets.preset("tiny")  # a 2-layer Llama, 64 wide
         >>> def loss_fn(model, batch, rng):
         ...     logits = model(batch["tokens"][:, :-1]).logits
         ...     return losses.mle_loss(logits, batch["tokens"][:, 1:], np.ones((4, 7), np.float32))
@@ -488,10 +486,9 @@ def fit(trainer: Trainer, state: TrainState, batch_fn: Callable[..., Dict[str, A
         >>> import numpy as np
         >>> from flax import nnx
         >>> from jax_irl import losses, parallel, train
-        >>> from jax_irl.models.config import TransformerConfig
+        >>> from jax_irl.models import presets
         >>> from jax_irl.models.transformer import Transformer
-        >>> cfg = TransformerConfig.for_family("llama", vocab_size=32, hidden_size=16, intermediate_size=32,
-        ...                                    num_layers=1, num_heads=2, num_kv_heads=1)
+        >>> cfg = presets.preset("tiny")  # a 2-layer Llama, 64 wide
         >>> def loss_fn(model, batch, rng):
         ...     logits = model(batch["tokens"][:, :-1]).logits
         ...     return losses.mle_loss(logits, batch["tokens"][:, 1:], np.ones((4, 7), np.float32))
