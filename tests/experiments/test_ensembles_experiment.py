@@ -65,8 +65,7 @@ def test_ensembles_experiment_end_to_end_reuse_and_exact_resume(tmp_path, capsys
     assert run.main(["ensembles_arithmetic", "--run-dir", folder]) == 0
     with open(os.path.join(folder, "results.json")) as f:
         assert json.load(f)["per_run"] == results["per_run"]
-    # Killed inside the ensemble's PPO run (after the single RM's runs finished), the resumed sweep ends with the
-    # same results as the uninterrupted one.
+    # Killed inside the ensemble's PPO run, the resumed sweep ends with the same results as the uninterrupted one.
     original, sent = ppo.PPORun.minibatch_indices, []
 
     def preempting(self, i, epoch, minibatch):
@@ -77,7 +76,9 @@ def test_ensembles_experiment_end_to_end_reuse_and_exact_resume(tmp_path, capsys
 
     monkeypatch.setattr(ppo.PPORun, "minibatch_indices", preempting)
     split = str(tmp_path / "split")
-    for part in ("tokenizer", "base", "sft", "data"):  # the shared stages, as a resumed run finds them
+    # The shared stages and the single RM's finished run, as a resumed sweep finds them: the kill lands in the
+    # ensemble's run, the one left to do.
+    for part in ("tokenizer", "base", "sft", "data", os.path.join("runs", "single@0-seed0")):
         shutil.copytree(os.path.join(folder, part), os.path.join(split, part))
     with pytest.raises(stages.StagePreempted):
         run.main(["ensembles_arithmetic", *TINY, "--run-dir", split])
