@@ -13,19 +13,16 @@ import re
 import pytest
 
 from jax_irl import losses, rollout, sampling, symbolic, train
+from tests.public_api import public_names
 
 # The modules whose examples run as doctests.
 MODULES = [f"jax_irl.losses.{m}" for m in ("soft_q", "imitation", "preference", "ensemble", "policy_gradient",
                                            "group", "_common")] + ["jax_irl.sampling", "jax_irl.rollout",
                                                                    "jax_irl.train", "jax_irl.symbolic"]
 MODULE_OF = {"losses": losses, "sampling": sampling, "rollout": rollout, "train": train, "symbolic": symbolic}
-# The public functions held to the layout: those of jax_irl.losses' and jax_irl.symbolic's __all__, and the
-# functions the others define.
-FUNCTIONS = sorted([f"{name}.{n}" for name in ("losses", "symbolic") for n in MODULE_OF[name].__all__
-                    if inspect.isfunction(getattr(MODULE_OF[name], n))] +
-                   [f"{name}.{n}" for name in ("sampling", "rollout", "train")
-                    for n, v in vars(MODULE_OF[name]).items() if inspect.isfunction(v) and not n.startswith("_")
-                    and v.__module__ == f"jax_irl.{name}"])
+# The public functions held to the layout: every function among the modules' public names (tests/public_api.py).
+FUNCTIONS = sorted(full[len("jax_irl."):] for name, mod in MODULE_OF.items() for full in public_names(f"jax_irl.{name}")
+                   if inspect.isfunction(getattr(mod, full.rsplit(".", 1)[1])))
 
 
 def _sections(doc):

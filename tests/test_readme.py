@@ -26,7 +26,7 @@ def test_readme_quick_start_is_the_two_commands():
 
 def test_readme_is_short_and_links_the_docs():
     text = README.read_text()
-    assert len(text.splitlines()) <= 250, "the README holds what jax_irl is, the quick start and links; details go to docs/"
+    assert len(text.splitlines()) <= 250, "the README holds what jax_irl is, the quick start and links; the rest: docs/"
     root = README.parent
     for link in re.findall(r"`(docs/[\w/.-]+\.md)`", text):
         assert (root / link).exists(), f"README links {link}, which does not exist"

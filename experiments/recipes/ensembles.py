@@ -297,9 +297,9 @@ def report(sh: Shared, per_run: Dict[str, Dict[int, dict]]) -> dict:
     summary = sweep.report(sh.run_dir, finals, columns(cfg, ns), variant_label="reward model@label noise",
                            note=f"Gold: {gold_words}; pi0's own mean gold on the held-out "
                                 f"prompts is {pi0_gold:.3f}. Pair accuracy on {len(sh.test_pairs)} held-out pairs "
-                                f"(the proxies train on {len(sh.train_pairs)}). Best-of-n from {cfg.bon_samples} samples per prompt "
-                                f"(unbiased estimator); PPO against the proxy's UWO (lambda {cfg.ppo_uwo}), its last "
-                                f"rollout's gold reward and KL (k1).",
+                                f"(the proxies train on {len(sh.train_pairs)}). Best-of-n from {cfg.bon_samples} "
+                                f"samples per prompt (unbiased estimator); PPO against the proxy's UWO (lambda "
+                                f"{cfg.ppo_uwo}), its last rollout's gold reward and KL (k1).",
                            bon=bon_summary, ppo=ppo_summary, ns=ns, pi0_gold=pi0_gold,
                            held_out_pairs=len(sh.test_pairs), train_pairs=len(sh.train_pairs))
     _plot_bon(bon_summary, ns, pi0_gold, os.path.join(sh.run_dir, "bon_gold_vs_kl.png"))

@@ -274,10 +274,11 @@ def group_policy_loss(logp: Array, old_logp: Array, advantages: Array, mask: Arr
             B * L), for a loss computed on shards and summed (``shard_map`` + psum); default: this batch's.
 
     Returns:
-        ``(loss, aux)``: loss ``[]``; aux scalars 'policy_loss' (without the KL term), 'kl' (mean k3 to the reference over
-        counted tokens, 0 without ref_logp), 'clip_fraction_low' / 'clip_fraction_high' (share of counted tokens
-        whose gradient the lower / upper clip removes: A < 0 and rho < 1 - el, or A > 0 and rho > 1 + eh),
-        'clip_fraction' (their sum), 'approx_kl' (k3 of old vs new), 'ratio_mean'; and 'losses' ``[B, T]``.
+        ``(loss, aux)``: loss ``[]``; aux scalars 'policy_loss' (without the KL term), 'kl' (mean k3 to the
+        reference over counted tokens, 0 without ref_logp), 'clip_fraction_low' / 'clip_fraction_high' (share of
+        counted tokens whose gradient the lower / upper clip removes: A < 0 and rho < 1 - el, or A > 0 and
+        rho > 1 + eh), 'clip_fraction' (their sum), 'approx_kl' (k3 of old vs new), 'ratio_mean'; and 'losses'
+        ``[B, T]``.
 
     Examples:
         >>> import jax.numpy as jnp

@@ -265,7 +265,8 @@ def ppo_value_loss(values: Array, old_values: Array, returns: Array, mask: Array
     Examples:
         >>> import jax.numpy as jnp
         >>> from jax_irl import losses
-        >>> loss, aux = losses.ppo_value_loss(jnp.array([[1.0]]), jnp.zeros((1, 1)), jnp.array([[1.0]]), jnp.ones((1, 1)))
+        >>> one = jnp.ones((1, 1))
+        >>> loss, aux = losses.ppo_value_loss(one, 0 * one, one, one)  # V 1, V_old 0, return 1
         >>> round(float(loss), 4)  # the clipped value 0.2 is 0.8 from the return: 0.5 * 0.64
         0.32
 
