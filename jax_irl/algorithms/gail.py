@@ -104,9 +104,45 @@ class DiscriminatorReward:
 
 def draw_pairs(policy, prompts: rollout.Prompts, texts: Texts, count: int, key, spec: sampling.SamplingSpec,
                tokenizer) -> dict:
-    """The policy's answer to ``count`` training prompts (drawn with ``key``), each paired with the data's
-    response: {"records": [{"prompt", "chosen": data, "rejected": policy}], "identical": how many answers were
-    the data's response itself}."""
+    r"""One round of GAIL's discriminator data: the policy's answer to ``count`` training prompts, each paired with
+    the data's response to the same prompt.
+
+    Args:
+        policy: the current policy (a causal LM).
+        prompts: the training ``rollout.Prompts`` (row for row with ``texts``).
+        texts: the data as ``Texts`` (prompts and responses).
+        count: how many prompts (a random permutation's first ``count``, drawn with ``key``).
+        key: the PRNG key of the prompts' draw and the samples.
+        spec: the ``sampling.SamplingSpec`` (eos, pad, max_new_tokens).
+        tokenizer: the ``TextTokenizer`` that decodes the answers.
+
+    Returns:
+        ``{"records": [{"prompt", "chosen": the data's response, "rejected": the policy's}], "identical": how many
+        answers were the data's response itself}``.
+
+    Examples:
+        >>> import jax
+        >>> import numpy as np
+        >>> from flax import nnx
+        >>> from jax_irl import rollout
+        >>> from jax_irl.data import batching
+        >>> from jax_irl.data.tokenizer import train_bpe
+        >>> from jax_irl.models import presets
+        >>> from jax_irl.models.transformer import Transformer
+        >>> tok = train_bpe(["1 + 2 = 3", "2 + 2 = 4", "3 + 1 = 4"], vocab_size=280)
+        >>> model = Transformer(presets.preset("tiny", vocab_size=tok.vocab_size), rngs=nnx.Rngs(0))
+        >>> texts = ["1 + 2 =", "2 + 2 ="]
+        >>> enc = batching.encode_examples(tok, texts, ["3", "4"], 8)
+        >>> tokens, mask = rollout.prompt_rows(enc["tokens"], enc["prompt_lengths"], tok.pad_id, 6)
+        >>> prompts = rollout.Prompts(tokens, mask, texts, references=["3", "4"])
+        >>> from jax_irl import sampling
+        >>> from jax_irl.algorithms import gail, grpo
+        >>> data = gail.Texts(texts, ["3", "4"])
+        >>> spec = sampling.SamplingSpec(tok.eos_id, tok.pad_id, max_new_tokens=4, prompt_width=6)
+        >>> drawn = gail.draw_pairs(model, prompts, data, 2, jax.random.PRNGKey(0), spec, tok)
+        >>> len(drawn["records"]), sorted(drawn["records"][0])
+        (2, ['chosen', 'prompt', 'rejected'])
+    """
     order = np.asarray(jax.random.permutation(jax.random.fold_in(key, 0), len(prompts.tokens)))[:count]
     chosen = prompts.take(order)
     rows = rollout.sample_rows(policy, chosen.tokens, chosen.mask, jax.random.fold_in(key, 1),
@@ -127,10 +163,63 @@ class GAILResult(NamedTuple):
 
 def finetune(run: stages.Run, cfg: GAILConfig, base: nnx.Module, stage: stages.StageConfig,
              encoded: Dict[str, np.ndarray], texts: Texts, tokenizer, spec: sampling.SamplingSpec) -> GAILResult:
-    """GAIL from ``base`` on the encoded rows (tokens, mask, prompt_lengths) and their ``texts``, in ``run``: the
-    MLE stage ``stage`` first, then ``cfg.rounds`` rounds (module docstring). ``spec``: the tokenizer's eos and
-    pad ids, the width prompts are padded to and ``max_new_tokens`` (of the discriminator's policy samples).
-    Returns the final policy and per-round stats."""
+    r"""GAIL for a language model (Ho & Ermon 2016), as in the module docstring: MLE first, then ``cfg.rounds``
+    rounds of (policy answers, discriminator training, GRPO on the discriminator's reward, optional MLE steps),
+    every stage a resumable sub-run of ``run``.
+
+    Args:
+        run: the run (folder, mesh, settings, seed); sub-runs mle/, round_<r>/{disc,policy,mle}/.
+        cfg: the ``GAILConfig`` (rounds, policy's group method, reward form, discriminator prompts and stage,
+            replay, MLE steps).
+        base: the model to start from.
+        stage: the first MLE stage (its optimizer is also the later MLE steps').
+        encoded: the encoded rows (tokens, mask, prompt_lengths).
+        texts: the same rows as ``Texts``.
+        tokenizer: the ``TextTokenizer``.
+        spec: the ``sampling.SamplingSpec``: eos and pad ids, ``prompt_width`` and ``max_new_tokens`` (of the
+            discriminator's policy samples; must agree with ``cfg.policy``).
+
+    Returns:
+        A ``GAILResult``: the final policy and per-round stats (pairs, identical, disc_data_accuracy,
+        disc_policy_accuracy, policy_reward, policy_kl).
+
+    Raises:
+        ValueError: on a spec without length or width, texts that do not match the rows, or fewer training rows
+            than the discriminator's or the policy's prompts.
+
+    Examples:
+        >>> import jax
+        >>> import numpy as np
+        >>> from flax import nnx
+        >>> from jax_irl import rollout
+        >>> from jax_irl.data import batching
+        >>> from jax_irl.data.tokenizer import train_bpe
+        >>> from jax_irl.models import presets
+        >>> from jax_irl.models.transformer import Transformer
+        >>> tok = train_bpe(["1 + 2 = 3", "2 + 2 = 4", "3 + 1 = 4"], vocab_size=280)
+        >>> model = Transformer(presets.preset("tiny", vocab_size=tok.vocab_size), rngs=nnx.Rngs(0))
+        >>> texts = ["1 + 2 =", "2 + 2 ="]
+        >>> enc = batching.encode_examples(tok, texts, ["3", "4"], 8)
+        >>> tokens, mask = rollout.prompt_rows(enc["tokens"], enc["prompt_lengths"], tok.pad_id, 6)
+        >>> prompts = rollout.Prompts(tokens, mask, texts, references=["3", "4"])
+        >>> from jax_irl import sampling
+        >>> from jax_irl.algorithms import gail, grpo
+        >>> data = gail.Texts(texts, ["3", "4"])
+        >>> spec = sampling.SamplingSpec(tok.eos_id, tok.pad_id, max_new_tokens=4, prompt_width=6)
+        >>> import tempfile
+        >>> from jax_irl import parallel, stages
+        >>> mesh = parallel.make_mesh(parallel.MeshConfig(), jax.devices()[:1])
+        >>> run = stages.Run(tempfile.mkdtemp(), mesh, progress=False)
+        >>> policy = grpo.GRPOConfig("grpo", iterations=1, prompts_per_rollout=2, group_size=2, max_new_tokens=4)
+        >>> cfg = gail.GAILConfig(rounds=1, policy=policy, disc_prompts=2,
+        ...                       disc_stage=stages.StageConfig(steps=2, batch_size=2))
+        >>> out = gail.finetune(run, cfg, model, stages.StageConfig(steps=2, batch_size=2), enc, data, tok, spec)
+        >>> len(out.rounds), sorted(out.rounds[0])[:2]
+        (1, ['disc_data_accuracy', 'disc_policy_accuracy'])
+
+    References:
+        Ho & Ermon, "Generative Adversarial Imitation Learning", NeurIPS 2016.
+    """
     if spec.max_new_tokens is None or spec.prompt_width is None:
         raise ValueError(f"GAIL samples from the policy: pass a sampling spec with max_new_tokens and prompt_width; "
                          f"got {spec!r}")

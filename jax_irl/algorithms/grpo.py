@@ -177,8 +177,33 @@ class GRPOConfig:
 
 
 def split_rewards(result, response_mask: np.ndarray):
-    """A reward function's result as (outcomes [N] float64, token terms [N, R] or None, stats), checked: the
-    shapes, finite values on every response (the offending rows named), one stat per response."""
+    r"""A group reward function's result, checked and split into outcomes, token terms and stats.
+
+    Args:
+        result: ``(outcomes [N], token terms [N, R] or None, stats)``, or a PPO reward function's ``(rewards [N]
+            or [N, R], stats)`` (``[N, R]`` rewards are summed into the outcome).
+        response_mask: ``[N, R]`` 1 on each response's tokens.
+
+    Returns:
+        ``(outcomes [N] float64, terms [N, R] float64 (0 off the mask) or None, stats {name: [N] float64})``.
+
+    Raises:
+        ValueError: on a malformed result, wrong shapes, or non-finite outcomes or terms (the offending rows
+            named; nothing is trained on them).
+
+    Examples:
+        >>> import numpy as np
+        >>> from jax_irl.algorithms import grpo
+        >>> mask = np.array([[1, 1, 0], [1, 0, 0]])
+        >>> outcomes, terms, stats = grpo.split_rewards((np.ones((2, 3)), {"solved": [1, 0]}), mask)
+        >>> outcomes.tolist(), terms, stats["solved"].tolist()   # token rewards summed on the responses
+        ([2.0, 1.0], None, [1.0, 0.0])
+        >>> grpo.split_rewards((np.array([1.0, np.nan]), {}), mask)
+        Traceback (most recent call last):
+        ...
+        ValueError: the reward function returned non-finite outcomes for 1 of 2 responses (rows [1]: [nan]);
+        nothing was trained on them
+    """
     response_mask = np.asarray(response_mask)
     n = response_mask.shape[0]
     if not isinstance(result, tuple) or len(result) not in (2, 3):
@@ -225,8 +250,36 @@ def split_rewards(result, response_mask: np.ndarray):
 
 def overlong(response: np.ndarray, response_mask: np.ndarray, eos_id: int, max_new_tokens: int,
              buffer: int) -> Tuple[np.ndarray, np.ndarray]:
-    """(truncated [N] bool: no EOS among the response's tokens, soft penalty [N] in [-1, 0]): DAPO's soft overlong
-    punishment, 0 up to max_new_tokens - buffer tokens, then falling linearly to -1 at max_new_tokens."""
+    r"""DAPO's overlong handling (Yu et al. 2025): which responses ran out of room, and the soft overlong punishment
+
+    $$
+    p(L) = \mathrm{clip}\Big(\frac{(L_{\max} - L_{\mathrm{cache}}) - L}{L_{\mathrm{cache}}}, -1, 0\Big),
+    $$
+
+    0 up to max_new_tokens - buffer tokens, then falling linearly to -1 at max_new_tokens.
+
+    Args:
+        response: ``[N, R]`` response ids.
+        response_mask: ``[N, R]`` 1 on each response's tokens.
+        eos_id: the end-of-sequence id.
+        max_new_tokens: L_max, the response budget.
+        buffer: L_cache, the tokens over which the penalty grows.
+
+    Returns:
+        ``(truncated [N] bool: no EOS among the response's tokens, penalty [N] in [-1, 0])``.
+
+    Examples:
+        >>> import numpy as np
+        >>> from jax_irl.algorithms import grpo
+        >>> truncated, penalty = grpo.overlong(np.array([[5, 1, 0, 0], [5, 5, 5, 5]]),
+        ...                                    np.array([[1, 1, 0, 0], [1, 1, 1, 1]]), eos_id=1, max_new_tokens=4,
+        ...                                    buffer=2)
+        >>> truncated.tolist(), penalty.tolist()
+        ([False, True], [0.0, -1.0])
+
+    References:
+        Yu et al., "DAPO: An Open-Source LLM Reinforcement Learning System at Scale", 2025.
+    """
     lengths = (np.asarray(response_mask) > 0).sum(-1)
     truncated = ~np.any((np.asarray(response) == eos_id) & (np.asarray(response_mask) > 0), axis=-1)
     start = max_new_tokens - buffer
@@ -237,8 +290,48 @@ def overlong(response: np.ndarray, response_mask: np.ndarray, eos_id: int, max_n
 def make_group_rollout(model, reference, cfg: GRPOConfig, draw_prompts: Callable[[int], rollout.Prompts],
                        reward_fn: GroupRewardFn, key, *, eos_id: int, pad_id: int,
                        vocab_chunk: Optional[int] = None, rows_per_score: Optional[int] = None) -> ppo.Rollout:
-    """Steps 1-4 of the module docstring: the rows an update trains on and the rollout's metrics.
-    ``draw_prompts(attempt)`` gives the P prompts of each draw (attempt 0, then refills)."""
+    r"""One rollout of a group method, steps 1-4 of the module docstring: G responses per prompt (with DAPO's dynamic
+    sampling, degenerate groups dropped and refilled), rewards and overlong handling, one scoring pass for the old
+    (and reference) log-probs, and the method's advantages on the response tokens.
+
+    Args:
+        model: the policy (a causal LM).
+        reference: the frozen reference causal LM, or None (then the KL coefficient must be 0).
+        cfg: the ``GRPOConfig`` (its ``settings``: advantage, credit, KL placement, overlong, dynamic sampling).
+        draw_prompts: ``draw_prompts(attempt) -> rollout.Prompts``, the P prompts of each draw (attempt 0, then
+            refills).
+        reward_fn: ``reward_fn(prompt texts [N], response ids [N, R], response mask [N, R])`` returning
+            ``(outcomes [N], token terms [N, R] or None, stats)`` or a PPO reward function's two results
+            (``split_rewards``).
+        key: the sampler's PRNG key (folded with the attempt).
+        eos_id: the end-of-sequence id.
+        pad_id: the padding id.
+        vocab_chunk: the scoring passes' vocabulary chunk.
+        rows_per_score: rows per scoring call.
+
+    Returns:
+        A ``ppo.Rollout``: rows (tokens, attention, mask, old_log_probs, advantages, reward, kl, ref_log_probs with
+        a reference) and stats (reward, reward_std_in_group, degenerate_share, truncated_share, response_length,
+        the KL estimates, sampler_logprob_gap_max / _mean, the reward function's stats, and their means over every
+        response drawn).
+
+    Examples:
+        >>> import jax
+        >>> import numpy as np
+        >>> from flax import nnx
+        >>> from jax_irl import rollout, sampling
+        >>> from jax_irl.algorithms import grpo
+        >>> from jax_irl.models import presets
+        >>> from jax_irl.models.transformer import Transformer
+        >>> policy = Transformer(presets.preset("tiny", vocab_size=8), rngs=nnx.Rngs(0))
+        >>> prompts = rollout.Prompts(np.array([[2, 3], [4, 5]]), np.ones((2, 2), np.int32), ["p", "q"])
+        >>> reward_fn = lambda texts, response, mask: ((response[:, 0] == 3).astype(float), {})  # token 3 first
+        >>> cfg = grpo.GRPOConfig("grpo", iterations=2, prompts_per_rollout=2, group_size=4, max_new_tokens=3)
+        >>> out = grpo.make_group_rollout(policy, policy, cfg, lambda attempt: prompts, reward_fn,
+        ...                               jax.random.PRNGKey(0), eos_id=7, pad_id=0)
+        >>> out.rows["advantages"].shape, out.stats["sampler_logprob_gap_max"] < 1e-4
+        ((8, 4), True)
+    """
     s = cfg.settings
     p_count, g = cfg.prompts_per_rollout, cfg.group_size
     start = time.perf_counter()
@@ -353,10 +446,43 @@ def make_group_rollout(model, reference, cfg: GRPOConfig, draw_prompts: Callable
 
 
 def grpo_loss_fn(cfg: GRPOConfig, vocab_chunk: Optional[int] = None, window: Optional[int] = None):
-    """loss_fn(model, batch, rng) -> (loss, aux) for ``train.Trainer``: ``losses.group_policy_loss`` with the
-    method's settings on the policy's log-probs (``rollout.causal_lm``, on the responses' ``window`` when given),
-    minus entropy_coef times the entropy. aux: loss, policy_loss, kl, clip fractions (low / high), approx_kl,
-    ratio_mean, entropy (when the logits are at hand), and the minibatch's mean reward and KL."""
+    r"""The group methods' update loss: ``losses.group_policy_loss`` with the method's ratio (per token, or GSPO's
+    per sequence), clip range (DAPO's clip-higher), aggregation (sequence-mean, token-mean, or Dr. GRPO's constant
+    normaliser) and, for GRPO, the k3 KL to the reference as a loss term; minus entropy_coef times the entropy.
+
+    Args:
+        cfg: the ``GRPOConfig``.
+        vocab_chunk: the unembedding's vocabulary chunk, or None for full logits.
+        window: the responses' span (``rollout.useful_window`` of max_new_tokens): the unembedding and the loss on
+            that span only.
+
+    Returns:
+        ``loss_fn(model, batch, rng) -> (loss, aux)`` for ``train.Trainer`` on ``make_group_rollout``'s rows. aux:
+        policy_loss, kl, clip fractions (low / high), approx_kl, ratio_mean, entropy (when the logits are at
+        hand), and the minibatch's mean reward and rollout KL.
+
+    Examples:
+        >>> import jax
+        >>> import numpy as np
+        >>> from flax import nnx
+        >>> from jax_irl import rollout, sampling
+        >>> from jax_irl.algorithms import grpo
+        >>> from jax_irl.models import presets
+        >>> from jax_irl.models.transformer import Transformer
+        >>> policy = Transformer(presets.preset("tiny", vocab_size=8), rngs=nnx.Rngs(0))
+        >>> prompts = rollout.Prompts(np.array([[2, 3], [4, 5]]), np.ones((2, 2), np.int32), ["p", "q"])
+        >>> reward_fn = lambda texts, response, mask: ((response[:, 0] == 3).astype(float), {})  # token 3 first
+        >>> cfg = grpo.GRPOConfig("grpo", iterations=2, prompts_per_rollout=2, group_size=4, max_new_tokens=3)
+        >>> rows = grpo.make_group_rollout(policy, policy, cfg, lambda attempt: prompts, reward_fn,
+        ...                                jax.random.PRNGKey(0), eos_id=7, pad_id=0).rows
+        >>> loss, aux = grpo.grpo_loss_fn(cfg)(policy, rows, None)
+        >>> abs(float(aux["ratio_mean"]) - 1) < 1e-5, abs(float(aux["kl"])) < 1e-6   # the rollout's own policy
+        (True, True)
+
+    References:
+        Shao et al., "DeepSeekMath" (GRPO), 2024. Liu et al., "Understanding R1-Zero-Like Training" (Dr. GRPO),
+        2025. Yu et al., "DAPO", 2025. Zheng et al., "Group Sequence Policy Optimization", 2025.
+    """
     s = cfg.settings
     need_logits = s["entropy_coef"] > 0 or not vocab_chunk
     kl_in_loss = s["kl_in"] == "loss" and s["kl_coef"] > 0
@@ -409,13 +535,51 @@ class GroupRun(ppo.PPORun):
 def train_grpo(run: stages.Run, model, reference, cfg: GRPOConfig, prompts: rollout.Prompts,
                reward_fn: GroupRewardFn, tokens: sampling.SamplingSpec, *,
                hooks: Sequence[train.Every] = ()) -> Tuple[stages.StageResult, list]:
-    """A group method on ``model`` (a causal LM) for ``cfg.iterations`` iterations in ``run.folder``: checkpoints/,
-    metrics.jsonl (every optimizer step: loss, policy_loss, kl, clip_fraction_low / _high, approx_kl, ratio_mean,
-    entropy, reward), rollouts/ (per iteration: the rows and the stats: reward, reward_std_in_group,
-    degenerate_share, truncated_share, response_length, kl, sampler_logprob_gap_max / _mean, and the reward
-    function's stats). ``reference`` may be None when the KL coefficient is 0. Rollouts are drawn with
-    ``run.seed`` and ``tokens``' eos and pad ids; the fingerprint is ``run.fingerprint`` plus ``cfg`` under
-    'grpo'. Resumes exactly (``ppo``'s module docstring). Returns (StageResult, per-iteration stats)."""
+    r"""A critic-free group method (GRPO, Dr. GRPO, DAPO, GSPO, RLOO, REINFORCE++) on a causal LM for
+    ``cfg.iterations`` iterations as one resumable stage in ``run.folder``.
+
+    The run writes checkpoints/, metrics.jsonl (every optimizer step: loss, policy_loss, kl, clip_fraction_low /
+    _high, approx_kl, ratio_mean, entropy, reward) and rollouts/ (per iteration: the stats of
+    ``make_group_rollout``). It resumes exactly, as PPO does (``ppo``'s module docstring): no critic, no value head,
+    and with kl_coef 0 and no reference, no second model in memory.
+
+    Args:
+        run: the run (folder, mesh, settings, seed of the rollouts); its fingerprint gains ``cfg`` and its settings
+            under 'grpo'.
+        model: the policy to train.
+        reference: the frozen reference causal LM, or None when the KL coefficient is 0.
+        cfg: the ``GRPOConfig``.
+        prompts: the training ``rollout.Prompts``.
+        reward_fn: the group reward function (``make_group_rollout``).
+        tokens: the ``sampling.SamplingSpec`` (eos and pad ids).
+        hooks: ``train.Every`` hooks on the optimizer steps' schedule.
+
+    Returns:
+        ``(StageResult, stats)``: the trained model, state and trainer, and per-iteration rollout stats.
+
+    Raises:
+        ValueError: when the method's KL coefficient is > 0 and no reference is given.
+
+    Examples:
+        >>> import jax
+        >>> import numpy as np
+        >>> from flax import nnx
+        >>> from jax_irl import rollout, sampling
+        >>> from jax_irl.algorithms import grpo
+        >>> from jax_irl.models import presets
+        >>> from jax_irl.models.transformer import Transformer
+        >>> policy = Transformer(presets.preset("tiny", vocab_size=8), rngs=nnx.Rngs(0))
+        >>> prompts = rollout.Prompts(np.array([[2, 3], [4, 5]]), np.ones((2, 2), np.int32), ["p", "q"])
+        >>> reward_fn = lambda texts, response, mask: ((response[:, 0] == 3).astype(float), {})  # token 3 first
+        >>> cfg = grpo.GRPOConfig("grpo", iterations=2, prompts_per_rollout=2, group_size=4, max_new_tokens=3)
+        >>> import tempfile
+        >>> from jax_irl import parallel, stages
+        >>> mesh = parallel.make_mesh(parallel.MeshConfig(), jax.devices()[:1])
+        >>> run = stages.Run(tempfile.mkdtemp(), mesh, progress=False)
+        >>> result, stats = grpo.train_grpo(run, policy, policy, cfg, prompts, reward_fn, sampling.SamplingSpec(7, 0))
+        >>> len(stats), int(result.state.step), {"reward", "degenerate_share", "kl"} <= set(stats[0])
+        (2, 2, True)
+    """
     stage = stages.StageConfig(steps=cfg.steps, batch_size=cfg.rows // cfg.minibatches, optimizer=cfg.optimizer)
     batches = GroupRun(run, reference, cfg, prompts, reward_fn, tokens)
     if cfg.settings["kl_coef"] > 0 and reference is None:

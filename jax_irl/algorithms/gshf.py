@@ -63,7 +63,45 @@ from jax_irl.data import batching, jsonl
 
 def reference_logps(pi0, rows: Dict[str, np.ndarray], *, vocab_chunk: Optional[int] = None,
                     rows_per_batch: Optional[int] = 64) -> np.ndarray:
-    """log pi0(response | prompt) per row [2N] (summed over the target mask), computed once per buffer."""
+    r"""The reference policy's log-likelihood of each row's response, computed once per buffer so that the DPO step
+    never holds pi0:
+
+    $$
+    \log \pi_0(y \mid x) = \sum_t m_t \log \pi_0(y_t \mid x, y_{<t}).
+    $$
+
+    Args:
+        pi0: the reference causal LM.
+        rows: ``pairs.preference_rows``' rows: tokens ``[2N, T]``, mask ``[2N, T - 1]``.
+        vocab_chunk: the unembedding's vocabulary chunk (``rollout.causal_lm``), or None for full logits.
+        rows_per_batch: rows per scoring call (``rollout.score_rows``).
+
+    Returns:
+        ``[2N]`` float32 log-probabilities.
+
+    Examples:
+        >>> import jax
+        >>> import numpy as np
+        >>> from flax import nnx
+        >>> from jax_irl import rollout
+        >>> from jax_irl.data import batching
+        >>> from jax_irl.data.tokenizer import train_bpe
+        >>> from jax_irl.models import presets
+        >>> from jax_irl.models.transformer import Transformer
+        >>> tok = train_bpe(["1 + 2 = 3", "2 + 2 = 4", "3 + 1 = 4"], vocab_size=280)
+        >>> model = Transformer(presets.preset("tiny", vocab_size=tok.vocab_size), rngs=nnx.Rngs(0))
+        >>> texts = ["1 + 2 =", "2 + 2 ="]
+        >>> enc = batching.encode_examples(tok, texts, ["3", "4"], 8)
+        >>> tokens, mask = rollout.prompt_rows(enc["tokens"], enc["prompt_lengths"], tok.pad_id, 6)
+        >>> prompts = rollout.Prompts(tokens, mask, texts, references=["3", "4"])
+        >>> from jax_irl.algorithms import gshf, pairs
+        >>> records = [{"prompt": "1 + 2 =", "chosen": "3", "rejected": "4"},
+        ...            {"prompt": "2 + 2 =", "chosen": "4", "rejected": "3 3"}]
+        >>> rows = pairs.preference_rows(tok, records, 12)
+        >>> ref = gshf.reference_logps(model, rows)
+        >>> ref.shape, bool((ref < 0).all())
+        ((4,), True)
+    """
     scorer = rollout.LMScores(("log_probs",), vocab_chunk=vocab_chunk, per_row=True)
     scores = rollout.score_rows(pi0, scorer, {"tokens": rows["tokens"], "mask": rows["mask"]},
                                 rows_per_batch=rows_per_batch)
@@ -87,13 +125,57 @@ class DPOConfig:
 
 
 def dpo_loss_fn(cfg: DPOConfig, vocab_chunk: Optional[int] = None, window: Optional[int] = None):
-    """loss_fn(model, batch, rng) for ``train.Trainer``: batch tokens [2B, T] (chosen, rejected interleaved),
-    mask [2B, T-1], ref_logps [2B] and, for pessimistic DPO, margin [2B] (each pair's margin on both of its rows,
-    so every field shards over the batch axes alike; the loss reads the chosen rows'). IPO uses length-averaged
-    log-probs.
-    With ``nll_weight`` (RPO) the loss adds nll_weight * mean over pairs of the chosen response's per-token NLL,
-    which keeps DPO from lowering the chosen responses' likelihood along with the rejected ones'. ``window``
-    (``rollout.loss_window`` of the rows' masks) computes the unembedding on the responses' span only."""
+    r"""DPO's loss on a buffer of pairs (Rafailov et al. 2023), with beta the KL strength eta of the Gibbs target:
+
+    $$
+    L = -\log \sigma\Big(\beta \log \frac{\pi(y^+|x)}{\pi_0(y^+|x)} - \beta \log \frac{\pi(y^-|x)}{\pi_0(y^-|x)}
+    - \text{margin}\Big) \; [+ \, w \, \mathrm{NLL}(y^+)],
+    $$
+
+    or the robust, IPO (on length-averaged log-probs) and hinge forms (``losses.dpo_loss``). The margin is
+    pessimistic DPO's c (Gamma_rejected - Gamma_chosen); the NLL term with ``cfg.nll_weight`` is RPO's, which keeps
+    DPO from lowering the chosen responses' likelihood along with the rejected ones'.
+
+    Args:
+        cfg: the ``DPOConfig`` (beta, loss_type, label_smoothing, nll_weight).
+        vocab_chunk: the unembedding's vocabulary chunk, or None for full logits.
+        window: ``rollout.loss_window`` of the rows' masks: the unembedding on the responses' span only.
+
+    Returns:
+        ``loss_fn(model, batch, rng) -> (loss, aux)`` for ``train.Trainer``. The batch holds tokens ``[2B, T]``
+        (chosen, rejected interleaved), mask ``[2B, T - 1]``, ref_logps ``[2B]`` (``reference_logps``) and, for
+        pessimistic DPO, margin ``[2B]`` (each pair's margin on both of its rows, so that every field shards over
+        the batch axes alike; the chosen rows' is read). aux adds chosen_nll, chosen_logps and rejected_logps to
+        ``losses.dpo_loss``'s.
+
+    Examples:
+        >>> import jax
+        >>> import numpy as np
+        >>> from flax import nnx
+        >>> from jax_irl import rollout
+        >>> from jax_irl.data import batching
+        >>> from jax_irl.data.tokenizer import train_bpe
+        >>> from jax_irl.models import presets
+        >>> from jax_irl.models.transformer import Transformer
+        >>> tok = train_bpe(["1 + 2 = 3", "2 + 2 = 4", "3 + 1 = 4"], vocab_size=280)
+        >>> model = Transformer(presets.preset("tiny", vocab_size=tok.vocab_size), rngs=nnx.Rngs(0))
+        >>> texts = ["1 + 2 =", "2 + 2 ="]
+        >>> enc = batching.encode_examples(tok, texts, ["3", "4"], 8)
+        >>> tokens, mask = rollout.prompt_rows(enc["tokens"], enc["prompt_lengths"], tok.pad_id, 6)
+        >>> prompts = rollout.Prompts(tokens, mask, texts, references=["3", "4"])
+        >>> from jax_irl.algorithms import gshf, pairs
+        >>> records = [{"prompt": "1 + 2 =", "chosen": "3", "rejected": "4"},
+        ...            {"prompt": "2 + 2 =", "chosen": "4", "rejected": "3 3"}]
+        >>> rows = pairs.preference_rows(tok, records, 12)
+        >>> batch = dict(rows, ref_logps=gshf.reference_logps(model, rows))
+        >>> loss, aux = gshf.dpo_loss_fn(gshf.DPOConfig(beta=0.1))(model, batch, None)
+        >>> round(float(loss), 4)   # the policy is pi0: log 2
+        0.6931
+
+    References:
+        Rafailov et al., "Direct Preference Optimization: Your Language Model is Secretly a Reward Model", 2023.
+        Pang et al., "Iterative Reasoning Preference Optimization", 2024 (the NLL term).
+    """
 
     def loss_fn(model, batch, rng):
         out = rollout.causal_lm(model, batch["tokens"], vocab_chunk=vocab_chunk, mask=batch["mask"], window=window)
@@ -117,9 +199,42 @@ def dpo_loss_fn(cfg: DPOConfig, vocab_chunk: Optional[int] = None, window: Optio
 
 def pair_batch_fn(rows: Dict[str, np.ndarray], ref_logps: np.ndarray, batch_pairs: int, seed: int,
                   margin: Optional[np.ndarray] = None) -> batching.Batches:
-    """batch_fn(position) for ``train.fit``: ``batch_pairs`` pairs (2 * batch_pairs rows, pairs kept together),
-    a pure function of (seed, position) through ``batching.IndexSampler`` over the pairs; ``margin`` [pairs]
-    goes onto both rows of its pair."""
+    r"""The batches of a DPO stage: whole pairs, a pure function of (seed, position).
+
+    Args:
+        rows: ``pairs.preference_rows``' rows (tokens ``[2N, T]``, mask ``[2N, T - 1]``; chosen at 2i).
+        ref_logps: ``[2N]`` reference log-probs (``reference_logps``).
+        batch_pairs: pairs per batch (at most N are used).
+        seed: the batch order's seed (``batching.IndexSampler`` over the pairs).
+        margin: ``[N]`` per-pair margins of pessimistic DPO, put on both rows of each pair; or None.
+
+    Returns:
+        A ``batching.Batches``: ``batch_fn(position)`` gives ``2 * batch_pairs`` rows with pairs kept together.
+
+    Examples:
+        >>> import jax
+        >>> import numpy as np
+        >>> from flax import nnx
+        >>> from jax_irl import rollout
+        >>> from jax_irl.data import batching
+        >>> from jax_irl.data.tokenizer import train_bpe
+        >>> from jax_irl.models import presets
+        >>> from jax_irl.models.transformer import Transformer
+        >>> tok = train_bpe(["1 + 2 = 3", "2 + 2 = 4", "3 + 1 = 4"], vocab_size=280)
+        >>> model = Transformer(presets.preset("tiny", vocab_size=tok.vocab_size), rngs=nnx.Rngs(0))
+        >>> texts = ["1 + 2 =", "2 + 2 ="]
+        >>> enc = batching.encode_examples(tok, texts, ["3", "4"], 8)
+        >>> tokens, mask = rollout.prompt_rows(enc["tokens"], enc["prompt_lengths"], tok.pad_id, 6)
+        >>> prompts = rollout.Prompts(tokens, mask, texts, references=["3", "4"])
+        >>> from jax_irl.algorithms import gshf, pairs
+        >>> records = [{"prompt": "1 + 2 =", "chosen": "3", "rejected": "4"},
+        ...            {"prompt": "2 + 2 =", "chosen": "4", "rejected": "3 3"}]
+        >>> rows = pairs.preference_rows(tok, records, 12)
+        >>> batches = gshf.pair_batch_fn(rows, np.zeros(4, np.float32), batch_pairs=1, seed=0, margin=[0.5, 1.0])
+        >>> batch = batches(0)
+        >>> batch["tokens"].shape[0], bool(batch["margin"][0] == batch["margin"][1])
+        (2, True)
+    """
     num_pairs = len(rows["tokens"]) // 2
     sampler = batching.IndexSampler(num_pairs, min(batch_pairs, num_pairs), seed=seed)
     per_pair = {} if margin is None else {"margin": np.asarray(margin, np.float32)}
@@ -129,8 +244,29 @@ def pair_batch_fn(rows: Dict[str, np.ndarray], ref_logps: np.ndarray, batch_pair
 
 def stage_for(num_items: int, batch_size: int, epochs: float, optimizer: train.OptimizerConfig,
               multiple: int = 1) -> stages.StageConfig:
-    """A stage of ceil(epochs * num_items / batch) steps (at least 1) at batch min(batch_size, num_items), cut
-    down to a multiple of ``multiple`` (the items a mesh's data-parallel axes need per batch)."""
+    r"""A training stage sized by epochs over a buffer.
+
+    Args:
+        num_items: items in the buffer (pairs, or samples for RAFT).
+        batch_size: the largest batch; a smaller buffer is taken whole.
+        epochs: passes over the buffer (> 0).
+        optimizer: the stage's ``OptimizerConfig``.
+        multiple: the batch is cut down to a multiple of this (the items a mesh's data-parallel axes need).
+
+    Returns:
+        A ``stages.StageConfig`` of ceil(epochs * num_items / batch) steps (at least 1) at batch
+        min(batch_size, num_items) cut to ``multiple``.
+
+    Raises:
+        ValueError: when the items cannot fill one batch of ``multiple``.
+
+    Examples:
+        >>> from jax_irl import train
+        >>> from jax_irl.algorithms import gshf
+        >>> stage = gshf.stage_for(100, 16, 2.0, train.OptimizerConfig(), multiple=3)
+        >>> stage.steps, stage.batch_size
+        (14, 15)
+    """
     batch = min(batch_size, num_items) // multiple * multiple
     if batch < 1:
         raise ValueError(f"{num_items} items cannot fill one batch of a multiple of {multiple} (the mesh's "
@@ -144,9 +280,48 @@ def stage_for(num_items: int, batch_size: int, epochs: float, optimizer: train.O
 
 def evaluate_policy(policy, pi0, prompts: rollout.Prompts, key, s: pairs.SampleSettings, num_samples: int,
                     pi0_gold: np.ndarray, vocab_chunk: Optional[int] = None) -> Dict[str, float]:
-    """Gold reward of the policy's samples, KL(pi || pi0) on them (k1: sum_t log pi - log pi0, mean and standard
-    error over samples) and the win rate against pi0's samples ``pi0_gold`` [P, num_samples] (same prompts;
-    sample j against sample j, ties one half)."""
+    r"""A GSHF policy's measures on held-out prompts: gold reward, KL(pi || pi0) and win rate against pi0.
+
+    The KL is the k1 estimate on the policy's own samples, sum_t log pi - log pi0, with its standard error; the
+    win rate pairs sample j of the policy with sample j of pi0 (ties count one half). Sampling with pi0's key makes
+    the comparison paired: a policy equal to pi0 draws the same samples and scores exactly 1/2.
+
+    Args:
+        policy: the trained causal LM.
+        pi0: the reference causal LM.
+        prompts: the held-out ``rollout.Prompts``.
+        key: the sampler's key (pi0's samples ``pi0_gold`` should be drawn with the same).
+        s: the ``pairs.SampleSettings`` (tokenizer, length, gold reward).
+        num_samples: samples per prompt.
+        pi0_gold: ``[P, num_samples]`` gold rewards of pi0's samples (``pairs.sample_texts``).
+        vocab_chunk: the unembedding's vocabulary chunk for pi0's scoring pass.
+
+    Returns:
+        {'gold', 'gold_se', 'pi0_gold', 'kl', 'kl_se', 'win_rate', 'length'} (floats).
+
+    Examples:
+        >>> import jax
+        >>> import numpy as np
+        >>> from flax import nnx
+        >>> from jax_irl import rollout
+        >>> from jax_irl.data import batching
+        >>> from jax_irl.data.tokenizer import train_bpe
+        >>> from jax_irl.models import presets
+        >>> from jax_irl.models.transformer import Transformer
+        >>> tok = train_bpe(["1 + 2 = 3", "2 + 2 = 4", "3 + 1 = 4"], vocab_size=280)
+        >>> model = Transformer(presets.preset("tiny", vocab_size=tok.vocab_size), rngs=nnx.Rngs(0))
+        >>> texts = ["1 + 2 =", "2 + 2 ="]
+        >>> enc = batching.encode_examples(tok, texts, ["3", "4"], 8)
+        >>> tokens, mask = rollout.prompt_rows(enc["tokens"], enc["prompt_lengths"], tok.pad_id, 6)
+        >>> prompts = rollout.Prompts(tokens, mask, texts, references=["3", "4"])
+        >>> from jax_irl.algorithms import gshf, pairs
+        >>> s = pairs.SampleSettings(tok, 4, pairs.per_sample(lambda text, ref: float(len(text))))
+        >>> key = jax.random.PRNGKey(0)
+        >>> pi0_gold = pairs.sample_texts(model, prompts, key, 2, s)[1]
+        >>> out = gshf.evaluate_policy(model, model, prompts, key, s, 2, pi0_gold)
+        >>> out["win_rate"], abs(out["kl"]) < 1e-5
+        (0.5, True)
+    """
     _, gold, rows = pairs.sample_texts(policy, prompts, key, num_samples, s)
     # log pi of each sampled token comes with the samples (the sampler's model log-probs: temperature 1, no
     # filtering); only pi0 needs a forward pass.
@@ -223,8 +398,23 @@ class Context(NamedTuple):
 
 
 def drawn_per_prompt(method: GSHFMethod) -> int:
-    """Samples per prompt that one of ``method``'s sampler calls draws: the raft/rso sampler's candidates ** steps
-    (fresh pools at every step), else the candidates (the online main agent's one sample is a call of its own)."""
+    r"""Samples of the sampling policy one of a method's sampler calls draws per prompt.
+
+    Args:
+        method: the ``GSHFMethod``.
+
+    Returns:
+        For RAFT and RSO, candidates ** steps (the multi-step rejection sampler draws fresh pools at every step,
+        ``len(rs_schedule) + 1`` steps); for the others, the candidates (the online main agent's one sample is a
+        call of its own).
+
+    Examples:
+        >>> from jax_irl.algorithms import gshf
+        >>> gshf.drawn_per_prompt(gshf.GSHFMethod("raft", rs_schedule=(3.0,), candidates=4))
+        16
+        >>> gshf.drawn_per_prompt(gshf.GSHFMethod("online", candidates=4))
+        4
+    """
     if method.kind in REJECTION_KINDS:
         return method.candidates ** (len(method.rs_schedule) + 1)
     return method.candidates
@@ -293,10 +483,52 @@ def _train_dpo(init, ctx: Context, method: GSHFMethod, buffer, run: stages.Run):
 
 
 def run_method(method: GSHFMethod, ctx: Context, run: stages.Run) -> dict:
-    """One (method, seed) run in ``run.folder`` with ``run.seed``: {'final': metrics of the last policy,
-    'rounds': {round: metrics} (online kinds), 'labels': pairs labelled, 'skipped': pairs skipped}. Every round's
-    pairs, training and evaluation are kept in folder/round_<t>/ and reused on resume; the stages' fingerprint is
-    ``run.fingerprint`` with the method, the seed and the round."""
+    r"""One (method, seed) run of preference learning as Gibbs sampling (module docstring): offline DPO, RAFT, RSO,
+    online iterative DPO or hybrid, with every round's pairs, training and evaluation kept in
+    ``run.folder/round_<t>/`` and reused on resume.
+
+    Args:
+        method: the ``GSHFMethod`` (kind, beta, rounds, prompts_per_round, candidates, enhancer, warm start,
+            rejection schedule, epochs, pessimism).
+        ctx: the ``Context`` every method of a run shares: pi0, training and held-out prompts, sample settings
+            (tokenizer, length, gold reward, uncertainty), oracle, optimizer, pairs per batch, row length,
+            samples per held-out prompt, and optionally a user's offline pairs.
+        run: the run (folder, mesh, settings, seed); the stages' fingerprint is ``run.fingerprint`` with the
+            method, the seed and the round.
+
+    Returns:
+        {'final': the last policy's measures (``evaluate_policy``) with 'labels', 'skipped' and 'budget' (and the
+        acceptance rates of RAFT / RSO), 'rounds': {round: measures}}.
+
+    Examples:
+        >>> import jax
+        >>> import numpy as np
+        >>> from flax import nnx
+        >>> from jax_irl import rollout
+        >>> from jax_irl.data import batching
+        >>> from jax_irl.data.tokenizer import train_bpe
+        >>> from jax_irl.models import presets
+        >>> from jax_irl.models.transformer import Transformer
+        >>> tok = train_bpe(["1 + 2 = 3", "2 + 2 = 4", "3 + 1 = 4"], vocab_size=280)
+        >>> model = Transformer(presets.preset("tiny", vocab_size=tok.vocab_size), rngs=nnx.Rngs(0))
+        >>> texts = ["1 + 2 =", "2 + 2 ="]
+        >>> enc = batching.encode_examples(tok, texts, ["3", "4"], 8)
+        >>> tokens, mask = rollout.prompt_rows(enc["tokens"], enc["prompt_lengths"], tok.pad_id, 6)
+        >>> prompts = rollout.Prompts(tokens, mask, texts, references=["3", "4"])
+        >>> import tempfile
+        >>> from jax_irl import parallel, stages
+        >>> mesh = parallel.make_mesh(parallel.MeshConfig(), jax.devices()[:1])
+        >>> run = stages.Run(tempfile.mkdtemp(), mesh, progress=False)
+        >>> from jax_irl import train
+        >>> from jax_irl.algorithms import gshf, pairs
+        >>> s = pairs.SampleSettings(tok, 4, pairs.per_sample(lambda text, ref: float(len(text))))
+        >>> ctx = gshf.Context(model, prompts, prompts, s, pairs.OracleConfig(temperature=1.0),
+        ...                    train.OptimizerConfig(learning_rate=1e-3), batch_pairs=2, max_length=12, eval_samples=2)
+        >>> method = gshf.GSHFMethod("offline_dpo", beta=0.5, rounds=1, prompts_per_round=2, candidates=2)
+        >>> out = gshf.run_method(method, ctx, run)
+        >>> sorted(out["rounds"]), out["final"]["budget"], 0 <= out["final"]["win_rate"] <= 1
+        (['0'], 2.0, True)
+    """
     seed, folder = run.seed, run.folder
     # pi0 and every policy sample the eval prompts with the same key (common random numbers): a policy equal to
     # pi0 draws the same samples, so its win rate is exactly 1/2 and the comparison is paired.

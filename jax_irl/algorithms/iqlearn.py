@@ -64,14 +64,45 @@ class Method:
 
 def make_loss_fn(method: Method, *, vocab_chunk: Optional[int] = None, window: Optional[int] = None,
                  policy_window: Optional[int] = None):
-    """loss_fn(model, batch, rng) for the method. batch: tokens [B, T], mask [B, T-1]; online batches also hold
-    policy_tokens [B', T'], policy_attention [B', T'] and policy_mask [B', T'-1] (``online_batch_fn``).
+    r"""The loss of an inverse-RL method on token-level soft-Q values (Wulfmeier et al. 2024): MLE, offline IQLearn
+    (MLE plus a chi^2 temporal-difference regulariser, ``losses.iqlearn_loss_from_q``) or online IQLearn (the
+    policy's own states in the value term, ``losses.iqlearn_online_loss_from_q``).
 
-    (Q(s, a), V(s)) come from ``rollout.causal_lm``: from full logits, or with ``vocab_chunk`` from the hidden
-    states in vocabulary chunks of that size, never building the [B, T, V] logits (equal to float rounding).
-    ``window`` (for the data rows) and ``policy_window`` (for the policy samples, e.g. max_new_tokens) compute the
-    unembedding only on each row's response span (``rollout.loss_window``); the losses, which count only masked
-    positions and their successors, are unchanged up to float rounding."""
+    (Q(s, a), V(s)) come from ``rollout.causal_lm``: the logits are Q and V = logsumexp Q, so log pi = Q - V.
+
+    Args:
+        method: the ``Method`` (kind, td_weight, gamma, alpha, chi2, entropy_bonus).
+        vocab_chunk: compute Q and V from the hidden states in vocabulary chunks of this size, never building the
+            ``[B, T, V]`` logits (equal to float rounding).
+        window: the unembedding on the data rows' response span only (``rollout.loss_window``); the losses, which
+            count only masked positions and their successors, are unchanged up to float rounding.
+        policy_window: the same for the policy samples (e.g. max_new_tokens).
+
+    Returns:
+        ``loss_fn(model, batch, rng) -> (loss, aux)`` for ``train.Trainer``. The batch holds tokens ``[B, T]`` and
+        mask ``[B, T - 1]``; online batches also policy_tokens ``[B', T']``, policy_attention ``[B', T']`` and
+        policy_mask ``[B', T' - 1]`` (``online_batch_fn``). Kind 'mle' is ``sft.loss_fn``.
+
+    Examples:
+        >>> import numpy as np
+        >>> from flax import nnx
+        >>> from jax_irl.algorithms import iqlearn
+        >>> from jax_irl.data import batching
+        >>> from jax_irl.models import presets
+        >>> from jax_irl.models.transformer import Transformer
+        >>> model = Transformer(presets.preset("tiny", vocab_size=16), rngs=nnx.Rngs(0))
+        >>> encoded = {"tokens": np.tile(np.arange(1, 9, dtype=np.int32), (4, 1)),
+        ...            "mask": np.tile(np.float32([0, 0, 1, 1, 1, 1, 1]), (4, 1)), "prompt_lengths": np.full(4, 3)}
+        >>> batch = {k: encoded[k] for k in ("tokens", "mask")}
+        >>> mle, _ = iqlearn.make_loss_fn(iqlearn.Method("mle"))(model, batch, None)
+        >>> iq, _ = iqlearn.make_loss_fn(iqlearn.Method("iqlearn", td_weight=0.0))(model, batch, None)
+        >>> abs(float(mle) - float(iq)) < 1e-5   # IQLearn without its TD term is MLE
+        True
+
+    References:
+        Wulfmeier et al., "Imitating Language via Scalable Inverse Reinforcement Learning", 2024.
+        Garg et al., "IQ-Learn: Inverse soft-Q Learning for Imitation", NeurIPS 2021.
+    """
 
     def soft_q(model, tokens, mask, attention=None, width=None):
         out = rollout.causal_lm(model, tokens, attention, vocab_chunk=vocab_chunk, mask=mask, window=width)
@@ -96,9 +127,39 @@ def make_loss_fn(method: Method, *, vocab_chunk: Optional[int] = None, window: O
 
 def online_batch_fn(method: Method, sampler: batching.IndexSampler, encoded: Dict[str, np.ndarray], *, seed: int,
                     prompt_width: int, max_new_tokens: int, eos_id: int, pad_id: int) -> Callable:
-    """batch_fn(position, model) for ``train.fit``: the data batch at ``position`` plus responses sampled from
-    the current model for the first ``method.policy_prompts`` of its prompts, drawn with
-    fold_in(PRNGKey(seed), position) so that a resumed run draws the same samples."""
+    r"""The batches of online IQLearn: each data batch plus responses sampled from the current model.
+
+    Args:
+        method: the ``Method`` (its ``policy_prompts``: how many of the batch's prompts the policy answers).
+        sampler: the data's ``batching.IndexSampler``.
+        encoded: the encoded rows (tokens, mask, prompt_lengths).
+        seed: the samples' seed: position p draws with fold_in(PRNGKey(seed), p), so a resumed run draws the same.
+        prompt_width: the width the prompts are left-padded to.
+        max_new_tokens: the policy samples' length.
+        eos_id: the end-of-sequence id.
+        pad_id: the padding id.
+
+    Returns:
+        ``batch_fn(position, model)`` for ``train.fit`` (wrapped in ``train.ModelBatches``): tokens, mask,
+        policy_tokens, policy_attention and policy_mask.
+
+    Examples:
+        >>> import numpy as np
+        >>> from flax import nnx
+        >>> from jax_irl.algorithms import iqlearn
+        >>> from jax_irl.data import batching
+        >>> from jax_irl.models import presets
+        >>> from jax_irl.models.transformer import Transformer
+        >>> model = Transformer(presets.preset("tiny", vocab_size=16), rngs=nnx.Rngs(0))
+        >>> encoded = {"tokens": np.tile(np.arange(1, 9, dtype=np.int32), (4, 1)),
+        ...            "mask": np.tile(np.float32([0, 0, 1, 1, 1, 1, 1]), (4, 1)), "prompt_lengths": np.full(4, 3)}
+        >>> sampler = batching.IndexSampler(4, 2, seed=0)
+        >>> batch_fn = iqlearn.online_batch_fn(iqlearn.Method("online", policy_prompts=1), sampler, encoded, seed=0,
+        ...                                    prompt_width=4, max_new_tokens=3, eos_id=15, pad_id=0)
+        >>> batch = batch_fn(0, model)
+        >>> batch["tokens"].shape, batch["policy_tokens"].shape, batch["policy_mask"].shape
+        ((2, 8), (1, 7), (1, 6))
+    """
     data_fn = sampler.batch_fn({"tokens": encoded["tokens"], "mask": encoded["mask"]})
 
     def batch_fn(position, model):
@@ -117,11 +178,46 @@ def online_batch_fn(method: Method, sampler: batching.IndexSampler, encoded: Dic
 
 def finetune(run: stages.Run, method: Method, base, stage: stages.StageConfig, encoded: Dict[str, np.ndarray],
              spec: Optional[sampling.SamplingSpec] = None):
-    """The method as one resumable stage from ``base`` on encoded rows (tokens, mask, prompt_lengths) in
-    ``run`` (``stages.run_stage``); returns the fine-tuned model. Batches: ``batching.IndexSampler`` with
-    ``run.seed``; online adds policy samples drawn by ``spec`` (eos and pad ids, ``max_new_tokens``, and the
-    ``prompt_width`` prompts are padded to), which only online methods need. With ``method.train_examples`` only
-    the first that many rows are trained on (for the same number of steps)."""
+    r"""An inverse-RL method as one resumable stage from ``base`` (``stages.run_stage``).
+
+    Args:
+        run: the stage's run (folder, mesh, settings, fingerprint, seed of the batch order and the policy samples).
+        method: the ``Method``; with ``method.train_examples`` only the first that many rows are trained on (for
+            the same number of steps).
+        base: the model to start from (not modified).
+        stage: steps, batch size and optimizer.
+        encoded: rows from ``batching.encode_examples`` (tokens, mask, prompt_lengths).
+        spec: online methods only: the ``sampling.SamplingSpec`` of the policy samples (eos and pad ids,
+            ``max_new_tokens`` and the ``prompt_width`` prompts are padded to).
+
+    Returns:
+        The fine-tuned model.
+
+    Raises:
+        ValueError: for an online method without a spec that sets max_new_tokens and prompt_width.
+
+    Examples:
+        >>> import numpy as np
+        >>> from flax import nnx
+        >>> from jax_irl.algorithms import iqlearn
+        >>> from jax_irl.data import batching
+        >>> from jax_irl.models import presets
+        >>> from jax_irl.models.transformer import Transformer
+        >>> model = Transformer(presets.preset("tiny", vocab_size=16), rngs=nnx.Rngs(0))
+        >>> encoded = {"tokens": np.tile(np.arange(1, 9, dtype=np.int32), (4, 1)),
+        ...            "mask": np.tile(np.float32([0, 0, 1, 1, 1, 1, 1]), (4, 1)), "prompt_lengths": np.full(4, 3)}
+        >>> import jax
+        >>> from jax_irl import sampling
+        >>> import tempfile
+        >>> from jax_irl import parallel, stages
+        >>> mesh = parallel.make_mesh(parallel.MeshConfig(), jax.devices()[:1])
+        >>> run = stages.Run(tempfile.mkdtemp(), mesh, progress=False)
+        >>> method = iqlearn.Method("online", td_weight=0.1, policy_prompts=1)
+        >>> tuned = iqlearn.finetune(run, method, model, stages.StageConfig(steps=2, batch_size=2), encoded,
+        ...                          sampling.SamplingSpec(15, 0, max_new_tokens=3, prompt_width=4))
+        >>> type(tuned).__name__
+        'Transformer'
+    """
     encoded = sft.first_examples(encoded, method.train_examples)
     sampler = batching.IndexSampler(len(encoded["tokens"]), stage.batch_size, seed=run.seed)
     online = method.kind == "online"
@@ -145,13 +241,53 @@ def evaluate(model, tokenizer, prompts: np.ndarray, prompt_mask: np.ndarray, ref
              correct_fn: Callable[[str, str], float] = metrics.answers_match, prompts_per_batch: Optional[int] = None,
              rows_per_score: Optional[int] = None,
              expert_support: Optional[Sequence[Sequence[str]]] = None) -> Dict[str, Dict[str, float]]:
-    """Per temperature: accuracy (the mean task score over all samples), Self-BLEU, distinct-1/2, entropy (mean
-    over generated tokens), mean extracted reward, and the Spearman correlation between each sample's extracted
-    reward (summed implied rewards at ``gamma``) and its task score. Sampling and scoring are
-    ``rollout.sample_and_evaluate``'s (``prompts_per_batch`` / ``rows_per_score`` for large sets). With
-    ``expert_support`` (per prompt, the texts an expert writes uniformly at random), also the distance of the
-    samples' distribution from the expert's (``metrics.expert_match``: 'expert_tv', 'expert_coverage',
-    'expert_valid')."""
+    r"""The inverse-RL evaluation of a model: samples n responses per prompt at each temperature, and reports task
+    score, diversity and how well the model's extracted rewards rank its own samples.
+
+    Args:
+        model: the causal LM.
+        tokenizer: its ``TextTokenizer``.
+        prompts: ``[P, W]`` left-padded prompt ids.
+        prompt_mask: ``[P, W]`` 1 on the prompt tokens.
+        references: ``[P]`` reference answers for ``correct_fn``.
+        key: the sampler's PRNG key.
+        temperatures: the sampling temperatures.
+        num_samples: samples per prompt.
+        max_new_tokens: the samples' length.
+        gamma: the discount of the extracted reward (summed implied rewards, ``losses.implied_rewards``).
+        correct_fn: ``correct_fn(text, reference) -> score`` (default: the final answers match).
+        prompts_per_batch: the sampler's chunk of prompts (``rollout.sample_and_evaluate``).
+        rows_per_score: rows per scoring call.
+        expert_support: per prompt, the texts an expert writes uniformly at random: adds 'expert_tv',
+            'expert_coverage' and 'expert_valid' (``metrics.expert_match``).
+
+    Returns:
+        ``{temperature key ("0.5", "1", ...): metrics}``: accuracy, self_bleu, distinct_1, distinct_2, entropy
+        (per generated token),
+        mean_reward, reward_correlation (Spearman of extracted reward against score), reward_within and
+        reward_across (its within- and across-prompt parts).
+
+    Examples:
+        >>> import jax
+        >>> import numpy as np
+        >>> from flax import nnx
+        >>> from jax_irl import rollout
+        >>> from jax_irl.data import batching
+        >>> from jax_irl.data.tokenizer import train_bpe
+        >>> from jax_irl.models import presets
+        >>> from jax_irl.models.transformer import Transformer
+        >>> tok = train_bpe(["1 + 2 = 3", "2 + 2 = 4", "3 + 1 = 4"], vocab_size=280)
+        >>> model = Transformer(presets.preset("tiny", vocab_size=tok.vocab_size), rngs=nnx.Rngs(0))
+        >>> texts = ["1 + 2 =", "2 + 2 ="]
+        >>> enc = batching.encode_examples(tok, texts, ["3", "4"], 8)
+        >>> tokens, mask = rollout.prompt_rows(enc["tokens"], enc["prompt_lengths"], tok.pad_id, 6)
+        >>> prompts = rollout.Prompts(tokens, mask, texts, references=["3", "4"])
+        >>> from jax_irl.algorithms import iqlearn
+        >>> out = iqlearn.evaluate(model, tok, tokens, mask, ["3", "4"], jax.random.PRNGKey(0), temperatures=(1.0,),
+        ...                        num_samples=2, max_new_tokens=4, gamma=0.9)
+        >>> list(out), sorted(out["1"])[:4], 0 <= out["1"]["accuracy"] <= 1
+        (['1'], ['accuracy', 'distinct_1', 'distinct_2', 'entropy'], True)
+    """
     scorer = rollout.LMScores(("implied_rewards", "entropy"), gamma=gamma, per_row=True)
     evaluated = rollout.sample_and_evaluate(model, tokenizer, prompts, prompt_mask, references, key,
                                             temperatures=temperatures, num_samples=num_samples,
@@ -183,9 +319,45 @@ def evaluate(model, tokenizer, prompts: np.ndarray, prompt_mask: np.ndarray, ref
 
 def reward_pair_accuracy(model, tokenizer, prompts: Sequence[str], good: Sequence[str], bad: Sequence[str], *,
                          gamma: float, max_length: int, rows_per_score: Optional[int] = None) -> float:
-    """How often the model's extracted reward (its summed implied rewards at ``gamma``, as ``evaluate`` scores
-    samples) ranks ``good[i]`` above ``bad[i]``, two responses to ``prompts[i]`` (e.g. a correct and a wrong
-    solution of a held-out problem: ``data.arithmetic.wrong_solution``). Ties count one half."""
+    r"""How often a model's extracted reward (its summed implied rewards at ``gamma``, as ``evaluate`` scores
+    samples) ranks the good response of a pair above the bad one.
+
+    Args:
+        model: the causal LM.
+        tokenizer: its ``TextTokenizer``.
+        prompts: ``[N]`` prompt texts.
+        good: ``[N]`` good responses (e.g. correct solutions).
+        bad: ``[N]`` bad responses to the same prompts (e.g. ``data.arithmetic.wrong_solution``).
+        gamma: the discount of the implied rewards.
+        max_length: the scored rows' length.
+        rows_per_score: rows per scoring call.
+
+    Returns:
+        The share of pairs ranked right, ties counting one half.
+
+    Raises:
+        ValueError: when the three lists are empty or of different lengths.
+
+    Examples:
+        >>> import jax
+        >>> import numpy as np
+        >>> from flax import nnx
+        >>> from jax_irl import rollout
+        >>> from jax_irl.data import batching
+        >>> from jax_irl.data.tokenizer import train_bpe
+        >>> from jax_irl.models import presets
+        >>> from jax_irl.models.transformer import Transformer
+        >>> tok = train_bpe(["1 + 2 = 3", "2 + 2 = 4", "3 + 1 = 4"], vocab_size=280)
+        >>> model = Transformer(presets.preset("tiny", vocab_size=tok.vocab_size), rngs=nnx.Rngs(0))
+        >>> texts = ["1 + 2 =", "2 + 2 ="]
+        >>> enc = batching.encode_examples(tok, texts, ["3", "4"], 8)
+        >>> tokens, mask = rollout.prompt_rows(enc["tokens"], enc["prompt_lengths"], tok.pad_id, 6)
+        >>> prompts = rollout.Prompts(tokens, mask, texts, references=["3", "4"])
+        >>> from jax_irl.algorithms import iqlearn
+        >>> acc = iqlearn.reward_pair_accuracy(model, tok, texts, ["3", "4"], ["4", "3"], gamma=1.0, max_length=12)
+        >>> acc in (0.0, 0.5, 1.0)
+        True
+    """
     if not (len(prompts) == len(good) == len(bad)) or not prompts:
         raise ValueError(f"need as many prompts, good and bad responses (> 0); got {len(prompts)}, {len(good)}, "
                          f"{len(bad)}")

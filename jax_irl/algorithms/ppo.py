@@ -153,11 +153,50 @@ class ActorCriticScores:
 
 
 def ppo_loss_fn(cfg: PPOConfig, vocab_chunk: Optional[int] = None, window: Optional[int] = None):
-    """loss_fn(model: ActorCritic, batch, rng) -> (loss, aux) for ``train.Trainer``. The batch holds the rollout
-    rows (tokens, attention, mask) and, on the target grid, old_log_probs, old_values, advantages, returns;
-    per row: reward, kl (for logging the minibatch's means). ``window`` (``train_ppo`` passes max_new_tokens:
-    the responses start at the prompt width) computes the unembedding, the policy and value losses on the
-    responses' span only (``rollout.causal_lm``); the losses are unchanged up to float rounding."""
+    r"""PPO's update loss on a rollout's rows (Schulman et al. 2017):
+
+    $$
+    L = L^{\mathrm{clip}}(\theta) + c_v L^V(\phi) - c_H \bar{H}(\pi_\theta),
+    $$
+
+    with the clipped policy loss ``losses.ppo_policy_loss`` (the ratio pi_theta / pi_old clipped to 1 +- eps)
+    and the clipped value loss ``losses.ppo_value_loss`` (values clipped around V_old).
+
+    Args:
+        cfg: the ``PPOConfig`` (clip_eps, value_clip_eps, vf_coef, entropy_coef).
+        vocab_chunk: the unembedding's vocabulary chunk, or None for full logits (the entropy needs them).
+        window: the responses' span (``train_ppo`` passes ``rollout.useful_window`` of max_new_tokens): the
+            unembedding, the policy and value losses on that span only; the losses are unchanged up to float
+            rounding.
+
+    Returns:
+        ``loss_fn(model, batch, rng) -> (loss, aux)`` for ``train.Trainer`` on an ``ActorCritic``. The batch holds
+        the rollout rows (tokens, attention, mask) and, on the target grid ``[N, T - 1]``, old_log_probs,
+        old_values, advantages, returns; per row ``[N]``: reward, kl. aux: policy_loss, value_loss, clip_fraction,
+        approx_kl, value_clip_fraction, explained_variance, value_error, reward, kl, entropy (with logits).
+
+    Examples:
+        >>> import jax
+        >>> import numpy as np
+        >>> from flax import nnx
+        >>> from jax_irl import rollout, sampling
+        >>> from jax_irl.algorithms import ppo
+        >>> from jax_irl.models import presets
+        >>> from jax_irl.models.transformer import Transformer
+        >>> policy = Transformer(presets.preset("tiny", vocab_size=8), rngs=nnx.Rngs(0))
+        >>> model = ppo.ActorCritic(policy, "shared", rngs=nnx.Rngs(1))
+        >>> prompts = rollout.Prompts(np.array([[2, 3]]), np.ones((1, 2), np.int32), ["p"])
+        >>> reward_fn = lambda texts, response, mask: ((response[:, 0] == 3).astype(float), {})  # token 3 first
+        >>> cfg = ppo.PPOConfig(iterations=2, prompts_per_rollout=1, samples_per_prompt=4, max_new_tokens=3)
+        >>> rows = ppo.make_rollout(model, policy, cfg, prompts, reward_fn, jax.random.PRNGKey(0), 0.05, eos_id=7,
+        ...                         pad_id=0).rows
+        >>> loss, aux = ppo.ppo_loss_fn(cfg)(model, rows, None)
+        >>> float(aux["clip_fraction"]), abs(float(aux["approx_kl"])) < 1e-6   # the rollout's own policy: ratio 1
+        (0.0, True)
+
+    References:
+        Schulman et al., "Proximal Policy Optimization Algorithms", 2017.
+    """
     need_logits = cfg.entropy_coef > 0 or not vocab_chunk
 
     def loss_fn(model: ActorCritic, batch, rng):
@@ -197,8 +236,25 @@ def ppo_loss_fn(cfg: PPOConfig, vocab_chunk: Optional[int] = None, window: Optio
 
 
 def place_rewards(rewards: np.ndarray, response_mask: np.ndarray) -> np.ndarray:
-    """A reward function's output as per-token rewards [N, R]: a [N, R] array as it is (0 off the mask), a
-    scalar per response [N] on its last token (``losses.place_sequence_reward``: the same path)."""
+    r"""A reward function's output as per-token rewards on the response tokens.
+
+    Args:
+        rewards: ``[N, R]`` per-token rewards (kept, 0 off the mask), or ``[N]`` one per response, placed on its
+            last token (``losses.place_sequence_reward``: the scalar case is one path with the token case).
+        response_mask: ``[N, R]`` 1 on each response's tokens.
+
+    Returns:
+        ``[N, R]`` float32 rewards, 0 off the mask.
+
+    Raises:
+        ValueError: on a shape that fits neither form, or non-finite rewards on response tokens.
+
+    Examples:
+        >>> import numpy as np
+        >>> from jax_irl.algorithms import ppo
+        >>> ppo.place_rewards(np.array([1.0, 2.0]), np.array([[1, 1, 0], [1, 0, 0]])).tolist()
+        [[0.0, 1.0, 0.0], [2.0, 0.0, 0.0]]
+    """
     rewards, response_mask = np.asarray(rewards, np.float32), np.asarray(response_mask)
     if rewards.ndim == 1:
         if rewards.shape[0] != response_mask.shape[0]:
@@ -220,8 +276,47 @@ class Rollout(NamedTuple):
 def make_rollout(model: ActorCritic, reference, cfg: PPOConfig, prompts: rollout.Prompts, reward_fn: RewardFn, key,
                  kl_coef: float, *, eos_id: int, pad_id: int, vocab_chunk: Optional[int] = None,
                  rows_per_score: Optional[int] = None) -> Rollout:
-    """Steps 1-4 of the module docstring for ``prompts`` (all of them, ``cfg.samples_per_prompt`` responses
-    each): the rows a PPO update trains on, and the rollout's metrics."""
+    r"""One PPO rollout, steps 1-4 of the module docstring: sample, reward, score once, shape the rewards with the KL
+    to the reference, and compute GAE advantages and returns.
+
+    Args:
+        model: the ``ActorCritic`` (its policy samples; its log-probs and values are the old ones).
+        reference: the frozen reference causal LM.
+        cfg: the ``PPOConfig`` (samples_per_prompt, max_new_tokens, temperature, kl_estimator, gamma, lam,
+            whiten_advantages).
+        prompts: the rollout's ``rollout.Prompts`` (all of them, ``cfg.samples_per_prompt`` responses each).
+        reward_fn: ``reward_fn(prompt texts [N], response ids [N, R], response mask [N, R]) -> (rewards [N, R] or
+            [N], stats {name: [N]})``.
+        key: the sampler's PRNG key.
+        kl_coef: beta of the KL-shaped reward r_t - beta KL_t.
+        eos_id: the end-of-sequence id.
+        pad_id: the padding id.
+        vocab_chunk: the scoring passes' vocabulary chunk.
+        rows_per_score: rows per scoring call (``rollout.score_rows``).
+
+    Returns:
+        A ``Rollout``: rows (the training batch, ``ppo_loss_fn``'s fields) and stats (reward, kl with k2, k3 and
+        the sequence-level k2, kl_coef, response_length, sampler_logprob_gap, timings, and the reward function's
+        stats as means).
+
+    Examples:
+        >>> import jax
+        >>> import numpy as np
+        >>> from flax import nnx
+        >>> from jax_irl import rollout, sampling
+        >>> from jax_irl.algorithms import ppo
+        >>> from jax_irl.models import presets
+        >>> from jax_irl.models.transformer import Transformer
+        >>> policy = Transformer(presets.preset("tiny", vocab_size=8), rngs=nnx.Rngs(0))
+        >>> model = ppo.ActorCritic(policy, "shared", rngs=nnx.Rngs(1))
+        >>> prompts = rollout.Prompts(np.array([[2, 3]]), np.ones((1, 2), np.int32), ["p"])
+        >>> reward_fn = lambda texts, response, mask: ((response[:, 0] == 3).astype(float), {})  # token 3 first
+        >>> cfg = ppo.PPOConfig(iterations=2, prompts_per_rollout=1, samples_per_prompt=4, max_new_tokens=3)
+        >>> out = ppo.make_rollout(model, policy, cfg, prompts, reward_fn, jax.random.PRNGKey(0), 0.05, eos_id=7,
+        ...                        pad_id=0)
+        >>> out.rows["advantages"].shape, abs(out.stats["kl"]) < 1e-5   # 4 rows of 2 + 3 - 1 targets; pi = pi_ref
+        ((4, 4), True)
+    """
     import time
     start = time.perf_counter()
     n = cfg.samples_per_prompt
@@ -275,7 +370,32 @@ def make_rollout(model: ActorCritic, reference, cfg: PPOConfig, prompts: rollout
 
 
 def next_kl_coef(cfg: PPOConfig, coef: float, observed_kl: float) -> float:
-    """Ziegler et al.'s adaptive controller (fixed when ``cfg.kl_target`` is None)."""
+    r"""Ziegler et al.'s adaptive KL controller, applied after each rollout:
+
+    $$
+    \beta \leftarrow \beta \, \big(1 + \mathrm{clip}(\mathrm{KL} / \mathrm{target} - 1, -0.2, 0.2)
+    \, N / \mathrm{horizon}\big),
+    $$
+
+    N the rollout's responses.
+
+    Args:
+        cfg: the ``PPOConfig`` (kl_target: None keeps the coefficient fixed; kl_horizon; rows).
+        coef: the current coefficient beta.
+        observed_kl: the rollout's mean KL per response.
+
+    Returns:
+        The next coefficient.
+
+    Examples:
+        >>> from jax_irl.algorithms import ppo
+        >>> cfg = ppo.PPOConfig(kl_target=1.0, kl_horizon=64, prompts_per_rollout=16, samples_per_prompt=4)
+        >>> round(ppo.next_kl_coef(cfg, 0.1, observed_kl=3.0), 6)   # the error is clipped to +0.2
+        0.12
+
+    References:
+        Ziegler et al., "Fine-Tuning Language Models from Human Preferences", 2019.
+    """
     if cfg.kl_target is None:
         return coef
     error = float(np.clip(observed_kl / cfg.kl_target - 1.0, -0.2, 0.2))
@@ -283,8 +403,21 @@ def next_kl_coef(cfg: PPOConfig, coef: float, observed_kl: float) -> float:
 
 
 def kl_coef_reach(cfg: PPOConfig) -> float:
-    """The most the adaptive controller can move the KL coefficient over the whole run, as a factor: each
-    iteration multiplies it by at most 1 + 0.2 rows / kl_horizon (1 when the coefficient is fixed)."""
+    r"""The most the adaptive controller can move the KL coefficient over a whole run: each iteration multiplies it
+    by at most 1 + 0.2 rows / kl_horizon.
+
+    Args:
+        cfg: the ``PPOConfig``.
+
+    Returns:
+        The factor ``(1 + 0.2 rows / kl_horizon) ** iterations`` (1 when the coefficient is fixed).
+
+    Examples:
+        >>> from jax_irl.algorithms import ppo
+        >>> round(ppo.kl_coef_reach(ppo.PPOConfig(kl_target=1.0, iterations=150, prompts_per_rollout=16,
+        ...                                        samples_per_prompt=4)), 2)   # the default horizon barely acts
+        1.21
+    """
     if cfg.kl_target is None:
         return 1.0
     return (1.0 + 0.2 * cfg.rows / cfg.kl_horizon) ** cfg.iterations
@@ -383,13 +516,49 @@ class PPORun:
 def train_ppo(run: stages.Run, model: ActorCritic, reference, cfg: PPOConfig, prompts: rollout.Prompts,
               reward_fn: RewardFn, tokens: sampling.SamplingSpec, *,
               hooks: Sequence[train.Every] = ()) -> Tuple[stages.StageResult, list]:
-    """PPO on ``model`` (an ActorCritic) for ``cfg.iterations`` iterations in ``run.folder``: checkpoints/,
-    metrics.jsonl (every optimizer step: loss, policy_loss, value_loss, clip_fraction, approx_kl, entropy,
-    value_error, explained_variance, and the minibatch's reward and KL), rollouts/ (per iteration: the rows and
-    the rollout's stats; the last ``run.settings.keep_rollouts`` iterations keep their rows). Rollouts are drawn
-    with ``run.seed``, ``tokens``' eos and pad ids and ``cfg``'s length and temperature; the fingerprint is
-    ``run.fingerprint`` plus ``cfg`` under 'ppo'. ``hooks`` run on the optimizer steps' schedule (``train.Every``).
-    Resumes exactly (module docstring). Returns (StageResult, per-iteration stats)."""
+    r"""PPO on an ``ActorCritic`` for ``cfg.iterations`` iterations as one resumable stage in ``run.folder``.
+
+    The run writes checkpoints/, metrics.jsonl (every optimizer step: loss, policy_loss, value_loss,
+    clip_fraction, approx_kl, entropy, value_error, explained_variance, and the minibatch's reward and KL) and
+    rollouts/ (per iteration: the stats; the last ``run.settings.keep_rollouts`` iterations keep their rows).
+    A rollout is saved before any update uses it, so a run stopped inside an iteration resumes exactly (module
+    docstring).
+
+    Args:
+        run: the run (folder, mesh, settings, seed of the rollouts); its fingerprint gains ``cfg`` under 'ppo'.
+        model: the ``ActorCritic`` to train.
+        reference: the frozen reference causal LM of the KL term.
+        cfg: the ``PPOConfig``.
+        prompts: the training ``rollout.Prompts`` (each iteration takes ``cfg.prompts_per_rollout``, a pure
+            function of (seed, iteration)).
+        reward_fn: the reward function (``make_rollout``).
+        tokens: the ``sampling.SamplingSpec`` (eos and pad ids; a length that disagrees with ``cfg`` is refused).
+        hooks: ``train.Every`` hooks on the optimizer steps' schedule.
+
+    Returns:
+        ``(StageResult, stats)``: the trained model, state and trainer, and per-iteration rollout stats.
+
+    Examples:
+        >>> import jax
+        >>> import numpy as np
+        >>> from flax import nnx
+        >>> from jax_irl import rollout, sampling
+        >>> from jax_irl.algorithms import ppo
+        >>> from jax_irl.models import presets
+        >>> from jax_irl.models.transformer import Transformer
+        >>> policy = Transformer(presets.preset("tiny", vocab_size=8), rngs=nnx.Rngs(0))
+        >>> model = ppo.ActorCritic(policy, "shared", rngs=nnx.Rngs(1))
+        >>> prompts = rollout.Prompts(np.array([[2, 3]]), np.ones((1, 2), np.int32), ["p"])
+        >>> reward_fn = lambda texts, response, mask: ((response[:, 0] == 3).astype(float), {})  # token 3 first
+        >>> cfg = ppo.PPOConfig(iterations=2, prompts_per_rollout=1, samples_per_prompt=4, max_new_tokens=3)
+        >>> import tempfile
+        >>> from jax_irl import parallel, stages
+        >>> mesh = parallel.make_mesh(parallel.MeshConfig(), jax.devices()[:1])
+        >>> run = stages.Run(tempfile.mkdtemp(), mesh, progress=False)
+        >>> result, stats = ppo.train_ppo(run, model, policy, cfg, prompts, reward_fn, sampling.SamplingSpec(7, 0))
+        >>> len(stats), int(result.state.step)   # 2 iterations of 2 epochs x 2 minibatches
+        (2, 8)
+    """
     stage = stages.StageConfig(steps=cfg.steps, batch_size=cfg.rows // cfg.minibatches, optimizer=cfg.optimizer)
     if cfg.kl_target is not None and kl_coef_reach(cfg) < 2.0:
         print(f"note: the adaptive KL coefficient can move at most {kl_coef_reach(cfg):.2f}x over {cfg.iterations} "
