@@ -231,6 +231,7 @@ class ArmRunner:
                 symbolic.group_reward_fn(self.tool, tok, penalty=arm.penalty, workers=cfg.check_workers), prep.spec,
                 hooks=[train.Every(cfg.eval_every * spec.steps_per_iteration, self.measure.on_policy)])
             final, rows_per_draw = self.measure(result.model), spec.rows
+            final["kl_coef"] = float(spec.settings["kl_coef"])
         else:
             model = ppo.ActorCritic(nnx.clone(pi_sft), cfg.ppo.critic, rngs=nnx.Rngs(seed))
             run = prep.run.sub(where, desc=f"ppo {name} seed {seed}", seed=seed, depends={"variant": spec})
@@ -239,6 +240,7 @@ class ArmRunner:
                 symbolic.reward_fn(self.tool, tok, spec, workers=cfg.check_workers), prep.spec,
                 hooks=[train.Every(cfg.eval_every * cfg.ppo.steps_per_iteration, self.measure.on_actor_critic)])
             final, rows_per_draw = self.measure(result.model.policy), cfg.ppo.rows
+            final["kl_coef"] = float(stats[-1]["kl_coef"])  # the last rollout's (adaptive with ppo.kl_target)
         with open(os.path.join(folder, "metrics.jsonl")) as f:
             update_speed = [json.loads(line).get("tokens_per_s", np.nan) for line in f]
         last = stats[-4:]
@@ -255,12 +257,13 @@ def report(cfg: RLSFConfig, run_dir: str, per_run: Dict[str, Dict[int, dict]], s
            how: TaskReport, held_out: int) -> dict:
     """results.json, results.md (every arm and pi_sft itself) and the plots against steps and iterations."""
     finals = {name: {s: r["final"] for s, r in seeds.items()} for name, seeds in per_run.items()}
-    finals["sft"] = {0: dict(sft_eval, train_reward=float("nan"), train_success=float("nan"),
+    finals["sft"] = {0: dict(sft_eval, kl_coef=float("nan"), train_reward=float("nan"), train_success=float("nan"),
                              responses=float("nan"), rollout_tokens_per_s=float("nan"),
                              update_tokens_per_s=float("nan"))}
     metric, header = how.secondary
     columns = (sweep.Column("success", "success (greedy)"), sweep.Column("sampled_success", "success (T=1)"),
                sweep.Column(metric, f"{header} (greedy)"), sweep.Column("kl", "KL(pi ‖ pi_sft)"),
+               sweep.Column("kl_coef", "KL coefficient (last rollout)", 4),
                sweep.Column("train_success", "train success (last 4 rollouts)"),
                sweep.Column("responses", "responses sampled", 0),
                sweep.Column("rollout_tokens_per_s", "rollout tok/s", 0),
@@ -272,7 +275,9 @@ def report(cfg: RLSFConfig, run_dir: str, per_run: Dict[str, Dict[int, dict]], s
         note=f"Held-out: {held_out} {how.what}; greedy metrics, and success over {cfg.eval_samples} "
              f"samples per prompt at temperature 1. KL is the mean summed log-ratio of the policy's own samples "
              f"against pi_sft. 'sft' is pi_sft itself (one model, no seeds). Train success: the solved fraction of "
-             f"the last 4 rollouts. PPO arms are named by their reward (scalar, token); the others by their group method, "
+             f"the last 4 rollouts. KL coefficient: the last rollout's (PPO's adaptive controller moves it towards "
+             f"ppo.kl_target; a group arm's is fixed). PPO arms are named by their reward (scalar, token, "
+             f"token_mean, paper); the others by their group method, "
              f"with '_token' for the certificate's token-level credit added to the group advantage and '_blame' for "
              f"a failed response's advantage moved onto its blamed tokens. Responses sampled: over the whole run "
              f"(DAPO's dynamic sampling draws more).",

@@ -1,6 +1,5 @@
 """Supervised fine-tuning: the loss against an independent NLL, its paths agree, the stage trains and resumes."""
 
-import doctest
 
 import jax
 import numpy as np
@@ -85,7 +84,3 @@ def test_finetune_lowers_the_loss_and_a_finished_stage_is_reused(tmp_path, data)
     for a, b in zip(jax.tree.leaves(nnx.state(tuned, nnx.Param)), jax.tree.leaves(nnx.state(again, nnx.Param))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
-
-def test_the_docstring_examples_run():
-    result = doctest.testmod(sft, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0

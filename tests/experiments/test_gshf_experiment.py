@@ -30,7 +30,8 @@ def test_config_checks_name_what_is_wrong():
     with pytest.raises(run.ConfigError, match="enhancer must be"):
         run.apply_overrides(mod.config(), ["variants.online.enhancer=greedy"])
     with pytest.raises(ValueError, match="rs_schedule must decrease and stay above beta=1"):
-        mod.validate(run.apply_overrides(mod.config(), ["variants.raft.rs_schedule=(0.5)", "betas=(0.1,1)"]))
+        mod.validate(run.apply_overrides(mod.config(), ["methods=(offline_dpo,raft)",
+                                                        "variants.raft.rs_schedule=(0.5)", "betas=(0.1,1)"]))
     with pytest.raises(ValueError, match="uncertainty needs heads >= 2"):
         mod.validate(run.apply_overrides(mod.config(), ["uncertainty.heads=1"]))
     with pytest.raises(ValueError, match="uncertainty.prompts=5000 needs as many training prompts"):

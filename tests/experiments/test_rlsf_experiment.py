@@ -70,6 +70,11 @@ def test_rlsf_experiment_end_to_end_and_reuse(tmp_path, capsys):
     assert results["summary"]["scalar"]["responses"][0] == 2 * 16  # 2 iterations of 8 prompts x 2 samples
     assert results["summary"]["grpo_blame"]["responses"][0] == 2 * 16  # 2 iterations of 8 prompts x 2
     assert results["summary"]["dapo_token"]["responses"][0] >= 2 * 16  # dynamic sampling may draw more
+    # PPO's adaptive coefficient (kl_target 1, horizon 800): iteration 0's rollout is pi_sft's own (KL 0), so the
+    # error is clipped to -0.2 and iteration 1 runs at 0.05 * (1 - 0.2 * 16 / 800); a group arm's is its preset's
+    assert results["summary"]["scalar"]["kl_coef"][0] == pytest.approx(0.05 * (1 - 0.2 * 16 / 800), rel=1e-6)
+    assert results["summary"]["grpo_blame"]["kl_coef"][0] == 0.04
+    assert results["summary"]["dapo_token"]["kl_coef"][0] == 0.0
     rollout0 = results["rollouts"]["dapo_token"]["0"]
     assert {"degenerate_share", "sampler_logprob_gap_max", "reward_std_in_group"} <= set(rollout0)
     for png in ("success_kl_vs_steps.png", "rollouts.png"):
