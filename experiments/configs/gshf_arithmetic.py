@@ -33,8 +33,8 @@ VARIANTS = {"offline_dpo": GSHFMethod("offline_dpo", candidates=8, **BUDGET),
             # Xiong et al.'s offline pessimism: offline DPO with the margin c (Gamma_rejected - Gamma_chosen), Gamma a
             # K-head reward model's disagreement (``UncertaintyRM``); c = 1 against heads' stds of about 0.1-1.
             "pessimistic_dpo": GSHFMethod("offline_dpo", pessimism=1.0, candidates=8, **BUDGET)}
-# The default runs the paper's comparison (offline against online and hybrid iterative DPO) within 20 minutes on
-# 2 CPU cores; the rejection-sampling baselines and pessimism are declared: methods=(offline_dpo,raft,rso,...).
+# The default runs the paper's comparison (offline against online and hybrid iterative DPO); the rejection-sampling
+# baselines and pessimism are declared: methods=(offline_dpo,raft,rso,...).
 METHODS = ("offline_dpo", "online", "hybrid")
 
 

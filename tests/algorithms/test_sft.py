@@ -1,6 +1,5 @@
 """Supervised fine-tuning: the loss against an independent NLL, its paths agree, the stage trains and resumes."""
 
-
 import jax
 import numpy as np
 import pytest
