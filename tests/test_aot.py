@@ -243,6 +243,28 @@ def test_the_checker_command_writes_its_table_and_json(tmp_path):
     assert bad.returncode == 2 and "unknown model preset 'gpt5'" in bad.stderr
 
 
+@needs_libtpu
+@pytest.mark.slow
+def test_the_weak_scaling_run_and_its_plot(tmp_path):
+    out, png = tmp_path / "scaling.json", tmp_path / "scaling.png"
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "aot.py"), "--scaling", "--model", "tiny", "--rows-per-chip", "2",
+           "--length", "32", "--topologies", "v5p:2x2x1,v5p:2x2x2", "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    saved = json.loads(out.read_text())
+    rows = [(r["step"], r["topology"], r["chips"], r["batch"], r["fits"], r["error"]) for r in saved["reports"]]
+    assert rows == [("sft", "v5p:2x2x1", 4, 8, True, None), ("decode", "v5p:2x2x1", 4, 8, True, None),
+                    ("sft", "v5p:2x2x2", 8, 16, True, None), ("decode", "v5p:2x2x2", 8, 16, True, None)]
+    sft4, sft8 = saved["reports"][0], saved["reports"][2]
+    # weak scaling under FSDP: twice the chips hold half the params and optimizer state each, at the same tokens a chip
+    assert sft8["arguments_bytes"] < sft4["arguments_bytes"] and sft8["length"] == sft4["length"] == 33
+    assert sft8["model_flops"] == pytest.approx(2 * sft4["model_flops"])
+    plot = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "aot_plot.py"), str(out), str(png)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert plot.returncode == 0, plot.stderr[-2000:]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_bench_mfu_knows_the_peaks_of_libtpus_device_kinds():
     import importlib.util
 

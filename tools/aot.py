@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import os
 import sys
@@ -28,6 +29,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the TPU devices come from libtp
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # libtpu's per-machine lock file would refuse a second one
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import jax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from experiments import aot as experiment_steps  # noqa: E402
@@ -76,6 +78,9 @@ def scaling(args, header: dict) -> list:
         reports.append(aot.compile_step(decode, topology))
         print(aot.table(reports[-1:]).splitlines()[-1], flush=True)
         _save(args.out, header, reports)
+        del model, step, decode
+        jax.clear_caches()  # drop what this slice left cached before the next, larger one compiles
+        gc.collect()
     return reports
 
 
