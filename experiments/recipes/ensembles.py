@@ -57,7 +57,7 @@ class EnsemblesConfig:
     ppo: ppo.PPOConfig = ppo.PPOConfig(iterations=12, prompts_per_rollout=16, samples_per_prompt=4,
                                        max_new_tokens=48, epochs=2, minibatches=2,
                                        optimizer=train.OptimizerConfig(learning_rate=1e-4))
-    ppo_kl: Tuple[float, ...] = (0.0, 0.05)  # PPO runs at each KL coefficient (its kl_coef is replaced)
+    ppo_kl: Tuple[float, ...] = (0.0, 0.05)  # PPO runs at each KL coefficient (its kl_coef is replaced); () for none
     ppo_uwo: float = 0.1  # the PPO reward: the proxy's UWO aggregate with this lambda
     seeds: Tuple[int, ...] = (0, 1, 2)
     settings: stages.RunSettings = stages.RunSettings()
@@ -298,12 +298,14 @@ def report(sh: Shared, per_run: Dict[str, Dict[int, dict]]) -> dict:
                            note=f"Gold: {gold_words}; pi0's own mean gold on the held-out "
                                 f"prompts is {pi0_gold:.3f}. Pair accuracy on {len(sh.test_pairs)} held-out pairs "
                                 f"(the proxies train on {len(sh.train_pairs)}). Best-of-n from {cfg.bon_samples} "
-                                f"samples per prompt (unbiased estimator); PPO against the proxy's UWO (lambda "
-                                f"{cfg.ppo_uwo}), its last rollout's gold reward and KL (k1).",
+                                f"samples per prompt (unbiased estimator)" + (
+                                    f"; PPO against the proxy's UWO (lambda {cfg.ppo_uwo}), its last rollout's gold "
+                                    f"reward and KL (k1)." if cfg.ppo_kl else "; no PPO runs (ppo_kl is empty)."),
                            bon=bon_summary, ppo=ppo_summary, ns=ns, pi0_gold=pi0_gold,
                            held_out_pairs=len(sh.test_pairs), train_pairs=len(sh.train_pairs))
     _plot_bon(bon_summary, ns, pi0_gold, os.path.join(sh.run_dir, "bon_gold_vs_kl.png"))
-    _plot_ppo(ppo_summary, os.path.join(sh.run_dir, "ppo_gold_vs_kl.png"))
+    if ppo_summary:
+        _plot_ppo(ppo_summary, os.path.join(sh.run_dir, "ppo_gold_vs_kl.png"))
     return summary
 
 

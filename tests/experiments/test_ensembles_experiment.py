@@ -65,6 +65,13 @@ def test_ensembles_experiment_end_to_end_reuse_and_exact_resume(tmp_path, capsys
     assert run.main(["ensembles_arithmetic", "--run-dir", folder]) == 0
     with open(os.path.join(folder, "results.json")) as f:
         assert json.load(f)["per_run"] == results["per_run"]
+    # Without PPO (the CPU default): best-of-n only, the same proxies reused; no PPO column, curve or plot.
+    os.remove(os.path.join(folder, "ppo_gold_vs_kl.png"))
+    assert run.main(["ensembles_arithmetic", "ppo_kl=()", "--run-dir", folder]) == 0
+    with open(os.path.join(folder, "results.json")) as f:
+        no_ppo = json.load(f)
+    assert no_ppo["ppo"] == {} and not os.path.exists(os.path.join(folder, "ppo_gold_vs_kl.png"))
+    assert no_ppo["bon"] == results["bon"] and "PPO β=" not in open(os.path.join(folder, "results.md")).read()
     # Killed inside the ensemble's PPO run, the resumed sweep ends with the same results as the uninterrupted one.
     original, sent = ppo.PPORun.minibatch_indices, []
 
