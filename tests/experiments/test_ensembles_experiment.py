@@ -33,6 +33,15 @@ def test_config_checks_name_what_is_wrong():
         mod.validate(run.apply_overrides(mod.config(), ["held_out=1.0"]))
     with pytest.raises(run.ConfigError, match="freeze_encoder"):
         run.apply_overrides(mod.config(), ["variants.ensemble.freeze_encoder=true"])
+    # the declared head-count ablation: K heads on one trained encoder, K = 1, 2, 4, 8
+    ablation = run.apply_overrides(mod.config(), ["methods=(heads1,heads2,heads4,heads8)"])
+    mod.validate(ablation)
+    assert [(ablation.variants[m].kind, ablation.variants[m].heads, ablation.variants[m].freeze_encoder)
+            for m in ablation.methods] == [("multihead", k, False) for k in (1, 2, 4, 8)]
+    # the CPU default: the paper's frozen-encoder heads beside the trained ones, best-of-n only
+    default = mod.config()
+    assert default.methods == ("single", "multihead", "multihead_frozen", "ensemble") and default.ppo_kl == ()
+    assert default.variants["multihead_frozen"].freeze_encoder and default.variants["ensemble"].bootstrap == "poisson"
 
 
 @pytest.mark.slow
