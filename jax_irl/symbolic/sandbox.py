@@ -410,7 +410,8 @@ class _Uid:
 
 class _Cgroup:
     """The run's cgroups (v1): memory (resident memory, page cache and shared memory of all its processes
-    together, capped at ``memory_bytes``; the kernel's OOM killer acts inside it) and cpuacct (CPU time of all
+    together, capped at ``memory_bytes``, swap included where the host has swap; the kernel's OOM killer acts
+    inside it) and cpuacct (CPU time of all
     its processes, which the parent polls). Made before the launcher starts, which joins them first thing;
     removed after the run, once every process of it is gone."""
     ROOT = "/sys/fs/cgroup"
@@ -436,6 +437,13 @@ class _Cgroup:
             memory = os.path.join(self.ROOT, "memory", self.name)
             with open(os.path.join(memory, "memory.limit_in_bytes"), "w") as f:
                 f.write(str(self.limits.memory_bytes))
+            # On a host with swap the limit above caps resident memory only, and the run would spill into swap
+            # instead of meeting it: cap memory and swap together (where the kernel accounts swap), and keep
+            # the group's pages out of swap.
+            for knob, value in (("memory.memsw.limit_in_bytes", self.limits.memory_bytes), ("memory.swappiness", 0)):
+                if os.path.exists(os.path.join(memory, knob)):
+                    with open(os.path.join(memory, knob), "w") as f:
+                        f.write(str(value))
         except OSError:
             self.__exit__()
             raise

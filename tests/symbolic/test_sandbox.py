@@ -412,6 +412,19 @@ def _cgroups_left():
 
 
 @needs_cgroup
+def test_the_memory_limit_counts_swap_where_the_host_has_swap():
+    # With swap on the host, a cap on resident memory alone lets a run spill into swap instead of meeting it.
+    with sb._Cgroup(f"jax_irl-sandbox-{os.getpid()}", sb.Limits(memory_bytes=96 * sb.MiB)) as group:
+        memory = os.path.join(group.ROOT, "memory", group.name)
+        for knob, value in (("memory.limit_in_bytes", 96 * sb.MiB), ("memory.memsw.limit_in_bytes", 96 * sb.MiB),
+                            ("memory.swappiness", 0)):
+            if knob == "memory.limit_in_bytes" or os.path.exists(os.path.join(memory, knob)):
+                with open(os.path.join(memory, knob)) as f:
+                    assert int(f.read()) == value, knob
+    assert _cgroups_left() == []
+
+
+@needs_cgroup
 def test_memory_is_limited_for_the_whole_run_not_per_process():
     # Three children each touch 150 MiB, under a 256 MiB limit per process: 450 MiB together.
     program = ("import os, time\n"
