@@ -44,7 +44,7 @@ DEFAULT_METHODS = tuple(VARIANTS)
 def config() -> EnsemblesConfig:
     # Proxies that learn: 4000 labelled prompts (best against worst of 8 of pi0's samples; 15% of the pairs held
     # out, about 550), 300 steps of 32 pairs (200 steps stopped at a held-out accuracy of 0.63). The proxies'
-    # training is most of the run (the 3-member ensemble alone 3.4 times a single model's), so within the CPU
+    # training is most of the run (the 3-member ensemble alone 3.2-3.4 times a single model's), so within the CPU
     # budget the default spends it on best-of-n: 128 samples per held-out prompt, clean labels, no PPO.
     # Declared: ppo_kl=(0,) (PPO without a KL term against each proxy, 12 iterations; about 2 more minutes) or
     # ppo_kl=(0,0.05) (and the penalised arm), bon_samples=256, label_noise=(0,0.25) (the noisy arm).
